@@ -1,0 +1,3 @@
+//! The `caph-image` command-line tool.
+
+fn main() {}

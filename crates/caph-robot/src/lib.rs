@@ -1,0 +1,1 @@
+//! Robot API client, autosetup rendering and validation, and the robot backend.

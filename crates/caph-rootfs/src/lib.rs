@@ -1,0 +1,1 @@
+//! Rootfs assembly in a chroot and the reproducible, streaming tarball writer.

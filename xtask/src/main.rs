@@ -1,0 +1,3 @@
+//! `cargo xtask`: release builds, benchmarks and other project automation.
+
+fn main() {}
