@@ -1,0 +1,1 @@
+//! The Hetzner Cloud API simulator: servers, actions, images, SSH keys, server types and locations over real HTTP.
