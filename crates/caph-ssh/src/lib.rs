@@ -1,1 +1,24 @@
 //! SSH client on russh: connect when ready, host-key pinning, streamed exec and upload.
+//!
+//! ```text
+//! KeyPair::generate_ed25519 ──> public key to the server (API / cloud-init), private PEM for cloud-init
+//! connect_when_ready(ConnectConfig { addr, user, client_key, host_key: Pinned | TrustOnFirstUse, .. })
+//!     └─> Session ── exec(cmd, on_line) -> exit status
+//!                 ├─ exec_with_stdin / exec_capture
+//!                 └─ upload(reader, path, mode, on_progress) -> sha256 verified on the server
+//! ```
+//!
+//! Talks to real OpenSSH servers; the tests start `/usr/sbin/sshd` on loopback addresses.
+
+mod connect;
+mod error;
+mod keys;
+mod session;
+
+pub use connect::{
+    ConnectConfig, ConnectEvent, DEFAULT_DIAL_TIMEOUT, DEFAULT_READY_DEADLINE, HostKeyPolicy,
+    TofuPin, connect_when_ready,
+};
+pub use error::SshError;
+pub use keys::{Fingerprint, KeyError, KeyPair, PrivateKeyPem, PublicKey};
+pub use session::{CapturedOutput, OutputLine, OutputStream, Session, UploadReport, shell_quote};

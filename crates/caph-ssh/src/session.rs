@@ -1,0 +1,594 @@
+//! An authenticated SSH session: commands with streamed output, and verified streamed uploads.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use russh::ChannelMsg;
+use russh::client::Handle;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::connect::ClientHandler;
+use crate::error::SshError;
+use crate::keys::PublicKey;
+
+/// Longest line handed to the callback in one piece: a program that prints megabytes without a
+/// newline (a progress bar using `\r`, a binary by mistake) must not grow memory without bound;
+/// 64 KiB is far beyond any real log line.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Size of one read from an upload source: a few SSH packets (32 KiB each by default), large enough
+/// that hashing and channel bookkeeping are cheap per byte, small enough to keep memory flat.
+const UPLOAD_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Most output kept by [`Session::exec_capture`] per stream; it is meant for short answers
+/// (`hostname`, `sha256sum`), and a runaway command must not exhaust memory.
+const MAX_CAPTURE_BYTES: usize = 1024 * 1024;
+
+/// Longest command text quoted in an error: enough to recognise a step, not a whole script.
+const MAX_COMMAND_IN_ERROR: usize = 120;
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a remote command's output, without its line terminator (a trailing `\r` is kept
+/// out too). The last line is delivered even if the command did not end it with a newline.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLine<'a> {
+    pub stream: OutputStream,
+    pub text: &'a str,
+}
+
+/// What [`Session::exec_capture`] collected.
+#[derive(Debug, Clone)]
+pub struct CapturedOutput {
+    pub exit_code: u32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What an upload wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    pub bytes: u64,
+    /// Lowercase hex sha256 of the bytes, as computed locally and confirmed by the server.
+    pub sha256: String,
+}
+
+/// A connected, authenticated session. Dropping it closes the connection.
+pub struct Session {
+    handle: Handle<ClientHandler>,
+    addr: SocketAddr,
+    host_key: PublicKey,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Session")
+            .field("addr", &self.addr)
+            .field("host_key", &self.host_key.fingerprint())
+            .finish()
+    }
+}
+
+/// Stdin for a command: the source, and an observer that sees every chunk before it is sent.
+struct StdinFeed<'a, R> {
+    source: R,
+    observe: &'a mut (dyn FnMut(&[u8]) + Send),
+}
+
+/// Why feeding stdin stopped early.
+enum FeedFailure {
+    Source(std::io::Error),
+    /// The channel or the connection is gone; the reading side reports how.
+    Channel,
+}
+
+impl Session {
+    pub(crate) fn new(
+        handle: Handle<ClientHandler>,
+        addr: SocketAddr,
+        host_key: PublicKey,
+    ) -> Session {
+        Session {
+            handle,
+            addr,
+            host_key,
+        }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The host key the server presented (and the policy accepted).
+    pub fn host_key(&self) -> &PublicKey {
+        &self.host_key
+    }
+
+    /// Whether the connection has ended (server gone, keepalives unanswered, or closed).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Runs `command` (through the user's shell, as `ssh host command` does), streaming its stdout
+    /// and stderr line by line to `on_line` as they arrive, with stdin closed. Returns the exit
+    /// status; a command killed by a signal, one that ends without a status, and a connection lost
+    /// meanwhile are errors.
+    pub async fn exec(
+        &self,
+        command: &str,
+        on_line: &mut (dyn FnMut(OutputLine<'_>) + Send),
+    ) -> Result<u32, SshError> {
+        self.run::<tokio::io::Empty>(command, None, on_line).await
+    }
+
+    /// Like [`Session::exec`], with `stdin` streamed to the command (then closed).
+    pub async fn exec_with_stdin<R: AsyncRead + Unpin + Send>(
+        &self,
+        command: &str,
+        stdin: R,
+        on_line: &mut (dyn FnMut(OutputLine<'_>) + Send),
+    ) -> Result<u32, SshError> {
+        let mut ignore = |_: &[u8]| {};
+        let feed = StdinFeed {
+            source: stdin,
+            observe: &mut ignore,
+        };
+        self.run(command, Some(feed), on_line).await
+    }
+
+    /// Runs `command` and collects its output (each stream capped at 1 MiB; lines joined with `\n`).
+    /// For short answers; use [`Session::exec`] to follow long-running steps.
+    pub async fn exec_capture(&self, command: &str) -> Result<CapturedOutput, SshError> {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let exit_code = self
+            .exec(command, &mut |line: OutputLine<'_>| {
+                let target = match line.stream {
+                    OutputStream::Stdout => &mut stdout,
+                    OutputStream::Stderr => &mut stderr,
+                };
+                if target.len() + line.text.len() < MAX_CAPTURE_BYTES {
+                    target.push_str(line.text);
+                    target.push('\n');
+                }
+            })
+            .await?;
+        Ok(CapturedOutput {
+            exit_code,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Streams `source` to `remote_path` on the server with flat memory: the bytes go to a temporary
+    /// file beside the target (`<path>.caph-upload-<random>`) while their sha256 is computed here;
+    /// the server's `sha256sum` of that file must match, then it is renamed over `remote_path`
+    /// (atomic within the directory) with permissions `mode`. `on_progress` receives the number of
+    /// bytes sent so far. On any failure the temporary file is removed (when the connection still
+    /// allows it) and the target is untouched.
+    pub async fn upload<R: AsyncRead + Unpin + Send>(
+        &self,
+        source: R,
+        remote_path: &str,
+        mode: u32,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadReport, SshError> {
+        let temp_path = format!("{remote_path}.caph-upload-{:016x}", rand::random::<u64>());
+        let result = self
+            .upload_to_temp(source, remote_path, &temp_path, mode, on_progress)
+            .await;
+        if result.is_err() && !self.is_closed() {
+            // Best effort: the error being returned is the one that matters.
+            let _ = self
+                .exec_capture(&format!("rm -f -- {}", shell_quote(&temp_path)))
+                .await;
+        }
+        result
+    }
+
+    async fn upload_to_temp<R: AsyncRead + Unpin + Send>(
+        &self,
+        source: R,
+        remote_path: &str,
+        temp_path: &str,
+        mode: u32,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadReport, SshError> {
+        let mut hasher = Sha256::new();
+        let mut sent: u64 = 0;
+        let mut observe = |chunk: &[u8]| {
+            hasher.update(chunk);
+            sent += chunk.len() as u64;
+            on_progress(sent);
+        };
+        // `umask 077` keeps a half-written file private; the final mode is set before the rename.
+        let write_command = format!("umask 077 && cat > {}", shell_quote(temp_path));
+        let mut stderr = String::new();
+        let feed = StdinFeed {
+            source,
+            observe: &mut observe,
+        };
+        let exit_code = self
+            .run(&write_command, Some(feed), &mut |line: OutputLine<'_>| {
+                keep_stderr(&mut stderr, line)
+            })
+            .await
+            .map_err(|error| match error {
+                SshError::StdinSource { source, .. } => SshError::UploadSource {
+                    addr: self.addr,
+                    remote_path: remote_path.to_owned(),
+                    source,
+                },
+                other => other,
+            })?;
+        if exit_code != 0 {
+            return Err(self.upload_failed(remote_path, &write_command, exit_code, stderr));
+        }
+        let sent_digest = hex::encode(hasher.finalize());
+
+        let sum_command = format!("sha256sum -- {}", shell_quote(temp_path));
+        let summed = self.exec_capture(&sum_command).await?;
+        if summed.exit_code != 0 {
+            return Err(self.upload_failed(
+                remote_path,
+                &sum_command,
+                summed.exit_code,
+                summed.stderr,
+            ));
+        }
+        let remote_digest = summed
+            .stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        if remote_digest != sent_digest {
+            return Err(SshError::ChecksumMismatch {
+                addr: self.addr,
+                remote_path: remote_path.to_owned(),
+                sent: sent_digest,
+                remote: remote_digest,
+            });
+        }
+
+        let rename_command = format!(
+            "chmod {mode:o} -- {temp} && mv -f -- {temp} {target}",
+            temp = shell_quote(temp_path),
+            target = shell_quote(remote_path)
+        );
+        let renamed = self.exec_capture(&rename_command).await?;
+        if renamed.exit_code != 0 {
+            return Err(self.upload_failed(
+                remote_path,
+                &rename_command,
+                renamed.exit_code,
+                renamed.stderr,
+            ));
+        }
+        Ok(UploadReport {
+            bytes: sent,
+            sha256: sent_digest,
+        })
+    }
+
+    fn upload_failed(
+        &self,
+        remote_path: &str,
+        command: &str,
+        exit_code: u32,
+        stderr: String,
+    ) -> SshError {
+        SshError::UploadCommandFailed {
+            addr: self.addr,
+            remote_path: remote_path.to_owned(),
+            command: command.to_owned(),
+            exit_code,
+            stderr: stderr.trim_end().to_owned(),
+        }
+    }
+
+    /// Opens a session channel, runs `command`, feeds stdin (if any) while reading output, and
+    /// interprets how the channel ended.
+    async fn run<R: AsyncRead + Unpin + Send>(
+        &self,
+        command: &str,
+        stdin: Option<StdinFeed<'_, R>>,
+        on_line: &mut (dyn FnMut(OutputLine<'_>) + Send),
+    ) -> Result<u32, SshError> {
+        let channel = match self.handle.channel_open_session().await {
+            Ok(channel) => channel,
+            Err(source) => return Err(self.refused_or_lost(command, source)),
+        };
+        if let Err(source) = channel.exec(true, command).await {
+            return Err(self.refused_or_lost(command, source));
+        }
+        let (mut read_half, write_half) = channel.split();
+
+        let feeding = async {
+            let Some(mut feed) = stdin else {
+                // Closed stdin, like `ssh host cmd < /dev/null`: a command that reads it gets EOF
+                // instead of waiting forever.
+                return match write_half.eof().await {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(FeedFailure::Channel),
+                };
+            };
+            let mut buffer = vec![0u8; UPLOAD_CHUNK_BYTES];
+            loop {
+                let count = match feed.source.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(count) => count,
+                    Err(error) => {
+                        // Stop the remote side too, so it does not act on a truncated input.
+                        let _ = write_half.close().await;
+                        return Err(FeedFailure::Source(error));
+                    }
+                };
+                let Some(chunk) = buffer.get(..count) else {
+                    break;
+                };
+                (feed.observe)(chunk);
+                // `data_bytes` waits for the server's window, so at most one chunk is in flight
+                // here plus russh's bounded channel buffer: memory stays flat for any size.
+                if write_half.data_bytes(chunk.to_vec()).await.is_err() {
+                    return Err(FeedFailure::Channel);
+                }
+            }
+            match write_half.eof().await {
+                Ok(()) => Ok(()),
+                Err(_) => Err(FeedFailure::Channel),
+            }
+        };
+
+        let mut stdout = LineBuffer::new(OutputStream::Stdout);
+        let mut stderr = LineBuffer::new(OutputStream::Stderr);
+        let reading = async {
+            let mut ending = ChannelEnding::default();
+            loop {
+                match read_half.wait().await {
+                    Some(ChannelMsg::Data { data }) => stdout.push(&data, on_line),
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr.push(&data, on_line),
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        ending.exit_status = Some(exit_status)
+                    }
+                    Some(ChannelMsg::ExitSignal {
+                        signal_name,
+                        core_dumped,
+                        ..
+                    }) => {
+                        ending.signal = Some((format!("{signal_name:?}"), core_dumped));
+                    }
+                    Some(ChannelMsg::Close) => {
+                        ending.closed = true;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            stdout.finish(on_line);
+            stderr.finish(on_line);
+            ending
+        };
+
+        let mut feeding = std::pin::pin!(feeding);
+        let mut reading = std::pin::pin!(reading);
+        let mut feed_done = false;
+        let ending = loop {
+            tokio::select! {
+                result = &mut feeding, if !feed_done => {
+                    feed_done = true;
+                    // A channel failure is reported by the reading side, which sees how it ended.
+                    if let Err(FeedFailure::Source(source)) = result {
+                        return Err(SshError::StdinSource { addr: self.addr, command: short_command(command), source });
+                    }
+                }
+                ending = &mut reading => break ending,
+            }
+        };
+
+        if let Some(exit_status) = ending.exit_status {
+            return Ok(exit_status);
+        }
+        if let Some((signal, core_dumped)) = ending.signal {
+            return Err(SshError::Signalled {
+                addr: self.addr,
+                command: short_command(command),
+                signal,
+                core_dumped,
+            });
+        }
+        if ending.closed && !self.connection_gone().await {
+            return Err(SshError::NoExitStatus {
+                addr: self.addr,
+                command: short_command(command),
+            });
+        }
+        Err(SshError::ConnectionLost {
+            addr: self.addr,
+            command: short_command(command),
+        })
+    }
+
+    /// Whether the session task has ended. A channel can observe its end a moment before the
+    /// handle does, so give the session task a short while to wind down.
+    async fn connection_gone(&self) -> bool {
+        /// A session that lost its socket ends within a scheduler tick or two; 200 ms is generous
+        /// and only spent in the rare close-without-status case.
+        const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+        let until = tokio::time::Instant::now() + SETTLE;
+        while tokio::time::Instant::now() < until {
+            if self.handle.is_closed() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.handle.is_closed()
+    }
+
+    fn refused_or_lost(&self, command: &str, source: russh::Error) -> SshError {
+        if self.handle.is_closed() {
+            return SshError::ConnectionLost {
+                addr: self.addr,
+                command: short_command(command),
+            };
+        }
+        SshError::ExecRefused {
+            addr: self.addr,
+            command: short_command(command),
+            source,
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// How a channel ended, as far as the server told us.
+#[derive(Default)]
+struct ChannelEnding {
+    exit_status: Option<u32>,
+    signal: Option<(String, bool)>,
+    closed: bool,
+}
+
+/// Splits one stream's bytes into lines, across packet boundaries.
+struct LineBuffer {
+    stream: OutputStream,
+    pending: Vec<u8>,
+}
+
+impl LineBuffer {
+    fn new(stream: OutputStream) -> LineBuffer {
+        LineBuffer {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, data: &[u8], on_line: &mut (dyn FnMut(OutputLine<'_>) + Send)) {
+        for &byte in data {
+            if byte == b'\n' {
+                self.emit(on_line);
+            } else {
+                self.pending.push(byte);
+                if self.pending.len() >= MAX_LINE_BYTES {
+                    self.emit(on_line);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, on_line: &mut (dyn FnMut(OutputLine<'_>) + Send)) {
+        if !self.pending.is_empty() {
+            self.emit(on_line);
+        }
+    }
+
+    fn emit(&mut self, on_line: &mut (dyn FnMut(OutputLine<'_>) + Send)) {
+        if self.pending.last() == Some(&b'\r') {
+            self.pending.pop();
+        }
+        let text = String::from_utf8_lossy(&self.pending);
+        on_line(OutputLine {
+            stream: self.stream,
+            text: &text,
+        });
+        self.pending.clear();
+    }
+}
+
+fn keep_stderr(stderr: &mut String, line: OutputLine<'_>) {
+    if line.stream == OutputStream::Stderr && stderr.len() + line.text.len() < MAX_CAPTURE_BYTES {
+        stderr.push_str(line.text);
+        stderr.push('\n');
+    }
+}
+
+/// The command as quoted in errors: its first line, cut at `MAX_COMMAND_IN_ERROR` characters.
+fn short_command(command: &str) -> String {
+    let first_line = command.lines().next().unwrap_or("");
+    let mut short: String = first_line.chars().take(MAX_COMMAND_IN_ERROR).collect();
+    if short.len() < command.len() {
+        short.push_str("...");
+    }
+    short
+}
+
+/// Quotes `text` as one POSIX shell word.
+pub fn shell_quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('\'');
+    for character in text.chars() {
+        if character == '\'' {
+            quoted.push_str("'\\''");
+        } else {
+            quoted.push(character);
+        }
+    }
+    quoted.push('\'');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(chunks: &[&[u8]]) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut buffer = LineBuffer::new(OutputStream::Stdout);
+        let mut collect = |line: OutputLine<'_>| seen.push(line.text.to_owned());
+        for chunk in chunks {
+            buffer.push(chunk, &mut collect);
+        }
+        buffer.finish(&mut collect);
+        seen
+    }
+
+    #[test]
+    fn lines_are_split_across_chunks_and_the_partial_last_line_is_flushed() {
+        assert_eq!(
+            lines_of(&[b"one\ntw", b"o\r\nthr", b"ee"]),
+            ["one", "two", "three"]
+        );
+        assert_eq!(lines_of(&[b"\n\n"]), ["", ""]);
+        assert!(lines_of(&[b""]).is_empty());
+    }
+
+    #[test]
+    fn endless_lines_are_cut() {
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        let lines = lines_of(&[&long]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn long_commands_are_shortened_in_errors() {
+        assert_eq!(short_command("echo hi"), "echo hi");
+        assert_eq!(short_command("set -e\necho hi"), "set -e...");
+        assert_eq!(
+            short_command(&"y".repeat(500)).len(),
+            MAX_COMMAND_IN_ERROR + 3
+        );
+    }
+}
