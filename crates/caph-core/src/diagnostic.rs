@@ -1,0 +1,124 @@
+//! Problems found in user input, each pinned to a file, line and column, with the field and a fix.
+
+use std::fmt;
+
+/// One problem in a spec: where it is, which field, what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file as the user named it (for example `images/x.toml`).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, counted in characters.
+    pub column: usize,
+    /// The dotted field path, for example `image.name` or `system.files[1].path`.
+    pub field: String,
+    /// What is wrong, starting with the offending value where there is one.
+    pub message: String,
+    /// How to fix it, when there is a concrete suggestion.
+    pub help: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{} ", self.field)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, "; {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one spec, in source order. Validation never stops at the first one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, diagnostic) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Turns byte offsets into 1-based line and character columns.
+#[derive(Debug)]
+pub(crate) struct LineIndex {
+    line_starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub(crate) fn new(source: &str) -> LineIndex {
+        let mut line_starts = vec![0];
+        line_starts.extend(source.match_indices('\n').map(|(offset, _)| offset + 1));
+        LineIndex { line_starts }
+    }
+
+    /// The line and column of `offset` in `source`; offsets past the end land on the last position.
+    pub(crate) fn position(&self, source: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(source.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset) - 1;
+        let line_start = self.line_starts[line];
+        let column = source
+            .get(line_start..offset)
+            .map_or(offset - line_start, |prefix| prefix.chars().count());
+        (line + 1, column + 1)
+    }
+}
+
+/// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+pub(crate) fn did_you_mean<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    let word = word.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|candidate| (edit_distance(&word, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance over characters; inputs are short keys, so the quadratic cost is fine.
+fn edit_distance(left: &str, right: &str) -> usize {
+    let right: Vec<char> = right.chars().collect();
+    let mut previous: Vec<usize> = (0..=right.len()).collect();
+    for (i, left_char) in left.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, right_char) in right.iter().enumerate() {
+            let substitution = previous[j] + usize::from(left_char != *right_char);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[right.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_count_characters_not_bytes() {
+        let source = "a = 1\nb = \"é\" x\n";
+        let index = LineIndex::new(source);
+        assert_eq!(index.position(source, 0), (1, 1));
+        assert_eq!(index.position(source, 6), (2, 1));
+        let x = source.find('x').unwrap();
+        assert_eq!(index.position(source, x), (2, 9));
+        assert_eq!(index.position(source, 10_000), (3, 1));
+    }
+
+    #[test]
+    fn suggestions_are_close_matches_only() {
+        assert_eq!(did_you_mean("verison", &["version", "source"]), Some("version"));
+        assert_eq!(did_you_mean("pakages", &["packages", "files"]), Some("packages"));
+        assert_eq!(did_you_mean("zzz", &["packages", "files"]), None);
+    }
+}

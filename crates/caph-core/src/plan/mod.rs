@@ -1,0 +1,561 @@
+//! The provisioning plan: a pure, deterministic list of named steps that turns a base system into a
+//! kubeadm-ready node. Both backends run the same plan (over SSH, or in a chroot).
+//!
+//! Steps read a few variables that the executor exports in front of each script (see
+//! [`BuildStamp::exports`]), so that the plan itself depends on nothing but the spec.
+
+mod containerd;
+mod shell;
+
+use std::fmt::Write as _;
+
+pub use containerd::{CONTAINERD_SOCKET, config_toml as containerd_config_toml};
+pub use shell::quote;
+
+use crate::arch::Arch;
+use crate::spec::{Artifact, ImageSpec, KubernetesSource};
+use shell::Script;
+
+/// Where a plan runs, which changes what can be done live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A booted Hetzner Cloud server: modules and sysctls apply now, the build key is removed, free space is trimmed.
+    Hcloud,
+    /// A root filesystem in a chroot, packed into a tarball afterwards.
+    Tarball,
+}
+
+impl Target {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Hcloud => "hcloud",
+            Target::Tarball => "tarball",
+        }
+    }
+}
+
+/// One named step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// A short kebab-case name, unique in the plan (`containerd`, `hygiene`).
+    pub name: String,
+    /// What the step does.
+    pub action: Action,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A bash script that starts with `set -euo pipefail`.
+    Run {
+        /// The script.
+        script: String,
+    },
+    /// A file to place, with its parent directories.
+    PlaceFile {
+        /// Absolute path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// `user:group`.
+        owner: String,
+        /// Content.
+        content: Vec<u8>,
+    },
+}
+
+impl Step {
+    /// The step as a bash script, for executors that can only run scripts.
+    pub fn to_script(&self) -> String {
+        match &self.action {
+            Action::Run { script } => script.clone(),
+            Action::PlaceFile { path, mode, owner, content } => {
+                let mut script = Script::new();
+                let directory = path.rsplit_once('/').map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
+                script.command(&["install", "-d", "-m", "0755", directory]);
+                // base64 keeps any content (binary, trailing newlines, heredoc markers) intact.
+                let encoded = base64_encode(content);
+                script.line(format!("base64 -d > {} <<'CAPH_IMAGE_FILE'", quote(path)));
+                for chunk in encoded.as_bytes().chunks(76) {
+                    script.line(String::from_utf8_lossy(chunk));
+                }
+                script.line("CAPH_IMAGE_FILE");
+                script.command(&["chown", owner, path]);
+                script.command(&["chmod", &format!("{mode:04o}"), path]);
+                script.finish()
+            }
+        }
+    }
+}
+
+/// The ordered steps for one spec, target and architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The spec's `caph-image-name`.
+    pub image_name: String,
+    /// The spec's digest.
+    pub spec_digest: String,
+    /// Where it runs.
+    pub target: Target,
+    /// For which architecture.
+    pub arch: Arch,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+/// Facts about one build that steps read from the environment, exported by the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildStamp {
+    /// The build id, also the label on temporary resources.
+    pub build_id: String,
+    /// RFC 3339 build time.
+    pub build_time: String,
+    /// `caph-image <version>`.
+    pub builder: String,
+    /// The build's temporary public key (OpenSSH line), removed from root's authorized keys by hygiene.
+    pub build_public_key: Option<String>,
+}
+
+impl BuildStamp {
+    /// `export` lines to put in front of every step's script.
+    pub fn exports(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(text, "export CAPH_BUILD_ID={}", quote(&self.build_id));
+        let _ = writeln!(text, "export CAPH_BUILD_TIME={}", quote(&self.build_time));
+        let _ = writeln!(text, "export CAPH_BUILDER={}", quote(&self.builder));
+        if let Some(key) = &self.build_public_key {
+            let _ = writeln!(text, "export CAPH_BUILD_PUBLIC_KEY={}", quote(key));
+        }
+        text
+    }
+}
+
+/// Kernel modules every node loads.
+pub const REQUIRED_MODULES: &[&str] = &["overlay", "br_netfilter"];
+/// sysctls every node sets; a spec may override the values.
+pub const REQUIRED_SYSCTLS: &[(&str, &str)] = &[
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.ipv4.ip_forward", "1"),
+];
+/// Distribution packages every node needs: download tools for the plan, and what kubeadm's preflight checks for.
+pub const BASE_PACKAGES: &[&str] = &["apt-transport-https", "ca-certificates", "conntrack", "curl", "ethtool", "gnupg", "iproute2", "iptables", "kmod", "socat"];
+/// Timers and services that would fight the build for the dpkg lock.
+const APT_BACKGROUND_UNITS: &[&str] =
+    &["apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service", "unattended-upgrades.service"];
+
+/// Renders the plan. Pure: the same inputs give the same plan, byte for byte.
+pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
+    let mut steps = Vec::new();
+    steps.push(run("wait-for-system", prepare_system()));
+    let mut modules: Vec<&str> = REQUIRED_MODULES.to_vec();
+    modules.extend(spec.system.kernel_modules.iter().map(String::as_str).filter(|m| !REQUIRED_MODULES.contains(m)));
+    steps.push(file("kernel-modules-config", "/etc/modules-load.d/caph-image.conf", 0o644, lines(&modules)));
+    steps.push(file("sysctl-config", "/etc/sysctl.d/90-caph-image.conf", 0o644, sysctl_conf(spec)));
+    if target == Target::Hcloud {
+        steps.push(run("apply-kernel-settings", apply_kernel_settings(&modules)));
+    }
+    if spec.system.disable_swap {
+        steps.push(run("swap-off", swap_off()));
+    }
+    steps.push(run("packages", packages(spec)));
+    steps.push(run("containerd", containerd_install(&spec.containerd, arch)));
+    steps.push(file("containerd-unit", "/etc/systemd/system/containerd.service", 0o644, containerd::CONTAINERD_SERVICE.to_string()));
+    steps.push(file("containerd-config", "/etc/containerd/config.toml", 0o644, containerd::config_toml(spec.containerd.version)));
+    steps.push(run("runc", runc_install(&spec.runc, arch)));
+    steps.push(run("crictl", crictl_install(&spec.crictl, arch)));
+    steps.push(file("crictl-config", "/etc/crictl.yaml", 0o644, containerd::crictl_yaml()));
+    match &spec.kubernetes.source {
+        KubernetesSource::Apt { repository, key_url, key_sha256 } => {
+            steps.push(run("kubernetes", kubernetes_apt(spec, repository, key_url, key_sha256.as_deref())));
+        }
+        KubernetesSource::Binaries { base_url, sha256 } => {
+            let pins = sha256.get(&arch);
+            steps.push(run("kubernetes", kubernetes_binaries(spec, base_url, arch, pins)));
+            steps.push(file("kubelet-unit", "/etc/systemd/system/kubelet.service", 0o644, KUBELET_SERVICE.to_string()));
+            steps.push(file("kubelet-kubeadm-dropin", "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf", 0o644, KUBEADM_DROPIN.to_string()));
+        }
+    }
+    steps.push(run("enable-services", enable_services()));
+    if spec.kubernetes.prepull_images {
+        steps.push(run("prepull-images", prepull(spec)));
+    }
+    for (index, user_file) in spec.system.files.iter().enumerate() {
+        steps.push(Step {
+            name: format!("file-{}", index + 1),
+            action: Action::PlaceFile { path: user_file.path.clone(), mode: user_file.mode, owner: user_file.owner.clone(), content: user_file.content.clone() },
+        });
+    }
+    for (index, user_script) in spec.system.scripts.iter().enumerate() {
+        let mut script = Script::new();
+        script.line(format!("# {}", user_script.path.replace('\n', " ")));
+        script.line(&user_script.content);
+        steps.push(run(&format!("script-{}", index + 1), script.finish()));
+    }
+    steps.push(run("provenance", provenance(spec, target, arch)));
+    steps.push(run("hygiene", hygiene(target)));
+    Plan { image_name: spec.image.name.clone(), spec_digest: spec.digest.clone(), target, arch, steps }
+}
+
+impl Plan {
+    /// The whole plan as one readable script, as `caph-image plan` prints it.
+    pub fn render_script(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(text, "#!/bin/bash");
+        let _ = writeln!(text, "# caph-image plan: image {}, target {}, architecture {}", self.image_name, self.target.name(), self.arch);
+        let _ = writeln!(text, "# spec sha256 {}", self.spec_digest);
+        let _ = writeln!(text, "# Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.");
+        let count = self.steps.len();
+        for (index, step) in self.steps.iter().enumerate() {
+            let _ = writeln!(text, "\n# ---- step {}/{count}: {} ----", index + 1, step.name);
+            text.push_str(&step.to_script());
+        }
+        text
+    }
+}
+
+fn run(name: &str, script: String) -> Step {
+    Step { name: name.to_string(), action: Action::Run { script } }
+}
+
+fn file(name: &str, path: &str, mode: u32, content: String) -> Step {
+    Step { name: name.to_string(), action: Action::PlaceFile { path: path.to_string(), mode, owner: "root:root".to_string(), content: content.into_bytes() } }
+}
+
+fn lines(items: &[&str]) -> String {
+    items.iter().map(|item| format!("{item}\n")).collect()
+}
+
+fn sysctl_conf(spec: &ImageSpec) -> String {
+    let mut settings: std::collections::BTreeMap<&str, &str> = REQUIRED_SYSCTLS.iter().copied().collect();
+    for (key, value) in &spec.system.sysctls {
+        settings.insert(key, value);
+    }
+    settings.iter().map(|(key, value)| format!("{key} = {value}\n")).collect()
+}
+
+/// Shell functions shared by steps that download: fetch with retries, and verify a sha256.
+const FETCH_FUNCTIONS: &str = r#"caph_fetch() {
+  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
+  local url=$1 dest=$2 expected=$3 actual
+  curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url"
+  actual=$(sha256sum "$dest" | cut -d' ' -f1)
+  if [ "$actual" != "$expected" ]; then
+    rm -f "$dest"
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    exit 1
+  fi
+  echo "verified $url (sha256 $actual)"
+}
+caph_published_sha256() {
+  # caph_published_sha256 CHECKSUM_URL FILE_NAME: the digest for FILE_NAME in an upstream checksum file.
+  local sums digest
+  sums=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 "$1")
+  digest=$(printf '%s\n' "$sums" | awk -v name="$2" 'NF == 1 && NR == 1 { only = $1 } NF >= 2 { f = $2; sub(/^\*/, "", f); if (f == name) { print $1; found = 1; exit } } END { if (!found && only != "") print only }')
+  if [ -z "$digest" ]; then
+    echo "caph-image: no sha256 for $2 in $1" >&2
+    exit 1
+  fi
+  printf '%s\n' "$digest"
+}"#;
+
+/// The environment every apt call needs: no prompts, and wait for the dpkg lock instead of failing on it.
+const APT: &str = "apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold";
+
+fn prepare_system() -> String {
+    let mut script = Script::new();
+    script.line("# cloud-init may still be installing packages on a fresh server; wait where it exists.");
+    script.line("if command -v cloud-init >/dev/null 2>&1; then");
+    script.line("  cloud-init status --wait >/dev/null || echo \"cloud-init finished with status $?; continuing\" >&2");
+    script.line("fi");
+    script.line("# Keep apt's timers from taking the dpkg lock during the build; hygiene unmasks them.");
+    script.line(format!("systemctl mask {} >/dev/null 2>&1 || true", APT_BACKGROUND_UNITS.join(" ")));
+    script.line("if [ -d /run/systemd/system ]; then");
+    script.line(format!("  systemctl stop {} >/dev/null 2>&1 || true", APT_BACKGROUND_UNITS.join(" ")));
+    script.line("fi");
+    script.line("# Wait for any dpkg run in progress (where dpkg's lock exists) before the first apt call.");
+    script.line("if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then");
+    script.line("  flock --timeout 600 /var/lib/dpkg/lock-frontend true");
+    script.line("fi");
+    script.finish()
+}
+
+fn apply_kernel_settings(modules: &[&str]) -> String {
+    let mut script = Script::new();
+    script.line("# Load now what /etc/modules-load.d loads at boot; the persisted files are what the image keeps.");
+    for module in modules {
+        script.line(format!("modprobe {m} || echo \"warning: cannot load {m} now; it loads at boot\" >&2", m = quote(module)));
+    }
+    script.line("sysctl --system >/dev/null || echo 'warning: some sysctls cannot be applied now; they apply at boot' >&2");
+    script.finish()
+}
+
+fn swap_off() -> String {
+    let mut script = Script::new();
+    script.line("swapoff -a || true");
+    script.line("if [ -f /etc/fstab ]; then");
+    script.line("  sed -i -E 's@^([^#[:space:]][^[:space:]]*[[:space:]]+[^[:space:]]+[[:space:]]+swap[[:space:]].*)$@# swap disabled by caph-image: \\1@' /etc/fstab");
+    script.line("fi");
+    script.line("if [ -f /swap.img ]; then rm -f /swap.img; fi");
+    script.finish()
+}
+
+fn packages(spec: &ImageSpec) -> String {
+    let mut script = Script::new();
+    script.line("export DEBIAN_FRONTEND=noninteractive");
+    script.line(format!("{APT} update"));
+    let mut words: Vec<&str> = BASE_PACKAGES.to_vec();
+    words.extend(spec.system.packages.iter().map(String::as_str));
+    let quoted: Vec<String> = words.iter().map(|word| quote(word)).collect();
+    script.line(format!("{APT} install -y --no-install-recommends {}", quoted.join(" ")));
+    script.finish()
+}
+
+/// Assigns `expected` from the pin, or from the upstream checksum file when there is none.
+fn expected_digest(script: &mut Script, pin: Option<&String>, checksum_url: &str, file_name: &str) {
+    match pin {
+        Some(pin) => {
+            script.assign("expected", pin);
+        }
+        None => {
+            script.line(format!("expected=$(caph_published_sha256 {} {})", quote(checksum_url), quote(file_name)));
+        }
+    }
+}
+
+fn containerd_install(artifact: &Artifact, arch: Arch) -> String {
+    let version = artifact.version.to_string();
+    let file_name = format!("containerd-{version}-linux-{}.tar.gz", arch.debian_name());
+    let url = format!("{}/v{version}/{file_name}", artifact.base_url);
+    let mut script = Script::new();
+    script.line(FETCH_FUNCTIONS);
+    expected_digest(&mut script, artifact.sha256.get(&arch), &format!("{url}.sha256sum"), &file_name);
+    script.line(format!("caph_fetch {} /tmp/caph-containerd.tar.gz \"$expected\"", quote(&url)));
+    script.command(&["tar", "-C", "/usr/local", "-xzf", "/tmp/caph-containerd.tar.gz"]);
+    script.command(&["rm", "-f", "/tmp/caph-containerd.tar.gz"]);
+    script.line("/usr/local/bin/containerd --version");
+    script.finish()
+}
+
+fn runc_install(artifact: &Artifact, arch: Arch) -> String {
+    let version = artifact.version.to_string();
+    let file_name = format!("runc.{}", arch.debian_name());
+    let url = format!("{}/v{version}/{file_name}", artifact.base_url);
+    let mut script = Script::new();
+    script.line(FETCH_FUNCTIONS);
+    expected_digest(&mut script, artifact.sha256.get(&arch), &format!("{}/v{version}/runc.sha256sum", artifact.base_url), &file_name);
+    script.line(format!("caph_fetch {} /tmp/caph-runc \"$expected\"", quote(&url)));
+    script.command(&["install", "-m", "0755", "/tmp/caph-runc", "/usr/local/sbin/runc"]);
+    script.command(&["rm", "-f", "/tmp/caph-runc"]);
+    script.line("/usr/local/sbin/runc --version");
+    script.finish()
+}
+
+fn crictl_install(artifact: &Artifact, arch: Arch) -> String {
+    let version = artifact.version.to_string();
+    let file_name = format!("crictl-v{version}-linux-{}.tar.gz", arch.debian_name());
+    let url = format!("{}/v{version}/{file_name}", artifact.base_url);
+    let mut script = Script::new();
+    script.line(FETCH_FUNCTIONS);
+    expected_digest(&mut script, artifact.sha256.get(&arch), &format!("{url}.sha256"), &file_name);
+    script.line(format!("caph_fetch {} /tmp/caph-crictl.tar.gz \"$expected\"", quote(&url)));
+    script.command(&["tar", "-C", "/usr/local/bin", "-xzf", "/tmp/caph-crictl.tar.gz", "crictl"]);
+    script.command(&["rm", "-f", "/tmp/caph-crictl.tar.gz"]);
+    script.line("/usr/local/bin/crictl --version");
+    script.finish()
+}
+
+fn kubernetes_apt(spec: &ImageSpec, repository: &str, key_url: &str, key_sha256: Option<&str>) -> String {
+    let version = spec.kubernetes.version.to_string();
+    let keyring = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg";
+    let mut script = Script::new();
+    script.line("export DEBIAN_FRONTEND=noninteractive");
+    script.command(&["install", "-d", "-m", "0755", "/etc/apt/keyrings"]);
+    match key_sha256 {
+        Some(pin) => {
+            script.line(FETCH_FUNCTIONS);
+            script.line(format!("caph_fetch {} /tmp/caph-kubernetes-release.key {}", quote(key_url), quote(pin)));
+        }
+        None => {
+            script.line("# No key pin in the spec: the key is trusted as served over HTTPS; apt then verifies every package against it.");
+            script.line(format!("curl --fail --silent --show-error --location --retry 5 --output /tmp/caph-kubernetes-release.key {}", quote(key_url)));
+        }
+    }
+    script.command(&["gpg", "--dearmor", "--batch", "--yes", "--output", keyring, "/tmp/caph-kubernetes-release.key"]);
+    script.command(&["rm", "-f", "/tmp/caph-kubernetes-release.key"]);
+    script.line(format!("echo {} > /etc/apt/sources.list.d/kubernetes.list", quote(&format!("deb [signed-by={keyring}] {repository} /"))));
+    script.line(format!("{APT} update"));
+    script.assign("wanted", &version);
+    script.line("# Resolve the exact package revision for the version (for example 1.36.0-1.1).");
+    script.line("package_version=$(apt-cache madison kubelet | awk -v v=\"$wanted\" '{ split($3, parts, \"-\"); if (parts[1] == v) { print $3; exit } }')");
+    script.line("if [ -z \"$package_version\" ]; then");
+    script.line("  echo \"caph-image: kubelet $wanted is not in the repository\" >&2");
+    script.line("  exit 1");
+    script.line("fi");
+    script.line(format!("{APT} install -y --no-install-recommends \"kubelet=$package_version\" \"kubeadm=$package_version\" \"kubectl=$package_version\""));
+    script.line("apt-mark hold kubelet kubeadm kubectl");
+    script.line("kubelet --version");
+    script.finish()
+}
+
+fn kubernetes_binaries(spec: &ImageSpec, base_url: &str, arch: Arch, pins: Option<&std::collections::BTreeMap<String, String>>) -> String {
+    let version = spec.kubernetes.version.to_string();
+    let mut script = Script::new();
+    script.line(FETCH_FUNCTIONS);
+    for component in crate::spec::KUBERNETES_COMPONENTS {
+        let url = format!("{base_url}/v{version}/bin/linux/{}/{component}", arch.debian_name());
+        expected_digest(&mut script, pins.and_then(|pins| pins.get(*component)), &format!("{url}.sha256"), component);
+        script.line(format!("caph_fetch {} /tmp/caph-{component} \"$expected\"", quote(&url)));
+        script.command(&["install", "-m", "0755", &format!("/tmp/caph-{component}"), &format!("/usr/local/bin/{component}")]);
+        script.command(&["rm", "-f", &format!("/tmp/caph-{component}")]);
+    }
+    script.line("/usr/local/bin/kubelet --version");
+    script.finish()
+}
+
+const KUBELET_SERVICE: &str = "\
+[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/local/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+";
+
+const KUBEADM_DROPIN: &str = "\
+# kubeadm writes kubeadm-flags.env and config.yaml at join time; this wires them into kubelet.
+[Service]
+Environment=\"KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf\"
+Environment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml\"
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=
+ExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+";
+
+fn enable_services() -> String {
+    let mut script = Script::new();
+    script.line("# systemctl enable works offline too, so this holds in a chroot as on a booted server.");
+    script.line("systemctl daemon-reload >/dev/null 2>&1 || true");
+    script.command(&["systemctl", "enable", "containerd.service", "kubelet.service"]);
+    script.finish()
+}
+
+fn prepull(spec: &ImageSpec) -> String {
+    let mut script = Script::new();
+    script.line("if [ -d /run/systemd/system ]; then");
+    script.line("  systemctl start containerd.service");
+    script.line("else");
+    script.line("  # In a chroot nothing runs containerd: start it for the pull and stop it afterwards.");
+    script.line("  /usr/local/bin/containerd >/tmp/caph-containerd.log 2>&1 &");
+    script.line("  containerd_pid=$!");
+    script.line("  trap 'kill \"$containerd_pid\" 2>/dev/null || true; wait \"$containerd_pid\" 2>/dev/null || true' EXIT");
+    script.line("fi");
+    script.line("for _ in $(seq 60); do [ -S /run/containerd/containerd.sock ] && break; sleep 1; done");
+    script.line(format!("kubeadm config images pull --kubernetes-version {} --cri-socket {}", quote(&format!("v{}", spec.kubernetes.version)), quote(CONTAINERD_SOCKET)));
+    script.finish()
+}
+
+fn provenance(spec: &ImageSpec, target: Target, arch: Arch) -> String {
+    let fields: Vec<(&str, String)> = vec![
+        ("CAPH_IMAGE_NAME", spec.image.name.clone()),
+        ("SPEC_FILE", spec.file.clone()),
+        ("SPEC_SHA256", spec.digest.clone()),
+        ("OS", spec.base.distribution.name().to_string()),
+        ("OS_VERSION", spec.base.version.clone()),
+        ("ARCHITECTURE", arch.hcloud_name().to_string()),
+        ("TARGET", target.name().to_string()),
+        ("KUBERNETES_VERSION", spec.kubernetes.version.to_string()),
+        ("CONTAINERD_VERSION", spec.containerd.version.to_string()),
+        ("RUNC_VERSION", spec.runc.version.to_string()),
+        ("CRICTL_VERSION", spec.crictl.version.to_string()),
+    ];
+    let mut script = Script::new();
+    script.line("# Written like os-release: KEY=value lines a shell can source.");
+    script.line("{");
+    for (key, value) in fields {
+        script.line(format!("  printf '%s=%s\\n' {key} {}", quote(&quote(&value))));
+    }
+    script.line("  printf 'BUILD_ID=%s\\n' \"${CAPH_BUILD_ID:-unknown}\"");
+    script.line("  printf 'BUILD_TIME=%s\\n' \"${CAPH_BUILD_TIME:-unknown}\"");
+    script.line("  printf 'BUILDER=\"%s\"\\n' \"${CAPH_BUILDER:-caph-image}\"");
+    script.line("} > /etc/caph-image-release");
+    script.line("chmod 0644 /etc/caph-image-release");
+    script.finish()
+}
+
+fn hygiene(target: Target) -> String {
+    let mut script = Script::new();
+    script.line("export DEBIAN_FRONTEND=noninteractive");
+    script.line(format!("systemctl unmask {} >/dev/null 2>&1 || true", APT_BACKGROUND_UNITS.join(" ")));
+    script.line("apt-get clean");
+    script.line("rm -rf /var/lib/apt/lists/*");
+    script.line("find /var/log -type f -exec truncate -s 0 {} +");
+    script.line("rm -f /etc/ssh/ssh_host_*");
+    if target == Target::Hcloud {
+        script.line("# Remove the build's temporary key; keys the spec placed itself stay.");
+        script.line("if [ -n \"${CAPH_BUILD_PUBLIC_KEY:-}\" ] && [ -f /root/.ssh/authorized_keys ]; then");
+        script.line("  build_key=$(printf '%s\\n' \"$CAPH_BUILD_PUBLIC_KEY\" | awk '{ print $2 }')");
+        script.line("  grep -vF \"$build_key\" /root/.ssh/authorized_keys > /root/.ssh/authorized_keys.caph || true");
+        script.line("  if [ -s /root/.ssh/authorized_keys.caph ]; then");
+        script.line("    mv /root/.ssh/authorized_keys.caph /root/.ssh/authorized_keys");
+        script.line("  else");
+        script.line("    rm -f /root/.ssh/authorized_keys.caph /root/.ssh/authorized_keys");
+        script.line("  fi");
+        script.line("fi");
+    }
+    script.line("if command -v cloud-init >/dev/null 2>&1; then");
+    script.line("  cloud-init clean --logs --machine-id --seed || cloud-init clean --logs");
+    script.line("fi");
+    script.line("# An empty machine-id makes systemd generate a fresh one on first boot.");
+    script.line("truncate -s 0 /etc/machine-id");
+    script.line("if [ -d /var/lib/dbus ]; then rm -f /var/lib/dbus/machine-id && ln -s /etc/machine-id /var/lib/dbus/machine-id; fi");
+    script.line("rm -rf /tmp/* /var/tmp/* /root/.bash_history");
+    if target == Target::Hcloud {
+        script.line("# Trimmed free space keeps the snapshot small, and servers made from it start faster.");
+        script.line("fstrim -av || echo 'warning: fstrim is not supported here' >&2");
+    }
+    script.line("sync");
+    script.finish()
+}
+
+/// Standard base64 with padding; the plan needs it only for file steps, so no dependency for it.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_encode;
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+}
