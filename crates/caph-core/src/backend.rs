@@ -204,13 +204,25 @@ pub trait Backend: Debug + Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Checks what `build` would need, with no side effects.
-    async fn preflight(&self, context: &Context, request: &BuildRequest) -> Result<PreflightReport, BackendError>;
+    async fn preflight(
+        &self,
+        context: &Context,
+        request: &BuildRequest,
+    ) -> Result<PreflightReport, BackendError>;
 
     /// Builds the image for each requested architecture; temporary resources never outlive it.
-    async fn build(&self, context: &Context, request: &BuildRequest) -> Result<Vec<Artifact>, BackendError>;
+    async fn build(
+        &self,
+        context: &Context,
+        request: &BuildRequest,
+    ) -> Result<Vec<Artifact>, BackendError>;
 
     /// Lists the artifacts this tool made, optionally only those with `name`.
-    async fn list(&self, context: &Context, name: Option<&str>) -> Result<Vec<Artifact>, BackendError>;
+    async fn list(
+        &self,
+        context: &Context,
+        name: Option<&str>,
+    ) -> Result<Vec<Artifact>, BackendError>;
 
     /// Removes what killed runs left behind, found by their build label.
     async fn gc(&self, context: &Context, options: GcOptions) -> Result<GcReport, BackendError>;

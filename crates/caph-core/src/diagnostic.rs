@@ -77,12 +77,19 @@ impl LineIndex {
 /// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
 pub(crate) fn did_you_mean<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
     let word = word.to_ascii_lowercase();
-    candidates
+    let close = candidates
         .iter()
         .map(|candidate| (edit_distance(&word, candidate), *candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
-        .map(|(_, candidate)| candidate)
+        .map(|(_, candidate)| candidate);
+    // A shortened key (`sha` for `sha256`) is far by edit distance but plainly meant.
+    close.or_else(|| {
+        candidates
+            .iter()
+            .copied()
+            .find(|candidate| word.len() >= 3 && candidate.starts_with(word.as_str()))
+    })
 }
 
 /// Levenshtein distance over characters; inputs are short keys, so the quadratic cost is fine.
@@ -117,8 +124,15 @@ mod tests {
 
     #[test]
     fn suggestions_are_close_matches_only() {
-        assert_eq!(did_you_mean("verison", &["version", "source"]), Some("version"));
-        assert_eq!(did_you_mean("pakages", &["packages", "files"]), Some("packages"));
+        assert_eq!(
+            did_you_mean("verison", &["version", "source"]),
+            Some("version")
+        );
+        assert_eq!(
+            did_you_mean("pakages", &["packages", "files"]),
+            Some("packages")
+        );
         assert_eq!(did_you_mean("zzz", &["packages", "files"]), None);
+        assert_eq!(did_you_mean("sha", &["version", "sha256"]), Some("sha256"));
     }
 }

@@ -47,11 +47,16 @@ fn check_name_like(text: &str, max_length: usize) -> Result<(), String> {
         return Err(format!("'{}' is not allowed", bad.escape_default()));
     }
     if text.len() > max_length {
-        return Err(format!("it is {} characters long, the limit is {max_length}", text.len()));
+        return Err(format!(
+            "it is {} characters long, the limit is {max_length}",
+            text.len()
+        ));
     }
     let first = text.chars().next();
     let last = text.chars().last();
-    if !first.is_some_and(|c| c.is_ascii_alphanumeric()) || !last.is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !first.is_some_and(|c| c.is_ascii_alphanumeric())
+        || !last.is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Err("it must start and end with a letter or digit".to_string());
     }
     Ok(())
@@ -65,8 +70,14 @@ mod tests {
     fn values() {
         assert_eq!(check_value(""), Ok(()));
         assert_eq!(check_value("v1.31.2"), Ok(()));
-        assert_eq!(check_value("v1.31.2+k3s"), Err("'+' is not allowed".to_string()));
-        assert_eq!(check_value("-a"), Err("it must start and end with a letter or digit".to_string()));
+        assert_eq!(
+            check_value("v1.31.2+k3s"),
+            Err("'+' is not allowed".to_string())
+        );
+        assert_eq!(
+            check_value("-a"),
+            Err("it must start and end with a letter or digit".to_string())
+        );
         assert!(check_value(&"a".repeat(63)).is_ok());
         assert!(check_value(&"a".repeat(64)).is_err());
     }

@@ -24,12 +24,20 @@ impl Version {
             return Err("is not an exact version of the form MAJOR.MINOR.PATCH".to_string());
         }
         let number = |part: &str| -> Result<u32, String> {
-            if part.is_empty() || !part.chars().all(|c| c.is_ascii_digit()) || (part.len() > 1 && part.starts_with('0')) {
+            if part.is_empty()
+                || !part.chars().all(|c| c.is_ascii_digit())
+                || (part.len() > 1 && part.starts_with('0'))
+            {
                 return Err("is not an exact version of the form MAJOR.MINOR.PATCH".to_string());
             }
-            part.parse().map_err(|_| "has a component that is too large".to_string())
+            part.parse()
+                .map_err(|_| "has a component that is too large".to_string())
         };
-        Ok(Version { major: number(parts[0])?, minor: number(parts[1])?, patch: number(parts[2])? })
+        Ok(Version {
+            major: number(parts[0])?,
+            minor: number(parts[1])?,
+            patch: number(parts[2])?,
+        })
     }
 
     /// `MAJOR.MINOR`, as apt repository paths use it.
@@ -50,7 +58,10 @@ mod tests {
 
     #[test]
     fn parses_exact_versions_only() {
-        assert_eq!(Version::parse("1.36.0").map(|v| v.to_string()), Ok("1.36.0".to_string()));
+        assert_eq!(
+            Version::parse("1.36.0").map(|v| v.to_string()),
+            Ok("1.36.0".to_string())
+        );
         assert!(Version::parse("v1.36.0").is_err());
         assert!(Version::parse("1.36").is_err());
         assert!(Version::parse("1.36.x").is_err());

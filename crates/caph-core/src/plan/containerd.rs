@@ -53,5 +53,7 @@ WantedBy=multi-user.target
 
 /// crictl's configuration, pointing at containerd.
 pub(crate) fn crictl_yaml() -> String {
-    format!("runtime-endpoint: {CONTAINERD_SOCKET}\nimage-endpoint: {CONTAINERD_SOCKET}\ntimeout: 10\n")
+    format!(
+        "runtime-endpoint: {CONTAINERD_SOCKET}\nimage-endpoint: {CONTAINERD_SOCKET}\ntimeout: 10\n"
+    )
 }

@@ -70,15 +70,29 @@ impl Step {
     pub fn to_script(&self) -> String {
         match &self.action {
             Action::Run { script } => script.clone(),
-            Action::PlaceFile { path, mode, owner, content } => {
+            Action::PlaceFile {
+                path,
+                mode,
+                owner,
+                content,
+            } => {
                 let mut script = Script::new();
-                let directory = path.rsplit_once('/').map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
+                let directory = path
+                    .rsplit_once('/')
+                    .map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
                 script.command(&["install", "-d", "-m", "0755", directory]);
-                // base64 keeps any content (binary, trailing newlines, heredoc markers) intact.
-                let encoded = base64_encode(content);
-                script.line(format!("base64 -d > {} <<'CAPH_IMAGE_FILE'", quote(path)));
-                for chunk in encoded.as_bytes().chunks(76) {
-                    script.line(String::from_utf8_lossy(chunk));
+                match literal_heredoc_text(content) {
+                    Some(text) => {
+                        script.line(format!("cat > {} <<'CAPH_IMAGE_FILE'", quote(path)));
+                        script.line(text.strip_suffix('\n').unwrap_or(text));
+                    }
+                    None => {
+                        // base64 keeps any other content (binary, no final newline, a marker line) intact.
+                        script.line(format!("base64 -d > {} <<'CAPH_IMAGE_FILE'", quote(path)));
+                        for chunk in base64_encode(content).as_bytes().chunks(76) {
+                            script.line(String::from_utf8_lossy(chunk));
+                        }
+                    }
                 }
                 script.line("CAPH_IMAGE_FILE");
                 script.command(&["chown", owner, path]);
@@ -140,41 +154,114 @@ pub const REQUIRED_SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.ip_forward", "1"),
 ];
 /// Distribution packages every node needs: download tools for the plan, and what kubeadm's preflight checks for.
-pub const BASE_PACKAGES: &[&str] = &["apt-transport-https", "ca-certificates", "conntrack", "curl", "ethtool", "gnupg", "iproute2", "iptables", "kmod", "socat"];
+pub const BASE_PACKAGES: &[&str] = &[
+    "apt-transport-https",
+    "ca-certificates",
+    "conntrack",
+    "curl",
+    "ethtool",
+    "gnupg",
+    "iproute2",
+    "iptables",
+    "kmod",
+    "socat",
+];
 /// Timers and services that would fight the build for the dpkg lock.
-const APT_BACKGROUND_UNITS: &[&str] =
-    &["apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service", "unattended-upgrades.service"];
+const APT_BACKGROUND_UNITS: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "apt-daily.service",
+    "apt-daily-upgrade.service",
+    "unattended-upgrades.service",
+];
 
 /// Renders the plan. Pure: the same inputs give the same plan, byte for byte.
 pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
     let mut steps = Vec::new();
     steps.push(run("wait-for-system", prepare_system()));
     let mut modules: Vec<&str> = REQUIRED_MODULES.to_vec();
-    modules.extend(spec.system.kernel_modules.iter().map(String::as_str).filter(|m| !REQUIRED_MODULES.contains(m)));
-    steps.push(file("kernel-modules-config", "/etc/modules-load.d/caph-image.conf", 0o644, lines(&modules)));
-    steps.push(file("sysctl-config", "/etc/sysctl.d/90-caph-image.conf", 0o644, sysctl_conf(spec)));
+    modules.extend(
+        spec.system
+            .kernel_modules
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !REQUIRED_MODULES.contains(m)),
+    );
+    steps.push(file(
+        "kernel-modules-config",
+        "/etc/modules-load.d/caph-image.conf",
+        0o644,
+        lines(&modules),
+    ));
+    steps.push(file(
+        "sysctl-config",
+        "/etc/sysctl.d/90-caph-image.conf",
+        0o644,
+        sysctl_conf(spec),
+    ));
     if target == Target::Hcloud {
-        steps.push(run("apply-kernel-settings", apply_kernel_settings(&modules)));
+        steps.push(run(
+            "apply-kernel-settings",
+            apply_kernel_settings(&modules),
+        ));
     }
     if spec.system.disable_swap {
         steps.push(run("swap-off", swap_off()));
     }
     steps.push(run("packages", packages(spec)));
-    steps.push(run("containerd", containerd_install(&spec.containerd, arch)));
-    steps.push(file("containerd-unit", "/etc/systemd/system/containerd.service", 0o644, containerd::CONTAINERD_SERVICE.to_string()));
-    steps.push(file("containerd-config", "/etc/containerd/config.toml", 0o644, containerd::config_toml(spec.containerd.version)));
+    steps.push(run(
+        "containerd",
+        containerd_install(&spec.containerd, arch),
+    ));
+    steps.push(file(
+        "containerd-unit",
+        "/etc/systemd/system/containerd.service",
+        0o644,
+        containerd::CONTAINERD_SERVICE.to_string(),
+    ));
+    steps.push(file(
+        "containerd-config",
+        "/etc/containerd/config.toml",
+        0o644,
+        containerd::config_toml(spec.containerd.version),
+    ));
     steps.push(run("runc", runc_install(&spec.runc, arch)));
     steps.push(run("crictl", crictl_install(&spec.crictl, arch)));
-    steps.push(file("crictl-config", "/etc/crictl.yaml", 0o644, containerd::crictl_yaml()));
+    steps.push(file(
+        "crictl-config",
+        "/etc/crictl.yaml",
+        0o644,
+        containerd::crictl_yaml(),
+    ));
     match &spec.kubernetes.source {
-        KubernetesSource::Apt { repository, key_url, key_sha256 } => {
-            steps.push(run("kubernetes", kubernetes_apt(spec, repository, key_url, key_sha256.as_deref())));
+        KubernetesSource::Apt {
+            repository,
+            key_url,
+            key_sha256,
+        } => {
+            steps.push(run(
+                "kubernetes",
+                kubernetes_apt(spec, repository, key_url, key_sha256.as_deref()),
+            ));
         }
         KubernetesSource::Binaries { base_url, sha256 } => {
             let pins = sha256.get(&arch);
-            steps.push(run("kubernetes", kubernetes_binaries(spec, base_url, arch, pins)));
-            steps.push(file("kubelet-unit", "/etc/systemd/system/kubelet.service", 0o644, KUBELET_SERVICE.to_string()));
-            steps.push(file("kubelet-kubeadm-dropin", "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf", 0o644, KUBEADM_DROPIN.to_string()));
+            steps.push(run(
+                "kubernetes",
+                kubernetes_binaries(spec, base_url, arch, pins),
+            ));
+            steps.push(file(
+                "kubelet-unit",
+                "/etc/systemd/system/kubelet.service",
+                0o644,
+                KUBELET_SERVICE.to_string(),
+            ));
+            steps.push(file(
+                "kubelet-kubeadm-dropin",
+                "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
+                0o644,
+                KUBEADM_DROPIN.to_string(),
+            ));
         }
     }
     steps.push(run("enable-services", enable_services()));
@@ -184,7 +271,12 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
     for (index, user_file) in spec.system.files.iter().enumerate() {
         steps.push(Step {
             name: format!("file-{}", index + 1),
-            action: Action::PlaceFile { path: user_file.path.clone(), mode: user_file.mode, owner: user_file.owner.clone(), content: user_file.content.clone() },
+            action: Action::PlaceFile {
+                path: user_file.path.clone(),
+                mode: user_file.mode,
+                owner: user_file.owner.clone(),
+                content: user_file.content.clone(),
+            },
         });
     }
     for (index, user_script) in spec.system.scripts.iter().enumerate() {
@@ -195,7 +287,13 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
     }
     steps.push(run("provenance", provenance(spec, target, arch)));
     steps.push(run("hygiene", hygiene(target)));
-    Plan { image_name: spec.image.name.clone(), spec_digest: spec.digest.clone(), target, arch, steps }
+    Plan {
+        image_name: spec.image.name.clone(),
+        spec_digest: spec.digest.clone(),
+        target,
+        arch,
+        steps,
+    }
 }
 
 impl Plan {
@@ -203,12 +301,26 @@ impl Plan {
     pub fn render_script(&self) -> String {
         let mut text = String::new();
         let _ = writeln!(text, "#!/bin/bash");
-        let _ = writeln!(text, "# caph-image plan: image {}, target {}, architecture {}", self.image_name, self.target.name(), self.arch);
+        let _ = writeln!(
+            text,
+            "# caph-image plan: image {}, target {}, architecture {}",
+            self.image_name,
+            self.target.name(),
+            self.arch
+        );
         let _ = writeln!(text, "# spec sha256 {}", self.spec_digest);
-        let _ = writeln!(text, "# Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.");
+        let _ = writeln!(
+            text,
+            "# Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build."
+        );
         let count = self.steps.len();
         for (index, step) in self.steps.iter().enumerate() {
-            let _ = writeln!(text, "\n# ---- step {}/{count}: {} ----", index + 1, step.name);
+            let _ = writeln!(
+                text,
+                "\n# ---- step {}/{count}: {} ----",
+                index + 1,
+                step.name
+            );
             text.push_str(&step.to_script());
         }
         text
@@ -216,11 +328,22 @@ impl Plan {
 }
 
 fn run(name: &str, script: String) -> Step {
-    Step { name: name.to_string(), action: Action::Run { script } }
+    Step {
+        name: name.to_string(),
+        action: Action::Run { script },
+    }
 }
 
 fn file(name: &str, path: &str, mode: u32, content: String) -> Step {
-    Step { name: name.to_string(), action: Action::PlaceFile { path: path.to_string(), mode, owner: "root:root".to_string(), content: content.into_bytes() } }
+    Step {
+        name: name.to_string(),
+        action: Action::PlaceFile {
+            path: path.to_string(),
+            mode,
+            owner: "root:root".to_string(),
+            content: content.into_bytes(),
+        },
+    }
 }
 
 fn lines(items: &[&str]) -> String {
@@ -228,11 +351,15 @@ fn lines(items: &[&str]) -> String {
 }
 
 fn sysctl_conf(spec: &ImageSpec) -> String {
-    let mut settings: std::collections::BTreeMap<&str, &str> = REQUIRED_SYSCTLS.iter().copied().collect();
+    let mut settings: std::collections::BTreeMap<&str, &str> =
+        REQUIRED_SYSCTLS.iter().copied().collect();
     for (key, value) in &spec.system.sysctls {
         settings.insert(key, value);
     }
-    settings.iter().map(|(key, value)| format!("{key} = {value}\n")).collect()
+    settings
+        .iter()
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect()
 }
 
 /// Shell functions shared by steps that download: fetch with retries, and verify a sha256.
@@ -265,16 +392,28 @@ const APT: &str = "apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force
 
 fn prepare_system() -> String {
     let mut script = Script::new();
-    script.line("# cloud-init may still be installing packages on a fresh server; wait where it exists.");
+    script.line(
+        "# cloud-init may still be installing packages on a fresh server; wait where it exists.",
+    );
     script.line("if command -v cloud-init >/dev/null 2>&1; then");
     script.line("  cloud-init status --wait >/dev/null || echo \"cloud-init finished with status $?; continuing\" >&2");
     script.line("fi");
-    script.line("# Keep apt's timers from taking the dpkg lock during the build; hygiene unmasks them.");
-    script.line(format!("systemctl mask {} >/dev/null 2>&1 || true", APT_BACKGROUND_UNITS.join(" ")));
+    script.line(
+        "# Keep apt's timers from taking the dpkg lock during the build; hygiene unmasks them.",
+    );
+    script.line(format!(
+        "systemctl mask {} >/dev/null 2>&1 || true",
+        APT_BACKGROUND_UNITS.join(" ")
+    ));
     script.line("if [ -d /run/systemd/system ]; then");
-    script.line(format!("  systemctl stop {} >/dev/null 2>&1 || true", APT_BACKGROUND_UNITS.join(" ")));
+    script.line(format!(
+        "  systemctl stop {} >/dev/null 2>&1 || true",
+        APT_BACKGROUND_UNITS.join(" ")
+    ));
     script.line("fi");
-    script.line("# Wait for any dpkg run in progress (where dpkg's lock exists) before the first apt call.");
+    script.line(
+        "# Wait for any dpkg run in progress (where dpkg's lock exists) before the first apt call.",
+    );
     script.line("if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then");
     script.line("  flock --timeout 600 /var/lib/dpkg/lock-frontend true");
     script.line("fi");
@@ -285,7 +424,10 @@ fn apply_kernel_settings(modules: &[&str]) -> String {
     let mut script = Script::new();
     script.line("# Load now what /etc/modules-load.d loads at boot; the persisted files are what the image keeps.");
     for module in modules {
-        script.line(format!("modprobe {m} || echo \"warning: cannot load {m} now; it loads at boot\" >&2", m = quote(module)));
+        script.line(format!(
+            "modprobe {m} || echo \"warning: cannot load {m} now; it loads at boot\" >&2",
+            m = quote(module)
+        ));
     }
     script.line("sysctl --system >/dev/null || echo 'warning: some sysctls cannot be applied now; they apply at boot' >&2");
     script.finish()
@@ -308,7 +450,10 @@ fn packages(spec: &ImageSpec) -> String {
     let mut words: Vec<&str> = BASE_PACKAGES.to_vec();
     words.extend(spec.system.packages.iter().map(String::as_str));
     let quoted: Vec<String> = words.iter().map(|word| quote(word)).collect();
-    script.line(format!("{APT} install -y --no-install-recommends {}", quoted.join(" ")));
+    script.line(format!(
+        "{APT} install -y --no-install-recommends {}",
+        quoted.join(" ")
+    ));
     script.finish()
 }
 
@@ -319,7 +464,11 @@ fn expected_digest(script: &mut Script, pin: Option<&String>, checksum_url: &str
             script.assign("expected", pin);
         }
         None => {
-            script.line(format!("expected=$(caph_published_sha256 {} {})", quote(checksum_url), quote(file_name)));
+            script.line(format!(
+                "expected=$(caph_published_sha256 {} {})",
+                quote(checksum_url),
+                quote(file_name)
+            ));
         }
     }
 }
@@ -330,9 +479,23 @@ fn containerd_install(artifact: &Artifact, arch: Arch) -> String {
     let url = format!("{}/v{version}/{file_name}", artifact.base_url);
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
-    expected_digest(&mut script, artifact.sha256.get(&arch), &format!("{url}.sha256sum"), &file_name);
-    script.line(format!("caph_fetch {} /tmp/caph-containerd.tar.gz \"$expected\"", quote(&url)));
-    script.command(&["tar", "-C", "/usr/local", "-xzf", "/tmp/caph-containerd.tar.gz"]);
+    expected_digest(
+        &mut script,
+        artifact.sha256.get(&arch),
+        &format!("{url}.sha256sum"),
+        &file_name,
+    );
+    script.line(format!(
+        "caph_fetch {} /tmp/caph-containerd.tar.gz \"$expected\"",
+        quote(&url)
+    ));
+    script.command(&[
+        "tar",
+        "-C",
+        "/usr/local",
+        "-xzf",
+        "/tmp/caph-containerd.tar.gz",
+    ]);
     script.command(&["rm", "-f", "/tmp/caph-containerd.tar.gz"]);
     script.line("/usr/local/bin/containerd --version");
     script.finish()
@@ -344,9 +507,23 @@ fn runc_install(artifact: &Artifact, arch: Arch) -> String {
     let url = format!("{}/v{version}/{file_name}", artifact.base_url);
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
-    expected_digest(&mut script, artifact.sha256.get(&arch), &format!("{}/v{version}/runc.sha256sum", artifact.base_url), &file_name);
-    script.line(format!("caph_fetch {} /tmp/caph-runc \"$expected\"", quote(&url)));
-    script.command(&["install", "-m", "0755", "/tmp/caph-runc", "/usr/local/sbin/runc"]);
+    expected_digest(
+        &mut script,
+        artifact.sha256.get(&arch),
+        &format!("{}/v{version}/runc.sha256sum", artifact.base_url),
+        &file_name,
+    );
+    script.line(format!(
+        "caph_fetch {} /tmp/caph-runc \"$expected\"",
+        quote(&url)
+    ));
+    script.command(&[
+        "install",
+        "-m",
+        "0755",
+        "/tmp/caph-runc",
+        "/usr/local/sbin/runc",
+    ]);
     script.command(&["rm", "-f", "/tmp/caph-runc"]);
     script.line("/usr/local/sbin/runc --version");
     script.finish()
@@ -358,15 +535,35 @@ fn crictl_install(artifact: &Artifact, arch: Arch) -> String {
     let url = format!("{}/v{version}/{file_name}", artifact.base_url);
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
-    expected_digest(&mut script, artifact.sha256.get(&arch), &format!("{url}.sha256"), &file_name);
-    script.line(format!("caph_fetch {} /tmp/caph-crictl.tar.gz \"$expected\"", quote(&url)));
-    script.command(&["tar", "-C", "/usr/local/bin", "-xzf", "/tmp/caph-crictl.tar.gz", "crictl"]);
+    expected_digest(
+        &mut script,
+        artifact.sha256.get(&arch),
+        &format!("{url}.sha256"),
+        &file_name,
+    );
+    script.line(format!(
+        "caph_fetch {} /tmp/caph-crictl.tar.gz \"$expected\"",
+        quote(&url)
+    ));
+    script.command(&[
+        "tar",
+        "-C",
+        "/usr/local/bin",
+        "-xzf",
+        "/tmp/caph-crictl.tar.gz",
+        "crictl",
+    ]);
     script.command(&["rm", "-f", "/tmp/caph-crictl.tar.gz"]);
     script.line("/usr/local/bin/crictl --version");
     script.finish()
 }
 
-fn kubernetes_apt(spec: &ImageSpec, repository: &str, key_url: &str, key_sha256: Option<&str>) -> String {
+fn kubernetes_apt(
+    spec: &ImageSpec,
+    repository: &str,
+    key_url: &str,
+    key_sha256: Option<&str>,
+) -> String {
     let version = spec.kubernetes.version.to_string();
     let keyring = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg";
     let mut script = Script::new();
@@ -375,16 +572,31 @@ fn kubernetes_apt(spec: &ImageSpec, repository: &str, key_url: &str, key_sha256:
     match key_sha256 {
         Some(pin) => {
             script.line(FETCH_FUNCTIONS);
-            script.line(format!("caph_fetch {} /tmp/caph-kubernetes-release.key {}", quote(key_url), quote(pin)));
+            script.line(format!(
+                "caph_fetch {} /tmp/caph-kubernetes-release.key {}",
+                quote(key_url),
+                quote(pin)
+            ));
         }
         None => {
             script.line("# No key pin in the spec: the key is trusted as served over HTTPS; apt then verifies every package against it.");
             script.line(format!("curl --fail --silent --show-error --location --retry 5 --output /tmp/caph-kubernetes-release.key {}", quote(key_url)));
         }
     }
-    script.command(&["gpg", "--dearmor", "--batch", "--yes", "--output", keyring, "/tmp/caph-kubernetes-release.key"]);
+    script.command(&[
+        "gpg",
+        "--dearmor",
+        "--batch",
+        "--yes",
+        "--output",
+        keyring,
+        "/tmp/caph-kubernetes-release.key",
+    ]);
     script.command(&["rm", "-f", "/tmp/caph-kubernetes-release.key"]);
-    script.line(format!("echo {} > /etc/apt/sources.list.d/kubernetes.list", quote(&format!("deb [signed-by={keyring}] {repository} /"))));
+    script.line(format!(
+        "echo {} > /etc/apt/sources.list.d/kubernetes.list",
+        quote(&format!("deb [signed-by={keyring}] {repository} /"))
+    ));
     script.line(format!("{APT} update"));
     script.assign("wanted", &version);
     script.line("# Resolve the exact package revision for the version (for example 1.36.0-1.1).");
@@ -399,15 +611,37 @@ fn kubernetes_apt(spec: &ImageSpec, repository: &str, key_url: &str, key_sha256:
     script.finish()
 }
 
-fn kubernetes_binaries(spec: &ImageSpec, base_url: &str, arch: Arch, pins: Option<&std::collections::BTreeMap<String, String>>) -> String {
+fn kubernetes_binaries(
+    spec: &ImageSpec,
+    base_url: &str,
+    arch: Arch,
+    pins: Option<&std::collections::BTreeMap<String, String>>,
+) -> String {
     let version = spec.kubernetes.version.to_string();
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
     for component in crate::spec::KUBERNETES_COMPONENTS {
-        let url = format!("{base_url}/v{version}/bin/linux/{}/{component}", arch.debian_name());
-        expected_digest(&mut script, pins.and_then(|pins| pins.get(*component)), &format!("{url}.sha256"), component);
-        script.line(format!("caph_fetch {} /tmp/caph-{component} \"$expected\"", quote(&url)));
-        script.command(&["install", "-m", "0755", &format!("/tmp/caph-{component}"), &format!("/usr/local/bin/{component}")]);
+        let url = format!(
+            "{base_url}/v{version}/bin/linux/{}/{component}",
+            arch.debian_name()
+        );
+        expected_digest(
+            &mut script,
+            pins.and_then(|pins| pins.get(*component)),
+            &format!("{url}.sha256"),
+            component,
+        );
+        script.line(format!(
+            "caph_fetch {} /tmp/caph-{component} \"$expected\"",
+            quote(&url)
+        ));
+        script.command(&[
+            "install",
+            "-m",
+            "0755",
+            &format!("/tmp/caph-{component}"),
+            &format!("/usr/local/bin/{component}"),
+        ]);
         script.command(&["rm", "-f", &format!("/tmp/caph-{component}")]);
     }
     script.line("/usr/local/bin/kubelet --version");
@@ -444,9 +678,16 @@ ExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $
 
 fn enable_services() -> String {
     let mut script = Script::new();
-    script.line("# systemctl enable works offline too, so this holds in a chroot as on a booted server.");
+    script.line(
+        "# systemctl enable works offline too, so this holds in a chroot as on a booted server.",
+    );
     script.line("systemctl daemon-reload >/dev/null 2>&1 || true");
-    script.command(&["systemctl", "enable", "containerd.service", "kubelet.service"]);
+    script.command(&[
+        "systemctl",
+        "enable",
+        "containerd.service",
+        "kubelet.service",
+    ]);
     script.finish()
 }
 
@@ -455,13 +696,21 @@ fn prepull(spec: &ImageSpec) -> String {
     script.line("if [ -d /run/systemd/system ]; then");
     script.line("  systemctl start containerd.service");
     script.line("else");
-    script.line("  # In a chroot nothing runs containerd: start it for the pull and stop it afterwards.");
+    script.line(
+        "  # In a chroot nothing runs containerd: start it for the pull and stop it afterwards.",
+    );
     script.line("  /usr/local/bin/containerd >/tmp/caph-containerd.log 2>&1 &");
     script.line("  containerd_pid=$!");
     script.line("  trap 'kill \"$containerd_pid\" 2>/dev/null || true; wait \"$containerd_pid\" 2>/dev/null || true' EXIT");
     script.line("fi");
-    script.line("for _ in $(seq 60); do [ -S /run/containerd/containerd.sock ] && break; sleep 1; done");
-    script.line(format!("kubeadm config images pull --kubernetes-version {} --cri-socket {}", quote(&format!("v{}", spec.kubernetes.version)), quote(CONTAINERD_SOCKET)));
+    script.line(
+        "for _ in $(seq 60); do [ -S /run/containerd/containerd.sock ] && break; sleep 1; done",
+    );
+    script.line(format!(
+        "kubeadm config images pull --kubernetes-version {} --cri-socket {}",
+        quote(&format!("v{}", spec.kubernetes.version)),
+        quote(CONTAINERD_SOCKET)
+    ));
     script.finish()
 }
 
@@ -483,7 +732,10 @@ fn provenance(spec: &ImageSpec, target: Target, arch: Arch) -> String {
     script.line("# Written like os-release: KEY=value lines a shell can source.");
     script.line("{");
     for (key, value) in fields {
-        script.line(format!("  printf '%s=%s\\n' {key} {}", quote(&quote(&value))));
+        script.line(format!(
+            "  printf '%s=%s\\n' {key} {}",
+            quote(&quote(&value))
+        ));
     }
     script.line("  printf 'BUILD_ID=%s\\n' \"${CAPH_BUILD_ID:-unknown}\"");
     script.line("  printf 'BUILD_TIME=%s\\n' \"${CAPH_BUILD_TIME:-unknown}\"");
@@ -496,15 +748,21 @@ fn provenance(spec: &ImageSpec, target: Target, arch: Arch) -> String {
 fn hygiene(target: Target) -> String {
     let mut script = Script::new();
     script.line("export DEBIAN_FRONTEND=noninteractive");
-    script.line(format!("systemctl unmask {} >/dev/null 2>&1 || true", APT_BACKGROUND_UNITS.join(" ")));
+    script.line(format!(
+        "systemctl unmask {} >/dev/null 2>&1 || true",
+        APT_BACKGROUND_UNITS.join(" ")
+    ));
     script.line("apt-get clean");
     script.line("rm -rf /var/lib/apt/lists/*");
     script.line("find /var/log -type f -exec truncate -s 0 {} +");
     script.line("rm -f /etc/ssh/ssh_host_*");
     if target == Target::Hcloud {
         script.line("# Remove the build's temporary key; keys the spec placed itself stay.");
-        script.line("if [ -n \"${CAPH_BUILD_PUBLIC_KEY:-}\" ] && [ -f /root/.ssh/authorized_keys ]; then");
-        script.line("  build_key=$(printf '%s\\n' \"$CAPH_BUILD_PUBLIC_KEY\" | awk '{ print $2 }')");
+        script.line(
+            "if [ -n \"${CAPH_BUILD_PUBLIC_KEY:-}\" ] && [ -f /root/.ssh/authorized_keys ]; then",
+        );
+        script
+            .line("  build_key=$(printf '%s\\n' \"$CAPH_BUILD_PUBLIC_KEY\" | awk '{ print $2 }')");
         script.line("  grep -vF \"$build_key\" /root/.ssh/authorized_keys > /root/.ssh/authorized_keys.caph || true");
         script.line("  if [ -s /root/.ssh/authorized_keys.caph ]; then");
         script.line("    mv /root/.ssh/authorized_keys.caph /root/.ssh/authorized_keys");
@@ -521,11 +779,22 @@ fn hygiene(target: Target) -> String {
     script.line("if [ -d /var/lib/dbus ]; then rm -f /var/lib/dbus/machine-id && ln -s /etc/machine-id /var/lib/dbus/machine-id; fi");
     script.line("rm -rf /tmp/* /var/tmp/* /root/.bash_history");
     if target == Target::Hcloud {
-        script.line("# Trimmed free space keeps the snapshot small, and servers made from it start faster.");
+        script.line(
+            "# Trimmed free space keeps the snapshot small, and servers made from it start faster.",
+        );
         script.line("fstrim -av || echo 'warning: fstrim is not supported here' >&2");
     }
     script.line("sync");
     script.finish()
+}
+
+/// Content that a quoted heredoc reproduces exactly: UTF-8 text ending in a newline, without the marker line.
+fn literal_heredoc_text(content: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(content).ok()?;
+    let exact = text.ends_with('\n')
+        && !text.contains('\r')
+        && !text.lines().any(|line| line == "CAPH_IMAGE_FILE");
+    exact.then_some(text)
 }
 
 /// Standard base64 with padding; the plan needs it only for file steps, so no dependency for it.
@@ -533,7 +802,11 @@ fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {

@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 /// Quotes `text` as one bash word. Text made only of safe characters is left as it is, so plans stay readable.
 pub fn quote(text: &str) -> String {
     let safe = !text.is_empty()
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',' | '@' | '%'));
+        && text.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',' | '@' | '%')
+        });
     if safe {
         return text.to_string();
     }
@@ -21,7 +24,9 @@ pub(crate) struct Script {
 
 impl Script {
     pub(crate) fn new() -> Script {
-        Script { text: "set -euo pipefail\n".to_string() }
+        Script {
+            text: "set -euo pipefail\n".to_string(),
+        }
     }
 
     /// Appends literal shell lines (no interpolation: callers quote what they insert).
@@ -55,7 +60,10 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(quote("kubelet"), "kubelet");
-        assert_eq!(quote("https://dl.k8s.io/release"), "https://dl.k8s.io/release");
+        assert_eq!(
+            quote("https://dl.k8s.io/release"),
+            "https://dl.k8s.io/release"
+        );
         assert_eq!(quote(""), "''");
         assert_eq!(quote("a b"), "'a b'");
         assert_eq!(quote("it's"), r"'it'\''s'");

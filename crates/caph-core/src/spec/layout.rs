@@ -22,17 +22,24 @@ impl Size {
         if text == "all" {
             return Ok(Size::All);
         }
-        let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let digits_end = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (number, unit) = text.split_at(digits_end);
         let factor = match unit {
             "" | "M" | "MiB" => 1,
             "G" | "GiB" => 1024,
             "T" | "TiB" => 1024 * 1024,
-            _ => return Err("is not a size: use a number with M, G or T (MiB, GiB, TiB), or all".to_string()),
+            _ => {
+                return Err(
+                    "is not a size: use a number with M, G or T (MiB, GiB, TiB), or all"
+                        .to_string(),
+                );
+            }
         };
-        let value: u64 = number
-            .parse()
-            .map_err(|_| "is not a size: use a number with M, G or T (MiB, GiB, TiB), or all".to_string())?;
+        let value: u64 = number.parse().map_err(|_| {
+            "is not a size: use a number with M, G or T (MiB, GiB, TiB), or all".to_string()
+        })?;
         if value == 0 {
             return Err("must not be zero".to_string());
         }
@@ -107,10 +114,22 @@ pub struct LayoutProblem {
 }
 
 /// File systems a `PART` line may use.
-pub const PARTITION_FILESYSTEMS: &[&str] =
-    &["bios_grub", "btrfs", "ext2", "ext3", "ext4", "reiserfs", "xfs", "swap", "none", "esp"];
+pub const PARTITION_FILESYSTEMS: &[&str] = &[
+    "bios_grub",
+    "btrfs",
+    "ext2",
+    "ext3",
+    "ext4",
+    "reiserfs",
+    "xfs",
+    "swap",
+    "none",
+    "esp",
+];
 /// File systems an `LV` line may use.
-pub const VOLUME_FILESYSTEMS: &[&str] = &["btrfs", "ext2", "ext3", "ext4", "reiserfs", "xfs", "swap", "none"];
+pub const VOLUME_FILESYSTEMS: &[&str] = &[
+    "btrfs", "ext2", "ext3", "ext4", "reiserfs", "xfs", "swap", "none",
+];
 /// RAID levels installimage knows.
 pub const RAID_LEVELS: &[u8] = &[0, 1, 5, 6, 10];
 
@@ -125,19 +144,35 @@ const MIN_ESP_MIB: u64 = 256;
 pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
     let mut problems = Vec::new();
     let mut problem = |field: String, message: String, help: Option<&str>| {
-        problems.push(LayoutProblem { field, message, help: help.map(str::to_string) });
+        problems.push(LayoutProblem {
+            field,
+            message,
+            help: help.map(str::to_string),
+        });
     };
 
     // Drives.
     if layout.drives.is_empty() {
-        problem("drives".into(), "is empty".into(), Some("name at least one drive, for example \"/dev/sda\""));
+        problem(
+            "drives".into(),
+            "is empty".into(),
+            Some("name at least one drive, for example \"/dev/sda\""),
+        );
     }
     let mut seen_drives = BTreeSet::new();
     for (index, drive) in layout.drives.iter().enumerate() {
         if !drive.starts_with("/dev/") {
-            problem(format!("drives[{index}]"), format!("\"{drive}\" is not a device path"), Some("use a path under /dev/, for example \"/dev/nvme0n1\""));
+            problem(
+                format!("drives[{index}]"),
+                format!("\"{drive}\" is not a device path"),
+                Some("use a path under /dev/, for example \"/dev/nvme0n1\""),
+            );
         } else if !seen_drives.insert(drive) {
-            problem(format!("drives[{index}]"), format!("\"{drive}\" is listed twice"), Some("name each drive once"));
+            problem(
+                format!("drives[{index}]"),
+                format!("\"{drive}\" is listed twice"),
+                Some("name each drive once"),
+            );
         }
     }
 
@@ -149,22 +184,47 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
             _ => 2,
         };
         if !RAID_LEVELS.contains(&level) {
-            problem("raid_level".into(), format!("{level} is not a RAID level installimage knows"), Some("use 0, 1, 5, 6 or 10"));
+            problem(
+                "raid_level".into(),
+                format!("{level} is not a RAID level installimage knows"),
+                Some("use 0, 1, 5, 6 or 10"),
+            );
         } else if layout.drives.len() < needed {
             problem(
                 "raid_level".into(),
-                format!("RAID {level} needs at least {needed} drives, but {} {} listed", layout.drives.len(), if layout.drives.len() == 1 { "is" } else { "are" }),
-                Some(if needed == 2 { "add a drive, or remove raid_level" } else { "add drives, or choose RAID 1" }),
+                format!(
+                    "RAID {level} needs at least {needed} drives, but {} {} listed",
+                    layout.drives.len(),
+                    if layout.drives.len() == 1 {
+                        "is"
+                    } else {
+                        "are"
+                    }
+                ),
+                Some(if needed == 2 {
+                    "add a drive, or remove raid_level"
+                } else {
+                    "add drives, or choose RAID 1"
+                }),
             );
         }
-        if matches!(level, 0 | 5 | 6 | 10) && !layout.partitions.iter().any(|p| p.mount == "/boot") {
-            problem("raid_level".into(), format!("RAID {level} needs a separate /boot partition"), Some("add a partition with mount = \"/boot\""));
+        if matches!(level, 0 | 5 | 6 | 10) && !layout.partitions.iter().any(|p| p.mount == "/boot")
+        {
+            problem(
+                "raid_level".into(),
+                format!("RAID {level} needs a separate /boot partition"),
+                Some("add a partition with mount = \"/boot\""),
+            );
         }
     }
 
     // Partitions.
     if layout.partitions.is_empty() {
-        problem("partitions".into(), "is empty".into(), Some("add at least one [[robot.disk.partitions]] entry"));
+        problem(
+            "partitions".into(),
+            "is empty".into(),
+            Some("add at least one [[robot.disk.partitions]] entry"),
+        );
     }
     let last_partition = layout.partitions.len().saturating_sub(1);
     let mut esp_count = 0;
@@ -173,75 +233,175 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         let mount = partition.mount.as_str();
         if mount == "lvm" {
             if !is_word(&partition.filesystem) {
-                problem(field("volume_group"), format!("\"{}\" is not a volume group name", partition.filesystem), Some("use letters, digits and _"));
+                problem(
+                    field("volume_group"),
+                    format!("\"{}\" is not a volume group name", partition.filesystem),
+                    Some("use letters, digits and _"),
+                );
             }
         } else {
             if !is_partition_mount(mount) {
-                problem(field("mount"), format!("\"{mount}\" is not a mount point"), Some("use an absolute path such as /boot, or swap, none or lvm"));
+                problem(
+                    field("mount"),
+                    format!("\"{mount}\" is not a mount point"),
+                    Some("use an absolute path such as /boot, or swap, none or lvm"),
+                );
             }
             if !PARTITION_FILESYSTEMS.contains(&partition.filesystem.as_str()) {
-                problem(field("filesystem"), format!("\"{}\" is not a file system installimage knows", partition.filesystem), Some("use one of bios_grub, btrfs, ext2, ext3, ext4, reiserfs, xfs, swap, none, esp"));
+                problem(
+                    field("filesystem"),
+                    format!(
+                        "\"{}\" is not a file system installimage knows",
+                        partition.filesystem
+                    ),
+                    Some(
+                        "use one of bios_grub, btrfs, ext2, ext3, ext4, reiserfs, xfs, swap, none, esp",
+                    ),
+                );
             }
             if partition.filesystem == "none" && mount != "none" {
-                problem(field("filesystem"), format!("none needs mount = \"none\", not \"{mount}\""), Some("set mount = \"none\", or choose a file system"));
+                problem(
+                    field("filesystem"),
+                    format!("none needs mount = \"none\", not \"{mount}\""),
+                    Some("set mount = \"none\", or choose a file system"),
+                );
             }
         }
         if partition.filesystem == "esp" {
             esp_count += 1;
             if mount != "/boot/efi" {
-                problem(field("mount"), format!("an esp partition must be mounted at /boot/efi, not \"{mount}\""), Some("set mount = \"/boot/efi\""));
+                problem(
+                    field("mount"),
+                    format!("an esp partition must be mounted at /boot/efi, not \"{mount}\""),
+                    Some("set mount = \"/boot/efi\""),
+                );
             }
             match partition.size {
-                Size::All => problem(field("size"), "all is not allowed for an esp partition".into(), Some("give the ESP a fixed size such as 512M")),
-                Size::MiB(mib) if mib < MIN_ESP_MIB => problem(field("size"), format!("{} is too small for an ESP", partition.size), Some("use at least 256M")),
+                Size::All => problem(
+                    field("size"),
+                    "all is not allowed for an esp partition".into(),
+                    Some("give the ESP a fixed size such as 512M"),
+                ),
+                Size::MiB(mib) if mib < MIN_ESP_MIB => problem(
+                    field("size"),
+                    format!("{} is too small for an ESP", partition.size),
+                    Some("use at least 256M"),
+                ),
                 Size::MiB(_) => {}
             }
         }
         if partition.size == Size::All && index != last_partition {
-            problem(field("size"), "all is only allowed on the last partition".into(), Some("move this partition to the end, or give it a fixed size"));
+            problem(
+                field("size"),
+                "all is only allowed on the last partition".into(),
+                Some("move this partition to the end, or give it a fixed size"),
+            );
         }
         check_minimum(mount, partition.size, &field("size"), &mut problem);
     }
     if layout.uefi && esp_count != 1 {
-        problem("partitions".into(), format!("a UEFI layout needs exactly one esp partition, found {esp_count}"), Some("add one partition with mount = \"/boot/efi\", filesystem = \"esp\", size = \"512M\""));
+        problem(
+            "partitions".into(),
+            format!("a UEFI layout needs exactly one esp partition, found {esp_count}"),
+            Some(
+                "add one partition with mount = \"/boot/efi\", filesystem = \"esp\", size = \"512M\"",
+            ),
+        );
     }
     let plain_mounts: Vec<&str> = layout.partitions.iter().map(|p| p.mount.as_str()).collect();
-    if !plain_mounts.contains(&"/boot") && !plain_mounts.contains(&"/") && !layout.partitions.is_empty() {
-        problem("partitions".into(), "neither /boot nor / is a plain partition".into(), Some("add a /boot partition; / may then live on LVM"));
+    if !plain_mounts.contains(&"/boot")
+        && !plain_mounts.contains(&"/")
+        && !layout.partitions.is_empty()
+    {
+        problem(
+            "partitions".into(),
+            "neither /boot nor / is a plain partition".into(),
+            Some("add a /boot partition; / may then live on LVM"),
+        );
     }
     if layout.partitions.len() > 3 {
-        let anchor = if plain_mounts.contains(&"/boot") { "/boot" } else { "/" };
+        let anchor = if plain_mounts.contains(&"/boot") {
+            "/boot"
+        } else {
+            "/"
+        };
         if plain_mounts.iter().take(3).all(|mount| *mount != anchor) {
-            problem("partitions".into(), format!("with more than 3 partitions, {anchor} must be among the first 3"), Some("move it up"));
+            problem(
+                "partitions".into(),
+                format!("with more than 3 partitions, {anchor} must be among the first 3"),
+                Some("move it up"),
+            );
         }
     }
 
     // Logical volumes.
-    let groups: Vec<&str> = layout.partitions.iter().filter(|p| p.mount == "lvm").map(|p| p.filesystem.as_str()).collect();
+    let groups: Vec<&str> = layout
+        .partitions
+        .iter()
+        .filter(|p| p.mount == "lvm")
+        .map(|p| p.filesystem.as_str())
+        .collect();
     for (index, volume) in layout.volumes.iter().enumerate() {
         let field = |name: &str| format!("volumes[{index}].{name}");
         if !groups.contains(&volume.vg.as_str()) {
-            problem(field("vg"), format!("volume group \"{}\" is not defined", volume.vg), Some("add a partition with mount = \"lvm\" and this volume_group"));
+            problem(
+                field("vg"),
+                format!("volume group \"{}\" is not defined", volume.vg),
+                Some("add a partition with mount = \"lvm\" and this volume_group"),
+            );
         }
         if !is_word(&volume.name) {
-            problem(field("name"), format!("\"{}\" is not a volume name", volume.name), Some("use letters, digits and _"));
+            problem(
+                field("name"),
+                format!("\"{}\" is not a volume name", volume.name),
+                Some("use letters, digits and _"),
+            );
         }
         if !(volume.mount.starts_with('/') || volume.mount == "swap" || volume.mount == "none") {
-            problem(field("mount"), format!("\"{}\" is not a mount point", volume.mount), Some("use an absolute path, swap or none"));
+            problem(
+                field("mount"),
+                format!("\"{}\" is not a mount point", volume.mount),
+                Some("use an absolute path, swap or none"),
+            );
         }
         if !VOLUME_FILESYSTEMS.contains(&volume.filesystem.as_str()) {
-            problem(field("filesystem"), format!("\"{}\" is not a file system installimage knows for a volume", volume.filesystem), Some("use one of btrfs, ext2, ext3, ext4, reiserfs, xfs, swap, none"));
+            problem(
+                field("filesystem"),
+                format!(
+                    "\"{}\" is not a file system installimage knows for a volume",
+                    volume.filesystem
+                ),
+                Some("use one of btrfs, ext2, ext3, ext4, reiserfs, xfs, swap, none"),
+            );
         }
-        let last_in_group = layout.volumes.iter().rposition(|other| other.vg == volume.vg) == Some(index);
+        let last_in_group = layout
+            .volumes
+            .iter()
+            .rposition(|other| other.vg == volume.vg)
+            == Some(index);
         if volume.size == Size::All && !last_in_group {
-            problem(field("size"), format!("all is only allowed on the last volume of {}", volume.vg), Some("move this volume to the end of its group, or give it a fixed size"));
+            problem(
+                field("size"),
+                format!("all is only allowed on the last volume of {}", volume.vg),
+                Some("move this volume to the end of its group, or give it a fixed size"),
+            );
         }
         check_minimum(&volume.mount, volume.size, &field("size"), &mut problem);
     }
     for (index, group) in groups.iter().enumerate() {
         if !layout.volumes.iter().any(|volume| volume.vg == *group) {
-            let position = layout.partitions.iter().enumerate().filter(|(_, p)| p.mount == "lvm").nth(index).map_or(0, |(i, _)| i);
-            problem(format!("partitions[{position}].volume_group"), format!("volume group \"{group}\" has no volumes"), Some("add [[robot.disk.volumes]] entries for it, or remove the partition"));
+            let position = layout
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.mount == "lvm")
+                .nth(index)
+                .map_or(0, |(i, _)| i);
+            problem(
+                format!("partitions[{position}].volume_group"),
+                format!("volume group \"{group}\" has no volumes"),
+                Some("add [[robot.disk.volumes]] entries for it, or remove the partition"),
+            );
         }
     }
 
@@ -252,25 +412,53 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         .iter()
         .enumerate()
         .map(|(index, p)| (format!("partitions[{index}].mount"), p.mount.as_str()))
-        .chain(layout.volumes.iter().enumerate().map(|(index, v)| (format!("volumes[{index}].mount"), v.mount.as_str())));
+        .chain(
+            layout
+                .volumes
+                .iter()
+                .enumerate()
+                .map(|(index, v)| (format!("volumes[{index}].mount"), v.mount.as_str())),
+        );
     for (field, mount) in all_mounts {
         if mount.starts_with('/') && !mounted.insert(mount) {
-            problem(field, format!("{mount} is mounted twice"), Some("keep one partition or volume per mount point"));
+            problem(
+                field,
+                format!("{mount} is mounted twice"),
+                Some("keep one partition or volume per mount point"),
+            );
         }
     }
-    if !mounted.contains("/") && !(layout.partitions.is_empty() && layout.volumes.is_empty()) {
-        problem("partitions".into(), "nothing is mounted at /".into(), Some("add a partition or volume with mount = \"/\""));
+    let has_mounts = !layout.partitions.is_empty() || !layout.volumes.is_empty();
+    if has_mounts && !mounted.contains("/") {
+        problem(
+            "partitions".into(),
+            "nothing is mounted at /".into(),
+            Some("add a partition or volume with mount = \"/\""),
+        );
     }
     problems
 }
 
-fn check_minimum(mount: &str, size: Size, field: &str, problem: &mut impl FnMut(String, String, Option<&str>)) {
+fn check_minimum(
+    mount: &str,
+    size: Size,
+    field: &str,
+    problem: &mut impl FnMut(String, String, Option<&str>),
+) {
     let Size::MiB(mib) = size else { return };
     if mount == "/boot" && mib < MIN_BOOT_MIB {
-        problem(field.to_string(), format!("{size} is too small for /boot"), Some("use at least 200M"));
+        problem(
+            field.to_string(),
+            format!("{size} is too small for /boot"),
+            Some("use at least 200M"),
+        );
     }
     if mount == "/" && mib < MIN_ROOT_MIB {
-        problem(field.to_string(), format!("{size} is too small for /"), Some("use at least 1500M"));
+        problem(
+            field.to_string(),
+            format!("{size} is too small for /"),
+            Some("use at least 1500M"),
+        );
     }
 }
 
@@ -282,7 +470,10 @@ fn is_partition_mount(mount: &str) -> bool {
     if let Some(rest) = mount.strip_prefix("btrfs.") {
         return is_word(rest);
     }
-    mount.starts_with('/') && mount[1..].split('/').all(|part| part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    mount.starts_with('/')
+        && mount[1..]
+            .split('/')
+            .all(|part| part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
 fn is_word(text: &str) -> bool {

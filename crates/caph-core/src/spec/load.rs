@@ -8,8 +8,8 @@ use toml::de::DeTable;
 use super::layout::{DiskLayout, LogicalVolume, Partition, Size, validate_layout};
 use super::reader::{At, Reader, Section};
 use super::{
-    Artifact, Base, Distribution, FileSpec, Hcloud, Identity, ImageSpec, Kubernetes, KubernetesSource, Robot,
-    RootfsBase, ScriptSpec, System,
+    Artifact, Base, Distribution, FileSpec, Hcloud, Identity, ImageSpec, Kubernetes,
+    KubernetesSource, Robot, RootfsBase, ScriptSpec, System,
 };
 use crate::arch::Arch;
 use crate::diagnostic::{Diagnostic, Diagnostics};
@@ -56,7 +56,8 @@ const KNOWN_CODENAMES: &[(&str, &str, &str)] = &[
     ("debian", "13", "trixie"),
 ];
 /// Words installimage looks for, in this order, in the lower-cased file name to decide the distribution.
-const INSTALLIMAGE_DISTRO_WORDS: &[&str] = &["suse", "centos", "ubuntu", "arch", "rocky", "alma", "rhel"];
+const INSTALLIMAGE_DISTRO_WORDS: &[&str] =
+    &["suse", "centos", "ubuntu", "arch", "rocky", "alma", "rhel"];
 
 /// Parses and validates the spec `file` (named as the user named it) with content `bytes`.
 pub fn load(file: &str, bytes: &[u8], files: &dyn SpecFiles) -> Result<ImageSpec, Diagnostics> {
@@ -81,13 +82,24 @@ pub fn load(file: &str, bytes: &[u8], files: &dyn SpecFiles) -> Result<ImageSpec
         Ok(document) => document,
         Err(error) => {
             let span = error.span().unwrap_or(0..0);
-            let message = format!("TOML syntax error: {}", error.message().trim_end_matches('\n'));
+            let message = format!(
+                "TOML syntax error: {}",
+                error.message().trim_end_matches('\n')
+            );
             reader.error(&span, "", message, None);
             return Err(Diagnostics(reader.diagnostics));
         }
     };
-    let root = Section { field: String::new(), table: document.get_ref(), span: 0..0 };
-    let mut loader = Loader { reader, files, digest: Sha256::new() };
+    let root = Section {
+        field: String::new(),
+        table: document.get_ref(),
+        span: 0..0,
+    };
+    let mut loader = Loader {
+        reader,
+        files,
+        digest: Sha256::new(),
+    };
     loader.digest.update(bytes);
     let spec = loader.spec(file, &root);
     let mut diagnostics = loader.reader.diagnostics;
@@ -109,16 +121,37 @@ struct Loader<'s, 'f> {
 
 impl Loader<'_, '_> {
     fn spec(&mut self, file: &str, root: &Section<'_, '_>) -> Option<ImageSpec> {
-        self.reader.check_keys(root, &["image", "base", "kubernetes", "containerd", "runc", "crictl", "system", "hcloud", "robot"]);
+        self.reader.check_keys(
+            root,
+            &[
+                "image",
+                "base",
+                "kubernetes",
+                "containerd",
+                "runc",
+                "crictl",
+                "system",
+                "hcloud",
+                "robot",
+            ],
+        );
         let image = self.image(root);
         let kubernetes = self.kubernetes(root);
         let base = self.base(root, kubernetes.as_ref().map(|k| k.version));
         let containerd = self.artifact(root, "containerd", DEFAULT_CONTAINERD_URL, "\"2.1.4\"");
         if let Some(containerd) = &containerd
-            && !matches!((containerd.version.major, containerd.version.minor), (1, 6) | (1, 7) | (2, _))
+            && !matches!(
+                (containerd.version.major, containerd.version.minor),
+                (1, 6) | (1, 7) | (2, _)
+            )
         {
             let section = root.table.get("containerd").map_or(0..0, |v| v.span());
-            self.reader.error(&section, "containerd.version", format!("{} is not supported", containerd.version), Some("use containerd 1.6, 1.7 or 2.x".to_string()));
+            self.reader.error(
+                &section,
+                "containerd.version",
+                format!("{} is not supported", containerd.version),
+                Some("use containerd 1.6, 1.7 or 2.x".to_string()),
+            );
         }
         let runc = self.artifact(root, "runc", DEFAULT_RUNC_URL, "\"1.3.0\"");
         let crictl = self.artifact(root, "crictl", DEFAULT_CRICTL_URL, "\"1.33.0\"");
@@ -143,10 +176,17 @@ impl Loader<'_, '_> {
 
     fn image(&mut self, root: &Section<'_, '_>) -> Option<Identity> {
         let section = self.reader.section(root, "image", true)?;
-        self.reader.check_keys(&section, &["name", "description", "labels"]);
-        let name = self.reader.required_string(&section, "name", "\"ubuntu-24.04-k8s-v1.36.0\"");
+        self.reader
+            .check_keys(&section, &["name", "description", "labels"]);
+        let name = self
+            .reader
+            .required_string(&section, "name", "\"ubuntu-24.04-k8s-v1.36.0\"");
         let name_ok = name.as_ref().is_some_and(|name| {
-            let result = if name.value.is_empty() { Err("it is empty".to_string()) } else { label::check_value(&name.value) };
+            let result = if name.value.is_empty() {
+                Err("it is empty".to_string())
+            } else {
+                label::check_value(&name.value)
+            };
             self.label_value_result(name, &section.field_of("name"), result)
         });
         let description = self.reader.string(&section, "description").map(|d| d.value);
@@ -155,72 +195,142 @@ impl Loader<'_, '_> {
         for (key, value) in self.reader.string_map(&section, "labels") {
             let field = format!("{}.labels.{}", section.field, key.value);
             if let Err(why) = label::check_key(&key.value) {
-                self.reader.error(&key.span, &field, format!("\"{}\" is not a valid label key: {why}", key.value), Some("use [A-Za-z0-9._-] with an optional example.com/ prefix".to_string()));
+                self.reader.error(
+                    &key.span,
+                    &field,
+                    format!("\"{}\" is not a valid label key: {why}", key.value),
+                    Some("use [A-Za-z0-9._-] with an optional example.com/ prefix".to_string()),
+                );
                 labels_ok = false;
             } else if RESERVED_LABELS.contains(&key.value.as_str()) {
-                self.reader.error(&key.span, &field, "is set by caph-image itself", Some("choose another key".to_string()));
+                self.reader.error(
+                    &key.span,
+                    &field,
+                    "is set by caph-image itself",
+                    Some("choose another key".to_string()),
+                );
                 labels_ok = false;
             }
             labels_ok &= self.label_value_result(&value, &field, label::check_value(&value.value));
             labels.insert(key.value, value.value);
         }
         let name = name?;
-        (name_ok && labels_ok).then(|| Identity { name: name.value, description, labels })
+        (name_ok && labels_ok).then_some(Identity {
+            name: name.value,
+            description,
+            labels,
+        })
     }
 
-    fn label_value_result(&mut self, value: &At<String>, field: &str, result: Result<(), String>) -> bool {
+    fn label_value_result(
+        &mut self,
+        value: &At<String>,
+        field: &str,
+        result: Result<(), String>,
+    ) -> bool {
         match result {
             Ok(()) => true,
             Err(why) => {
                 let help = Some("use [A-Za-z0-9._-], at most 63 characters, starting and ending with a letter or digit".to_string());
-                self.reader.error(&value.span, field, format!("\"{}\" is not a valid label value: {why}", value.value), help);
+                self.reader.error(
+                    &value.span,
+                    field,
+                    format!("\"{}\" is not a valid label value: {why}", value.value),
+                    help,
+                );
                 false
             }
         }
     }
 
-    fn base(&mut self, root: &Section<'_, '_>, kubernetes_version: Option<Version>) -> Option<Base> {
+    fn base(
+        &mut self,
+        root: &Section<'_, '_>,
+        kubernetes_version: Option<Version>,
+    ) -> Option<Base> {
         let section = self.reader.section(root, "base", true)?;
-        self.reader.check_keys(&section, &["distribution", "version", "codename", "flavor", "hcloud", "rootfs"]);
-        let distribution = self.reader.required_string(&section, "distribution", "\"ubuntu\"").and_then(|d| match d.value.as_str() {
-            "ubuntu" => Some(Distribution::Ubuntu),
-            "debian" => Some(Distribution::Debian),
-            other => {
-                self.reader.error(&d.span, "base.distribution", format!("\"{other}\" is not supported"), Some("use \"ubuntu\" or \"debian\"".to_string()));
-                None
-            }
-        });
-        let version = self.reader.required_string(&section, "version", "\"24.04\"").and_then(|v| {
-            let well_formed = !v.value.is_empty()
-                && v.value.split('.').count() <= 2
-                && v.value.split('.').all(|part| !part.is_empty() && part.len() <= 2 && part.chars().all(|c| c.is_ascii_digit()));
-            if well_formed {
-                Some(v.value)
-            } else {
-                self.reader.error(&v.span, "base.version", format!("\"{}\" is not a distribution version", v.value), Some("use the release number, such as \"24.04\" or \"12\"".to_string()));
-                None
-            }
-        });
+        self.reader.check_keys(
+            &section,
+            &[
+                "distribution",
+                "version",
+                "codename",
+                "flavor",
+                "hcloud",
+                "rootfs",
+            ],
+        );
+        let distribution = self
+            .reader
+            .required_string(&section, "distribution", "\"ubuntu\"")
+            .and_then(|d| match d.value.as_str() {
+                "ubuntu" => Some(Distribution::Ubuntu),
+                "debian" => Some(Distribution::Debian),
+                other => {
+                    self.reader.error(
+                        &d.span,
+                        "base.distribution",
+                        format!("\"{other}\" is not supported"),
+                        Some("use \"ubuntu\" or \"debian\"".to_string()),
+                    );
+                    None
+                }
+            });
+        let version = self
+            .reader
+            .required_string(&section, "version", "\"24.04\"")
+            .and_then(|v| {
+                let well_formed = !v.value.is_empty()
+                    && v.value.split('.').count() <= 2
+                    && v.value.split('.').all(|part| {
+                        !part.is_empty()
+                            && part.len() <= 2
+                            && part.chars().all(|c| c.is_ascii_digit())
+                    });
+                if well_formed {
+                    Some(v.value)
+                } else {
+                    self.reader.error(
+                        &v.span,
+                        "base.version",
+                        format!("\"{}\" is not a distribution version", v.value),
+                        Some("use the release number, such as \"24.04\" or \"12\"".to_string()),
+                    );
+                    None
+                }
+            });
         let codename = match self.reader.string(&section, "codename") {
             Some(codename) if is_lower_word(&codename.value) => Some(codename.value),
             Some(codename) => {
-                self.reader.error(&codename.span, "base.codename", format!("\"{}\" is not a codename", codename.value), Some("use lower-case letters, such as \"noble\"".to_string()));
+                self.reader.error(
+                    &codename.span,
+                    "base.codename",
+                    format!("\"{}\" is not a codename", codename.value),
+                    Some("use lower-case letters, such as \"noble\"".to_string()),
+                );
                 None
             }
-            None => match (distribution, &version) {
-                (Some(distribution), Some(version)) => {
-                    let known = KNOWN_CODENAMES.iter().find(|(d, v, _)| *d == distribution.name() && v == version);
-                    if known.is_none() {
-                        self.reader.error(&section.span, "base.codename", format!("is missing, and {} {version} is not a release caph-image knows", distribution.name()), Some("add `codename = \"...\"` to [base]".to_string()));
+            None => {
+                match (distribution, &version) {
+                    (Some(distribution), Some(version)) => {
+                        let known = KNOWN_CODENAMES
+                            .iter()
+                            .find(|(d, v, _)| *d == distribution.name() && v == version);
+                        if known.is_none() {
+                            self.reader.error(&section.span, "base.codename", format!("is missing, and {} {version} is not a release caph-image knows", distribution.name()), Some("add `codename = \"...\"` to [base]".to_string()));
+                        }
+                        known.map(|(_, _, codename)| codename.to_string())
                     }
-                    known.map(|(_, _, codename)| codename.to_string())
+                    _ => None,
                 }
-                _ => None,
-            },
+            }
         };
         let flavor = match self.reader.string(&section, "flavor") {
             Some(flavor) => Some(flavor),
-            None => kubernetes_version.map(|v| At { value: format!("k8s-v{v}"), span: section.span.clone() }),
+            None => kubernetes_version.map(|v| At {
+                value: format!("k8s-v{v}"),
+                span: section.span.clone(),
+            }),
         };
         let mut hcloud_images = BTreeMap::new();
         if let Some(images) = self.reader.section(&section, "hcloud", false) {
@@ -228,7 +338,15 @@ impl Loader<'_, '_> {
             for arch in Arch::ALL {
                 if let Some(image) = self.reader.string(&images, arch.hcloud_name()) {
                     if image.value.is_empty() || image.value.contains(char::is_whitespace) {
-                        self.reader.error(&image.span, &images.field_of(arch.hcloud_name()), format!("\"{}\" is not an image name", image.value), Some("use a Hetzner Cloud image name such as \"ubuntu-24.04\"".to_string()));
+                        self.reader.error(
+                            &image.span,
+                            &images.field_of(arch.hcloud_name()),
+                            format!("\"{}\" is not an image name", image.value),
+                            Some(
+                                "use a Hetzner Cloud image name such as \"ubuntu-24.04\""
+                                    .to_string(),
+                            ),
+                        );
                     } else {
                         hcloud_images.insert(arch, image.value);
                     }
@@ -246,29 +364,72 @@ impl Loader<'_, '_> {
         };
         let flavor = flavor?;
         let flavor_ok = self.check_flavor(&flavor, &base);
-        flavor_ok.then_some(Base { flavor: flavor.value, ..base })
+        flavor_ok.then_some(Base {
+            flavor: flavor.value,
+            ..base
+        })
     }
 
     /// The flavor ends up in the installimage file name, which installimage reads to find the distribution.
     fn check_flavor(&mut self, flavor: &At<String>, base: &Base) -> bool {
-        if flavor.value.is_empty() || !flavor.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-            self.reader.error(&flavor.span, "base.flavor", format!("\"{}\" cannot be part of an installimage file name", flavor.value), Some("use [A-Za-z0-9._-]".to_string()));
+        if flavor.value.is_empty()
+            || !flavor
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            self.reader.error(
+                &flavor.span,
+                "base.flavor",
+                format!(
+                    "\"{}\" cannot be part of an installimage file name",
+                    flavor.value
+                ),
+                Some("use [A-Za-z0-9._-]".to_string()),
+            );
             return false;
         }
         let stem = base.installimage_stem(Arch::X86).to_ascii_lowercase();
-        let detected = INSTALLIMAGE_DISTRO_WORDS.iter().find(|word| stem.contains(*word)).copied().unwrap_or("debian");
+        let detected = INSTALLIMAGE_DISTRO_WORDS
+            .iter()
+            .find(|word| stem.contains(*word))
+            .copied()
+            .unwrap_or("debian");
         if detected != base.distribution.name() {
-            self.reader.error(&flavor.span, "base.flavor", format!("\"{}\" makes installimage read the file name as {detected}, not {}", flavor.value, base.distribution.name()), Some(format!("remove \"{detected}\" from the flavor")));
+            self.reader.error(
+                &flavor.span,
+                "base.flavor",
+                format!(
+                    "\"{}\" makes installimage read the file name as {detected}, not {}",
+                    flavor.value,
+                    base.distribution.name()
+                ),
+                Some(format!("remove \"{detected}\" from the flavor")),
+            );
             return false;
         }
         true
     }
 
-    fn rootfs(&mut self, base: &Section<'_, '_>, distribution: Option<Distribution>) -> Option<Option<RootfsBase>> {
+    fn rootfs(
+        &mut self,
+        base: &Section<'_, '_>,
+        distribution: Option<Distribution>,
+    ) -> Option<Option<RootfsBase>> {
         let Some(section) = self.reader.section(base, "rootfs", false) else {
             return Some(None);
         };
-        self.reader.check_keys(&section, &["suite", "mirror", "variant", "components", "tarball", "sha256"]);
+        self.reader.check_keys(
+            &section,
+            &[
+                "suite",
+                "mirror",
+                "variant",
+                "components",
+                "tarball",
+                "sha256",
+            ],
+        );
         let tarball = self.reader.string(&section, "tarball");
         let sha256 = self.reader.string(&section, "sha256");
         let suite = self.reader.string(&section, "suite");
@@ -276,46 +437,105 @@ impl Loader<'_, '_> {
         let variant = self.reader.string(&section, "variant");
         let components = self.reader.string_list(&section, "components");
         if let Some(tarball) = tarball {
-            for (key, present) in [("suite", suite.is_some()), ("mirror", mirror.is_some()), ("variant", variant.is_some())] {
+            for (key, present) in [
+                ("suite", suite.is_some()),
+                ("mirror", mirror.is_some()),
+                ("variant", variant.is_some()),
+            ] {
                 if present {
-                    let span = section.table.get(key).map_or(section.span.clone(), |v| v.span());
-                    self.reader.error(&span, &section.field_of(key), "cannot be combined with tarball", Some("use either an mmdebstrap base (suite, mirror, variant) or a tarball".to_string()));
+                    let span = section
+                        .table
+                        .get(key)
+                        .map_or(section.span.clone(), |v| v.span());
+                    self.reader.error(
+                        &span,
+                        &section.field_of(key),
+                        "cannot be combined with tarball",
+                        Some(
+                            "use either an mmdebstrap base (suite, mirror, variant) or a tarball"
+                                .to_string(),
+                        ),
+                    );
                 }
             }
             let Some(sha256) = sha256 else {
-                self.reader.error(&tarball.span, "base.rootfs.sha256", "is missing: a base tarball must be pinned", Some("add `sha256 = \"<64 hex digits>\"` to [base.rootfs]".to_string()));
+                self.reader.error(
+                    &tarball.span,
+                    "base.rootfs.sha256",
+                    "is missing: a base tarball must be pinned",
+                    Some("add `sha256 = \"<64 hex digits>\"` to [base.rootfs]".to_string()),
+                );
                 return None;
             };
             let sha_ok = self.check_sha256(&sha256, "base.rootfs.sha256");
-            let location_ok = if tarball.value.starts_with("http://") || tarball.value.starts_with("https://") {
-                true
-            } else {
-                self.reference_file(&tarball, "base.rootfs.tarball", false).is_some()
-            };
-            return (sha_ok && location_ok).then_some(Some(RootfsBase::Tarball { location: tarball.value, sha256: sha256.value }));
+            let location_ok =
+                if tarball.value.starts_with("http://") || tarball.value.starts_with("https://") {
+                    true
+                } else {
+                    self.reference_file(&tarball, "base.rootfs.tarball", false)
+                        .is_some()
+                };
+            return (sha_ok && location_ok).then_some(Some(RootfsBase::Tarball {
+                location: tarball.value,
+                sha256: sha256.value,
+            }));
         }
         if let Some(sha256) = &sha256 {
-            self.reader.error(&sha256.span, "base.rootfs.sha256", "only applies to a tarball", Some("remove it, or add `tarball = ...`".to_string()));
+            self.reader.error(
+                &sha256.span,
+                "base.rootfs.sha256",
+                "only applies to a tarball",
+                Some("remove it, or add `tarball = ...`".to_string()),
+            );
         }
         let suite = match suite {
             Some(suite) if is_lower_word(&suite.value) => Some(suite.value),
             Some(suite) => {
-                self.reader.error(&suite.span, "base.rootfs.suite", format!("\"{}\" is not a suite name", suite.value), Some("use a codename such as \"bookworm\"".to_string()));
+                self.reader.error(
+                    &suite.span,
+                    "base.rootfs.suite",
+                    format!("\"{}\" is not a suite name", suite.value),
+                    Some("use a codename such as \"bookworm\"".to_string()),
+                );
                 None
             }
             None => {
-                self.reader.error(&section.span, "base.rootfs.suite", "is missing", Some("add `suite = \"bookworm\"` (or `tarball` and `sha256`) to [base.rootfs]".to_string()));
+                self.reader.error(
+                    &section.span,
+                    "base.rootfs.suite",
+                    "is missing",
+                    Some(
+                        "add `suite = \"bookworm\"` (or `tarball` and `sha256`) to [base.rootfs]"
+                            .to_string(),
+                    ),
+                );
                 None
             }
         };
         if let Some(mirror) = &mirror {
             self.check_url(mirror, "base.rootfs.mirror");
         }
-        const VARIANTS: &[&str] = &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
+        const VARIANTS: &[&str] = &[
+            "extract",
+            "custom",
+            "essential",
+            "apt",
+            "required",
+            "minbase",
+            "buildd",
+            "important",
+            "debootstrap",
+            "standard",
+        ];
         let variant = match variant {
             Some(variant) if VARIANTS.contains(&variant.value.as_str()) => variant.value,
             Some(variant) => {
-                self.reader.error(&variant.span, "base.rootfs.variant", format!("\"{}\" is not an mmdebstrap variant", variant.value), Some(format!("use one of {}", VARIANTS.join(", "))));
+                self.reader.error(
+                    &variant.span,
+                    "base.rootfs.variant",
+                    format!("\"{}\" is not an mmdebstrap variant", variant.value),
+                    Some(format!("use one of {}", VARIANTS.join(", "))),
+                );
                 return None;
             }
             None => "minbase".to_string(),
@@ -324,53 +544,123 @@ impl Loader<'_, '_> {
             Some(Distribution::Ubuntu) => vec!["main".to_string(), "universe".to_string()],
             _ => vec!["main".to_string()],
         };
-        let components = components.map_or(default_components, |list| list.into_iter().map(|c| c.value).collect());
-        Some(Some(RootfsBase::Mmdebstrap { suite: suite?, mirror: mirror.map(|m| m.value.trim_end_matches('/').to_string()), variant, components }))
+        let components = components.map_or(default_components, |list| {
+            list.into_iter().map(|c| c.value).collect()
+        });
+        Some(Some(RootfsBase::Mmdebstrap {
+            suite: suite?,
+            mirror: mirror.map(|m| m.value.trim_end_matches('/').to_string()),
+            variant,
+            components,
+        }))
     }
 
     fn kubernetes(&mut self, root: &Section<'_, '_>) -> Option<Kubernetes> {
         let section = self.reader.section(root, "kubernetes", true)?;
-        self.reader.check_keys(&section, &["version", "source", "apt_url", "apt_key_sha256", "binaries_url", "sha256", "prepull_images"]);
+        self.reader.check_keys(
+            &section,
+            &[
+                "version",
+                "source",
+                "apt_url",
+                "apt_key_sha256",
+                "binaries_url",
+                "sha256",
+                "prepull_images",
+            ],
+        );
         let version = self.version(&section, "\"1.36.0\"");
-        let source = self.reader.string(&section, "source").unwrap_or(At { value: "apt".to_string(), span: section.span.clone() });
+        let source = self.reader.string(&section, "source").unwrap_or(At {
+            value: "apt".to_string(),
+            span: section.span.clone(),
+        });
         let apt_url = self.optional_url(&section, "apt_url");
         let binaries_url = self.optional_url(&section, "binaries_url");
         let key_sha256 = self.reader.string(&section, "apt_key_sha256");
-        let key_ok = key_sha256.as_ref().is_none_or(|sha| self.check_sha256(sha, "kubernetes.apt_key_sha256"));
-        let prepull_images = self.reader.bool(&section, "prepull_images").is_some_and(|flag| flag.value);
+        let key_ok = key_sha256
+            .as_ref()
+            .is_none_or(|sha| self.check_sha256(sha, "kubernetes.apt_key_sha256"));
+        let prepull_images = self
+            .reader
+            .bool(&section, "prepull_images")
+            .is_some_and(|flag| flag.value);
         let pins = self.component_pins(&section);
         let source = match source.value.as_str() {
             "apt" => {
-                for (key, present) in [("binaries_url", binaries_url.is_some()), ("sha256", section.table.contains_key("sha256"))] {
+                for (key, present) in [
+                    ("binaries_url", binaries_url.is_some()),
+                    ("sha256", section.table.contains_key("sha256")),
+                ] {
                     if present {
-                        let span = section.table.get(key).map_or(section.span.clone(), |v| v.span());
-                        self.reader.error(&span, &section.field_of(key), "only applies to source = \"binaries\"", Some("remove it, or set source = \"binaries\"".to_string()));
+                        let span = section
+                            .table
+                            .get(key)
+                            .map_or(section.span.clone(), |v| v.span());
+                        self.reader.error(
+                            &span,
+                            &section.field_of(key),
+                            "only applies to source = \"binaries\"",
+                            Some("remove it, or set source = \"binaries\"".to_string()),
+                        );
                     }
                 }
                 let version = version?;
                 let base = apt_url.map_or(DEFAULT_APT_URL.to_string(), |url| url.value);
                 let repository = format!("{base}/v{}/deb/", version.minor_series());
-                key_ok.then(|| KubernetesSource::Apt { key_url: format!("{repository}Release.key"), repository, key_sha256: key_sha256.map(|k| k.value) })
+                key_ok.then(|| KubernetesSource::Apt {
+                    key_url: format!("{repository}Release.key"),
+                    repository,
+                    key_sha256: key_sha256.map(|k| k.value),
+                })
             }
             "binaries" => {
-                for (key, present) in [("apt_url", apt_url.is_some()), ("apt_key_sha256", key_sha256.is_some())] {
+                for (key, present) in [
+                    ("apt_url", apt_url.is_some()),
+                    ("apt_key_sha256", key_sha256.is_some()),
+                ] {
                     if present {
-                        let span = section.table.get(key).map_or(section.span.clone(), |v| v.span());
-                        self.reader.error(&span, &section.field_of(key), "only applies to source = \"apt\"", Some("remove it, or set source = \"apt\"".to_string()));
+                        let span = section
+                            .table
+                            .get(key)
+                            .map_or(section.span.clone(), |v| v.span());
+                        self.reader.error(
+                            &span,
+                            &section.field_of(key),
+                            "only applies to source = \"apt\"",
+                            Some("remove it, or set source = \"apt\"".to_string()),
+                        );
                     }
                 }
-                Some(KubernetesSource::Binaries { base_url: binaries_url.map_or(DEFAULT_BINARIES_URL.to_string(), |url| url.value), sha256: pins? })
+                Some(KubernetesSource::Binaries {
+                    base_url: binaries_url
+                        .map_or(DEFAULT_BINARIES_URL.to_string(), |url| url.value),
+                    sha256: pins?,
+                })
             }
             other => {
-                self.reader.error(&source.span, "kubernetes.source", format!("\"{other}\" is not a source"), Some("use \"apt\" (pkgs.k8s.io) or \"binaries\" (release downloads)".to_string()));
+                self.reader.error(
+                    &source.span,
+                    "kubernetes.source",
+                    format!("\"{other}\" is not a source"),
+                    Some(
+                        "use \"apt\" (pkgs.k8s.io) or \"binaries\" (release downloads)".to_string(),
+                    ),
+                );
                 None
             }
         };
-        Some(Kubernetes { version: version?, source: source?, prepull_images })
+        Some(Kubernetes {
+            version: version?,
+            source: source?,
+            prepull_images,
+        })
     }
 
     /// `[kubernetes.sha256.amd64] kubelet = "..."`: pins per architecture and component.
-    fn component_pins(&mut self, section: &Section<'_, '_>) -> Option<BTreeMap<Arch, BTreeMap<String, String>>> {
+    fn component_pins(
+        &mut self,
+        section: &Section<'_, '_>,
+    ) -> Option<BTreeMap<Arch, BTreeMap<String, String>>> {
         let mut pins = BTreeMap::new();
         let Some(table) = self.reader.section(section, "sha256", false) else {
             return Some(pins);
@@ -378,7 +668,9 @@ impl Loader<'_, '_> {
         self.reader.check_keys(&table, &["amd64", "arm64"]);
         let mut ok = true;
         for arch in Arch::ALL {
-            let Some(per_arch) = self.reader.section(&table, arch.debian_name(), false) else { continue };
+            let Some(per_arch) = self.reader.section(&table, arch.debian_name(), false) else {
+                continue;
+            };
             self.reader.check_keys(&per_arch, KUBERNETES_COMPONENTS);
             let mut components = BTreeMap::new();
             for component in KUBERNETES_COMPONENTS {
@@ -392,11 +684,20 @@ impl Loader<'_, '_> {
         ok.then_some(pins)
     }
 
-    fn artifact(&mut self, root: &Section<'_, '_>, name: &str, default_url: &str, example: &str) -> Option<Artifact> {
+    fn artifact(
+        &mut self,
+        root: &Section<'_, '_>,
+        name: &str,
+        default_url: &str,
+        example: &str,
+    ) -> Option<Artifact> {
         let section = self.reader.section(root, name, true)?;
-        self.reader.check_keys(&section, &["version", "url", "sha256"]);
+        self.reader
+            .check_keys(&section, &["version", "url", "sha256"]);
         let version = self.version(&section, example);
-        let base_url = self.optional_url(&section, "url").map_or(default_url.to_string(), |url| url.value);
+        let base_url = self
+            .optional_url(&section, "url")
+            .map_or(default_url.to_string(), |url| url.value);
         let mut sha256 = BTreeMap::new();
         let mut ok = true;
         if let Some(pins) = self.reader.section(&section, "sha256", false) {
@@ -408,7 +709,11 @@ impl Loader<'_, '_> {
                 }
             }
         }
-        (ok).then_some(Artifact { version: version?, base_url, sha256 })
+        (ok).then_some(Artifact {
+            version: version?,
+            base_url,
+            sha256,
+        })
     }
 
     fn version(&mut self, section: &Section<'_, '_>, example: &str) -> Option<Version> {
@@ -421,7 +726,12 @@ impl Loader<'_, '_> {
                 } else {
                     format!("write an exact release such as {example}")
                 };
-                self.reader.error(&text.span, &section.field_of("version"), format!("\"{}\" {why}", text.value), Some(help));
+                self.reader.error(
+                    &text.span,
+                    &section.field_of("version"),
+                    format!("\"{}\" {why}", text.value),
+                    Some(help),
+                );
                 None
             }
         }
@@ -429,59 +739,141 @@ impl Loader<'_, '_> {
 
     fn system(&mut self, root: &Section<'_, '_>) -> Option<System> {
         let Some(section) = self.reader.section(root, "system", false) else {
-            return Some(System { packages: Vec::new(), kernel_modules: Vec::new(), sysctls: BTreeMap::new(), disable_swap: true, files: Vec::new(), scripts: Vec::new() });
+            return Some(System {
+                packages: Vec::new(),
+                kernel_modules: Vec::new(),
+                sysctls: BTreeMap::new(),
+                disable_swap: true,
+                files: Vec::new(),
+                scripts: Vec::new(),
+            });
         };
-        self.reader.check_keys(&section, &["packages", "kernel_modules", "sysctls", "disable_swap", "files", "scripts"]);
+        self.reader.check_keys(
+            &section,
+            &[
+                "packages",
+                "kernel_modules",
+                "sysctls",
+                "disable_swap",
+                "files",
+                "scripts",
+            ],
+        );
         let mut ok = true;
         let mut packages = Vec::new();
-        for (index, package) in self.reader.string_list(&section, "packages").unwrap_or_default().into_iter().enumerate() {
+        for (index, package) in self
+            .reader
+            .string_list(&section, "packages")
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             if is_package_name(&package.value) {
                 packages.push(package.value);
             } else {
                 ok = false;
-                self.reader.error(&package.span, &format!("system.packages[{index}]"), format!("\"{}\" is not a package name", package.value), Some("use a Debian package name, optionally with =VERSION".to_string()));
+                self.reader.error(
+                    &package.span,
+                    &format!("system.packages[{index}]"),
+                    format!("\"{}\" is not a package name", package.value),
+                    Some("use a Debian package name, optionally with =VERSION".to_string()),
+                );
             }
         }
         let mut kernel_modules = Vec::new();
-        for (index, module) in self.reader.string_list(&section, "kernel_modules").unwrap_or_default().into_iter().enumerate() {
-            if !module.value.is_empty() && module.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        for (index, module) in self
+            .reader
+            .string_list(&section, "kernel_modules")
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            if !module.value.is_empty()
+                && module
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 kernel_modules.push(module.value);
             } else {
                 ok = false;
-                self.reader.error(&module.span, &format!("system.kernel_modules[{index}]"), format!("\"{}\" is not a kernel module name", module.value), Some("use letters, digits, _ and -".to_string()));
+                self.reader.error(
+                    &module.span,
+                    &format!("system.kernel_modules[{index}]"),
+                    format!("\"{}\" is not a kernel module name", module.value),
+                    Some("use letters, digits, _ and -".to_string()),
+                );
             }
         }
         let mut sysctls = BTreeMap::new();
         for (key, value) in self.reader.string_map(&section, "sysctls") {
             let field = format!("system.sysctls.{}", key.value);
-            if key.value.is_empty() || !key.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')) {
+            if key.value.is_empty()
+                || !key
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+            {
                 ok = false;
-                self.reader.error(&key.span, &field, format!("\"{}\" is not a sysctl name", key.value), Some("use a dotted name such as \"vm.max_map_count\"".to_string()));
+                self.reader.error(
+                    &key.span,
+                    &field,
+                    format!("\"{}\" is not a sysctl name", key.value),
+                    Some("use a dotted name such as \"vm.max_map_count\"".to_string()),
+                );
             } else if value.value.contains(['\n', '\r']) || value.value.trim().is_empty() {
                 ok = false;
-                self.reader.error(&value.span, &field, "must be a non-empty single line", None);
+                self.reader
+                    .error(&value.span, &field, "must be a non-empty single line", None);
             } else {
                 sysctls.insert(key.value, value.value);
             }
         }
-        let disable_swap = self.reader.bool(&section, "disable_swap").is_none_or(|flag| flag.value);
+        let disable_swap = self
+            .reader
+            .bool(&section, "disable_swap")
+            .is_none_or(|flag| flag.value);
         let files = self.files(&section);
         let scripts = self.scripts(&section);
-        (ok).then_some(System { packages, kernel_modules, sysctls, disable_swap, files: files?, scripts: scripts? })
+        (ok).then_some(System {
+            packages,
+            kernel_modules,
+            sysctls,
+            disable_swap,
+            files: files?,
+            scripts: scripts?,
+        })
     }
 
     fn files(&mut self, system: &Section<'_, '_>) -> Option<Vec<FileSpec>> {
         let mut files: Vec<FileSpec> = Vec::new();
         let mut ok = true;
         for entry in self.reader.table_array(system, "files") {
-            self.reader.check_keys(&entry, &["path", "mode", "owner", "content", "source"]);
-            let path = self.reader.required_string(&entry, "path", "\"/etc/example.conf\"");
+            self.reader
+                .check_keys(&entry, &["path", "mode", "owner", "content", "source"]);
+            let path = self
+                .reader
+                .required_string(&entry, "path", "\"/etc/example.conf\"");
             let path = path.filter(|path| {
-                let valid = path.value.starts_with('/') && path.value.len() > 1 && !path.value.ends_with('/') && !path.value.split('/').any(|part| part == "..") && !path.value.contains(['\n', '\0']);
+                let valid = path.value.starts_with('/')
+                    && path.value.len() > 1
+                    && !path.value.ends_with('/')
+                    && !path.value.split('/').any(|part| part == "..")
+                    && !path.value.contains(['\n', '\0']);
                 if !valid {
-                    self.reader.error(&path.span, &entry.field_of("path"), format!("\"{}\" is not an absolute file path", path.value), Some("use a path such as \"/etc/example.conf\"".to_string()));
+                    self.reader.error(
+                        &path.span,
+                        &entry.field_of("path"),
+                        format!("\"{}\" is not an absolute file path", path.value),
+                        Some("use a path such as \"/etc/example.conf\"".to_string()),
+                    );
                 } else if files.iter().any(|file| file.path == path.value) {
-                    self.reader.error(&path.span, &entry.field_of("path"), format!("\"{}\" is already placed by an earlier entry", path.value), Some("merge the two entries".to_string()));
+                    self.reader.error(
+                        &path.span,
+                        &entry.field_of("path"),
+                        format!("\"{}\" is already placed by an earlier entry", path.value),
+                        Some("merge the two entries".to_string()),
+                    );
                     return false;
                 }
                 valid
@@ -491,7 +883,12 @@ impl Loader<'_, '_> {
                 Some(mode) => match u32::from_str_radix(&mode.value, 8) {
                     Ok(bits) if bits <= 0o7777 && !mode.value.is_empty() => Some(bits),
                     _ => {
-                        self.reader.error(&mode.span, &entry.field_of("mode"), format!("\"{}\" is not an octal mode", mode.value), Some("write it as a string such as \"0644\"".to_string()));
+                        self.reader.error(
+                            &mode.span,
+                            &entry.field_of("mode"),
+                            format!("\"{}\" is not an octal mode", mode.value),
+                            Some("write it as a string such as \"0644\"".to_string()),
+                        );
                         None
                     }
                 },
@@ -499,9 +896,17 @@ impl Loader<'_, '_> {
             let owner = match self.reader.string(&entry, "owner") {
                 None => Some("root:root".to_string()),
                 Some(owner) => {
-                    let valid = owner.value.split_once(':').is_some_and(|(user, group)| is_owner_part(user) && is_owner_part(group));
+                    let valid = owner
+                        .value
+                        .split_once(':')
+                        .is_some_and(|(user, group)| is_owner_part(user) && is_owner_part(group));
                     if !valid {
-                        self.reader.error(&owner.span, &entry.field_of("owner"), format!("\"{}\" is not user:group", owner.value), Some("write it as \"root:root\" or \"1000:1000\"".to_string()));
+                        self.reader.error(
+                            &owner.span,
+                            &entry.field_of("owner"),
+                            format!("\"{}\" is not user:group", owner.value),
+                            Some("write it as \"root:root\" or \"1000:1000\"".to_string()),
+                        );
                     }
                     valid.then_some(owner.value)
                 }
@@ -510,18 +915,38 @@ impl Loader<'_, '_> {
             let source = self.reader.string(&entry, "source");
             let content = match (inline, source) {
                 (Some(_), Some(source)) => {
-                    self.reader.error(&source.span, &entry.field_of("source"), "cannot be combined with content", Some("keep one of content and source".to_string()));
+                    self.reader.error(
+                        &source.span,
+                        &entry.field_of("source"),
+                        "cannot be combined with content",
+                        Some("keep one of content and source".to_string()),
+                    );
                     None
                 }
                 (Some(inline), None) => Some(inline.value.into_bytes()),
-                (None, Some(source)) => self.reference_file(&source, &entry.field_of("source"), true),
+                (None, Some(source)) => {
+                    self.reference_file(&source, &entry.field_of("source"), true)
+                }
                 (None, None) => {
-                    self.reader.error(&entry.span, &entry.field_of("content"), "is missing", Some("add `content = \"...\"`, or `source = \"file beside the spec\"`".to_string()));
+                    self.reader.error(
+                        &entry.span,
+                        &entry.field_of("content"),
+                        "is missing",
+                        Some(
+                            "add `content = \"...\"`, or `source = \"file beside the spec\"`"
+                                .to_string(),
+                        ),
+                    );
                     None
                 }
             };
             match (path, mode, owner, content) {
-                (Some(path), Some(mode), Some(owner), Some(content)) => files.push(FileSpec { path: path.value, mode, owner, content }),
+                (Some(path), Some(mode), Some(owner), Some(content)) => files.push(FileSpec {
+                    path: path.value,
+                    mode,
+                    owner,
+                    content,
+                }),
                 _ => ok = false,
             }
         }
@@ -533,16 +958,27 @@ impl Loader<'_, '_> {
         let mut ok = true;
         for entry in self.reader.table_array(system, "scripts") {
             self.reader.check_keys(&entry, &["path"]);
-            let Some(path) = self.reader.required_string(&entry, "path", "\"scripts/10-example.sh\"") else {
+            let Some(path) =
+                self.reader
+                    .required_string(&entry, "path", "\"scripts/10-example.sh\"")
+            else {
                 ok = false;
                 continue;
             };
             match self.reference_file(&path, &entry.field_of("path"), true) {
                 Some(bytes) => match String::from_utf8(bytes) {
-                    Ok(content) => scripts.push(ScriptSpec { path: path.value, content }),
+                    Ok(content) => scripts.push(ScriptSpec {
+                        path: path.value,
+                        content,
+                    }),
                     Err(_) => {
                         ok = false;
-                        self.reader.error(&path.span, &entry.field_of("path"), format!("\"{}\" is not a UTF-8 text file", path.value), Some("save the script as UTF-8".to_string()));
+                        self.reader.error(
+                            &path.span,
+                            &entry.field_of("path"),
+                            format!("\"{}\" is not a UTF-8 text file", path.value),
+                            Some("save the script as UTF-8".to_string()),
+                        );
                     }
                 },
                 None => ok = false,
@@ -552,9 +988,25 @@ impl Loader<'_, '_> {
     }
 
     /// Reads a file beside the spec; with `into_digest` its content becomes part of the spec digest.
-    fn reference_file(&mut self, path: &At<String>, field: &str, into_digest: bool) -> Option<Vec<u8>> {
-        if path.value.is_empty() || path.value.starts_with('/') || path.value.split('/').any(|part| part == "..") {
-            self.reader.error(&path.span, field, format!("\"{}\" must be a relative path inside the spec's directory", path.value), Some("put the file beside the spec and name it relative to it".to_string()));
+    fn reference_file(
+        &mut self,
+        path: &At<String>,
+        field: &str,
+        into_digest: bool,
+    ) -> Option<Vec<u8>> {
+        if path.value.is_empty()
+            || path.value.starts_with('/')
+            || path.value.split('/').any(|part| part == "..")
+        {
+            self.reader.error(
+                &path.span,
+                field,
+                format!(
+                    "\"{}\" must be a relative path inside the spec's directory",
+                    path.value
+                ),
+                Some("put the file beside the spec and name it relative to it".to_string()),
+            );
             return None;
         }
         match self.files.read(&path.value) {
@@ -567,7 +1019,12 @@ impl Loader<'_, '_> {
                 Some(bytes)
             }
             Err(why) => {
-                self.reader.error(&path.span, field, format!("\"{}\" cannot be read: {why}", path.value), Some("create it beside the spec, or fix the path".to_string()));
+                self.reader.error(
+                    &path.span,
+                    field,
+                    format!("\"{}\" cannot be read: {why}", path.value),
+                    Some("create it beside the spec, or fix the path".to_string()),
+                );
                 None
             }
         }
@@ -577,16 +1034,37 @@ impl Loader<'_, '_> {
         let Some(section) = self.reader.section(root, "hcloud", false) else {
             return Some(None);
         };
-        self.reader.check_keys(&section, &["architectures", "location", "server_type"]);
+        self.reader
+            .check_keys(&section, &["architectures", "location", "server_type"]);
         let mut ok = true;
         let mut architectures = Vec::new();
-        let list = self.reader.string_list(&section, "architectures").unwrap_or_else(|| {
-            vec![At { value: "x86".to_string(), span: section.span.clone() }, At { value: "arm".to_string(), span: section.span.clone() }]
-        });
+        let list = self
+            .reader
+            .string_list(&section, "architectures")
+            .unwrap_or_else(|| {
+                vec![
+                    At {
+                        value: "x86".to_string(),
+                        span: section.span.clone(),
+                    },
+                    At {
+                        value: "arm".to_string(),
+                        span: section.span.clone(),
+                    },
+                ]
+            });
         if list.is_empty() {
             ok = false;
-            let span = section.table.get("architectures").map_or(section.span.clone(), |v| v.span());
-            self.reader.error(&span, "hcloud.architectures", "is empty", Some("list \"x86\", \"arm\" or both".to_string()));
+            let span = section
+                .table
+                .get("architectures")
+                .map_or(section.span.clone(), |v| v.span());
+            self.reader.error(
+                &span,
+                "hcloud.architectures",
+                "is empty",
+                Some("list \"x86\", \"arm\" or both".to_string()),
+            );
         }
         for (index, name) in list.iter().enumerate() {
             let field = format!("hcloud.architectures[{index}]");
@@ -595,7 +1073,12 @@ impl Loader<'_, '_> {
                     let arch = Arch::parse(&name.value).unwrap_or(Arch::X86);
                     if architectures.contains(&arch) {
                         ok = false;
-                        self.reader.error(&name.span, &field, format!("\"{}\" is listed twice", name.value), None);
+                        self.reader.error(
+                            &name.span,
+                            &field,
+                            format!("\"{}\" is listed twice", name.value),
+                            None,
+                        );
                     } else {
                         architectures.push(arch);
                     }
@@ -607,12 +1090,21 @@ impl Loader<'_, '_> {
                         "arm64" | "aarch64" => "Hetzner Cloud calls it \"arm\"",
                         _ => "use \"x86\" or \"arm\"",
                     };
-                    self.reader.error(&name.span, &field, format!("\"{other}\" is not a Hetzner Cloud architecture"), Some(help.to_string()));
+                    self.reader.error(
+                        &name.span,
+                        &field,
+                        format!("\"{other}\" is not a Hetzner Cloud architecture"),
+                        Some(help.to_string()),
+                    );
                 }
             }
         }
         let location = match self.reader.string(&section, "location") {
-            Some(location) if is_lower_word(&location.value.replace(|c: char| c.is_ascii_digit(), "")) => location.value,
+            Some(location)
+                if is_lower_word(&location.value.replace(|c: char| c.is_ascii_digit(), "")) =>
+            {
+                location.value
+            }
             Some(location) => {
                 ok = false;
                 self.reader.error(&location.span, "hcloud.location", format!("\"{}\" is not a location name", location.value), Some("use a name such as \"fsn1\", \"nbg1\", \"hel1\", \"ash\", \"hil\" or \"sin\"".to_string()));
@@ -631,7 +1123,9 @@ impl Loader<'_, '_> {
             }
         }
         for (index, arch) in architectures.iter().enumerate() {
-            let span = list.get(index).map_or(section.span.clone(), |name| name.span.clone());
+            let span = list
+                .get(index)
+                .map_or(section.span.clone(), |name| name.span.clone());
             if let Some(base) = base
                 && !base.hcloud_images.contains_key(arch)
             {
@@ -644,7 +1138,11 @@ impl Loader<'_, '_> {
                 self.reader.error(&span, &format!("hcloud.server_type.{arch}"), format!("is missing for the requested architecture \"{arch}\""), Some(format!("add `{arch} = \"{example}\"` to [hcloud.server_type]: the smallest type the image will run on")));
             }
         }
-        ok.then_some(Some(Hcloud { architectures, location, server_types }))
+        ok.then_some(Some(Hcloud {
+            architectures,
+            location,
+            server_types,
+        }))
     }
 
     fn robot(&mut self, root: &Section<'_, '_>) -> Option<Option<Robot>> {
@@ -661,93 +1159,195 @@ impl Loader<'_, '_> {
             valid
         });
         let disk = self.disk(&section);
-        Some(Some(Robot { hostname: hostname?.value, disk: disk? }))
+        Some(Some(Robot {
+            hostname: hostname?.value,
+            disk: disk?,
+        }))
     }
 
     fn disk(&mut self, robot: &Section<'_, '_>) -> Option<DiskLayout> {
         let section = self.reader.section(robot, "disk", true)?;
-        self.reader.check_keys(&section, &["drives", "raid_level", "uefi", "partitions", "volumes"]);
+        self.reader.check_keys(
+            &section,
+            &["drives", "raid_level", "uefi", "partitions", "volumes"],
+        );
         let mut spans: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
         let mut ok = true;
-        let drives = self.reader.string_list(&section, "drives").unwrap_or_else(|| {
-            ok = false;
-            self.reader.error(&section.span, "robot.disk.drives", "is missing", Some("add `drives = [\"/dev/sda\"]` to [robot.disk]".to_string()));
-            Vec::new()
-        });
+        let drives = self
+            .reader
+            .string_list(&section, "drives")
+            .unwrap_or_else(|| {
+                ok = false;
+                self.reader.error(
+                    &section.span,
+                    "robot.disk.drives",
+                    "is missing",
+                    Some("add `drives = [\"/dev/sda\"]` to [robot.disk]".to_string()),
+                );
+                Vec::new()
+            });
         for (index, drive) in drives.iter().enumerate() {
             spans.insert(format!("drives[{index}]"), drive.span.clone());
         }
-        spans.insert("drives".into(), section.table.get("drives").map_or(section.span.clone(), |v| v.span()));
+        spans.insert(
+            "drives".into(),
+            section
+                .table
+                .get("drives")
+                .map_or(section.span.clone(), |v| v.span()),
+        );
         let raid_level = self.reader.integer(&section, "raid_level").map(|level| {
             spans.insert("raid_level".into(), level.span);
             u8::try_from(level.value).unwrap_or(u8::MAX)
         });
-        let uefi = self.reader.bool(&section, "uefi").is_some_and(|flag| flag.value);
-        spans.insert("partitions".into(), section.table.get("partitions").map_or(section.span.clone(), |v| v.span()));
+        let uefi = self
+            .reader
+            .bool(&section, "uefi")
+            .is_some_and(|flag| flag.value);
+        spans.insert(
+            "partitions".into(),
+            section
+                .table
+                .get("partitions")
+                .map_or(section.span.clone(), |v| v.span()),
+        );
         let mut partitions = Vec::new();
-        for (index, entry) in self.reader.table_array(&section, "partitions").into_iter().enumerate() {
-            self.reader.check_keys(&entry, &["mount", "filesystem", "volume_group", "size"]);
+        for (index, entry) in self
+            .reader
+            .table_array(&section, "partitions")
+            .into_iter()
+            .enumerate()
+        {
+            self.reader
+                .check_keys(&entry, &["mount", "filesystem", "volume_group", "size"]);
             let mount = self.reader.required_string(&entry, "mount", "\"/\"");
             let size = self.size(&entry, &mut spans, &format!("partitions[{index}]"));
             let is_lvm = mount.as_ref().is_some_and(|m| m.value == "lvm");
             let filesystem = if is_lvm {
                 if let Some(fs) = self.reader.string(&entry, "filesystem") {
-                    self.reader.error(&fs.span, &entry.field_of("filesystem"), "does not apply to an lvm partition", Some("name the group with volume_group instead".to_string()));
+                    self.reader.error(
+                        &fs.span,
+                        &entry.field_of("filesystem"),
+                        "does not apply to an lvm partition",
+                        Some("name the group with volume_group instead".to_string()),
+                    );
                 }
-                self.reader.required_string(&entry, "volume_group", "\"vg0\"")
+                self.reader
+                    .required_string(&entry, "volume_group", "\"vg0\"")
             } else {
                 if let Some(group) = self.reader.string(&entry, "volume_group") {
-                    self.reader.error(&group.span, &entry.field_of("volume_group"), "only applies to mount = \"lvm\"", Some("remove it, or set mount = \"lvm\"".to_string()));
+                    self.reader.error(
+                        &group.span,
+                        &entry.field_of("volume_group"),
+                        "only applies to mount = \"lvm\"",
+                        Some("remove it, or set mount = \"lvm\"".to_string()),
+                    );
                 }
-                self.reader.required_string(&entry, "filesystem", "\"ext4\"")
+                self.reader
+                    .required_string(&entry, "filesystem", "\"ext4\"")
             };
-            for (key, at) in [("mount", &mount), (if is_lvm { "volume_group" } else { "filesystem" }, &filesystem)] {
+            for (key, at) in [
+                ("mount", &mount),
+                (
+                    if is_lvm { "volume_group" } else { "filesystem" },
+                    &filesystem,
+                ),
+            ] {
                 if let Some(at) = at {
                     spans.insert(format!("partitions[{index}].{key}"), at.span.clone());
                 }
             }
             match (mount, filesystem, size) {
-                (Some(mount), Some(filesystem), Some(size)) => partitions.push(Partition { mount: mount.value, filesystem: filesystem.value, size }),
+                (Some(mount), Some(filesystem), Some(size)) => partitions.push(Partition {
+                    mount: mount.value,
+                    filesystem: filesystem.value,
+                    size,
+                }),
                 _ => ok = false,
             }
         }
         let mut volumes = Vec::new();
-        for (index, entry) in self.reader.table_array(&section, "volumes").into_iter().enumerate() {
-            self.reader.check_keys(&entry, &["vg", "name", "mount", "filesystem", "size"]);
+        for (index, entry) in self
+            .reader
+            .table_array(&section, "volumes")
+            .into_iter()
+            .enumerate()
+        {
+            self.reader
+                .check_keys(&entry, &["vg", "name", "mount", "filesystem", "size"]);
             let vg = self.reader.required_string(&entry, "vg", "\"vg0\"");
             let name = self.reader.required_string(&entry, "name", "\"root\"");
             let mount = self.reader.required_string(&entry, "mount", "\"/\"");
-            let filesystem = self.reader.required_string(&entry, "filesystem", "\"ext4\"");
+            let filesystem = self
+                .reader
+                .required_string(&entry, "filesystem", "\"ext4\"");
             let size = self.size(&entry, &mut spans, &format!("volumes[{index}]"));
-            for (key, at) in [("vg", &vg), ("name", &name), ("mount", &mount), ("filesystem", &filesystem)] {
+            for (key, at) in [
+                ("vg", &vg),
+                ("name", &name),
+                ("mount", &mount),
+                ("filesystem", &filesystem),
+            ] {
                 if let Some(at) = at {
                     spans.insert(format!("volumes[{index}].{key}"), at.span.clone());
                 }
             }
             match (vg, name, mount, filesystem, size) {
-                (Some(vg), Some(name), Some(mount), Some(filesystem), Some(size)) => volumes.push(LogicalVolume { vg: vg.value, name: name.value, mount: mount.value, filesystem: filesystem.value, size }),
+                (Some(vg), Some(name), Some(mount), Some(filesystem), Some(size)) => {
+                    volumes.push(LogicalVolume {
+                        vg: vg.value,
+                        name: name.value,
+                        mount: mount.value,
+                        filesystem: filesystem.value,
+                        size,
+                    })
+                }
                 _ => ok = false,
             }
         }
-        let layout = DiskLayout { drives: drives.into_iter().map(|d| d.value).collect(), raid_level, uefi, partitions, volumes };
+        let layout = DiskLayout {
+            drives: drives.into_iter().map(|d| d.value).collect(),
+            raid_level,
+            uefi,
+            partitions,
+            volumes,
+        };
         if !ok {
             return None;
         }
         let problems = validate_layout(&layout);
         for problem in &problems {
-            let span = spans.get(&problem.field).cloned().unwrap_or(section.span.clone());
-            self.reader.error(&span, &format!("robot.disk.{}", problem.field), problem.message.clone(), problem.help.clone());
+            let span = spans
+                .get(&problem.field)
+                .cloned()
+                .unwrap_or(section.span.clone());
+            self.reader.error(
+                &span,
+                &format!("robot.disk.{}", problem.field),
+                problem.message.clone(),
+                problem.help.clone(),
+            );
         }
         problems.is_empty().then_some(layout)
     }
 
-    fn size(&mut self, entry: &Section<'_, '_>, spans: &mut BTreeMap<String, std::ops::Range<usize>>, prefix: &str) -> Option<Size> {
+    fn size(
+        &mut self,
+        entry: &Section<'_, '_>,
+        spans: &mut BTreeMap<String, std::ops::Range<usize>>,
+        prefix: &str,
+    ) -> Option<Size> {
         let text = self.reader.required_string(entry, "size", "\"10G\"")?;
         spans.insert(format!("{prefix}.size"), text.span.clone());
         match Size::parse(&text.value) {
             Ok(size) => Some(size),
             Err(why) => {
-                self.reader.error(&text.span, &entry.field_of("size"), format!("\"{}\" {why}", text.value), None);
+                self.reader.error(
+                    &text.span,
+                    &entry.field_of("size"),
+                    format!("\"{}\" {why}", text.value),
+                    None,
+                );
                 None
             }
         }
@@ -755,22 +1355,48 @@ impl Loader<'_, '_> {
 
     fn optional_url(&mut self, section: &Section<'_, '_>, key: &str) -> Option<At<String>> {
         let url = self.reader.string(section, key)?;
-        self.check_url(&url, &section.field_of(key)).then(|| At { value: url.value.trim_end_matches('/').to_string(), span: url.span })
+        self.check_url(&url, &section.field_of(key)).then(|| At {
+            value: url.value.trim_end_matches('/').to_string(),
+            span: url.span,
+        })
     }
 
     fn check_url(&mut self, url: &At<String>, field: &str) -> bool {
-        let rest = url.value.strip_prefix("https://").or_else(|| url.value.strip_prefix("http://"));
-        let valid = rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && !rest.contains(|c: char| c.is_whitespace() || c.is_control() || c == '"' || c == '\''));
+        let rest = url
+            .value
+            .strip_prefix("https://")
+            .or_else(|| url.value.strip_prefix("http://"));
+        let valid = rest.is_some_and(|rest| {
+            !rest.is_empty()
+                && !rest.starts_with('/')
+                && !rest.contains(|c: char| {
+                    c.is_whitespace() || c.is_control() || c == '"' || c == '\''
+                })
+        });
         if !valid {
-            self.reader.error(&url.span, field, format!("\"{}\" is not an http(s) URL", url.value), Some("write a URL such as \"https://mirror.example.com/path\"".to_string()));
+            self.reader.error(
+                &url.span,
+                field,
+                format!("\"{}\" is not an http(s) URL", url.value),
+                Some("write a URL such as \"https://mirror.example.com/path\"".to_string()),
+            );
         }
         valid
     }
 
     fn check_sha256(&mut self, sha: &At<String>, field: &str) -> bool {
-        let valid = sha.value.len() == 64 && sha.value.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        let valid = sha.value.len() == 64
+            && sha
+                .value
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
         if !valid {
-            self.reader.error(&sha.span, field, format!("\"{}\" is not a sha256 digest", sha.value), Some("write 64 lower-case hex digits, as sha256sum prints them".to_string()));
+            self.reader.error(
+                &sha.span,
+                field,
+                format!("\"{}\" is not a sha256 digest", sha.value),
+                Some("write 64 lower-case hex digits, as sha256sum prints them".to_string()),
+            );
         }
         valid
     }
@@ -781,7 +1407,10 @@ fn is_lower_word(text: &str) -> bool {
 }
 
 fn is_owner_part(text: &str) -> bool {
-    !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Debian package names (`[a-z0-9][a-z0-9+.-]+`), optionally with `=VERSION`.
@@ -792,7 +1421,14 @@ fn is_package_name(text: &str) -> bool {
     };
     let name_ok = name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '-'));
-    let version_ok = version.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '~' | ':' | '*')));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '-'));
+    let version_ok = version.is_none_or(|v| {
+        !v.is_empty()
+            && v.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '~' | ':' | '*')
+            })
+    });
     name_ok && version_ok
 }

@@ -27,12 +27,20 @@ pub(crate) struct Section<'a, 'i> {
 impl Section<'_, '_> {
     /// The dotted path of `key` inside this section.
     pub(crate) fn field_of(&self, key: &str) -> String {
-        if self.field.is_empty() { key.to_string() } else { format!("{}.{key}", self.field) }
+        if self.field.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.field)
+        }
     }
 
     /// How to name this section in a fix: `[kubernetes]`, or "the top level".
     fn header(&self) -> String {
-        if self.field.is_empty() { "the top level".to_string() } else { format!("[{}]", self.field) }
+        if self.field.is_empty() {
+            "the top level".to_string()
+        } else {
+            format!("[{}]", self.field)
+        }
     }
 }
 
@@ -47,10 +55,21 @@ pub(crate) struct Reader<'s> {
 
 impl<'s> Reader<'s> {
     pub(crate) fn new(file: &'s str, source: &'s str) -> Reader<'s> {
-        Reader { file, source, index: LineIndex::new(source), diagnostics: Vec::new() }
+        Reader {
+            file,
+            source,
+            index: LineIndex::new(source),
+            diagnostics: Vec::new(),
+        }
     }
 
-    pub(crate) fn error(&mut self, span: &Range<usize>, field: &str, message: impl Into<String>, help: Option<String>) {
+    pub(crate) fn error(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) {
         let (line, column) = self.index.position(self.source, span.start);
         self.diagnostics.push(Diagnostic {
             file: self.file.to_string(),
@@ -71,14 +90,29 @@ impl<'s> Reader<'s> {
             }
             let help = match did_you_mean(name, allowed) {
                 Some(suggestion) => Some(format!("did you mean `{suggestion}`?")),
-                None => Some(format!("known keys in {}: {}", section.header(), allowed.join(", "))),
+                None => Some(format!(
+                    "known keys in {}: {}",
+                    section.header(),
+                    allowed.join(", ")
+                )),
             };
-            self.error(&key.span(), &section.field_of(name), "is not a known key", help);
+            self.error(
+                &key.span(),
+                &section.field_of(name),
+                "is not a known key",
+                help,
+            );
         }
     }
 
-    fn item<'a, 'i>(section: &Section<'a, 'i>, key: &str) -> Option<(&'a DeValue<'i>, Range<usize>)> {
-        section.table.get(key).map(|value| (value.get_ref(), value.span()))
+    fn item<'a, 'i>(
+        section: &Section<'a, 'i>,
+        key: &str,
+    ) -> Option<(&'a DeValue<'i>, Range<usize>)> {
+        section
+            .table
+            .get(key)
+            .map(|value| (value.get_ref(), value.span()))
     }
 
     fn missing(&mut self, section: &Section<'_, '_>, key: &str, example: &str) {
@@ -86,8 +120,19 @@ impl<'s> Reader<'s> {
         self.error(&section.span, &section.field_of(key), "is missing", help);
     }
 
-    fn wrong_type(&mut self, span: &Range<usize>, field: &str, expected: &str, found: &DeValue<'_>) {
-        self.error(span, field, format!("must be {expected}, not {}", describe(found)), None);
+    fn wrong_type(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        expected: &str,
+        found: &DeValue<'_>,
+    ) {
+        self.error(
+            span,
+            field,
+            format!("must be {expected}, not {}", describe(found)),
+            None,
+        );
     }
 
     /// A sub-table; `None` (with a diagnostic when `required`) when absent or not a table.
@@ -117,7 +162,10 @@ impl<'s> Reader<'s> {
     /// An optional string.
     pub(crate) fn string(&mut self, section: &Section<'_, '_>, key: &str) -> Option<At<String>> {
         match Self::item(section, key)? {
-            (DeValue::String(text), span) => Some(At { value: text.to_string(), span }),
+            (DeValue::String(text), span) => Some(At {
+                value: text.to_string(),
+                span,
+            }),
             (other, span) => {
                 self.wrong_type(&span, &section.field_of(key), "a string", other);
                 None
@@ -126,7 +174,12 @@ impl<'s> Reader<'s> {
     }
 
     /// A required string; `example` is shown in the fix when it is missing.
-    pub(crate) fn required_string(&mut self, section: &Section<'_, '_>, key: &str, example: &str) -> Option<At<String>> {
+    pub(crate) fn required_string(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+        example: &str,
+    ) -> Option<At<String>> {
         if section.table.get(key).is_none() {
             self.missing(section, key, example);
             return None;
@@ -149,12 +202,18 @@ impl<'s> Reader<'s> {
     pub(crate) fn integer(&mut self, section: &Section<'_, '_>, key: &str) -> Option<At<u64>> {
         match Self::item(section, key)? {
             (DeValue::Integer(integer), span) => {
-                let parsed = u64::from_str_radix(&integer.as_str().replace('_', ""), integer.radix());
+                let parsed =
+                    u64::from_str_radix(&integer.as_str().replace('_', ""), integer.radix());
                 match parsed {
                     Ok(value) => Some(At { value, span }),
                     Err(_) => {
                         let field = section.field_of(key);
-                        self.error(&span, &field, format!("{} is not a non-negative integer", integer.as_str()), None);
+                        self.error(
+                            &span,
+                            &field,
+                            format!("{} is not a non-negative integer", integer.as_str()),
+                            None,
+                        );
                         None
                     }
                 }
@@ -167,15 +226,27 @@ impl<'s> Reader<'s> {
     }
 
     /// An optional array of strings; items of another type are reported and skipped.
-    pub(crate) fn string_list(&mut self, section: &Section<'_, '_>, key: &str) -> Option<Vec<At<String>>> {
+    pub(crate) fn string_list(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+    ) -> Option<Vec<At<String>>> {
         let field = section.field_of(key);
         match Self::item(section, key)? {
             (DeValue::Array(items), _) => {
                 let mut strings = Vec::new();
                 for (position, item) in items.iter().enumerate() {
                     match item.get_ref() {
-                        DeValue::String(text) => strings.push(At { value: text.to_string(), span: item.span() }),
-                        other => self.wrong_type(&item.span(), &format!("{field}[{position}]"), "a string", other),
+                        DeValue::String(text) => strings.push(At {
+                            value: text.to_string(),
+                            span: item.span(),
+                        }),
+                        other => self.wrong_type(
+                            &item.span(),
+                            &format!("{field}[{position}]"),
+                            "a string",
+                            other,
+                        ),
                     }
                 }
                 Some(strings)
@@ -188,7 +259,11 @@ impl<'s> Reader<'s> {
     }
 
     /// An optional table whose values are all strings, as (key, value) pairs in key order.
-    pub(crate) fn string_map(&mut self, section: &Section<'_, '_>, key: &str) -> Vec<(At<String>, At<String>)> {
+    pub(crate) fn string_map(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+    ) -> Vec<(At<String>, At<String>)> {
         let Some(inner) = self.section(section, key, false) else {
             return Vec::new();
         };
@@ -197,8 +272,14 @@ impl<'s> Reader<'s> {
             let field = inner.field_of(name.get_ref());
             match value.get_ref() {
                 DeValue::String(text) => pairs.push((
-                    At { value: name.get_ref().to_string(), span: name.span() },
-                    At { value: text.to_string(), span: value.span() },
+                    At {
+                        value: name.get_ref().to_string(),
+                        span: name.span(),
+                    },
+                    At {
+                        value: text.to_string(),
+                        span: value.span(),
+                    },
                 )),
                 other => self.wrong_type(&value.span(), &field, "a string", other),
             }
@@ -207,7 +288,11 @@ impl<'s> Reader<'s> {
     }
 
     /// An optional array of tables (`[[key]]`), each as a section named `key[i]`.
-    pub(crate) fn table_array<'a, 'i>(&mut self, section: &Section<'a, 'i>, key: &str) -> Vec<Section<'a, 'i>> {
+    pub(crate) fn table_array<'a, 'i>(
+        &mut self,
+        section: &Section<'a, 'i>,
+        key: &str,
+    ) -> Vec<Section<'a, 'i>> {
         let field = section.field_of(key);
         match Self::item(section, key) {
             None => Vec::new(),
@@ -216,7 +301,11 @@ impl<'s> Reader<'s> {
                 for (position, item) in items.iter().enumerate() {
                     let item_field = format!("{field}[{position}]");
                     match item.get_ref() {
-                        DeValue::Table(table) => sections.push(Section { field: item_field, table, span: item.span() }),
+                        DeValue::Table(table) => sections.push(Section {
+                            field: item_field,
+                            table,
+                            span: item.span(),
+                        }),
                         other => self.wrong_type(&item.span(), &item_field, "a table", other),
                     }
                 }
@@ -224,7 +313,12 @@ impl<'s> Reader<'s> {
             }
             Some((other, span)) => {
                 let help = Some(format!("write each entry as a [[{field}]] table"));
-                self.error(&span, &field, format!("must be an array of tables, not {}", describe(other)), help);
+                self.error(
+                    &span,
+                    &field,
+                    format!("must be an array of tables, not {}", describe(other)),
+                    help,
+                );
                 Vec::new()
             }
         }

@@ -1,0 +1,287 @@
+//! Plans of the shipped images: snapshots, determinism, valid bash, and the containerd config.
+
+use std::path::PathBuf;
+
+use caph_core::plan::{self, Action, Target};
+use caph_core::{Arch, ImageSpec};
+use expect_test::expect_file;
+
+use crate::DirFiles;
+
+fn images_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../images")
+}
+
+fn shipped(name: &str) -> ImageSpec {
+    let path = images_dir().join(name);
+    let bytes = std::fs::read(&path).unwrap();
+    caph_core::spec::load(&format!("images/{name}"), &bytes, &DirFiles(images_dir()))
+        .unwrap_or_else(|diagnostics| panic!("{name} does not validate:\n{diagnostics}"))
+}
+
+const SHIPPED: &[&str] = &[
+    "ubuntu-24.04-k8s-1.36.toml",
+    "ubuntu-22.04-k8s-1.28.toml",
+    "debian-12-k8s-1.34.toml",
+];
+
+#[test]
+fn every_shipped_image_is_listed_here() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(images_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".toml"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = SHIPPED.iter().map(|name| name.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+}
+
+#[test]
+fn plan_snapshots() {
+    for name in SHIPPED {
+        let spec = shipped(name);
+        let stem = name.trim_end_matches(".toml");
+        let hcloud = plan::render(&spec, Target::Hcloud, Arch::X86).render_script();
+        expect_file![format!("snapshots/{stem}.hcloud-x86.sh")].assert_eq(&hcloud);
+        let tarball = plan::render(&spec, Target::Tarball, Arch::Arm).render_script();
+        expect_file![format!("snapshots/{stem}.tarball-arm.sh")].assert_eq(&tarball);
+    }
+}
+
+#[test]
+fn plans_are_byte_identical_across_renders_and_loads() {
+    for name in SHIPPED {
+        for target in [Target::Hcloud, Target::Tarball] {
+            for arch in Arch::ALL {
+                let first = plan::render(&shipped(name), target, arch);
+                let second = plan::render(&shipped(name), target, arch);
+                assert_eq!(first, second);
+                assert_eq!(first.render_script(), second.render_script());
+            }
+        }
+    }
+}
+
+#[test]
+fn every_script_is_valid_bash_and_strict() {
+    for name in SHIPPED {
+        for target in [Target::Hcloud, Target::Tarball] {
+            for step in plan::render(&shipped(name), target, Arch::X86).steps {
+                let script = step.to_script();
+                assert!(
+                    script.starts_with("set -euo pipefail\n"),
+                    "{name} {}: not strict",
+                    step.name
+                );
+                let output = std::process::Command::new("bash")
+                    .arg("-n")
+                    .arg("-c")
+                    .arg(&script)
+                    .output()
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "{name} {}: {}",
+                    step.name,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn plan_has_the_promised_steps_in_order() {
+    let spec = shipped("ubuntu-24.04-k8s-1.36.toml");
+    let names: Vec<String> = plan::render(&spec, Target::Hcloud, Arch::X86)
+        .steps
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    expect_test::expect![[r#"
+        wait-for-system
+        kernel-modules-config
+        sysctl-config
+        apply-kernel-settings
+        swap-off
+        packages
+        containerd
+        containerd-unit
+        containerd-config
+        runc
+        crictl
+        crictl-config
+        kubernetes
+        enable-services
+        file-1
+        provenance
+        hygiene"#]]
+    .assert_eq(&names.join("\n"));
+}
+
+fn containerd_config_of(name: &str) -> toml::Table {
+    let spec = shipped(name);
+    let plan = plan::render(&spec, Target::Hcloud, Arch::X86);
+    let step = plan
+        .steps
+        .iter()
+        .find(|step| step.name == "containerd-config")
+        .unwrap();
+    let Action::PlaceFile { path, content, .. } = &step.action else {
+        panic!("not a file step")
+    };
+    assert_eq!(path, "/etc/containerd/config.toml");
+    toml::from_str(std::str::from_utf8(content).unwrap()).unwrap()
+}
+
+fn runc_options<'t>(config: &'t toml::Table, plugin: &str) -> &'t toml::Table {
+    config["plugins"][plugin]["containerd"]["runtimes"]["runc"]["options"]
+        .as_table()
+        .unwrap()
+}
+
+#[test]
+fn containerd_2_config_parses_as_version_3() {
+    let config = containerd_config_of("ubuntu-24.04-k8s-1.36.toml");
+    assert_eq!(config["version"].as_integer(), Some(3));
+    assert_eq!(
+        runc_options(&config, "io.containerd.cri.v1.runtime")["SystemdCgroup"].as_bool(),
+        Some(true)
+    );
+}
+
+#[test]
+fn containerd_1_config_parses_as_version_2() {
+    let config = containerd_config_of("ubuntu-22.04-k8s-1.28.toml");
+    assert_eq!(config["version"].as_integer(), Some(2));
+    assert_eq!(
+        runc_options(&config, "io.containerd.grpc.v1.cri")["SystemdCgroup"].as_bool(),
+        Some(true)
+    );
+}
+
+#[test]
+fn installimage_names() {
+    assert_eq!(
+        shipped("ubuntu-24.04-k8s-1.36.toml")
+            .base
+            .installimage_stem(Arch::X86),
+        "Ubuntu-2404-noble-amd64-k8s-v1.36.0"
+    );
+    assert_eq!(
+        shipped("debian-12-k8s-1.34.toml")
+            .base
+            .installimage_stem(Arch::Arm),
+        "Debian-1200-bookworm-arm64-k8s-v1.34.2"
+    );
+}
+
+#[test]
+fn checksum_mismatch_aborts_with_both_digests() {
+    // Run the containerd step's download function against a local file: a wrong pin must stop the script.
+    let spec = shipped("debian-12-k8s-1.34.toml");
+    let plan = plan::render(&spec, Target::Tarball, Arch::X86);
+    let script = plan
+        .steps
+        .iter()
+        .find(|step| step.name == "containerd")
+        .unwrap()
+        .to_script();
+    let functions_end = script.find("\nexpected=").unwrap() + 1;
+    let dir = std::env::temp_dir().join(format!("caph-core-fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("artifact"), b"payload").unwrap();
+    let probe = format!(
+        "{}caph_fetch file://{}/artifact {}/out {}\n",
+        &script[..functions_end],
+        dir.display(),
+        dir.display(),
+        "0".repeat(64)
+    );
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&probe)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let actual_digest = "239f59ed55e737c77147cf55ad0c1b030b6d7ee748a7426952f9b852d5a935e5";
+    assert!(
+        stderr.contains(&format!(
+            "expected sha256 {}, got {actual_digest}",
+            "0".repeat(64)
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn file_steps_reproduce_content_exactly() {
+    // Run each file step's script into a scratch root and compare the bytes it wrote.
+    let contents: [&[u8]; 4] = [
+        b"text\nwith lines\n",
+        b"no final newline",
+        b"CAPH_IMAGE_FILE\nmarker inside\n",
+        &[0, 159, 146, 150, 255],
+    ];
+    for content in contents {
+        let dir = std::env::temp_dir().join(format!("caph-core-file-{}", std::process::id()));
+        let target = dir.join("etc/example.conf");
+        let step = caph_core::plan::Step {
+            name: "file".to_string(),
+            action: Action::PlaceFile {
+                path: target.to_string_lossy().into_owned(),
+                mode: 0o640,
+                owner: format!("{}:{}", current_uid(), current_gid()),
+                content: content.to_vec(),
+            },
+        };
+        let output = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(step.to_script())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), content);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// The current user and group, so chown succeeds without root.
+fn current_uid() -> String {
+    String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+fn current_gid() -> String {
+    String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-g")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
