@@ -1,1 +1,6 @@
 //! Hetzner Cloud API client and the hcloud backend.
+#![deny(missing_docs)]
+
+pub mod client;
+
+pub use client::{Client, ClientConfig, DEFAULT_ENDPOINT, Error, Token};
