@@ -136,8 +136,22 @@ impl Loader<'_, '_> {
             ],
         );
         let image = self.image(root);
+        // The default flavor needs the Kubernetes version; peek at it quietly, so problems are
+        // still reported in the order of the sections below.
+        let peeked_version = root
+            .table
+            .get("kubernetes")
+            .and_then(|k| {
+                k.get_ref()
+                    .as_table()?
+                    .get("version")?
+                    .get_ref()
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .and_then(|text| Version::parse(&text).ok());
+        let base = self.base(root, peeked_version);
         let kubernetes = self.kubernetes(root);
-        let base = self.base(root, kubernetes.as_ref().map(|k| k.version));
         let containerd = self.artifact(root, "containerd", DEFAULT_CONTAINERD_URL, "\"2.1.4\"");
         if let Some(containerd) = &containerd
             && !matches!(
