@@ -1,1 +1,12 @@
 //! Rootfs assembly in a chroot and the reproducible, streaming tarball writer.
+//!
+//! - [`pack`]: any directory tree to a deterministic PAX tarball (gzip, zstd or none), with a
+//!   `.sha256` beside it.
+//! - [`manifest`]: the JSON manifest written next to a tarball.
+//! - [`naming`]: installimage's file-name rule for custom images.
+
+#![deny(missing_docs)]
+
+pub mod manifest;
+pub mod naming;
+pub mod pack;
