@@ -59,3 +59,129 @@ pub trait MachineHost: Debug + Send + Sync {
     /// Removes a snapshot's copy of a disk.
     async fn delete_image(&self, image_id: u64) -> Result<(), MachineError>;
 }
+
+/// Bytes a snapshot of an [`AddressOnly`] machine reports by default: a small Debian after
+/// provisioning, about 1.2 GB.
+const ADDRESS_ONLY_SNAPSHOT_BYTES: u64 = 1_200_000_000;
+
+/// Addresses handed out by every [`AddressOnly`] in this process, so that two simulators in one
+/// test binary never report the same address. Starts at 127.1.0.1: 127.0.0.0/16 stays free for
+/// services that bind loopback the usual way.
+static NEXT_ADDRESS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A [`MachineHost`] that only allocates an address per server: nothing listens there. The
+/// default for API-only tests.
+#[derive(Debug)]
+pub struct AddressOnly {
+    snapshot_bytes: u64,
+    machines: std::sync::Mutex<std::collections::HashMap<u64, Ipv4Addr>>,
+}
+
+impl Default for AddressOnly {
+    fn default() -> Self {
+        AddressOnly::with_snapshot_bytes(ADDRESS_ONLY_SNAPSHOT_BYTES)
+    }
+}
+
+impl AddressOnly {
+    /// Reports `bytes` as the used disk of every snapshot (it sets `image_size` and how long
+    /// `create_image` takes).
+    pub fn with_snapshot_bytes(bytes: u64) -> AddressOnly {
+        AddressOnly {
+            snapshot_bytes: bytes,
+            machines: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn machines(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Ipv4Addr>> {
+        self.machines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn known(&self, server_id: u64) -> Result<(), MachineError> {
+        if self.machines().contains_key(&server_id) {
+            Ok(())
+        } else {
+            Err(MachineError(format!("no machine for server {server_id}")))
+        }
+    }
+}
+
+/// The next free address in 127.1.0.1 ..= 127.255.255.254, skipping .0 and .255 host parts.
+fn next_loopback_address() -> Result<Ipv4Addr, MachineError> {
+    // Usable addresses per /24 once .0 and .255 are skipped.
+    const PER_BLOCK: u32 = 254;
+    // Blocks from 127.1.0.0/24 up to 127.255.255.0/24.
+    const BLOCKS: u32 = 255 * 256 - 256;
+    let index = NEXT_ADDRESS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if index >= PER_BLOCK * BLOCKS {
+        return Err(MachineError("loopback addresses exhausted".into()));
+    }
+    let block = 256 + index / PER_BLOCK;
+    let host = 1 + index % PER_BLOCK;
+    Ok(Ipv4Addr::new(
+        127,
+        (block >> 8) as u8,
+        (block & 0xff) as u8,
+        host as u8,
+    ))
+}
+
+#[async_trait::async_trait]
+impl MachineHost for AddressOnly {
+    async fn create(&self, spec: MachineSpec) -> Result<MachineInfo, MachineError> {
+        let ipv4 = next_loopback_address()?;
+        self.machines().insert(spec.server_id, ipv4);
+        Ok(MachineInfo { ipv4 })
+    }
+
+    async fn power_on(&self, server_id: u64) -> Result<(), MachineError> {
+        self.known(server_id)
+    }
+
+    async fn power_off(&self, server_id: u64) -> Result<(), MachineError> {
+        self.known(server_id)
+    }
+
+    async fn snapshot(&self, server_id: u64, _image_id: u64) -> Result<u64, MachineError> {
+        self.known(server_id)?;
+        Ok(self.snapshot_bytes)
+    }
+
+    async fn delete(&self, server_id: u64) -> Result<(), MachineError> {
+        self.known(server_id)?;
+        self.machines().remove(&server_id);
+        Ok(())
+    }
+
+    async fn delete_image(&self, _image_id: u64) -> Result<(), MachineError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn addresses_are_unique_loopback_and_never_the_usual_one() {
+        let host = AddressOnly::default();
+        let mut seen = std::collections::HashSet::new();
+        for server_id in 0..600 {
+            let spec = MachineSpec {
+                server_id,
+                hostname: format!("s{server_id}"),
+                disk: DiskSource::Snapshot { image_id: 1 },
+                authorized_keys: Vec::new(),
+                user_data: None,
+            };
+            let info = host.create(spec).await.expect("address");
+            let [a, b, _, d] = info.ipv4.octets();
+            assert_eq!(a, 127);
+            assert!(b >= 1, "{}", info.ipv4);
+            assert!(d != 0 && d != 255, "{}", info.ipv4);
+            assert!(seen.insert(info.ipv4));
+        }
+    }
+}

@@ -6,3 +6,4 @@
 pub mod hcloud;
 pub mod host;
 pub mod machine;
+pub mod openapi;

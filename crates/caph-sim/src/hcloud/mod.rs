@@ -1,1 +1,659 @@
 //! The Hetzner Cloud API simulator: servers, actions, images, SSH keys, server types and locations over real HTTP.
+//!
+//! [`HcloudSim::start`] serves the API on a loopback socket (`http://127.0.0.1:PORT/v1`) with the
+//! wire format, status codes, state machines and checks of the reference
+//! (`shared/reference/hcloud-api.md`), so the real client is tested over a real socket:
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use caph_sim::hcloud::{Fault, HcloudSim, HcloudSimConfig, TimeMode};
+//! let sim = HcloudSim::start(HcloudSimConfig {
+//!     token: "test-token".into(),
+//!     time: TimeMode::Scaled(0.001),
+//!     record_responses: true,
+//!     ..Default::default()
+//! })
+//! .await?;
+//! let endpoint = sim.api_url(); // "http://127.0.0.1:PORT/v1"
+//! sim.inject(Fault::FailRequest {
+//!     route: "POST /servers/{id}/actions/create_image".into(),
+//!     nth: 1,
+//!     status: 503,
+//!     code: "unavailable".into(),
+//!     message: "service unavailable".into(),
+//! });
+//! # Ok(()) }
+//! ```
+//!
+//! # Routes
+//! `GET/POST /servers`, `GET/PUT/DELETE /servers/{id}`, `GET /servers/{id}/actions[/{action_id}]`,
+//! `POST /servers/{id}/actions/{shutdown,poweroff,poweron,reset,reboot,enable_rescue,disable_rescue,create_image,change_protection}`,
+//! `GET /actions?id=..`, `GET /actions/{id}`, `GET /images`, `GET/PUT/DELETE /images/{id}`,
+//! `POST /images/{id}/actions/change_protection`, `GET/POST /ssh_keys`, `GET/PUT/DELETE /ssh_keys/{id}`,
+//! `GET /server_types[/{id}]`, `GET /locations[/{id}]` ([`routes`] lists them). Anything else is
+//! 404 `not_found`, even without a token.
+//!
+//! # Order of checks for each request
+//! route (404) → token (401 `unauthorized`) → rate limit (429 `rate_limit_exceeded`) → injected
+//! request faults → the handler. Every answer carries `X-Correlation-Id`, `RateLimit-Limit`,
+//! `RateLimit-Remaining` and `RateLimit-Reset`.
+//!
+//! # Time
+//! All durations ([`Durations`]) are simulated time; [`TimeMode::Scaled`] maps them onto real time,
+//! [`TimeMode::Manual`] freezes them until [`HcloudSim::advance`]. In manual mode each request first
+//! waits until everything that became due has been applied (host calls included), so a test sees a
+//! consistent state; [`HcloudSim::settle`] does the same for [`HcloudSim::state`]. Timestamps in
+//! bodies are the simulated wall clock (real start time + simulated time). The rate limit runs in
+//! real time, because clients compare `RateLimit-Reset` with their own clock.
+//!
+//! # Faults
+//! [`HcloudSim::inject`] queues a [`Fault`]. Request faults count the matching requests from the
+//! moment they are injected and fire on the `nth` one; several faults fire in injection order and
+//! each is consumed when it fires. Route templates are those of [`routes`] (as in the OpenAPI
+//! description), e.g. `POST /servers/{id}/actions/create_image`; a template that matches no route
+//! never fires.
+//!
+//! # Machines
+//! A [`MachineHost`] gives each server its machine: `create` during `POST /servers` (its address
+//! becomes `public_net.ipv4.ip`), `power_on` when a server reaches `running`, `power_off` when it
+//! reaches `off`, `snapshot` at the start of `create_image` (its byte count becomes `image_size`
+//! and lengthens the action), `delete` when `delete_server` ends and `delete_image` when a
+//! snapshot is deleted. An error from the host ends the action in `error` (`action_failed`).
+//!
+//! # Choices where the reference is silent
+//! `resource_unavailable` answers 412; `invalid_input` answers 400; `locked` and `protected` 423;
+//! deleting or changing a system image is 403 `forbidden`; `datacenter` in `POST /servers` is
+//! `invalid_input` (the field is gone); a failed `create_image` removes its image; `GET /actions`
+//! without `id` is `invalid_input`.
+
+mod api;
+mod catalog;
+mod checks;
+mod clock;
+mod error;
+mod model;
+mod ops;
+mod query;
+mod world;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rand::Rng as _;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+pub use api::routes;
+pub use catalog::{Catalog, Deprecation, Location, ServerType, SystemImage, TypeLocation};
+pub use clock::TimeMode;
+pub use model::{
+    Action, ActionResource, ActionStatus, Image, ImageKind, ImageStatus, Server, ServerStatus,
+    SimState, SshKey,
+};
+
+use crate::host::{AddressOnly, MachineHost};
+use error::ApiError;
+use query::Query;
+use world::{Bucket, Inner, PendingFault};
+
+/// How long each operation takes in simulated time (multiplied by [`TimeMode::Scaled`]'s factor).
+/// The defaults follow the reference: create to running about 28 s, shutdown a few seconds,
+/// snapshots 1-5 minutes growing with the used disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations {
+    /// `create_server`: `initializing` until `off`.
+    pub create: Duration,
+    /// `start_server` after create: `starting` until `running`.
+    pub start: Duration,
+    /// `shutdown`: until the action reports success (the ACPI signal is sent).
+    pub shutdown_signal: Duration,
+    /// `shutdown`: from the request until the server is `off`.
+    pub shutdown: Duration,
+    /// `poweroff`: `stopping` until `off`.
+    pub poweroff: Duration,
+    /// `poweron`: `starting` until `running`.
+    pub poweron: Duration,
+    /// `reset` and `reboot`.
+    pub reset: Duration,
+    /// `delete_server`: `deleting` until 404.
+    pub delete: Duration,
+    /// `enable_rescue` and `disable_rescue`.
+    pub rescue: Duration,
+    /// `change_protection`.
+    pub change_protection: Duration,
+    /// `create_image`: fixed part.
+    pub snapshot_base: Duration,
+    /// `create_image`: added per GB the host reports as used.
+    pub snapshot_per_gb: Duration,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        let seconds = Duration::from_secs;
+        Durations {
+            create: seconds(12),
+            start: seconds(16),
+            shutdown_signal: seconds(1),
+            shutdown: seconds(6),
+            poweroff: seconds(3),
+            poweron: seconds(10),
+            reset: seconds(12),
+            delete: seconds(4),
+            rescue: seconds(2),
+            change_protection: seconds(1),
+            snapshot_base: seconds(60),
+            snapshot_per_gb: seconds(20),
+        }
+    }
+}
+
+/// Everything a simulator starts from.
+#[derive(Clone)]
+pub struct HcloudSimConfig {
+    /// The only bearer token accepted.
+    pub token: String,
+    /// Where to listen; default `127.0.0.1:0` (a free port).
+    pub listen: SocketAddr,
+    pub time: TimeMode,
+    pub durations: Durations,
+    /// Token bucket size (`RateLimit-Limit`); default 3600 as for most projects.
+    pub rate_limit_capacity: u32,
+    /// Tokens added per real second; default 1.
+    pub rate_limit_refill_per_second: f64,
+    /// The machines behind servers; default [`AddressOnly`].
+    pub machines: Arc<dyn MachineHost>,
+    /// Keep every response for [`HcloudSim::recorded_responses`] (OpenAPI checks).
+    pub record_responses: bool,
+    /// Locations, server types and system images on offer.
+    pub catalog: Catalog,
+}
+
+impl std::fmt::Debug for HcloudSimConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret even in a simulator: it may be copied from a real one.
+        formatter
+            .debug_struct("HcloudSimConfig")
+            .field("token", &"<redacted>")
+            .field("listen", &self.listen)
+            .field("time", &self.time)
+            .field("durations", &self.durations)
+            .field("rate_limit_capacity", &self.rate_limit_capacity)
+            .field(
+                "rate_limit_refill_per_second",
+                &self.rate_limit_refill_per_second,
+            )
+            .field("machines", &self.machines)
+            .field("record_responses", &self.record_responses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HcloudSimConfig {
+    fn default() -> Self {
+        HcloudSimConfig {
+            token: String::new(),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            time: TimeMode::default(),
+            durations: Durations::default(),
+            rate_limit_capacity: 3600,
+            rate_limit_refill_per_second: 1.0,
+            machines: Arc::new(AddressOnly::default()),
+            record_responses: false,
+            catalog: Catalog::default(),
+        }
+    }
+}
+
+/// A scripted failure. Request faults name a route as `METHOD /template` (see [`routes`]) and
+/// fire on the `nth` matching request (1 = the next one) counted from injection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer with an error body instead of serving the request.
+    FailRequest {
+        route: String,
+        nth: u32,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Close the connection without an answer; the request is not served.
+    DropConnection { route: String, nth: u32 },
+    /// Serve the request, then close the connection without an answer (the change happened, the
+    /// client does not know).
+    DropResponse { route: String, nth: u32 },
+    /// Serve the request and hold the answer back for `delay` of real time.
+    Delay {
+        route: String,
+        nth: u32,
+        delay: Duration,
+    },
+    /// The next action with this `command` (e.g. `create_image`, `start_server`) ends in `error`
+    /// with `code` and `message` instead of taking effect.
+    FailAction {
+        command: String,
+        code: String,
+        message: String,
+    },
+    /// The location runs out of the server type: it is listed `available: false` and creating
+    /// such a server answers `resource_unavailable`. Applies at once and stays.
+    ExhaustServerType {
+        location: String,
+        server_type: String,
+    },
+}
+
+impl Fault {
+    /// `FailRequest` with a generic message.
+    pub fn fail(route: &str, nth: u32, status: u16, code: &str) -> Fault {
+        Fault::FailRequest {
+            route: route.to_owned(),
+            nth,
+            status,
+            code: code.to_owned(),
+            message: format!("injected {code}"),
+        }
+    }
+
+    fn request_route(&self) -> Option<(&str, u32)> {
+        match self {
+            Fault::FailRequest { route, nth, .. }
+            | Fault::DropConnection { route, nth }
+            | Fault::DropResponse { route, nth }
+            | Fault::Delay { route, nth, .. } => Some((route.as_str(), *nth)),
+            Fault::FailAction { .. } | Fault::ExhaustServerType { .. } => None,
+        }
+    }
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    /// The path without the query, e.g. `/v1/servers/10000001`.
+    pub path: String,
+    /// The matched template, e.g. `/servers/{id}`; `None` for an unknown route.
+    pub route: Option<String>,
+    /// The status sent; `None` when the connection was dropped without an answer.
+    pub status: Option<u16>,
+}
+
+/// One answer kept for OpenAPI checks (see [`crate::openapi`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedResponse {
+    pub method: String,
+    /// The route template as in the OpenAPI description, e.g. `/servers/{id}/actions/shutdown`.
+    pub route: String,
+    pub status: u16,
+    /// `None` for an answer without a body (204).
+    pub body: Option<Value>,
+}
+
+/// A running simulator; dropping it stops serving.
+#[derive(Debug)]
+pub struct HcloudSim {
+    inner: Arc<Inner>,
+    address: SocketAddr,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HcloudSim {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Returned by the service to make hyper close the connection without an answer.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("connection dropped by an injected fault")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+/// How long a request in manual time mode waits for due work (host calls may be slow, e.g. a
+/// real sshd starting or a root filesystem being copied).
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+impl HcloudSim {
+    /// Binds the listen address and starts serving.
+    pub async fn start(config: HcloudSimConfig) -> std::io::Result<HcloudSim> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let address = listener.local_addr()?;
+        let clock = clock::Clock::new(config.time);
+        let inner = Arc::new(Inner::new(
+            config.token,
+            clock,
+            config.durations,
+            config.machines,
+            config.record_responses,
+            config.catalog,
+            Bucket::new(
+                config.rate_limit_capacity,
+                config.rate_limit_refill_per_second,
+            ),
+        ));
+        let acceptor = tokio::spawn(accept(listener, Arc::clone(&inner)));
+        Ok(HcloudSim {
+            inner,
+            address,
+            acceptor,
+        })
+    }
+
+    /// `http://ADDR/v1`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// The socket the API listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Queues a fault (see [`Fault`]); `ExhaustServerType` applies at once.
+    pub fn inject(&self, fault: Fault) {
+        let mut world = self.inner.world();
+        if let Fault::ExhaustServerType {
+            location,
+            server_type,
+        } = &fault
+        {
+            for candidate in &mut world.catalog.server_types {
+                if &candidate.name == server_type {
+                    for place in &mut candidate.locations {
+                        if &place.location == location {
+                            place.available = false;
+                            place.recommended = false;
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        world.faults.push(PendingFault { fault, seen: 0 });
+    }
+
+    /// Faults injected and not yet fired.
+    pub fn pending_faults(&self) -> Vec<Fault> {
+        self.inner
+            .world()
+            .faults
+            .iter()
+            .map(|pending| pending.fault.clone())
+            .collect()
+    }
+
+    /// A snapshot of servers, images, SSH keys and actions. In [`TimeMode::Manual`], call
+    /// [`HcloudSim::settle`] after [`HcloudSim::advance`] first.
+    pub fn state(&self) -> SimState {
+        self.inner.state()
+    }
+
+    /// Moves simulated time forward in [`TimeMode::Manual`] (no effect in scaled mode).
+    pub fn advance(&self, by: Duration) {
+        self.inner.clock.advance(by);
+    }
+
+    /// Simulated time since the start.
+    pub fn now(&self) -> Duration {
+        self.inner.clock.now()
+    }
+
+    /// Waits until all work due at the current simulated time has been applied; false if that
+    /// took longer than two minutes of real time (a host call hangs).
+    pub async fn settle(&self) -> bool {
+        self.inner.clock.settle(SETTLE_LIMIT).await
+    }
+
+    /// Every request seen so far, in order.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.inner.world().request_log.clone()
+    }
+
+    /// Every answer so far with its body (only with `record_responses`).
+    pub fn recorded_responses(&self) -> Vec<RecordedResponse> {
+        self.inner.world().recorded.clone()
+    }
+}
+
+async fn accept(listener: TcpListener, inner: Arc<Inner>) {
+    // Connections end with the acceptor: dropping the set aborts them.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors or similar: wait a moment rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        while connections.try_join_next().is_some() {}
+        let inner = Arc::clone(&inner);
+        connections.spawn(async move {
+            let service = service_fn(move |request| handle(Arc::clone(&inner), request));
+            // A client going away mid-request is not the simulator's problem.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn correlation_id() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+/// What an injected request fault asks for.
+enum Injected {
+    Fail(ApiError),
+    Drop,
+    DropAfter,
+    Delay(Duration),
+}
+
+fn take_request_fault(inner: &Inner, method: &str, template: &str) -> Option<Injected> {
+    let mut world = inner.world();
+    let mut fired = None;
+    for (index, pending) in world.faults.iter_mut().enumerate() {
+        let Some((route, nth)) = pending.fault.request_route() else {
+            continue;
+        };
+        let Some((fault_method, fault_template)) = route.split_once(' ') else {
+            continue;
+        };
+        let fault_template = fault_template.trim();
+        let fault_template = fault_template.strip_prefix("/v1").unwrap_or(fault_template);
+        if !fault_method.eq_ignore_ascii_case(method) || fault_template != template {
+            continue;
+        }
+        pending.seen += 1;
+        if fired.is_none() && pending.seen >= nth {
+            fired = Some(index);
+        }
+    }
+    let fault = world.faults.remove(fired?).fault;
+    Some(match fault {
+        Fault::FailRequest {
+            status,
+            code,
+            message,
+            ..
+        } => Injected::Fail(ApiError::new(status, &code, message)),
+        Fault::DropConnection { .. } => Injected::Drop,
+        Fault::DropResponse { .. } => Injected::DropAfter,
+        Fault::Delay { delay, .. } => Injected::Delay(delay),
+        Fault::FailAction { .. } | Fault::ExhaustServerType { .. } => return None,
+    })
+}
+
+fn authorized(inner: &Inner, header: Option<&hyper::header::HeaderValue>) -> bool {
+    let Some(value) = header.and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let Some(token) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // An empty configured token would otherwise accept `Bearer ` with nothing after it.
+    !inner.token.is_empty() && token.trim() == inner.token
+}
+
+async fn handle(
+    inner: Arc<Inner>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, DropConnection> {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = Query::parse(request.uri().query());
+    let allowed = authorized(&inner, request.headers().get(hyper::header::AUTHORIZATION));
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(DropConnection),
+    };
+    let Some((template, params)) = api::match_route(&method, &path) else {
+        let error = ApiError::not_found("route");
+        return Ok(respond(
+            &inner,
+            &method,
+            &path,
+            None,
+            error.status,
+            Some(error.body()),
+        ));
+    };
+    if !allowed {
+        let error = ApiError::new(401, "unauthorized", "unable to authenticate");
+        return Ok(respond(
+            &inner,
+            &method,
+            &path,
+            Some(template),
+            error.status,
+            Some(error.body()),
+        ));
+    }
+    if !inner.bucket().take() {
+        let capacity = inner.bucket().capacity;
+        let error = ApiError::new(
+            429,
+            "rate_limit_exceeded",
+            format!("limit of {capacity} requests per hour reached"),
+        );
+        return Ok(respond(
+            &inner,
+            &method,
+            &path,
+            Some(template),
+            error.status,
+            Some(error.body()),
+        ));
+    }
+    let injected = take_request_fault(&inner, &method, template);
+    let (drop_after, delay) = match injected {
+        Some(Injected::Fail(error)) => {
+            return Ok(respond(
+                &inner,
+                &method,
+                &path,
+                Some(template),
+                error.status,
+                Some(error.body()),
+            ));
+        }
+        Some(Injected::Drop) => {
+            log(&inner, &method, &path, Some(template), None);
+            return Err(DropConnection);
+        }
+        Some(Injected::DropAfter) => (true, None),
+        Some(Injected::Delay(delay)) => (false, Some(delay)),
+        None => (false, None),
+    };
+    if inner.clock.mode() == TimeMode::Manual {
+        // Give up waiting rather than hang a request forever; the answer is then merely stale.
+        let _ = inner.clock.settle(SETTLE_LIMIT).await;
+    }
+    let (status, reply_body) =
+        match api::dispatch(&inner, &method, template, &params, &query, &body).await {
+            Ok(reply) => (reply.status, reply.body),
+            Err(error) => (error.status, Some(error.body())),
+        };
+    if drop_after {
+        log(&inner, &method, &path, Some(template), None);
+        return Err(DropConnection);
+    }
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(respond(
+        &inner,
+        &method,
+        &path,
+        Some(template),
+        status,
+        reply_body,
+    ))
+}
+
+fn log(inner: &Inner, method: &str, path: &str, template: Option<&str>, status: Option<u16>) {
+    inner.world().request_log.push(RequestRecord {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        route: template.map(str::to_owned),
+        status,
+    });
+}
+
+fn respond(
+    inner: &Inner,
+    method: &str,
+    path: &str,
+    template: Option<&str>,
+    status: u16,
+    body: Option<Value>,
+) -> Response<Full<Bytes>> {
+    log(inner, method, path, template, Some(status));
+    if inner.record_responses
+        && let Some(template) = template
+    {
+        inner.world().recorded.push(RecordedResponse {
+            method: method.to_owned(),
+            route: template.to_owned(),
+            status,
+            body: body.clone(),
+        });
+    }
+    let rate = inner.bucket().view();
+    let bytes = body
+        .map(|body| Bytes::from(body.to_string()))
+        .unwrap_or_default();
+    let mut builder = Response::builder()
+        .status(status)
+        .header("X-Correlation-Id", correlation_id())
+        .header("RateLimit-Limit", rate.limit)
+        .header("RateLimit-Remaining", rate.remaining)
+        .header("RateLimit-Reset", rate.reset_unix);
+    if !bytes.is_empty() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    builder
+        .body(Full::new(bytes.clone()))
+        .unwrap_or_else(|_| Response::new(Full::new(bytes)))
+}

@@ -1,0 +1,225 @@
+//! Simulated time: scaled real time for demos and fast tests, or time that only moves when a test says so.
+//!
+//! Every duration in the simulator is simulated time. Background work (an action finishing, a server
+//! reaching `running`) sleeps on this clock. The clock also keeps count of background work that is
+//! awake, so that in [`TimeMode::Manual`] a request can wait until everything that became due with the
+//! last [`Clock::advance`] has been applied ("settled"), which makes tests deterministic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+/// How simulated time relates to real time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimeMode {
+    /// Simulated time runs at `factor` times real durations: `1.0` is real time, `0.001` makes a
+    /// 30 s server start take 30 ms. Factors that are not finite and positive are treated as `1.0`.
+    Scaled(f64),
+    /// Nothing moves until the test calls [`super::HcloudSim::advance`].
+    Manual,
+}
+
+impl Default for TimeMode {
+    fn default() -> Self {
+        TimeMode::Scaled(1.0)
+    }
+}
+
+/// A point in simulated time, measured from the simulator's start.
+pub(crate) type SimTime = Duration;
+
+#[derive(Debug, Default)]
+struct Bookkeeping {
+    /// Background tasks that are running and not asleep on the clock.
+    active: usize,
+    /// Deadlines of tasks asleep on the clock, by sleeper id.
+    sleepers: HashMap<u64, SimTime>,
+    next_sleeper: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Clock {
+    mode: TimeMode,
+    real_origin: Instant,
+    /// Unix time (seconds, fractional) at simulated time zero.
+    unix_origin: f64,
+    manual: watch::Sender<SimTime>,
+    books: Mutex<Bookkeeping>,
+}
+
+/// Counts a background task as awake while it lives (see [`Clock::settled`]).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    clock: Arc<Clock>,
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        self.clock.books().active -= 1;
+    }
+}
+
+impl Clock {
+    pub(crate) fn new(mode: TimeMode) -> Arc<Clock> {
+        let mode = match mode {
+            TimeMode::Scaled(factor) if !(factor.is_finite() && factor > 0.0) => {
+                TimeMode::Scaled(1.0)
+            }
+            other => other,
+        };
+        let unix_origin = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.as_secs_f64())
+            .unwrap_or(0.0);
+        Arc::new(Clock {
+            mode,
+            real_origin: Instant::now(),
+            unix_origin,
+            manual: watch::Sender::new(Duration::ZERO),
+            books: Mutex::new(Bookkeeping::default()),
+        })
+    }
+
+    fn books(&self) -> MutexGuard<'_, Bookkeeping> {
+        // A panic while holding this lock leaves plain counters behind; keep going with them.
+        self.books
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn mode(&self) -> TimeMode {
+        self.mode
+    }
+
+    /// Simulated time since the start.
+    pub(crate) fn now(&self) -> SimTime {
+        match self.mode {
+            TimeMode::Manual => *self.manual.borrow(),
+            TimeMode::Scaled(factor) => self.real_origin.elapsed().div_f64(factor),
+        }
+    }
+
+    /// Unix time (seconds) of a simulated instant: the simulated wall clock starts at the real one.
+    pub(crate) fn unix_at(&self, at: SimTime) -> f64 {
+        self.unix_origin + at.as_secs_f64()
+    }
+
+    /// Moves simulated time forward (only in [`TimeMode::Manual`]; ignored otherwise).
+    pub(crate) fn advance(&self, by: Duration) {
+        if self.mode == TimeMode::Manual {
+            self.manual.send_modify(|now| *now += by);
+        }
+    }
+
+    /// Registers a background task as awake; the task keeps the returned guard until it ends.
+    pub(crate) fn activity(self: &Arc<Self>) -> Activity {
+        self.books().active += 1;
+        Activity {
+            clock: Arc::clone(self),
+        }
+    }
+
+    /// Sleeps until simulated time reaches `deadline`. The caller must hold an [`Activity`].
+    pub(crate) async fn sleep_until(&self, deadline: SimTime) {
+        let sleeper = {
+            let mut books = self.books();
+            if self.now() >= deadline {
+                return;
+            }
+            let sleeper = books.next_sleeper;
+            books.next_sleeper += 1;
+            books.sleepers.insert(sleeper, deadline);
+            books.active -= 1;
+            sleeper
+        };
+        match self.mode {
+            TimeMode::Manual => {
+                let mut receiver = self.manual.subscribe();
+                // The sender lives as long as the clock, which outlives this borrow.
+                let _ = receiver.wait_for(|now| *now >= deadline).await;
+            }
+            TimeMode::Scaled(factor) => loop {
+                let now = self.now();
+                if now >= deadline {
+                    break;
+                }
+                tokio::time::sleep((deadline - now).mul_f64(factor)).await;
+            },
+        }
+        let mut books = self.books();
+        books.sleepers.remove(&sleeper);
+        books.active += 1;
+    }
+
+    /// True when no background work is awake and none is due at the current simulated time.
+    pub(crate) fn settled(&self) -> bool {
+        let books = self.books();
+        let now = self.now();
+        books.active == 0 && books.sleepers.values().all(|deadline| *deadline > now)
+    }
+
+    /// Waits until [`Clock::settled`], at most `limit` of real time (a host operation may hang).
+    pub(crate) async fn settle(&self, limit: Duration) -> bool {
+        // How often to look again: short enough that tests stay in milliseconds.
+        const POLL: Duration = Duration::from_millis(1);
+        let give_up = Instant::now() + limit;
+        loop {
+            if self.settled() {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Formats Unix seconds as RFC 3339 in UTC the way the API does: `2016-01-30T23:55:00+00:00`.
+pub(crate) fn rfc3339(unix_seconds: f64) -> String {
+    let total = unix_seconds.floor() as i64;
+    let days = total.div_euclid(86_400);
+    let second_of_day = total.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
+        second_of_day / 3600,
+        (second_of_day % 3600) / 60,
+        second_of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    // Shift the epoch to 0000-03-01 so that leap days fall at the end of each 400-year era.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(rfc3339(1_454_198_100.0), "2016-01-30T23:55:00+00:00");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00+00:00");
+        assert_eq!(rfc3339(1_798_761_599.5), "2026-12-31T23:59:59+00:00");
+    }
+}

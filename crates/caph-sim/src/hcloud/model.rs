@@ -1,0 +1,197 @@
+//! The simulator's resources as plain structs: what [`super::HcloudSim::state`] hands to tests.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// A server's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerStatus {
+    Initializing,
+    Starting,
+    Running,
+    Stopping,
+    Off,
+    Deleting,
+}
+
+impl ServerStatus {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerStatus::Initializing => "initializing",
+            ServerStatus::Starting => "starting",
+            ServerStatus::Running => "running",
+            ServerStatus::Stopping => "stopping",
+            ServerStatus::Off => "off",
+            ServerStatus::Deleting => "deleting",
+        }
+    }
+}
+
+/// An action's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionStatus {
+    Running,
+    Success,
+    Error,
+}
+
+impl ActionStatus {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Running => "running",
+            ActionStatus::Success => "success",
+            ActionStatus::Error => "error",
+        }
+    }
+}
+
+/// An image's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageStatus {
+    Available,
+    Creating,
+}
+
+impl ImageStatus {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageStatus::Available => "available",
+            ImageStatus::Creating => "creating",
+        }
+    }
+}
+
+/// An image's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageKind {
+    System,
+    Snapshot,
+}
+
+impl ImageKind {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::System => "system",
+            ImageKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// A server as the simulator holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub id: u64,
+    pub name: String,
+    pub status: ServerStatus,
+    /// Server type name, e.g. `cx23`.
+    pub server_type: String,
+    /// `x86` or `arm`, from the server type.
+    pub architecture: String,
+    /// Location name, e.g. `fsn1`.
+    pub location: String,
+    /// The image the server was created from.
+    pub image_id: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    /// The machine's address, reported as `public_net.ipv4.ip` unless IPv4 was disabled.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Whether `public_net.enable_ipv4` was true at creation.
+    pub ipv4_enabled: bool,
+    /// Whether `public_net.enable_ipv6` was true at creation.
+    pub ipv6_enabled: bool,
+    pub rescue_enabled: bool,
+    /// SSH key ids given at creation.
+    pub ssh_key_ids: Vec<u64>,
+    pub user_data: Option<String>,
+    /// GB, from the server type.
+    pub primary_disk_size: u64,
+    /// RFC 3339.
+    pub created: String,
+    pub delete_protected: bool,
+    pub rebuild_protected: bool,
+}
+
+/// An image (system image or snapshot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub id: u64,
+    pub kind: ImageKind,
+    pub status: ImageStatus,
+    /// Set for system images only.
+    pub name: Option<String>,
+    pub description: String,
+    /// GB; `None` while a snapshot is being created.
+    pub image_size: Option<f64>,
+    /// GB.
+    pub disk_size: f64,
+    /// RFC 3339.
+    pub created: String,
+    /// Source server (id, name at the time) of a snapshot.
+    pub created_from: Option<(u64, String)>,
+    pub os_flavor: String,
+    pub os_version: Option<String>,
+    pub architecture: String,
+    pub delete_protected: bool,
+    /// RFC 3339 deprecation time, if deprecated.
+    pub deprecated: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An SSH key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKey {
+    pub id: u64,
+    pub name: String,
+    /// MD5, colon-separated hex.
+    pub fingerprint: String,
+    pub public_key: String,
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created: String,
+}
+
+/// A resource an action relates to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionResource {
+    pub id: u64,
+    /// `server` or `image`.
+    pub kind: String,
+}
+
+/// An action and its current progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub id: u64,
+    pub command: String,
+    pub status: ActionStatus,
+    pub progress: u8,
+    /// RFC 3339.
+    pub started: String,
+    pub finished: Option<String>,
+    pub resources: Vec<ActionResource>,
+    /// `(code, message)` when the action ended in `error`.
+    pub error: Option<(String, String)>,
+}
+
+/// A read-only snapshot of everything the simulator holds, for assertions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SimState {
+    pub servers: Vec<Server>,
+    /// System images and snapshots, by id.
+    pub images: Vec<Image>,
+    pub ssh_keys: Vec<SshKey>,
+    pub actions: Vec<Action>,
+}
+
+impl SimState {
+    /// The snapshots (images of type `snapshot`), in id order.
+    pub fn snapshots(&self) -> Vec<&Image> {
+        self.images
+            .iter()
+            .filter(|image| image.kind == ImageKind::Snapshot)
+            .collect()
+    }
+}
