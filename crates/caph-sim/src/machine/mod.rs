@@ -1,1 +1,779 @@
 //! Simulated machines: each one a loopback address with a real OpenSSH `sshd`, optionally chrooted into its own root filesystem.
+//!
+//! [`SshMachines`] is the [`MachineHost`] that makes a simulated server reachable like a real one:
+//!
+//! - **Address**: a random `127.64.0.0/10` address, unique among live machines (never 127.0.0.1),
+//!   with sshd on port 22, as `public_net.ipv4.ip` promises.
+//! - **Disk**: a copy (`cp -a --reflink=auto`) of a cached Debian root filesystem built by mmdebstrap
+//!   (see [`rootfs`](self::rootfs) for the `ubuntu-*` caveat), or of a snapshot.
+//! - **Boot** (`power_on`): `unshare --uts --mount --pid --fork --kill-child` gives the machine its
+//!   own hostname (the server name), its own `/proc`, a read-only `/sys`, a minimal `/dev` (device
+//!   nodes made with mknod, a private devpts, never the host's `/dev`), a tmpfs `/run` and the host's
+//!   `resolv.conf`; then `sshd -D` runs as the namespace's init with `ChrootDirectory` set to the
+//!   root filesystem, so every command runs inside it. The network is the host's, so loopback
+//!   mirrors served by tests are reachable from inside.
+//! - **Power off**: SIGKILL to the namespace's parent; `--kill-child` takes the namespace's init
+//!   down with it, and with it every session and every mount, which live only in that namespace.
+//! - **Host key** from cloud-config `ssh_keys` (as cloud-init does), else a fresh ed25519 one;
+//!   **authorized keys** from the API plus cloud-config `ssh_authorized_keys`.
+//!
+//! Everything lives under `<state_dir>/<instance>/` (default `/var/lib/caph-sim`; sshd requires each
+//! component of a chroot path to be root-owned and not group- or world-writable, hence not `/tmp`).
+//! Dropping [`SshMachines`] kills every machine and removes that directory; a process killed before
+//! it could do so leaves an `owner` stamp whose process is gone, and the next [`SshMachines::new`]
+//! sweeps it.
+
+mod cloud_config;
+mod rootfs;
+mod sys;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use cloud_config::{CloudConfig, CloudConfigError, HostKey, parse as parse_cloud_config};
+pub use rootfs::ROOTFS_PACKAGES;
+
+use crate::host::{DiskSource, MachineError, MachineHost, MachineInfo, MachineSpec};
+
+/// The sshd binary every machine runs (the distribution's, as on the real servers).
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// How long `power_on` waits for sshd to listen. sshd binds within milliseconds; a few seconds
+/// cover a machine starting while two rootfs copies and a build compete for the disk.
+const SSHD_LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long `power_off` waits for the address to refuse connections after the kill. The kernel
+/// tears the namespace down in milliseconds; the bound only guards against a wedged process.
+const SSHD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Poll interval while waiting for sshd to start or stop: short against both bounds above.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Random addresses tried before giving up on finding a free one. The /10 holds four million
+/// addresses, so more than a handful of collisions means something else is wrong.
+const ADDRESS_ATTEMPTS: u32 = 64;
+
+/// Lines of sshd's log quoted when it fails to start.
+const LOG_TAIL_LINES: usize = 10;
+
+/// A sink for progress lines.
+pub type MachineLog = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where [`SshMachines`] keeps things, and how it reports progress.
+#[derive(Clone)]
+pub struct SshMachinesConfig {
+    /// Parent of the per-instance directory holding machines and snapshots. Every component must be
+    /// root-owned and not group- or world-writable (sshd's `ChrootDirectory` rule).
+    pub state_dir: PathBuf,
+    /// Cache of built system root filesystems, shared by all instances and runs.
+    pub rootfs_cache: PathBuf,
+    /// Debian mirror for mmdebstrap (e.g. `http://deb.debian.org/debian`); `None` uses
+    /// mmdebstrap's default.
+    pub mirror: Option<String>,
+    /// Progress lines (rootfs builds, machine starts). The library never prints.
+    pub log: Option<MachineLog>,
+}
+
+impl Default for SshMachinesConfig {
+    fn default() -> SshMachinesConfig {
+        SshMachinesConfig {
+            state_dir: PathBuf::from("/var/lib/caph-sim"),
+            rootfs_cache: PathBuf::from("/var/cache/caph-sim/rootfs"),
+            mirror: None,
+            log: None,
+        }
+    }
+}
+
+impl fmt::Debug for SshMachinesConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("SshMachinesConfig")
+            .field("state_dir", &self.state_dir)
+            .field("rootfs_cache", &self.rootfs_cache)
+            .field("mirror", &self.mirror)
+            .field("log", &self.log.as_ref().map(|_| "<callback>"))
+            .finish()
+    }
+}
+
+/// One machine's files and, while powered on, its namespace's parent process.
+#[derive(Debug)]
+struct Machine {
+    address: Ipv4Addr,
+    hostname: String,
+    dir: PathBuf,
+    running: Option<tokio::process::Child>,
+}
+
+impl Machine {
+    fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    machines: HashMap<u64, Machine>,
+    images: HashMap<u64, PathBuf>,
+    /// Addresses handed out and not yet released (a machine being created is not in `machines`).
+    addresses: HashSet<Ipv4Addr>,
+}
+
+/// Machines reachable over real SSH, each in its own root filesystem. Needs root, sshd, mmdebstrap
+/// and unshare; [`SshMachines::new`] says what is missing.
+pub struct SshMachines {
+    instance_dir: PathBuf,
+    cache: rootfs::RootfsCache,
+    log: Option<MachineLog>,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for SshMachines {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let machines = self.lock().machines.len();
+        formatter
+            .debug_struct("SshMachines")
+            .field("instance_dir", &self.instance_dir)
+            .field("rootfs_cache", &self.cache.dir)
+            .field("machines", &machines)
+            .finish()
+    }
+}
+
+impl SshMachines {
+    /// Checks the prerequisites, sweeps what killed runs left behind, and creates this instance's
+    /// directory. Fails with a message naming everything that is missing.
+    pub fn new(config: SshMachinesConfig) -> Result<SshMachines, MachineError> {
+        let mut missing = Vec::new();
+        if !sys::is_root() {
+            missing.push(format!(
+                "root (running as uid {}): sshd's ChrootDirectory, mount namespaces and mmdebstrap's root mode need it",
+                rustix::process::geteuid().as_raw()
+            ));
+        }
+        for (binary, package) in [
+            (SSHD, "openssh-server"),
+            ("/usr/bin/ssh-keygen", "openssh-client"),
+            ("/usr/bin/mmdebstrap", "mmdebstrap"),
+            ("/usr/bin/unshare", "util-linux"),
+        ] {
+            if !Path::new(binary).exists() {
+                missing.push(format!("{binary} (Debian package {package})"));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(MachineError(format!(
+                "simulated SSH machines need: {}",
+                missing.join("; ")
+            )));
+        }
+        for dir in [&config.state_dir, &config.rootfs_cache] {
+            if let Err(error) = create_private_dir_all(dir) {
+                return Err(MachineError(format!("creating {}: {error}", dir.display())));
+            }
+        }
+        if let Some(problem) = sys::chroot_path_problem(&config.state_dir) {
+            return Err(MachineError(format!(
+                "{} cannot hold chroots: {problem} (sshd requires every component of a ChrootDirectory path to be root-owned and not group- or world-writable)",
+                config.state_dir.display()
+            )));
+        }
+        // sshd's privilege separation directory; Debian's init script creates it at boot.
+        if let Err(error) = std::fs::create_dir_all("/run/sshd") {
+            return Err(MachineError(format!("creating /run/sshd: {error}")));
+        }
+
+        sweep_instances(&config.state_dir);
+        let cache = rootfs::RootfsCache::new(config.rootfs_cache.clone(), config.mirror.clone());
+        cache.sweep();
+
+        let stamp = sys::owner_stamp();
+        let instance_name = format!("run-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let instance_dir = config.state_dir.join(instance_name);
+        let created = create_private_dir_all(&instance_dir.join("machines"))
+            .and_then(|()| create_private_dir_all(&instance_dir.join("images")))
+            .and_then(|()| std::fs::write(instance_dir.join("owner"), &stamp));
+        if let Err(error) = created {
+            let _ = sys::remove_tree(&instance_dir);
+            return Err(MachineError(format!(
+                "creating {}: {error}",
+                instance_dir.display()
+            )));
+        }
+        Ok(SshMachines {
+            instance_dir,
+            cache,
+            log: config.log,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Builds (or finds in the cache) the root filesystem behind a system image, so that a later
+    /// `create` is quick. `architecture` is `x86` or `arm`.
+    pub async fn prepare_image(&self, name: &str, architecture: &str) -> Result<(), MachineError> {
+        let image = rootfs::resolve(name, architecture)?;
+        self.cache.ensure(&image, &self.log).await.map(|_| ())
+    }
+
+    /// This instance's directory (machines and snapshots live below it).
+    pub fn instance_dir(&self) -> &Path {
+        &self.instance_dir
+    }
+
+    /// The root filesystem of a machine, as seen from the host (for assertions in tests).
+    pub fn machine_root(&self, server_id: u64) -> Option<PathBuf> {
+        self.lock().machines.get(&server_id).map(Machine::root)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn log(&self, line: &str) {
+        if let Some(log) = &self.log {
+            log(line);
+        }
+    }
+
+    /// A random free loopback address, reserved until released.
+    fn allocate_address(&self) -> Result<Ipv4Addr, MachineError> {
+        for _ in 0..ADDRESS_ATTEMPTS {
+            let address = Ipv4Addr::new(
+                127,
+                rand::random_range(64..=127),
+                rand::random(),
+                rand::random_range(2..=254),
+            );
+            if self.lock().addresses.contains(&address) {
+                continue;
+            }
+            // Free on this host right now (another instance, in this process or another, may use
+            // the same range): binding port 22 is the test that matters for sshd.
+            if TcpListener::bind((address, 22)).is_err() {
+                continue;
+            }
+            if self.lock().addresses.insert(address) {
+                return Ok(address);
+            }
+        }
+        Err(MachineError(format!(
+            "no free loopback address found after {ADDRESS_ATTEMPTS} tries"
+        )))
+    }
+
+    fn release_address(&self, address: Ipv4Addr) {
+        self.lock().addresses.remove(&address);
+    }
+
+    async fn create_inner(
+        &self,
+        spec: &MachineSpec,
+        address: Ipv4Addr,
+        dir: &Path,
+    ) -> Result<(), MachineError> {
+        let cloud = match &spec.user_data {
+            Some(user_data) => match cloud_config::parse(user_data) {
+                Ok(cloud) => cloud,
+                Err(error) => {
+                    return Err(MachineError(format!("server {}: {error}", spec.server_id)));
+                }
+            },
+            None => CloudConfig::default(),
+        };
+        let source = match &spec.disk {
+            DiskSource::System { name, architecture } => {
+                let image = rootfs::resolve(name, architecture)?;
+                self.cache.ensure(&image, &self.log).await?
+            }
+            DiskSource::Snapshot { image_id } => match self.lock().images.get(image_id) {
+                Some(path) => path.join("root"),
+                None => {
+                    return Err(MachineError(format!(
+                        "snapshot {image_id} has no disk copy on this host"
+                    )));
+                }
+            },
+        };
+        if let Err(error) = create_private_dir_all(dir) {
+            return Err(MachineError(format!("creating {}: {error}", dir.display())));
+        }
+        rootfs::copy_tree(&source, &dir.join("root")).await?;
+
+        let ssh_dir = dir.join("ssh");
+        if let Err(error) = create_private_dir_all(&ssh_dir) {
+            return Err(MachineError(format!(
+                "creating {}: {error}",
+                ssh_dir.display()
+            )));
+        }
+        let host_key_paths = install_host_keys(&ssh_dir, &cloud).await?;
+        let mut authorized = String::new();
+        for line in spec
+            .authorized_keys
+            .iter()
+            .chain(cloud.authorized_keys.iter())
+        {
+            authorized.push_str(line.trim());
+            authorized.push('\n');
+        }
+        write_private(&ssh_dir.join("authorized_keys"), &authorized)?;
+        let mut config = format!(
+            "# sshd of simulated server {id} ({hostname})\n\
+             ListenAddress {address}:22\n\
+             AuthorizedKeysFile {authorized}\n\
+             ChrootDirectory {root}\n\
+             PidFile none\n\
+             UsePAM no\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\n\
+             PermitRootLogin prohibit-password\n\
+             Subsystem sftp internal-sftp\n\
+             LogLevel INFO\n",
+            id = spec.server_id,
+            hostname = spec.hostname,
+            authorized = ssh_dir.join("authorized_keys").display(),
+            root = dir.join("root").display(),
+        );
+        for path in host_key_paths {
+            config.push_str(&format!("HostKey {}\n", path.display()));
+        }
+        write_private(&ssh_dir.join("sshd_config"), &config)?;
+        // What cloud-init writes on a real server: the hostname.
+        write_file(
+            &dir.join("root/etc/hostname"),
+            &format!("{}\n", spec.hostname),
+        )?;
+        Ok(())
+    }
+
+    fn spawn_machine(
+        &self,
+        server_id: u64,
+        dir: &Path,
+        hostname: &str,
+    ) -> Result<tokio::process::Child, MachineError> {
+        let log_path = dir.join("sshd.log");
+        let log_file = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
+            Ok(file) => file,
+            Err(error) => {
+                return Err(MachineError(format!(
+                    "opening {}: {error}",
+                    log_path.display()
+                )));
+            }
+        };
+        let mut command = tokio::process::Command::new("unshare");
+        command
+            .args([
+                "--uts",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "--",
+            ])
+            .args(["/bin/sh", "-c", BOOT_SCRIPT, "caph-sim-boot"])
+            .arg(dir.join("root"))
+            .arg(dir.join("ssh/sshd_config"))
+            .arg(hostname)
+            .arg(SSHD)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            // Keep the machine out of the terminal's process group: Ctrl-C meant for a test runner
+            // reaches the runner, which then tears machines down in order.
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                return Err(MachineError(format!(
+                    "server {server_id}: starting unshare: {error}"
+                )));
+            }
+        };
+        if let Some(pid) = child.id() {
+            let stamp = format!("{pid} {}\n", sys::process_start_time(pid).unwrap_or(0));
+            let _ = std::fs::write(dir.join("machine.pid"), stamp);
+        }
+        Ok(child)
+    }
+}
+
+/// The machine's boot, run by `/bin/sh` as the first process of its namespaces.
+/// Arguments: root filesystem, sshd config, hostname, sshd binary.
+const BOOT_SCRIPT: &str = r#"set -eu
+root=$1 config=$2 name=$3 sshd=$4
+hostname "$name"
+mount --make-rprivate /
+mkdir -p "$root/proc" "$root/sys" "$root/dev" "$root/run" "$root/tmp"
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
+mount -t tmpfs -o nosuid,mode=0755,size=1m dev "$root/dev"
+for node in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+  saved_ifs=$IFS; IFS=:; set -- $node; IFS=$saved_ifs
+  mknod -m 0666 "$root/dev/$1" c "$2" "$3"
+done
+mkdir -p "$root/dev/pts" "$root/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$root/dev/pts"
+ln -s pts/ptmx "$root/dev/ptmx"
+ln -s /proc/self/fd "$root/dev/fd"
+ln -s /proc/self/fd/0 "$root/dev/stdin"
+ln -s /proc/self/fd/1 "$root/dev/stdout"
+ln -s /proc/self/fd/2 "$root/dev/stderr"
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$root/dev/shm"
+mount -t tmpfs -o nosuid,nodev,mode=0755 run "$root/run"
+rm -f "$root/etc/resolv.conf"
+cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+exec "$sshd" -D -e -f "$config"
+"#;
+
+#[async_trait::async_trait]
+impl MachineHost for SshMachines {
+    async fn create(&self, spec: MachineSpec) -> Result<MachineInfo, MachineError> {
+        let address = self.allocate_address()?;
+        let dir = self
+            .instance_dir
+            .join("machines")
+            .join(spec.server_id.to_string());
+        if let Err(error) = self.create_inner(&spec, address, &dir).await {
+            let _ = sys::remove_tree(&dir);
+            self.release_address(address);
+            return Err(error);
+        }
+        let machine = Machine {
+            address,
+            hostname: spec.hostname.clone(),
+            dir,
+            running: None,
+        };
+        self.lock().machines.insert(spec.server_id, machine);
+        Ok(MachineInfo { ipv4: address })
+    }
+
+    async fn power_on(&self, server_id: u64) -> Result<(), MachineError> {
+        let (dir, hostname, address, running) = {
+            let state = self.lock();
+            let Some(machine) = state.machines.get(&server_id) else {
+                return Err(MachineError(format!("no machine for server {server_id}")));
+            };
+            (
+                machine.dir.clone(),
+                machine.hostname.clone(),
+                machine.address,
+                machine.running.is_some(),
+            )
+        };
+        if running {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut child = self.spawn_machine(server_id, &dir, &hostname)?;
+        let target = SocketAddr::from((address, 22));
+        loop {
+            if TcpStream::connect_timeout(&target, POLL_INTERVAL).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(MachineError(format!(
+                    "server {server_id}: sshd on {target} exited at boot ({status}): {}",
+                    log_tail(&dir.join("sshd.log"))
+                )));
+            }
+            if started.elapsed() > SSHD_LISTEN_TIMEOUT {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(MachineError(format!(
+                    "server {server_id}: sshd on {target} did not listen within {SSHD_LISTEN_TIMEOUT:?}: {}",
+                    log_tail(&dir.join("sshd.log"))
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        self.log(&format!(
+            "server {server_id} ({hostname}) is up on {target} after {:.0?}",
+            started.elapsed()
+        ));
+        if let Some(machine) = self.lock().machines.get_mut(&server_id) {
+            machine.running = Some(child);
+        }
+        Ok(())
+    }
+
+    async fn power_off(&self, server_id: u64) -> Result<(), MachineError> {
+        let (child, address, dir) = {
+            let mut state = self.lock();
+            let Some(machine) = state.machines.get_mut(&server_id) else {
+                return Err(MachineError(format!("no machine for server {server_id}")));
+            };
+            (machine.running.take(), machine.address, machine.dir.clone())
+        };
+        let Some(mut child) = child else {
+            return Ok(());
+        };
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let _ = std::fs::remove_file(dir.join("machine.pid"));
+        // The namespace's init dies by PDEATHSIG right after; wait until the address refuses, so
+        // that "off" means what a client will observe.
+        let target = SocketAddr::from((address, 22));
+        let until = Instant::now() + SSHD_STOP_TIMEOUT;
+        while TcpStream::connect_timeout(&target, POLL_INTERVAL).is_ok() {
+            if Instant::now() > until {
+                return Err(MachineError(format!(
+                    "server {server_id}: {target} still accepts connections {SSHD_STOP_TIMEOUT:?} after power off"
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&self, server_id: u64, image_id: u64) -> Result<u64, MachineError> {
+        let root = match self.lock().machines.get(&server_id) {
+            Some(machine) => machine.root(),
+            None => return Err(MachineError(format!("no machine for server {server_id}"))),
+        };
+        let image_dir = self.instance_dir.join("images").join(image_id.to_string());
+        if let Err(error) = create_private_dir_all(&image_dir) {
+            return Err(MachineError(format!(
+                "creating {}: {error}",
+                image_dir.display()
+            )));
+        }
+        // The machine's mounts (/proc, /dev, /run) live in its own namespace, so the host sees
+        // only the disk: what a snapshot of a real server holds.
+        if let Err(error) = rootfs::copy_tree(&root, &image_dir.join("root")).await {
+            let _ = sys::remove_tree(&image_dir);
+            return Err(error);
+        }
+        let measured_root = image_dir.join("root");
+        let bytes = match tokio::task::spawn_blocking(move || sys::tree_bytes(&measured_root)).await
+        {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
+                return Err(MachineError(format!(
+                    "measuring snapshot {image_id}: {error}"
+                )));
+            }
+            Err(error) => {
+                return Err(MachineError(format!(
+                    "measuring snapshot {image_id}: {error}"
+                )));
+            }
+        };
+        self.lock().images.insert(image_id, image_dir);
+        Ok(bytes)
+    }
+
+    async fn delete(&self, server_id: u64) -> Result<(), MachineError> {
+        self.power_off(server_id).await?;
+        let Some(machine) = self.lock().machines.remove(&server_id) else {
+            return Err(MachineError(format!("no machine for server {server_id}")));
+        };
+        let dir = machine.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || sys::remove_tree(&dir)).await;
+        self.release_address(machine.address);
+        match removed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(MachineError(format!(
+                "server {server_id}: removing its disk: {error}"
+            ))),
+            Err(error) => Err(MachineError(format!(
+                "server {server_id}: removing its disk: {error}"
+            ))),
+        }
+    }
+
+    async fn delete_image(&self, image_id: u64) -> Result<(), MachineError> {
+        let Some(dir) = self.lock().images.remove(&image_id) else {
+            return Err(MachineError(format!("no disk copy for image {image_id}")));
+        };
+        match tokio::task::spawn_blocking(move || sys::remove_tree(&dir)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(MachineError(format!(
+                "image {image_id}: removing its disk copy: {error}"
+            ))),
+            Err(error) => Err(MachineError(format!(
+                "image {image_id}: removing its disk copy: {error}"
+            ))),
+        }
+    }
+}
+
+impl Drop for SshMachines {
+    fn drop(&mut self) {
+        let mut state = self.lock();
+        for machine in state.machines.values_mut() {
+            if let Some(mut child) = machine.running.take() {
+                // SIGKILL to unshare; `--kill-child` takes the namespace (sshd, sessions, mounts)
+                // with it. tokio reaps the child in the background.
+                let _ = child.start_kill();
+            }
+        }
+        state.machines.clear();
+        drop(state);
+        let _ = sys::remove_tree(&self.instance_dir);
+    }
+}
+
+/// Removes instance directories whose owning process is gone (a killed test run).
+fn sweep_instances(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let instance = entry.path();
+        let Ok(stamp) = std::fs::read_to_string(instance.join("owner")) else {
+            continue;
+        };
+        if sys::owner_alive(&stamp) {
+            continue;
+        }
+        // A machine's unshare dies with the test process only if it was killed too; a survivor
+        // (its parent gone, itself still running) is killed here, recognised by its command line.
+        if let Ok(machines) = std::fs::read_dir(instance.join("machines")) {
+            for machine in machines.flatten() {
+                if let Ok(pid_stamp) = std::fs::read_to_string(machine.path().join("machine.pid")) {
+                    sys::kill_if_ours(&pid_stamp, &machine.path().to_string_lossy());
+                }
+            }
+        }
+        let _ = sys::remove_tree(&instance);
+    }
+}
+
+/// Creates `dir` and its missing parents as root-owned 0755 directories (never group- or
+/// world-writable, whatever the umask, as sshd's chroot rule demands).
+fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+}
+
+fn write_private(path: &Path, content: &str) -> Result<(), MachineError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(content.as_bytes()));
+    match written {
+        Ok(()) => Ok(()),
+        Err(error) => Err(MachineError(format!("writing {}: {error}", path.display()))),
+    }
+}
+
+fn write_file(path: &Path, content: &str) -> Result<(), MachineError> {
+    match std::fs::write(path, content) {
+        Ok(()) => Ok(()),
+        Err(error) => Err(MachineError(format!("writing {}: {error}", path.display()))),
+    }
+}
+
+/// Writes the host keys from cloud-config (checking that each public half matches its private
+/// half, as a mismatch would make pinning fail mysteriously), or generates a fresh ed25519 key.
+/// Returns the private key paths for sshd's `HostKey` lines.
+async fn install_host_keys(
+    ssh_dir: &Path,
+    cloud: &CloudConfig,
+) -> Result<Vec<PathBuf>, MachineError> {
+    let mut paths = Vec::new();
+    for key in &cloud.host_keys {
+        let path = ssh_dir.join(&key.file_name);
+        let mut private = key.private.clone();
+        if !private.ends_with('\n') {
+            private.push('\n');
+        }
+        write_private(&path, &private)?;
+        let derived = ssh_keygen(&["-y", "-f"], &path).await.map_err(|error| {
+            MachineError(format!(
+                "user_data: ssh_keys.{}_private is not a usable private key: {error}",
+                key.key_type
+            ))
+        })?;
+        if let Some(public) = &key.public {
+            if key_material(public) != key_material(&derived) {
+                return Err(MachineError(format!(
+                    "user_data: ssh_keys.{kind}_public does not belong to ssh_keys.{kind}_private",
+                    kind = key.key_type
+                )));
+            }
+            write_file(
+                &path.with_file_name(format!("{}.pub", key.file_name)),
+                &format!("{}\n", public.trim()),
+            )?;
+        }
+        paths.push(path);
+    }
+    if paths.is_empty() {
+        let path = ssh_dir.join("ssh_host_ed25519_key");
+        ssh_keygen(
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "caph-sim host key",
+                "-f",
+            ],
+            &path,
+        )
+        .await
+        .map_err(|error| MachineError(format!("generating a host key: {error}")))?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// The type and base64 fields of a public key line (the comment does not identify the key).
+fn key_material(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn ssh_keygen(args: &[&str], path: &Path) -> Result<String, String> {
+    let output = tokio::process::Command::new("ssh-keygen")
+        .args(args)
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|error| format!("running ssh-keygen: {error}"))?;
+    if !output.status.success() {
+        // ssh-keygen never echoes key material in its errors.
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ")
+}
