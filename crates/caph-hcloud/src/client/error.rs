@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::labels::LabelError;
-use super::types::{ActionId, ErrorCode};
+use super::types::{ActionId, ErrorCode, ServerId};
 
 /// What the API said when it refused a call.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +160,18 @@ pub enum Error {
         waited: Duration,
         /// The actions still running: id, command, progress.
         pending: Vec<(ActionId, String, u8)>,
+    },
+    /// A server did not reach a status before the waiter's deadline.
+    #[error("gave up after {waited:?} waiting for server {id} to be {wanted} (it is {last})")]
+    ServerStatusTimeout {
+        /// The server's id.
+        id: ServerId,
+        /// The status waited for.
+        wanted: String,
+        /// The status last seen.
+        last: String,
+        /// How long the waiter waited.
+        waited: Duration,
     },
     /// `GET /actions` did not return an action that was asked for.
     #[error("GET /actions did not return action {id}")]

@@ -350,7 +350,7 @@ impl Client {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    self.observe_rate_limit(&headers, status);
+                    self.observe_rate_limit(&headers);
                     match response.bytes().await {
                         Ok(body) => Ok((status, headers, body)),
                         Err(error) => Err(error),
@@ -429,18 +429,16 @@ impl Client {
                     retryable_failures += 1;
                     if retryable_failures < policy.max_attempts {
                         ambiguous_before |= failure == Failure::Ambiguous;
-                        if failure == Failure::RateLimited {
-                            if !has_rate_limit_headers(&headers) {
-                                self.inner.budget.observe_exhausted(Instant::now());
-                            }
-                            // The budget now knows the bucket is empty: the pacing wait at the
-                            // top of the loop lasts until it has refilled enough.
-                        } else {
-                            tokio::time::sleep(
-                                policy.backoff(retryable_failures - 1, unit_random()),
-                            )
-                            .await;
+                        if failure == Failure::RateLimited && !has_rate_limit_headers(&headers) {
+                            self.inner.budget.observe_exhausted(Instant::now());
                         }
+                        // After a 429 the budget has taken in the empty bucket from the headers,
+                        // so the pacing wait at the top of the loop lasts until it has refilled
+                        // (not until `RateLimit-Reset`, when it is full: up to an hour away).
+                        // The backoff comes first in any case, for answers whose headers do not
+                        // show the bucket empty.
+                        tokio::time::sleep(policy.backoff(retryable_failures - 1, unit_random()))
+                            .await;
                         continue;
                     }
                 }
@@ -464,7 +462,7 @@ impl Client {
         }
     }
 
-    fn observe_rate_limit(&self, headers: &HeaderMap, status: StatusCode) {
+    fn observe_rate_limit(&self, headers: &HeaderMap) {
         let number =
             |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
         let (Some(limit), Some(remaining), Some(reset)) = (
@@ -476,14 +474,8 @@ impl Client {
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        // A 429 means the bucket is empty, whatever the header says.
-        let remaining = if status == StatusCode::TOO_MANY_REQUESTS {
-            0
-        } else {
-            remaining
-        };
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         self.inner.budget.observe(
             RateLimitHeaders {
                 limit,

@@ -31,6 +31,11 @@ const RESERVE_FRACTION: f64 = 0.1;
 /// one request in flight and one cleanup call.
 const MIN_RESERVE_TOKENS: f64 = 2.0;
 
+/// The largest reserve in tokens: 20 covers the requests in flight of a handful of concurrent
+/// builds plus their cleanup calls; a larger reserve on a 3600-token bucket would only make the
+/// client pause longer after a 429 (it waits until the reserve has refilled).
+const MAX_RESERVE_TOKENS: f64 = 20.0;
+
 /// The longest a single request waits for the budget. Longer estimates come from odd headers;
 /// past this wait the request is sent anyway and a real 429 is handled by the retry loop.
 const MAX_PACING_WAIT: Duration = Duration::from_secs(60);
@@ -58,12 +63,12 @@ impl Bucket {
     }
 
     fn reserve_tokens(&self) -> f64 {
-        (self.capacity * RESERVE_FRACTION).max(MIN_RESERVE_TOKENS)
+        (self.capacity * RESERVE_FRACTION).clamp(MIN_RESERVE_TOKENS, MAX_RESERVE_TOKENS)
     }
 }
 
 /// The rate-limit headers of one answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitHeaders {
     /// `RateLimit-Limit`.
     pub limit: u64,
@@ -71,8 +76,8 @@ pub struct RateLimitHeaders {
     pub remaining: u64,
     /// `RateLimit-Reset`: Unix seconds when the bucket will be full.
     pub reset: u64,
-    /// The API's time of the answer in Unix seconds (from `Date`), or ours when absent.
-    pub now: u64,
+    /// Our clock at the answer, in fractional Unix seconds.
+    pub now: f64,
 }
 
 /// What the budget currently believes, for diagnostics and tests.
@@ -124,7 +129,9 @@ impl RateBudget {
         let mut state = self.lock();
         let previous_rate = state.as_ref().map(|b| b.refill_per_second);
         let deficit = capacity - remaining;
-        let until_full = headers.reset.saturating_sub(headers.now) as f64;
+        // `reset` is rounded to whole seconds, so this overestimates the time by up to a second
+        // and the rate errs on the slow (safe) side; on real buckets (an hour) that is noise.
+        let until_full = headers.reset as f64 - headers.now;
         let refill_per_second = if deficit >= 1.0 && until_full >= 1.0 {
             (deficit / until_full).max(MIN_REFILL_PER_SECOND)
         } else {
@@ -181,7 +188,7 @@ mod tests {
             limit,
             remaining,
             reset: 1_000 + reset_in,
-            now: 1_000,
+            now: 1_000.0,
         }
     }
 

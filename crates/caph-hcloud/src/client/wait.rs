@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::types::{Action, ActionId, ActionStatus};
+use super::types::{Action, ActionId, ActionStatus, Server, ServerId, ServerStatus};
 use super::{Client, Error};
 
 /// The wait before the first poll: short actions (power on/off, delete, rescue) often finish
@@ -237,6 +237,42 @@ impl Client {
             .wait_for_actions(std::slice::from_ref(action), options, on_progress)
             .await?;
         done.pop().ok_or(Error::ActionMissing { id: action.id })
+    }
+}
+
+impl Client {
+    /// Polls `GET /servers/{id}` on the same schedule until the server has status `wanted`
+    /// (e.g. `off` after a shutdown, whose action succeeds when the ACPI signal is sent, long
+    /// before the server is off). `on_status` hears every answer. Ends with
+    /// [`Error::ServerStatusTimeout`] at the deadline; the caller then falls back (to a poweroff).
+    pub async fn wait_for_server_status(
+        &self,
+        id: ServerId,
+        wanted: &ServerStatus,
+        options: &WaitOptions,
+        on_status: &mut (dyn FnMut(&Server) + Send),
+    ) -> Result<Server, Error> {
+        let started = Instant::now();
+        let deadline = started + options.timeout;
+        let mut poll = 0u32;
+        loop {
+            let server = self.get_server(id).await?;
+            on_status(&server);
+            if &server.status == wanted {
+                return Ok(server);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::ServerStatusTimeout {
+                    id,
+                    wanted: wanted.to_string(),
+                    last: server.status.to_string(),
+                    waited: now - started,
+                });
+            }
+            tokio::time::sleep(options.schedule.delay(poll).min(deadline - now)).await;
+            poll = poll.saturating_add(1);
+        }
     }
 }
 
