@@ -53,6 +53,7 @@ async fn pagination_follows_next_page_across_three_pages() {
     assert_eq!(names.len(), 101, "no entry twice");
     // 50 + 50 + 1: three pages, three requests.
     assert_eq!(count(&sim, "GET /ssh_keys") - before, 3);
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -229,6 +230,7 @@ async fn every_call_round_trips() {
     client.delete_ssh_key(key.id).await.unwrap();
     let state = sim.state();
     assert!(state.servers.is_empty() && state.ssh_keys.is_empty() && state.snapshots().is_empty());
+    crate::assert_answers_match_openapi(&sim);
 }
 
 /// Labels that break the rules never reach the API.
@@ -265,6 +267,7 @@ async fn retryable_codes_are_retried_until_success() {
         assert!(locations.is_ok(), "{code}: {locations:?}");
         assert_eq!(count(&sim, "GET /locations") - before, 5, "{code}");
     }
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -295,6 +298,7 @@ async fn retries_are_bounded_and_report_the_last_error() {
         assert_eq!(sim.pending_faults().len(), 1, "{code}");
         let _ = client.list_locations(None).await; // consume it
     }
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -328,6 +332,7 @@ async fn final_codes_are_not_retried() {
             "{code} was retried"
         );
     }
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -356,6 +361,7 @@ async fn locked_is_retried_for_the_call_that_hit_it() {
     ));
     client.poweroff_server(created.server.id).await.unwrap();
     assert_eq!(count(&sim, "POST /servers/{id}/actions/poweroff"), 3);
+    crate::assert_answers_match_openapi(&sim);
     // A real lock from the simulator: an action on a server while create_server runs (12 s
     // scaled to 2.4 s), longer than the test policy's lock waits (2 ms doubling): the call is
     // repeated up to the lock bound and then the lock is reported.
@@ -375,6 +381,7 @@ async fn locked_is_retried_for_the_call_that_hit_it() {
         count(&sim, "POST /servers/{id}/actions/poweron"),
         caph_hcloud::client::DEFAULT_LOCKED_ATTEMPTS as usize
     );
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -392,6 +399,7 @@ async fn dropped_connections_are_retried_for_reads() {
     let types = client.list_server_types(None).await.unwrap();
     assert!(!types.is_empty());
     assert_eq!(client.requests_sent(), 3);
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -418,6 +426,7 @@ async fn bare_gateway_answers_are_retried() {
         );
         assert!(api.message.contains("Gateway trouble"), "{error}");
     }
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -478,6 +487,7 @@ async fn creates_are_not_repeated_when_the_first_may_have_worked() {
         .unwrap();
     assert_eq!(count(&sim, "POST /servers"), 4);
     assert_eq!(sim.state().servers.len(), 2);
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -500,6 +510,7 @@ async fn ssh_key_create_recovers_a_lost_answer_without_a_duplicate() {
     // Without a lost answer, a taken name stays an error.
     let again = client.create_ssh_key(&request).await.unwrap_err();
     assert_eq!(again.code(), Some(&ErrorCode::UniquenessError));
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -548,6 +559,7 @@ async fn pacing_keeps_concurrent_clones_under_the_rate_limit() {
         elapsed >= Duration::from_secs(4) && elapsed < Duration::from_secs(12),
         "{elapsed:?}"
     );
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -588,6 +600,7 @@ async fn a_429_is_retried_after_the_bucket_refills() {
     assert_eq!(client.requests_sent(), 2);
     // The retry waited for the refill the headers announced, not just the 1 ms test backoff.
     assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -669,4 +682,5 @@ async fn the_token_never_appears_in_errors_or_debug_output() {
         assert!(!text.contains(secret), "token leaked: {text}");
         assert!(!text.contains(TOKEN), "token leaked: {text}");
     }
+    crate::assert_answers_match_openapi(&sim);
 }

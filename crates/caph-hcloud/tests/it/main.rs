@@ -6,11 +6,14 @@ mod decode;
 mod waiter;
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine as _;
 use caph_hcloud::client::{Client, ClientConfig, RetryPolicy, Token};
 use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
+use caph_sim::openapi::Validator;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
@@ -119,4 +122,33 @@ pub async fn bare_status_proxy(upstream: SocketAddr, status: u16, failures: usiz
         }
     });
     address
+}
+
+/// Checks every answer the simulator recorded against the OpenAPI description beside the
+/// checkout (`../shared/reference/hcloud-openapi.json`): the client was tested against answers
+/// shaped like the real service's. Says so and returns when the description is absent.
+pub fn assert_answers_match_openapi(sim: &HcloudSim) {
+    static VALIDATOR: OnceLock<Option<Validator>> = OnceLock::new();
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/hcloud-openapi.json");
+    let validator = VALIDATOR.get_or_init(|| {
+        if !path.exists() {
+            return None;
+        }
+        Some(Validator::load(&path).expect("load the OpenAPI description"))
+    });
+    let Some(validator) = validator else {
+        eprintln!("SKIPPED OpenAPI check: {} is absent", path.display());
+        return;
+    };
+    let responses = sim.recorded_responses();
+    assert!(!responses.is_empty(), "nothing was recorded");
+    let violations = validator.check_all(&responses);
+    let listed: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}",
+        violations.len(),
+        listed.join("\n")
+    );
 }

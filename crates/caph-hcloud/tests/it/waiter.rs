@@ -74,6 +74,7 @@ async fn reports_progress_of_batched_actions_until_success() {
     );
     let server = client.get_server(created.server.id).await.unwrap();
     assert_eq!(server.status, ServerStatus::Running);
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -133,6 +134,7 @@ async fn a_failed_action_is_an_error_naming_it() {
             snapshot.action.id
         )
     );
+    crate::assert_answers_match_openapi(&sim);
 }
 
 #[tokio::test]
@@ -164,6 +166,7 @@ async fn the_deadline_ends_the_wait_naming_what_still_runs() {
     );
     // 250 + 350 (cut at the deadline): two polls, then the deadline.
     assert_eq!(count(&sim, "GET /actions"), 2);
+    crate::assert_answers_match_openapi(&sim);
 }
 
 /// Builds one snapshot the way the hcloud backend does (create server, wait until running,
@@ -221,4 +224,5 @@ async fn fewer_requests_per_snapshot_than_a_constant_500ms_poll() {
             .all(|image| image.status == caph_sim::hcloud::ImageStatus::Available)
     );
     assert!(ours * 2 < constant, "waiter {ours} vs constant {constant}");
+    crate::assert_answers_match_openapi(&sim);
 }
