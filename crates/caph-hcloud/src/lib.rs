@@ -3,4 +3,4 @@
 
 pub mod client;
 
-pub use client::{Client, ClientConfig, DEFAULT_ENDPOINT, Error, Token};
+pub use client::{Client, ClientConfig, DEFAULT_ENDPOINT, Error as ClientError, Token};

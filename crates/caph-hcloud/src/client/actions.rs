@@ -8,12 +8,18 @@ use super::types::{Action, ActionId};
 use super::{Client, Error};
 
 /// Ids per `GET /actions?id=..`: the Go client's batch, which keeps URLs short and fits the
-/// API's default page of 25 entries.
+/// API's default page of 25 entries, so one batch is one request. (The endpoint documents no
+/// paging parameters since listing all actions was removed in 2025-01, so none are sent.)
 pub const MAX_ACTIONS_PER_REQUEST: usize = 25;
 
 #[derive(Deserialize)]
 struct ActionEnvelope {
     action: Action,
+}
+
+#[derive(Deserialize)]
+struct ActionsEnvelope {
+    actions: Vec<Action>,
 }
 
 impl Client {
@@ -30,8 +36,13 @@ impl Client {
         for batch in ids.chunks(MAX_ACTIONS_PER_REQUEST) {
             let query: Vec<(&str, String)> =
                 batch.iter().map(|id| ("id", id.to_string())).collect();
-            let actions: Vec<Action> = self.list_all("/actions", "actions", &query).await?;
-            found.extend(actions.into_iter().map(|action| (action.id, action)));
+            let envelope: ActionsEnvelope = self.get("/actions", &query).await?;
+            found.extend(
+                envelope
+                    .actions
+                    .into_iter()
+                    .map(|action| (action.id, action)),
+            );
         }
         ids.iter()
             .map(|id| {

@@ -684,3 +684,77 @@ async fn the_token_never_appears_in_errors_or_debug_output() {
     }
     crate::assert_answers_match_openapi(&sim);
 }
+
+#[tokio::test]
+async fn slow_answers_time_out_and_reads_are_retried() {
+    let sim = start_sim(0.001).await;
+    let mut config = ClientConfig::new(sim.api_url(), Token::new(TOKEN));
+    config.retry = crate::fast_retry();
+    config.request_timeout = Duration::from_millis(300);
+    let client = Client::new(config).unwrap();
+    sim.inject(Fault::Delay {
+        route: "GET /locations".into(),
+        nth: 1,
+        delay: Duration::from_secs(2),
+    });
+    let started = Instant::now();
+    let locations = client.list_locations(None).await.unwrap();
+    assert!(!locations.is_empty());
+    assert_eq!(client.requests_sent(), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the slow answer was not waited for"
+    );
+    // The same on a create is not repeated: the server may exist.
+    sim.inject(Fault::Delay {
+        route: "POST /servers".into(),
+        nth: 1,
+        delay: Duration::from_secs(2),
+    });
+    let error = client
+        .create_server(&CreateServerRequest::new("slow", "cx23", "debian-12"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Transport {
+                kind: TransportKind::MaybeSent,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.may_have_been_processed());
+    crate::assert_answers_match_openapi(&sim);
+}
+
+#[tokio::test]
+async fn an_exhausted_server_type_is_seen_and_not_retried() {
+    let sim = start_sim(0.001).await;
+    let client = client_for(&sim.api_url());
+    sim.inject(Fault::ExhaustServerType {
+        location: "fsn1".into(),
+        server_type: "cx23".into(),
+    });
+    let cx23 = client
+        .list_server_types(Some("cx23"))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!cx23.is_available_in("fsn1"));
+    assert!(cx23.is_available_in("nbg1"));
+    let mut request = CreateServerRequest::new("full", "cx23", "debian-12");
+    request.location = Some("fsn1".into());
+    let error = client.create_server(&request).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&ErrorCode::ResourceUnavailable),
+        "{error}"
+    );
+    assert_eq!(count(&sim, "POST /servers"), 1);
+    request.location = Some("nbg1".into());
+    client.create_server(&request).await.unwrap();
+    crate::assert_answers_match_openapi(&sim);
+}
