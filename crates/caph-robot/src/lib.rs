@@ -1,1 +1,7 @@
-//! Robot API client, autosetup rendering and validation, and the robot backend.
+//! Hetzner dedicated servers: the Robot API client, installimage's autosetup files, and (to come)
+//! the rescue + installimage driver behind `RobotBackend`.
+
+#![deny(missing_docs)]
+
+pub mod autosetup;
+pub mod client;

@@ -1,0 +1,339 @@
+//! installimage's autosetup file: rendered from a disk layout, parsed the way installimage parses
+//! it, and checked with installimage's rules before any server is touched.
+//!
+//! installimage reads most keys with `grep -m1 ^KEY | awk '{print $2}'`: the first matching line
+//! wins, and a key matches every line that starts with it (`DRIVE1` matches `DRIVE10`, and an
+//! `SWRAIDLEVEL` line before `SWRAID` is read as `SWRAID`). [`parse`] reproduces that, and
+//! [`render`] writes files that mean the same under it.
+
+use std::fmt::Write as _;
+
+use caph_core::spec::{DiskLayout, LogicalVolume, Partition, Size, validate_layout};
+
+/// The post-install marker: the post-install script's last line prints it, and the backend requires
+/// it in installimage's output, because installimage ignores the script's exit code.
+pub const POST_INSTALL_MARKER: &str = "CAPH_IMAGE_POST_INSTALL_FINISHED";
+
+/// Image file extensions installimage accepts.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "tar", "tar.gz", "tar.bz", "tar.bz2", "tar.xz", "tar.zst", "tgz", "tbz", "txz",
+];
+
+/// An autosetup file, as installimage would read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Autosetup {
+    /// The disk layout (`DRIVE`, `SWRAID`, `SWRAIDLEVEL`, `PART`, `LV`).
+    pub layout: DiskLayout,
+    /// Drives marked with `FORMATDRIVE<n>`, by index into `layout.drives`.
+    pub format_drives: Vec<usize>,
+    /// `BOOTLOADER`.
+    pub bootloader: Option<String>,
+    /// `HOSTNAME`.
+    pub hostname: Option<String>,
+    /// `IMAGE`.
+    pub image: Option<String>,
+}
+
+/// Writes an autosetup file for `layout`, booting with grub, naming the host and the image.
+pub fn render(layout: &DiskLayout, hostname: &str, image: &str) -> String {
+    let mut text = String::from("# Written by caph-image.\n");
+    for (index, drive) in layout.drives.iter().enumerate() {
+        let _ = writeln!(text, "DRIVE{} {drive}", index + 1);
+    }
+    // SWRAID before SWRAIDLEVEL: installimage's prefix match would read SWRAIDLEVEL as SWRAID.
+    match layout.raid_level {
+        Some(level) => {
+            let _ = writeln!(text, "SWRAID 1\nSWRAIDLEVEL {level}");
+        }
+        None => text.push_str("SWRAID 0\n"),
+    }
+    text.push_str("BOOTLOADER grub\n");
+    let _ = writeln!(text, "HOSTNAME {hostname}");
+    for partition in &layout.partitions {
+        let _ = writeln!(
+            text,
+            "PART {} {} {}",
+            partition.mount, partition.filesystem, partition.size
+        );
+    }
+    for volume in &layout.volumes {
+        let _ = writeln!(
+            text,
+            "LV {} {} {} {} {}",
+            volume.vg, volume.name, volume.mount, volume.filesystem, volume.size
+        );
+    }
+    let _ = writeln!(text, "IMAGE {image}");
+    text
+}
+
+/// A line of an autosetup file that installimage cannot make sense of, or a rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The 1-based line it concerns, when there is one.
+    pub line: Option<usize>,
+    /// What is wrong, and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The first line starting with `key`, as `grep -m1 ^KEY` finds it, with its 1-based number.
+fn first_line<'t>(lines: &[&'t str], key: &str) -> Option<(usize, &'t str)> {
+    lines
+        .iter()
+        .enumerate()
+        .find(|(_, line)| line.starts_with(key))
+        .map(|(index, line)| (index + 1, *line))
+}
+
+/// The second whitespace-separated field, as `awk '{print $2}'` prints it.
+fn second_field(line: &str) -> Option<&str> {
+    line.split_whitespace().nth(1)
+}
+
+/// Parses `text` the way installimage does; returns the problems that make lines unreadable.
+pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
+    // Comments are whole lines starting with '#', and installimage strips trailing comments too.
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim_end())
+        .collect();
+    let mut problems = Vec::new();
+
+    let mut drives = Vec::new();
+    let mut format_drives = Vec::new();
+    for index in 1.. {
+        let Some((_, line)) = first_line(&lines, &format!("DRIVE{index}")) else {
+            break;
+        };
+        drives.push(second_field(line).unwrap_or_default().to_string());
+        if first_line(&lines, &format!("FORMATDRIVE{index}"))
+            .and_then(|(_, line)| second_field(line))
+            .is_some()
+        {
+            format_drives.push(index - 1);
+        }
+    }
+
+    let swraid =
+        first_line(&lines, "SWRAID").and_then(|(number, line)| Some((number, second_field(line)?)));
+    let level = first_line(&lines, "SWRAIDLEVEL")
+        .and_then(|(number, line)| Some((number, second_field(line)?)));
+    let raid_level = match swraid {
+        Some((_, "1")) => match level {
+            Some((number, text)) => match text.parse::<u8>() {
+                Ok(level) => Some(level),
+                Err(_) => {
+                    problems.push(Problem {
+                        line: Some(number),
+                        message: format!(
+                            "SWRAIDLEVEL \"{text}\" is not a number; use 0, 1, 5, 6 or 10"
+                        ),
+                    });
+                    None
+                }
+            },
+            // installimage's default level is 1.
+            None => Some(1),
+        },
+        Some((_, "0")) | None => None,
+        Some((number, other)) => {
+            problems.push(Problem {
+                line: Some(number),
+                message: format!(
+                    "SWRAID \"{other}\" must be 0 or 1 (write SWRAID before SWRAIDLEVEL)"
+                ),
+            });
+            None
+        }
+    };
+
+    let mut partitions = Vec::new();
+    let mut volumes = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let number = index + 1;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.first() {
+            Some(&"PART") => match fields.as_slice() {
+                [_, mount, filesystem, size, ..] => match Size::parse(size) {
+                    Ok(size) => partitions.push(Partition {
+                        mount: mount.to_string(),
+                        filesystem: filesystem.to_string(),
+                        size,
+                    }),
+                    Err(why) => problems.push(Problem {
+                        line: Some(number),
+                        message: format!("size \"{size}\" {why}"),
+                    }),
+                },
+                _ => problems.push(Problem {
+                    line: Some(number),
+                    message: "PART needs a mount point, a file system and a size".to_string(),
+                }),
+            },
+            Some(&"LV") => match fields.as_slice() {
+                [_, vg, name, mount, filesystem, size, ..] => match Size::parse(size) {
+                    Ok(size) => volumes.push(LogicalVolume {
+                        vg: vg.to_string(),
+                        name: name.to_string(),
+                        mount: mount.to_string(),
+                        filesystem: filesystem.to_string(),
+                        size,
+                    }),
+                    Err(why) => problems.push(Problem {
+                        line: Some(number),
+                        message: format!("size \"{size}\" {why}"),
+                    }),
+                },
+                _ => problems.push(Problem {
+                    line: Some(number),
+                    message:
+                        "LV needs a volume group, a name, a mount point, a file system and a size"
+                            .to_string(),
+                }),
+            },
+            _ => {}
+        }
+    }
+
+    let value = |key: &str| {
+        first_line(&lines, key)
+            .and_then(|(_, line)| second_field(line))
+            .map(str::to_string)
+    };
+    let autosetup = Autosetup {
+        layout: DiskLayout {
+            drives,
+            raid_level,
+            uefi: false,
+            partitions,
+            volumes,
+        },
+        format_drives,
+        bootloader: value("BOOTLOADER"),
+        hostname: value("HOSTNAME"),
+        image: value("IMAGE"),
+    };
+    if problems.is_empty() {
+        Ok(autosetup)
+    } else {
+        Err(problems)
+    }
+}
+
+/// What is known about the target machine, for the rules that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    /// Whether it boots by UEFI.
+    pub uefi: bool,
+    /// `x86_64` is false, `aarch64` is true.
+    pub arm: bool,
+}
+
+/// Checks an autosetup file with installimage's rules for `machine`; returns every problem.
+pub fn validate(text: &str, machine: Machine) -> Vec<Problem> {
+    let mut autosetup = match parse(text) {
+        Ok(autosetup) => autosetup,
+        Err(problems) => return problems,
+    };
+    autosetup.layout.uefi = machine.uefi;
+    let mut problems: Vec<Problem> = validate_layout(&autosetup.layout)
+        .into_iter()
+        .map(|problem| Problem {
+            line: None,
+            message: match problem.help {
+                Some(help) => format!("{}: {}; {help}", problem.field, problem.message),
+                None => format!("{}: {}", problem.field, problem.message),
+            },
+        })
+        .collect();
+    if !autosetup.format_drives.is_empty() && autosetup.layout.raid_level.is_some() {
+        problems.push(Problem {
+            line: None,
+            message: "FORMATDRIVE and SWRAID exclude each other; remove one".to_string(),
+        });
+    }
+    match autosetup.bootloader.as_deref() {
+        Some("grub") | None => {}
+        Some(other) => problems.push(Problem {
+            line: None,
+            message: format!("BOOTLOADER \"{other}\" is not supported; use grub"),
+        }),
+    }
+    if autosetup.hostname.as_deref().is_none_or(str::is_empty) {
+        problems.push(Problem {
+            line: None,
+            message: "HOSTNAME is missing; add HOSTNAME <name>".to_string(),
+        });
+    }
+    match autosetup.image.as_deref() {
+        None => problems.push(Problem {
+            line: None,
+            message: "IMAGE is missing; add IMAGE <path or URL>".to_string(),
+        }),
+        Some(image) => problems.extend(check_image_name(image, machine).into_iter().map(
+            |message| Problem {
+                line: None,
+                message,
+            },
+        )),
+    }
+    problems
+}
+
+/// installimage's checks on the image's file name: extension, distribution and architecture.
+pub fn check_image_name(image: &str, machine: Machine) -> Vec<String> {
+    let mut problems = Vec::new();
+    let file_name = image.rsplit('/').next().unwrap_or(image);
+    if !IMAGE_EXTENSIONS
+        .iter()
+        .any(|extension| file_name.ends_with(&format!(".{extension}")))
+    {
+        problems.push(format!(
+            "IMAGE \"{file_name}\" has an extension installimage does not take; use one of {}",
+            IMAGE_EXTENSIONS.join(", ")
+        ));
+    }
+    let lower = file_name.to_ascii_lowercase();
+    let arch = ["32", "64", "i386", "amd64", "arm64"]
+        .into_iter()
+        .find(|arch| lower.contains(&format!("-{arch}-")));
+    match arch {
+        None => problems.push(format!("IMAGE \"{file_name}\": can not determine image arch from filename; name it like Ubuntu-2404-noble-amd64-flavor.tar.gz")),
+        Some(arch) => {
+            let fits = if machine.arm { arch == "arm64" } else { arch != "arm64" };
+            if !fits {
+                let machine_arch = if machine.arm { "aarch64" } else { "x86_64" };
+                problems.push(format!("IMAGE \"{file_name}\" is for {arch}, but the machine is {machine_arch}"));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_quirks() {
+        // SWRAIDLEVEL before SWRAID is read as SWRAID: "1" happens to be valid here, "5" is not.
+        let text = "DRIVE1 /dev/sda\nDRIVE2 /dev/sdb\nSWRAIDLEVEL 5\nSWRAID 1\n";
+        let problems = parse(text).unwrap_err();
+        assert_eq!(
+            problems[0].to_string(),
+            "line 3: SWRAID \"5\" must be 0 or 1 (write SWRAID before SWRAIDLEVEL)"
+        );
+        // DRIVE1 matches a DRIVE10 line written first.
+        let autosetup = parse("DRIVE10 /dev/sdj\nDRIVE1 /dev/sda\n").unwrap();
+        assert_eq!(autosetup.layout.drives, vec!["/dev/sdj".to_string()]);
+    }
+}

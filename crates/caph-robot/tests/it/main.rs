@@ -1,0 +1,3 @@
+//! Integration tests of caph-robot through its public interface.
+
+mod autosetup;
