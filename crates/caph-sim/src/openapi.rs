@@ -514,16 +514,17 @@ mod tests {
     #[test]
     fn each_keyword_reports() {
         let body = json!({"thing": {"id": 101, "status": "maybe", "parent": {"id": "x"}, "when": "yesterday", "tags": [1], "either": true, "extra": 1}});
+        // Members are visited in key order.
         assert_eq!(
             messages(body),
             vec![
-                "/thing/id: 101 is above the maximum 100",
-                "/thing/status: \"maybe\" is not one of [\"on\",\"off\"]",
-                "/thing/parent/id: expected integer, found string",
-                "/thing/when: 'yesterday' is not an RFC 3339 date-time",
-                "/thing/tags/0: expected string, found integer",
                 "/thing/either: oneOf: 0 of 2 alternatives match",
                 "/thing/extra: property 'extra' is not allowed",
+                "/thing/id: 101 is above the maximum 100",
+                "/thing/parent/id: expected integer, found string",
+                "/thing/status: \"maybe\" is not one of [\"on\",\"off\"]",
+                "/thing/tags/0: expected string, found integer",
+                "/thing/when: 'yesterday' is not an RFC 3339 date-time",
             ]
         );
         let missing = json!({"thing": {"id": 1}});

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
+pub use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
 use serde_json::{Value, json};
 
 pub const TOKEN: &str = "test-token";

@@ -1,0 +1,160 @@
+//! The HTTP surface of the hcloud simulator: authentication, unknown routes, headers on every
+//! answer, the token bucket and 429, and the request log.
+
+#[path = "fidelity/support.rs"]
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use support::{HcloudSimConfig, manual, start};
+
+#[tokio::test]
+async fn bad_or_missing_token_is_unauthorized() {
+    let harness = start(manual()).await;
+    for token in [None, Some("wrong"), Some("")] {
+        let answer = harness.call_as("GET", "/servers", None, token).await;
+        assert_eq!(answer.status, 401);
+        assert_eq!(
+            answer.body,
+            json!({"error": {"code": "unauthorized", "message": "unable to authenticate", "details": null}})
+        );
+    }
+    // Unauthenticated requests do not use up the project's budget.
+    let answer = harness.get("/servers").await;
+    assert_eq!(answer.header("RateLimit-Remaining"), "3599");
+    harness.assert_openapi();
+}
+
+#[tokio::test]
+async fn unknown_routes_are_not_found_even_without_a_token() {
+    let harness = start(manual()).await;
+    for (method, path) in [
+        ("GET", "/nothing"),
+        ("GET", "/servers/1/nothing"),
+        ("PATCH", "/servers"),
+        ("GET", "/../v2/servers"),
+    ] {
+        let answer = harness.call_as(method, path, None, None).await;
+        assert_eq!(answer.status, 404, "{method} {path}");
+        assert_eq!(answer.code(), "not_found");
+        assert!(!answer.header("X-Correlation-Id").is_empty());
+    }
+    let outside = harness
+        .http
+        .get(format!("http://{}/servers", harness.sim.local_addr()))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(outside.status().as_u16(), 404);
+    let log = harness.sim.request_log();
+    assert_eq!(log.len(), 5);
+    assert!(
+        log.iter()
+            .all(|record| record.route.is_none() && record.status == Some(404))
+    );
+    harness.assert_openapi_or_empty();
+}
+
+trait OpenApiOrEmpty {
+    fn assert_openapi_or_empty(&self);
+}
+
+impl OpenApiOrEmpty for support::Harness {
+    /// Unknown routes are recorded nowhere (they are in no description), so nothing to check.
+    fn assert_openapi_or_empty(&self) {
+        assert!(self.sim.recorded_responses().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn every_answer_carries_correlation_and_rate_limit_headers() {
+    let harness = start(manual()).await;
+    let first = harness.get("/locations").await;
+    let second = harness.get("/locations").await;
+    let not_found = harness.get("/servers/42").await;
+    for answer in [&first, &second, &not_found] {
+        assert_eq!(answer.header("RateLimit-Limit"), "3600");
+        assert_eq!(answer.header("content-type"), "application/json");
+        assert_eq!(answer.header("X-Correlation-Id").len(), 16);
+    }
+    assert_ne!(
+        first.header("X-Correlation-Id"),
+        second.header("X-Correlation-Id")
+    );
+    assert_eq!(first.header("RateLimit-Remaining"), "3599");
+    assert_eq!(second.header("RateLimit-Remaining"), "3598");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let reset: u64 = second.header("RateLimit-Reset").parse().expect("reset");
+    // Two tokens missing at one per second: full again within about two seconds.
+    assert!(reset > now && reset <= now + 3, "{reset} vs {now}");
+    assert_eq!(not_found.body["error"]["message"], "server not found");
+    harness.assert_openapi();
+}
+
+#[tokio::test]
+async fn token_bucket_answers_429_and_refills() {
+    let harness = start(HcloudSimConfig {
+        rate_limit_capacity: 3,
+        rate_limit_refill_per_second: 20.0,
+        ..manual()
+    })
+    .await;
+    for remaining in ["2", "1", "0"] {
+        let answer = harness.get("/locations").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("RateLimit-Remaining"), remaining);
+    }
+    let limited = harness.get("/locations").await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.body,
+        json!({"error": {"code": "rate_limit_exceeded", "message": "limit of 3 requests per hour reached", "details": null}})
+    );
+    assert_eq!(limited.header("RateLimit-Limit"), "3");
+    assert_eq!(limited.header("RateLimit-Remaining"), "0");
+    // 20 tokens per second: one is back after 50 ms.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let again = harness.get("/locations").await;
+    assert_eq!(again.status, 200);
+    let statuses: Vec<Option<u16>> = harness
+        .sim
+        .request_log()
+        .iter()
+        .map(|record| record.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [Some(200), Some(200), Some(200), Some(429), Some(200)]
+    );
+    harness.assert_openapi();
+}
+
+#[tokio::test]
+async fn request_log_names_routes() {
+    let harness = start(manual()).await;
+    let created = harness.create_server("logged", json!({})).await;
+    let id = created.body["server"]["id"].as_u64().expect("id");
+    harness.get(&format!("/servers/{id}")).await;
+    let log = harness.sim.request_log();
+    assert_eq!(log[0].method, "POST");
+    assert_eq!(log[0].path, "/v1/servers");
+    assert_eq!(log[0].route.as_deref(), Some("/servers"));
+    assert_eq!(log[0].status, Some(201));
+    assert_eq!(log[1].path, format!("/v1/servers/{id}"));
+    assert_eq!(log[1].route.as_deref(), Some("/servers/{id}"));
+    let recorded = harness.sim.recorded_responses();
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded[1].route, "/servers/{id}");
+    assert_eq!(
+        recorded[1]
+            .body
+            .as_ref()
+            .map(|body| &body["server"]["name"]),
+        Some(&json!("logged"))
+    );
+    harness.assert_openapi();
+}
