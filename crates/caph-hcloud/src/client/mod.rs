@@ -185,6 +185,23 @@ impl ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// A configuration from the environment, as the official CLI reads it: the token from
+    /// `HCLOUD_TOKEN` (required) and the endpoint from `HCLOUD_ENDPOINT` (default: the real API).
+    pub fn from_env() -> Result<Self, Error> {
+        let token = Token::from_env().ok_or_else(|| {
+            Error::Config(format!(
+                "{TOKEN_ENV} is not set; create an API token in the Hetzner Cloud console"
+            ))
+        })?;
+        let endpoint = std::env::var(ENDPOINT_ENV)
+            .ok()
+            .filter(|endpoint| !endpoint.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        Ok(ClientConfig::new(endpoint.trim(), token))
+    }
+}
+
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
@@ -278,6 +295,8 @@ impl Client {
             .user_agent(config.user_agent.clone())
             .timeout(config.request_timeout)
             .connect_timeout(config.connect_timeout)
+            // The API never redirects; following one could carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| Error::Config(format!("cannot build the HTTP client: {error}")))?;
         Ok(Client {
