@@ -31,6 +31,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use actions::MAX_ACTIONS_PER_REQUEST;
 pub use error::{ApiError, Error, TransportKind};
 pub use images::{ListImagesParams, UpdateImageRequest};
 pub use labels::{LabelError, LabelSelector};
@@ -41,7 +42,7 @@ pub use retry::{
 };
 pub use servers::{
     CreateImageRequest, CreateImageResponse, CreateServerRequest, CreateServerResponse,
-    EnableRescueResponse, ListServersParams, PublicNetRequest,
+    EnableRescueResponse, ListServersParams, MAX_USER_DATA_BYTES, PublicNetRequest,
 };
 pub use ssh_keys::{CreateSshKeyRequest, ListSshKeysParams};
 pub use types::*;
