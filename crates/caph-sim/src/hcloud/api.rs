@@ -745,7 +745,9 @@ fn server_action(
                 server.power_generation
             });
             let was_running = previous == ServerStatus::Running;
+            let ignored = command == "shutdown" && was_running && world.take_ignore_shutdown();
             let next = match command {
+                "shutdown" if ignored => previous,
                 "shutdown" | "poweroff" if was_running => ServerStatus::Stopping,
                 "poweron" if !was_running => ServerStatus::Starting,
                 "reset" | "reboot" if !was_running => ServerStatus::Starting,
@@ -756,7 +758,7 @@ fn server_action(
             let task_inner = Arc::clone(inner);
             match command {
                 "shutdown" => inner.spawn(ops::shutdown(
-                    task_inner, id, action_id, generation, now, previous,
+                    task_inner, id, action_id, generation, now, previous, ignored,
                 )),
                 "poweroff" => inner.spawn(ops::power_off(
                     task_inner, id, action_id, generation, now, previous,
@@ -955,7 +957,7 @@ fn action_fields(items: &mut Vec<Value>, query: &Query) -> Result<(), ApiError> 
     query::sort(
         items,
         query,
-        &["id", "command", "status", "started", "finished", "progress"],
+        &["id", "command", "status", "started", "finished"],
     )
 }
 
@@ -1087,7 +1089,7 @@ fn list_images(inner: &Inner, query: &Query) -> Result<Reply, ApiError> {
         items.retain(|item| item.get("bound_to").and_then(Value::as_u64) == Some(wanted));
     }
     query::filter_by_selector(&mut items, query)?;
-    query::sort(&mut items, query, &["id", "name", "description", "created"])?;
+    query::sort(&mut items, query, &["id", "name", "created"])?;
     ok(query::paginate("images", items, query)?)
 }
 

@@ -241,6 +241,10 @@ pub enum Fault {
         code: String,
         message: String,
     },
+    /// The next `shutdown` of a running server is ignored by its operating system (as when ACPI
+    /// is not handled): the action succeeds, the server stays `running` and its machine is not
+    /// touched. Clients must fall back to `poweroff`.
+    IgnoreShutdown,
     /// The location runs out of the server type: it is listed `available: false` and creating
     /// such a server answers `resource_unavailable`. Applies at once and stays.
     ExhaustServerType {
@@ -267,7 +271,9 @@ impl Fault {
             | Fault::DropConnection { route, nth }
             | Fault::DropResponse { route, nth }
             | Fault::Delay { route, nth, .. } => Some((route.as_str(), *nth)),
-            Fault::FailAction { .. } | Fault::ExhaustServerType { .. } => None,
+            Fault::FailAction { .. } | Fault::IgnoreShutdown | Fault::ExhaustServerType { .. } => {
+                None
+            }
         }
     }
 }
@@ -501,7 +507,9 @@ fn take_request_fault(inner: &Inner, method: &str, template: &str) -> Option<Inj
         Fault::DropConnection { .. } => Injected::Drop,
         Fault::DropResponse { .. } => Injected::DropAfter,
         Fault::Delay { delay, .. } => Injected::Delay(delay),
-        Fault::FailAction { .. } | Fault::ExhaustServerType { .. } => return None,
+        Fault::FailAction { .. } | Fault::IgnoreShutdown | Fault::ExhaustServerType { .. } => {
+            return None;
+        }
     })
 }
 

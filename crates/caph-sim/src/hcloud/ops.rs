@@ -206,7 +206,8 @@ pub(crate) async fn power_off(
     inner.world().finish_action(action_id, now, outcome);
 }
 
-/// `shutdown`: the action succeeds once the ACPI signal is sent; the server reaches `off` later.
+/// `shutdown`: the action succeeds once the ACPI signal is sent; the server reaches `off` later,
+/// unless its operating system `ignored` the signal.
 pub(crate) async fn shutdown(
     inner: Arc<Inner>,
     server_id: u64,
@@ -214,6 +215,7 @@ pub(crate) async fn shutdown(
     generation: u64,
     started: SimTime,
     previous: ServerStatus,
+    ignored: bool,
 ) {
     let durations = inner.durations.clone();
     inner
@@ -233,7 +235,7 @@ pub(crate) async fn shutdown(
         }
         world.finish_action(action_id, now, Ok(()));
     }
-    if previous == ServerStatus::Off {
+    if previous == ServerStatus::Off || ignored {
         return;
     }
     inner

@@ -436,6 +436,19 @@ impl World {
         id
     }
 
+    /// Consumes a pending [`Fault::IgnoreShutdown`], if there is one.
+    pub(crate) fn take_ignore_shutdown(&mut self) -> bool {
+        let Some(position) = self
+            .faults
+            .iter()
+            .position(|pending| matches!(pending.fault, Fault::IgnoreShutdown))
+        else {
+            return false;
+        };
+        self.faults.remove(position);
+        true
+    }
+
     fn take_action_fault(&mut self, command: &str) -> Option<(String, String)> {
         let position = self.faults.iter().position(|pending| {
             matches!(&pending.fault, Fault::FailAction { command: wanted, .. } if wanted == command)
