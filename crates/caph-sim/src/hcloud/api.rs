@@ -709,6 +709,13 @@ fn delete_server(inner: &Arc<Inner>, id: u64) -> Result<Reply, ApiError> {
     ok(json!({"action": action}))
 }
 
+/// A background flow, boxed so that different flows fit one variable.
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn boxed(flow: impl Future<Output = ()> + Send + 'static) -> Task {
+    Box::pin(flow)
+}
+
 fn server_action(
     inner: &Arc<Inner>,
     id: u64,
@@ -730,6 +737,8 @@ fn server_action(
     let server_name = server.view.name.clone();
     let resources = vec![(id, "server")];
     let mut extra = Map::new();
+    // Spawned only once the answer is rendered, so it shows the action as it started.
+    let task: Option<Task>;
     let action_id = match command {
         "shutdown" | "poweroff" | "poweron" | "reset" | "reboot" => {
             let (wire_command, expected) = match command {
@@ -754,19 +763,18 @@ fn server_action(
                 _ => previous,
             };
             world.set_status(id, next);
-            drop(world);
             let task_inner = Arc::clone(inner);
-            match command {
-                "shutdown" => inner.spawn(ops::shutdown(
+            task = Some(match command {
+                "shutdown" => boxed(ops::shutdown(
                     task_inner, id, action_id, generation, now, previous, ignored,
                 )),
-                "poweroff" => inner.spawn(ops::power_off(
+                "poweroff" => boxed(ops::power_off(
                     task_inner, id, action_id, generation, now, previous,
                 )),
-                "poweron" => inner.spawn(ops::power_on(
+                "poweron" => boxed(ops::power_on(
                     task_inner, id, action_id, generation, now, previous,
                 )),
-                _ => inner.spawn(ops::reset(
+                _ => boxed(ops::reset(
                     task_inner,
                     id,
                     action_id,
@@ -774,8 +782,7 @@ fn server_action(
                     now,
                     was_running,
                 )),
-            }
-            world = inner.world();
+            });
             action_id
         }
         "enable_rescue" => {
@@ -806,8 +813,7 @@ fn server_action(
             }
             let action_id = world.start_action("enable_rescue", resources, now, durations.rescue);
             extra.insert("root_password".into(), json!(random_password()));
-            drop(world);
-            inner.spawn(ops::timed(
+            task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
                 now + durations.rescue,
@@ -816,14 +822,12 @@ fn server_action(
                         server.view.rescue_enabled = true;
                     }
                 }),
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         "disable_rescue" => {
             let action_id = world.start_action("disable_rescue", resources, now, durations.rescue);
-            drop(world);
-            inner.spawn(ops::timed(
+            task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
                 now + durations.rescue,
@@ -832,8 +836,7 @@ fn server_action(
                         server.view.rescue_enabled = false;
                     }
                 }),
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         "change_protection" => {
@@ -845,8 +848,7 @@ fn server_action(
                 now,
                 durations.change_protection,
             );
-            drop(world);
-            inner.spawn(ops::timed(
+            task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
                 now + durations.change_protection,
@@ -860,8 +862,7 @@ fn server_action(
                         }
                     }
                 }),
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         "create_image" => {
@@ -921,15 +922,13 @@ fn server_action(
             if let Some(image) = world.images.get(&image_id) {
                 extra.insert("image".into(), image_json(&image.view));
             }
-            drop(world);
-            inner.spawn(ops::create_image(
+            task = Some(boxed(ops::create_image(
                 Arc::clone(inner),
                 id,
                 image_id,
                 action_id,
                 now,
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         _ => return Err(ApiError::not_found("route")),
@@ -938,6 +937,10 @@ fn server_action(
         .actions
         .get(&action_id)
         .map(|action| action_json(action, now, &inner.clock));
+    drop(world);
+    if let Some(task) = task {
+        inner.spawn(task);
+    }
     let mut body = Map::new();
     body.insert("action".into(), json!(action));
     body.extend(extra);

@@ -278,6 +278,42 @@ impl Fault {
     }
 }
 
+/// A snapshot placed straight into the simulator with [`HcloudSim::add_snapshot`]: an image a
+/// test needs to exist already (an earlier build, a name collision, a leftover for `gc`). The
+/// machine host holds no copy of it, so only [`AddressOnly`] can boot servers from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSeed {
+    pub description: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `x86` or `arm`.
+    pub architecture: String,
+    /// GB.
+    pub disk_size: f64,
+    /// GB.
+    pub image_size: f64,
+    pub os_flavor: String,
+    pub os_version: Option<String>,
+    /// Source server (id, name); it need not exist.
+    pub created_from: Option<(u64, String)>,
+    pub delete_protected: bool,
+}
+
+impl Default for SnapshotSeed {
+    fn default() -> Self {
+        SnapshotSeed {
+            description: "seeded snapshot".into(),
+            labels: std::collections::BTreeMap::new(),
+            architecture: "x86".into(),
+            disk_size: 40.0,
+            image_size: 1.2,
+            os_flavor: "debian".into(),
+            os_version: Some("12".into()),
+            created_from: None,
+            delete_protected: false,
+        }
+    }
+}
+
 /// One request as the simulator saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
@@ -398,6 +434,37 @@ impl HcloudSim {
             return;
         }
         world.faults.push(PendingFault { fault, seen: 0 });
+    }
+
+    /// Adds an `available` snapshot at once and returns its id (see [`SnapshotSeed`]).
+    pub fn add_snapshot(&self, seed: SnapshotSeed) -> u64 {
+        let created = clock::rfc3339(self.inner.clock.unix_at(self.inner.clock.now()));
+        let mut world = self.inner.world();
+        let id = world.new_image_id();
+        world.images.insert(
+            id,
+            world::ImageRec {
+                view: Image {
+                    id,
+                    kind: ImageKind::Snapshot,
+                    status: ImageStatus::Available,
+                    name: None,
+                    description: seed.description,
+                    image_size: Some(seed.image_size),
+                    disk_size: seed.disk_size,
+                    created,
+                    created_from: seed.created_from,
+                    os_flavor: seed.os_flavor,
+                    os_version: seed.os_version,
+                    architecture: seed.architecture,
+                    delete_protected: seed.delete_protected,
+                    deprecated: None,
+                    labels: seed.labels,
+                },
+                host_copy: false,
+            },
+        );
+        id
     }
 
     /// Faults injected and not yet fired.
