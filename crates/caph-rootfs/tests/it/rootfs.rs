@@ -317,7 +317,7 @@ fn installimage_extraction_keeps_capabilities() {
     );
     assert!(!target.join("proc").exists() && !target.join("sys").exists());
     if capability_set {
-        let mut value = vec![0u8; 64];
+        let mut value = [0u8; 64];
         let length = rustix::fs::lgetxattr(
             target.join("usr/bin/ping"),
             "security.capability",
