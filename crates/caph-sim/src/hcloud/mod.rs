@@ -157,7 +157,7 @@ impl Default for Durations {
 /// Everything a simulator starts from.
 #[derive(Clone)]
 pub struct HcloudSimConfig {
-    /// The only bearer token accepted.
+    /// The only bearer token accepted; an empty token accepts none.
     pub token: String,
     /// Where to listen; default `127.0.0.1:0` (a free port).
     pub listen: SocketAddr,
