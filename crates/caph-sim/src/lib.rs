@@ -7,3 +7,4 @@ pub mod hcloud;
 pub mod host;
 pub mod machine;
 pub mod openapi;
+pub mod robot;
