@@ -555,7 +555,7 @@ fn create_server_checks(
             "start_server",
             vec![(server_id, "server")],
             now,
-            create_expected + inner.durations.start,
+            create_expected.saturating_add(inner.durations.start),
         )
     });
     let root_password = keys.is_empty().then(random_password);
@@ -816,7 +816,7 @@ fn server_action(
             task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
-                now + durations.rescue,
+                now.saturating_add(durations.rescue),
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         server.view.rescue_enabled = true;
@@ -830,7 +830,7 @@ fn server_action(
             task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
-                now + durations.rescue,
+                now.saturating_add(durations.rescue),
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         server.view.rescue_enabled = false;
@@ -851,7 +851,7 @@ fn server_action(
             task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
-                now + durations.change_protection,
+                now.saturating_add(durations.change_protection),
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         if let Some(delete) = delete {
@@ -1204,7 +1204,7 @@ fn image_protection(inner: &Arc<Inner>, id: u64, body: &[u8]) -> Result<Reply, A
     inner.spawn(ops::timed(
         Arc::clone(inner),
         action_id,
-        now + inner.durations.change_protection,
+        now.saturating_add(inner.durations.change_protection),
         Box::new(|_: &mut World| {}),
     ));
     created(json!({"action": action}))
