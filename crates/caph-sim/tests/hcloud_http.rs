@@ -189,4 +189,5 @@ async fn secrets_stay_out_of_debug_output() {
     let state = format!("{:?}", harness.sim.state());
     assert!(!state.contains(private), "{state}");
     assert!(state.contains("bytes>"));
+    harness.assert_openapi();
 }
