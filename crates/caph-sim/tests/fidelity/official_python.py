@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from hcloud import Client
+from hcloud import APIException, Client
 from hcloud.images import Image
 from hcloud.locations import Location
 from hcloud.server_types import ServerType
@@ -42,6 +42,17 @@ def main():
         name="fidelity-key", public_key=os.environ["PUBLIC_KEY"], labels={"purpose": "fidelity"}
     )
     check(key.fingerprint and key.fingerprint.count(":") == 15, "MD5 fingerprint")
+    try:
+        client.ssh_keys.create(name="fidelity-copy", public_key=os.environ["PUBLIC_KEY"])
+        check(False, "the same public key twice is refused")
+    except APIException as error:
+        check(error.code == "uniqueness_error", f"uniqueness_error, not {error.code}")
+        check(error.correlation_id, "the error carries a correlation id")
+    try:
+        client.servers.get_by_id(1)
+        check(False, "an unknown server is not found")
+    except APIException as error:
+        check(error.code == "not_found", f"not_found, not {error.code}")
 
     created = client.servers.create(
         name="fidelity-1",
