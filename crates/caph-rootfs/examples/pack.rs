@@ -52,14 +52,9 @@ fn run() -> Result<(), String> {
         PackOptions::rootfs(compression)
     };
     options.threads = threads;
-    options.source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(value) => Some(
-            value
-                .parse()
-                .map_err(|_| format!("bad SOURCE_DATE_EPOCH {value:?}"))?,
-        ),
-        Err(_) => None,
-    };
+    options.source_date_epoch =
+        pack::source_date_epoch(std::env::var_os("SOURCE_DATE_EPOCH").as_deref())
+            .map_err(|error| error.to_string())?;
     let mut on_event = |event: PackEvent| {
         if let PackEvent::Warning(warning) = event {
             eprintln!("warning: {warning}");

@@ -424,6 +424,12 @@ pub enum PackError {
         /// Why.
         reason: String,
     },
+    /// `SOURCE_DATE_EPOCH` is set but not an integer.
+    #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970")]
+    SourceDateEpoch {
+        /// The value found.
+        value: String,
+    },
     /// A compression name or level is not valid.
     #[error("invalid compression {value:?}: {reason}")]
     Compression {
@@ -432,6 +438,29 @@ pub enum PackError {
         /// Why it is refused.
         reason: String,
     },
+}
+
+/// Interprets a `SOURCE_DATE_EPOCH` value as reproducible-builds.org specifies: unset or empty
+/// means none; anything else must be a decimal integer (seconds since the epoch). The CLI
+/// passes `std::env::var_os("SOURCE_DATE_EPOCH")`.
+pub fn source_date_epoch(value: Option<&std::ffi::OsStr>) -> Result<Option<i64>, PackError> {
+    let Some(value) = value.filter(|value| !value.is_empty()) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    if !text
+        .bytes()
+        .all(|byte| byte.is_ascii_digit() || byte == b'-')
+    {
+        return Err(PackError::SourceDateEpoch {
+            value: text.into_owned(),
+        });
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| PackError::SourceDateEpoch {
+            value: text.into_owned(),
+        })
 }
 
 /// The checksum file written next to `output`: `<output>.sha256`.
@@ -473,8 +502,17 @@ pub fn pack_to_path(
         .tempfile_in(directory)
         .map_err(write_error)?;
     let (temp_file, temp_path) = temp.into_parts();
+    // The output may lie inside the tree being packed; the archive must not contain itself.
+    let own = temp_file.metadata().map_err(write_error)?;
     let buffered = BufWriter::with_capacity(OUTPUT_BUFFER, temp_file);
-    let (buffered, summary) = pack_into(source, buffered, output, options, progress)?;
+    let (buffered, summary) = pack_into(
+        source,
+        buffered,
+        output,
+        Some((own.dev(), own.ino())),
+        options,
+        progress,
+    )?;
     let file = buffered
         .into_inner()
         .map_err(|error| write_error(error.into_error()))?;
@@ -511,6 +549,7 @@ pub fn pack_to_writer<W: Write + Send>(
         source,
         writer,
         Path::new("<output stream>"),
+        None,
         options,
         progress,
     )?;
@@ -557,6 +596,7 @@ fn pack_into<W: Write + Send>(
     source: &Path,
     sink: W,
     output_label: &Path,
+    own_output: Option<(u64, u64)>,
     options: &PackOptions,
     progress: &mut dyn FnMut(PackEvent),
 ) -> Result<(W, PackSummary), PackError> {
@@ -592,6 +632,7 @@ fn pack_into<W: Write + Send>(
             let mut walker = Walker {
                 root: source.to_owned(),
                 output_label,
+                own_output,
                 epoch: options.source_date_epoch,
                 excludes,
                 empty_dirs,
@@ -682,6 +723,8 @@ struct FirstLink {
 struct Walker<'a> {
     root: PathBuf,
     output_label: &'a Path,
+    /// Device and inode of the file being written, skipped if met in the tree.
+    own_output: Option<(u64, u64)>,
     epoch: Option<i64>,
     excludes: Vec<Pattern>,
     empty_dirs: Vec<Pattern>,
@@ -752,6 +795,10 @@ impl Walker<'_> {
         }
         if file_type.is_dir() {
             return self.directory(absolute, relative, &metadata, stack);
+        }
+        if self.own_output == Some((metadata.dev(), metadata.ino())) {
+            self.counts.excluded += 1;
+            return Ok(());
         }
 
         let mut name = Vec::with_capacity(relative.len() + 2);

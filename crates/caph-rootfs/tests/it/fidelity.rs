@@ -49,6 +49,16 @@ fn round_trip(compression: Compression) {
         Some(PackEvent::Progress(progress)) if progress.phase == Phase::Done
             && progress.bytes_out == summary.bytes_out
     ));
+    // Progress is throttled: a small tree gets a handful of reports, ending Finishing, Done.
+    let phases: Vec<Phase> = events
+        .iter()
+        .filter_map(|event| match event {
+            PackEvent::Progress(progress) => Some(progress.phase),
+            PackEvent::Warning(_) => None,
+        })
+        .collect();
+    assert!(phases.len() <= 20, "{} progress reports", phases.len());
+    assert_eq!(phases[phases.len() - 2..], [Phase::Finishing, Phase::Done]);
     assert_eq!(summary.entries.sockets_skipped, 1);
     assert_eq!(summary.entries.sparse, 3);
     assert_eq!(summary.entries.hardlinks, 4);

@@ -327,3 +327,42 @@ fn installimage_extraction_keeps_capabilities() {
         assert_eq!(&value[..length], capability.as_slice());
     }
 }
+
+#[test]
+fn an_output_inside_the_tree_is_not_packed_into_itself() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("rootfs");
+    rootfs_tree(&root);
+    let archive = root.join("self.tar.gz");
+    let summary = pack::pack_to_path(
+        &root,
+        &archive,
+        &PackOptions::plain(Compression::gzip()),
+        &mut |_| {},
+    )
+    .unwrap();
+    let names = listing(&archive);
+    assert!(
+        !names.iter().any(|name| name.contains("self.tar.gz")),
+        "{names:?}"
+    );
+    assert_eq!(summary.entries.excluded, 1);
+}
+
+#[test]
+fn source_date_epoch_is_an_integer_or_absent() {
+    use std::ffi::OsStr;
+    assert_eq!(pack::source_date_epoch(None).unwrap(), None);
+    assert_eq!(pack::source_date_epoch(Some(OsStr::new(""))).unwrap(), None);
+    assert_eq!(
+        pack::source_date_epoch(Some(OsStr::new("1700000000"))).unwrap(),
+        Some(1_700_000_000)
+    );
+    for bad in ["1.5", "yesterday", " 1", "0x10"] {
+        let error = pack::source_date_epoch(Some(OsStr::new(bad))).unwrap_err();
+        assert!(
+            matches!(error, PackError::SourceDateEpoch { .. }),
+            "{bad}: {error:?}"
+        );
+    }
+}
