@@ -1,4 +1,5 @@
-//! The `caph-sim` binary: prints its endpoint, accepts only its token, stops on SIGTERM.
+//! The `caph-sim` binary: prints its endpoint, accepts only its token, stops on SIGTERM, and
+//! with `--ssh-machines` puts a real sshd behind each server.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -114,4 +115,116 @@ async fn rejects_a_bad_time_scale() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--time-scale"));
+}
+
+/// Bound on waits that involve real machine work (building a Debian root filesystem the first
+/// time takes about half a minute; later starts take a second or two).
+const MACHINE_WAIT: Duration = Duration::from_secs(300);
+
+#[tokio::test]
+async fn ssh_machines_answer_ssh_on_the_server_address() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caph-sim"))
+        .args([
+            "--hcloud-listen",
+            "127.0.0.1:0",
+            "--token",
+            "t",
+            "--time-scale",
+            "0.001",
+            "--ssh-machines",
+        ])
+        .env_remove("CAPH_SIM_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("caph-sim starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("starts in time")
+        .expect("reads");
+    let Some(first) = first else {
+        let output = child.wait_with_output().await.expect("exit");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--ssh-machines"), "{stderr}");
+        eprintln!(
+            "SKIPPED ssh_machines_answer_ssh_on_the_server_address: {}",
+            stderr.trim()
+        );
+        return;
+    };
+    let url = first.strip_prefix("hcloud: ").expect("endpoint").to_owned();
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let mut request = http
+            .request(method, format!("{url}{path}"))
+            .bearer_auth("t");
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+    let created = call(
+        reqwest::Method::POST,
+        "/servers".into(),
+        Some(serde_json::json!({"name": "ssh-demo", "server_type": "cx23", "image": "debian-12"})),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(created.status().as_u16(), 201);
+    let created: serde_json::Value = created.json().await.expect("json");
+    let id = created["server"]["id"].as_u64().expect("id");
+    let address = created["server"]["public_net"]["ipv4"]["ip"]
+        .as_str()
+        .expect("ip")
+        .to_owned();
+    let deadline = std::time::Instant::now() + MACHINE_WAIT;
+    loop {
+        let server: serde_json::Value = call(reqwest::Method::GET, format!("/servers/{id}"), None)
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("json");
+        if server["server"]["status"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{server}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = tokio::net::TcpStream::connect((address.as_str(), 22))
+        .await
+        .expect("sshd listens on the server address");
+    let mut banner = vec![0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut banner),
+    )
+    .await
+    .expect("banner in time")
+    .expect("reads");
+    let banner = String::from_utf8_lossy(&banner[..read]).into_owned();
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "{banner}");
+    call(reqwest::Method::DELETE, format!("/servers/{id}"), None)
+        .await
+        .expect("answer");
+    loop {
+        let status = call(reqwest::Method::GET, format!("/servers/{id}"), None)
+            .await
+            .expect("answer")
+            .status()
+            .as_u16();
+        if status == 404 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    terminate(Running {
+        child,
+        lines: Vec::new(),
+    })
+    .await;
 }

@@ -7,7 +7,10 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
+use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use clap::Parser;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -27,6 +30,11 @@ struct Args {
     /// 0.01 is 100 times faster.
     #[arg(long, value_name = "F", default_value_t = 1.0)]
     time_scale: f64,
+    /// Back every server with a real sshd on its address, running in the server's own Debian
+    /// root filesystem (needs root, openssh-server, mmdebstrap and util-linux). Without it,
+    /// servers only get an address and nothing answers there.
+    #[arg(long)]
+    ssh_machines: bool,
 }
 
 fn generated_token() -> String {
@@ -71,12 +79,25 @@ async fn main() -> ExitCode {
         Some(token) if !token.is_empty() => (token, false),
         _ => (generated_token(), true),
     };
-    let config = HcloudSimConfig {
+    let mut config = HcloudSimConfig {
         token: token.clone(),
         listen: args.hcloud_listen,
         time: TimeMode::Scaled(args.time_scale),
         ..Default::default()
     };
+    if args.ssh_machines {
+        let machines = SshMachines::new(SshMachinesConfig {
+            log: Some(Arc::new(|line: &str| eprintln!("caph-sim: {line}"))),
+            ..SshMachinesConfig::default()
+        });
+        match machines {
+            Ok(machines) => config.machines = Arc::new(machines),
+            Err(error) => {
+                eprintln!("caph-sim: --ssh-machines: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let sim = match HcloudSim::start(config).await {
         Ok(sim) => sim,
         Err(error) => {
