@@ -140,14 +140,21 @@ async fn ssh_machines_answer_ssh_on_the_server_address() {
         .kill_on_drop(true)
         .spawn()
         .expect("caph-sim starts");
+    // Drained all along: a first root filesystem build logs enough to fill a pipe.
+    let mut stderr_pipe = child.stderr.take().expect("stderr");
+    let stderr_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr_pipe, &mut text).await;
+        text
+    });
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await
         .expect("starts in time")
         .expect("reads");
     let Some(first) = first else {
-        let output = child.wait_with_output().await.expect("exit");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        child.wait().await.expect("exit");
+        let stderr = stderr_task.await.expect("stderr");
         assert!(stderr.contains("--ssh-machines"), "{stderr}");
         eprintln!(
             "SKIPPED ssh_machines_answer_ssh_on_the_server_address: {}",
