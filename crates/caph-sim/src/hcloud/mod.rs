@@ -51,7 +51,24 @@
 //! moment they are injected and fire on the `nth` one; several faults fire in injection order and
 //! each is consumed when it fires. Route templates are those of [`routes`] (as in the OpenAPI
 //! description), e.g. `POST /servers/{id}/actions/create_image`; a template that matches no route
-//! never fires.
+//! never fires. Kinds: [`Fault::FailRequest`] (an error answer), [`Fault::DropConnection`] (closed
+//! unanswered, not served), [`Fault::DropResponse`] (served, then closed unanswered),
+//! [`Fault::Delay`], [`Fault::FailAction`] (the next action of a command ends in `error`),
+//! [`Fault::IgnoreShutdown`] (ACPI ignored) and [`Fault::ExhaustServerType`] (a location sells out).
+//!
+//! # State for assertions
+//! [`HcloudSim::state`] returns plain structs ([`SimState`]: servers, images, SSH keys, actions);
+//! [`HcloudSim::request_log`] every request with its route and status (for counting API calls);
+//! [`HcloudSim::recorded_responses`] every answer with its body when `record_responses` is set,
+//! for [`crate::openapi::Validator::check_all`]. [`HcloudSim::add_snapshot`] seeds snapshots a
+//! test needs to exist already.
+//!
+//! # Data
+//! Locations fsn1, nbg1, hel1 (eu-central), ash (us-east), hil (us-west), sin (ap-southeast).
+//! Server types cx23, cx33, cx43 (x86), cax11, cax21 (arm) in the EU, ccx13 (x86, dedicated)
+//! everywhere, cx22 retired (deprecated, no longer orderable), cx43 sold out in hel1. System
+//! images ubuntu-22.04, ubuntu-24.04, debian-12, debian-13 for x86 and arm (distinct ids) and a
+//! deprecated ubuntu-20.04. [`Catalog`] holds it all and can be changed through the config.
 //!
 //! # Machines
 //! A [`MachineHost`] gives each server its machine: `create` during `POST /servers` (its address
@@ -61,8 +78,9 @@
 //! snapshot is deleted. An error from the host ends the action in `error` (`action_failed`).
 //!
 //! # Choices where the reference is silent
-//! `resource_unavailable` answers 412 "error during placement" as seen live; `invalid_input` answers 400; `locked` and `protected` 423;
-//! deleting or changing a system image is 403 `forbidden`; `datacenter` in `POST /servers` is
+//! `resource_unavailable` answers 412 "error during placement" as seen live; `invalid_input`
+//! answers 400; `locked` and `protected` 423; deleting or changing a system image is 403
+//! `forbidden`; a server may be deleted while an action runs; `datacenter` in `POST /servers` is
 //! `invalid_input` (the field is gone); a failed `create_image` removes its image; `GET /actions`
 //! without `id` is `invalid_input`.
 
