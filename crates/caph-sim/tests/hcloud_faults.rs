@@ -223,7 +223,7 @@ async fn a_location_runs_out_of_a_server_type() {
     assert_eq!(answer.status, 412);
     assert_eq!(
         answer.body,
-        json!({"error": {"code": "resource_unavailable", "message": "server type cx33 is currently unavailable in nbg1", "details": null}})
+        json!({"error": {"code": "resource_unavailable", "message": "error during placement", "details": {}}})
     );
     let elsewhere = harness
         .create_server("s", json!({"server_type": "cx33", "location": "fsn1"}))

@@ -204,3 +204,109 @@ async fn delete_goes_through_deleting_to_not_found() {
     assert!(harness.sim.state().servers.is_empty());
     harness.assert_openapi();
 }
+
+#[tokio::test]
+async fn power_calls_in_the_target_state_just_succeed() {
+    let harness = start(manual()).await;
+    let server = running_server(&harness, "idempotent").await;
+    let on = harness
+        .post(&format!("/servers/{server}/actions/poweron"), json!({}))
+        .await;
+    assert_eq!(on.status, 201);
+    assert_eq!(status(&harness, server).await, "running");
+    harness.advance(10 * SECOND).await;
+    assert_eq!(
+        action(&harness, id(&on.body["action"])).await["status"],
+        "success"
+    );
+    assert_eq!(status(&harness, server).await, "running");
+    harness
+        .post(&format!("/servers/{server}/actions/poweroff"), json!({}))
+        .await;
+    harness.advance(3 * SECOND).await;
+    let off_again = harness
+        .post(&format!("/servers/{server}/actions/shutdown"), json!({}))
+        .await;
+    assert_eq!(off_again.status, 201);
+    assert_eq!(status(&harness, server).await, "off");
+    harness.advance(6 * SECOND).await;
+    assert_eq!(
+        action(&harness, id(&off_again.body["action"])).await["status"],
+        "success"
+    );
+    assert_eq!(status(&harness, server).await, "off");
+    harness.assert_openapi();
+}
+
+#[tokio::test]
+async fn rescue_is_enabled_and_turns_itself_off_on_boot() {
+    let harness = start(manual()).await;
+    let server = running_server(&harness, "rescue").await;
+    let enabled = harness
+        .post(
+            &format!("/servers/{server}/actions/enable_rescue"),
+            json!({"type": "linux64"}),
+        )
+        .await;
+    assert_eq!(enabled.status, 201);
+    assert_eq!(enabled.body["action"]["command"], "enable_rescue");
+    assert_eq!(
+        enabled.body["root_password"].as_str().map(str::len),
+        Some(20)
+    );
+    harness.advance(2 * SECOND).await;
+    let answer = harness.get(&format!("/servers/{server}")).await;
+    assert_eq!(answer.body["server"]["rescue_enabled"], true);
+    harness
+        .post(&format!("/servers/{server}/actions/reset"), json!({}))
+        .await;
+    harness.advance(12 * SECOND).await;
+    let answer = harness.get(&format!("/servers/{server}")).await;
+    assert_eq!(answer.body["server"]["rescue_enabled"], false);
+    let bad = harness
+        .post(
+            &format!("/servers/{server}/actions/enable_rescue"),
+            json!({"type": "freebsd64"}),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    harness.assert_openapi();
+}
+
+#[tokio::test]
+async fn update_and_protect_servers() {
+    let harness = start(manual()).await;
+    let server = running_server(&harness, "before").await;
+    harness.create_server("taken", json!({})).await;
+    let renamed = harness
+        .put(
+            &format!("/servers/{server}"),
+            json!({"name": "after", "labels": {"k": "v"}}),
+        )
+        .await;
+    assert_eq!(renamed.status, 200);
+    assert_eq!(renamed.body["server"]["name"], "after");
+    assert_eq!(renamed.body["server"]["labels"], json!({"k": "v"}));
+    let clash = harness
+        .put(&format!("/servers/{server}"), json!({"name": "taken"}))
+        .await;
+    assert_eq!(clash.status, 409);
+    assert_eq!(clash.code(), "uniqueness_error");
+    let protect = harness
+        .post(
+            &format!("/servers/{server}/actions/change_protection"),
+            json!({"delete": true, "rebuild": true}),
+        )
+        .await;
+    assert_eq!(protect.status, 201);
+    harness.advance(SECOND).await;
+    let refused = harness.delete(&format!("/servers/{server}")).await;
+    assert_eq!(refused.status, 423);
+    assert_eq!(refused.code(), "protected");
+    let answer = harness.get(&format!("/servers/{server}")).await;
+    assert_eq!(
+        answer.body["server"]["protection"],
+        json!({"delete": true, "rebuild": true})
+    );
+    harness.assert_openapi();
+}

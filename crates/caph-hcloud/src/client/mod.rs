@@ -31,6 +31,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use actions::MAX_ACTIONS_PER_REQUEST;
 pub use error::{ApiError, Error, TransportKind};
 pub use images::{ListImagesParams, UpdateImageRequest};
 pub use labels::{LabelError, LabelSelector};
@@ -41,7 +42,7 @@ pub use retry::{
 };
 pub use servers::{
     CreateImageRequest, CreateImageResponse, CreateServerRequest, CreateServerResponse,
-    EnableRescueResponse, ListServersParams, PublicNetRequest,
+    EnableRescueResponse, ListServersParams, MAX_USER_DATA_BYTES, PublicNetRequest,
 };
 pub use ssh_keys::{CreateSshKeyRequest, ListSshKeysParams};
 pub use types::*;
@@ -185,6 +186,23 @@ impl ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// A configuration from the environment, as the official CLI reads it: the token from
+    /// `HCLOUD_TOKEN` (required) and the endpoint from `HCLOUD_ENDPOINT` (default: the real API).
+    pub fn from_env() -> Result<Self, Error> {
+        let token = Token::from_env().ok_or_else(|| {
+            Error::Config(format!(
+                "{TOKEN_ENV} is not set; create an API token in the Hetzner Cloud console"
+            ))
+        })?;
+        let endpoint = std::env::var(ENDPOINT_ENV)
+            .ok()
+            .filter(|endpoint| !endpoint.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        Ok(ClientConfig::new(endpoint.trim(), token))
+    }
+}
+
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
@@ -278,6 +296,8 @@ impl Client {
             .user_agent(config.user_agent.clone())
             .timeout(config.request_timeout)
             .connect_timeout(config.connect_timeout)
+            // The API never redirects; following one could carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| Error::Config(format!("cannot build the HTTP client: {error}")))?;
         Ok(Client {

@@ -758,3 +758,37 @@ async fn an_exhausted_server_type_is_seen_and_not_retried() {
     client.create_server(&request).await.unwrap();
     crate::assert_answers_match_openapi(&sim);
 }
+
+#[tokio::test]
+async fn the_request_hook_sees_every_exchange() {
+    let sim = start_sim(0.001).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut config = ClientConfig::new(sim.api_url(), Token::new(TOKEN));
+    config.retry = crate::fast_retry();
+    let sink = std::sync::Arc::clone(&seen);
+    config.on_request = Some(std::sync::Arc::new(
+        move |record: &caph_hcloud::client::RequestRecord| {
+            sink.lock().unwrap().push(record.clone());
+        },
+    ));
+    let client = Client::new(config).unwrap();
+    sim.inject(Fault::fail("GET /locations", 1, 503, "unavailable"));
+    sim.inject(Fault::fail("GET /server_types", 1, 409, "conflict"));
+    let _ = client.list_locations(None).await.unwrap_err();
+    client.list_server_types(None).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let summary: Vec<(String, String, u32, Option<u16>)> = seen
+        .into_iter()
+        .map(|r| (r.method, r.path, r.attempt, r.status))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("GET".to_string(), "/locations".to_string(), 1, Some(503)),
+            ("GET".to_string(), "/server_types".to_string(), 1, Some(409)),
+            ("GET".to_string(), "/server_types".to_string(), 2, Some(200)),
+        ]
+    );
+    assert_eq!(client.requests_sent(), 3);
+    crate::assert_answers_match_openapi(&sim);
+}

@@ -210,11 +210,18 @@ async fn fewer_requests_per_snapshot_than_a_constant_500ms_poll() {
     let scale = 0.01;
     let sim = start_sim(scale).await;
     let client = client_for(&sim.api_url());
+    let started = std::time::Instant::now();
     let ours =
         requests_per_snapshot(&client, "bench-ours", PollSchedule::default().scaled(scale)).await;
+    let ours_time = started.elapsed().div_f64(scale).as_secs_f64();
+    let started = std::time::Instant::now();
     let constant_schedule = PollSchedule::constant(Duration::from_millis(500)).scaled(scale);
     let constant = requests_per_snapshot(&client, "bench-constant", constant_schedule).await;
-    eprintln!("API requests per built snapshot: waiter {ours}, constant 500 ms poll {constant}");
+    let constant_time = started.elapsed().div_f64(scale).as_secs_f64();
+    eprintln!(
+        "API requests per built snapshot: waiter {ours} in {ours_time:.1} s, constant 500 ms poll {constant} in \
+         {constant_time:.1} s (simulated seconds)"
+    );
     let state = sim.state();
     assert_eq!(state.snapshots().len(), 2);
     assert!(

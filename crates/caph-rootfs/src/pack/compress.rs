@@ -2,7 +2,10 @@
 //! multithreaded mode; and the output stage that hashes and counts what is written.
 //!
 //! Parallel gzip cuts the uncompressed stream into [`GZIP_CHUNK`]-byte chunks, compresses each
-//! into an independent gzip member on a worker thread, and writes the members in order. The
+//! into an independent gzip member on a worker thread with libdeflate, and writes the members in
+//! order. libdeflate compresses whole buffers, which is exactly what fixed chunks are, and on a
+//! Debian rootfs its level 6 is both smaller than pigz -6 and about three times cheaper in CPU
+//! (zlib-rs level 6 was cheaper still but 2% larger than pigz). The
 //! chunk boundaries depend only on the input, never on thread timing, so the output is the same
 //! for any number of threads. Concatenated members are one valid gzip file (RFC 1952 §2.2) that
 //! GNU gzip, GNU tar and installimage read.
@@ -14,14 +17,24 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use flate2::{Compress, Crc, FlushCompress, Status};
+use libdeflater::{CompressionLvl, Compressor, Crc};
 use sha2::{Digest, Sha256};
+use zstd::stream::raw::CParameter;
 
 use super::Compression;
 
 /// Uncompressed bytes per gzip member. 1 MiB loses well under 1% of ratio to the missing
 /// shared window at member starts, and keeps the memory per thread small.
 pub(crate) const GZIP_CHUNK: usize = 1 << 20;
+
+/// Uncompressed bytes per zstd job. zstd's default for level 3 is 8 MiB, which costs about
+/// 16 MiB of buffers per worker; 2 MiB jobs cost about 7 MiB per worker, and with a full-window
+/// overlap (below) compress as well as the default (measured on a Debian rootfs: 0.4% smaller).
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
+/// Each zstd job starts with the whole preceding window as history (9 = full window), which
+/// wins back the ratio that smaller jobs would lose.
+const ZSTD_OVERLAP_LOG: u32 = 9;
 
 /// Chunks in flight per worker thread: one being compressed and one queued, so a worker never
 /// waits for the reader while memory stays at a few MiB per thread.
@@ -56,6 +69,8 @@ impl<W: Write> Encoder<W> {
                 // does not depend on their number, but differs from the single-threaded mode.
                 let workers = u32::try_from(threads.max(1)).unwrap_or(u32::MAX);
                 encoder.multithread(workers)?;
+                encoder.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
+                encoder.set_parameter(CParameter::OverlapSizeLog(ZSTD_OVERLAP_LOG))?;
                 Encoder::Zstd(encoder)
             }
         })
@@ -247,15 +262,19 @@ fn worker_gone() -> io::Error {
 }
 
 fn gzip_worker(queue: &Mutex<Receiver<Job>>, level: u32) {
-    let mut compress = Compress::new(flate2::Compression::new(level), false);
+    // The level was validated (1 to 12); libdeflate's default stands in should that change.
+    let level = i32::try_from(level)
+        .ok()
+        .and_then(|level| CompressionLvl::new(level).ok())
+        .unwrap_or_default();
+    let mut compressor = Compressor::new(level);
     loop {
         let job = match queue.lock() {
             Ok(queue) => queue.recv(),
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let output = gzip_member(&mut compress, &job.input, job.output);
-        compress.reset();
+        let output = gzip_member(&mut compressor, &job.input, job.output);
         let _ = job.reply.send(Done {
             input: job.input,
             output,
@@ -263,24 +282,24 @@ fn gzip_worker(queue: &Mutex<Receiver<Job>>, level: u32) {
     }
 }
 
-/// One complete gzip member: a fixed header (no name, no mtime, OS "Unix"), raw deflate, and
-/// the CRC-32 and length trailer.
-fn gzip_member(compress: &mut Compress, input: &[u8], mut output: Vec<u8>) -> io::Result<Vec<u8>> {
+/// The fixed gzip member header: deflate, no flags, no mtime, no extra flags, OS "Unix".
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+
+/// One complete gzip member (RFC 1952): the fixed header, the chunk as one raw deflate stream
+/// (libdeflate, whole-buffer), and the CRC-32 and length trailer.
+fn gzip_member(
+    compressor: &mut Compressor,
+    input: &[u8],
+    mut output: Vec<u8>,
+) -> io::Result<Vec<u8>> {
+    let bound = compressor.deflate_compress_bound(input.len());
     output.clear();
-    // Incompressible data grows by a few bytes per 16 KiB block; reserve for that up front.
-    output.reserve(input.len() + input.len() / 1024 + 64);
-    output.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);
-    loop {
-        let consumed = usize::try_from(compress.total_in()).unwrap_or(usize::MAX);
-        let remaining = input.get(consumed..).unwrap_or_default();
-        let status = compress
-            .compress_vec(remaining, &mut output, FlushCompress::Finish)
-            .map_err(io::Error::other)?;
-        match status {
-            Status::StreamEnd => break,
-            Status::Ok | Status::BufError => output.reserve(64 * 1024),
-        }
-    }
+    output.resize(GZIP_HEADER.len() + bound, 0);
+    output[..GZIP_HEADER.len()].copy_from_slice(&GZIP_HEADER);
+    let length = compressor
+        .deflate_compress(input, &mut output[GZIP_HEADER.len()..])
+        .map_err(|error| io::Error::other(format!("deflate failed: {error}")))?;
+    output.truncate(GZIP_HEADER.len() + length);
     let mut crc = Crc::new();
     crc.update(input);
     output.extend_from_slice(&crc.sum().to_le_bytes());

@@ -178,7 +178,7 @@ fn compression_names_parse_and_levels_are_checked() {
         Compression::Zstd { level: 19 }
     );
     assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
-    for bad in ["gzip:0", "gzip:10", "zstd:23", "zstd:x", "xz", "none:1"] {
+    for bad in ["gzip:0", "gzip:13", "zstd:23", "zstd:x", "xz", "none:1"] {
         assert!(bad.parse::<Compression>().is_err(), "{bad} accepted");
     }
     assert_eq!(Compression::Zstd { level: 7 }.to_string(), "zstd:7");

@@ -501,14 +501,10 @@ fn create_server_checks(
         ));
     }
     if !place.available {
-        return Err(ApiError::new(
-            412,
-            "resource_unavailable",
-            format!(
-                "server type {} is currently unavailable in {location}",
-                server_type.name
-            ),
-        ));
+        // The live service's answer when a location has run out of a type.
+        let mut error = ApiError::new(412, "resource_unavailable", "error during placement");
+        error.details = json!({});
+        return Err(error);
     }
     let image = resolve_image(&world, &image_ref, &server_type.architecture)?;
     if image.status != ImageStatus::Available {
@@ -765,7 +761,9 @@ fn server_action(
                 "poweroff" => inner.spawn(ops::power_off(
                     task_inner, id, action_id, generation, now, previous,
                 )),
-                "poweron" => inner.spawn(ops::power_on(task_inner, id, action_id, generation, now)),
+                "poweron" => inner.spawn(ops::power_on(
+                    task_inner, id, action_id, generation, now, previous,
+                )),
                 _ => inner.spawn(ops::reset(
                     task_inner,
                     id,

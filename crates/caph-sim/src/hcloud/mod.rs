@@ -61,7 +61,7 @@
 //! snapshot is deleted. An error from the host ends the action in `error` (`action_failed`).
 //!
 //! # Choices where the reference is silent
-//! `resource_unavailable` answers 412; `invalid_input` answers 400; `locked` and `protected` 423;
+//! `resource_unavailable` answers 412 "error during placement" as seen live; `invalid_input` answers 400; `locked` and `protected` 423;
 //! deleting or changing a system image is 403 `forbidden`; `datacenter` in `POST /servers` is
 //! `invalid_input` (the field is gone); a failed `create_image` removes its image; `GET /actions`
 //! without `id` is `invalid_input`.

@@ -144,19 +144,35 @@ async fn power_off_step(inner: &Inner, server_id: u64, generation: u64) -> Resul
     outcome
 }
 
-/// `poweron`: `starting`, then `running`.
+/// `poweron`: `starting`, then `running`; on a running server the action just succeeds.
 pub(crate) async fn power_on(
     inner: Arc<Inner>,
     server_id: u64,
     action_id: u64,
     generation: u64,
     started: SimTime,
+    previous: ServerStatus,
 ) {
     inner
         .clock
         .sleep_until(started + inner.durations.poweron)
         .await;
+    if previous == ServerStatus::Running {
+        finish_without_change(&inner, action_id);
+        return;
+    }
     power_on_step(&inner, server_id, action_id, generation).await;
+}
+
+/// Ends an action whose target state already holds (the machine is not touched).
+fn finish_without_change(inner: &Inner, action_id: u64) {
+    let now = inner.clock.now();
+    let mut world = inner.world();
+    let outcome = match world.planned_error(action_id) {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    };
+    world.finish_action(action_id, now, outcome);
 }
 
 /// `poweroff`: `stopping`, then `off`.
@@ -172,6 +188,10 @@ pub(crate) async fn power_off(
         .clock
         .sleep_until(started + inner.durations.poweroff)
         .await;
+    if previous == ServerStatus::Off {
+        finish_without_change(&inner, action_id);
+        return;
+    }
     let planned = inner.world().planned_error(action_id);
     let outcome = match planned {
         Some(failure) => {

@@ -1,0 +1,446 @@
+//! `cargo xtask bench pack`: the tarball writer side by side with GNU tar piped into
+//! `zstd -T0 -3` and `pigz`, on a real Debian root filesystem.
+//!
+//! Without `--rootfs`, the tree is `mmdebstrap --variant=minbase --include=containerd
+//! bookworm`, built once (needs root and Debian's mirror) and cached under
+//! `/var/cache/caph-image-bench/`. Every command runs under GNU `time` (Debian package `time`)
+//! for wall time, user+system CPU and peak RSS, writes its output to the same disk and fsyncs
+//! it; each is run `--runs` times and the run with the median wall time is reported. The
+//! Markdown table goes to stdout and to `<target dir>/bench/pack.md`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// Where the benchmark's root filesystem is cached between runs.
+const CACHE_DIR: &str = "/var/cache/caph-image-bench";
+/// The cached tree's directory name, which spells out how it was made.
+const CACHED_ROOTFS: &str = "bookworm-minbase-containerd";
+/// Runs per command: three gives a median that one noisy neighbour cannot move much.
+const DEFAULT_RUNS: usize = 3;
+/// The peak RSS target for the writer, whatever the tree size.
+const RSS_TARGET_MIB: f64 = 64.0;
+
+/// Arguments of `bench pack`.
+#[derive(Debug)]
+pub struct PackArgs {
+    rootfs: Option<PathBuf>,
+    runs: usize,
+}
+
+impl PackArgs {
+    pub fn parse(args: &[&str]) -> Result<PackArgs> {
+        let mut parsed = PackArgs {
+            rootfs: None,
+            runs: DEFAULT_RUNS,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match *arg {
+                "--rootfs" => {
+                    parsed.rootfs = Some(args.next().context("--rootfs needs a directory")?.into());
+                }
+                "--runs" => {
+                    let runs = args.next().context("--runs needs a number")?;
+                    parsed.runs =
+                        runs.parse()
+                            .ok()
+                            .filter(|runs| *runs > 0)
+                            .with_context(|| {
+                                format!("--runs must be a positive number, not {runs:?}")
+                            })?;
+                }
+                other => bail!("unknown argument {other:?} to `bench pack`"),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// One measured command.
+struct Case {
+    label: &'static str,
+    /// Shell command; `{out}` is replaced by the output path.
+    command: String,
+    output: PathBuf,
+    ours: bool,
+}
+
+/// What GNU time reported for one run, plus the output size.
+#[derive(Debug, Clone, Copy)]
+struct Measurement {
+    wall: f64,
+    cpu: f64,
+    rss_kib: u64,
+    size: u64,
+}
+
+pub fn pack(args: &PackArgs) -> Result<()> {
+    let workspace = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), PathBuf::from);
+    for tool in ["tar", "zstd", "pigz", "sync"] {
+        ensure!(
+            which(tool),
+            "`{tool}` is missing (Debian packages: tar zstd pigz coreutils)"
+        );
+    }
+    ensure!(
+        Path::new("/usr/bin/time").exists(),
+        "/usr/bin/time is missing (Debian package: time)"
+    );
+
+    let rootfs = match &args.rootfs {
+        Some(rootfs) => rootfs.clone(),
+        None => cached_rootfs()?,
+    };
+    ensure!(rootfs.is_dir(), "{} is not a directory", rootfs.display());
+
+    eprintln!("building the writer (release)...");
+    let status = Command::new(env_or("CARGO", "cargo"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "caph-rootfs",
+            "--example",
+            "pack",
+        ])
+        .current_dir(&workspace)
+        .status()
+        .context("running cargo build")?;
+    ensure!(
+        status.success(),
+        "cargo build --release -p caph-rootfs --example pack failed"
+    );
+    let writer = target.join("release/examples/pack");
+    ensure!(writer.exists(), "{} was not built", writer.display());
+
+    let out_dir = target.join("bench/out");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let (tree_bytes, tree_entries) = tree_size(&rootfs)?;
+    let dir = shell_quote(&rootfs.to_string_lossy());
+    let writer = shell_quote(&writer.to_string_lossy());
+    let case = |label, command: &str, file: &str, ours| Case {
+        label,
+        command: command.replace("{dir}", &dir).replace("{pack}", &writer),
+        output: out_dir.join(file),
+        ours,
+    };
+    // `--plain` packs exactly what GNU tar packs (no rootfs exclusions), so sizes compare.
+    let cases = [
+        case(
+            "GNU tar, no compression",
+            "tar -cf {out} -C {dir} . && sync {out}",
+            "gnu.tar",
+            false,
+        ),
+        case(
+            "caph pack --compression none",
+            "{pack} --plain --compression none {dir} {out}",
+            "caph.tar",
+            true,
+        ),
+        case(
+            "GNU tar | zstd -T0 -3",
+            "tar -cf - -C {dir} . | zstd -q -T0 -3 > {out} && sync {out}",
+            "gnu.tar.zst",
+            false,
+        ),
+        case(
+            "caph pack --compression zstd:3",
+            "{pack} --plain --compression zstd:3 {dir} {out}",
+            "caph.tar.zst",
+            true,
+        ),
+        case(
+            "GNU tar | pigz (level 6)",
+            "tar -cf - -C {dir} . | pigz > {out} && sync {out}",
+            "gnu.tar.gz",
+            false,
+        ),
+        case(
+            "caph pack --compression gzip:6",
+            "{pack} --plain --compression gzip:6 {dir} {out}",
+            "caph.tar.gz",
+            true,
+        ),
+    ];
+
+    let load_before = load_average();
+    // One unmeasured pass reads the tree into the page cache, so no command pays for it.
+    run_case(&cases[0])?;
+    let mut results = Vec::new();
+    for case in &cases {
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            runs.push(run_case(case)?);
+        }
+        runs.sort_by(|left, right| left.wall.total_cmp(&right.wall));
+        results.push(runs[runs.len() / 2]);
+        eprintln!("measured: {}", case.label);
+    }
+    let load_after = load_average();
+    for case in &cases {
+        let _ = fs::remove_file(&case.output);
+    }
+
+    let report = render(&Report {
+        rootfs: &rootfs,
+        tree_bytes,
+        tree_entries,
+        runs: args.runs,
+        load_before,
+        load_after,
+        cases: &cases,
+        results: &results,
+    });
+    print!("{report}");
+    let report_path = target.join("bench/pack.md");
+    fs::write(&report_path, &report)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    eprintln!("written to {}", report_path.display());
+    Ok(())
+}
+
+fn run_case(case: &Case) -> Result<Measurement> {
+    let _ = fs::remove_file(&case.output);
+    let times = case.output.with_extension("time");
+    let command = case
+        .command
+        .replace("{out}", &shell_quote(&case.output.to_string_lossy()));
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "%e %U %S %M", "-o"])
+        .arg(&times)
+        .args(["sh", "-c", &command])
+        .output()
+        .with_context(|| format!("running {command}"))?;
+    ensure!(
+        output.status.success(),
+        "{command} failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let text =
+        fs::read_to_string(&times).with_context(|| format!("reading {}", times.display()))?;
+    let _ = fs::remove_file(&times);
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("unexpected GNU time output {text:?}"))?;
+    let [wall, user, system, rss] = fields[..] else {
+        bail!("unexpected GNU time output {text:?}");
+    };
+    let size = fs::metadata(&case.output)
+        .with_context(|| format!("{} was not written", case.output.display()))?
+        .len();
+    Ok(Measurement {
+        wall,
+        cpu: user + system,
+        rss_kib: rss as u64,
+        size,
+    })
+}
+
+struct Report<'a> {
+    rootfs: &'a Path,
+    tree_bytes: u64,
+    tree_entries: u64,
+    runs: usize,
+    load_before: String,
+    load_after: String,
+    cases: &'a [Case],
+    results: &'a [Measurement],
+}
+
+fn render(report: &Report<'_>) -> String {
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    let mut text = String::new();
+    let _ = writeln!(text, "# `cargo xtask bench pack`\n");
+    let _ = writeln!(
+        text,
+        "- tree: `{}`, {:.1} MiB in {} entries (apparent sizes)",
+        report.rootfs.display(),
+        mib(report.tree_bytes),
+        report.tree_entries
+    );
+    let _ = writeln!(
+        text,
+        "- machine: {} cores; load average before `{}`, after `{}`",
+        std::thread::available_parallelism().map_or(1, usize::from),
+        report.load_before,
+        report.load_after
+    );
+    let _ = writeln!(
+        text,
+        "- tools: {}; zstd {}; pigz {}",
+        first_line("tar", &["--version"]),
+        first_line("zstd", &["-V"])
+            .replace("*** Zstandard CLI ", "")
+            .replace(" ***", ""),
+        first_line("pigz", &["-V"]).replace("pigz ", "")
+    );
+    let _ = writeln!(
+        text,
+        "- median of {} runs by wall time; page cache warm; every output fsynced; peak RSS is \
+         the largest process of a pipeline\n",
+        report.runs
+    );
+    let _ = writeln!(
+        text,
+        "| command | wall s | CPU s (user+sys) | output MiB | of tree | peak RSS MiB |"
+    );
+    let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|");
+    for (case, result) in report.cases.iter().zip(report.results) {
+        let label = if case.ours {
+            format!("**{}**", case.label)
+        } else {
+            case.label.to_owned()
+        };
+        let _ = writeln!(
+            text,
+            "| {label} | {:.2} | {:.2} | {:.1} | {:.1}% | {:.1} |",
+            result.wall,
+            result.cpu,
+            mib(result.size),
+            100.0 * result.size as f64 / report.tree_bytes.max(1) as f64,
+            result.rss_kib as f64 / 1024.0
+        );
+    }
+    let _ = writeln!(text);
+    // Pairs: (GNU, ours) for none, zstd and gzip.
+    for pair in report.results.chunks(2).zip(report.cases.chunks(2)) {
+        let ([gnu, ours], [_, case]) = (pair.0, pair.1) else {
+            continue;
+        };
+        let _ = writeln!(
+            text,
+            "- {}: {:.2}x the GNU pipeline's wall time, output {:+.2}% in size, peak RSS {:.1} MiB \
+             ({} the {RSS_TARGET_MIB} MiB target)",
+            case.label,
+            ours.wall / gnu.wall.max(0.001),
+            100.0 * (ours.size as f64 - gnu.size as f64) / gnu.size.max(1) as f64,
+            ours.rss_kib as f64 / 1024.0,
+            if (ours.rss_kib as f64 / 1024.0) < RSS_TARGET_MIB {
+                "within"
+            } else {
+                "OVER"
+            }
+        );
+    }
+    text
+}
+
+/// The cached benchmark tree, built with mmdebstrap on first use.
+fn cached_rootfs() -> Result<PathBuf> {
+    let rootfs = Path::new(CACHE_DIR).join(CACHED_ROOTFS);
+    if rootfs.is_dir() {
+        return Ok(rootfs);
+    }
+    ensure!(
+        which("mmdebstrap"),
+        "mmdebstrap is missing (Debian package: mmdebstrap), or pass --rootfs DIR"
+    );
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    ensure!(
+        String::from_utf8_lossy(&uid.stdout).trim() == "0",
+        "building the benchmark rootfs with mmdebstrap needs root; run as root once or pass --rootfs DIR"
+    );
+    fs::create_dir_all(CACHE_DIR).with_context(|| format!("creating {CACHE_DIR}"))?;
+    // Built beside its final place and renamed, so an interrupted build is never mistaken
+    // for a cached tree.
+    let partial = Path::new(CACHE_DIR).join(format!("{CACHED_ROOTFS}.partial"));
+    if partial.exists() {
+        fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
+    }
+    eprintln!("building {} with mmdebstrap (once)...", rootfs.display());
+    let status = Command::new("mmdebstrap")
+        .args(["--variant=minbase", "--include=containerd", "bookworm"])
+        .arg(&partial)
+        .status()
+        .context("running mmdebstrap")?;
+    ensure!(status.success(), "mmdebstrap failed");
+    fs::rename(&partial, &rootfs).with_context(|| format!("renaming to {}", rootfs.display()))?;
+    Ok(rootfs)
+}
+
+/// Apparent bytes of regular files and the number of entries under `root`.
+fn tree_size(root: &Path) -> Result<(u64, u64)> {
+    let (mut bytes, mut entries) = (0, 0);
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let metadata = entry
+                .metadata()
+                .with_context(|| format!("stat {}", entry.path().display()))?;
+            entries += 1;
+            if metadata.is_dir() {
+                stack.push(entry.path());
+            } else if metadata.is_file() {
+                bytes += metadata.len();
+            }
+        }
+    }
+    Ok((bytes, entries))
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or(manifest_dir.clone(), Path::to_path_buf)
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null")])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program).args(args).output().map_or_else(
+        |_| "unknown".to_owned(),
+        |output| {
+            let text = if output.stdout.is_empty() {
+                output.stderr
+            } else {
+                output.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("unknown")
+                .trim()
+                .to_owned()
+        },
+    )
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Single-quotes a value for `sh -c`.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
