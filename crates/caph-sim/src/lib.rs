@@ -6,4 +6,5 @@
 pub mod hcloud;
 pub mod host;
 pub mod machine;
+pub mod mirror;
 pub mod openapi;

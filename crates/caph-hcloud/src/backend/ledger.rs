@@ -8,10 +8,10 @@ use caph_core::backend::{BackendError, Context, GcOptions, GcReport, ProgressEve
 
 use super::HcloudBackendConfig;
 use super::naming::{BUILD_LABEL, parse_rfc3339};
-use crate::client::images::ListImagesParams;
-use crate::client::servers::ListServersParams;
-use crate::client::ssh_keys::ListSshKeysParams;
-use crate::client::types::{ImageId, ImageType, ServerId, SshKeyId};
+use crate::client::ListImagesParams;
+use crate::client::ListServersParams;
+use crate::client::ListSshKeysParams;
+use crate::client::{ImageId, ImageType, ServerId, SshKeyId};
 use crate::client::{Client, LabelSelector};
 
 /// The temporary resources of one architecture's build.
@@ -150,7 +150,7 @@ pub(crate) async fn sweep(
     Ok(lines)
 }
 
-fn label_of(labels: &crate::client::types::Labels) -> String {
+fn label_of(labels: &crate::client::Labels) -> String {
     labels.get(BUILD_LABEL).map_or_else(|| "no build label".to_string(), |id| format!("{BUILD_LABEL}={id}"))
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caph_core::backend::{
-    Artifact, Backend, BackendError, BuildRequest, Context, GcOptions, GcReport, PreflightReport, ProgressEvent,
+    Artifact, Backend, BackendError, BuildRequest, Context, GcOptions, GcReport, PreflightReport,
 };
 
 use crate::client::{Client, WaitOptions};
@@ -126,7 +126,3 @@ impl Backend for HcloudBackend {
     }
 }
 
-/// Sends a progress event for one architecture.
-pub(crate) fn report(context: &Context, event: ProgressEvent) {
-    context.progress.event(event);
-}

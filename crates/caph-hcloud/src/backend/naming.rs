@@ -3,7 +3,7 @@
 
 use caph_core::{Arch, ImageSpec};
 
-use crate::client::types::Labels;
+use crate::client::Labels;
 
 /// The label on every temporary resource of a build (server, SSH key, unfinished snapshot):
 /// `caph-image gc` finds what a killed run left by it.
