@@ -296,10 +296,12 @@ fn render(report: &Report<'_>) -> String {
     );
     let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|");
     for (case, result) in report.cases.iter().zip(report.results) {
+        // A `|` inside a cell would end it.
+        let label = case.label.replace('|', "\\|");
         let label = if case.ours {
-            format!("**{}**", case.label)
+            format!("**{label}**")
         } else {
-            case.label.to_owned()
+            label
         };
         let _ = writeln!(
             text,

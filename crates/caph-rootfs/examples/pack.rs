@@ -67,7 +67,7 @@ fn run() -> Result<(), String> {
     };
     let source = PathBuf::from(source);
     let summary = if output == "-" {
-        pack::pack_to_writer(&source, std::io::stdout().lock(), &options, &mut on_event)
+        pack::pack_to_writer(&source, std::io::stdout(), &options, &mut on_event)
     } else {
         pack::pack_to_path(&source, &PathBuf::from(output), &options, &mut on_event)
     }

@@ -18,7 +18,7 @@ pub enum DiskSource {
 }
 
 /// Everything a host needs to bring up the machine behind a new server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MachineSpec {
     /// The server id; also the machine's key in every later call.
     pub server_id: u64,
@@ -29,6 +29,26 @@ pub struct MachineSpec {
     pub authorized_keys: Vec<String>,
     /// The raw `user_data` given at creation, if any (cloud-config is interpreted by the host).
     pub user_data: Option<String>,
+}
+
+impl std::fmt::Debug for MachineSpec {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `user_data` may carry a private host key (cloud-config `ssh_keys`): show its size only.
+        formatter
+            .debug_struct("MachineSpec")
+            .field("server_id", &self.server_id)
+            .field("hostname", &self.hostname)
+            .field("disk", &self.disk)
+            .field("authorized_keys", &self.authorized_keys)
+            .field(
+                "user_data",
+                &self
+                    .user_data
+                    .as_ref()
+                    .map(|data| format!("<{} bytes>", data.len())),
+            )
+            .finish()
+    }
 }
 
 /// What the API reports about a machine.

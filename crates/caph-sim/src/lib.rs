@@ -8,3 +8,4 @@ pub mod host;
 pub mod machine;
 pub mod mirror;
 pub mod openapi;
+pub mod robot;

@@ -307,3 +307,28 @@ async fn host_errors_end_actions_in_error() {
     assert!(harness.sim.state().snapshots().is_empty());
     harness.assert_openapi();
 }
+
+#[tokio::test]
+async fn an_ignored_shutdown_leaves_the_server_running() {
+    let harness = start(manual()).await;
+    let server = running_server(&harness, "stubborn").await;
+    harness.sim.inject(Fault::IgnoreShutdown);
+    let shutdown = harness
+        .post(&format!("/servers/{server}/actions/shutdown"), json!({}))
+        .await;
+    assert_eq!(shutdown.status, 201);
+    harness.advance(60 * SECOND).await;
+    let action = shutdown.body["action"]["id"].as_u64().expect("id");
+    assert_eq!(
+        harness.get(&format!("/actions/{action}")).await.body["action"]["status"],
+        "success"
+    );
+    assert_eq!(harness.sim.state().servers[0].status, ServerStatus::Running);
+    // The fallback works.
+    harness
+        .post(&format!("/servers/{server}/actions/poweroff"), json!({}))
+        .await;
+    harness.advance(3 * SECOND).await;
+    assert_eq!(harness.sim.state().servers[0].status, ServerStatus::Off);
+    harness.assert_openapi();
+}

@@ -158,3 +158,35 @@ async fn request_log_names_routes() {
     );
     harness.assert_openapi();
 }
+
+#[tokio::test]
+async fn secrets_stay_out_of_debug_output() {
+    let harness = start(HcloudSimConfig {
+        token: "s3cret-token-value".into(),
+        ..manual()
+    })
+    .await;
+    let config = format!(
+        "{:?}",
+        HcloudSimConfig {
+            token: "s3cret-token-value".into(),
+            ..manual()
+        }
+    );
+    assert!(!config.contains("s3cret"), "{config}");
+    assert!(!format!("{:?}", harness.sim).contains("s3cret"));
+    let private = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    let user_data = format!("#cloud-config\nssh_keys:\n  ed25519_private: |\n    {private}\n");
+    let answer = harness
+        .call_as(
+            "POST",
+            "/servers",
+            Some(json!({"name": "s", "server_type": "cx23", "image": "debian-12", "user_data": user_data})),
+            Some("s3cret-token-value"),
+        )
+        .await;
+    assert_eq!(answer.status, 201);
+    let state = format!("{:?}", harness.sim.state());
+    assert!(!state.contains(private), "{state}");
+    assert!(state.contains("bytes>"));
+}

@@ -222,3 +222,31 @@ async fn server_from_a_snapshot() {
     assert_eq!(created.body["server"]["image"]["os_version"], "13");
     harness.assert_openapi();
 }
+
+#[tokio::test]
+async fn seeded_snapshots_are_listed_like_made_ones() {
+    let harness = start(manual()).await;
+    let id = harness.sim.add_snapshot(caph_sim::hcloud::SnapshotSeed {
+        labels: [("caph-image-name".to_owned(), "old".to_owned())].into(),
+        architecture: "arm".into(),
+        created_from: Some((7, "earlier-build".into())),
+        delete_protected: true,
+        ..Default::default()
+    });
+    let found = harness
+        .get("/images?type=snapshot&label_selector=caph-image-name%3Dold&architecture=arm")
+        .await;
+    assert_eq!(found.body["images"][0]["id"], id);
+    assert_eq!(found.body["images"][0]["status"], "available");
+    assert_eq!(found.body["images"][0]["image_size"], 1.2);
+    assert_eq!(found.body["images"][0]["protection"]["delete"], true);
+    assert_eq!(
+        found.body["images"][0]["created_from"]["name"],
+        "earlier-build"
+    );
+    let created = harness
+        .create_server("from-seed", json!({"server_type": "cax11", "image": id}))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    harness.assert_openapi();
+}

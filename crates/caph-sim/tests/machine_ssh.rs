@@ -108,11 +108,18 @@ async fn machine_runs_commands_in_its_own_root_and_snapshots_carry_files() {
         tools.contains("/usr/bin/apt-get") && tools.contains("systemctl"),
         "{tools}"
     );
+    // systemctl works offline in the chroot, as provisioning plans use it.
     run(
         &session,
-        "systemctl enable systemd-networkd >/dev/null 2>&1 || systemctl list-unit-files >/dev/null",
+        "systemctl enable systemd-networkd.service 2>&1 && test -L /etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
     )
     .await;
+    // A loopback mirror served by the test is reachable from inside the machine.
+    let mirror = serve_once("deb packages would be here\n").await;
+    assert_eq!(
+        run(&session, &format!("curl -fsS http://{mirror}/pool/file")).await,
+        "deb packages would be here\n"
+    );
     assert!(
         run(&session, "test -c /dev/null && echo ok")
             .await
@@ -287,6 +294,24 @@ fn construction_without_prerequisites_says_what_is_missing() {
             );
         }
     }
+}
+
+/// A one-request HTTP server on 127.0.0.1, standing in for a test's package mirror.
+async fn serve_once(body: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+    });
+    addr
 }
 
 /// Processes whose command line mentions `path` (machines' unshare/sshd carry their paths).

@@ -43,14 +43,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// and hammering the server would only trip its `MaxAuthTries` and fail2ban-style protections.
 const AUTH_REJECTIONS_TOLERATED: u32 = 3;
 
-/// Send a keepalive after this long without hearing from the server. OpenSSH answers each one, so a
-/// long silent command (an apt install, a big unpack) keeps the connection alive and proven.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Send a keepalive after this long without hearing from the server, by default. OpenSSH answers
+/// each one, so a long silent command (an apt install, a big unpack) keeps the connection alive
+/// and proven.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Unanswered keepalives before the connection is declared dead: a dead server (powered off,
-/// network gone) is noticed within about a minute (4 x 15 s), while a server that stalls for tens of
-/// seconds under load is not dropped.
-const KEEPALIVE_MAX: usize = 4;
+/// Unanswered keepalives before the connection is declared dead, by default: a dead server
+/// (powered off, network gone) is noticed within about a minute (4 x 15 s), while a server that
+/// stalls for tens of seconds under load is not dropped.
+pub const DEFAULT_KEEPALIVE_MAX: usize = 4;
 
 /// Which host keys to accept.
 #[derive(Clone, Debug)]
@@ -124,6 +125,10 @@ pub struct ConnectConfig {
     pub deadline: Duration,
     /// The bound on one dial.
     pub dial_timeout: Duration,
+    /// Silence after which a keepalive is sent.
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives after which the connection counts as lost.
+    pub keepalive_max: usize,
 }
 
 impl ConnectConfig {
@@ -141,6 +146,8 @@ impl ConnectConfig {
             host_key,
             deadline: DEFAULT_READY_DEADLINE,
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_max: DEFAULT_KEEPALIVE_MAX,
         }
     }
 }
@@ -244,11 +251,11 @@ fn jittered(base: Duration) -> Duration {
     base.mul_f64(factor)
 }
 
-/// The russh client configuration shared by every connection.
-fn client_config() -> Arc<russh::client::Config> {
+/// The russh client configuration of a connection.
+fn client_config(config: &ConnectConfig) -> Arc<russh::client::Config> {
     Arc::new(russh::client::Config {
-        keepalive_interval: Some(KEEPALIVE_INTERVAL),
-        keepalive_max: KEEPALIVE_MAX,
+        keepalive_interval: Some(config.keepalive_interval),
+        keepalive_max: config.keepalive_max,
         // No inactivity timeout: a command may legitimately print nothing for many minutes;
         // keepalives (answered by a live server) are what tell a dead connection from a quiet one.
         inactivity_timeout: None,
@@ -275,21 +282,22 @@ async fn dial(config: &ConnectConfig) -> Result<(Session, bool), SshError> {
         presented: Arc::clone(&presented),
         newly_trusted: Arc::clone(&newly_trusted),
     };
-    let mut handle = match russh::client::connect_stream(client_config(), stream, handler).await {
-        Ok(handle) => handle,
-        Err(HandlerError::Mismatch {
-            expected,
-            presented,
-        }) => {
-            return Err(SshError::HostKeyMismatch {
-                addr,
+    let mut handle =
+        match russh::client::connect_stream(client_config(config), stream, handler).await {
+            Ok(handle) => handle,
+            Err(HandlerError::Mismatch {
                 expected,
                 presented,
-            });
-        }
-        Err(HandlerError::Certificate) => return Err(SshError::HostCertificate { addr }),
-        Err(HandlerError::Russh(source)) => return Err(SshError::Handshake { addr, source }),
-    };
+            }) => {
+                return Err(SshError::HostKeyMismatch {
+                    addr,
+                    expected,
+                    presented,
+                });
+            }
+            Err(HandlerError::Certificate) => return Err(SshError::HostCertificate { addr }),
+            Err(HandlerError::Russh(source)) => return Err(SshError::Handshake { addr, source }),
+        };
     let key = PrivateKeyWithHashAlg::new(config.client_key.russh_private(), None);
     let auth = match handle
         .authenticate_publickey(config.user.as_str(), key)

@@ -16,8 +16,8 @@ mod keys;
 mod session;
 
 pub use connect::{
-    ConnectConfig, ConnectEvent, DEFAULT_DIAL_TIMEOUT, DEFAULT_READY_DEADLINE, HostKeyPolicy,
-    TofuPin, connect_when_ready,
+    ConnectConfig, ConnectEvent, DEFAULT_DIAL_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_MAX, DEFAULT_READY_DEADLINE, HostKeyPolicy, TofuPin, connect_when_ready,
 };
 pub use error::SshError;
 pub use keys::{Fingerprint, KeyError, KeyPair, PrivateKeyPem, PublicKey};

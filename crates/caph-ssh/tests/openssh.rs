@@ -434,3 +434,38 @@ async fn a_corrupted_upload_fails_with_both_digests_and_leaves_no_file() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_notice_a_server_that_stops_answering() {
+    require_sshd!("keepalives_notice_a_server_that_stops_answering");
+    let mut sshd = Sshd::prepare();
+    sshd.start();
+    let mut config = sshd.pinned_config();
+    // Short keepalives so the test is quick; the defaults notice the same within about a minute.
+    config.keepalive_interval = Duration::from_millis(500);
+    config.keepalive_max = 2;
+    let session = connect_when_ready(&config, &mut no_events()).await.unwrap();
+    let sshd = Arc::new(Mutex::new(sshd));
+    let in_callback = Arc::clone(&sshd);
+    let mut frozen_at = None;
+    let error = session
+        .exec("echo started; sleep 30", &mut |line: OutputLine<'_>| {
+            if line.text == "started" {
+                // Hung, not dead: the socket stays open and the kernel still ACKs, nothing answers.
+                in_callback.lock().unwrap().freeze_all();
+                frozen_at = Some(Instant::now());
+            }
+        })
+        .await
+        .unwrap_err();
+    let noticed_after = frozen_at.expect("the command started").elapsed();
+    assert!(
+        matches!(error, SshError::ConnectionLost { .. }),
+        "{error:?}"
+    );
+    assert!(
+        noticed_after < Duration::from_secs(10),
+        "noticed only after {noticed_after:?}"
+    );
+    eprintln!("a frozen server was noticed after {noticed_after:?}");
+}

@@ -447,6 +447,41 @@ mod tests {
         assert!(pax.windows(11).any(|w| w == b"path=./caf\xe9"));
     }
 
+    /// A 9 GiB member cannot be written in a test, but its header can: in an archive file
+    /// whose data area is a hole, GNU tar lists the size from the PAX record.
+    #[test]
+    fn gnu_tar_reads_sizes_beyond_8_gib_from_pax() {
+        let size = 9u64 << 30;
+        let mut header = entry(b"./huge");
+        header.size = size;
+        header.uid = 3_000_000;
+        let mut out = Vec::new();
+        encode(&header, &mut out).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let archive = temp.path().join("huge.tar");
+        let mut file = std::fs::File::create(&archive).unwrap();
+        use std::io::{Seek, Write};
+        file.write_all(&out).unwrap();
+        file.seek(std::io::SeekFrom::Current(size as i64)).unwrap();
+        file.write_all(&[0; 2 * BLOCK]).unwrap();
+        drop(file);
+        let listing = std::process::Command::new("tar")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(&archive)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listing.stdout);
+        assert!(
+            listing.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listing.stderr)
+        );
+        assert!(
+            text.contains(&size.to_string()) && text.contains("3000000/0"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn sparse_map_is_block_padded_decimal_lines() {
         let map = sparse_map(&[(0, 4096), (1 << 30, 0)]);

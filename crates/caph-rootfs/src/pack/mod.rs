@@ -501,7 +501,7 @@ pub fn pack_to_path(
 
 /// Packs `source` into `writer` (for example stdout). The sha256 in the summary covers exactly
 /// the bytes written.
-pub fn pack_to_writer<W: Write>(
+pub fn pack_to_writer<W: Write + Send>(
     source: &Path,
     writer: W,
     options: &PackOptions,
@@ -553,7 +553,7 @@ fn set_public_mode(file: &File) -> io::Result<()> {
     file.set_permissions(fs::Permissions::from_mode(0o644))
 }
 
-fn pack_into<W: Write>(
+fn pack_into<W: Write + Send>(
     source: &Path,
     sink: W,
     output_label: &Path,
@@ -581,50 +581,69 @@ fn pack_into<W: Write>(
         source,
     };
     let hashing = HashingWriter::new(sink, Arc::clone(&bytes_out));
-    let encoder = Encoder::new(options.compression, threads, hashing).map_err(write_error)?;
+    let (pipe, output) = compress::output_pipe();
 
-    let mut walker = Walker {
-        root: source.to_owned(),
-        output_label,
-        epoch: options.source_date_epoch,
-        excludes,
-        empty_dirs,
-        out: encoder,
-        bytes_in: 0,
-        bytes_out: Arc::clone(&bytes_out),
-        links: HashMap::new(),
-        header: Vec::with_capacity(4 * BLOCK),
-        buffer: vec![0; READ_BUFFER],
-        counts: EntryCounts::default(),
-        file_bytes: 0,
-        progress,
-        started,
-        last_report: started,
-        last_report_bytes: 0,
-    };
-    walker.walk()?;
-    walker.finish_archive()?;
-    walker.report(Phase::Finishing, true);
-
-    let Walker {
-        out,
-        bytes_in,
-        counts,
-        file_bytes,
-        ..
-    } = walker;
-    let hashing = out.finish().map_err(write_error)?;
-    let (sink, sha256) = hashing.into_parts();
-    let summary = PackSummary {
-        compression: options.compression,
-        entries: counts,
-        file_bytes,
-        bytes_in,
-        bytes_out: bytes_out.load(Ordering::Relaxed),
-        sha256,
-        duration: started.elapsed(),
-    };
-    Ok((sink, summary))
+    // The output (sha256 and the writes) runs on its own thread, so the walker never waits for
+    // the disk; scoped, so the sink may borrow.
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || output.run(hashing));
+        let walked = (|| {
+            let encoder = Encoder::new(options.compression, threads, pipe).map_err(write_error)?;
+            let mut walker = Walker {
+                root: source.to_owned(),
+                output_label,
+                epoch: options.source_date_epoch,
+                excludes,
+                empty_dirs,
+                out: encoder,
+                bytes_in: 0,
+                bytes_out: Arc::clone(&bytes_out),
+                links: HashMap::new(),
+                header: Vec::with_capacity(4 * BLOCK),
+                buffer: vec![0; READ_BUFFER],
+                counts: EntryCounts::default(),
+                file_bytes: 0,
+                progress,
+                started,
+                last_report: started,
+                last_report_bytes: 0,
+            };
+            walker.walk()?;
+            walker.finish_archive()?;
+            walker.report(Phase::Finishing, true);
+            let Walker {
+                out,
+                bytes_in,
+                counts,
+                file_bytes,
+                ..
+            } = walker;
+            out.finish()
+                .and_then(compress::OutputPipe::close)
+                .map_err(write_error)?;
+            Ok((bytes_in, counts, file_bytes))
+        })();
+        // When the walk failed, the pipe is gone by now and the output thread ends too.
+        let written = writer.join();
+        let hashing = match written {
+            Ok(Ok(hashing)) => hashing,
+            // A failed write is the cause of whatever the walker saw.
+            Ok(Err(error)) => return Err(write_error(error)),
+            Err(_) => return Err(write_error(io::Error::other("the output thread panicked"))),
+        };
+        let (bytes_in, counts, file_bytes) = walked?;
+        let (sink, sha256) = hashing.into_parts();
+        let summary = PackSummary {
+            compression: options.compression,
+            entries: counts,
+            file_bytes,
+            bytes_in,
+            bytes_out: bytes_out.load(Ordering::Relaxed),
+            sha256,
+            duration: started.elapsed(),
+        };
+        Ok((sink, summary))
+    })
 }
 
 fn parse_patterns(patterns: &[String]) -> Result<Vec<Pattern>, PackError> {
@@ -660,13 +679,13 @@ struct FirstLink {
     remaining: u64,
 }
 
-struct Walker<'a, W: Write> {
+struct Walker<'a> {
     root: PathBuf,
     output_label: &'a Path,
     epoch: Option<i64>,
     excludes: Vec<Pattern>,
     empty_dirs: Vec<Pattern>,
-    out: Encoder<HashingWriter<W>>,
+    out: Encoder<compress::OutputPipe>,
     bytes_in: u64,
     bytes_out: Arc<AtomicU64>,
     links: HashMap<(u64, u64), FirstLink>,
@@ -680,7 +699,7 @@ struct Walker<'a, W: Write> {
     last_report_bytes: u64,
 }
 
-impl<W: Write> Walker<'_, W> {
+impl Walker<'_> {
     fn walk(&mut self) -> Result<(), PackError> {
         let root = self.root.clone();
         let metadata = fs::symlink_metadata(&root).map_err(|error| read_error(&root, error))?;

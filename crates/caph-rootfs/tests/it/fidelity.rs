@@ -102,6 +102,15 @@ fn round_trip(compression: Compression) {
     if !fixture
         .skipped
         .iter()
+        .any(|(part, _)| *part == "user xattrs")
+    {
+        let file = &expected[b"xattr/file".as_slice()].xattrs;
+        assert_eq!(file[b"user.binary".as_slice()], b"\0\x01\xff\n");
+        assert_eq!(expected[b"xattr".as_slice()].xattrs.len(), 1);
+    }
+    if !fixture
+        .skipped
+        .iter()
         .any(|(part, _)| *part == "security.capability")
     {
         let cap = &expected[b"xattr/cap".as_slice()].xattrs;

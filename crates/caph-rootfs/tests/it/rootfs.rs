@@ -259,3 +259,71 @@ fn packs_to_a_stream_with_the_same_bytes_as_to_a_file() {
     assert_eq!(stream, fs::read(&file).unwrap());
     assert_eq!(to_file.sha256, to_stream.sha256);
 }
+
+/// installimage extracts with exactly these flags (see the reference): the archive must unpack
+/// without a warning and keep `security.capability`.
+#[test]
+fn installimage_extraction_keeps_capabilities() {
+    let test = "installimage_extraction_keeps_capabilities";
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("rootfs");
+    rootfs_tree(&root);
+    let ping = root.join("usr/bin/ping");
+    fs::create_dir_all(ping.parent().unwrap()).unwrap();
+    fs::write(&ping, b"#!/bin/sh\n").unwrap();
+    // What `setcap cap_net_raw+ep` writes: revision 2, effective, permitted CAP_NET_RAW.
+    let mut capability = 0x0200_0001u32.to_le_bytes().to_vec();
+    capability.extend_from_slice(&(1u32 << 13).to_le_bytes());
+    capability.extend_from_slice(&[0; 12]);
+    let capability_set = support::is_root()
+        && rustix::fs::lsetxattr(
+            &ping,
+            "security.capability",
+            &capability,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok();
+    if !capability_set {
+        support::skipped(test, "setting security.capability needs root");
+    }
+
+    let archive = temp.path().join("Debian-1200-bookworm-amd64-test.tar.gz");
+    pack::pack_to_path(
+        &root,
+        &archive,
+        &PackOptions::rootfs(Compression::gzip()),
+        &mut |_| {},
+    )
+    .unwrap();
+    let target = temp.path().join("target");
+    fs::create_dir_all(&target).unwrap();
+    support::run(
+        Command::new("tar")
+            .args([
+                "-x",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=security.capability",
+            ])
+            .args(["--exclude", "sys", "--exclude", "proc", "--exclude", "dev"])
+            .arg("-f")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&target),
+    );
+    assert_eq!(
+        fs::read(target.join("etc/hostname")).unwrap(),
+        b"etc/hostname"
+    );
+    assert!(!target.join("proc").exists() && !target.join("sys").exists());
+    if capability_set {
+        let mut value = [0u8; 64];
+        let length = rustix::fs::lgetxattr(
+            target.join("usr/bin/ping"),
+            "security.capability",
+            &mut value[..],
+        )
+        .unwrap();
+        assert_eq!(&value[..length], capability.as_slice());
+    }
+}

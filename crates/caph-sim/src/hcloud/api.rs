@@ -555,7 +555,7 @@ fn create_server_checks(
             "start_server",
             vec![(server_id, "server")],
             now,
-            create_expected + inner.durations.start,
+            create_expected.saturating_add(inner.durations.start),
         )
     });
     let root_password = keys.is_empty().then(random_password);
@@ -709,6 +709,13 @@ fn delete_server(inner: &Arc<Inner>, id: u64) -> Result<Reply, ApiError> {
     ok(json!({"action": action}))
 }
 
+/// A background flow, boxed so that different flows fit one variable.
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn boxed(flow: impl Future<Output = ()> + Send + 'static) -> Task {
+    Box::pin(flow)
+}
+
 fn server_action(
     inner: &Arc<Inner>,
     id: u64,
@@ -730,6 +737,8 @@ fn server_action(
     let server_name = server.view.name.clone();
     let resources = vec![(id, "server")];
     let mut extra = Map::new();
+    // Spawned only once the answer is rendered, so it shows the action as it started.
+    let task: Option<Task>;
     let action_id = match command {
         "shutdown" | "poweroff" | "poweron" | "reset" | "reboot" => {
             let (wire_command, expected) = match command {
@@ -745,26 +754,27 @@ fn server_action(
                 server.power_generation
             });
             let was_running = previous == ServerStatus::Running;
+            let ignored = command == "shutdown" && was_running && world.take_ignore_shutdown();
             let next = match command {
+                "shutdown" if ignored => previous,
                 "shutdown" | "poweroff" if was_running => ServerStatus::Stopping,
                 "poweron" if !was_running => ServerStatus::Starting,
                 "reset" | "reboot" if !was_running => ServerStatus::Starting,
                 _ => previous,
             };
             world.set_status(id, next);
-            drop(world);
             let task_inner = Arc::clone(inner);
-            match command {
-                "shutdown" => inner.spawn(ops::shutdown(
+            task = Some(match command {
+                "shutdown" => boxed(ops::shutdown(
+                    task_inner, id, action_id, generation, now, previous, ignored,
+                )),
+                "poweroff" => boxed(ops::power_off(
                     task_inner, id, action_id, generation, now, previous,
                 )),
-                "poweroff" => inner.spawn(ops::power_off(
+                "poweron" => boxed(ops::power_on(
                     task_inner, id, action_id, generation, now, previous,
                 )),
-                "poweron" => inner.spawn(ops::power_on(
-                    task_inner, id, action_id, generation, now, previous,
-                )),
-                _ => inner.spawn(ops::reset(
+                _ => boxed(ops::reset(
                     task_inner,
                     id,
                     action_id,
@@ -772,8 +782,7 @@ fn server_action(
                     now,
                     was_running,
                 )),
-            }
-            world = inner.world();
+            });
             action_id
         }
         "enable_rescue" => {
@@ -804,34 +813,30 @@ fn server_action(
             }
             let action_id = world.start_action("enable_rescue", resources, now, durations.rescue);
             extra.insert("root_password".into(), json!(random_password()));
-            drop(world);
-            inner.spawn(ops::timed(
+            task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
-                now + durations.rescue,
+                now.saturating_add(durations.rescue),
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         server.view.rescue_enabled = true;
                     }
                 }),
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         "disable_rescue" => {
             let action_id = world.start_action("disable_rescue", resources, now, durations.rescue);
-            drop(world);
-            inner.spawn(ops::timed(
+            task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
-                now + durations.rescue,
+                now.saturating_add(durations.rescue),
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         server.view.rescue_enabled = false;
                     }
                 }),
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         "change_protection" => {
@@ -843,11 +848,10 @@ fn server_action(
                 now,
                 durations.change_protection,
             );
-            drop(world);
-            inner.spawn(ops::timed(
+            task = Some(boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
-                now + durations.change_protection,
+                now.saturating_add(durations.change_protection),
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         if let Some(delete) = delete {
@@ -858,8 +862,7 @@ fn server_action(
                         }
                     }
                 }),
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         "create_image" => {
@@ -919,15 +922,13 @@ fn server_action(
             if let Some(image) = world.images.get(&image_id) {
                 extra.insert("image".into(), image_json(&image.view));
             }
-            drop(world);
-            inner.spawn(ops::create_image(
+            task = Some(boxed(ops::create_image(
                 Arc::clone(inner),
                 id,
                 image_id,
                 action_id,
                 now,
-            ));
-            world = inner.world();
+            )));
             action_id
         }
         _ => return Err(ApiError::not_found("route")),
@@ -936,6 +937,10 @@ fn server_action(
         .actions
         .get(&action_id)
         .map(|action| action_json(action, now, &inner.clock));
+    drop(world);
+    if let Some(task) = task {
+        inner.spawn(task);
+    }
     let mut body = Map::new();
     body.insert("action".into(), json!(action));
     body.extend(extra);
@@ -955,7 +960,7 @@ fn action_fields(items: &mut Vec<Value>, query: &Query) -> Result<(), ApiError> 
     query::sort(
         items,
         query,
-        &["id", "command", "status", "started", "finished", "progress"],
+        &["id", "command", "status", "started", "finished"],
     )
 }
 
@@ -1087,7 +1092,7 @@ fn list_images(inner: &Inner, query: &Query) -> Result<Reply, ApiError> {
         items.retain(|item| item.get("bound_to").and_then(Value::as_u64) == Some(wanted));
     }
     query::filter_by_selector(&mut items, query)?;
-    query::sort(&mut items, query, &["id", "name", "description", "created"])?;
+    query::sort(&mut items, query, &["id", "name", "created"])?;
     ok(query::paginate("images", items, query)?)
 }
 
@@ -1199,7 +1204,7 @@ fn image_protection(inner: &Arc<Inner>, id: u64, body: &[u8]) -> Result<Reply, A
     inner.spawn(ops::timed(
         Arc::clone(inner),
         action_id,
-        now + inner.durations.change_protection,
+        now.saturating_add(inner.durations.change_protection),
         Box::new(|_: &mut World| {}),
     ));
     created(json!({"action": action}))

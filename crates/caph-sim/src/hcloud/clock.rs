@@ -97,7 +97,7 @@ impl Clock {
     pub(crate) fn now(&self) -> SimTime {
         match self.mode {
             TimeMode::Manual => *self.manual.borrow(),
-            TimeMode::Scaled(factor) => self.real_origin.elapsed().div_f64(factor),
+            TimeMode::Scaled(factor) => scale(self.real_origin.elapsed(), 1.0 / factor),
         }
     }
 
@@ -109,7 +109,7 @@ impl Clock {
     /// Moves simulated time forward (only in [`TimeMode::Manual`]; ignored otherwise).
     pub(crate) fn advance(&self, by: Duration) {
         if self.mode == TimeMode::Manual {
-            self.manual.send_modify(|now| *now += by);
+            self.manual.send_modify(|now| *now = now.saturating_add(by));
         }
     }
 
@@ -145,7 +145,7 @@ impl Clock {
                 if now >= deadline {
                     break;
                 }
-                tokio::time::sleep((deadline - now).mul_f64(factor)).await;
+                tokio::time::sleep(scale(deadline - now, factor)).await;
             },
         }
         let mut books = self.books();
@@ -175,6 +175,15 @@ impl Clock {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// `duration × factor`, saturating instead of panicking on overflow or a bad factor.
+pub(crate) fn scale(duration: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(if factor > 0.0 {
+        Duration::MAX
+    } else {
+        Duration::ZERO
+    })
 }
 
 /// Formats Unix seconds as RFC 3339 in UTC the way the API does: `2016-01-30T23:55:00+00:00`.

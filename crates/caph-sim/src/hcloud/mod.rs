@@ -157,7 +157,7 @@ impl Default for Durations {
 /// Everything a simulator starts from.
 #[derive(Clone)]
 pub struct HcloudSimConfig {
-    /// The only bearer token accepted.
+    /// The only bearer token accepted; an empty token accepts none.
     pub token: String,
     /// Where to listen; default `127.0.0.1:0` (a free port).
     pub listen: SocketAddr,
@@ -241,6 +241,10 @@ pub enum Fault {
         code: String,
         message: String,
     },
+    /// The next `shutdown` of a running server is ignored by its operating system (as when ACPI
+    /// is not handled): the action succeeds, the server stays `running` and its machine is not
+    /// touched. Clients must fall back to `poweroff`.
+    IgnoreShutdown,
     /// The location runs out of the server type: it is listed `available: false` and creating
     /// such a server answers `resource_unavailable`. Applies at once and stays.
     ExhaustServerType {
@@ -267,7 +271,45 @@ impl Fault {
             | Fault::DropConnection { route, nth }
             | Fault::DropResponse { route, nth }
             | Fault::Delay { route, nth, .. } => Some((route.as_str(), *nth)),
-            Fault::FailAction { .. } | Fault::ExhaustServerType { .. } => None,
+            Fault::FailAction { .. } | Fault::IgnoreShutdown | Fault::ExhaustServerType { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// A snapshot placed straight into the simulator with [`HcloudSim::add_snapshot`]: an image a
+/// test needs to exist already (an earlier build, a name collision, a leftover for `gc`). The
+/// machine host holds no copy of it, so only [`AddressOnly`] can boot servers from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSeed {
+    pub description: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `x86` or `arm`.
+    pub architecture: String,
+    /// GB.
+    pub disk_size: f64,
+    /// GB.
+    pub image_size: f64,
+    pub os_flavor: String,
+    pub os_version: Option<String>,
+    /// Source server (id, name); it need not exist.
+    pub created_from: Option<(u64, String)>,
+    pub delete_protected: bool,
+}
+
+impl Default for SnapshotSeed {
+    fn default() -> Self {
+        SnapshotSeed {
+            description: "seeded snapshot".into(),
+            labels: std::collections::BTreeMap::new(),
+            architecture: "x86".into(),
+            disk_size: 40.0,
+            image_size: 1.2,
+            os_flavor: "debian".into(),
+            os_version: Some("12".into()),
+            created_from: None,
+            delete_protected: false,
         }
     }
 }
@@ -394,6 +436,37 @@ impl HcloudSim {
         world.faults.push(PendingFault { fault, seen: 0 });
     }
 
+    /// Adds an `available` snapshot at once and returns its id (see [`SnapshotSeed`]).
+    pub fn add_snapshot(&self, seed: SnapshotSeed) -> u64 {
+        let created = clock::rfc3339(self.inner.clock.unix_at(self.inner.clock.now()));
+        let mut world = self.inner.world();
+        let id = world.new_image_id();
+        world.images.insert(
+            id,
+            world::ImageRec {
+                view: Image {
+                    id,
+                    kind: ImageKind::Snapshot,
+                    status: ImageStatus::Available,
+                    name: None,
+                    description: seed.description,
+                    image_size: Some(seed.image_size),
+                    disk_size: seed.disk_size,
+                    created,
+                    created_from: seed.created_from,
+                    os_flavor: seed.os_flavor,
+                    os_version: seed.os_version,
+                    architecture: seed.architecture,
+                    delete_protected: seed.delete_protected,
+                    deprecated: None,
+                    labels: seed.labels,
+                },
+                host_copy: false,
+            },
+        );
+        id
+    }
+
     /// Faults injected and not yet fired.
     pub fn pending_faults(&self) -> Vec<Fault> {
         self.inner
@@ -501,7 +574,9 @@ fn take_request_fault(inner: &Inner, method: &str, template: &str) -> Option<Inj
         Fault::DropConnection { .. } => Injected::Drop,
         Fault::DropResponse { .. } => Injected::DropAfter,
         Fault::Delay { delay, .. } => Injected::Delay(delay),
-        Fault::FailAction { .. } | Fault::ExhaustServerType { .. } => return None,
+        Fault::FailAction { .. } | Fault::IgnoreShutdown | Fault::ExhaustServerType { .. } => {
+            return None;
+        }
     })
 }
 

@@ -82,7 +82,7 @@ impl ImageKind {
 }
 
 /// A server as the simulator holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Server {
     pub id: u64,
     pub name: String,
@@ -112,6 +112,39 @@ pub struct Server {
     pub created: String,
     pub delete_protected: bool,
     pub rebuild_protected: bool,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `user_data` may carry a private host key (cloud-config `ssh_keys`): show its size only.
+        formatter
+            .debug_struct("Server")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("status", &self.status)
+            .field("server_type", &self.server_type)
+            .field("architecture", &self.architecture)
+            .field("location", &self.location)
+            .field("image_id", &self.image_id)
+            .field("labels", &self.labels)
+            .field("ipv4", &self.ipv4)
+            .field("ipv4_enabled", &self.ipv4_enabled)
+            .field("ipv6_enabled", &self.ipv6_enabled)
+            .field("rescue_enabled", &self.rescue_enabled)
+            .field("ssh_key_ids", &self.ssh_key_ids)
+            .field(
+                "user_data",
+                &self
+                    .user_data
+                    .as_ref()
+                    .map(|data| format!("<{} bytes>", data.len())),
+            )
+            .field("primary_disk_size", &self.primary_disk_size)
+            .field("created", &self.created)
+            .field("delete_protected", &self.delete_protected)
+            .field("rebuild_protected", &self.rebuild_protected)
+            .finish()
+    }
 }
 
 /// An image (system image or snapshot).

@@ -51,7 +51,10 @@ pub(crate) async fn create_server(
     started: SimTime,
 ) {
     let durations = inner.durations.clone();
-    inner.clock.sleep_until(started + durations.create).await;
+    inner
+        .clock
+        .sleep_until(started.saturating_add(durations.create))
+        .await;
     let now = inner.clock.now();
     {
         let mut world = inner.world();
@@ -86,7 +89,7 @@ pub(crate) async fn create_server(
     if let Some(start_action) = start_action {
         inner
             .clock
-            .sleep_until(started + durations.create + durations.start)
+            .sleep_until(started.saturating_add(durations.create.saturating_add(durations.start)))
             .await;
         power_on_step(&inner, server_id, start_action, 0).await;
     }
@@ -155,7 +158,7 @@ pub(crate) async fn power_on(
 ) {
     inner
         .clock
-        .sleep_until(started + inner.durations.poweron)
+        .sleep_until(started.saturating_add(inner.durations.poweron))
         .await;
     if previous == ServerStatus::Running {
         finish_without_change(&inner, action_id);
@@ -186,7 +189,7 @@ pub(crate) async fn power_off(
 ) {
     inner
         .clock
-        .sleep_until(started + inner.durations.poweroff)
+        .sleep_until(started.saturating_add(inner.durations.poweroff))
         .await;
     if previous == ServerStatus::Off {
         finish_without_change(&inner, action_id);
@@ -206,7 +209,8 @@ pub(crate) async fn power_off(
     inner.world().finish_action(action_id, now, outcome);
 }
 
-/// `shutdown`: the action succeeds once the ACPI signal is sent; the server reaches `off` later.
+/// `shutdown`: the action succeeds once the ACPI signal is sent; the server reaches `off` later,
+/// unless its operating system `ignored` the signal.
 pub(crate) async fn shutdown(
     inner: Arc<Inner>,
     server_id: u64,
@@ -214,11 +218,12 @@ pub(crate) async fn shutdown(
     generation: u64,
     started: SimTime,
     previous: ServerStatus,
+    ignored: bool,
 ) {
     let durations = inner.durations.clone();
     inner
         .clock
-        .sleep_until(started + durations.shutdown_signal)
+        .sleep_until(started.saturating_add(durations.shutdown_signal))
         .await;
     let now = inner.clock.now();
     {
@@ -233,12 +238,12 @@ pub(crate) async fn shutdown(
         }
         world.finish_action(action_id, now, Ok(()));
     }
-    if previous == ServerStatus::Off {
+    if previous == ServerStatus::Off || ignored {
         return;
     }
     inner
         .clock
-        .sleep_until(started + durations.shutdown_signal.max(durations.shutdown))
+        .sleep_until(started.saturating_add(durations.shutdown_signal.max(durations.shutdown)))
         .await;
     // The action already reported success: a host failure only shows as the server staying up.
     let _ = power_off_step(&inner, server_id, generation).await;
@@ -255,7 +260,7 @@ pub(crate) async fn reset(
 ) {
     inner
         .clock
-        .sleep_until(started + inner.durations.reset)
+        .sleep_until(started.saturating_add(inner.durations.reset))
         .await;
     if was_running && inner.world().planned_error(action_id).is_none() {
         let down = on_server(&inner, server_id, inner.host.power_off(server_id)).await;
@@ -280,7 +285,7 @@ pub(crate) async fn delete_server(
 ) {
     inner
         .clock
-        .sleep_until(started + inner.durations.delete)
+        .sleep_until(started.saturating_add(inner.durations.delete))
         .await;
     let planned = inner.world().planned_error(action_id);
     let outcome = match planned {
@@ -355,12 +360,20 @@ pub(crate) async fn create_image(
         _ => None,
     };
     // Bigger disks take longer: the real service needs about 1-5 minutes.
-    let expected = inner.durations.snapshot_base
-        + inner.durations.snapshot_per_gb.mul_f64(size.unwrap_or(0.0));
+    let expected = inner
+        .durations
+        .snapshot_base
+        .saturating_add(super::clock::scale(
+            inner.durations.snapshot_per_gb,
+            size.unwrap_or(0.0),
+        ));
     if let Some(action) = inner.world().actions.get_mut(&action_id) {
         action.expected = expected;
     }
-    inner.clock.sleep_until(started + expected).await;
+    inner
+        .clock
+        .sleep_until(started.saturating_add(expected))
+        .await;
     let now = inner.clock.now();
     let discard_copy = {
         let mut world = inner.world();

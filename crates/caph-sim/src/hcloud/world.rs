@@ -150,7 +150,6 @@ impl Bucket {
 }
 
 /// The shared core of a running simulator.
-#[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) token: String,
     pub(crate) clock: Arc<Clock>,
@@ -164,6 +163,20 @@ pub(crate) struct Inner {
     /// Serialises a snapshot's copy with its deletion.
     image_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out: it may have been copied from a real project.
+        formatter
+            .debug_struct("Inner")
+            .field("token", &"<redacted>")
+            .field("clock", &self.clock)
+            .field("durations", &self.durations)
+            .field("host", &self.host)
+            .field("record_responses", &self.record_responses)
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -434,6 +447,19 @@ impl World {
             },
         );
         id
+    }
+
+    /// Consumes a pending [`Fault::IgnoreShutdown`], if there is one.
+    pub(crate) fn take_ignore_shutdown(&mut self) -> bool {
+        let Some(position) = self
+            .faults
+            .iter()
+            .position(|pending| matches!(pending.fault, Fault::IgnoreShutdown))
+        else {
+            return false;
+        };
+        self.faults.remove(position);
+        true
     }
 
     fn take_action_fault(&mut self, command: &str) -> Option<(String, String)> {

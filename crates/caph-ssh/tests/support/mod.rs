@@ -205,6 +205,22 @@ impl Sshd {
         config
     }
 
+    /// Stops (SIGSTOP) sshd and every process it spawned: the TCP connections stay open but nothing
+    /// answers, like a server that hung or a network that silently drops packets.
+    pub fn freeze_all(&self) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let mut victims = descendants(child.id());
+        victims.push(child.id());
+        for pid in &victims {
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// Kills sshd and every process it spawned (session processes call setsid, so a process
     /// group kill would miss them): the server is gone, as if the machine died.
     pub fn kill_all(&mut self) {
