@@ -188,7 +188,9 @@ Examples:
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// List the snapshots caph-image made
-    #[command(after_help = "Examples:\n  caph-image images list\n  caph-image images list --name ubuntu-24.04-k8s-v1.36.0 --output json")]
+    #[command(
+        after_help = "Examples:\n  caph-image images list\n  caph-image images list --name ubuntu-24.04-k8s-v1.36.0 --output json"
+    )]
     List {
         /// Only snapshots with this caph-image-name
         #[arg(long)]
@@ -197,7 +199,9 @@ pub enum ImagesCommand {
         api: HcloudArgs,
     },
     /// Delete all but the newest K snapshots per architecture
-    #[command(after_help = "Examples:\n  caph-image images prune --keep 3 --dry-run\n  caph-image images prune --keep 1 --name ubuntu-24.04-k8s-v1.36.0")]
+    #[command(
+        after_help = "Examples:\n  caph-image images prune --keep 3 --dry-run\n  caph-image images prune --keep 1 --name ubuntu-24.04-k8s-v1.36.0"
+    )]
     Prune {
         /// How many of the newest snapshots to keep per architecture
         #[arg(long)]
@@ -223,9 +227,13 @@ pub enum PlanTarget {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
-    let number: u64 = number.parse().map_err(|_| format!("\"{text}\" is not a duration; write 30m, 2h or 1d"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration; write 30m, 2h or 1d"))?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,

@@ -35,11 +35,18 @@ impl Progress {
     /// A live block when stderr is a terminal and `no_progress` is off; plain lines otherwise.
     pub fn new(no_progress: bool, verbose: bool) -> Progress {
         let live = !no_progress && std::io::stderr().is_terminal();
-        Progress { live, verbose, started: Instant::now(), state: Mutex::new(State::default()) }
+        Progress {
+            live,
+            verbose,
+            started: Instant::now(),
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Removes the live block, so that results print below clean output.
@@ -57,7 +64,11 @@ impl Progress {
         if self.live {
             self.erase(state, &mut stderr);
         }
-        let _ = writeln!(stderr, "[{:>7.1}s] {text}", self.started.elapsed().as_secs_f64());
+        let _ = writeln!(
+            stderr,
+            "[{:>7.1}s] {text}",
+            self.started.elapsed().as_secs_f64()
+        );
         if self.live {
             self.draw(state, true);
         }
@@ -73,13 +84,22 @@ impl Progress {
 
     fn draw(&self, state: &mut State, force: bool) {
         let now = Instant::now();
-        if !force && state.last_draw.is_some_and(|last| now - last < REDRAW_INTERVAL) {
+        if !force
+            && state
+                .last_draw
+                .is_some_and(|last| now - last < REDRAW_INTERVAL)
+        {
             return;
         }
         let mut stderr = std::io::stderr().lock();
         self.erase(state, &mut stderr);
         for (scope, (phase, detail, since)) in &state.scopes {
-            let _ = writeln!(stderr, "  {scope:<8} {:<10} {:>6.1}s  {detail}", phase.name(), (now - *since).as_secs_f64());
+            let _ = writeln!(
+                stderr,
+                "  {scope:<8} {:<10} {:>6.1}s  {detail}",
+                phase.name(),
+                (now - *since).as_secs_f64()
+            );
         }
         state.drawn = state.scopes.len();
         state.last_draw = Some(now);
@@ -90,8 +110,14 @@ impl ProgressSink for Progress {
     fn event(&self, event: ProgressEvent) {
         let mut state = self.lock();
         match event {
-            ProgressEvent::Phase { scope, phase, detail } => {
-                let previous = state.scopes.insert(scope.clone(), (phase, detail.clone(), Instant::now()));
+            ProgressEvent::Phase {
+                scope,
+                phase,
+                detail,
+            } => {
+                let previous = state
+                    .scopes
+                    .insert(scope.clone(), (phase, detail.clone(), Instant::now()));
                 let changed = previous.is_none_or(|(old, _, _)| old != phase);
                 if self.live {
                     self.draw(&mut state, changed);
@@ -120,7 +146,9 @@ impl ProgressSink for Progress {
                     self.line(&mut state, &text);
                 }
             }
-            ProgressEvent::Warning { scope, message } => self.line(&mut state, &format!("warning: {scope}: {message}")),
+            ProgressEvent::Warning { scope, message } => {
+                self.line(&mut state, &format!("warning: {scope}: {message}"))
+            }
         }
     }
 }

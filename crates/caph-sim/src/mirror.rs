@@ -36,15 +36,25 @@ impl Drop for Mirror {
 
 impl Mirror {
     /// Serves `files` (path without leading slash → content) on a free port of `ip` (a loopback address).
-    pub async fn start(ip: std::net::IpAddr, files: BTreeMap<String, Vec<u8>>) -> std::io::Result<Mirror> {
+    pub async fn start(
+        ip: std::net::IpAddr,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> std::io::Result<Mirror> {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
-        let files = Arc::new(Mutex::new(files.into_iter().map(|(path, content)| (path, Bytes::from(content))).collect::<BTreeMap<_, _>>()));
+        let files = Arc::new(Mutex::new(
+            files
+                .into_iter()
+                .map(|(path, content)| (path, Bytes::from(content)))
+                .collect::<BTreeMap<_, _>>(),
+        ));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (served, log) = (files.clone(), requests.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (served, log) = (served.clone(), log.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -52,11 +62,18 @@ impl Mirror {
                         async move { Ok::<_, Infallible>(answer(&served, &log, &request)) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
                 });
             }
         });
-        Ok(Mirror { addr, files, requests, task })
+        Ok(Mirror {
+            addr,
+            files,
+            requests,
+            task,
+        })
     }
 
     /// The base URL, without a trailing slash.
@@ -76,17 +93,29 @@ impl Mirror {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn answer(files: &Mutex<BTreeMap<String, Bytes>>, log: &Mutex<Vec<String>>, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(
+    files: &Mutex<BTreeMap<String, Bytes>>,
+    log: &Mutex<Vec<String>>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path().trim_start_matches('/').to_string();
     lock(log).push(path.clone());
     let found = lock(files).get(&path).cloned();
-    let (status, body) = match (request.method() == hyper::Method::GET || request.method() == hyper::Method::HEAD, found) {
+    let (status, body) = match (
+        request.method() == hyper::Method::GET || request.method() == hyper::Method::HEAD,
+        found,
+    ) {
         (true, Some(content)) => (StatusCode::OK, content),
         (true, None) => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
-        (false, _) => (StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(b"method not allowed\n")),
+        (false, _) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Bytes::from_static(b"method not allowed\n"),
+        ),
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
@@ -113,14 +142,47 @@ pub fn release_artifacts(versions: &ReleaseVersions, arches: &[&str]) -> BTreeMa
     let mut runc_sums = String::new();
     for arch in arches {
         // containerd: containerd-<v>-linux-<arch>.tar.gz holding bin/, with a .sha256sum beside it.
-        let name = format!("containerd-{v}-linux-{arch}.tar.gz", v = versions.containerd);
+        let name = format!(
+            "containerd-{v}-linux-{arch}.tar.gz",
+            v = versions.containerd
+        );
         let tarball = gzip_tar(&[
-            ("bin/containerd", version_program("containerd", &format!("containerd github.com/containerd/containerd/v2 v{} stand-in", versions.containerd))),
-            ("bin/containerd-shim-runc-v2", version_program("containerd-shim-runc-v2", &format!("containerd-shim-runc-v2 v{}", versions.containerd))),
-            ("bin/ctr", version_program("ctr", &format!("ctr github.com/containerd/containerd/v2 v{}", versions.containerd))),
+            (
+                "bin/containerd",
+                version_program(
+                    "containerd",
+                    &format!(
+                        "containerd github.com/containerd/containerd/v2 v{} stand-in",
+                        versions.containerd
+                    ),
+                ),
+            ),
+            (
+                "bin/containerd-shim-runc-v2",
+                version_program(
+                    "containerd-shim-runc-v2",
+                    &format!("containerd-shim-runc-v2 v{}", versions.containerd),
+                ),
+            ),
+            (
+                "bin/ctr",
+                version_program(
+                    "ctr",
+                    &format!(
+                        "ctr github.com/containerd/containerd/v2 v{}",
+                        versions.containerd
+                    ),
+                ),
+            ),
         ]);
-        files.insert(format!("containerd/v{}/{name}.sha256sum", versions.containerd), format!("{}  {name}\n", sha256_hex(&tarball)).into_bytes());
-        files.insert(format!("containerd/v{}/{name}", versions.containerd), tarball);
+        files.insert(
+            format!("containerd/v{}/{name}.sha256sum", versions.containerd),
+            format!("{}  {name}\n", sha256_hex(&tarball)).into_bytes(),
+        );
+        files.insert(
+            format!("containerd/v{}/{name}", versions.containerd),
+            tarball,
+        );
 
         // runc: a bare runc.<arch>; one runc.sha256sum lists every architecture.
         let runc = version_program("runc", &format!("runc version {}", versions.runc));
@@ -129,23 +191,47 @@ pub fn release_artifacts(versions: &ReleaseVersions, arches: &[&str]) -> BTreeMa
 
         // crictl: crictl-v<v>-linux-<arch>.tar.gz with a bare-digest .sha256.
         let name = format!("crictl-v{v}-linux-{arch}.tar.gz", v = versions.crictl);
-        let tarball = gzip_tar(&[("crictl", version_program("crictl", &format!("crictl version v{}", versions.crictl)))]);
-        files.insert(format!("crictl/v{}/{name}.sha256", versions.crictl), format!("{}\n", sha256_hex(&tarball)).into_bytes());
+        let tarball = gzip_tar(&[(
+            "crictl",
+            version_program("crictl", &format!("crictl version v{}", versions.crictl)),
+        )]);
+        files.insert(
+            format!("crictl/v{}/{name}.sha256", versions.crictl),
+            format!("{}\n", sha256_hex(&tarball)).into_bytes(),
+        );
         files.insert(format!("crictl/v{}/{name}", versions.crictl), tarball);
 
         // Kubernetes: bare binaries with bare-digest .sha256 files.
         for (component, answer) in [
             ("kubelet", format!("Kubernetes v{}", versions.kubernetes)),
-            ("kubeadm", format!("kubeadm version: &version.Info{{GitVersion:\"v{}\"}}", versions.kubernetes)),
-            ("kubectl", format!("Client Version: v{}", versions.kubernetes)),
+            (
+                "kubeadm",
+                format!(
+                    "kubeadm version: &version.Info{{GitVersion:\"v{}\"}}",
+                    versions.kubernetes
+                ),
+            ),
+            (
+                "kubectl",
+                format!("Client Version: v{}", versions.kubernetes),
+            ),
         ] {
             let program = version_program(component, &answer);
-            let path = format!("kubernetes/v{}/bin/linux/{arch}/{component}", versions.kubernetes);
-            files.insert(format!("{path}.sha256"), format!("{}\n", sha256_hex(&program)).into_bytes());
+            let path = format!(
+                "kubernetes/v{}/bin/linux/{arch}/{component}",
+                versions.kubernetes
+            );
+            files.insert(
+                format!("{path}.sha256"),
+                format!("{}\n", sha256_hex(&program)).into_bytes(),
+            );
             files.insert(path, program);
         }
     }
-    files.insert(format!("runc/v{}/runc.sha256sum", versions.runc), runc_sums.into_bytes());
+    files.insert(
+        format!("runc/v{}/runc.sha256sum", versions.runc),
+        runc_sums.into_bytes(),
+    );
     files
 }
 
@@ -174,7 +260,10 @@ fn gzip_tar(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
         // Writing into a Vec cannot fail.
         let _ = builder.append_data(&mut header, path, content.as_slice());
     }
-    builder.into_inner().and_then(|encoder| encoder.finish()).unwrap_or_default()
+    builder
+        .into_inner()
+        .and_then(|encoder| encoder.finish())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -183,11 +272,23 @@ mod tests {
 
     #[test]
     fn checksums_match_what_is_served() {
-        let versions = ReleaseVersions { containerd: "2.1.4".into(), runc: "1.3.0".into(), crictl: "1.34.0".into(), kubernetes: "1.34.2".into() };
+        let versions = ReleaseVersions {
+            containerd: "2.1.4".into(),
+            runc: "1.3.0".into(),
+            crictl: "1.34.0".into(),
+            kubernetes: "1.34.2".into(),
+        };
         let files = release_artifacts(&versions, &["amd64", "arm64"]);
         let kubelet = &files["kubernetes/v1.34.2/bin/linux/arm64/kubelet"];
-        assert_eq!(String::from_utf8_lossy(&files["kubernetes/v1.34.2/bin/linux/arm64/kubelet.sha256"]).trim(), sha256_hex(kubelet));
+        assert_eq!(
+            String::from_utf8_lossy(&files["kubernetes/v1.34.2/bin/linux/arm64/kubelet.sha256"])
+                .trim(),
+            sha256_hex(kubelet)
+        );
         let sums = String::from_utf8_lossy(&files["runc/v1.3.0/runc.sha256sum"]).into_owned();
-        assert!(sums.contains(&format!("{}  runc.amd64", sha256_hex(&files["runc/v1.3.0/runc.amd64"]))));
+        assert!(sums.contains(&format!(
+            "{}  runc.amd64",
+            sha256_hex(&files["runc/v1.3.0/runc.amd64"])
+        )));
     }
 }

@@ -11,8 +11,8 @@ use super::naming::{BUILD_LABEL, parse_rfc3339};
 use crate::client::ListImagesParams;
 use crate::client::ListServersParams;
 use crate::client::ListSshKeysParams;
-use crate::client::{ImageId, ImageType, ServerId, SshKeyId};
 use crate::client::{Client, LabelSelector};
+use crate::client::{ImageId, ImageType, ServerId, SshKeyId};
 
 /// The temporary resources of one architecture's build.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,7 +42,11 @@ pub(crate) fn snapshot(ledger: &SharedLedger) -> Ledger {
 
 /// Deletes what the ledger holds, image first (it locks the server while it is made), then the
 /// server, then the key. Returns one line per resource, saying what happened to it.
-pub(crate) async fn clean(client: &Client, config: &HcloudBackendConfig, ledger: &Ledger) -> Vec<String> {
+pub(crate) async fn clean(
+    client: &Client,
+    config: &HcloudBackendConfig,
+    ledger: &Ledger,
+) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(image) = ledger.pending_image {
         lines.push(match delete_image_when_unlocked(client, image).await {
@@ -66,10 +70,16 @@ pub(crate) async fn clean(client: &Client, config: &HcloudBackendConfig, ledger:
     lines
 }
 
-async fn delete_server(client: &Client, config: &HcloudBackendConfig, server: ServerId) -> Result<(), crate::client::Error> {
+async fn delete_server(
+    client: &Client,
+    config: &HcloudBackendConfig,
+    server: ServerId,
+) -> Result<(), crate::client::Error> {
     match client.delete_server(server).await {
         Ok(action) => {
-            client.wait_for_action(&action, &config.wait, &mut |_| {}).await?;
+            client
+                .wait_for_action(&action, &config.wait, &mut |_| {})
+                .await?;
             Ok(())
         }
         Err(error) if error.is_not_found() => Ok(()),
@@ -79,7 +89,10 @@ async fn delete_server(client: &Client, config: &HcloudBackendConfig, server: Se
 
 /// A snapshot being made cannot always be deleted at once; the client already retries `locked`,
 /// and this retries a few more times for images still `creating`.
-async fn delete_image_when_unlocked(client: &Client, image: ImageId) -> Result<(), crate::client::Error> {
+async fn delete_image_when_unlocked(
+    client: &Client,
+    image: ImageId,
+) -> Result<(), crate::client::Error> {
     /// A few attempts two seconds apart cover an action that is about to finish; the overall
     /// cleanup timeout bounds the rest.
     const ATTEMPTS: u32 = 5;
@@ -113,31 +126,73 @@ pub(crate) async fn sweep(
         Some(id) => LabelSelector::new().eq(BUILD_LABEL, id)?,
         None => LabelSelector::new().exists(BUILD_LABEL)?,
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let old_enough = |created: Option<&String>| {
-        older_than.is_zero() || created.and_then(|text| parse_rfc3339(text)).is_some_and(|created| now.saturating_sub(created) >= older_than.as_secs())
+        older_than.is_zero()
+            || created
+                .and_then(|text| parse_rfc3339(text))
+                .is_some_and(|created| now.saturating_sub(created) >= older_than.as_secs())
     };
     let mut lines = Vec::new();
     let verb = if dry_run { "would delete" } else { "deleted" };
     let images = client
-        .list_images(&ListImagesParams { kind: vec![ImageType::Snapshot], label_selector: Some(selector.clone()), ..Default::default() })
+        .list_images(&ListImagesParams {
+            kind: vec![ImageType::Snapshot],
+            label_selector: Some(selector.clone()),
+            ..Default::default()
+        })
         .await?;
-    for image in images.iter().filter(|image| old_enough(image.created.as_ref())) {
+    for image in images
+        .iter()
+        .filter(|image| old_enough(image.created.as_ref()))
+    {
         if !dry_run {
             delete_image_when_unlocked(client, image.id).await?;
         }
-        lines.push(format!("{verb} unfinished snapshot {} ({})", image.id, label_of(&image.labels)));
+        lines.push(format!(
+            "{verb} unfinished snapshot {} ({})",
+            image.id,
+            label_of(&image.labels)
+        ));
     }
-    let servers = client.list_servers(&ListServersParams { label_selector: Some(selector.clone()), ..Default::default() }).await?;
-    for server in servers.iter().filter(|server| !keep.contains(&server.id) && old_enough(server.created.as_ref())) {
+    let servers = client
+        .list_servers(&ListServersParams {
+            label_selector: Some(selector.clone()),
+            ..Default::default()
+        })
+        .await?;
+    for server in servers
+        .iter()
+        .filter(|server| !keep.contains(&server.id) && old_enough(server.created.as_ref()))
+    {
         if !dry_run {
             delete_server(client, config, server.id).await?;
         }
-        lines.push(format!("{verb} server {} ({}, {})", server.id, server.name, label_of(&server.labels)));
+        lines.push(format!(
+            "{verb} server {} ({}, {})",
+            server.id,
+            server.name,
+            label_of(&server.labels)
+        ));
     }
-    let kept_key_names: Vec<String> = servers.iter().filter(|server| keep.contains(&server.id)).map(|server| server.name.clone()).collect();
-    let keys = client.list_ssh_keys(&ListSshKeysParams { label_selector: Some(selector), ..Default::default() }).await?;
-    for key in keys.iter().filter(|key| !kept_key_names.contains(&key.name) && old_enough(key.created.as_ref())) {
+    let kept_key_names: Vec<String> = servers
+        .iter()
+        .filter(|server| keep.contains(&server.id))
+        .map(|server| server.name.clone())
+        .collect();
+    let keys = client
+        .list_ssh_keys(&ListSshKeysParams {
+            label_selector: Some(selector),
+            ..Default::default()
+        })
+        .await?;
+    for key in keys
+        .iter()
+        .filter(|key| !kept_key_names.contains(&key.name) && old_enough(key.created.as_ref()))
+    {
         if !dry_run {
             match client.delete_ssh_key(key.id).await {
                 Ok(()) => {}
@@ -145,22 +200,48 @@ pub(crate) async fn sweep(
                 Err(error) => return Err(error),
             }
         }
-        lines.push(format!("{verb} SSH key {} ({}, {})", key.id, key.name, label_of(&key.labels)));
+        lines.push(format!(
+            "{verb} SSH key {} ({}, {})",
+            key.id,
+            key.name,
+            label_of(&key.labels)
+        ));
     }
     Ok(lines)
 }
 
 fn label_of(labels: &crate::client::Labels) -> String {
-    labels.get(BUILD_LABEL).map_or_else(|| "no build label".to_string(), |id| format!("{BUILD_LABEL}={id}"))
+    labels.get(BUILD_LABEL).map_or_else(
+        || "no build label".to_string(),
+        |id| format!("{BUILD_LABEL}={id}"),
+    )
 }
 
 /// `caph-image gc`: what killed runs left, found by their build label.
-pub(crate) async fn gc(client: &Client, config: &HcloudBackendConfig, context: &Context, options: GcOptions) -> Result<GcReport, BackendError> {
-    let removed = sweep(client, config, None, options.older_than, &[], options.dry_run)
-        .await
-        .map_err(|error| BackendError::Failed { context: "gc: cleaning up leftovers of earlier builds".to_string(), source: Box::new(error) })?;
+pub(crate) async fn gc(
+    client: &Client,
+    config: &HcloudBackendConfig,
+    context: &Context,
+    options: GcOptions,
+) -> Result<GcReport, BackendError> {
+    let removed = sweep(
+        client,
+        config,
+        None,
+        options.older_than,
+        &[],
+        options.dry_run,
+    )
+    .await
+    .map_err(|error| BackendError::Failed {
+        context: "gc: cleaning up leftovers of earlier builds".to_string(),
+        source: Box::new(error),
+    })?;
     for line in &removed {
-        context.progress.event(ProgressEvent::Output { scope: "gc".to_string(), line: line.clone() });
+        context.progress.event(ProgressEvent::Output {
+            scope: "gc".to_string(),
+            line: line.clone(),
+        });
     }
     Ok(GcReport { removed })
 }

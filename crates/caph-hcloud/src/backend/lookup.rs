@@ -27,7 +27,11 @@ pub async fn caph_lookup(client: &Client, name: &str, arch: Arch) -> Result<Vec<
         })
         .await?;
     let by_name = client
-        .list_images(&ListImagesParams { architecture: Some(architecture(arch)), name: Some(name.to_string()), ..Default::default() })
+        .list_images(&ListImagesParams {
+            architecture: Some(architecture(arch)),
+            name: Some(name.to_string()),
+            ..Default::default()
+        })
         .await?;
     let mut images = by_label;
     for image in by_name {
@@ -39,13 +43,20 @@ pub async fn caph_lookup(client: &Client, name: &str, arch: Arch) -> Result<Vec<
 }
 
 fn api_failure(what: &str, error: Error) -> BackendError {
-    BackendError::Failed { context: format!("preflight: {what}"), source: Box::new(error) }
+    BackendError::Failed {
+        context: format!("preflight: {what}"),
+        source: Box::new(error),
+    }
 }
 
 /// Checks everything a build needs, creating nothing: the token, the location, the server type
 /// per architecture (exists, not deprecated, available there, right architecture), the base image,
 /// and that the image name is free per architecture (or `--replace` was given).
-pub async fn preflight(client: &Client, _context: &Context, request: &BuildRequest) -> Result<PreflightReport, BackendError> {
+pub async fn preflight(
+    client: &Client,
+    _context: &Context,
+    request: &BuildRequest,
+) -> Result<PreflightReport, BackendError> {
     let spec: &ImageSpec = &request.spec;
     let mut report = PreflightReport::default();
     let Some(hcloud) = &spec.hcloud else {
@@ -53,21 +64,37 @@ pub async fn preflight(client: &Client, _context: &Context, request: &BuildReque
         return Ok(report);
     };
     // The first call doubles as the token check: a bad token fails here with 401.
-    let locations = client.list_locations(Some(&hcloud.location)).await.map_err(|error| api_failure("checking the API token and the location", error))?;
+    let locations = client
+        .list_locations(Some(&hcloud.location))
+        .await
+        .map_err(|error| api_failure("checking the API token and the location", error))?;
     if locations.is_empty() {
-        let all = client.list_locations(None).await.map_err(|error| api_failure("listing locations", error))?;
+        let all = client
+            .list_locations(None)
+            .await
+            .map_err(|error| api_failure("listing locations", error))?;
         let names: Vec<String> = all.into_iter().map(|location| location.name).collect();
-        report.problems.push(format!("location \"{}\" does not exist; use one of {}", hcloud.location, names.join(", ")));
+        report.problems.push(format!(
+            "location \"{}\" does not exist; use one of {}",
+            hcloud.location,
+            names.join(", ")
+        ));
         return Ok(report);
     }
-    report.checks.push(format!("API token works; location {} exists", hcloud.location));
+    report.checks.push(format!(
+        "API token works; location {} exists",
+        hcloud.location
+    ));
     for arch in &request.architectures {
         let arch = *arch;
         let Some(type_name) = hcloud.server_types.get(&arch) else {
             report.problems.push(format!("{arch}: no server type; set hcloud.server_type.{arch} in the spec or pass --server-type"));
             continue;
         };
-        let types = client.list_server_types(Some(type_name)).await.map_err(|error| api_failure("listing server types", error))?;
+        let types = client
+            .list_server_types(Some(type_name))
+            .await
+            .map_err(|error| api_failure("listing server types", error))?;
         match types.first() {
             None => report.problems.push(format!("{arch}: server type \"{type_name}\" does not exist; list them with `hcloud server-type list`")),
             Some(server_type) => {
@@ -83,20 +110,36 @@ pub async fn preflight(client: &Client, _context: &Context, request: &BuildReque
             }
         }
         let Some(base_name) = spec.base.hcloud_images.get(&arch) else {
-            report.problems.push(format!("{arch}: no base image; set base.hcloud.{arch} in the spec"));
+            report.problems.push(format!(
+                "{arch}: no base image; set base.hcloud.{arch} in the spec"
+            ));
             continue;
         };
         let bases = client
-            .list_images(&ListImagesParams { kind: vec![ImageType::System], name: Some(base_name.clone()), architecture: Some(architecture(arch)), ..Default::default() })
+            .list_images(&ListImagesParams {
+                kind: vec![ImageType::System],
+                name: Some(base_name.clone()),
+                architecture: Some(architecture(arch)),
+                ..Default::default()
+            })
             .await
             .map_err(|error| api_failure("looking up the base image", error))?;
         if bases.is_empty() {
-            report.problems.push(format!("{arch}: base image \"{base_name}\" does not exist for {arch}"));
+            report.problems.push(format!(
+                "{arch}: base image \"{base_name}\" does not exist for {arch}"
+            ));
         } else {
-            report.checks.push(format!("{arch}: base image {base_name} exists"));
+            report
+                .checks
+                .push(format!("{arch}: base image {base_name} exists"));
         }
-        let taken = caph_lookup(client, &spec.image.name, arch).await.map_err(|error| api_failure("looking up the image name", error))?;
-        let system: Vec<&Image> = taken.iter().filter(|image| image.kind != ImageType::Snapshot && image.kind != ImageType::Backup).collect();
+        let taken = caph_lookup(client, &spec.image.name, arch)
+            .await
+            .map_err(|error| api_failure("looking up the image name", error))?;
+        let system: Vec<&Image> = taken
+            .iter()
+            .filter(|image| image.kind != ImageType::Snapshot && image.kind != ImageType::Backup)
+            .collect();
         if let Some(image) = system.first() {
             report.problems.push(format!("{arch}: \"{}\" is the name of {} image {}; CAPH would find both; choose another image.name", spec.image.name, image.kind, image.id));
         } else if !taken.is_empty() {
@@ -111,22 +154,40 @@ pub async fn preflight(client: &Client, _context: &Context, request: &BuildReque
                 ));
             }
         } else {
-            report.checks.push(format!("{arch}: the image name \"{}\" is free", spec.image.name));
+            report.checks.push(format!(
+                "{arch}: the image name \"{}\" is free",
+                spec.image.name
+            ));
         }
     }
     Ok(report)
 }
 
 /// The snapshots this tool made and finished, optionally only those of `name`.
-pub(crate) async fn list_snapshots(client: &Client, name: Option<&str>) -> Result<Vec<Artifact>, BackendError> {
-    let wrap = |error: Error| BackendError::Failed { context: "listing snapshots".to_string(), source: Box::new(error) };
-    let mut selector = LabelSelector::new().eq(BUILT_BY_LABEL, BUILT_BY).map_err(|e| wrap(e.into()))?.not_exists(BUILD_LABEL).map_err(|e| wrap(e.into()))?;
+pub(crate) async fn list_snapshots(
+    client: &Client,
+    name: Option<&str>,
+) -> Result<Vec<Artifact>, BackendError> {
+    let wrap = |error: Error| BackendError::Failed {
+        context: "listing snapshots".to_string(),
+        source: Box::new(error),
+    };
+    let mut selector = LabelSelector::new()
+        .eq(BUILT_BY_LABEL, BUILT_BY)
+        .map_err(|e| wrap(e.into()))?
+        .not_exists(BUILD_LABEL)
+        .map_err(|e| wrap(e.into()))?;
     selector = match name {
         Some(name) => selector.eq(NAME_LABEL, name).map_err(|e| wrap(e.into()))?,
         None => selector.exists(NAME_LABEL).map_err(|e| wrap(e.into()))?,
     };
     let images = client
-        .list_images(&ListImagesParams { kind: vec![ImageType::Snapshot], label_selector: Some(selector), sort: vec!["created:desc".to_string()], ..Default::default() })
+        .list_images(&ListImagesParams {
+            kind: vec![ImageType::Snapshot],
+            label_selector: Some(selector),
+            sort: vec!["created:desc".to_string()],
+            ..Default::default()
+        })
         .await
         .map_err(wrap)?;
     Ok(images.into_iter().filter_map(artifact_of).collect())

@@ -90,7 +90,10 @@ pub struct HcloudBackend {
 impl HcloudBackend {
     /// A backend that talks through `client`.
     pub fn new(client: Client, config: HcloudBackendConfig) -> HcloudBackend {
-        HcloudBackend { client, config: Arc::new(config) }
+        HcloudBackend {
+            client,
+            config: Arc::new(config),
+        }
     }
 
     /// The client, for callers that list or prune images.
@@ -105,11 +108,19 @@ impl Backend for HcloudBackend {
         "hcloud"
     }
 
-    async fn preflight(&self, context: &Context, request: &BuildRequest) -> Result<PreflightReport, BackendError> {
+    async fn preflight(
+        &self,
+        context: &Context,
+        request: &BuildRequest,
+    ) -> Result<PreflightReport, BackendError> {
         lookup::preflight(&self.client, context, request).await
     }
 
-    async fn build(&self, context: &Context, request: &BuildRequest) -> Result<Vec<Artifact>, BackendError> {
+    async fn build(
+        &self,
+        context: &Context,
+        request: &BuildRequest,
+    ) -> Result<Vec<Artifact>, BackendError> {
         let report = lookup::preflight(&self.client, context, request).await?;
         if !report.problems.is_empty() {
             return Err(BackendError::Preflight(report.problems));
@@ -117,7 +128,11 @@ impl Backend for HcloudBackend {
         run::build_all(&self.client, &self.config, context, request).await
     }
 
-    async fn list(&self, _context: &Context, name: Option<&str>) -> Result<Vec<Artifact>, BackendError> {
+    async fn list(
+        &self,
+        _context: &Context,
+        name: Option<&str>,
+    ) -> Result<Vec<Artifact>, BackendError> {
         lookup::list_snapshots(&self.client, name).await
     }
 
@@ -125,4 +140,3 @@ impl Backend for HcloudBackend {
         ledger::gc(&self.client, &self.config, context, options).await
     }
 }
-

@@ -21,7 +21,10 @@ pub const BUILT_BY: &str = "caph-image";
 
 /// A fresh build id: UTC time and a random suffix, lower-case so it fits server names and label values.
 pub fn new_build_id() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let (year, month, day, hour, minute, second) = civil_from_unix(now);
     let suffix: u32 = rand::random::<u32>() & 0xff_ffff;
     format!("{year:04}{month:02}{day:02}t{hour:02}{minute:02}{second:02}-{suffix:06x}")
@@ -50,8 +53,14 @@ pub fn pending_snapshot_labels(spec: &ImageSpec, arch: Arch, build_id: &str) -> 
 pub fn final_snapshot_labels(spec: &ImageSpec, arch: Arch, build_id: &str) -> Labels {
     let mut labels: Labels = spec.image.labels.clone();
     labels.insert(NAME_LABEL.to_string(), spec.image.name.clone());
-    labels.insert("kubernetes-version".to_string(), spec.kubernetes.version.to_string());
-    labels.insert("containerd-version".to_string(), spec.containerd.version.to_string());
+    labels.insert(
+        "kubernetes-version".to_string(),
+        spec.kubernetes.version.to_string(),
+    );
+    labels.insert(
+        "containerd-version".to_string(),
+        spec.containerd.version.to_string(),
+    );
     labels.insert("os".to_string(), spec.base.distribution.name().to_string());
     labels.insert("os-version".to_string(), spec.base.version.clone());
     labels.insert("architecture".to_string(), arch.hcloud_name().to_string());
@@ -95,7 +104,11 @@ pub fn rfc3339(seconds: u64) -> String {
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let (date, time) = text.split_once('T')?;
     let mut date_parts = date.split('-').map(|part| part.parse::<i64>().ok());
-    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let (year, month, day) = (
+        date_parts.next()??,
+        date_parts.next()??,
+        date_parts.next()??,
+    );
     let (clock, offset_seconds) = if let Some(clock) = time.strip_suffix('Z') {
         (clock, 0)
     } else {
@@ -109,7 +122,11 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     };
     let clock = clock.split('.').next()?;
     let mut clock_parts = clock.split(':').map(|part| part.parse::<i64>().ok());
-    let (hour, minute, second) = (clock_parts.next()??, clock_parts.next()??, clock_parts.next()??);
+    let (hour, minute, second) = (
+        clock_parts.next()??,
+        clock_parts.next()??,
+        clock_parts.next()??,
+    );
     // Days from civil (inverse of the above).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -131,8 +148,14 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_240_800), "2026-11-20T05:20:00Z");
         assert_eq!(parse_rfc3339("2026-11-20T05:20:00Z"), Some(1_795_240_800));
-        assert_eq!(parse_rfc3339("2026-11-20T06:20:00+01:00"), Some(1_795_240_800));
-        assert_eq!(parse_rfc3339("2026-11-20T05:20:00.123+00:00"), Some(1_795_240_800));
+        assert_eq!(
+            parse_rfc3339("2026-11-20T06:20:00+01:00"),
+            Some(1_795_240_800)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-20T05:20:00.123+00:00"),
+            Some(1_795_240_800)
+        );
         assert_eq!(parse_rfc3339("garbage"), None);
     }
 
@@ -141,6 +164,12 @@ mod tests {
         let id = new_build_id();
         assert!(caph_core::label::check_value(&id).is_ok(), "{id}");
         let name = temporary_name(&id, Arch::Arm);
-        assert!(name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
+        assert!(
+            name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{name}"
+        );
     }
 }

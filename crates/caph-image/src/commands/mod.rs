@@ -15,7 +15,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { specs } => validate::run(&cli.global, &specs),
         Command::Plan { spec, target, arch } => plan::run(&cli.global, &spec, target, arch),
-        Command::Build(BuildCommand::Hcloud { spec, arch, location, server_type, replace, keep_on_error, dry_run, api }) => hcloud::build(
+        Command::Build(BuildCommand::Hcloud {
+            spec,
+            arch,
+            location,
+            server_type,
+            replace,
+            keep_on_error,
+            dry_run,
+            api,
+        }) => hcloud::build(
             &cli.global,
             hcloud::BuildOptions {
                 spec: &spec,
@@ -28,9 +37,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api: &api,
             },
         ),
-        Command::Images(ImagesCommand::List { name, api }) => hcloud::list(&cli.global, name.as_deref(), &api),
-        Command::Images(ImagesCommand::Prune { keep, name, dry_run, api }) => hcloud::prune(&cli.global, keep, name.as_deref(), dry_run, &api),
-        Command::Gc { older_than, dry_run, api } => hcloud::gc(&cli.global, older_than, dry_run, &api),
+        Command::Images(ImagesCommand::List { name, api }) => {
+            hcloud::list(&cli.global, name.as_deref(), &api)
+        }
+        Command::Images(ImagesCommand::Prune {
+            keep,
+            name,
+            dry_run,
+            api,
+        }) => hcloud::prune(&cli.global, keep, name.as_deref(), dry_run, &api),
+        Command::Gc {
+            older_than,
+            dry_run,
+            api,
+        } => hcloud::gc(&cli.global, older_than, dry_run, &api),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
