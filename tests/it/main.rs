@@ -1,6 +1,8 @@
 //! End-to-end tests that run the real `caph-image` binary.
 
 mod cli;
+mod cloud;
+mod hcloud_build;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

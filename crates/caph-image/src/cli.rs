@@ -96,6 +96,31 @@ Examples:
         #[arg(long, default_value = "x86", value_parser = parse_arch)]
         arch: caph_core::Arch,
     },
+    /// Build images: Hetzner Cloud snapshots
+    #[command(subcommand)]
+    Build(BuildCommand),
+    /// List or prune the snapshots caph-image made
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// Remove what killed builds left behind (servers, SSH keys, unfinished snapshots)
+    #[command(after_help = "\
+Every temporary resource of a build carries the label caph-image-build=<build id>. A build cleans up
+after itself on success, on errors, on Ctrl-C and on SIGTERM; gc is for runs that were killed
+outright (SIGKILL, a lost machine). Nothing without that label is touched.
+
+Examples:
+  caph-image gc --dry-run
+  caph-image gc --older-than 2h")]
+    Gc {
+        /// Only remove leftovers at least this old: 30m, 2h, 1d (0 removes everything found)
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        older_than: std::time::Duration,
+        /// Show what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: HcloudArgs,
+    },
     /// Print a shell completion script
     #[command(after_help = "\
 Examples:
@@ -108,6 +133,90 @@ Examples:
     },
 }
 
+/// Where the Hetzner Cloud API is.
+#[derive(Debug, Clone, Args)]
+pub struct HcloudArgs {
+    /// The Cloud API endpoint (the token is read from HCLOUD_TOKEN, never from a flag)
+    #[arg(long, env = "HCLOUD_ENDPOINT", default_value = caph_hcloud::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+}
+
+/// `build` targets.
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// Build labelled Hetzner Cloud snapshots, one per architecture, concurrently
+    #[command(after_help = "\
+For each architecture a temporary server is created with an SSH key and a host key made for this
+run; the host key goes in through cloud-init and is pinned. The plan runs over SSH, the server is
+shut down and snapshotted, and the snapshot is labelled caph-image-name=<image.name> only once it
+is available, so Cluster API Provider Hetzner never finds two. The server and key are always
+removed, also on errors and Ctrl-C.
+
+Examples:
+  export HCLOUD_TOKEN=...
+  caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --dry-run
+  caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --arch arm --location hel1
+  caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --replace --output json")]
+    Hcloud {
+        /// The spec file
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// Architectures to build, comma-separated (default: the spec's hcloud.architectures)
+        #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
+        arch: Vec<caph_core::Arch>,
+        /// Location of the build servers (default: the spec's hcloud.location)
+        #[arg(long)]
+        location: Option<String>,
+        /// Server type to build on, when building one architecture (default: the spec's)
+        #[arg(long)]
+        server_type: Option<String>,
+        /// Replace an existing snapshot of the same name; the old one is deleted only after the new one is available
+        #[arg(long)]
+        replace: bool,
+        /// On failure keep the build server and print how to reach it
+        #[arg(long)]
+        keep_on_error: bool,
+        /// Print the preflight and the plan, and create nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: HcloudArgs,
+    },
+}
+
+/// `images` actions.
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List the snapshots caph-image made
+    #[command(
+        after_help = "Examples:\n  caph-image images list\n  caph-image images list --name ubuntu-24.04-k8s-v1.36.0 --output json"
+    )]
+    List {
+        /// Only snapshots with this caph-image-name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        api: HcloudArgs,
+    },
+    /// Delete all but the newest K snapshots per architecture
+    #[command(
+        after_help = "Examples:\n  caph-image images prune --keep 3 --dry-run\n  caph-image images prune --keep 1 --name ubuntu-24.04-k8s-v1.36.0"
+    )]
+    Prune {
+        /// How many of the newest snapshots to keep per architecture
+        #[arg(long)]
+        keep: usize,
+        /// Only snapshots with this caph-image-name
+        #[arg(long)]
+        name: Option<String>,
+        /// Show what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: HcloudArgs,
+    },
+}
+
 /// Plan targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlanTarget {
@@ -115,6 +224,24 @@ pub enum PlanTarget {
     Hcloud,
     /// A root filesystem in a chroot, packed into an installimage tarball
     Tarball,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration; write 30m, 2h or 1d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("\"{text}\" is not a duration; write 30m, 2h or 1d")),
+    };
+    Ok(std::time::Duration::from_secs(number * seconds))
 }
 
 fn parse_arch(text: &str) -> Result<caph_core::Arch, String> {

@@ -8,6 +8,7 @@
 mod cli;
 mod commands;
 mod output;
+mod progress;
 mod spec_files;
 
 use std::process::ExitCode;

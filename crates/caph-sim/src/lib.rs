@@ -6,5 +6,6 @@
 pub mod hcloud;
 pub mod host;
 pub mod machine;
+pub mod mirror;
 pub mod openapi;
 pub mod robot;

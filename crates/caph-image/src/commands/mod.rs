@@ -1,5 +1,6 @@
 //! One module per subcommand; `run` dispatches.
 
+mod hcloud;
 mod plan;
 mod validate;
 
@@ -7,13 +8,49 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BuildCommand, Cli, Command, ImagesCommand};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { specs } => validate::run(&cli.global, &specs),
         Command::Plan { spec, target, arch } => plan::run(&cli.global, &spec, target, arch),
+        Command::Build(BuildCommand::Hcloud {
+            spec,
+            arch,
+            location,
+            server_type,
+            replace,
+            keep_on_error,
+            dry_run,
+            api,
+        }) => hcloud::build(
+            &cli.global,
+            hcloud::BuildOptions {
+                spec: &spec,
+                arch: &arch,
+                location: location.as_deref(),
+                server_type: server_type.as_deref(),
+                replace,
+                keep_on_error,
+                dry_run,
+                api: &api,
+            },
+        ),
+        Command::Images(ImagesCommand::List { name, api }) => {
+            hcloud::list(&cli.global, name.as_deref(), &api)
+        }
+        Command::Images(ImagesCommand::Prune {
+            keep,
+            name,
+            dry_run,
+            api,
+        }) => hcloud::prune(&cli.global, keep, name.as_deref(), dry_run, &api),
+        Command::Gc {
+            older_than,
+            dry_run,
+            api,
+        } => hcloud::gc(&cli.global, older_than, dry_run, &api),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

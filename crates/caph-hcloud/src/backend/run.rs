@@ -1,0 +1,756 @@
+//! One build, per architecture and concurrently: create, connect, provision, shut down, snapshot,
+//! commit the name, verify, clean up; and on any error or cancellation, clean up all the same.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use caph_core::backend::{Artifact, BackendError, BuildRequest, Context, Phase, ProgressEvent};
+use caph_core::plan::{self, BuildStamp, Target};
+use caph_core::{Arch, ImageSpec};
+use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, OutputLine, Session};
+
+use super::ledger::{self, Ledger, SharedLedger};
+use super::naming::{
+    self, final_snapshot_labels, pending_snapshot_labels, snapshot_description, temporary_labels,
+    temporary_name,
+};
+use super::{HcloudBackendConfig, cloud_init, lookup};
+use crate::client::CreateSshKeyRequest;
+use crate::client::UpdateImageRequest;
+use crate::client::{Client, Error as ClientError, SecretString};
+use crate::client::{CreateImageRequest, CreateServerRequest};
+use crate::client::{IdOrName, ImageId, ImageStatus, ServerId, ServerStatus};
+
+/// How many of a failing step's last output lines go into the error.
+const FAILURE_TAIL_LINES: usize = 20;
+
+/// Why one architecture's build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchFailure {
+    /// An API call failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: ClientError,
+    },
+    /// SSH failed.
+    #[error("{what}: {source}")]
+    Ssh {
+        /// What was being done.
+        what: String,
+        /// The SSH error.
+        #[source]
+        source: caph_ssh::SshError,
+    },
+    /// A plan step exited non-zero.
+    #[error(
+        "step {number}/{count} \"{name}\" exited with status {status}; its last output:\n{tail}"
+    )]
+    Step {
+        /// 1-based step number.
+        number: usize,
+        /// Steps in the plan.
+        count: usize,
+        /// The step's name.
+        name: String,
+        /// Its exit status.
+        status: u32,
+        /// Its last output lines, indented.
+        tail: String,
+    },
+    /// The result is not what CAPH needs.
+    #[error("{0}")]
+    Verify(String),
+    /// Key generation failed.
+    #[error("generating keys: {0}")]
+    Keys(#[from] caph_ssh::KeyError),
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> ArchFailure {
+    let what = what.into();
+    move |source| ArchFailure::Api { what, source }
+}
+
+fn ssh(what: impl Into<String>) -> impl FnOnce(caph_ssh::SshError) -> ArchFailure {
+    let what = what.into();
+    move |source| ArchFailure::Ssh { what, source }
+}
+
+/// Shared state of one architecture's build: where it is, and what it made.
+struct Tracker {
+    arch: Arch,
+    phase: Mutex<Phase>,
+    ledger: SharedLedger,
+    started: Instant,
+    /// How to reach the server, for `--keep-on-error`.
+    access: Mutex<Option<Access>>,
+}
+
+/// The address and keys of a build server.
+#[derive(Clone)]
+struct Access {
+    address: SocketAddr,
+    client_key: KeyPair,
+    host_key_line: String,
+}
+
+impl Tracker {
+    fn enter(&self, context: &Context, phase: Phase, detail: impl Into<String>) {
+        match self.phase.lock() {
+            Ok(mut guard) => *guard = phase,
+            Err(poisoned) => *poisoned.into_inner() = phase,
+        }
+        context.progress.event(ProgressEvent::Phase {
+            scope: self.arch.to_string(),
+            phase,
+            detail: detail.into(),
+        });
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.lock() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn say(&self, context: &Context, line: impl Into<String>) {
+        context.progress.event(ProgressEvent::Output {
+            scope: self.arch.to_string(),
+            line: line.into(),
+        });
+    }
+}
+
+/// The outcome of one architecture.
+enum ArchOutcome {
+    Built(Artifact),
+    Failed {
+        phase: Phase,
+        failure: ArchFailure,
+        kept: Option<ServerId>,
+        cleanup: Vec<String>,
+    },
+    Cancelled {
+        phase: Phase,
+        cleanup: Vec<String>,
+    },
+}
+
+/// Builds every requested architecture concurrently, then sweeps what still carries the build label.
+pub(crate) async fn build_all(
+    client: &Client,
+    config: &Arc<HcloudBackendConfig>,
+    context: &Context,
+    request: &BuildRequest,
+) -> Result<Vec<Artifact>, BackendError> {
+    let builds = request
+        .architectures
+        .iter()
+        .map(|arch| build_arch(client, config, context, request, *arch));
+    let outcomes = futures_util::future::join_all(builds).await;
+
+    // Layer two: whatever still carries this build's label (a create whose answer was lost, say)
+    // goes too, except servers kept on purpose. It runs even after cancellation, bounded in time.
+    let kept: Vec<ServerId> = outcomes
+        .iter()
+        .filter_map(|outcome| {
+            if let ArchOutcome::Failed { kept, .. } = outcome {
+                *kept
+            } else {
+                None
+            }
+        })
+        .collect();
+    let sweep = tokio::time::timeout(
+        config.cleanup_timeout,
+        ledger::sweep(
+            client,
+            config,
+            Some(&context.build_id),
+            Duration::ZERO,
+            &kept,
+            false,
+        ),
+    )
+    .await;
+    let sweep_lines = match sweep {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(error)) => vec![format!(
+            "the final sweep failed: {error}; run `caph-image gc` to finish"
+        )],
+        Err(_) => vec!["the final sweep timed out; run `caph-image gc` to finish".to_string()],
+    };
+    for line in &sweep_lines {
+        context.progress.event(ProgressEvent::Output {
+            scope: "cleanup".to_string(),
+            line: line.clone(),
+        });
+    }
+
+    let mut artifacts = Vec::new();
+    let mut failures = Vec::new();
+    let mut cancelled_phase = None;
+    let mut cancel_cleanup = Vec::new();
+    for (arch, outcome) in request.architectures.iter().zip(outcomes) {
+        match outcome {
+            ArchOutcome::Built(artifact) => artifacts.push(artifact),
+            ArchOutcome::Failed {
+                phase,
+                failure,
+                kept,
+                cleanup,
+            } => {
+                let mut text = format!("{arch}: {} failed: {failure}", phase.name());
+                if let Some(server) = kept {
+                    text.push_str(&format!("\n{arch}: server {server} and its SSH key were kept (--keep-on-error); remove them with `caph-image gc` when done"));
+                }
+                if !cleanup.is_empty() {
+                    text.push_str(&format!("\n{arch}: cleanup: {}", cleanup.join("; ")));
+                }
+                failures.push(text);
+            }
+            ArchOutcome::Cancelled { phase, cleanup } => {
+                cancelled_phase.get_or_insert(phase.name());
+                cancel_cleanup.push(format!(
+                    "{arch}: {}",
+                    if cleanup.is_empty() {
+                        "nothing to clean".to_string()
+                    } else {
+                        cleanup.join("; ")
+                    }
+                ));
+            }
+        }
+    }
+    if let Some(phase) = cancelled_phase {
+        let mut cleanup = cancel_cleanup.join("; ");
+        cleanup.push_str(&format!(
+            "; sweep: {}",
+            if sweep_lines.is_empty() {
+                "nothing left".to_string()
+            } else {
+                sweep_lines.join("; ")
+            }
+        ));
+        return Err(BackendError::Cancelled { phase, cleanup });
+    }
+    if !failures.is_empty() {
+        let built: Vec<String> = artifacts
+            .iter()
+            .map(|a| format!("{} snapshot {}", a.arch, a.id))
+            .collect();
+        let mut context_text = failures.join("\n");
+        if !built.is_empty() {
+            context_text.push_str(&format!("\nbuilt anyway: {}", built.join(", ")));
+        }
+        return Err(BackendError::Failed {
+            context: context_text,
+            source: "the build failed".into(),
+        });
+    }
+    Ok(artifacts)
+}
+
+async fn build_arch(
+    client: &Client,
+    config: &Arc<HcloudBackendConfig>,
+    context: &Context,
+    request: &BuildRequest,
+    arch: Arch,
+) -> ArchOutcome {
+    let tracker = Arc::new(Tracker {
+        arch,
+        phase: Mutex::new(Phase::Create),
+        ledger: Arc::new(Mutex::new(Ledger::default())),
+        started: Instant::now(),
+        access: Mutex::new(None),
+    });
+    let work = run_arch(client, config, context, request, &tracker);
+    // Layer one: on cancellation the work future is dropped wherever it waits; the ledger it
+    // filled survives it, and cleanup runs from here.
+    let result = tokio::select! {
+        result = work => Some(result),
+        () = context.cancel.cancelled() => None,
+    };
+    let phase = tracker.phase();
+    match result {
+        Some(Ok(artifact)) => ArchOutcome::Built(artifact),
+        Some(Err(failure)) => {
+            let held = ledger::snapshot(&tracker.ledger);
+            if request.keep_on_error
+                && let Some(server) = held.server
+            {
+                // Keep the server and key, but never an unfinished snapshot.
+                let image_only = Ledger {
+                    pending_image: held.pending_image,
+                    ..Ledger::default()
+                };
+                let mut cleanup = clean_bounded(client, config, &image_only).await;
+                let access = tracker
+                    .access
+                    .lock()
+                    .map(|guard| guard.clone())
+                    .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+                match access {
+                    Some(access) => {
+                        cleanup.push(write_access(config, &context.build_id, arch, &access))
+                    }
+                    None => cleanup.push(
+                        "the server never got an address, so there is nothing to log in to"
+                            .to_string(),
+                    ),
+                }
+                return ArchOutcome::Failed {
+                    phase,
+                    failure,
+                    kept: Some(server),
+                    cleanup,
+                };
+            }
+            tracker.enter(context, Phase::Cleanup, "after a failure");
+            let cleanup = clean_bounded(client, config, &held).await;
+            ArchOutcome::Failed {
+                phase,
+                failure,
+                kept: None,
+                cleanup,
+            }
+        }
+        None => {
+            tracker.enter(context, Phase::Cleanup, "after cancellation");
+            let cleanup = clean_bounded(client, config, &ledger::snapshot(&tracker.ledger)).await;
+            ArchOutcome::Cancelled { phase, cleanup }
+        }
+    }
+}
+
+/// Writes the key and a known_hosts line of a kept server beside each other (mode 0600, since the
+/// user asked for them) and says how to log in.
+fn write_access(
+    config: &HcloudBackendConfig,
+    build_id: &str,
+    arch: Arch,
+    access: &Access,
+) -> String {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let stem = config.keep_dir.join(temporary_name(build_id, arch));
+    let key_path = stem.with_extension("key");
+    let hosts_path = stem.with_extension("known_hosts");
+    let write = |path: &std::path::Path, text: &str| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(text.as_bytes())
+    };
+    let pem = match access.client_key.private_key_openssh() {
+        Ok(pem) => pem,
+        Err(error) => return format!("could not export the key to reach the kept server: {error}"),
+    };
+    let host = if access.address.port() == 22 {
+        access.address.ip().to_string()
+    } else {
+        format!("[{}]:{}", access.address.ip(), access.address.port())
+    };
+    if let Err(error) = write(&key_path, pem.expose())
+        .and_then(|()| write(&hosts_path, &format!("{host} {}\n", access.host_key_line)))
+    {
+        return format!(
+            "could not write the key of the kept server to {}: {error}",
+            key_path.display()
+        );
+    }
+    format!(
+        "reach the kept server with: ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -p {} root@{}",
+        key_path.display(),
+        hosts_path.display(),
+        access.address.port(),
+        access.address.ip()
+    )
+}
+
+async fn clean_bounded(
+    client: &Client,
+    config: &HcloudBackendConfig,
+    held: &Ledger,
+) -> Vec<String> {
+    match tokio::time::timeout(config.cleanup_timeout, ledger::clean(client, config, held)).await {
+        Ok(lines) => lines,
+        Err(_) => vec![format!(
+            "cleanup timed out after {:?}; run `caph-image gc` to finish",
+            config.cleanup_timeout
+        )],
+    }
+}
+
+async fn run_arch(
+    client: &Client,
+    config: &HcloudBackendConfig,
+    context: &Context,
+    request: &BuildRequest,
+    tracker: &Tracker,
+) -> Result<Artifact, ArchFailure> {
+    let spec: &ImageSpec = &request.spec;
+    let arch = tracker.arch;
+    let hcloud = spec
+        .hcloud
+        .as_ref()
+        .ok_or_else(|| ArchFailure::Verify("the spec has no [hcloud] table".to_string()))?;
+    let name = temporary_name(&context.build_id, arch);
+
+    // Create: keys in memory, the client key at the API, the host key through cloud-init.
+    tracker.enter(context, Phase::Create, format!("server {name}"));
+    let client_key = KeyPair::generate_ed25519(&format!("caph-image build {}", context.build_id))?;
+    let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
+    let ssh_key = client
+        .create_ssh_key(&CreateSshKeyRequest {
+            name: name.clone(),
+            public_key: client_key.public_key().to_openssh(),
+            labels: temporary_labels(&context.build_id),
+        })
+        .await
+        .map_err(api("creating the temporary SSH key"))?;
+    ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+
+    let base_image = spec
+        .base
+        .hcloud_images
+        .get(&arch)
+        .cloned()
+        .unwrap_or_default();
+    let server_type = hcloud.server_types.get(&arch).cloned().unwrap_or_default();
+    let mut create = CreateServerRequest::new(
+        name.clone(),
+        IdOrName::Name(server_type),
+        IdOrName::Name(base_image),
+    );
+    create.location = Some(IdOrName::Name(hcloud.location.clone()));
+    create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+    create.user_data = Some(SecretString::new(cloud_init::host_key_user_data(
+        &host_key,
+    )?));
+    create.labels = temporary_labels(&context.build_id);
+    let created = client
+        .create_server(&create)
+        .await
+        .map_err(api("creating the build server"))?;
+    let server_id = created.server.id;
+    ledger::update(&tracker.ledger, |ledger| ledger.server = Some(server_id));
+    tracker.say(
+        context,
+        format!("server {server_id} created; waiting for it to run"),
+    );
+    let mut wait = config.wait.clone();
+    wait.timeout = config.server_ready_timeout;
+    client
+        .wait_for_actions(&created.all_actions(), &wait, &mut |_| {})
+        .await
+        .map_err(api("waiting for the build server to start"))?;
+    let server = client
+        .wait_for_server_status(server_id, &ServerStatus::Running, &wait, &mut |_| {})
+        .await
+        .map_err(api("waiting for the build server to run"))?;
+    let address = SocketAddr::new(
+        server
+            .public_net
+            .ipv4
+            .as_ref()
+            .map(|ipv4| std::net::IpAddr::V4(ipv4.ip))
+            .ok_or_else(|| {
+                ArchFailure::Verify(format!("server {server_id} has no public IPv4 address"))
+            })?,
+        config.ssh_port,
+    );
+
+    let access = Access {
+        address,
+        client_key: client_key.clone(),
+        host_key_line: host_key.public_key().to_openssh(),
+    };
+    match tracker.access.lock() {
+        Ok(mut guard) => *guard = Some(access),
+        Err(poisoned) => *poisoned.into_inner() = Some(access),
+    }
+
+    // Connect, pinning the host key we generated.
+    tracker.enter(
+        context,
+        Phase::Connect,
+        format!("{address}, host key {}", host_key.fingerprint()),
+    );
+    let mut connect = ConnectConfig::new(
+        address,
+        "root",
+        client_key.clone(),
+        HostKeyPolicy::Pinned(host_key.public_key()),
+    );
+    connect.deadline = config.connect_deadline;
+    let session = caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
+        if let ConnectEvent::Retrying { attempt, error, .. } = event
+            && attempt % 5 == 1
+        {
+            tracker.say(context, format!("waiting for SSH ({error})"));
+        }
+    })
+    .await
+    .map_err(ssh(format!("connecting to {address}")))?;
+
+    // Provision: the same plan the tarball target runs.
+    let plan = plan::render(spec, Target::Hcloud, arch);
+    let stamp = BuildStamp {
+        build_id: context.build_id.clone(),
+        build_time: naming::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        ),
+        builder: config.builder.clone(),
+        build_public_key: Some(client_key.public_key().to_openssh()),
+    };
+    run_plan(&session, &plan, &stamp, context, tracker).await?;
+    session.close().await;
+
+    // Shut down and wait until really off; fall back to a hard poweroff.
+    tracker.enter(context, Phase::Shutdown, "ACPI shutdown");
+    let action = client
+        .shutdown_server(server_id)
+        .await
+        .map_err(api("shutting down"))?;
+    client
+        .wait_for_action(&action, &config.wait, &mut |_| {})
+        .await
+        .map_err(api("waiting for the shutdown action"))?;
+    let mut off_wait = config.wait.clone();
+    off_wait.timeout = config.shutdown_timeout;
+    match client
+        .wait_for_server_status(server_id, &ServerStatus::Off, &off_wait, &mut |_| {})
+        .await
+    {
+        Ok(_) => {}
+        Err(ClientError::ServerStatusTimeout { .. }) => {
+            context.progress.event(ProgressEvent::Warning {
+                scope: arch.to_string(),
+                message: format!(
+                    "not off {:?} after the ACPI shutdown; powering off",
+                    config.shutdown_timeout
+                ),
+            });
+            let action = client
+                .poweroff_server(server_id)
+                .await
+                .map_err(api("powering off"))?;
+            client
+                .wait_for_action(&action, &config.wait, &mut |_| {})
+                .await
+                .map_err(api("waiting for the poweroff"))?;
+            client
+                .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
+                .await
+                .map_err(api("waiting for the server to be off"))?;
+        }
+        Err(error) => return Err(api("waiting for the server to be off")(error)),
+    }
+
+    // Snapshot, under a pending name so CAPH does not see it yet.
+    tracker.enter(context, Phase::Capture, "create_image");
+    let created_image = client
+        .create_image(
+            server_id,
+            &CreateImageRequest {
+                description: Some(snapshot_description(spec, arch)),
+                labels: pending_snapshot_labels(spec, arch, &context.build_id),
+            },
+        )
+        .await
+        .map_err(api("creating the snapshot"))?;
+    let image_id = created_image.image.id;
+    ledger::update(&tracker.ledger, |ledger| {
+        ledger.pending_image = Some(image_id)
+    });
+    let mut image_wait = config.wait.clone();
+    image_wait.timeout = config.image_timeout;
+    let mut last_percent = 0;
+    client
+        .wait_for_action(&created_image.action, &image_wait, &mut |progress| {
+            if progress.progress >= last_percent + 10 || progress.progress == 100 {
+                last_percent = progress.progress;
+                tracker.say(
+                    context,
+                    format!("snapshot {image_id}: {}%", progress.progress),
+                );
+            }
+        })
+        .await
+        .map_err(api("waiting for the snapshot"))?;
+    let image = wait_until_available(client, image_id, &image_wait).await?;
+
+    // Commit: with --replace the old snapshot goes first (only now that the new one is available),
+    // then the new one takes the name. CAPH never finds two.
+    tracker.enter(context, Phase::Verify, "naming the snapshot");
+    let old: Vec<ImageId> = lookup::caph_lookup(client, &spec.image.name, arch)
+        .await
+        .map_err(api("looking up the image name"))?
+        .into_iter()
+        .map(|image| image.id)
+        .filter(|id| *id != image_id)
+        .collect();
+    if !old.is_empty() {
+        if !request.replace {
+            return Err(ArchFailure::Verify(format!(
+                "the name \"{}\" was taken by snapshot {} while this build ran; rerun with --replace",
+                spec.image.name,
+                old.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for old_id in &old {
+            client
+                .delete_image(*old_id)
+                .await
+                .map_err(api(format!("deleting the replaced snapshot {old_id}")))?;
+            tracker.say(context, format!("deleted the replaced snapshot {old_id}"));
+        }
+    }
+    client
+        .update_image(
+            image_id,
+            &UpdateImageRequest {
+                description: None,
+                labels: Some(final_snapshot_labels(spec, arch, &context.build_id)),
+            },
+        )
+        .await
+        .map_err(api("naming the snapshot"))?;
+    ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None);
+
+    // Post-check with CAPH's own query.
+    let found = lookup::caph_lookup(client, &spec.image.name, arch)
+        .await
+        .map_err(api("checking the image name"))?;
+    if found.len() != 1 || found[0].id != image_id {
+        let ids: Vec<String> = found.iter().map(|image| image.id.to_string()).collect();
+        return Err(ArchFailure::Verify(format!(
+            "CAPH's lookup for \"{}\" on {arch} finds [{}], not exactly snapshot {image_id}",
+            spec.image.name,
+            ids.join(", ")
+        )));
+    }
+    tracker.say(
+        context,
+        format!("CAPH's lookup finds exactly snapshot {image_id}"),
+    );
+
+    // Clean up the temporary server and key.
+    tracker.enter(context, Phase::Cleanup, format!("server {server_id}"));
+    let held = ledger::snapshot(&tracker.ledger);
+    for line in ledger::clean(client, config, &held).await {
+        if line.starts_with("could not") {
+            return Err(ArchFailure::Verify(line));
+        }
+        tracker.say(context, line);
+    }
+    ledger::update(&tracker.ledger, |ledger| *ledger = Ledger::default());
+    tracker.enter(context, Phase::Done, format!("snapshot {image_id}"));
+
+    let mut artifact = lookup::artifact_of(image).ok_or_else(|| {
+        ArchFailure::Verify("the snapshot has an unknown architecture".to_string())
+    })?;
+    artifact.name = spec.image.name.clone();
+    artifact.labels = final_snapshot_labels(spec, arch, &context.build_id);
+    artifact.duration = Some(tracker.started.elapsed());
+    Ok(artifact)
+}
+
+async fn wait_until_available(
+    client: &Client,
+    image_id: ImageId,
+    wait: &crate::client::WaitOptions,
+) -> Result<crate::client::Image, ArchFailure> {
+    let started = Instant::now();
+    let mut poll = 0;
+    loop {
+        let image = client
+            .get_image(image_id)
+            .await
+            .map_err(api("checking the snapshot"))?;
+        match image.status {
+            ImageStatus::Available => return Ok(image),
+            ImageStatus::Creating if started.elapsed() < wait.timeout => {}
+            status => {
+                return Err(ArchFailure::Verify(format!(
+                    "snapshot {image_id} is {status} after {:?}",
+                    started.elapsed()
+                )));
+            }
+        }
+        tokio::time::sleep(wait.schedule.delay(poll)).await;
+        poll += 1;
+    }
+}
+
+/// Runs each step as its own script: written to a temporary file and run with stdin from /dev/null,
+/// so commands in a step cannot eat the rest of the script.
+async fn run_plan(
+    session: &Session,
+    plan: &plan::Plan,
+    stamp: &BuildStamp,
+    context: &Context,
+    tracker: &Tracker,
+) -> Result<(), ArchFailure> {
+    const RUNNER: &str = "f=$(mktemp /root/.caph-step.XXXXXX) && cat > \"$f\" && bash \"$f\" < /dev/null; status=$?; rm -f \"$f\"; exit $status";
+    let count = plan.steps.len();
+    let exports = stamp.exports();
+    for (index, step) in plan.steps.iter().enumerate() {
+        let number = index + 1;
+        tracker.enter(
+            context,
+            Phase::Provision,
+            format!("step {number}/{count}: {}", step.name),
+        );
+        let script = format!("{exports}{}", step.to_script());
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(FAILURE_TAIL_LINES);
+        let scope = tracker.arch.to_string();
+        let status = session
+            .exec_with_stdin(RUNNER, script.as_bytes(), &mut |line: OutputLine<'_>| {
+                if tail.len() == FAILURE_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line.text.to_string());
+                context.progress.event(ProgressEvent::Output {
+                    scope: scope.clone(),
+                    line: line.text.to_string(),
+                });
+            })
+            .await
+            .map_err(ssh(format!(
+                "running step {number}/{count} \"{}\"",
+                step.name
+            )))?;
+        if status != 0 {
+            let tail = tail
+                .iter()
+                .map(|line| format!("  | {line}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(ArchFailure::Step {
+                number,
+                count,
+                name: step.name.clone(),
+                status,
+                tail,
+            });
+        }
+    }
+    Ok(())
+}

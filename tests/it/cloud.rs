@@ -1,0 +1,160 @@
+//! A simulated Hetzner Cloud with real SSH machines and a download mirror, for end-to-end builds.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, SimState, TimeMode};
+use caph_sim::machine::{SshMachines, SshMachinesConfig};
+use caph_sim::mirror::{Mirror, ReleaseVersions, release_artifacts};
+
+pub const TOKEN: &str = "e2e-token";
+
+pub const VERSIONS: fn() -> ReleaseVersions = || ReleaseVersions {
+    containerd: "2.1.4".into(),
+    runc: "1.3.0".into(),
+    crictl: "1.34.0".into(),
+    kubernetes: "1.34.2".into(),
+};
+
+/// The simulator, its machines and the mirror, alive together.
+pub struct Cloud {
+    pub sim: HcloudSim,
+    /// Kept alive for the simulator (dropping it stops every machine).
+    pub _machines: Arc<SshMachines>,
+    pub mirror: Mirror,
+}
+
+impl Cloud {
+    /// Starts everything, or says why this machine cannot (not root, no sshd, no mmdebstrap).
+    pub async fn start(test: &str) -> Option<Cloud> {
+        let machines = match SshMachines::new(SshMachinesConfig::default()) {
+            Ok(machines) => Arc::new(machines),
+            Err(error) => {
+                eprintln!("SKIPPED {test}: {error}");
+                return None;
+            }
+        };
+        let sim = HcloudSim::start(HcloudSimConfig {
+            token: TOKEN.into(),
+            time: TimeMode::Scaled(0.001),
+            machines: machines.clone(),
+            record_responses: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the simulator starts");
+        let mirror = Mirror::start(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            release_artifacts(&VERSIONS(), &["amd64", "arm64"]),
+        )
+        .await
+        .expect("the mirror starts");
+        Some(Cloud {
+            sim,
+            _machines: machines,
+            mirror,
+        })
+    }
+
+    /// The architectures this machine can build: x86 always, arm where qemu-user runs arm binaries.
+    pub fn architectures() -> Vec<&'static str> {
+        if Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+            vec!["x86", "arm"]
+        } else {
+            eprintln!(
+                "note: no qemu-aarch64 binfmt handler (apt-get install qemu-user-static binfmt-support): building x86 only"
+            );
+            vec!["x86"]
+        }
+    }
+
+    /// A test spec whose artifacts come from the mirror.
+    pub fn spec(&self, name: &str, architectures: &[&str]) -> String {
+        let mirror = self.mirror.url();
+        let list = architectures
+            .iter()
+            .map(|arch| format!("\"{arch}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"[image]
+name = "{name}"
+description = "end-to-end test image"
+
+[base]
+distribution = "debian"
+version = "12"
+
+[base.hcloud]
+x86 = "debian-12"
+arm = "debian-12"
+
+[kubernetes]
+version = "1.34.2"
+source = "binaries"
+binaries_url = "{mirror}/kubernetes"
+
+[containerd]
+version = "2.1.4"
+url = "{mirror}/containerd"
+
+[runc]
+version = "1.3.0"
+url = "{mirror}/runc"
+
+[crictl]
+version = "1.34.0"
+url = "{mirror}/crictl"
+
+[system]
+kernel_modules = ["ip_vs"]
+
+[system.sysctls]
+"vm.max_map_count" = "524288"
+
+[[system.files]]
+path = "/etc/e2e-marker"
+content = "built by the end-to-end test\n"
+
+[hcloud]
+architectures = [{list}]
+location = "fsn1"
+
+[hcloud.server_type]
+x86 = "cx23"
+arm = "cax11"
+"#
+        )
+    }
+
+    /// The environment the real binary needs to talk to the simulator.
+    pub fn env(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("HCLOUD_TOKEN", TOKEN.to_string()),
+            ("HCLOUD_ENDPOINT", self.sim.api_url()),
+        ])
+    }
+
+    pub fn state(&self) -> SimState {
+        self.sim.state()
+    }
+
+    /// Checks every answer the simulator gave against the OpenAPI description.
+    pub fn assert_openapi_clean(&self) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/reference/hcloud-openapi.json");
+        if !path.exists() {
+            eprintln!("SKIPPED OpenAPI check: {} is absent", path.display());
+            return;
+        }
+        let validator =
+            caph_sim::openapi::Validator::load(&path).expect("the OpenAPI description loads");
+        let violations = validator.check_all(&self.sim.recorded_responses());
+        assert!(
+            violations.is_empty(),
+            "answers that break the OpenAPI description: {violations:#?}"
+        );
+    }
+}

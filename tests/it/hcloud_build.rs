@@ -1,0 +1,249 @@
+//! `caph-image build hcloud` end to end: the real binary against the simulator, with real SSH
+//! machines and a loopback mirror; then the snapshot is booted and inspected over SSH.
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use caph_hcloud::client::{
+    CreateServerRequest, CreateSshKeyRequest, IdOrName, ServerStatus, WaitOptions,
+};
+use caph_hcloud::{Client, ClientConfig, Token};
+use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, connect_when_ready};
+
+use crate::cloud::{Cloud, TOKEN};
+
+/// Runs the real binary with `args` against the cloud, in `dir`.
+pub async fn run_caph_image(cloud: &Cloud, dir: &std::path::Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
+        .args(args)
+        .current_dir(dir)
+        .envs(cloud.env())
+        .output()
+        .await
+        .expect("caph-image runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn builds_labelled_snapshots_and_leaves_nothing_else() {
+    let Some(cloud) = Cloud::start("builds_labelled_snapshots_and_leaves_nothing_else").await
+    else {
+        return;
+    };
+    let architectures = Cloud::architectures();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        cloud.spec("e2e-node", &architectures),
+    )
+    .unwrap();
+
+    let output = run_caph_image(
+        &cloud,
+        dir.path(),
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--no-progress",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        text(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let snapshots = result["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), architectures.len());
+
+    // Nothing but the snapshots is left: no server, no key, no unfinished image.
+    let state = cloud.state();
+    assert!(
+        state.servers.is_empty(),
+        "servers left: {:?}",
+        state.servers
+    );
+    assert!(state.ssh_keys.is_empty(), "keys left: {:?}", state.ssh_keys);
+    let made = state.snapshots();
+    assert_eq!(made.len(), architectures.len());
+    for snapshot in &made {
+        assert_eq!(
+            snapshot.labels.get("caph-image-name").map(String::as_str),
+            Some("e2e-node")
+        );
+        assert_eq!(
+            snapshot
+                .labels
+                .get("kubernetes-version")
+                .map(String::as_str),
+            Some("1.34.2")
+        );
+        assert!(
+            !snapshot.labels.contains_key("caph-image-build"),
+            "a finished snapshot keeps no build label"
+        );
+        assert!(!snapshot.labels.contains_key("caph-image-pending-name"));
+    }
+    // Every mirror download was checked against a published checksum.
+    let requests = cloud.mirror.requests();
+    assert!(
+        requests.iter().any(|path| path.ends_with("kubelet.sha256")),
+        "{requests:?}"
+    );
+
+    // Boot each snapshot and look inside.
+    let client = Client::new(ClientConfig::new(cloud.sim.api_url(), Token::new(TOKEN))).unwrap();
+    for snapshot in snapshots {
+        let id: i64 = snapshot["id"].as_str().unwrap().parse().unwrap();
+        let arch = snapshot["architecture"].as_str().unwrap();
+        inspect_node(&client, id, arch).await;
+    }
+    cloud.assert_openapi_clean();
+}
+
+/// Creates a server from snapshot `id`, logs in with a pinned host key and checks what the plan promised.
+async fn inspect_node(client: &Client, id: i64, arch: &str) {
+    let user_key = KeyPair::generate_ed25519("inspector").unwrap();
+    let host_key = KeyPair::generate_ed25519("inspected").unwrap();
+    let key = client
+        .create_ssh_key(&CreateSshKeyRequest {
+            name: format!("inspector-{arch}"),
+            public_key: user_key.public_key().to_openssh(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+    let mut request = CreateServerRequest::new(
+        format!("inspect-{arch}"),
+        IdOrName::Name(if arch == "x86" {
+            "cx23".into()
+        } else {
+            "cax11".into()
+        }),
+        IdOrName::Id(id),
+    );
+    request.ssh_keys = vec![IdOrName::Id(key.id.0)];
+    let pem = host_key.private_key_openssh().unwrap();
+    let indented: String = pem
+        .expose()
+        .lines()
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    request.user_data = Some(caph_hcloud::client::SecretString::new(format!(
+        "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {}\n",
+        host_key.public_key().to_openssh()
+    )));
+    let created = client.create_server(&request).await.unwrap();
+    let wait = WaitOptions {
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    client
+        .wait_for_actions(&created.all_actions(), &wait, &mut |_| {})
+        .await
+        .unwrap();
+    let server = client
+        .wait_for_server_status(
+            created.server.id,
+            &ServerStatus::Running,
+            &wait,
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    let address = SocketAddr::new(std::net::IpAddr::V4(server.public_net.ipv4.unwrap().ip), 22);
+    let session = connect_when_ready(
+        &ConnectConfig::new(
+            address,
+            "root",
+            user_key,
+            HostKeyPolicy::Pinned(host_key.public_key()),
+        ),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+
+    let check = |command: &'static str| {
+        let session = &session;
+        async move {
+            let output = session.exec_capture(command).await.unwrap();
+            assert_eq!(
+                output.exit_code, 0,
+                "{arch}: `{command}` failed: {}",
+                output.stderr
+            );
+            output.stdout
+        }
+    };
+    assert!(
+        check("cat /etc/modules-load.d/caph-image.conf")
+            .await
+            .contains("br_netfilter\nip_vs")
+    );
+    let sysctls = check("cat /etc/sysctl.d/90-caph-image.conf").await;
+    assert!(
+        sysctls.contains("net.ipv4.ip_forward = 1")
+            && sysctls.contains("vm.max_map_count = 524288"),
+        "{sysctls}"
+    );
+    assert!(
+        check("cat /etc/containerd/config.toml")
+            .await
+            .contains("SystemdCgroup = true")
+    );
+    assert_eq!(
+        check("/usr/local/bin/kubelet --version").await.trim(),
+        "Kubernetes v1.34.2"
+    );
+    assert!(
+        check("systemctl is-enabled kubelet containerd")
+            .await
+            .lines()
+            .all(|line| line == "enabled")
+    );
+    let release = check("cat /etc/caph-image-release").await;
+    assert!(
+        release.contains("CAPH_IMAGE_NAME=e2e-node")
+            && release.contains(&format!("ARCHITECTURE={arch}")),
+        "{release}"
+    );
+    assert_eq!(
+        check("cat /etc/e2e-marker").await,
+        "built by the end-to-end test\n"
+    );
+    assert_eq!(
+        check("ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l")
+            .await
+            .trim(),
+        "0",
+        "host keys left in the image"
+    );
+    assert_eq!(
+        check("wc -c < /etc/machine-id").await.trim(),
+        "0",
+        "machine-id not emptied"
+    );
+    // The build key is gone; only the inspector's key (added at this server's creation) remains.
+    let keys = check("cat /root/.ssh/authorized_keys 2>/dev/null || true").await;
+    assert!(
+        !keys.contains("caph-image build"),
+        "the build key stayed in the image: {keys}"
+    );
+    session.close().await;
+    let action = client.delete_server(created.server.id).await.unwrap();
+    client
+        .wait_for_action(&action, &wait, &mut |_| {})
+        .await
+        .unwrap();
+    client.delete_ssh_key(key.id).await.unwrap();
+}
