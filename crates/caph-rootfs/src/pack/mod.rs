@@ -367,7 +367,7 @@ pub struct PackSummary {
     pub bytes_out: u64,
     /// Lowercase hex sha256 of the output.
     pub sha256: String,
-    /// Wall time of the run.
+    /// Wall time of the run (for [`pack_to_path`], until both files are in place).
     pub duration: Duration,
 }
 
@@ -481,6 +481,7 @@ pub fn pack_to_path(
     options: &PackOptions,
     progress: &mut dyn FnMut(PackEvent),
 ) -> Result<PackSummary, PackError> {
+    let started = Instant::now();
     let write_error = |source: io::Error| PackError::Write {
         path: output.to_owned(),
         source,
@@ -505,7 +506,7 @@ pub fn pack_to_path(
     // The output may lie inside the tree being packed; the archive must not contain itself.
     let own = temp_file.metadata().map_err(write_error)?;
     let buffered = BufWriter::with_capacity(OUTPUT_BUFFER, temp_file);
-    let (buffered, summary) = pack_into(
+    let (buffered, mut summary) = pack_into(
         source,
         buffered,
         output,
@@ -526,6 +527,8 @@ pub fn pack_to_path(
 
     let checksum_line = format!("{}  {}\n", summary.sha256, file_name.to_string_lossy());
     write_file_atomically(&checksum_path(output), checksum_line.as_bytes())?;
+    // The whole run, the sync and both renames included.
+    summary.duration = started.elapsed();
 
     progress(PackEvent::Progress(Progress {
         phase: Phase::Done,
