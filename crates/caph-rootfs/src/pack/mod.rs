@@ -15,6 +15,10 @@
 //!   sticky bits and every extended attribute (`SCHILY.xattr.*`). Sockets cannot be archived
 //!   and are skipped with a [`PackWarning`]. Sparse files are written in GNU's PAX sparse format
 //!   1.0, found with `SEEK_DATA`/`SEEK_HOLE`, so holes are neither read nor stored.
+//! - **Bounded memory.** About 10 MiB of buffers plus about 5 MiB per gzip thread (four 1 MiB
+//!   chunks in flight each) or about 8 MiB per zstd worker (2 MiB jobs), whatever the tree size.
+//!   Measured peak RSS with 2 threads: 26 MiB on a 265 MiB Debian rootfs, 41 MiB on a 2 GiB tree
+//!   of 100,000 files (60,000 in one directory) and 1.5 GiB of incompressible data.
 //! - **Rootfs aware.** With [`PackOptions::rootfs`], `proc`, `sys`, `dev` and `run` at the root
 //!   are stored as empty directories and the caches in [`ROOTFS_EXCLUDES`] are left out.
 
@@ -213,7 +217,8 @@ pub struct PackOptions {
     pub empty_dirs: Vec<String>,
     /// Root-relative patterns left out with everything below them; see [`ROOTFS_EXCLUDES`].
     pub excludes: Vec<String>,
-    /// Compression threads; 0 means one per available core. The output does not depend on it.
+    /// Compression threads; 0 means one per available core. The output does not depend on it;
+    /// memory grows by about 5 MiB (gzip) or 8 MiB (zstd) per thread.
     pub threads: usize,
 }
 
