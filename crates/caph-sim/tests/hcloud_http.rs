@@ -99,7 +99,9 @@ async fn every_answer_carries_correlation_and_rate_limit_headers() {
 async fn token_bucket_answers_429_and_refills() {
     let harness = start(HcloudSimConfig {
         rate_limit_capacity: 3,
-        rate_limit_refill_per_second: 20.0,
+        // One token a second: slow enough that a loaded machine still sends the first four
+        // requests before a token comes back.
+        rate_limit_refill_per_second: 1.0,
         ..manual()
     })
     .await;
@@ -116,8 +118,7 @@ async fn token_bucket_answers_429_and_refills() {
     );
     assert_eq!(limited.header("RateLimit-Limit"), "3");
     assert_eq!(limited.header("RateLimit-Remaining"), "0");
-    // 20 tokens per second: one is back after 50 ms.
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = harness.get("/locations").await;
     assert_eq!(again.status, 200);
     let statuses: Vec<Option<u16>> = harness
