@@ -36,7 +36,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -220,7 +220,41 @@ pub struct PackOptions {
     /// Compression threads; 0 means one per available core. The output does not depend on it;
     /// memory grows by about 5 MiB (gzip) or 8 MiB (zstd) per thread.
     pub threads: usize,
+    /// Checked before every entry and every 1 MiB of data; once set, the run stops with
+    /// [`PackError::Cancelled`] and leaves no output file behind.
+    pub cancel: Cancel,
 }
+
+/// A cancellation flag shared between the writer and whoever may stop it (a Ctrl-C handler, or
+/// a task waiting on a `CancellationToken`). Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag that is not set.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Sets the flag: the writer stops at its next check.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the flag is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for Cancel {
+    /// The same flag, not merely the same state.
+    fn eq(&self, other: &Cancel) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Cancel {}
 
 impl PackOptions {
     /// For a root filesystem: [`ROOTFS_EMPTY_DIRS`] and [`ROOTFS_EXCLUDES`] apply.
@@ -237,6 +271,7 @@ impl PackOptions {
                 .map(|pattern| (*pattern).to_owned())
                 .collect(),
             threads: 0,
+            cancel: Cancel::new(),
         }
     }
 
@@ -248,6 +283,7 @@ impl PackOptions {
             empty_dirs: Vec::new(),
             excludes: Vec::new(),
             threads: 0,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -429,6 +465,9 @@ pub enum PackError {
         /// Why.
         reason: String,
     },
+    /// [`PackOptions::cancel`] was set.
+    #[error("packing was cancelled")]
+    Cancelled,
     /// `SOURCE_DATE_EPOCH` is set but not an integer.
     #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970")]
     SourceDateEpoch {
@@ -641,6 +680,7 @@ fn pack_into<W: Write + Send>(
                 root: source.to_owned(),
                 output_label,
                 own_output,
+                cancel: options.cancel.clone(),
                 epoch: options.source_date_epoch,
                 excludes,
                 empty_dirs,
@@ -733,6 +773,7 @@ struct Walker<'a> {
     output_label: &'a Path,
     /// Device and inode of the file being written, skipped if met in the tree.
     own_output: Option<(u64, u64)>,
+    cancel: Cancel,
     epoch: Option<i64>,
     excludes: Vec<Pattern>,
     empty_dirs: Vec<Pattern>,
@@ -775,6 +816,9 @@ impl Walker<'_> {
                 relative.push(b'/');
             }
             relative.extend_from_slice(name.as_bytes());
+            if self.cancel.is_cancelled() {
+                return Err(PackError::Cancelled);
+            }
             self.entry(&absolute, &relative, &mut stack)?;
             self.report(Phase::Archiving, false);
         }
@@ -984,6 +1028,9 @@ impl Walker<'_> {
     fn copy_data(&mut self, path: &Path, file: &mut File, length: u64) -> Result<(), PackError> {
         let mut remaining = length;
         while remaining > 0 {
+            if self.cancel.is_cancelled() {
+                return Err(PackError::Cancelled);
+            }
             let want = usize::try_from(remaining)
                 .unwrap_or(usize::MAX)
                 .min(self.buffer.len());

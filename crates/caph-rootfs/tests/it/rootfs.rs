@@ -366,3 +366,30 @@ fn source_date_epoch_is_an_integer_or_absent() {
         );
     }
 }
+
+#[test]
+fn cancelling_stops_the_run_and_leaves_no_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("tree");
+    fs::create_dir_all(&root).unwrap();
+    // 200 MiB of zeros: long enough that the run is still going when the flag is set.
+    fs::write(root.join("zeros"), vec![0u8; 200 << 20]).unwrap();
+    let options = PackOptions::plain(Compression::None);
+    let cancel = options.cancel.clone();
+    let output = temp.path().join("out.tar");
+    let mut reports = 0;
+    let error = pack::pack_to_path(&root, &output, &options, &mut |event| {
+        if let pack::PackEvent::Progress(_) = event {
+            reports += 1;
+            cancel.cancel();
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(error, PackError::Cancelled), "{error:?}");
+    assert!(reports >= 1);
+    let left: Vec<_> = fs::read_dir(temp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["tree"], "nothing but the tree is left");
+}
