@@ -101,9 +101,10 @@ async fn scaled_time_runs_a_build_in_milliseconds() {
         .wait_action(deleted.body["action"]["id"].as_u64().expect("id"))
         .await;
     assert_eq!(harness.get(&format!("/servers/{server}")).await.status, 404);
-    // About 28 + 7 + 84 + 4 simulated seconds at 1000x: well under two seconds of real time.
+    // About 28 + 7 + 84 + 4 simulated seconds at 1000x: 0.12 s plus polling; the bound leaves
+    // room for a loaded machine and still fails a simulator running in real time.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
