@@ -738,7 +738,7 @@ fn server_action(
     let resources = vec![(id, "server")];
     let mut extra = Map::new();
     // Spawned only once the answer is rendered, so it shows the action as it started.
-    let task: Option<Task>;
+    let task: Task;
     let action_id = match command {
         "shutdown" | "poweroff" | "poweron" | "reset" | "reboot" => {
             let (wire_command, expected) = match command {
@@ -764,7 +764,7 @@ fn server_action(
             };
             world.set_status(id, next);
             let task_inner = Arc::clone(inner);
-            task = Some(match command {
+            task = match command {
                 "shutdown" => boxed(ops::shutdown(
                     task_inner, id, action_id, generation, now, previous, ignored,
                 )),
@@ -782,7 +782,7 @@ fn server_action(
                     now,
                     was_running,
                 )),
-            });
+            };
             action_id
         }
         "enable_rescue" => {
@@ -813,7 +813,7 @@ fn server_action(
             }
             let action_id = world.start_action("enable_rescue", resources, now, durations.rescue);
             extra.insert("root_password".into(), json!(random_password()));
-            task = Some(boxed(ops::timed(
+            task = boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
                 now.saturating_add(durations.rescue),
@@ -822,12 +822,12 @@ fn server_action(
                         server.view.rescue_enabled = true;
                     }
                 }),
-            )));
+            ));
             action_id
         }
         "disable_rescue" => {
             let action_id = world.start_action("disable_rescue", resources, now, durations.rescue);
-            task = Some(boxed(ops::timed(
+            task = boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
                 now.saturating_add(durations.rescue),
@@ -836,7 +836,7 @@ fn server_action(
                         server.view.rescue_enabled = false;
                     }
                 }),
-            )));
+            ));
             action_id
         }
         "change_protection" => {
@@ -848,7 +848,7 @@ fn server_action(
                 now,
                 durations.change_protection,
             );
-            task = Some(boxed(ops::timed(
+            task = boxed(ops::timed(
                 Arc::clone(inner),
                 action_id,
                 now.saturating_add(durations.change_protection),
@@ -862,7 +862,7 @@ fn server_action(
                         }
                     }
                 }),
-            )));
+            ));
             action_id
         }
         "create_image" => {
@@ -922,13 +922,13 @@ fn server_action(
             if let Some(image) = world.images.get(&image_id) {
                 extra.insert("image".into(), image_json(&image.view));
             }
-            task = Some(boxed(ops::create_image(
+            task = boxed(ops::create_image(
                 Arc::clone(inner),
                 id,
                 image_id,
                 action_id,
                 now,
-            )));
+            ));
             action_id
         }
         _ => return Err(ApiError::not_found("route")),
@@ -938,9 +938,7 @@ fn server_action(
         .get(&action_id)
         .map(|action| action_json(action, now, &inner.clock));
     drop(world);
-    if let Some(task) = task {
-        inner.spawn(task);
-    }
+    inner.spawn(task);
     let mut body = Map::new();
     body.insert("action".into(), json!(action));
     body.extend(extra);
