@@ -5,7 +5,8 @@
 //! bookworm`, built once (needs root and Debian's mirror) and cached under
 //! `/var/cache/caph-image-bench/`. Every command runs under GNU `time` (Debian package `time`)
 //! for wall time, user+system CPU and peak RSS, writes its output to the same disk and fsyncs
-//! it; each is run `--runs` times and the run with the median wall time is reported. The
+//! it; the commands run round robin `--runs` times and the run with the median wall time of
+//! each is reported. The
 //! Markdown table goes to stdout and to `<target dir>/bench/pack.md`.
 
 use std::fmt::Write as _;
@@ -174,19 +175,37 @@ pub fn pack(args: &PackArgs) -> Result<()> {
     let load_before = load_average();
     // One unmeasured pass reads the tree into the page cache, so no command pays for it.
     run_case(&cases[0])?;
-    let mut results = Vec::new();
-    for case in &cases {
-        let mut runs = Vec::new();
-        for _ in 0..args.runs {
-            runs.push(run_case(case)?);
+    // Round robin, so a burst of load from elsewhere hits every command alike.
+    let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); cases.len()];
+    for round in 1..=args.runs {
+        for (case, case_runs) in cases.iter().zip(&mut runs) {
+            case_runs.push(run_case(case)?);
         }
-        runs.sort_by(|left, right| left.wall.total_cmp(&right.wall));
-        results.push(runs[runs.len() / 2]);
-        eprintln!("measured: {}", case.label);
+        eprintln!("round {round}/{} measured", args.runs);
     }
+    let results: Vec<Measurement> = runs
+        .iter_mut()
+        .map(|case_runs| {
+            case_runs.sort_by(|left, right| left.wall.total_cmp(&right.wall));
+            case_runs[case_runs.len() / 2]
+        })
+        .collect();
     let load_after = load_average();
+    // Every output must list the same entries as GNU tar's own archive.
+    let mut listed = Vec::new();
+    for case in &cases {
+        listed.push(entry_count(&case.output)?);
+    }
+    ensure!(
+        listed.iter().all(|count| *count == listed[0]),
+        "the archives list different numbers of entries: {listed:?}"
+    );
     for case in &cases {
         let _ = fs::remove_file(&case.output);
+        let _ = fs::remove_file(case.output.with_extension(format!(
+            "{}.sha256",
+            case.output.extension().unwrap_or_default().to_string_lossy()
+        )));
     }
 
     let report = render(&Report {
@@ -194,6 +213,7 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         tree_bytes,
         tree_entries,
         runs: args.runs,
+        entries_listed: listed[0],
         load_before,
         load_after,
         cases: &cases,
@@ -251,6 +271,7 @@ struct Report<'a> {
     tree_bytes: u64,
     tree_entries: u64,
     runs: usize,
+    entries_listed: u64,
     load_before: String,
     load_after: String,
     cases: &'a [Case],
@@ -287,8 +308,14 @@ fn render(report: &Report<'_>) -> String {
     let _ = writeln!(
         text,
         "- median of {} runs by wall time; page cache warm; every output fsynced; peak RSS is \
-         the largest process of a pipeline\n",
+         the largest process of a pipeline",
         report.runs
+    );
+    let _ = writeln!(
+        text,
+        "- every archive lists the same {} entries (`tar -t`); `caph pack` runs with `--plain`, \
+         so it packs what GNU tar packs\n",
+        report.entries_listed
     );
     let _ = writeln!(
         text,
@@ -335,6 +362,22 @@ fn render(report: &Report<'_>) -> String {
         );
     }
     text
+}
+
+/// Entries GNU tar lists in an archive (compression detected from the content).
+fn entry_count(archive: &Path) -> Result<u64> {
+    let output = Command::new("tar")
+        .arg("-tf")
+        .arg(archive)
+        .output()
+        .with_context(|| format!("listing {}", archive.display()))?;
+    ensure!(
+        output.status.success() && output.stderr.is_empty(),
+        "tar -tf {} failed: {}",
+        archive.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(output.stdout.iter().filter(|&&byte| byte == b'\n').count() as u64)
 }
 
 /// The cached benchmark tree, built with mmdebstrap on first use.
