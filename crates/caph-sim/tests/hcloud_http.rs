@@ -197,3 +197,28 @@ async fn secrets_stay_out_of_debug_output() {
     assert!(state.contains("bytes>"));
     harness.assert_openapi();
 }
+
+#[tokio::test]
+async fn extra_fields_are_added_to_every_object_with_an_id() {
+    let harness = start(HcloudSimConfig {
+        extra_fields: true,
+        ..manual()
+    })
+    .await;
+    let created = harness.create_server("grown", json!({})).await;
+    assert_eq!(created.status, 201);
+    for pointer in [
+        "/server",
+        "/server/server_type",
+        "/server/location",
+        "/server/image",
+        "/action",
+        "/next_actions/0",
+    ] {
+        let object = created.body.pointer(pointer).expect(pointer);
+        assert!(object["x_future_field"].is_object(), "{pointer}");
+    }
+    assert!(created.body.get("x_future_field").is_none());
+    // Still valid against today's description: unknown properties are allowed.
+    harness.assert_openapi();
+}

@@ -63,6 +63,11 @@
 //! for [`crate::openapi::Validator::check_all`]. [`HcloudSim::add_snapshot`] seeds snapshots a
 //! test needs to exist already.
 //!
+//! # An API that grows
+//! With `extra_fields` every object with an `id` carries a field no client knows; unknown enum
+//! values come from changing the [`Catalog`] (e.g. a server type with `cpu_type: "hybrid"`).
+//! Both check that a client stays lenient where the live API evolves.
+//!
 //! # Data
 //! Locations fsn1, nbg1, hel1 (eu-central), ash (us-east), hil (us-west), sin (ap-southeast).
 //! Server types cx23, cx33, cx43 (x86), cax11, cax21 (arm) in the EU, ccx13 (x86, dedicated)
@@ -189,6 +194,9 @@ pub struct HcloudSimConfig {
     pub machines: Arc<dyn MachineHost>,
     /// Keep every response for [`HcloudSim::recorded_responses`] (OpenAPI checks).
     pub record_responses: bool,
+    /// Add a field no client knows (`x_future_field`, an object) to every object with an `id`
+    /// in every answer, as the live API does when it grows: clients must ignore it.
+    pub extra_fields: bool,
     /// Locations, server types and system images on offer.
     pub catalog: Catalog,
 }
@@ -209,6 +217,7 @@ impl std::fmt::Debug for HcloudSimConfig {
             )
             .field("machines", &self.machines)
             .field("record_responses", &self.record_responses)
+            .field("extra_fields", &self.extra_fields)
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +233,7 @@ impl Default for HcloudSimConfig {
             rate_limit_refill_per_second: 1.0,
             machines: Arc::new(AddressOnly::default()),
             record_responses: false,
+            extra_fields: false,
             catalog: Catalog::default(),
         }
     }
@@ -406,7 +416,10 @@ impl HcloudSim {
             clock,
             config.durations,
             config.machines,
-            config.record_responses,
+            world::AnswerOptions {
+                record: config.record_responses,
+                extra_fields: config.extra_fields,
+            },
             config.catalog,
             Bucket::new(
                 config.rate_limit_capacity,
@@ -720,9 +733,14 @@ fn respond(
     path: &str,
     template: Option<&str>,
     status: u16,
-    body: Option<Value>,
+    mut body: Option<Value>,
 ) -> Response<Full<Bytes>> {
     log(inner, method, path, template, Some(status));
+    if inner.extra_fields
+        && let Some(body) = body.as_mut()
+    {
+        world::add_extra_fields(body);
+    }
     if inner.record_responses
         && let Some(template) = template
     {

@@ -149,6 +149,35 @@ impl Bucket {
     }
 }
 
+/// What to do with answers besides sending them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnswerOptions {
+    pub(crate) record: bool,
+    pub(crate) extra_fields: bool,
+}
+
+/// The field [`Inner::extra_fields`] adds: a name no client knows, holding an object.
+pub(crate) const EXTRA_FIELD: &str = "x_future_field";
+
+/// Adds [`EXTRA_FIELD`] to every object that has an `id`, as a newer API version might.
+pub(crate) fn add_extra_fields(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            for member in object.values_mut() {
+                add_extra_fields(member);
+            }
+            if object.contains_key("id") {
+                object.insert(
+                    EXTRA_FIELD.to_owned(),
+                    json!({"added": "2027-01", "values": [1, "two", null]}),
+                );
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(add_extra_fields),
+        _ => {}
+    }
+}
+
 /// The shared core of a running simulator.
 pub(crate) struct Inner {
     pub(crate) token: String,
@@ -156,6 +185,8 @@ pub(crate) struct Inner {
     pub(crate) durations: Durations,
     pub(crate) host: Arc<dyn MachineHost>,
     pub(crate) record_responses: bool,
+    /// Add [`EXTRA_FIELD`] to every object with an `id` in answers.
+    pub(crate) extra_fields: bool,
     world: Mutex<World>,
     pub(crate) bucket: Mutex<Bucket>,
     /// Serialises host calls per server (the host contract: calls for one server never overlap).
@@ -175,6 +206,7 @@ impl std::fmt::Debug for Inner {
             .field("durations", &self.durations)
             .field("host", &self.host)
             .field("record_responses", &self.record_responses)
+            .field("extra_fields", &self.extra_fields)
             .finish_non_exhaustive()
     }
 }
@@ -192,7 +224,7 @@ impl Inner {
         clock: Arc<Clock>,
         durations: Durations,
         host: Arc<dyn MachineHost>,
-        record_responses: bool,
+        answers: AnswerOptions,
         catalog: Catalog,
         bucket: Bucket,
     ) -> Inner {
@@ -201,7 +233,8 @@ impl Inner {
             clock,
             durations,
             host,
-            record_responses,
+            record_responses: answers.record,
+            extra_fields: answers.extra_fields,
             world: Mutex::new(World::new(catalog)),
             bucket: Mutex::new(bucket),
             server_locks: Mutex::new(HashMap::new()),
