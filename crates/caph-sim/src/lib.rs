@@ -5,6 +5,7 @@
 
 pub mod hcloud;
 pub mod host;
+pub mod installimage;
 pub mod machine;
 pub mod mirror;
 pub mod openapi;

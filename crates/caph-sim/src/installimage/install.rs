@@ -1,0 +1,987 @@
+//! The install itself: partitions and filesystems on sparse disk images (or a directory), the extracted image, and the files installimage writes.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{Vars, numeric};
+use super::validate::{image_info, image_types};
+use super::{DiskMode, MachineFacts, Options};
+
+/// The manifest a successful install leaves in `disk_dir`.
+pub const MANIFEST_NAME: &str = "installed.json";
+
+/// One partition on a disk image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledPartition {
+    /// `/dev/sda1`.
+    pub device: String,
+    /// The disk image holding it.
+    pub image: PathBuf,
+    pub start_bytes: u64,
+    pub size_bytes: u64,
+    /// `ext4`, `swap`, `esp`, ...
+    pub fs: String,
+    /// `/`, `/boot`, `swap`, `none`.
+    pub mount: String,
+    pub uuid: String,
+    /// False where the filesystem could not be made (an ESP without `mkfs.fat`).
+    pub formatted: bool,
+}
+
+/// Where the installed system lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InstalledDisk {
+    /// Raw disk images with real partition tables and filesystems.
+    Images { partitions: Vec<InstalledPartition> },
+    /// A plain directory tree, and why images were not possible.
+    Directory { root: PathBuf, reason: String },
+}
+
+/// What installimage installed, for the machine that boots it next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub hostname: String,
+    /// The image file name as given in `IMAGE`.
+    pub image: String,
+    pub disk: InstalledDisk,
+}
+
+/// `/root/debug.txt`, in installimage's `[HH:MM:SS] text` format.
+pub(crate) struct DebugLog {
+    file: Option<std::fs::File>,
+}
+
+impl DebugLog {
+    pub(crate) fn open(path: &Path) -> DebugLog {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        DebugLog {
+            file: std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok(),
+        }
+    }
+
+    fn stamp() -> String {
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0)
+            % 86_400;
+        format!(
+            "[{:02}:{:02}:{:02}]",
+            seconds / 3600,
+            (seconds % 3600) / 60,
+            seconds % 60
+        )
+    }
+
+    /// `debug "text"`.
+    pub(crate) fn line(&mut self, text: &str) {
+        if let Some(file) = &mut self.file {
+            let _ = writeln!(file, "{} {text}", DebugLog::stamp());
+        }
+    }
+
+    /// `echo text | debugoutput`: one entry per line.
+    pub(crate) fn output(&mut self, text: &str) {
+        if let Some(file) = &mut self.file {
+            for line in text.lines() {
+                let _ = writeln!(file, "{} :   {}", DebugLog::stamp(), line.trim_start());
+            }
+        }
+    }
+}
+
+/// Status lines as installimage prints them.
+struct Status<'o> {
+    out: &'o mut dyn Write,
+    step: u32,
+    total: u32,
+}
+
+impl Status<'_> {
+    fn step(&mut self, text: &str) {
+        self.step += 1;
+        let _ = writeln!(
+            self.out,
+            "{:>4}/{:<3}:  {text:<46} done",
+            self.step, self.total
+        );
+    }
+
+    fn step_open(&mut self, text: &str) {
+        self.step += 1;
+        let _ = writeln!(self.out, "{:>4}/{:<3}:  {text}", self.step, self.total);
+    }
+
+    fn sub(&mut self, text: &str) {
+        let _ = writeln!(self.out, "         :  {text:<46} done");
+    }
+}
+
+/// Runs a command; `Err` carries its stderr.
+fn run(command: &mut Command, what: &str) -> Result<String, String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("ERROR: {what}: cannot run: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "ERROR: {what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn tool_exists(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(name).is_file())
+}
+
+fn random_uuid() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let mut bytes = bytes;
+    // Version 4, RFC 4122 variant.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// `/dev/sda` + 1 -> `/dev/sda1`; `/dev/nvme0n1` + 1 -> `/dev/nvme0n1p1`.
+fn partition_device(drive: &str, number: usize) -> String {
+    if drive.ends_with(|c: char| c.is_ascii_digit()) {
+        format!("{drive}p{number}")
+    } else {
+        format!("{drive}{number}")
+    }
+}
+
+/// Why this layout cannot be built on raw images, if it cannot.
+fn directory_reason(vars: &Vars, options: &Options) -> Option<String> {
+    if options.disk_mode == DiskMode::Directory {
+        return Some("directory mode requested".into());
+    }
+    if vars.swraid == "1" {
+        return Some("software RAID is not modelled on disk images".into());
+    }
+    if vars.lvm {
+        return Some("LVM is not modelled on disk images".into());
+    }
+    if vars.crypt {
+        return Some("encryption is not modelled on disk images".into());
+    }
+    if let Some(part) = vars.parts.iter().find(|part| {
+        !matches!(
+            part.fs.as_str(),
+            "ext2" | "ext3" | "ext4" | "swap" | "esp" | "none"
+        ) && !part.fs.starts_with("bios_grub")
+    }) {
+        return Some(format!(
+            "{} filesystems are not modelled on disk images",
+            part.fs
+        ));
+    }
+    for tool in ["sfdisk", "mke2fs"] {
+        if !tool_exists(tool) {
+            return Some(format!("{tool} is missing"));
+        }
+    }
+    None
+}
+
+fn use_gpt(vars: &Vars, facts: &MachineFacts, drive_bytes: u64) -> bool {
+    // installimage switches to GPT at 2 TiB, where MS-DOS tables end.
+    const GPT_FROM_BYTES: u64 = 2 << 40;
+    facts.uefi || drive_bytes >= GPT_FROM_BYTES || matches!(vars.force_gpt.as_str(), "1" | "2")
+}
+
+/// The tar decompression flag for installimage's file types.
+fn tar_flag(file_type: &str) -> Option<&'static str> {
+    match file_type {
+        "tgz" => Some("-z"),
+        "tbz" => Some("-j"),
+        "txz" => Some("-J"),
+        "zst" => Some("--zstd"),
+        _ => None,
+    }
+}
+
+/// Runs `argv` chrooted into `root`, in its own mount and PID namespaces with `/proc`, `/dev` and
+/// `/sys` mounted (as installimage's `execute_chroot_command` does); returns exit status, stdout
+/// and stderr. The mounts vanish with the namespace.
+fn chroot_command(root: &Path, argv: &[&str]) -> Result<(i32, String, String), String> {
+    const SCRIPT: &str = r#"root=$1; shift
+mount --make-rprivate / 2>/dev/null
+mkdir -p "$root/proc" "$root/dev" "$root/sys"
+mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" || exit 125
+mount -t sysfs -o ro sysfs "$root/sys" 2>/dev/null
+exec chroot "$root" "$@""#;
+    let output = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .arg(root)
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("ERROR: cannot run unshare for a chroot: {error}"))?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+struct PlannedPartition {
+    number: usize,
+    mount: String,
+    fs: String,
+    size_mib: Option<u64>,
+    uuid: String,
+}
+
+pub(crate) fn install(
+    vars: &Vars,
+    facts: &MachineFacts,
+    options: &Options,
+    config_text: &str,
+    log: &mut DebugLog,
+    out: &mut dyn Write,
+) -> Result<Manifest, String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("ERROR: installimage must run as root (the simulation extracts with numeric owners and chroots)".into());
+    }
+    let (path_type, file_name, file_type) = image_types(&vars.image);
+    let info = image_info(&file_name);
+    let disk_dir = &facts.disk_dir;
+    let reason = directory_reason(vars, options);
+    let drive1 = vars.drives.first().cloned().flatten().unwrap_or_default();
+    let drive1_bytes = facts
+        .drives
+        .iter()
+        .find(|drive| drive.device == drive1)
+        .map(|drive| drive.size_bytes)
+        .unwrap_or(0);
+
+    let _ = writeln!(out);
+    let _ = writeln!(out, "                Hetzner Online GmbH - installimage");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  Your server will be installed now, this will take some minutes"
+    );
+    let _ = writeln!(
+        out,
+        "             You can abort at any time with CTRL+C ..."
+    );
+    let _ = writeln!(out);
+    let mode_line = match &reason {
+        None => format!("caph-sim: disk images in {}", disk_dir.display()),
+        Some(reason) => format!(
+            "caph-sim: a directory ({}) instead of disk images: {reason}",
+            disk_dir.join("root").display()
+        ),
+    };
+    let _ = writeln!(out, "{mode_line}");
+    log.line(&mode_line);
+    let _ = writeln!(
+        out,
+        "         :  Reading configuration                          done"
+    );
+    let _ = writeln!(
+        out,
+        "         :  Loading image file variables                   done"
+    );
+    let _ = writeln!(
+        out,
+        "         :  Loading {:<38} done",
+        format!("{} specific functions", info.distro)
+    );
+    let mut total = 15;
+    if path_type == "http" {
+        total += 1;
+    }
+    if vars.swraid == "1" {
+        total += 1;
+    }
+    if vars.lvm {
+        total += 1;
+    }
+    let mut status = Status {
+        out,
+        step: 0,
+        total,
+    };
+
+    // A fresh disk: whatever an earlier install left is gone.
+    std::fs::create_dir_all(disk_dir)
+        .map_err(|error| format!("ERROR: creating {}: {error}", disk_dir.display()))?;
+    let root_dir = disk_dir.join("root");
+    let work_dir = disk_dir.join("work");
+    for old in [&root_dir, &work_dir] {
+        if old.exists() {
+            run(
+                Command::new("rm").arg("-rf").arg(old),
+                "wiping the old disk contents",
+            )?;
+        }
+    }
+    let _ = std::fs::remove_file(disk_dir.join(super::MANIFEST_NAME));
+    status.step("Deleting partitions");
+    status.step("Test partition size");
+
+    let planned: Vec<PlannedPartition> = vars
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(index, part)| PlannedPartition {
+            number: index + 1,
+            mount: part.mount.clone(),
+            fs: part.fs.clone(),
+            size_mib: numeric(&part.size),
+            uuid: random_uuid(),
+        })
+        .collect();
+    let image_path = disk_dir.join(format!(
+        "{}.img",
+        drive1.rsplit('/').next().unwrap_or("drive")
+    ));
+    let stage = if reason.is_none() {
+        work_dir.join("stage")
+    } else {
+        root_dir.clone()
+    };
+    let mut sectors: Vec<(u64, u64)> = Vec::new();
+    if reason.is_none() {
+        let gpt = use_gpt(vars, facts, drive1_bytes);
+        if !gpt && planned.len() > 4 {
+            return Err("ERROR: more than 4 partitions on an MS-DOS table are not simulated; set FORCE_GPT 1".into());
+        }
+        let _ = std::fs::remove_file(&image_path);
+        let file = std::fs::File::create(&image_path)
+            .map_err(|error| format!("ERROR: creating {}: {error}", image_path.display()))?;
+        file.set_len(drive1_bytes)
+            .map_err(|error| format!("ERROR: sizing {}: {error}", image_path.display()))?;
+        drop(file);
+        let mut script = format!("label: {}\n", if gpt { "gpt" } else { "dos" });
+        for part in &planned {
+            let kind = match (part.fs.as_str(), gpt) {
+                ("swap", true) => "S",
+                ("swap", false) => "82",
+                ("esp", true) => "U",
+                ("esp", false) => "ef",
+                (fs, true) if fs.starts_with("bios_grub") => "21686148-6449-6E6F-744E-656564454649",
+                (_, true) => "L",
+                (_, false) => "83",
+            };
+            match part.size_mib {
+                Some(size) => script.push_str(&format!("size={size}MiB, type={kind}\n")),
+                None => script.push_str(&format!("type={kind}\n")),
+            }
+        }
+        log.output(&format!("sfdisk script:\n{script}"));
+        let mut child = Command::new("sfdisk")
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&image_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| format!("ERROR: cannot run sfdisk: {error}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|error| format!("ERROR: sfdisk: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "ERROR: creating partitions failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        let json = run(
+            Command::new("sfdisk").arg("--json").arg(&image_path),
+            "reading the partition table",
+        )?;
+        let table: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|error| format!("ERROR: sfdisk --json: {error}"))?;
+        let sector_size = table["partitiontable"]["sectorsize"]
+            .as_u64()
+            .unwrap_or(512);
+        for entry in table["partitiontable"]["partitions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let start = entry["start"].as_u64().unwrap_or(0) * sector_size;
+            let size = entry["size"].as_u64().unwrap_or(0) * sector_size;
+            sectors.push((start, size));
+        }
+        if sectors.len() != planned.len() {
+            return Err(format!(
+                "ERROR: sfdisk made {} partitions, {} were asked for",
+                sectors.len(),
+                planned.len()
+            ));
+        }
+    }
+    let fstab = render_fstab(vars, &planned, &drive1);
+    status.step("Creating partitions and /etc/fstab");
+    if vars.swraid == "1" {
+        status.step(&format!(
+            "Creating software RAID level {}",
+            vars.swraid_level
+        ));
+    }
+    if vars.lvm {
+        status.step("Creating LVM volumes");
+    }
+    status.step_open("Formatting partitions");
+    for part in &planned {
+        if !matches!(part.fs.as_str(), "none") && !part.fs.starts_with("bios_grub") {
+            let device = partition_device(&drive1, part.number);
+            status.sub(&format!("  formatting {device} with {}", part.fs));
+        }
+    }
+    status.step("Mounting partitions");
+    status.step("Sync time via ntp");
+
+    // The image: local below the system root, or downloaded next to the disks.
+    let image_file = match path_type.as_str() {
+        "local" => options.system_root.join(vars.image.trim_start_matches('/')),
+        "http" => {
+            let target = disk_dir.join(&file_name);
+            run(
+                Command::new("curl")
+                    .args(["-fsSL", "-o"])
+                    .arg(&target)
+                    .arg(&vars.image),
+                &format!("downloading {}", vars.image),
+            )?;
+            status.step(&format!("Downloading image ({path_type})"));
+            target
+        }
+        _ => {
+            return Err(format!(
+                "ERROR: nfs images ({}) are not simulated; copy the image to the rescue system",
+                vars.image
+            ));
+        }
+    };
+    if !image_file.is_file() {
+        return Err(format!("ERROR: image file {} not found", vars.image));
+    }
+    let _ = writeln!(
+        status.out,
+        "         :  Importing public key for image validation  done"
+    );
+    let signature = PathBuf::from(format!("{}.sig", image_file.display()));
+    if signature.exists() {
+        status.step("Validating image before starting extraction");
+    } else {
+        status.step += 1;
+        let step = status.step;
+        let total = status.total;
+        let _ = writeln!(
+            status.out,
+            "{step:>4}/{total:<3}:  {:<46} warn",
+            "Validating image before starting extraction"
+        );
+        let _ = writeln!(status.out, "         :  No detached signature file found!");
+    }
+
+    std::fs::create_dir_all(&stage)
+        .map_err(|error| format!("ERROR: creating {}: {error}", stage.display()))?;
+    let mut tar = Command::new("tar");
+    tar.arg("-x");
+    if let Some(flag) = tar_flag(&file_type) {
+        tar.arg(flag);
+    }
+    tar.args([
+        "--numeric-owner",
+        "--xattrs",
+        "--xattrs-include=security.capability",
+        "--exclude",
+        "sys",
+        "--exclude",
+        "proc",
+        "--exclude",
+        "dev",
+        "-f",
+    ])
+    .arg(&image_file)
+    .arg("-C")
+    .arg(&stage);
+    run(&mut tar, "extracting the image")?;
+    for dir in ["dev", "proc", "sys"] {
+        let _ = std::fs::create_dir_all(stage.join(dir));
+    }
+    status.step(&format!("Extracting image ({path_type})"));
+
+    // The root directory must stay root-owned 0755 (sshd's chroot rule, and what mkfs gives).
+    let _ = std::fs::set_permissions(&stage, std::fs::Permissions::from_mode(0o755));
+    write(&stage.join("etc/fstab"), &fstab)?;
+
+    let network = network_config(&info.distro, facts);
+    write(&stage.join(&network.0), &network.1)?;
+    if info.distro == "ubuntu" {
+        let (code, _, stderr) = chroot_command(&stage, &["netplan", "generate"])?;
+        if code != 0 || !stderr.trim().is_empty() {
+            return Err(format!(
+                "ERROR: netplan generate failed in the new system (exit {code}): {}",
+                stderr.trim()
+            ));
+        }
+    }
+    status.step("Setting up network config");
+
+    let (code, _, stderr) = chroot_command(&stage, &["/usr/bin/env", "true"])?;
+    if code != 0 {
+        return Err(format!(
+            "ERROR: the new system cannot run /usr/bin/env true in a container (exit {code}): {}",
+            stderr.trim()
+        ));
+    }
+    status.step_open("Executing additional commands");
+    write(&stage.join("etc/hostname"), &format!("{}\n", vars.hostname))?;
+    write(
+        &stage.join("etc/hosts"),
+        &hosts(&vars.hostname, &facts.ipv4),
+    )?;
+    // An empty machine-id: systemd makes a new one on first boot, so clones differ.
+    write(&stage.join("etc/machine-id"), "")?;
+    let _ = std::fs::remove_file(stage.join("var/lib/dbus/machine-id"));
+    status.sub("  Setting hostname");
+    if stage.join("etc/ssh").is_dir() {
+        regenerate_host_keys(&stage.join("etc/ssh"))?;
+        status.sub("  Generating new SSH keys");
+    }
+    if vars.swraid == "1" {
+        if !stage.join("sbin/mdadm").exists() && !stage.join("usr/sbin/mdadm").exists() {
+            return Err("ERROR: mdadm is not installed in the image, but SWRAID is on".into());
+        }
+        write(
+            &stage.join("etc/mdadm/mdadm.conf"),
+            "# mdadm.conf written by installimage (caph-sim: arrays are not modelled)\nHOMEHOST <system>\nMAILADDR root\n",
+        )?;
+        status.sub("  Generating mdadm config");
+    }
+    let kernel_present = std::fs::read_dir(stage.join("boot"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.file_name().to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .unwrap_or(false);
+    if !kernel_present {
+        return Err(
+            "ERROR: no kernel (/boot/vmlinuz-*) in the image: generating the ramdisk failed".into(),
+        );
+    }
+    if !stage.join("usr/sbin/update-initramfs").exists() {
+        return Err(
+            "ERROR: update-initramfs not found in the image (install initramfs-tools)".into(),
+        );
+    }
+    log.line(
+        "# caph-sim: update-initramfs is present; not run (no kernel boots in the simulation)",
+    );
+    status.sub("  Generating ramdisk");
+    status.step("Setting up miscellaneous files");
+
+    status.step_open("Configuring authentication");
+    let rescue_keys = options.system_root.join("root/.ssh/authorized_keys");
+    if let Ok(keys) = std::fs::read_to_string(&rescue_keys) {
+        let ssh_dir = stage.join("root/.ssh");
+        std::fs::create_dir_all(&ssh_dir)
+            .map_err(|error| format!("ERROR: creating /root/.ssh: {error}"))?;
+        let _ = std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700));
+        write(&ssh_dir.join("authorized_keys"), &keys)?;
+        let _ = std::fs::set_permissions(
+            ssh_dir.join("authorized_keys"),
+            std::fs::Permissions::from_mode(0o600),
+        );
+        status.sub("  Fetching SSH keys");
+        status.sub("  Disabling root password");
+        status.sub("  Disabling SSH root login with password");
+        status.sub("  Copying SSH keys");
+    }
+    let grub = ["usr/sbin/grub-install", "sbin/grub-install"]
+        .iter()
+        .any(|path| stage.join(path).exists());
+    if !grub {
+        return Err(
+            "ERROR: grub-install not found in the image (install grub-pc or grub-efi)".into(),
+        );
+    }
+    log.line("# caph-sim: grub-install is present; not run (no firmware boots in the simulation)");
+    status.step(&format!("Installing bootloader {}", vars.bootloader));
+    status.step(&format!("Running some {} specific functions", info.distro));
+    status.step("Clearing log files");
+
+    // The rescue's resolv.conf, so the post-install script has DNS.
+    if let Ok(resolv) = std::fs::read_to_string(options.system_root.join("etc/resolv.conf")) {
+        let target = stage.join("etc/resolv.conf");
+        let _ = std::fs::remove_file(&target);
+        write(&target, &resolv)?;
+    }
+    if let Some(script) = &options.post_install {
+        let _ = writeln!(status.out, "         :  Executing post installation script");
+        let target = stage.join("post-install");
+        std::fs::copy(script, &target)
+            .map_err(|error| format!("ERROR: copying the post-install script: {error}"))?;
+        let executable = std::fs::metadata(&target)
+            .map(|meta| meta.mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if executable {
+            log.line("# Found post-installation script /post-install; executing it...");
+            let (code, stdout, stderr) = chroot_command(&stage, &["/post-install"])?;
+            for line in stdout.lines().chain(stderr.lines()) {
+                let _ = writeln!(status.out, "{line}");
+            }
+            log.output(&stdout);
+            log.output(&stderr);
+            if code != 0 {
+                // installimage logs the failure and carries on: the exit code is ignored.
+                log.line(&format!(
+                    "# Post-installation script didn't exit successfully (exit code = {code})"
+                ));
+            }
+        } else {
+            log.line("# Found post-installation script /post-install, but it isn't executable");
+        }
+    }
+    let saved_config: String = config_text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| format!("{line}\n"))
+        .collect();
+    write(
+        &stage.join("installimage.conf"),
+        &format!(
+            "#\n# Hetzner Online GmbH - installimage\n#\n# This file contains the configuration used to install this\n# system via installimage script. Comments have been removed.\n#\n\n{saved_config}"
+        ),
+    )?;
+
+    let disk = if reason.is_none() {
+        let partitions = make_filesystems(
+            &planned,
+            &sectors,
+            &stage,
+            &image_path,
+            &drive1,
+            &work_dir,
+            log,
+        )?;
+        run(
+            Command::new("rm").arg("-rf").arg(&work_dir),
+            "removing the staging tree",
+        )?;
+        InstalledDisk::Images { partitions }
+    } else {
+        InstalledDisk::Directory {
+            root: root_dir.clone(),
+            reason: reason.clone().unwrap_or_default(),
+        }
+    };
+    let manifest = Manifest {
+        hostname: vars.hostname.clone(),
+        image: file_name.clone(),
+        disk,
+    };
+    let json = serde_json::to_string_pretty(&manifest)
+        .map_err(|error| format!("ERROR: writing the manifest: {error}"))?;
+    write(&disk_dir.join(super::MANIFEST_NAME), &json)?;
+    let _ = writeln!(status.out);
+    let _ = writeln!(status.out, "                  INSTALLATION COMPLETE");
+    let _ = writeln!(
+        status.out,
+        "   You can now reboot and log in to your new system with the"
+    );
+    let _ = writeln!(
+        status.out,
+        " same credentials that you used to log into the rescue system."
+    );
+    let _ = writeln!(status.out);
+    log.line("# installation complete");
+    Ok(manifest)
+}
+
+fn write(path: &Path, content: &str) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| format!("ERROR: creating {}: {error}", parent.display()))?;
+    }
+    // A symlink in the image (resolv.conf, hostname) must not redirect the write to the host.
+    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        let _ = std::fs::remove_file(path);
+    }
+    std::fs::write(path, content)
+        .map_err(|error| format!("ERROR: writing {}: {error}", path.display()))
+}
+
+fn render_fstab(vars: &Vars, planned: &[PlannedPartition], drive1: &str) -> String {
+    let mut fstab = String::from("proc /proc proc defaults 0 0\n");
+    for (index, part) in planned.iter().enumerate() {
+        let device = if vars.swraid == "1" {
+            format!("/dev/md/{index}")
+        } else {
+            partition_device(drive1, part.number)
+        };
+        let source = format!("UUID={}", part.uuid);
+        match (part.mount.as_str(), part.fs.as_str()) {
+            (_, "swap") => fstab.push_str(&format!(
+                "# {device} during Installation (RescueSystem)\n{source} none swap sw 0 0\n"
+            )),
+            ("lvm" | "none", _) => {}
+            (mount, _) if mount.starts_with("btrfs.") => {}
+            (mount, "esp") => fstab.push_str(&format!(
+                "# {device} during Installation (RescueSystem)\n{source} {mount} vfat umask=0077 0 1\n"
+            )),
+            (mount, fs) => fstab.push_str(&format!(
+                "# {device} during Installation (RescueSystem)\n{source} {mount} {fs} defaults 0 0\n"
+            )),
+        }
+    }
+    for volume in &vars.logical_volumes {
+        let device = format!("/dev/{}/{}", volume.vg, volume.name);
+        if volume.fs == "swap" {
+            fstab.push_str(&format!("{device} none swap sw 0 0\n"));
+        } else if volume.mount != "none" {
+            fstab.push_str(&format!(
+                "{device} {} {} defaults 0 0\n",
+                volume.mount, volume.fs
+            ));
+        }
+    }
+    for subvolume in &vars.subvolumes {
+        fstab.push_str(&format!(
+            "# btrfs subvolume {} of {}\nLABEL={} {} btrfs defaults,subvol={} 0 0\n",
+            subvolume.name, subvolume.volume, subvolume.volume, subvolume.mount, subvolume.name
+        ));
+    }
+    fstab
+}
+
+fn hosts(hostname: &str, ipv4: &str) -> String {
+    format!(
+        "### Hetzner Online GmbH installimage\n# nameserver config\n# IPv4\n127.0.0.1 localhost.localdomain localhost\n{ipv4} {hostname}\n#\n# IPv6\n::1     ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\nff02::3 ip6-allhosts\n"
+    )
+}
+
+/// The network config file and its content: netplan for Ubuntu, ifupdown otherwise.
+fn network_config(distro: &str, facts: &MachineFacts) -> (PathBuf, String) {
+    // Hetzner's on-link gateway for dedicated servers' /32 setups.
+    const GATEWAY: &str = "172.31.1.1";
+    if distro == "ubuntu" {
+        (
+            PathBuf::from("etc/netplan/01-netcfg.yaml"),
+            format!(
+                "### Hetzner Online GmbH installimage\nnetwork:\n  version: 2\n  renderer: networkd\n  ethernets:\n    {iface}:\n      addresses:\n        - {ip}/32\n      routes:\n        - on-link: true\n          to: 0.0.0.0/0\n          via: {GATEWAY}\n      nameservers:\n        addresses:\n          - 185.12.64.1\n          - 185.12.64.2\n",
+                iface = facts.interface,
+                ip = facts.ipv4
+            ),
+        )
+    } else {
+        (
+            PathBuf::from("etc/network/interfaces"),
+            format!(
+                "### Hetzner Online GmbH installimage\n\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\niface lo inet6 loopback\n\nauto {iface}\niface {iface} inet static\n  address {ip}\n  netmask 255.255.255.255\n  gateway {GATEWAY}\n  pointopoint {GATEWAY}\n",
+                iface = facts.interface,
+                ip = facts.ipv4
+            ),
+        )
+    }
+}
+
+fn regenerate_host_keys(ssh_dir: &Path) -> Result<(), String> {
+    if let Ok(entries) = std::fs::read_dir(ssh_dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    for (kind, bits) in [
+        ("ed25519", None),
+        ("ecdsa", Some("256")),
+        ("rsa", Some("3072")),
+    ] {
+        let mut command = Command::new("ssh-keygen");
+        command.args(["-q", "-t", kind, "-N", "", "-C", "root@installimage"]);
+        if let Some(bits) = bits {
+            command.args(["-b", bits]);
+        }
+        command
+            .arg("-f")
+            .arg(ssh_dir.join(format!("ssh_host_{kind}_key")));
+        run(&mut command, "generating SSH host keys")?;
+    }
+    Ok(())
+}
+
+/// Splits the staged tree by mount point (deepest first) and makes each partition's filesystem
+/// at its offset in the disk image.
+fn make_filesystems(
+    planned: &[PlannedPartition],
+    sectors: &[(u64, u64)],
+    stage: &Path,
+    image: &Path,
+    drive: &str,
+    work_dir: &Path,
+    log: &mut DebugLog,
+) -> Result<Vec<InstalledPartition>, String> {
+    let mut contents: Vec<Option<PathBuf>> = vec![None; planned.len()];
+    let mut order: Vec<usize> = (0..planned.len())
+        .filter(|index| planned[*index].mount.starts_with('/'))
+        .collect();
+    order.sort_by_key(|index| {
+        std::cmp::Reverse(
+            planned[*index].mount.matches('/').count() + usize::from(planned[*index].mount != "/"),
+        )
+    });
+    for index in order {
+        let part = &planned[index];
+        if part.mount == "/" {
+            contents[index] = Some(stage.to_owned());
+            continue;
+        }
+        let source = stage.join(part.mount.trim_start_matches('/'));
+        let moved = work_dir.join(format!("part{}", part.number));
+        if source.is_dir() {
+            let meta = std::fs::metadata(&source)
+                .map_err(|error| format!("ERROR: {}: {error}", source.display()))?;
+            std::fs::rename(&source, &moved)
+                .map_err(|error| format!("ERROR: moving {}: {error}", source.display()))?;
+            std::fs::create_dir(&source)
+                .map_err(|error| format!("ERROR: creating {}: {error}", source.display()))?;
+            let _ = std::fs::set_permissions(&source, meta.permissions());
+            let _ = rustix::fs::chown(
+                &source,
+                Some(rustix::fs::Uid::from_raw(meta.uid())),
+                Some(rustix::fs::Gid::from_raw(meta.gid())),
+            );
+        } else {
+            std::fs::create_dir_all(&moved)
+                .map_err(|error| format!("ERROR: creating {}: {error}", moved.display()))?;
+            std::fs::create_dir_all(&source)
+                .map_err(|error| format!("ERROR: creating {}: {error}", source.display()))?;
+        }
+        contents[index] = Some(moved);
+    }
+
+    let mut installed = Vec::new();
+    for (index, part) in planned.iter().enumerate() {
+        let (start, size) = sectors[index];
+        let mut formatted = true;
+        match part.fs.as_str() {
+            "ext2" | "ext3" | "ext4" => {
+                let mut command = Command::new("mke2fs");
+                command
+                    .args(["-q", "-F", "-t", &part.fs, "-U", &part.uuid])
+                    .arg("-E")
+                    .arg(format!("offset={start}"));
+                if let Some(dir) = &contents[index] {
+                    command.arg("-d").arg(dir);
+                }
+                command.arg(image).arg(format!("{}k", size / 1024));
+                run(
+                    &mut command,
+                    &format!("formatting {} with {}", part.mount, part.fs),
+                )?;
+            }
+            "swap" => {
+                let scratch = work_dir.join(format!("swap{}", part.number));
+                let file = std::fs::File::create(&scratch)
+                    .map_err(|error| format!("ERROR: {}: {error}", scratch.display()))?;
+                file.set_len(size)
+                    .map_err(|error| format!("ERROR: {error}"))?;
+                drop(file);
+                run(
+                    Command::new("mkswap")
+                        .args(["-U", &part.uuid])
+                        .arg(&scratch),
+                    "making swap",
+                )?;
+                // The swap signature lives in the first page.
+                let header = std::fs::read(&scratch)
+                    .map(|bytes| bytes[..bytes.len().min(4096)].to_vec())
+                    .map_err(|error| format!("ERROR: {error}"))?;
+                write_at(image, start, &header)?;
+                let _ = std::fs::remove_file(&scratch);
+            }
+            "esp" => {
+                if tool_exists("mkfs.fat") {
+                    let volume_id = &part.uuid[..8];
+                    run(
+                        Command::new("mkfs.fat")
+                            .args(["-F", "32", "-i", volume_id, "--offset"])
+                            .arg((start / 512).to_string())
+                            .arg(image)
+                            .arg((size / 1024).to_string()),
+                        "formatting the ESP",
+                    )?;
+                } else {
+                    formatted = false;
+                    log.line(
+                        "# caph-sim: mkfs.fat (dosfstools) is missing: the ESP is left unformatted",
+                    );
+                }
+            }
+            _ => formatted = false,
+        }
+        installed.push(InstalledPartition {
+            device: partition_device(drive, part.number),
+            image: image.to_owned(),
+            start_bytes: start,
+            size_bytes: size,
+            fs: part.fs.clone(),
+            mount: part.mount.clone(),
+            uuid: part.uuid.clone(),
+            formatted,
+        });
+    }
+    Ok(installed)
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|error| format!("ERROR: {}: {error}", path.display()))?;
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.write_all(bytes))
+        .map_err(|error| format!("ERROR: {}: {error}", path.display()))
+}

@@ -1,0 +1,366 @@
+//! A simulated Hetzner installimage: the real config quirks and validation rules, and an install of a rootfs tarball onto disk images or a directory.
+//!
+//! It behaves like `installimage -a -c /autosetup [-x /root/post-install.sh]` for everything a
+//! client relies on (section 3 of `shared/reference/robot-and-installimage.md`):
+//!
+//! - the config is read with `grep -m1 ^KEY | awk '{print $2}'` semantics ([`validate`] keeps
+//!   the prefix-key and first-match quirks);
+//! - every check of installimage's `validate_vars`, in its order, with its wording; as in batch
+//!   mode, a rejection is written to `/root/debug.txt` (`[HH:MM:SS] :   ERROR: ...`), the
+//!   terminal shows `Cancelled.`, and the exit code is 1;
+//! - after validation the 20-second "Press X to continue immediately" wait, cut short by an `x`
+//!   on stdin (`echo x | installimage ...`);
+//! - the install: as root, a sparse raw image per drive partitioned with `sfdisk` and ext2/3/4
+//!   filesystems made with `mke2fs -d` from the extracted tree (no mounting, no loop device), or
+//!   a plain directory where that cannot model the layout (software RAID, LVM, btrfs, xfs,
+//!   encryption): the output says which; extraction with
+//!   `tar -x --numeric-owner --xattrs --xattrs-include=security.capability --exclude sys --exclude proc --exclude dev`;
+//!   `/etc/fstab`, hostname, hosts, an empty machine-id, new SSH host keys, network config
+//!   (netplan for Ubuntu-named images, `/etc/network/interfaces` otherwise), the rescue's
+//!   `authorized_keys` for root; the post-install script run in a chroot of the new system with
+//!   its exit code ignored; `INSTALLATION COMPLETE` at the end.
+//!
+//! What is checked but not run, because nothing boots a kernel here: `update-initramfs` and
+//! `grub-install` must exist in the image and a kernel must be in `/boot` (an image without them
+//! fails as on a real server), but they are not executed; the debug log says so.
+//!
+//! The machine itself (architecture, UEFI, drives and their sizes, address) comes from
+//! [`MachineFacts`]; inside a simulated rescue system it is read from [`FACTS_PATH`].
+
+mod config;
+mod install;
+mod validate;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use install::{InstalledDisk, InstalledPartition, MANIFEST_NAME, Manifest};
+pub use validate::{ImageInfo, image_info};
+
+/// Where the simulated rescue system keeps the machine facts for [`main_from_args`].
+pub const FACTS_PATH: &str = "/root/.oldroot/nfs/install/caph-sim-machine.json";
+
+/// Where installimage lives in the rescue system.
+pub const INSTALLIMAGE_PATH: &str = "/root/.oldroot/nfs/install/installimage";
+
+/// A drive as the rescue system sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drive {
+    /// The device path used in `DRIVE<n>` lines, e.g. `/dev/sda`.
+    pub device: String,
+    pub size_bytes: u64,
+}
+
+/// What installimage can find out about the machine it runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineFacts {
+    /// `x86_64` or `aarch64` (`uname -m`).
+    pub arch: String,
+    /// Booted by UEFI (`/sys/firmware/efi` exists).
+    pub uefi: bool,
+    pub drives: Vec<Drive>,
+    /// The main address, written to the network config and `/etc/hosts`.
+    pub ipv4: String,
+    /// The main interface name for the network config.
+    pub interface: String,
+    /// Where the drives' contents live: one `<name>.img` per drive, or `root/` for a directory
+    /// install, with a [`Manifest`] (`installed.json`) after a successful install.
+    pub disk_dir: PathBuf,
+}
+
+impl MachineFacts {
+    /// An x86_64 BIOS machine with two drives of `drive_bytes` (`/dev/sda`, `/dev/sdb`).
+    pub fn two_drives(drive_bytes: u64, disk_dir: &Path) -> MachineFacts {
+        MachineFacts {
+            arch: "x86_64".into(),
+            uefi: false,
+            drives: ["/dev/sda", "/dev/sdb"]
+                .into_iter()
+                .map(|device| Drive {
+                    device: device.into(),
+                    size_bytes: drive_bytes,
+                })
+                .collect(),
+            ipv4: "127.0.0.2".into(),
+            interface: "eth0".into(),
+            disk_dir: disk_dir.to_owned(),
+        }
+    }
+}
+
+/// Checks an autosetup file against `facts` with installimage's rules; returns the messages
+/// installimage would log (empty when it accepts the config). Usually one message: validation
+/// stops at the first failed check, except after a duplicate drive.
+pub fn validate(config: &str, facts: &MachineFacts) -> Vec<String> {
+    let vars = config::read_vars(config, facts);
+    validate::validate_vars(&vars, facts)
+}
+
+/// How to disk is modelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskMode {
+    /// Raw disk images where the layout allows it, else a directory.
+    #[default]
+    Auto,
+    /// Always a directory (`<disk_dir>/root`).
+    Directory,
+}
+
+/// The keyboard during the 20-second wait.
+pub enum Input {
+    /// As if `x` was typed at once.
+    SkipWait,
+    /// Read bytes as `read -t1 -n1` does: an `x` ends the wait, end of input makes the remaining
+    /// seconds pass at once, silence waits a second per dot.
+    Reader(Box<dyn Read + Send>),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Input::SkipWait => "SkipWait",
+            Input::Reader(_) => "Reader",
+        })
+    }
+}
+
+/// One run of installimage.
+#[derive(Debug)]
+pub struct Options {
+    /// `-c FILE` (relative to the current directory, as given on the command line).
+    pub config: PathBuf,
+    /// `-x FILE`.
+    pub post_install: Option<PathBuf>,
+    pub facts: MachineFacts,
+    /// The rescue system's `/`: `/autosetup`, `/root/debug.txt`, `/root/.ssh/authorized_keys`
+    /// and local image paths are below it. `/` inside a simulated rescue system; a temporary
+    /// directory in tests.
+    pub system_root: PathBuf,
+    pub disk_mode: DiskMode,
+    pub input: Input,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// 0 after `INSTALLATION COMPLETE`, 1 otherwise.
+    pub exit_code: i32,
+    /// Validation messages, or the error that stopped the install.
+    pub errors: Vec<String>,
+    /// What was installed, after success.
+    pub manifest: Option<Manifest>,
+}
+
+/// Runs installimage: validation, the wait, the install. Terminal output goes to `out`.
+pub fn run(mut options: Options, out: &mut dyn Write) -> Outcome {
+    let mut log = install::DebugLog::open(&options.system_root.join("root/debug.txt"));
+    log.line("# starting installimage (caph-sim)");
+    let config_text = match std::fs::read_to_string(&options.config) {
+        Ok(text) => text,
+        Err(_) => {
+            let message = format!(
+                "=> FAILED: config file {} for autosetup not found",
+                options.config.display()
+            );
+            log.line(&message);
+            let _ = writeln!(out, "{message}");
+            return failed(vec![message]);
+        }
+    };
+    if let Some(script) = &options.post_install
+        && !script.exists()
+    {
+        let message = format!(
+            "=> FAILED: post-install file {} not found or not executable",
+            script.display()
+        );
+        log.line(&message);
+        let _ = writeln!(out, "{message}");
+        return failed(vec![message]);
+    }
+    // `-c` copies the file to /autosetup, which is what the install reads from then on.
+    let autosetup = options.system_root.join("autosetup");
+    if autosetup != options.config {
+        let _ = std::fs::write(&autosetup, &config_text);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Found AUTOSETUP file '/autosetup'");
+    let _ = writeln!(out, "Running unattended installimage installation ...");
+    let _ = writeln!(out);
+    for line in config_text.lines() {
+        if !line.starts_with('#') && !line.is_empty() {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out);
+
+    log.line("# validating config ...");
+    let vars = config::read_vars(&config_text, &options.facts);
+    let errors = validate::validate_vars(&vars, &options.facts);
+    if !errors.is_empty() {
+        for error in &errors {
+            log.output(error);
+        }
+        let _ = writeln!(out, "Cancelled.");
+        return failed(errors);
+    }
+
+    let _ = writeln!(out, "WARNING:");
+    let _ = writeln!(out, "  Starting installation in 20 seconds ...");
+    let _ = writeln!(out, "  Press X to continue immediately ...");
+    let _ = writeln!(out, "  Installation will DELETE ALL DATA ON DISK(s)!");
+    let _ = writeln!(out, "  Press CTRL-C to abort now!");
+    let _ = write!(out, "  => ");
+    let _ = out.flush();
+    wait_for_x(std::mem::replace(&mut options.input, Input::SkipWait), out);
+    let _ = writeln!(out);
+
+    log.line("# executing installfile ...");
+    match install::install(&vars, &options.facts, &options, &config_text, &mut log, out) {
+        Ok(manifest) => Outcome {
+            exit_code: 0,
+            errors: Vec::new(),
+            manifest: Some(manifest),
+        },
+        Err(error) => {
+            log.line(&error);
+            let _ = writeln!(out, "{error}");
+            failed(vec![error])
+        }
+    }
+}
+
+fn failed(errors: Vec<String>) -> Outcome {
+    Outcome {
+        exit_code: 1,
+        errors,
+        manifest: None,
+    }
+}
+
+/// The 20 dots: one a second, `x` or `X` ends the wait.
+fn wait_for_x(input: Input, out: &mut dyn Write) {
+    // installimage's loop: 20 reads of one key with a one-second timeout.
+    const SECONDS: u32 = 20;
+    let receiver = match input {
+        Input::SkipWait => {
+            let _ = write!(out, ".");
+            return;
+        }
+        Input::Reader(mut reader) => {
+            let (sender, receiver) = mpsc::channel::<Option<u8>>();
+            // The reader may block forever (a terminal); the thread dies with the process.
+            std::thread::spawn(move || {
+                let mut byte = [0u8; 1];
+                loop {
+                    match reader.read(&mut byte) {
+                        Ok(1) => {
+                            if sender.send(Some(byte[0])).is_err() {
+                                return;
+                            }
+                        }
+                        _ => {
+                            let _ = sender.send(None);
+                            return;
+                        }
+                    }
+                }
+            });
+            receiver
+        }
+    };
+    let mut at_end = false;
+    for _ in 0..SECONDS {
+        let _ = write!(out, ".");
+        let _ = out.flush();
+        if at_end {
+            continue;
+        }
+        match receiver.recv_timeout(Duration::from_secs(1)) {
+            Ok(Some(b'x' | b'X')) => return,
+            Ok(Some(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => at_end = true,
+        }
+    }
+}
+
+/// `installimage [-a] -c FILE [-x FILE]` inside a simulated rescue system: facts from
+/// [`FACTS_PATH`], `/` as the system root, stdin for the wait, stdout for output. Returns the
+/// exit code.
+pub fn main_from_args(args: &[String]) -> i32 {
+    let mut stdout = std::io::stdout();
+    let mut config = None;
+    let mut post_install = None;
+    let mut index = 0;
+    while index < args.len() {
+        match args[index].as_str() {
+            "-a" => {}
+            "-c" | "-x" if index + 1 < args.len() => {
+                let value = PathBuf::from(&args[index + 1]);
+                if args[index] == "-c" {
+                    config = Some(value);
+                } else {
+                    post_install = Some(value);
+                }
+                index += 1;
+            }
+            "-h" => {
+                let _ = writeln!(
+                    stdout,
+                    "usage: installimage -a -c <configfile> [-x <post-install>] (caph-sim: only these options are simulated)"
+                );
+                return 0;
+            }
+            other => {
+                let _ = writeln!(
+                    stdout,
+                    "installimage (caph-sim): option {other} is not simulated; use -a -c FILE [-x FILE]"
+                );
+                return 1;
+            }
+        }
+        index += 1;
+    }
+    let config = match config {
+        Some(config) => config,
+        None if Path::new("/autosetup").exists() => PathBuf::from("/autosetup"),
+        None => {
+            let _ = writeln!(
+                stdout,
+                "installimage (caph-sim): no -c FILE and no /autosetup; the interactive mode is not simulated"
+            );
+            return 1;
+        }
+    };
+    let facts = match std::fs::read_to_string(FACTS_PATH)
+        .map_err(|error| error.to_string())
+        .and_then(|text| {
+            serde_json::from_str::<MachineFacts>(&text).map_err(|error| error.to_string())
+        }) {
+        Ok(facts) => facts,
+        Err(error) => {
+            let _ = writeln!(
+                stdout,
+                "installimage (caph-sim): cannot read the machine facts in {FACTS_PATH}: {error}"
+            );
+            return 1;
+        }
+    };
+    let outcome = run(
+        Options {
+            config,
+            post_install,
+            facts,
+            system_root: PathBuf::from("/"),
+            disk_mode: DiskMode::Auto,
+            input: Input::Reader(Box::new(std::io::stdin())),
+        },
+        &mut stdout,
+    );
+    outcome.exit_code
+}
