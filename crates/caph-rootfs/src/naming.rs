@@ -187,10 +187,18 @@ impl ImageName {
             arch,
             flavor: flavor.to_owned(),
         };
-        debug_assert_eq!(
-            installimage_distro(&name.to_string()),
-            distro.installimage_name()
-        );
+        // The checks above guarantee this; checked anyway, since a wrong guess means a failed
+        // install on a real server.
+        let rendered = name.to_string();
+        if installimage_distro(&rendered) != distro.installimage_name() {
+            return Err(NameError::Malformed {
+                name: rendered.clone(),
+                reason: format!(
+                    "installimage would read the distribution as {}",
+                    installimage_distro(&rendered)
+                ),
+            });
+        }
         Ok(name)
     }
 
