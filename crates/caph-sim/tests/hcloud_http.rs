@@ -222,3 +222,28 @@ async fn extra_fields_are_added_to_every_object_with_an_id() {
     // Still valid against today's description: unknown properties are allowed.
     harness.assert_openapi();
 }
+
+#[tokio::test]
+async fn an_observer_hears_of_every_request() {
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&heard);
+    let harness = start(HcloudSimConfig {
+        on_request: Some(std::sync::Arc::new(
+            move |record: &caph_sim::hcloud::RequestRecord| {
+                sink.lock().expect("sink").push(format!(
+                    "{} {} {:?}",
+                    record.method, record.path, record.status
+                ));
+            },
+        )),
+        ..manual()
+    })
+    .await;
+    harness.get("/locations").await;
+    harness.get("/nothing").await;
+    assert_eq!(
+        *heard.lock().expect("heard"),
+        ["GET /v1/locations Some(200)", "GET /v1/nothing Some(404)"]
+    );
+    harness.assert_openapi();
+}

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use std::sync::Arc;
 
-use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
+use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, RequestRecord, TimeMode};
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use clap::Parser;
 use rand::Rng as _;
@@ -35,6 +35,9 @@ struct Args {
     /// servers only get an address and nothing answers there.
     #[arg(long)]
     ssh_machines: bool,
+    /// Print every API request with its answer's status on stderr.
+    #[arg(long)]
+    log_requests: bool,
 }
 
 fn generated_token() -> String {
@@ -85,6 +88,14 @@ async fn main() -> ExitCode {
         time: TimeMode::Scaled(args.time_scale),
         ..Default::default()
     };
+    if args.log_requests {
+        config.on_request = Some(Arc::new(|record: &RequestRecord| {
+            let status = record
+                .status
+                .map_or_else(|| "dropped".to_owned(), |status| status.to_string());
+            eprintln!("caph-sim: {} {} {status}", record.method, record.path);
+        }));
+    }
     if args.ssh_machines {
         let machines = SshMachines::new(SshMachinesConfig {
             log: Some(Arc::new(|line: &str| eprintln!("caph-sim: {line}"))),

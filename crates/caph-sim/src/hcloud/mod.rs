@@ -197,6 +197,9 @@ pub struct HcloudSimConfig {
     /// Add a field no client knows (`x_future_field`, an object) to every object with an `id`
     /// in every answer, as the live API does when it grows: clients must ignore it.
     pub extra_fields: bool,
+    /// Told about every request once it is answered or dropped (the `caph-sim` binary prints
+    /// them with `--log-requests`; the library never prints).
+    pub on_request: Option<RequestObserver>,
     /// Locations, server types and system images on offer.
     pub catalog: Catalog,
 }
@@ -218,6 +221,10 @@ impl std::fmt::Debug for HcloudSimConfig {
             .field("machines", &self.machines)
             .field("record_responses", &self.record_responses)
             .field("extra_fields", &self.extra_fields)
+            .field(
+                "on_request",
+                &self.on_request.as_ref().map(|_| "<callback>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +241,7 @@ impl Default for HcloudSimConfig {
             machines: Arc::new(AddressOnly::default()),
             record_responses: false,
             extra_fields: false,
+            on_request: None,
             catalog: Catalog::default(),
         }
     }
@@ -342,6 +350,9 @@ impl Default for SnapshotSeed {
     }
 }
 
+/// A callback told about every request (see [`HcloudSimConfig::on_request`]).
+pub type RequestObserver = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
+
 /// One request as the simulator saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
@@ -419,6 +430,7 @@ impl HcloudSim {
             world::AnswerOptions {
                 record: config.record_responses,
                 extra_fields: config.extra_fields,
+                observer: config.on_request,
             },
             config.catalog,
             Bucket::new(
@@ -719,12 +731,16 @@ async fn handle(
 }
 
 fn log(inner: &Inner, method: &str, path: &str, template: Option<&str>, status: Option<u16>) {
-    inner.world().request_log.push(RequestRecord {
+    let record = RequestRecord {
         method: method.to_owned(),
         path: path.to_owned(),
         route: template.map(str::to_owned),
         status,
-    });
+    };
+    if let Some(observer) = &inner.observer {
+        observer(&record);
+    }
+    inner.world().request_log.push(record);
 }
 
 fn respond(

@@ -13,7 +13,7 @@ use super::model::{
     Action, ActionResource, ActionStatus, Image, ImageKind, ImageStatus, Server, ServerStatus,
     SimState, SshKey,
 };
-use super::{Durations, Fault, RecordedResponse, RequestRecord};
+use super::{Durations, Fault, RecordedResponse, RequestObserver, RequestRecord};
 use crate::host::MachineHost;
 
 /// An action as stored: the public view is computed from it at the current simulated time.
@@ -150,10 +150,11 @@ impl Bucket {
 }
 
 /// What to do with answers besides sending them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct AnswerOptions {
     pub(crate) record: bool,
     pub(crate) extra_fields: bool,
+    pub(crate) observer: Option<RequestObserver>,
 }
 
 /// The field [`Inner::extra_fields`] adds: a name no client knows, holding an object.
@@ -194,6 +195,8 @@ pub(crate) struct Inner {
     /// Serialises a snapshot's copy with its deletion.
     image_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Told about every request once it is answered (or dropped).
+    pub(crate) observer: Option<RequestObserver>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -240,6 +243,7 @@ impl Inner {
             server_locks: Mutex::new(HashMap::new()),
             image_locks: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
+            observer: answers.observer,
         }
     }
 
