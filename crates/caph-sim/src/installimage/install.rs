@@ -502,10 +502,7 @@ pub(crate) fn install(
     if !image_file.is_file() {
         return Err(format!("ERROR: image file {} not found", vars.image));
     }
-    let _ = writeln!(
-        status.out,
-        "         :  Importing public key for image validation  done"
-    );
+    status.sub("Importing public key for image validation");
     let signature = PathBuf::from(format!("{}.sig", image_file.display()));
     if signature.exists() {
         status.step("Validating image before starting extraction");

@@ -1,0 +1,446 @@
+//! The simulated installimage end to end as a library: a small tarball made here installed onto a sparse disk image (as root), a directory install, the wait and a rejection.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use caph_sim::installimage::{
+    DiskMode, Drive, Input, InstalledDisk, MachineFacts, Options, Outcome, run,
+};
+
+const IMAGE_NAME: &str = "Debian-1208-bookworm-amd64-test.tar.gz";
+const RESCUE_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAr1ZspAtHOOyQlIV96XLrxBy8y45ijODbauvH3xJdjK rescue\n";
+/// `cap_net_raw+ep` as a VFS capability (revision 2).
+const CAPABILITY: &[u8] = &[
+    0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+];
+/// A small layout for a 3 GiB sparse drive: /boot 256M and / for the rest.
+const DRIVE_BYTES: u64 = 3 << 30;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn sh(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Copies a host binary and the libraries `ldd` names into `tree`, so it runs in a chroot.
+fn copy_with_libraries(binary: &str, tree: &Path) {
+    let mut paths = vec![PathBuf::from(binary)];
+    for line in sh(Command::new("ldd").arg(binary)).lines() {
+        let candidate = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = candidate.filter(|path| path.starts_with('/')) {
+            paths.push(PathBuf::from(path));
+        }
+    }
+    for path in paths {
+        let target = tree.join(path.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("dir");
+        std::fs::copy(&path, &target).expect("copy");
+    }
+}
+
+/// A rootfs tarball with what installimage insists on, a capability xattr, and entries under
+/// proc, sys and dev that installimage must skip.
+fn make_tarball(work: &Path) -> PathBuf {
+    let tree = work.join("tree");
+    for dir in [
+        "etc/ssh",
+        "boot",
+        "usr/sbin",
+        "root",
+        "proc",
+        "sys",
+        "dev",
+        "var/lib/dbus",
+    ] {
+        std::fs::create_dir_all(tree.join(dir)).expect("dir");
+    }
+    // Debian's usrmerge layout: /bin and /lib64 are links into /usr.
+    for binary in ["/usr/bin/bash", "/usr/bin/env", "/usr/bin/true"] {
+        copy_with_libraries(binary, &tree);
+    }
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/sbin"),
+    ] {
+        if !tree.join(link).exists() && tree.join(target).exists() {
+            std::os::unix::fs::symlink(target, tree.join(link)).expect("symlink");
+        }
+    }
+    let files = [
+        ("etc/ssh/sshd_config", "PermitRootLogin prohibit-password\n"),
+        ("etc/hostname", "image-builder\n"),
+        ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+        (
+            "var/lib/dbus/machine-id",
+            "0123456789abcdef0123456789abcdef\n",
+        ),
+        ("boot/vmlinuz-6.1.0-test", "not a kernel\n"),
+        ("boot/initrd.img-6.1.0-test", "not an initrd\n"),
+        ("usr/sbin/update-initramfs", "#!/bin/sh\nexit 0\n"),
+        ("usr/sbin/grub-install", "#!/bin/sh\nexit 0\n"),
+        ("usr/bin/ping", "pretend ping\n"),
+        ("proc/leftover", "must not be extracted\n"),
+        ("sys/leftover", "must not be extracted\n"),
+        ("dev/leftover", "must not be extracted\n"),
+    ];
+    for (path, content) in files {
+        std::fs::write(tree.join(path), content).expect("file");
+    }
+    rustix::fs::setxattr(
+        tree.join("usr/bin/ping"),
+        "security.capability",
+        CAPABILITY,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("setting a capability as root");
+    let tarball = work.join("rescue/root").join(IMAGE_NAME);
+    std::fs::create_dir_all(tarball.parent().expect("parent")).expect("dir");
+    sh(Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=security.capability",
+            "-czf",
+        ])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&tree)
+        .arg("."));
+    tarball
+}
+
+/// The rescue system's root: the image, the keys, a post-install script that leaves a mark and
+/// fails.
+fn make_rescue(work: &Path, config: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let rescue = work.join("rescue");
+    std::fs::create_dir_all(rescue.join("root/.ssh")).expect("dir");
+    std::fs::create_dir_all(rescue.join("etc")).expect("dir");
+    std::fs::write(rescue.join("root/.ssh/authorized_keys"), RESCUE_KEY).expect("keys");
+    std::fs::write(rescue.join("etc/resolv.conf"), "nameserver 127.0.0.53\n").expect("resolv");
+    let script = rescue.join("root/post-install.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/bash\nread -r name < /etc/hostname; echo post-install sees $name\necho ran > /root/post-install-ran\necho POST_INSTALL_SCRIPT_FINISHED\nexit 3\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let config_path = rescue.join("autosetup.in");
+    std::fs::write(&config_path, config).expect("config");
+    (rescue, config_path, script)
+}
+
+fn facts(disk_dir: &Path) -> MachineFacts {
+    MachineFacts {
+        arch: "x86_64".into(),
+        uefi: false,
+        drives: vec![Drive {
+            device: "/dev/sda".into(),
+            size_bytes: DRIVE_BYTES,
+        }],
+        ipv4: "127.77.0.5".into(),
+        interface: "eth0".into(),
+        disk_dir: disk_dir.to_owned(),
+    }
+}
+
+fn install(config: &str, mode: DiskMode, work: &Path) -> (Outcome, String, PathBuf) {
+    let (rescue, config_path, script) = make_rescue(work, config);
+    let disk_dir = work.join("disks");
+    let mut output = Vec::new();
+    let outcome = run(
+        Options {
+            config: config_path,
+            post_install: Some(script),
+            facts: facts(&disk_dir),
+            system_root: rescue.clone(),
+            disk_mode: mode,
+            input: Input::Reader(Box::new(Cursor::new(b"x".to_vec()))),
+        },
+        &mut output,
+    );
+    (
+        outcome,
+        String::from_utf8_lossy(&output).into_owned(),
+        rescue,
+    )
+}
+
+/// A read-only loop mount of one partition, undone on drop.
+struct Mounted {
+    dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn new(image: &Path, start: u64, size: u64) -> Mounted {
+        let dir = tempfile::tempdir().expect("mount point");
+        sh(Command::new("mount")
+            .arg("-o")
+            .arg(format!("ro,loop,offset={start},sizelimit={size}"))
+            .arg(image)
+            .arg(dir.path()));
+        Mounted { dir }
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+const SMALL_LAYOUT: &str = "DRIVE1 /dev/sda\nBOOTLOADER grub\nHOSTNAME node-test\nPART /boot ext4 256M\nPART / ext4 all\nIMAGE /root/Debian-1208-bookworm-amd64-test.tar.gz\n";
+
+#[test]
+fn a_tarball_installs_onto_a_partitioned_disk_image() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED a_tarball_installs_onto_a_partitioned_disk_image: needs root (tar --numeric-owner, chroot, loop mounts)"
+        );
+        return;
+    }
+    for tool in ["sfdisk", "mke2fs", "unshare", "ssh-keygen"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!(
+                "SKIPPED a_tarball_installs_onto_a_partitioned_disk_image: {tool} is missing"
+            );
+            return;
+        }
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    make_tarball(work.path());
+    let started = Instant::now();
+    let (outcome, output, rescue) = install(SMALL_LAYOUT, DiskMode::Auto, work.path());
+    assert_eq!(outcome.exit_code, 0, "{output}\n{:?}", outcome.errors);
+    assert!(output.contains("INSTALLATION COMPLETE"), "{output}");
+    assert!(output.contains("caph-sim: disk images in"), "{output}");
+    assert!(output.contains("POST_INSTALL_SCRIPT_FINISHED"), "{output}");
+    assert!(output.contains("post-install sees node-test"), "{output}");
+    eprintln!(
+        "install of a small tarball onto a 3 GiB sparse image took {:.1?}",
+        started.elapsed()
+    );
+    let debug = std::fs::read_to_string(rescue.join("root/debug.txt")).expect("debug.txt");
+    assert!(
+        debug.contains("Post-installation script didn't exit successfully (exit code = 3)"),
+        "{debug}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rescue.join("autosetup")).expect("/autosetup"),
+        SMALL_LAYOUT
+    );
+
+    let manifest = outcome.manifest.expect("a manifest");
+    assert_eq!(manifest.hostname, "node-test");
+    let InstalledDisk::Images { partitions } = manifest.disk else {
+        panic!("expected disk images: {:?}", manifest.disk);
+    };
+    assert_eq!(partitions.len(), 2);
+    let (boot, root) = (&partitions[0], &partitions[1]);
+    assert_eq!(
+        (boot.mount.as_str(), boot.device.as_str()),
+        ("/boot", "/dev/sda1")
+    );
+    assert_eq!(boot.size_bytes, 256 << 20);
+    assert_eq!(root.mount, "/");
+    assert!(root.size_bytes > 2 << 30, "{root:?}");
+    let image = &root.image;
+    assert_eq!(std::fs::metadata(image).expect("image").len(), DRIVE_BYTES);
+    let table = sh(Command::new("sfdisk").arg("--dump").arg(image));
+    assert!(table.contains("label: dos"), "{table}");
+    // Sparse: far less than 3 GiB is allocated.
+    let allocated =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(image).expect("image")) * 512;
+    assert!(allocated < 512 << 20, "allocated {allocated}");
+
+    let root_fs = Mounted::new(image, root.start_bytes, root.size_bytes);
+    let boot_fs = Mounted::new(image, boot.start_bytes, boot.size_bytes);
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    };
+    let fstab = read(root_fs.path("etc/fstab"));
+    assert!(
+        fstab.contains(&format!("UUID={} / ext4 defaults 0 0", root.uuid)),
+        "{fstab}"
+    );
+    assert!(
+        fstab.contains(&format!("UUID={} /boot ext4 defaults 0 0", boot.uuid)),
+        "{fstab}"
+    );
+    let blkid = sh(Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID", "-O"])
+        .arg(root.start_bytes.to_string())
+        .arg(image));
+    assert_eq!(blkid.trim(), root.uuid);
+    assert_eq!(read(root_fs.path("etc/hostname")), "node-test\n");
+    assert!(read(root_fs.path("etc/hosts")).contains("127.77.0.5 node-test"));
+    assert_eq!(read(root_fs.path("etc/machine-id")), "");
+    assert!(!root_fs.path("var/lib/dbus/machine-id").exists());
+    assert!(read(root_fs.path("etc/network/interfaces")).contains("address 127.77.0.5"));
+    assert_eq!(read(root_fs.path("root/.ssh/authorized_keys")), RESCUE_KEY);
+    assert_eq!(read(root_fs.path("root/post-install-ran")), "ran\n");
+    assert!(root_fs.path("etc/ssh/ssh_host_ed25519_key.pub").exists());
+    assert!(read(root_fs.path("installimage.conf")).contains("HOSTNAME node-test"));
+    for skipped in ["proc", "sys", "dev"] {
+        let entries: Vec<_> = std::fs::read_dir(root_fs.path(skipped))
+            .expect(skipped)
+            .collect();
+        assert!(entries.is_empty(), "{skipped} is empty");
+    }
+    let capability = rustix::fs::getxattr(
+        root_fs.path("usr/bin/ping"),
+        "security.capability",
+        &mut [0u8; 64],
+    )
+    .expect("the capability survived");
+    assert_eq!(capability, CAPABILITY.len());
+    // The kernel is on the /boot partition, and the root filesystem's /boot is only a mount point.
+    assert_eq!(read(boot_fs.path("vmlinuz-6.1.0-test")), "not a kernel\n");
+    assert_eq!(
+        std::fs::read_dir(root_fs.path("boot"))
+            .expect("boot")
+            .count(),
+        0
+    );
+    let manifest_file = work
+        .path()
+        .join("disks")
+        .join(caph_sim::installimage::MANIFEST_NAME);
+    assert!(manifest_file.exists());
+}
+
+#[test]
+fn layouts_disk_images_cannot_model_install_into_a_directory_and_say_so() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED layouts_disk_images_cannot_model_install_into_a_directory_and_say_so: needs root"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    make_tarball(work.path());
+    let config = SMALL_LAYOUT.replace(
+        "PART / ext4 all",
+        "PART lvm vg0 all\nLV vg0 root / ext4 1500M",
+    );
+    let (outcome, output, _) = install(&config, DiskMode::Auto, work.path());
+    assert_eq!(outcome.exit_code, 0, "{output}\n{:?}", outcome.errors);
+    assert!(
+        output.contains("instead of disk images: LVM is not modelled on disk images"),
+        "{output}"
+    );
+    let root = work.path().join("disks/root");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).expect("hostname"),
+        "node-test\n"
+    );
+    assert!(
+        std::fs::read_to_string(root.join("etc/fstab"))
+            .expect("fstab")
+            .contains("/dev/vg0/root / ext4")
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("root/post-install-ran")).expect("mark"),
+        "ran\n"
+    );
+    assert!(output.contains("INSTALLATION COMPLETE"));
+}
+
+#[test]
+fn a_rejected_config_is_cancelled_with_the_error_in_debug_txt() {
+    let work = tempfile::tempdir().expect("work dir");
+    let config = SMALL_LAYOUT.replace("PART /boot ext4 256M", "PART /boot ext4 100M");
+    let (outcome, output, rescue) = install(&config, DiskMode::Auto, work.path());
+    assert_eq!(outcome.exit_code, 1);
+    assert_eq!(
+        outcome.errors,
+        vec!["ERROR: Your /boot partition has to be at least 200M (current size: 100)".to_string()]
+    );
+    assert!(output.trim_end().ends_with("Cancelled."), "{output}");
+    assert!(!output.contains("Starting installation"), "{output}");
+    let debug = std::fs::read_to_string(rescue.join("root/debug.txt")).expect("debug.txt");
+    assert!(
+        debug.contains(":   ERROR: Your /boot partition has to be at least 200M"),
+        "{debug}"
+    );
+    assert!(!work.path().join("disks").exists(), "nothing was touched");
+}
+
+#[test]
+fn the_wait_takes_a_second_a_dot_unless_x_is_typed_and_ends_at_end_of_input() {
+    // An image that does not exist: validation passes, the install fails right after the wait.
+    let work = tempfile::tempdir().expect("work dir");
+    let (rescue, config_path, _) = make_rescue(work.path(), SMALL_LAYOUT);
+    let run_with = |input: Input| {
+        let mut output = Vec::new();
+        let started = Instant::now();
+        let outcome = run(
+            Options {
+                config: config_path.clone(),
+                post_install: None,
+                facts: facts(&work.path().join("disks")),
+                system_root: rescue.clone(),
+                disk_mode: DiskMode::Directory,
+                input,
+            },
+            &mut output,
+        );
+        (
+            outcome,
+            String::from_utf8_lossy(&output).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let (_, output, elapsed) = run_with(Input::Reader(Box::new(Cursor::new(b"ax".to_vec()))));
+    assert!(
+        output.contains("Press X to continue immediately"),
+        "{output}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "x skips the wait: {elapsed:?}"
+    );
+    let (_, output, elapsed) = run_with(Input::Reader(Box::new(std::io::empty())));
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "end of input: {elapsed:?}"
+    );
+    assert!(output.contains("=> ...................."), "{output}");
+    // Silence: a reader that blocks. Two dots take about two seconds; cut it short after that by
+    // sending x from another thread.
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    let typist = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2500));
+        let _ = std::io::Write::write_all(&mut writer, b"x");
+    });
+    let (_, output, elapsed) = run_with(Input::Reader(Box::new(reader)));
+    typist.join().expect("typist");
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+    assert!(output.contains("=> ...\n"), "{output}");
+}
