@@ -254,10 +254,11 @@ fn compare_json(left: &Value, right: &Value) -> Ordering {
             left.partial_cmp(&right).unwrap_or(Ordering::Equal)
         }
         (Value::String(left), Value::String(right)) => left.cmp(right),
-        // Nulls (e.g. snapshot names) sort first, as a database would with NULLS FIRST.
+        // Nulls (e.g. snapshot names) sort as the largest value, as PostgreSQL does by default:
+        // last in ascending order, first in descending order.
         (Value::Null, Value::Null) => Ordering::Equal,
-        (Value::Null, _) => Ordering::Less,
-        (_, Value::Null) => Ordering::Greater,
+        (Value::Null, _) => Ordering::Greater,
+        (_, Value::Null) => Ordering::Less,
         _ => Ordering::Equal,
     }
 }
