@@ -91,16 +91,12 @@ pub(crate) fn encode(
     }
 
     let mut records = PaxRecords::default();
-    // Non-UTF-8 names travel as raw bytes in `path`/`linkpath`. POSIX would flag them with
-    // `hdrcharset=BINARY`, but GNU tar (installimage's extractor) warns about that keyword on
-    // every such entry while restoring raw bytes unchanged without it.
-    let name_is_binary = std::str::from_utf8(entry.name).is_err();
-    let link_is_binary = entry
-        .link_name
-        .is_some_and(|link| std::str::from_utf8(link).is_err());
-
-    // The ustar name/prefix split, or a PAX path when the name does not fit (or is not UTF-8,
-    // so that readers that treat ustar names as text still get the exact bytes from PAX).
+    // Names are bytes. One that fits the ustar name/prefix fields goes there as it is, UTF-8 or
+    // not: GNU tar and bsdtar both restore such bytes unchanged and silently. A longer one goes
+    // to a PAX `path` as raw bytes, as GNU tar itself writes it. POSIX would flag non-UTF-8
+    // values with `hdrcharset=BINARY`, but GNU tar (installimage's extractor) warns about that
+    // keyword on every entry, while restoring the raw bytes unchanged without it (bsdtar
+    // restores them too, but reports the name as not convertible from UTF-8).
     let ustar_name: &[u8];
     let mut ustar_prefix: &[u8] = b"";
     let sparse_name;
@@ -113,9 +109,6 @@ pub(crate) fn encode(
         // output reproducible. Readers that know sparse 1.0 never use this name.
         sparse_name = sparse_stand_in_name(entry.name);
         ustar_name = &sparse_name;
-    } else if name_is_binary {
-        records.add(b"path", entry.name);
-        ustar_name = truncate(entry.name, 100);
     } else {
         match split_ustar_name(entry.name) {
             Some((prefix, name)) => {
@@ -131,7 +124,7 @@ pub(crate) fn encode(
 
     let mut ustar_link: &[u8] = b"";
     if let Some(link) = entry.link_name {
-        if link.len() > 100 || link_is_binary {
+        if link.len() > 100 {
             records.add(b"linkpath", link);
             ustar_link = truncate(link, 100);
         } else {
@@ -427,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn long_binary_and_large_values_go_to_pax() {
+    fn long_names_binary_names_and_large_values() {
         let long = format!("./{}", "x/".repeat(150));
         let mut header = entry(long.as_bytes());
         header.uid = MAX_OCTAL_ID + 1;
@@ -441,10 +434,22 @@ mod tests {
         assert!(text.contains(" size=8589934592\n"), "{text}");
         assert!(text.contains(" mtime=-86400\n"), "{text}");
 
+        // A short non-UTF-8 name stays in the ustar field; a long one goes to PAX as is.
         let mut out = Vec::new();
         encode(&entry(b"./caf\xe9"), &mut out).unwrap();
-        let pax = &out[BLOCK..];
-        assert!(pax.windows(11).any(|w| w == b"path=./caf\xe9"));
+        assert_eq!(out.len(), BLOCK);
+        assert_eq!(&out[..7], b"./caf\xe9\0");
+        let mut long = b"./".to_vec();
+        long.extend_from_slice(&[0xe9; 300]);
+        let mut out = Vec::new();
+        encode(&entry(&long), &mut out).unwrap();
+        let mut record = b"path=".to_vec();
+        record.extend_from_slice(&long);
+        assert!(
+            out[BLOCK..]
+                .windows(record.len())
+                .any(|window| window == record)
+        );
     }
 
     /// A 9 GiB member cannot be written in a test, but its header can: in an archive file
