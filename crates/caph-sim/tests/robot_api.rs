@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caph_sim::robot::{
-    Fault, Power, RateLimit, RobotAddressOnly, RobotServer, RobotSim, RobotSimConfig, Running,
-    TimeMode,
+    Fault, Power, RateLimit, RobotAddressOnly, RobotArgs, RobotServer, RobotSim, RobotSimConfig,
+    Running, TimeMode, serve_from_args,
 };
 use serde_json::{Value, json};
 
@@ -653,4 +653,56 @@ async fn scaled_time_boots_without_being_told() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(harness.machines.boots(321), 2);
+}
+
+#[tokio::test]
+async fn the_binary_flags_start_a_simulator_with_a_generated_password() {
+    let args = RobotArgs {
+        robot_listen: Some("127.0.0.1:0".parse().expect("address")),
+        robot_user: "u".into(),
+        robot_password: None,
+        robot_servers: vec!["7:alpha".into(), "8:beta".into()],
+    };
+    let served = serve_from_args(
+        &args,
+        TimeMode::Manual,
+        Arc::new(RobotAddressOnly::default()),
+    )
+    .await
+    .expect("starts")
+    .expect("a simulator");
+    let password = served.generated_password.clone().expect("generated");
+    let response = reqwest::Client::new()
+        .get(format!("{}/server", served.sim.url()))
+        .basic_auth("u", Some(&password))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body[1]["server"]["server_name"], "beta");
+
+    let no_listen = RobotArgs {
+        robot_listen: None,
+        ..args.clone()
+    };
+    let none = serve_from_args(
+        &no_listen,
+        TimeMode::Manual,
+        Arc::new(RobotAddressOnly::default()),
+    )
+    .await;
+    assert!(matches!(none, Ok(None)));
+    let bad = RobotArgs {
+        robot_servers: vec!["seven".into()],
+        ..args
+    };
+    let error = serve_from_args(
+        &bad,
+        TimeMode::Manual,
+        Arc::new(RobotAddressOnly::default()),
+    )
+    .await
+    .expect_err("a bad server spec");
+    assert!(error.to_string().contains("NUMBER:NAME"), "{error}");
 }

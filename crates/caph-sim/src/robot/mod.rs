@@ -51,6 +51,7 @@
 //! `GET /boot/{n}/rescue/last` before any activation is 404 `NOT_FOUND`.
 
 mod api;
+mod cli;
 mod clock;
 mod form;
 mod keys;
@@ -72,6 +73,7 @@ use tokio::net::TcpListener;
 
 pub use crate::hcloud::TimeMode;
 pub use api::routes;
+pub use cli::{RobotArgs, RobotSimCliError, ServedRobot, serve_from_args};
 pub use machines::{
     RescueBoot, RobotAddressOnly, RobotDrive, RobotMachineSpec, RobotMachines, Running,
 };
