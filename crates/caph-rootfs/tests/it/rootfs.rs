@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 
 use caph_rootfs::manifest::{self, Manifest, ManifestInput, Package};
@@ -392,4 +393,76 @@ fn cancelling_stops_the_run_and_leaves_no_file() {
         .map(|entry| entry.unwrap().file_name())
         .collect();
     assert_eq!(left, ["tree"], "nothing but the tree is left");
+}
+
+/// The rescue system also has bsdtar (libarchive): it must read the archives cleanly too, as
+/// long as no name longer than ustar's fields is non-UTF-8.
+#[test]
+fn bsdtar_reads_the_archives_too() {
+    let test = "bsdtar_reads_the_archives_too";
+    if Command::new("bsdtar").arg("--version").output().is_err() {
+        support::skipped(
+            test,
+            "bsdtar is not installed (Debian package libarchive-tools)",
+        );
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("tree");
+    let deep = root.join(format!(
+        "{}/{}/{}",
+        "a".repeat(120),
+        "b".repeat(120),
+        "c".repeat(120)
+    ));
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("file"), b"deep\n").unwrap();
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"caf\xe9")),
+        b"latin-1\n",
+    )
+    .unwrap();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(1 << 30).unwrap();
+    fs::hard_link(root.join("sparse"), root.join("sparse-link")).unwrap();
+    std::os::unix::fs::symlink("sparse", root.join("symlink")).unwrap();
+
+    for compression in [Compression::gzip(), Compression::zstd(), Compression::None] {
+        let archive = temp
+            .path()
+            .join(format!("tree.{}", compression.extension()));
+        pack::pack_to_path(
+            &root,
+            &archive,
+            &PackOptions::plain(compression),
+            &mut |_| {},
+        )
+        .unwrap();
+        let target = temp.path().join(format!("bsdtar-{}", compression.name()));
+        fs::create_dir_all(&target).unwrap();
+        support::run(
+            Command::new("bsdtar")
+                .arg("-xf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&target),
+        );
+        assert_eq!(
+            fs::read(target.join(deep.strip_prefix(&root).unwrap()).join("file")).unwrap(),
+            b"deep\n"
+        );
+        assert_eq!(
+            fs::read(target.join(std::ffi::OsStr::from_bytes(b"caf\xe9"))).unwrap(),
+            b"latin-1\n"
+        );
+        assert_eq!(fs::metadata(target.join("sparse")).unwrap().len(), 1 << 30);
+        assert!(
+            support::allocated(&target.join("sparse")) < 1 << 20,
+            "{compression}: not sparse"
+        );
+        assert_eq!(
+            fs::read_link(target.join("symlink")).unwrap(),
+            std::path::Path::new("sparse")
+        );
+    }
 }
