@@ -1,6 +1,7 @@
 //! Routes and handlers: the endpoints of the reference with their checks, status codes and wrappers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -626,38 +627,47 @@ async fn create_server(inner: &Arc<Inner>, body: &[u8]) -> Result<Reply, ApiErro
     let body = object_body(body, true)?;
     let (new, action, next_actions) = create_server_checks(inner, &body)?;
     let server_id = new.server_id;
-    let outcome = {
-        let lock = inner.server_lock(server_id);
-        let _guard = lock.lock().await;
-        inner.host.create(new.spec).await
-    };
-    let server = {
-        let mut world = inner.world();
-        if let Some(server) = world.servers.get_mut(&server_id) {
-            match outcome {
-                Ok(machine) => server.view.ipv4 = Some(machine.ipv4),
-                Err(error) => server.host_create_error = Some(error.to_string()),
+    let (create_action, start_action) = (new.create_action, new.start_action);
+    // The machine is made in a task of its own: a client hanging up mid-request must not leave
+    // a server that never leaves `initializing` (the real service carries on too).
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let task_inner = Arc::clone(inner);
+    inner.spawn(async move {
+        let outcome = {
+            let lock = task_inner.server_lock(server_id);
+            let _guard = lock.lock().await;
+            task_inner.host.create(new.spec).await
+        };
+        let (server, started) = {
+            let mut world = task_inner.world();
+            if let Some(server) = world.servers.get_mut(&server_id) {
+                match outcome {
+                    Ok(machine) => server.view.ipv4 = Some(machine.ipv4),
+                    Err(error) => server.host_create_error = Some(error.to_string()),
+                }
             }
-        }
-        world
-            .servers
-            .get(&server_id)
-            .map(|server| world.server_json(server))
-            .unwrap_or(Value::Null)
-    };
-    let started = inner.clock.now();
-    let started = inner
-        .world()
-        .actions
-        .get(&new.create_action)
-        .map_or(started, |action| action.started);
-    inner.spawn(ops::create_server(
-        Arc::clone(inner),
-        server_id,
-        new.create_action,
-        new.start_action,
-        started,
-    ));
+            let server = world
+                .servers
+                .get(&server_id)
+                .map(|server| world.server_json(server))
+                .unwrap_or(Value::Null);
+            let started = world
+                .actions
+                .get(&create_action)
+                .map_or(Duration::ZERO, |action| action.started);
+            (server, started)
+        };
+        // The answer goes out before the flow starts, so it shows the server as just created.
+        let _ = sender.send(server);
+        task_inner.spawn(ops::create_server(
+            Arc::clone(&task_inner),
+            server_id,
+            create_action,
+            start_action,
+            started,
+        ));
+    });
+    let server = receiver.await.unwrap_or(Value::Null);
     created(json!({
         "server": server,
         "action": action,
@@ -1160,10 +1170,17 @@ async fn delete_image(inner: &Arc<Inner>, id: u64) -> Result<Reply, ApiError> {
         world.images.remove(&id)
     };
     if removed.is_some_and(|image| image.host_copy) {
-        let lock = inner.image_lock(id);
-        let _guard = lock.lock().await;
-        // The image is gone from the API either way; a leftover copy is the host's to report.
-        let _ = inner.host.delete_image(id).await;
+        // In a task of its own, so that a client hanging up does not leave the copy behind.
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let task_inner = Arc::clone(inner);
+        inner.spawn(async move {
+            let lock = task_inner.image_lock(id);
+            let _guard = lock.lock().await;
+            // The image is gone from the API either way; a leftover copy is the host's to report.
+            let _ = task_inner.host.delete_image(id).await;
+            let _ = sender.send(());
+        });
+        let _ = receiver.await;
     }
     no_content()
 }
