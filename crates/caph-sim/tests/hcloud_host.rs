@@ -179,3 +179,56 @@ async fn concurrent_creates_with_one_name_make_one_server() {
     assert_eq!(harness.sim.state().servers.len(), 1);
     harness.assert_openapi();
 }
+
+/// A host whose machines take a while to create, like a root filesystem copy.
+#[derive(Debug, Default)]
+struct SlowHost {
+    addresses: AddressOnly,
+}
+
+#[async_trait::async_trait]
+impl MachineHost for SlowHost {
+    async fn create(&self, spec: MachineSpec) -> Result<MachineInfo, MachineError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.addresses.create(spec).await
+    }
+    async fn power_on(&self, server_id: u64) -> Result<(), MachineError> {
+        self.addresses.power_on(server_id).await
+    }
+    async fn power_off(&self, server_id: u64) -> Result<(), MachineError> {
+        self.addresses.power_off(server_id).await
+    }
+    async fn snapshot(&self, server_id: u64, image_id: u64) -> Result<u64, MachineError> {
+        self.addresses.snapshot(server_id, image_id).await
+    }
+    async fn delete(&self, server_id: u64) -> Result<(), MachineError> {
+        self.addresses.delete(server_id).await
+    }
+    async fn delete_image(&self, image_id: u64) -> Result<(), MachineError> {
+        self.addresses.delete_image(image_id).await
+    }
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_create_leaves_a_working_server() {
+    let harness = start(HcloudSimConfig {
+        machines: Arc::new(SlowHost::default()),
+        ..manual()
+    })
+    .await;
+    let hung_up = harness
+        .http
+        .post(format!("{}/servers", harness.base))
+        .bearer_auth(support::TOKEN)
+        .timeout(Duration::from_millis(50))
+        .json(&json!({"name": "orphan", "server_type": "cx23", "image": "debian-12"}))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "{hung_up:?}");
+    harness.advance(30 * SECOND).await;
+    let servers = harness.get("/servers?name=orphan").await;
+    let server = &servers.body["servers"][0];
+    assert_eq!(server["status"], "running", "{server}");
+    assert!(server["public_net"]["ipv4"]["ip"].is_string());
+    harness.assert_openapi();
+}
