@@ -108,7 +108,18 @@ struct Machine {
     address: Ipv4Addr,
     hostname: String,
     dir: PathBuf,
+    disk: Disk,
     running: Option<tokio::process::Child>,
+}
+
+/// A machine's root filesystem. It is copied (and the system image built, the first time) in the
+/// background, so that `create` answers as quickly as the real `POST /servers` does; the first
+/// call that needs the disk (power on, snapshot) waits for it.
+#[derive(Debug)]
+enum Disk {
+    Preparing(tokio::task::JoinHandle<Result<(), MachineError>>),
+    Ready,
+    Failed(String),
 }
 
 impl Machine {
@@ -129,7 +140,7 @@ struct State {
 /// and unshare; [`SshMachines::new`] says what is missing.
 pub struct SshMachines {
     instance_dir: PathBuf,
-    cache: rootfs::RootfsCache,
+    cache: Arc<rootfs::RootfsCache>,
     log: Option<MachineLog>,
     state: Mutex<State>,
 }
@@ -190,7 +201,10 @@ impl SshMachines {
         }
 
         sweep_instances(&config.state_dir);
-        let cache = rootfs::RootfsCache::new(config.rootfs_cache.clone(), config.mirror.clone());
+        let cache = Arc::new(rootfs::RootfsCache::new(
+            config.rootfs_cache.clone(),
+            config.mirror.clone(),
+        ));
         cache.sweep();
 
         let stamp = sys::owner_stamp();
@@ -274,12 +288,13 @@ impl SshMachines {
         self.lock().addresses.remove(&address);
     }
 
+    /// Writes the machine's ssh configuration and starts copying its disk in the background.
     async fn create_inner(
         &self,
         spec: &MachineSpec,
         address: Ipv4Addr,
         dir: &Path,
-    ) -> Result<(), MachineError> {
+    ) -> Result<tokio::task::JoinHandle<Result<(), MachineError>>, MachineError> {
         let cloud = match &spec.user_data {
             Some(user_data) => match cloud_config::parse(user_data) {
                 Ok(cloud) => cloud,
@@ -289,13 +304,18 @@ impl SshMachines {
             },
             None => CloudConfig::default(),
         };
+        // Checked here, not in the background, so that a request this host can never serve
+        // fails at once with what to install.
         let source = match &spec.disk {
             DiskSource::System { name, architecture } => {
                 let image = rootfs::resolve(name, architecture)?;
-                self.cache.ensure(&image, &self.log).await?
+                if let Some(problem) = rootfs::foreign_arch_problem(&image) {
+                    return Err(MachineError(problem));
+                }
+                DiskOrigin::System(image)
             }
             DiskSource::Snapshot { image_id } => match self.lock().images.get(image_id) {
-                Some(path) => path.join("root"),
+                Some(path) => DiskOrigin::Copy(path.join("root")),
                 None => {
                     return Err(MachineError(format!(
                         "snapshot {image_id} has no disk copy on this host"
@@ -306,7 +326,6 @@ impl SshMachines {
         if let Err(error) = create_private_dir_all(dir) {
             return Err(MachineError(format!("creating {}: {error}", dir.display())));
         }
-        rootfs::copy_tree(&source, &dir.join("root")).await?;
 
         let ssh_dir = dir.join("ssh");
         if let Err(error) = create_private_dir_all(&ssh_dir) {
@@ -348,12 +367,54 @@ impl SshMachines {
             config.push_str(&format!("HostKey {}\n", path.display()));
         }
         write_private(&ssh_dir.join("sshd_config"), &config)?;
-        // What cloud-init writes on a real server: the hostname.
-        write_file(
-            &dir.join("root/etc/hostname"),
-            &format!("{}\n", spec.hostname),
-        )?;
-        Ok(())
+
+        let cache = Arc::clone(&self.cache);
+        let log = self.log.clone();
+        let root = dir.join("root");
+        let hostname = spec.hostname.clone();
+        let preparing = tokio::spawn(async move {
+            let source = match source {
+                DiskOrigin::System(image) => cache.ensure(&image, &log).await?,
+                DiskOrigin::Copy(path) => path,
+            };
+            rootfs::copy_tree(&source, &root).await?;
+            // What cloud-init writes on a real server: the hostname.
+            write_file(&root.join("etc/hostname"), &format!("{hostname}\n"))
+        });
+        Ok(preparing)
+    }
+
+    /// Waits until the machine's disk is copied; its error, if the copy failed.
+    async fn disk_ready(&self, server_id: u64) -> Result<(), MachineError> {
+        let preparing = {
+            let mut state = self.lock();
+            let Some(machine) = state.machines.get_mut(&server_id) else {
+                return Err(MachineError(format!("no machine for server {server_id}")));
+            };
+            match std::mem::replace(&mut machine.disk, Disk::Ready) {
+                Disk::Ready => return Ok(()),
+                Disk::Failed(message) => {
+                    machine.disk = Disk::Failed(message.clone());
+                    return Err(MachineError(message));
+                }
+                Disk::Preparing(handle) => handle,
+            }
+        };
+        // Calls for one server never overlap, so nobody else waits on this handle meanwhile.
+        let outcome = match preparing.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("server {server_id}: preparing its disk: {error}")),
+            Err(error) => Err(format!("server {server_id}: preparing its disk: {error}")),
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(message) => {
+                if let Some(machine) = self.lock().machines.get_mut(&server_id) {
+                    machine.disk = Disk::Failed(message.clone());
+                }
+                Err(MachineError(message))
+            }
+        }
     }
 
     fn spawn_machine(
@@ -444,6 +505,12 @@ cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 exec "$sshd" -D -e -f "$config"
 "#;
 
+/// Where a new machine's disk comes from.
+enum DiskOrigin {
+    System(rootfs::SystemImage),
+    Copy(PathBuf),
+}
+
 #[async_trait::async_trait]
 impl MachineHost for SshMachines {
     async fn create(&self, spec: MachineSpec) -> Result<MachineInfo, MachineError> {
@@ -452,15 +519,19 @@ impl MachineHost for SshMachines {
             .instance_dir
             .join("machines")
             .join(spec.server_id.to_string());
-        if let Err(error) = self.create_inner(&spec, address, &dir).await {
-            let _ = sys::remove_tree(&dir);
-            self.release_address(address);
-            return Err(error);
-        }
+        let preparing = match self.create_inner(&spec, address, &dir).await {
+            Ok(preparing) => preparing,
+            Err(error) => {
+                let _ = sys::remove_tree(&dir);
+                self.release_address(address);
+                return Err(error);
+            }
+        };
         let machine = Machine {
             address,
             hostname: spec.hostname.clone(),
             dir,
+            disk: Disk::Preparing(preparing),
             running: None,
         };
         self.lock().machines.insert(spec.server_id, machine);
@@ -468,6 +539,7 @@ impl MachineHost for SshMachines {
     }
 
     async fn power_on(&self, server_id: u64) -> Result<(), MachineError> {
+        self.disk_ready(server_id).await?;
         let (dir, hostname, address, running) = {
             let state = self.lock();
             let Some(machine) = state.machines.get(&server_id) else {
@@ -546,6 +618,7 @@ impl MachineHost for SshMachines {
     }
 
     async fn snapshot(&self, server_id: u64, image_id: u64) -> Result<u64, MachineError> {
+        self.disk_ready(server_id).await?;
         let root = match self.lock().machines.get(&server_id) {
             Some(machine) => machine.root(),
             None => return Err(MachineError(format!("no machine for server {server_id}"))),
@@ -584,6 +657,9 @@ impl MachineHost for SshMachines {
 
     async fn delete(&self, server_id: u64) -> Result<(), MachineError> {
         self.power_off(server_id).await?;
+        // A copy still running would write into the directory being removed; let it finish
+        // (its outcome no longer matters).
+        let _ = self.disk_ready(server_id).await;
         let Some(machine) = self.lock().machines.remove(&server_id) else {
             return Err(MachineError(format!("no machine for server {server_id}")));
         };
@@ -621,6 +697,10 @@ impl Drop for SshMachines {
     fn drop(&mut self) {
         let mut state = self.lock();
         for machine in state.machines.values_mut() {
+            if let Disk::Preparing(handle) = &machine.disk {
+                // Dropping the copy's future kills its `cp` (kill_on_drop).
+                handle.abort();
+            }
             if let Some(mut child) = machine.running.take() {
                 // SIGKILL to unshare; `--kill-child` takes the namespace (sshd, sessions, mounts)
                 // with it. tokio reaps the child in the background.

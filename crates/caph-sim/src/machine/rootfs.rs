@@ -221,6 +221,11 @@ impl RootfsCache {
                 build_dir.display()
             )));
         }
+        // Removes the half-made build if this future is dropped (its machine deleted, the host
+        // dropped) or fails; disarmed once the build is renamed into place.
+        let mut guard = BuildDirGuard {
+            path: Some(build_dir.clone()),
+        };
         let root = build_dir.join("root");
         if let Some(log) = log {
             log(&format!(
@@ -296,6 +301,7 @@ impl RootfsCache {
                 image.key()
             )));
         }
+        guard.path = None;
         if let Some(log) = log {
             log(&format!(
                 "built the {} root filesystem in {:.0?}",
@@ -324,6 +330,19 @@ impl RootfsCache {
             if !sys::owner_alive(&format!("{pid} {start}")) {
                 let _ = sys::remove_tree(&entry.path());
             }
+        }
+    }
+}
+
+/// Removes a build directory when dropped, unless disarmed.
+struct BuildDirGuard {
+    path: Option<PathBuf>,
+}
+
+impl Drop for BuildDirGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = sys::remove_tree(&path);
         }
     }
 }
@@ -378,6 +397,7 @@ pub(crate) async fn copy_tree(source: &Path, destination: &Path) -> Result<(), M
         .arg(source)
         .arg(destination)
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await;
     match output {
