@@ -275,25 +275,67 @@ async fn leftovers_of_a_killed_run_are_swept() {
     assert!(!stale.exists(), "swept");
 }
 
+/// Set in a re-run of this test binary as an unprivileged user: the file to report to.
+const UNPRIVILEGED_REPORT_ENV: &str = "CAPH_SIM_UNPRIVILEGED_REPORT";
+
 #[test]
 fn construction_without_prerequisites_says_what_is_missing() {
-    // As root with everything installed there is nothing to observe here; the message is checked
-    // through an unusable state directory instead (sshd's chroot rule).
-    let Ok(dir) = tempfile::tempdir() else { return };
+    if let Some(report) = std::env::var_os(UNPRIVILEGED_REPORT_ENV) {
+        // The re-run as `nobody`: report what construction says.
+        let message = match SshMachines::new(SshMachinesConfig::default()) {
+            Ok(_) => "constructed without root".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        std::fs::write(report, message).unwrap();
+        return;
+    }
+
+    // A state directory that breaks sshd's chroot rule (under /tmp, world-writable) is refused
+    // with the reason, whoever runs this.
+    let dir = tempfile::tempdir().unwrap();
     let config = SshMachinesConfig {
         state_dir: dir.path().join("state"),
         ..Default::default()
     };
-    match SshMachines::new(config) {
-        Ok(_) => panic!("a state directory under /tmp cannot hold chroots"),
-        Err(error) => {
-            let message = error.to_string();
-            assert!(
-                message.contains("group- or world-writable") || message.contains("need"),
-                "{message}"
-            );
-        }
+    let message = SshMachines::new(config).unwrap_err().to_string();
+    assert!(
+        message.contains("group- or world-writable") || message.contains("need"),
+        "{message}"
+    );
+
+    // Without root: this binary again, as `nobody`, through util-linux's setpriv.
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"));
+    if !is_root || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!(
+            "SKIPPED construction_without_prerequisites_says_what_is_missing (as nobody): needs root and setpriv"
+        );
+        return;
     }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let report = dir.path().join("report");
+    let status = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "construction_without_prerequisites_says_what_is_missing",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED_REPORT_ENV, &report)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the unprivileged re-run failed: {status}");
+    let message = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        message.starts_with("simulated SSH machines need: root (running as uid 65534)"),
+        "{message}"
+    );
+    eprintln!("as nobody: {message}");
 }
 
 /// A one-request HTTP server on 127.0.0.1, standing in for a test's package mirror.
