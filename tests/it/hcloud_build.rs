@@ -15,13 +15,16 @@ use crate::cloud::{Cloud, TOKEN};
 
 /// Runs the real binary with `args` against the cloud, in `dir`.
 pub async fn run_caph_image(cloud: &Cloud, dir: &std::path::Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
         .args(args)
         .current_dir(dir)
         .envs(cloud.env())
         .output()
         .await
-        .expect("caph-image runs")
+        .expect("caph-image runs");
+    // The progress lines, with their timestamps, show where a slow or failing run spent its time.
+    eprintln!("caph-image {}\n{}", args.join(" "), text(&output.stderr));
+    output
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -3,6 +3,7 @@
 mod cli;
 mod cloud;
 mod hcloud_build;
+mod hcloud_faults;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

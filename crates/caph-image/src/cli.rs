@@ -179,6 +179,9 @@ Examples:
         /// Print the preflight and the plan, and create nothing
         #[arg(long)]
         dry_run: bool,
+        /// How long to wait for the server to be off after an ACPI shutdown before powering it off hard
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        shutdown_timeout: std::time::Duration,
         #[command(flatten)]
         api: HcloudArgs,
     },

@@ -33,11 +33,12 @@ pub struct BuildOptions<'a> {
     pub replace: bool,
     pub keep_on_error: bool,
     pub dry_run: bool,
+    pub shutdown_timeout: Duration,
     pub api: &'a HcloudArgs,
 }
 
 fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
-    let token = Token::from_env().filter(|_| true).ok_or_else(|| {
+    let token = Token::from_env().ok_or_else(|| {
         anyhow::anyhow!("HCLOUD_TOKEN is not set: export a read-write API token of the Hetzner Cloud project the snapshots go into (Cloud Console, Security, API tokens)")
     })?;
     Client::new(ClientConfig::new(api.endpoint.clone(), token))
@@ -136,6 +137,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     };
     let mut config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
     config.keep_dir = std::env::current_dir().unwrap_or_default();
+    config.shutdown_timeout = options.shutdown_timeout;
     let backend = HcloudBackend::new(client, config);
 
     if options.dry_run {

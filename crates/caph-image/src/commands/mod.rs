@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replace,
             keep_on_error,
             dry_run,
+            shutdown_timeout,
             api,
         }) => hcloud::build(
             &cli.global,
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 replace,
                 keep_on_error,
                 dry_run,
+                shutdown_timeout,
                 api: &api,
             },
         ),
