@@ -5,18 +5,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "data/test_tarball.rs"]
+mod test_tarball;
+
+use test_tarball::{CAPABILITY, make_tarball, sh};
+
 use caph_sim::installimage::{
     DiskMode, Drive, Input, InstalledDisk, MachineFacts, Options, Outcome, run,
 };
 
-const IMAGE_NAME: &str = "Debian-1208-bookworm-amd64-test.tar.gz";
 const RESCUE_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAr1ZspAtHOOyQlIV96XLrxBy8y45ijODbauvH3xJdjK rescue\n";
-/// `cap_net_raw+ep` as a VFS capability (revision 2).
-const CAPABILITY: &[u8] = &[
-    0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00,
-];
 /// A small layout for a 3 GiB sparse drive: /boot 256M and / for the rest.
 const DRIVE_BYTES: u64 = 3 << 30;
 
@@ -24,113 +23,16 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-fn sh(command: &mut Command) -> String {
-    let output = command.output().expect("the command runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Copies a host binary and the libraries `ldd` names into `tree`, so it runs in a chroot.
-fn copy_with_libraries(binary: &str, tree: &Path) {
-    let mut paths = vec![PathBuf::from(binary)];
-    for line in sh(Command::new("ldd").arg(binary)).lines() {
-        let candidate = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(path) = candidate.filter(|path| path.starts_with('/')) {
-            paths.push(PathBuf::from(path));
-        }
-    }
-    for path in paths {
-        let target = tree.join(path.strip_prefix("/").expect("absolute"));
-        std::fs::create_dir_all(target.parent().expect("parent")).expect("dir");
-        std::fs::copy(&path, &target).expect("copy");
-    }
-}
-
-/// A rootfs tarball with what installimage insists on, a capability xattr, and entries under
-/// proc, sys and dev that installimage must skip.
-fn make_tarball(work: &Path) -> PathBuf {
-    let tree = work.join("tree");
-    for dir in [
-        "etc/ssh",
-        "boot",
-        "usr/sbin",
-        "root",
-        "proc",
-        "sys",
-        "dev",
-        "var/lib/dbus",
-    ] {
-        std::fs::create_dir_all(tree.join(dir)).expect("dir");
-    }
-    // Debian's usrmerge layout: /bin and /lib64 are links into /usr.
-    for binary in ["/usr/bin/bash", "/usr/bin/env", "/usr/bin/true"] {
-        copy_with_libraries(binary, &tree);
-    }
-    for (link, target) in [
-        ("bin", "usr/bin"),
-        ("lib", "usr/lib"),
-        ("lib64", "usr/lib64"),
-        ("sbin", "usr/sbin"),
-    ] {
-        if !tree.join(link).exists() && tree.join(target).exists() {
-            std::os::unix::fs::symlink(target, tree.join(link)).expect("symlink");
-        }
-    }
-    let files = [
-        ("etc/ssh/sshd_config", "PermitRootLogin prohibit-password\n"),
-        ("etc/hostname", "image-builder\n"),
-        ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
-        (
-            "var/lib/dbus/machine-id",
-            "0123456789abcdef0123456789abcdef\n",
-        ),
-        ("boot/vmlinuz-6.1.0-test", "not a kernel\n"),
-        ("boot/initrd.img-6.1.0-test", "not an initrd\n"),
-        ("usr/sbin/update-initramfs", "#!/bin/sh\nexit 0\n"),
-        ("usr/sbin/grub-install", "#!/bin/sh\nexit 0\n"),
-        ("usr/bin/ping", "pretend ping\n"),
-        ("proc/leftover", "must not be extracted\n"),
-        ("sys/leftover", "must not be extracted\n"),
-        ("dev/leftover", "must not be extracted\n"),
-    ];
-    for (path, content) in files {
-        std::fs::write(tree.join(path), content).expect("file");
-    }
-    rustix::fs::setxattr(
-        tree.join("usr/bin/ping"),
-        "security.capability",
-        CAPABILITY,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .expect("setting a capability as root");
-    let tarball = work.join("rescue/root").join(IMAGE_NAME);
-    std::fs::create_dir_all(tarball.parent().expect("parent")).expect("dir");
-    sh(Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=security.capability",
-            "-czf",
-        ])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&tree)
-        .arg("."));
-    tarball
-}
-
 /// The rescue system's root: the image, the keys, a post-install script that leaves a mark and
 /// fails.
 fn make_rescue(work: &Path, config: &str) -> (PathBuf, PathBuf, PathBuf) {
     let rescue = work.join("rescue");
     std::fs::create_dir_all(rescue.join("root/.ssh")).expect("dir");
+    let tarball = work.join(test_tarball::IMAGE_NAME);
+    if tarball.exists() {
+        std::fs::rename(&tarball, rescue.join("root").join(test_tarball::IMAGE_NAME))
+            .expect("image in place");
+    }
     std::fs::create_dir_all(rescue.join("etc")).expect("dir");
     std::fs::write(rescue.join("root/.ssh/authorized_keys"), RESCUE_KEY).expect("keys");
     std::fs::write(rescue.join("etc/resolv.conf"), "nameserver 127.0.0.53\n").expect("resolv");

@@ -581,7 +581,7 @@ pub(crate) fn install(
     let _ = std::fs::remove_file(stage.join("var/lib/dbus/machine-id"));
     status.sub("  Setting hostname");
     if stage.join("etc/ssh").is_dir() {
-        regenerate_host_keys(&stage.join("etc/ssh"))?;
+        regenerate_host_keys(&stage)?;
         status.sub("  Generating new SSH keys");
     }
     if vars.swraid == "1" {
@@ -822,28 +822,22 @@ fn network_config(distro: &str, facts: &MachineFacts) -> (PathBuf, String) {
     }
 }
 
-fn regenerate_host_keys(ssh_dir: &Path) -> Result<(), String> {
-    if let Ok(entries) = std::fs::read_dir(ssh_dir) {
+/// Removes the image's host keys and has the new system make its own (`ssh-keygen -A` in a
+/// chroot, as installimage runs it inside the installed system).
+fn regenerate_host_keys(stage: &Path) -> Result<(), String> {
+    if let Ok(entries) = std::fs::read_dir(stage.join("etc/ssh")) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
-    for (kind, bits) in [
-        ("ed25519", None),
-        ("ecdsa", Some("256")),
-        ("rsa", Some("3072")),
-    ] {
-        let mut command = Command::new("ssh-keygen");
-        command.args(["-q", "-t", kind, "-N", "", "-C", "root@installimage"]);
-        if let Some(bits) = bits {
-            command.args(["-b", bits]);
-        }
-        command
-            .arg("-f")
-            .arg(ssh_dir.join(format!("ssh_host_{kind}_key")));
-        run(&mut command, "generating SSH host keys")?;
+    let (code, _, stderr) = chroot_command(stage, &["ssh-keygen", "-A"])?;
+    if code != 0 {
+        return Err(format!(
+            "ERROR: generating new SSH host keys in the new system failed (exit {code}): {}",
+            stderr.trim()
+        ));
     }
     Ok(())
 }

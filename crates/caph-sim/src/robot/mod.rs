@@ -56,6 +56,7 @@ mod clock;
 mod form;
 mod keys;
 mod machines;
+mod ssh;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -77,6 +78,7 @@ pub use cli::{RobotArgs, RobotSimCliError, ServedRobot, serve_from_args};
 pub use machines::{
     RescueBoot, RobotAddressOnly, RobotDrive, RobotMachineSpec, RobotMachines, Running,
 };
+pub use ssh::{RESCUE_PACKAGES, SshRobotConfig, SshRobotMachines};
 
 use api::ApiError;
 use clock::{Clock, SimTime};

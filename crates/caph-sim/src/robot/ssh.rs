@@ -1,0 +1,678 @@
+//! Dedicated servers as real machines: the rescue system and the installed system behind one fixed loopback address, on top of [`SshMachines`].
+//!
+//! Every boot is a fresh [`SshMachines`] machine with its own sshd; a small TCP forwarder on the
+//! server's fixed address (`server_ip`, port 22) leads to whichever machine is up, and refuses
+//! connections while the server is down, so a client sees one server that reboots:
+//!
+//! - **Rescue**: a copy of the Debian system image (plus `fdisk`, `zstd`, `xz-utils`, `bzip2`
+//!   and `dosfstools` where apt can fetch them; without `fdisk`, installimage installs into a
+//!   directory), hostname `rescue`, a fresh host key, the activation's keys, and installimage at
+//!   `/root/.oldroot/nfs/install/installimage`: a wrapper around a copy of the `caph-sim` binary
+//!   (`caph-sim installimage ...`), with the machine facts in
+//!   [`FACTS_PATH`](crate::installimage::FACTS_PATH). The server's disks are at
+//!   `/root/.oldroot/disks` inside the rescue system.
+//! - **Disk**: what installimage installed, copied out of the disk images (loop mounts, read
+//!   only) or the install directory into a new machine: its hostname, its SSH host key (from
+//!   its `/etc/ssh/ssh_host_ed25519_key`) and its root `authorized_keys`. An empty disk boots
+//!   nothing.
+//!
+//! The disks persist between boots below the [`SshMachines`] instance directory (moved into each
+//! rescue system and back out when it goes down).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use crate::host::{DiskSource, MachineError, MachineHost, MachineSpec};
+use crate::installimage::{Drive, InstalledDisk, MANIFEST_NAME, MachineFacts, Manifest};
+use crate::machine::{MachineLog, SshMachines};
+
+use super::{RescueBoot, RobotMachineSpec, RobotMachines};
+
+/// Extra packages the rescue system gets on top of the Debian image, as on Hetzner's rescue.
+pub const RESCUE_PACKAGES: &[&str] = &["fdisk", "zstd", "xz-utils", "bzip2", "dosfstools"];
+
+/// Where the server's disks appear inside the rescue system.
+const RESCUE_DISK_DIR: &str = "root/.oldroot/disks";
+
+/// Machine ids in [`SshMachines`]: server number times this, plus a boot counter.
+const BOOTS_PER_SERVER: u64 = 1_000_000;
+
+/// The image id of the prepared rescue template, per architecture (far above snapshot ids the
+/// hcloud simulator hands out).
+const RESCUE_IMAGE_ID: u64 = u64::MAX - 16;
+
+/// Random addresses tried for a server's fixed address before giving up (the /10 is large).
+const ADDRESS_ATTEMPTS: u32 = 64;
+
+/// How an [`SshRobotMachines`] is set up.
+#[derive(Clone)]
+pub struct SshRobotConfig {
+    /// The machines every boot runs on.
+    pub machines: Arc<SshMachines>,
+    /// A `caph-sim` binary (with the `installimage` subcommand) to copy into rescue systems.
+    pub installimage_binary: PathBuf,
+    /// Packages added to the rescue template; default [`RESCUE_PACKAGES`].
+    pub rescue_packages: Vec<String>,
+    /// Progress lines.
+    pub log: Option<MachineLog>,
+}
+
+impl std::fmt::Debug for SshRobotConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SshRobotConfig")
+            .field("machines", &self.machines)
+            .field("installimage_binary", &self.installimage_binary)
+            .field("rescue_packages", &self.rescue_packages)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rescue,
+    Disk,
+}
+
+struct Current {
+    machine_id: u64,
+    kind: Kind,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+struct Server {
+    spec: RobotMachineSpec,
+    address: Ipv4Addr,
+    disk_dir: PathBuf,
+    boots: u64,
+    current: Option<Current>,
+}
+
+/// [`RobotMachines`] on real sshd machines; see the module documentation.
+pub struct SshRobotMachines {
+    config: SshRobotConfig,
+    servers: Mutex<HashMap<u64, Server>>,
+    /// Architectures whose rescue template exists.
+    templates: tokio::sync::Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for SshRobotMachines {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SshRobotMachines")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SshRobotMachines {
+    fn drop(&mut self) {
+        for server in self.lock().values_mut() {
+            if let Some(current) = server.current.take() {
+                current.forwarder.abort();
+            }
+        }
+    }
+}
+
+fn machine_architecture(arch: &str) -> &'static str {
+    if arch == "aarch64" { "arm" } else { "x86" }
+}
+
+fn error(message: impl Into<String>) -> MachineError {
+    MachineError(message.into())
+}
+
+async fn command(
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    what: &str,
+) -> Result<String, MachineError> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|failure| error(format!("{what}: running {program}: {failure}")))?;
+    if !output.status.success() {
+        return Err(error(format!(
+            "{what}: {program} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+impl SshRobotMachines {
+    pub fn new(config: SshRobotConfig) -> SshRobotMachines {
+        SshRobotMachines {
+            config,
+            servers: Mutex::new(HashMap::new()),
+            templates: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The disk directory of a server on the host (images or `root/`, and `installed.json`),
+    /// while no rescue system holds it.
+    pub fn disk_dir(&self, server_number: u64) -> Option<PathBuf> {
+        self.lock()
+            .get(&server_number)
+            .map(|server| server.disk_dir.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Server>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn log(&self, line: &str) {
+        if let Some(log) = &self.config.log {
+            log(line);
+        }
+    }
+
+    /// Builds the rescue template once per architecture: the Debian image plus the rescue
+    /// packages, kept as a snapshot of [`SshMachines`].
+    async fn ensure_template(&self, arch: &str) -> Result<u64, MachineError> {
+        let architecture = machine_architecture(arch);
+        let image_id = RESCUE_IMAGE_ID + u64::from(architecture == "arm");
+        let mut templates = self.templates.lock().await;
+        if templates.iter().any(|known| known == architecture) {
+            return Ok(image_id);
+        }
+        let machines = &self.config.machines;
+        let template_id = image_id;
+        machines
+            .create(MachineSpec {
+                server_id: template_id,
+                hostname: "rescue".into(),
+                disk: DiskSource::System {
+                    name: "debian-12".into(),
+                    architecture: architecture.into(),
+                },
+                authorized_keys: Vec::new(),
+                user_data: None,
+            })
+            .await?;
+        let root = machines
+            .machine_root(template_id)
+            .ok_or_else(|| error("the rescue template vanished"))?;
+        if !self.config.rescue_packages.is_empty() {
+            self.log(&format!(
+                "rescue template ({architecture}): installing {}",
+                self.config.rescue_packages.join(" ")
+            ));
+            let script = format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}",
+                self.config.rescue_packages.join(" ")
+            );
+            if let Err(failure) = chroot_script(&root, &script).await {
+                // installimage still works without them (into a directory, and no zstd).
+                self.log(&format!(
+                    "rescue template: extra packages not installed: {}",
+                    failure.0
+                ));
+            }
+        }
+        let snapshot = machines.snapshot(template_id, image_id).await;
+        let deleted = machines.delete(template_id).await;
+        snapshot?;
+        deleted?;
+        templates.push(architecture.to_owned());
+        Ok(image_id)
+    }
+
+    /// Powers the current machine off, moves the disks back out of a rescue system and removes
+    /// the machine.
+    async fn stop(&self, server_number: u64) -> Result<(), MachineError> {
+        let (current, disk_dir) = {
+            let mut servers = self.lock();
+            let Some(server) = servers.get_mut(&server_number) else {
+                return Err(error(format!("no machine for server {server_number}")));
+            };
+            (server.current.take(), server.disk_dir.clone())
+        };
+        let Some(current) = current else {
+            return Ok(());
+        };
+        current.forwarder.abort();
+        let machines = &self.config.machines;
+        machines.power_off(current.machine_id).await?;
+        if current.kind == Kind::Rescue
+            && let Some(root) = machines.machine_root(current.machine_id)
+        {
+            let inside = root.join(RESCUE_DISK_DIR);
+            if inside.exists() {
+                std::fs::rename(&inside, &disk_dir).map_err(|failure| {
+                    error(format!(
+                        "server {server_number}: moving the disks out of the rescue system: {failure}"
+                    ))
+                })?;
+            }
+        }
+        machines.delete(current.machine_id).await
+    }
+
+    fn next_machine_id(
+        &self,
+        server_number: u64,
+    ) -> Result<(u64, RobotMachineSpec, Ipv4Addr, PathBuf), MachineError> {
+        let mut servers = self.lock();
+        let Some(server) = servers.get_mut(&server_number) else {
+            return Err(error(format!("no machine for server {server_number}")));
+        };
+        server.boots += 1;
+        Ok((
+            server_number * BOOTS_PER_SERVER + server.boots,
+            server.spec.clone(),
+            server.address,
+            server.disk_dir.clone(),
+        ))
+    }
+
+    async fn start(
+        &self,
+        server_number: u64,
+        machine_id: u64,
+        kind: Kind,
+        address: Ipv4Addr,
+        backend: SocketAddr,
+    ) -> Result<(), MachineError> {
+        let machines = &self.config.machines;
+        if let Err(failure) = machines.power_on(machine_id).await {
+            let _ = machines.delete(machine_id).await;
+            return Err(failure);
+        }
+        let forwarder = spawn_forwarder(address, backend).await?;
+        if let Some(server) = self.lock().get_mut(&server_number) {
+            server.current = Some(Current {
+                machine_id,
+                kind,
+                forwarder,
+            });
+        }
+        self.log(&format!(
+            "server {server_number}: {} is up on {address}:22",
+            if kind == Kind::Rescue {
+                "the rescue system"
+            } else {
+                "the installed system"
+            }
+        ));
+        Ok(())
+    }
+}
+
+/// Forwards connections on `address:22` to `backend` until aborted; aborting closes them all.
+async fn spawn_forwarder(
+    address: Ipv4Addr,
+    backend: SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, MachineError> {
+    let listener = tokio::net::TcpListener::bind((address, 22))
+        .await
+        .map_err(|failure| error(format!("listening on {address}:22: {failure}")))?;
+    Ok(tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            while connections.try_join_next().is_some() {}
+            connections.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    }))
+}
+
+/// Runs a shell script chrooted into `root` with /proc and /dev, in throwaway namespaces.
+async fn chroot_script(root: &Path, script: &str) -> Result<String, MachineError> {
+    const WRAPPER: &str = r#"root=$1; shift
+mount --make-rprivate /
+mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" || exit 125
+cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null
+exec chroot "$root" /bin/sh -c "$1""#;
+    let root_arg = root.as_os_str();
+    command(
+        "unshare",
+        &[
+            "--mount".as_ref(),
+            "--pid".as_ref(),
+            "--fork".as_ref(),
+            "--kill-child".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            WRAPPER.as_ref(),
+            "sh".as_ref(),
+            root_arg,
+            script.as_ref(),
+        ],
+        "rescue template",
+    )
+    .await
+}
+
+/// A directory removed (with what is left in it) when dropped.
+struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    fn new(parent: &Path, purpose: &str) -> Result<ScratchDir, MachineError> {
+        let path = parent.join(format!("robot-{purpose}-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&path)
+            .map_err(|failure| error(format!("creating {}: {failure}", path.display())))?;
+        Ok(ScratchDir { path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Never follow into a mount that is still there: unmount first, then remove.
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A free address in 127.192.0.0/10 (clear of SshMachines' 127.64.0.0/10) for a server's fixed IP.
+fn allocate_address(taken: &[Ipv4Addr]) -> Result<Ipv4Addr, MachineError> {
+    for _ in 0..ADDRESS_ATTEMPTS {
+        let address = Ipv4Addr::new(
+            127,
+            rand::random_range(192..=254),
+            rand::random(),
+            rand::random_range(2..=254),
+        );
+        if taken.contains(&address) {
+            continue;
+        }
+        if std::net::TcpListener::bind((address, 22)).is_ok() {
+            return Ok(address);
+        }
+    }
+    Err(error(format!(
+        "no free loopback address found after {ADDRESS_ATTEMPTS} tries"
+    )))
+}
+
+fn write(path: &Path, content: &[u8], mode: u32) -> Result<(), MachineError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|failure| error(format!("creating {}: {failure}", parent.display())))?;
+    }
+    std::fs::write(path, content)
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        .map_err(|failure| error(format!("writing {}: {failure}", path.display())))
+}
+
+/// Copies the installed system out of the disk into `target` (an emptied machine root).
+async fn copy_installed(
+    manifest: &Manifest,
+    disk_dir: &Path,
+    target: &Path,
+) -> Result<(), MachineError> {
+    match &manifest.disk {
+        InstalledDisk::Directory { .. } => {
+            let source = disk_dir.join("root");
+            let mut from = source.into_os_string();
+            from.push("/.");
+            command(
+                "cp",
+                &["-a".as_ref(), from.as_os_str(), target.as_os_str()],
+                "copying the installed system",
+            )
+            .await?;
+        }
+        InstalledDisk::Images { partitions } => {
+            // The partitions as the installed fstab would mount them: shallow mount points first.
+            let mut mounted: Vec<&crate::installimage::InstalledPartition> = partitions
+                .iter()
+                .filter(|partition| {
+                    partition.mount.starts_with('/')
+                        && partition.formatted
+                        && partition.fs.starts_with("ext")
+                })
+                .collect();
+            mounted.sort_by_key(|partition| {
+                partition.mount.matches('/').count() + usize::from(partition.mount != "/")
+            });
+            for partition in mounted {
+                let point = ScratchDir::new(disk_dir.parent().unwrap_or(disk_dir), "mount")?;
+                // Moved into the partition's disk file, which lives in the server's disk dir.
+                let image = disk_dir.join(partition.image.file_name().unwrap_or_default());
+                let options = format!(
+                    "ro,loop,offset={},sizelimit={}",
+                    partition.start_bytes, partition.size_bytes
+                );
+                command(
+                    "mount",
+                    &[
+                        "-o".as_ref(),
+                        options.as_ref(),
+                        image.as_os_str(),
+                        point.path().as_os_str(),
+                    ],
+                    "mounting an installed partition",
+                )
+                .await?;
+                let destination = target.join(partition.mount.trim_start_matches('/'));
+                let _ = std::fs::create_dir_all(&destination);
+                let mut from = point.path().as_os_str().to_owned();
+                from.push("/.");
+                let copied = command(
+                    "cp",
+                    &["-a".as_ref(), from.as_os_str(), destination.as_os_str()],
+                    "copying the installed system",
+                )
+                .await;
+                let _ = command("umount", &[point.path().as_os_str()], "unmounting").await;
+                copied?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl RobotMachines for SshRobotMachines {
+    async fn create(&self, spec: &RobotMachineSpec) -> Result<Ipv4Addr, MachineError> {
+        let taken: Vec<Ipv4Addr> = self.lock().values().map(|server| server.address).collect();
+        let address = allocate_address(&taken)?;
+        let disk_dir = self
+            .config
+            .machines
+            .instance_dir()
+            .join(format!("robot-disk-{}", spec.server_number));
+        std::fs::create_dir_all(&disk_dir)
+            .map_err(|failure| error(format!("creating {}: {failure}", disk_dir.display())))?;
+        self.lock().insert(
+            spec.server_number,
+            Server {
+                spec: spec.clone(),
+                address,
+                disk_dir,
+                boots: 0,
+                current: None,
+            },
+        );
+        Ok(address)
+    }
+
+    async fn power_off(&self, server_number: u64) -> Result<(), MachineError> {
+        self.stop(server_number).await
+    }
+
+    async fn boot_rescue(
+        &self,
+        server_number: u64,
+        rescue: &RescueBoot,
+    ) -> Result<(), MachineError> {
+        self.stop(server_number).await?;
+        let (machine_id, spec, address, disk_dir) = self.next_machine_id(server_number)?;
+        let template = self.ensure_template(&spec.arch).await?;
+        let machines = &self.config.machines;
+        let info = machines
+            .create(MachineSpec {
+                server_id: machine_id,
+                hostname: "rescue".into(),
+                disk: DiskSource::Snapshot { image_id: template },
+                authorized_keys: rescue.authorized_keys.clone(),
+                user_data: None,
+            })
+            .await?;
+        let prepared = async {
+            let root = machines
+                .machine_root(machine_id)
+                .ok_or_else(|| error("the rescue machine vanished"))?;
+            let install = root.join("root/.oldroot/nfs/install");
+            let binary = std::fs::read(&self.config.installimage_binary).map_err(|failure| {
+                error(format!(
+                    "reading {}: {failure}",
+                    self.config.installimage_binary.display()
+                ))
+            })?;
+            write(&install.join("caph-sim"), &binary, 0o755)?;
+            write(
+                &install.join("installimage"),
+                b"#!/bin/sh\n# caph-sim: the simulated installimage\nexec /root/.oldroot/nfs/install/caph-sim installimage \"$@\"\n",
+                0o755,
+            )?;
+            let facts = MachineFacts {
+                arch: spec.arch.clone(),
+                uefi: spec.uefi,
+                drives: spec
+                    .drives
+                    .iter()
+                    .map(|drive| Drive {
+                        device: drive.device.clone(),
+                        size_bytes: drive.size_bytes,
+                    })
+                    .collect(),
+                ipv4: address.to_string(),
+                interface: "eth0".into(),
+                disk_dir: PathBuf::from("/").join(RESCUE_DISK_DIR),
+            };
+            let json = serde_json::to_vec_pretty(&facts)
+                .map_err(|failure| error(format!("machine facts: {failure}")))?;
+            write(&install.join("caph-sim-machine.json"), &json, 0o644)?;
+            std::fs::create_dir_all(root.join("root/.oldroot/nfs/images"))
+                .map_err(|failure| error(format!("images dir: {failure}")))?;
+            let mut keys = rescue.authorized_keys.join("\n");
+            keys.push('\n');
+            write(&root.join("root/.ssh/authorized_keys"), keys.as_bytes(), 0o600)?;
+            std::fs::rename(&disk_dir, root.join(RESCUE_DISK_DIR)).map_err(|failure| {
+                error(format!("moving the disks into the rescue system: {failure}"))
+            })?;
+            Ok::<(), MachineError>(())
+        }
+        .await;
+        if let Err(failure) = prepared {
+            let _ = machines.delete(machine_id).await;
+            return Err(failure);
+        }
+        let backend = SocketAddr::from((info.ipv4, 22));
+        self.start(server_number, machine_id, Kind::Rescue, address, backend)
+            .await
+    }
+
+    async fn boot_disk(&self, server_number: u64) -> Result<(), MachineError> {
+        self.stop(server_number).await?;
+        let disk_dir = self
+            .disk_dir(server_number)
+            .ok_or_else(|| error(format!("no machine for server {server_number}")))?;
+        let Ok(text) = std::fs::read_to_string(disk_dir.join(MANIFEST_NAME)) else {
+            self.log(&format!(
+                "server {server_number}: the disk is empty, nothing boots"
+            ));
+            return Ok(());
+        };
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|failure| error(format!("{MANIFEST_NAME}: {failure}")))?;
+        let (machine_id, spec, address, _) = self.next_machine_id(server_number)?;
+        // The installed system's host key and keys, read before the machine exists.
+        let staging = ScratchDir::new(disk_dir.parent().unwrap_or(&disk_dir), "boot")?;
+        copy_installed(&manifest, &disk_dir, staging.path()).await?;
+        let key_path = staging.path().join("etc/ssh/ssh_host_ed25519_key");
+        let user_data = match (
+            std::fs::read_to_string(&key_path),
+            std::fs::read_to_string(key_path.with_extension("pub")),
+        ) {
+            (Ok(private), Ok(public)) => Some(format!(
+                "#cloud-config\nssh_keys:\n  ed25519_private: |\n{}\n  ed25519_public: {}\n",
+                private
+                    .lines()
+                    .map(|line| format!("    {line}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                public.trim()
+            )),
+            _ => None,
+        };
+        let authorized_keys: Vec<String> =
+            std::fs::read_to_string(staging.path().join("root/.ssh/authorized_keys"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+                .map(str::to_owned)
+                .collect();
+        let machines = &self.config.machines;
+        let info = machines
+            .create(MachineSpec {
+                server_id: machine_id,
+                hostname: manifest.hostname.clone(),
+                disk: DiskSource::System {
+                    name: "debian-12".into(),
+                    architecture: machine_architecture(&spec.arch).into(),
+                },
+                authorized_keys,
+                user_data,
+            })
+            .await?;
+        let replaced = async {
+            let root = machines
+                .machine_root(machine_id)
+                .ok_or_else(|| error("the machine vanished"))?;
+            // The machine's disk is what was installed, not the system image it was made from.
+            command(
+                "rm",
+                &["-rf".as_ref(), root.as_os_str()],
+                "clearing the machine's disk",
+            )
+            .await?;
+            // Same filesystem (both below the SshMachines instance): a rename, not a copy.
+            std::fs::rename(staging.path(), &root).map_err(|failure| {
+                error(format!("installing the system on the machine: {failure}"))
+            })?;
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));
+            write(
+                &root.join("etc/hostname"),
+                format!("{}\n", manifest.hostname).as_bytes(),
+                0o644,
+            )
+        }
+        .await;
+        if let Err(failure) = replaced {
+            let _ = machines.delete(machine_id).await;
+            return Err(failure);
+        }
+        let backend = SocketAddr::from((info.ipv4, 22));
+        self.start(server_number, machine_id, Kind::Disk, address, backend)
+            .await
+    }
+}
