@@ -393,3 +393,26 @@ async fn invalid_json_and_wrong_types() {
     assert_invalid_field(&answer, "name", "Not a valid string.");
     harness.assert_openapi();
 }
+
+#[tokio::test]
+async fn the_project_server_limit() {
+    let harness = start(support::HcloudSimConfig {
+        server_limit: Some(2),
+        ..manual()
+    })
+    .await;
+    assert_eq!(harness.create_server("one", json!({})).await.status, 201);
+    assert_eq!(harness.create_server("two", json!({})).await.status, 201);
+    let third = harness.create_server("three", json!({})).await;
+    assert_eq!(third.status, 403);
+    assert_eq!(
+        third.body,
+        json!({"error": {"code": "resource_limit_exceeded", "message": "server limit of 2 exceeded", "details": {"limits": [{"name": "server_limit"}]}}})
+    );
+    // Deleted servers free their place.
+    let first = harness.sim.state().servers[0].id;
+    harness.delete(&format!("/servers/{first}")).await;
+    harness.advance(std::time::Duration::from_secs(10)).await;
+    assert_eq!(harness.create_server("three", json!({})).await.status, 201);
+    harness.assert_openapi();
+}

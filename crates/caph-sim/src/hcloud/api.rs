@@ -443,6 +443,17 @@ fn create_server_checks(
     {
         return Err(ApiError::uniqueness("name", "server name is already used"));
     }
+    if let Some(limit) = world.server_limit
+        && world.servers.len() >= limit as usize
+    {
+        let mut error = ApiError::new(
+            403,
+            "resource_limit_exceeded",
+            format!("server limit of {limit} exceeded"),
+        );
+        error.details = json!({"limits": [{"name": "server_limit"}]});
+        return Err(error);
+    }
     let server_type = resolve_server_type(&world, &type_ref)?.clone();
     let retired = |deprecation: &Option<super::catalog::Deprecation>| {
         deprecation

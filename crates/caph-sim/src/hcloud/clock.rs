@@ -61,6 +61,20 @@ impl Drop for Activity {
     }
 }
 
+/// A task asleep on the clock (see [`Clock::sleep_until`]).
+struct Asleep<'a> {
+    clock: &'a Clock,
+    sleeper: u64,
+}
+
+impl Drop for Asleep<'_> {
+    fn drop(&mut self) {
+        let mut books = self.clock.books();
+        books.sleepers.remove(&self.sleeper);
+        books.active += 1;
+    }
+}
+
 impl Clock {
     pub(crate) fn new(mode: TimeMode) -> Arc<Clock> {
         let mode = match mode {
@@ -123,7 +137,9 @@ impl Clock {
 
     /// Sleeps until simulated time reaches `deadline`. The caller must hold an [`Activity`].
     pub(crate) async fn sleep_until(&self, deadline: SimTime) {
-        let sleeper = {
+        // Counts the caller as asleep until dropped: on waking, or when the sleeping task is
+        // aborted (the books must balance either way).
+        let _asleep = {
             let mut books = self.books();
             if self.now() >= deadline {
                 return;
@@ -132,7 +148,10 @@ impl Clock {
             books.next_sleeper += 1;
             books.sleepers.insert(sleeper, deadline);
             books.active -= 1;
-            sleeper
+            Asleep {
+                clock: self,
+                sleeper,
+            }
         };
         match self.mode {
             TimeMode::Manual => {
@@ -148,9 +167,6 @@ impl Clock {
                 tokio::time::sleep(scale(deadline - now, factor)).await;
             },
         }
-        let mut books = self.books();
-        books.sleepers.remove(&sleeper);
-        books.active += 1;
     }
 
     /// True when no background work is awake and none is due at the current simulated time.
@@ -223,6 +239,32 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn manual_sleepers_settle_wake_and_abort_cleanly() {
+        let clock = Clock::new(TimeMode::Manual);
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let activity = clock.activity();
+        let sleeper_clock = Arc::clone(&clock);
+        let task = tokio::spawn(async move {
+            let _activity = activity;
+            sleeper_clock.sleep_until(Duration::from_secs(10)).await;
+            let _ = sender.send("woke");
+            sleeper_clock.sleep_until(Duration::from_secs(20)).await;
+        });
+        assert!(clock.settle(Duration::from_secs(5)).await);
+        clock.advance(Duration::from_secs(9));
+        assert!(clock.settled(), "nothing due yet");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(receiver.recv().await, Some("woke"));
+        assert!(clock.settle(Duration::from_secs(5)).await);
+        // Aborted while asleep: the books balance and nothing is left awake.
+        task.abort();
+        assert!(task.await.is_err());
+        let books = clock.books();
+        assert_eq!(books.active, 0);
+        assert!(books.sleepers.is_empty());
+    }
 
     #[test]
     fn formats_known_instants() {

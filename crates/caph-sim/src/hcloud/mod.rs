@@ -194,6 +194,10 @@ pub struct HcloudSimConfig {
     pub machines: Arc<dyn MachineHost>,
     /// Keep every response for [`HcloudSim::recorded_responses`] (OpenAPI checks).
     pub record_responses: bool,
+    /// How many servers the project may have at once, like the limit of a real project (new
+    /// projects start with a few); beyond it `POST /servers` answers 403
+    /// `resource_limit_exceeded`. `None` (the default) is unlimited.
+    pub server_limit: Option<u32>,
     /// Add a field no client knows (`x_future_field`, an object) to every object with an `id`
     /// in every answer, as the live API does when it grows: clients must ignore it.
     pub extra_fields: bool,
@@ -241,6 +245,7 @@ impl Default for HcloudSimConfig {
             machines: Arc::new(AddressOnly::default()),
             record_responses: false,
             extra_fields: false,
+            server_limit: None,
             on_request: None,
             catalog: Catalog::default(),
         }
@@ -438,6 +443,7 @@ impl HcloudSim {
                 config.rate_limit_refill_per_second,
             ),
         ));
+        inner.world().server_limit = config.server_limit;
         let acceptor = tokio::spawn(accept(listener, Arc::clone(&inner)));
         Ok(HcloudSim {
             inner,

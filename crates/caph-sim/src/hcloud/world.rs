@@ -71,6 +71,8 @@ pub(crate) struct World {
     next_ssh_key: u64,
     next_action: u64,
     pub(crate) faults: Vec<PendingFault>,
+    /// Servers the project may have at once (`resource_limit_exceeded` beyond).
+    pub(crate) server_limit: Option<u32>,
     pub(crate) request_log: Vec<RequestRecord>,
     pub(crate) recorded: Vec<RecordedResponse>,
 }
@@ -435,6 +437,7 @@ impl World {
             next_ssh_key: 20_000_001,
             next_action: 1_000_000_001,
             faults: Vec::new(),
+            server_limit: None,
             request_log: Vec::new(),
             recorded: Vec::new(),
         }
