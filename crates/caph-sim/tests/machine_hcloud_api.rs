@@ -106,6 +106,7 @@ async fn machine_over_the_hcloud_api_pinned_chroot_power_snapshot() {
     let test = "machine_over_the_hcloud_api_pinned_chroot_power_snapshot";
     let config = SshMachinesConfig {
         log: Some(Arc::new(|line: &str| eprintln!("[machines] {line}"))),
+        background_disks: true,
         ..Default::default()
     };
     let machines = match SshMachines::new(config) {
@@ -115,8 +116,8 @@ async fn machine_over_the_hcloud_api_pinned_chroot_power_snapshot() {
             return;
         }
     };
-    // No warm-up: `POST /servers` answers at once while the disk is prepared in the background
-    // (including a first root filesystem build of ~30 s); the start action waits for it.
+    // No warm-up: with background disks, `POST /servers` answers at once while the disk is
+    // prepared (including a first root filesystem build of ~30 s); the start action waits for it.
     let instance_dir = machines.instance_dir().to_path_buf();
     let sim = HcloudSim::start(HcloudSimConfig {
         token: TOKEN.to_owned(),

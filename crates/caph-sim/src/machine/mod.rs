@@ -77,6 +77,14 @@ pub struct SshMachinesConfig {
     pub mirror: Option<String>,
     /// Progress lines (rootfs builds, machine starts). The library never prints.
     pub log: Option<MachineLog>,
+    /// Let `create` return before the disk is copied (and, the first time, the system image
+    /// built), as the real `POST /servers` answers at once; `power_on` and `snapshot` wait for it,
+    /// and [`SshMachines::wait_for_disk`] does so explicitly. Off by default: then the disk is
+    /// complete when `create` returns, which callers that work on [`SshMachines::machine_root`]
+    /// right after creating rely on. Turn it on behind the hcloud API simulator, whose client
+    /// would otherwise wait in `POST /servers` through a first root filesystem build (30 s to
+    /// several minutes) and time out.
+    pub background_disks: bool,
 }
 
 impl Default for SshMachinesConfig {
@@ -86,6 +94,7 @@ impl Default for SshMachinesConfig {
             rootfs_cache: PathBuf::from("/var/cache/caph-sim/rootfs"),
             mirror: None,
             log: None,
+            background_disks: false,
         }
     }
 }
@@ -98,6 +107,7 @@ impl fmt::Debug for SshMachinesConfig {
             .field("rootfs_cache", &self.rootfs_cache)
             .field("mirror", &self.mirror)
             .field("log", &self.log.as_ref().map(|_| "<callback>"))
+            .field("background_disks", &self.background_disks)
             .finish()
     }
 }
@@ -112,9 +122,9 @@ struct Machine {
     running: Option<tokio::process::Child>,
 }
 
-/// A machine's root filesystem. It is copied (and the system image built, the first time) in the
-/// background, so that `create` answers as quickly as the real `POST /servers` does; the first
-/// call that needs the disk (power on, snapshot) waits for it.
+/// A machine's root filesystem, copied (and the system image built, the first time) by a task;
+/// `create` waits for it unless [`SshMachinesConfig::background_disks`] is on, and the first call
+/// that needs the disk (power on, snapshot) waits for it in any case.
 #[derive(Debug)]
 enum Disk {
     Preparing(tokio::task::JoinHandle<Result<(), MachineError>>),
@@ -142,6 +152,7 @@ pub struct SshMachines {
     instance_dir: PathBuf,
     cache: Arc<rootfs::RootfsCache>,
     log: Option<MachineLog>,
+    background_disks: bool,
     state: Mutex<State>,
 }
 
@@ -210,9 +221,11 @@ impl SshMachines {
         let stamp = sys::owner_stamp();
         let instance_name = format!("run-{}-{:08x}", std::process::id(), rand::random::<u32>());
         let instance_dir = config.state_dir.join(instance_name);
-        let created = create_private_dir_all(&instance_dir.join("machines"))
-            .and_then(|()| create_private_dir_all(&instance_dir.join("images")))
-            .and_then(|()| std::fs::write(instance_dir.join("owner"), &stamp));
+        // The owner stamp first: whatever exists below it can then be swept after a kill.
+        let created = create_private_dir_all(&instance_dir)
+            .and_then(|()| std::fs::write(instance_dir.join("owner"), &stamp))
+            .and_then(|()| create_private_dir_all(&instance_dir.join("machines")))
+            .and_then(|()| create_private_dir_all(&instance_dir.join("images")));
         if let Err(error) = created {
             let _ = sys::remove_tree(&instance_dir);
             return Err(MachineError(format!(
@@ -224,6 +237,7 @@ impl SshMachines {
             instance_dir,
             cache,
             log: config.log,
+            background_disks: config.background_disks,
             state: Mutex::new(State::default()),
         })
     }
@@ -240,7 +254,18 @@ impl SshMachines {
         &self.instance_dir
     }
 
-    /// The root filesystem of a machine, as seen from the host (for assertions in tests).
+    /// Waits until a machine's disk is complete (see [`SshMachinesConfig::background_disks`]) and
+    /// returns its root filesystem as seen from the host.
+    pub async fn wait_for_disk(&self, server_id: u64) -> Result<PathBuf, MachineError> {
+        self.disk_ready(server_id).await?;
+        match self.machine_root(server_id) {
+            Some(root) => Ok(root),
+            None => Err(MachineError(format!("no machine for server {server_id}"))),
+        }
+    }
+
+    /// The root filesystem of a machine, as seen from the host. Complete once `create` returned,
+    /// unless [`SshMachinesConfig::background_disks`] is on (then see [`SshMachines::wait_for_disk`]).
     pub fn machine_root(&self, server_id: u64) -> Option<PathBuf> {
         self.lock().machines.get(&server_id).map(Machine::root)
     }
@@ -500,8 +525,10 @@ ln -s /proc/self/fd/1 "$root/dev/stdout"
 ln -s /proc/self/fd/2 "$root/dev/stderr"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$root/dev/shm"
 mount -t tmpfs -o nosuid,nodev,mode=0755 run "$root/run"
-rm -f "$root/etc/resolv.conf"
-cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+if [ -e /etc/resolv.conf ]; then
+  rm -f "$root/etc/resolv.conf"
+  cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+fi
 exec "$sshd" -D -e -f "$config"
 "#;
 
@@ -535,6 +562,15 @@ impl MachineHost for SshMachines {
             running: None,
         };
         self.lock().machines.insert(spec.server_id, machine);
+        if !self.background_disks
+            && let Err(error) = self.disk_ready(spec.server_id).await
+        {
+            if let Some(machine) = self.lock().machines.remove(&spec.server_id) {
+                let _ = sys::remove_tree(&machine.dir);
+            }
+            self.release_address(address);
+            return Err(error);
+        }
         Ok(MachineInfo { ipv4: address })
     }
 
