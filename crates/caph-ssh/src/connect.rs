@@ -116,10 +116,13 @@ impl fmt::Debug for TofuPin {
 /// Where and how to connect.
 #[derive(Clone, Debug)]
 pub struct ConnectConfig {
+    /// The server's address (port 22 on real servers).
     pub addr: SocketAddr,
     /// The remote user (`root` on Hetzner servers and in the rescue system).
     pub user: String,
+    /// The key to authenticate with.
     pub client_key: KeyPair,
+    /// Which host keys to accept.
     pub host_key: HostKeyPolicy,
     /// The overall wait for the server to accept SSH.
     pub deadline: Duration,
@@ -157,19 +160,27 @@ impl ConnectConfig {
 pub enum ConnectEvent<'a> {
     /// A dial failed in a way worth retrying; the next one starts after `delay`.
     Retrying {
+        /// The dial that failed, counted from 1.
         attempt: u32,
+        /// Why it failed.
         error: &'a SshError,
+        /// The pause before the next dial.
         delay: Duration,
     },
     /// Trust on first use recorded this server's host key; it is pinned from now on.
     HostKeyTrusted {
+        /// The server's address.
         addr: SocketAddr,
+        /// The recorded key's fingerprint.
         fingerprint: &'a Fingerprint,
     },
     /// Connected and authenticated.
     Connected {
+        /// The server's address.
         addr: SocketAddr,
+        /// Dials it took.
         attempts: u32,
+        /// Time since connect-when-ready started.
         elapsed: Duration,
     },
 }

@@ -15,39 +15,57 @@ pub enum SshError {
     /// man in the middle or a server that is not the one we created.
     #[error("host key mismatch for {addr}: expected {expected}, the server presented {presented}")]
     HostKeyMismatch {
+        /// The server's address.
         addr: SocketAddr,
+        /// The fingerprint that was expected (pinned or recorded on first use).
         expected: Fingerprint,
+        /// The fingerprint the server presented.
         presented: Fingerprint,
     },
 
     /// The server presented a certificate instead of a plain host key; pinning covers plain keys only.
     #[error("{addr} presented a host certificate; only plain pinned host keys are accepted")]
-    HostCertificate { addr: SocketAddr },
+    HostCertificate {
+        /// The server's address.
+        addr: SocketAddr,
+    },
 
     /// Public-key authentication was refused (after the tolerated retries, see `connect`).
     #[error("{addr} refused public key authentication for user {user} with key {key}")]
     AuthRejected {
+        /// The server's address.
         addr: SocketAddr,
+        /// The remote user.
         user: String,
+        /// The client key's fingerprint.
         key: Fingerprint,
     },
 
     /// TCP connect failed (refused, reset, unreachable...).
     #[error("connecting to {addr}")]
     Connect {
+        /// The server's address.
         addr: SocketAddr,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
 
     /// One dial (TCP connect plus SSH handshake) took longer than its own bound.
     #[error("connecting to {addr} timed out after {timeout:?}")]
-    DialTimeout { addr: SocketAddr, timeout: Duration },
+    DialTimeout {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The bound that passed.
+        timeout: Duration,
+    },
 
     /// The SSH protocol failed during the handshake or authentication.
     #[error("SSH handshake with {addr} failed")]
     Handshake {
+        /// The server's address.
         addr: SocketAddr,
+        /// The underlying error.
         #[source]
         source: russh::Error,
     },
@@ -55,9 +73,13 @@ pub enum SshError {
     /// Connect-when-ready gave up: the deadline passed. The last dial's error is the source.
     #[error("{addr} did not accept SSH within {waited:?} ({attempts} attempts)")]
     NotReady {
+        /// The server's address.
         addr: SocketAddr,
+        /// How long connect-when-ready waited.
         waited: Duration,
+        /// How many dials were made.
         attempts: u32,
+        /// The last dial's error.
         #[source]
         last: Box<SshError>,
     },
@@ -65,26 +87,43 @@ pub enum SshError {
     /// The connection went away while a command ran (server killed, network gone, keepalives
     /// unanswered).
     #[error("connection to {addr} lost while running `{command}`")]
-    ConnectionLost { addr: SocketAddr, command: String },
+    ConnectionLost {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The command, shortened to its first line for messages.
+        command: String,
+    },
 
     /// The command was killed by a signal on the server.
     #[error("`{command}` on {addr} was killed by signal {signal}{}", if *core_dumped { " (core dumped)" } else { "" })]
     Signalled {
+        /// The server's address.
         addr: SocketAddr,
+        /// The command, shortened to its first line for messages.
         command: String,
+        /// The signal's name, e.g. `TERM`.
         signal: String,
+        /// Whether the server reported a core dump.
         core_dumped: bool,
     },
 
     /// The server closed the channel without reporting how the command ended.
     #[error("`{command}` on {addr} ended without an exit status")]
-    NoExitStatus { addr: SocketAddr, command: String },
+    NoExitStatus {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The command, shortened to its first line for messages.
+        command: String,
+    },
 
     /// The server refused to open a session channel or to run the command.
     #[error("{addr} refused to run `{command}`")]
     ExecRefused {
+        /// The server's address.
         addr: SocketAddr,
+        /// The command, shortened to its first line for messages.
         command: String,
+        /// The underlying error.
         #[source]
         source: russh::Error,
     },
@@ -92,8 +131,11 @@ pub enum SshError {
     /// Reading the local data fed to a command's stdin failed.
     #[error("reading the data to feed to `{command}` on {addr}")]
     StdinSource {
+        /// The server's address.
         addr: SocketAddr,
+        /// The command, shortened to its first line for messages.
         command: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
@@ -101,8 +143,11 @@ pub enum SshError {
     /// Reading the local data of an upload failed.
     #[error("reading the data to upload to {addr}:{remote_path}")]
     UploadSource {
+        /// The server's address.
         addr: SocketAddr,
+        /// The target path on the server.
         remote_path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
@@ -110,10 +155,15 @@ pub enum SshError {
     /// A helper command of an upload (`cat`, `sha256sum`, `mv`) failed on the server.
     #[error("upload to {addr}:{remote_path}: `{command}` exited with status {exit_code}: {stderr}")]
     UploadCommandFailed {
+        /// The server's address.
         addr: SocketAddr,
+        /// The target path on the server.
         remote_path: String,
+        /// The command, shortened to its first line for messages.
         command: String,
+        /// The helper command's exit status.
         exit_code: u32,
+        /// The helper command's standard error.
         stderr: String,
     },
 
@@ -122,9 +172,13 @@ pub enum SshError {
         "upload to {addr}:{remote_path} is corrupt: sent sha256 {sent}, the server's file has sha256 {remote}"
     )]
     ChecksumMismatch {
+        /// The server's address.
         addr: SocketAddr,
+        /// The target path on the server.
         remote_path: String,
+        /// The sha256 of the bytes sent (lowercase hex).
         sent: String,
+        /// The sha256 of the server's file (lowercase hex).
         remote: String,
     },
 

@@ -17,16 +17,25 @@ use russh::keys::{HashAlg, PrivateKey};
 pub enum KeyError {
     /// An OpenSSH public key line did not parse.
     #[error("invalid OpenSSH public key line ({reason})")]
-    InvalidPublicKey { reason: String },
+    InvalidPublicKey {
+        /// Why, as the key parser put it.
+        reason: String,
+    },
     /// An OpenSSH private key did not parse (the key text is never part of the message).
     #[error("invalid OpenSSH private key ({reason})")]
-    InvalidPrivateKey { reason: String },
+    InvalidPrivateKey {
+        /// Why, as the key parser put it (never the key text).
+        reason: String,
+    },
     /// The private key is passphrase-protected; ephemeral keys never are.
     #[error("the OpenSSH private key is encrypted with a passphrase, which is not supported")]
     EncryptedPrivateKey,
     /// Encoding a key failed (should not happen for ed25519).
     #[error("encoding the key in OpenSSH format failed ({reason})")]
-    Encode { reason: String },
+    Encode {
+        /// Why, as the encoder put it.
+        reason: String,
+    },
 }
 
 /// A SHA256 fingerprint in OpenSSH's form, `SHA256:<unpadded base64>`, as `ssh-keygen -l` prints it.

@@ -10,6 +10,8 @@
 //!
 //! Talks to real OpenSSH servers; the tests start `/usr/sbin/sshd` on loopback addresses.
 
+#![deny(missing_docs)]
+
 mod connect;
 mod error;
 mod keys;

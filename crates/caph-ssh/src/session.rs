@@ -31,7 +31,9 @@ const MAX_COMMAND_IN_ERROR: usize = 120;
 /// Which output stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputStream {
+    /// Standard output.
     Stdout,
+    /// Standard error (SSH extended data of type 1).
     Stderr,
 }
 
@@ -39,21 +41,27 @@ pub enum OutputStream {
 /// out too). The last line is delivered even if the command did not end it with a newline.
 #[derive(Debug, Clone, Copy)]
 pub struct OutputLine<'a> {
+    /// Which stream the line came from.
     pub stream: OutputStream,
+    /// The line's text (invalid UTF-8 replaced).
     pub text: &'a str,
 }
 
 /// What [`Session::exec_capture`] collected.
 #[derive(Debug, Clone)]
 pub struct CapturedOutput {
+    /// The command's exit status.
     pub exit_code: u32,
+    /// Standard output, lines joined with `\n`.
     pub stdout: String,
+    /// Standard error, lines joined with `\n`.
     pub stderr: String,
 }
 
 /// What an upload wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadReport {
+    /// Bytes written.
     pub bytes: u64,
     /// Lowercase hex sha256 of the bytes, as computed locally and confirmed by the server.
     pub sha256: String,
