@@ -374,3 +374,67 @@ fn processes_mentioning(path: &Path) -> Vec<u32> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cloud_config_host_keys_are_refused_at_create() {
+    let test = "bad_cloud_config_host_keys_are_refused_at_create";
+    let Some(machines) = machines(test) else {
+        return;
+    };
+    let host_key = KeyPair::generate_ed25519("host").unwrap();
+    let other = KeyPair::generate_ed25519("other").unwrap();
+    let pem = host_key.private_key_openssh().unwrap();
+    let indented: String = pem
+        .expose()
+        .lines()
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    let spec = |user_data: String| MachineSpec {
+        server_id: 51,
+        hostname: "bad".to_owned(),
+        disk: DiskSource::System {
+            name: "debian-12".to_owned(),
+            architecture: "x86".to_owned(),
+        },
+        authorized_keys: Vec::new(),
+        user_data: Some(user_data),
+    };
+
+    // The public half of another key: pinning would fail later for no visible reason.
+    let mismatched = format!(
+        "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {}\n",
+        other.public_key().to_openssh()
+    );
+    let error = machines
+        .create(spec(mismatched))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("ssh_keys.ed25519_public does not belong to ssh_keys.ed25519_private"),
+        "{error}"
+    );
+
+    let garbage = "#cloud-config\nssh_keys:\n  ed25519_private: not a key\n".to_owned();
+    let error = machines
+        .create(spec(garbage))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("ssh_keys.ed25519_private is not a usable private key"),
+        "{error}"
+    );
+
+    let broken_yaml = "#cloud-config\nssh_keys: [unclosed\n".to_owned();
+    let error = machines
+        .create(spec(broken_yaml))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not valid YAML"), "{error}");
+
+    // Nothing of the refused machines is left, and the id is free for a good one.
+    assert!(!machines.instance_dir().join("machines/51").exists());
+    assert!(machines.machine_root(51).is_none());
+}
