@@ -12,9 +12,17 @@ use std::net::Ipv4Addr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskSource {
     /// A system image such as `debian-12`, for one architecture (`x86` or `arm`).
-    System { name: String, architecture: String },
+    System {
+        /// Image name, e.g. `debian-12`.
+        name: String,
+        /// `x86` or `arm`.
+        architecture: String,
+    },
     /// A snapshot made earlier by [`MachineHost::snapshot`].
-    Snapshot { image_id: u64 },
+    Snapshot {
+        /// The snapshot's image ID.
+        image_id: u64,
+    },
 }
 
 /// Everything a host needs to bring up the machine behind a new server.
@@ -24,6 +32,7 @@ pub struct MachineSpec {
     pub server_id: u64,
     /// The server name, used as the machine's hostname.
     pub hostname: String,
+    /// What the disk starts from.
     pub disk: DiskSource,
     /// OpenSSH public keys (one line each) to authorize for root.
     pub authorized_keys: Vec<String>,

@@ -27,18 +27,25 @@ use crate::hcloud::RecordedResponse;
 /// Why a description could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenApiError {
+    /// The file could not be read.
     #[error("cannot read OpenAPI description {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not JSON.
     #[error("OpenAPI description {path} is not valid JSON")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: serde_json::Error,
     },
+    /// The document has no operations.
     #[error("OpenAPI description has no `paths` object")]
     NoPaths,
 }
@@ -61,12 +68,17 @@ pub enum ViolationKind {
 /// One mismatch between an answer and the description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
+    /// HTTP method of the answer.
     pub method: String,
+    /// Route template of the answer.
     pub route: String,
+    /// HTTP status of the answer.
     pub status: u16,
     /// JSON pointer into the body, e.g. `/server/public_net/ipv4`.
     pub pointer: String,
+    /// What kind of mismatch.
     pub kind: ViolationKind,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -5,40 +5,58 @@ use serde_json::{Value, json};
 /// A location (`fsn1`, `nbg1`, ...).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Location {
+    /// ID of the location.
     pub id: u64,
+    /// Name, e.g. `fsn1`.
     pub name: String,
+    /// Human-readable description.
     pub description: String,
+    /// ISO 3166-1 alpha-2 country code.
     pub country: String,
+    /// Closest city.
     pub city: String,
+    /// Latitude of the city.
     pub latitude: f64,
+    /// Longitude of the city.
     pub longitude: f64,
+    /// Network zone, e.g. `eu-central`.
     pub network_zone: String,
 }
 
 /// When a resource was (or will be) retired: RFC 3339 timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deprecation {
+    /// When the deprecation was announced (RFC 3339).
     pub announced: String,
+    /// After this (RFC 3339) the resource can no longer be ordered.
     pub unavailable_after: String,
 }
 
 /// Where a server type is offered, and whether it can be ordered there now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeLocation {
+    /// Location name.
     pub location: String,
     /// False when the location has run out of this type (`resource_unavailable` on create).
     pub available: bool,
+    /// Whether the type is recommended there.
     pub recommended: bool,
+    /// Deprecation of the type in this location, if any.
     pub deprecation: Option<Deprecation>,
 }
 
 /// A server type (`cx23`, `cax11`, ...).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerType {
+    /// ID of the server type.
     pub id: u64,
+    /// Name, e.g. `cx23`.
     pub name: String,
+    /// Human-readable description.
     pub description: String,
+    /// Category, e.g. `Shared vCPU`.
     pub category: String,
+    /// Number of vCPUs.
     pub cores: u32,
     /// GB.
     pub memory: f64,
@@ -58,22 +76,30 @@ pub struct ServerType {
     pub included_traffic: u64,
     /// Type-wide deprecation (the deprecated top-level field); per location in `locations`.
     pub deprecation: Option<Deprecation>,
+    /// Where the type is offered.
     pub locations: Vec<TypeLocation>,
 }
 
 /// A system image such as `debian-12` for one architecture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SystemImage {
+    /// ID of the image.
     pub id: u64,
+    /// Name, e.g. `debian-12`.
     pub name: String,
+    /// Human-readable description.
     pub description: String,
+    /// Operating system flavor (`ubuntu`, `debian`).
     pub os_flavor: String,
+    /// Operating system version, e.g. `12`.
     pub os_version: String,
+    /// `x86` or `arm`.
     pub architecture: String,
     /// GB.
     pub disk_size: f64,
     /// RFC 3339 time after which the image is deprecated, if any.
     pub deprecated: Option<String>,
+    /// Creation time (RFC 3339).
     pub created: String,
 }
 
@@ -81,8 +107,11 @@ pub struct SystemImage {
 /// tests and the reference describe; callers may change it before starting a simulator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
+    /// Locations, in id order.
     pub locations: Vec<Location>,
+    /// Server types on offer.
     pub server_types: Vec<ServerType>,
+    /// System images on offer.
     pub system_images: Vec<SystemImage>,
 }
 

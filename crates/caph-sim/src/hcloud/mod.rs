@@ -184,7 +184,9 @@ pub struct HcloudSimConfig {
     pub token: String,
     /// Where to listen; default `127.0.0.1:0` (a free port).
     pub listen: SocketAddr,
+    /// How simulated time moves.
     pub time: TimeMode,
+    /// How long each operation takes.
     pub durations: Durations,
     /// Token bucket size (`RateLimit-Limit`); default 3600 as for most projects.
     pub rate_limit_capacity: u32,
@@ -258,28 +260,49 @@ impl Default for HcloudSimConfig {
 pub enum Fault {
     /// Answer with an error body instead of serving the request.
     FailRequest {
+        /// `METHOD /template`.
         route: String,
+        /// Which matching request fails (1 = the next one).
         nth: u32,
+        /// HTTP status of the answer.
         status: u16,
+        /// API error code, e.g. `unavailable`.
         code: String,
+        /// Error message.
         message: String,
     },
     /// Close the connection without an answer; the request is not served.
-    DropConnection { route: String, nth: u32 },
+    DropConnection {
+        /// `METHOD /template`.
+        route: String,
+        /// Which matching request is dropped (1 = the next one).
+        nth: u32,
+    },
     /// Serve the request, then close the connection without an answer (the change happened, the
     /// client does not know).
-    DropResponse { route: String, nth: u32 },
+    DropResponse {
+        /// `METHOD /template`.
+        route: String,
+        /// Which matching request loses its answer (1 = the next one).
+        nth: u32,
+    },
     /// Serve the request and hold the answer back for `delay` of real time.
     Delay {
+        /// `METHOD /template`.
         route: String,
+        /// Which matching request is delayed (1 = the next one).
         nth: u32,
+        /// Real time to hold the answer back.
         delay: Duration,
     },
     /// The next action with this `command` (e.g. `create_image`, `start_server`) ends in `error`
     /// with `code` and `message` instead of taking effect.
     FailAction {
+        /// Action command, e.g. `create_image`.
         command: String,
+        /// Error code of the action.
         code: String,
+        /// Error message of the action.
         message: String,
     },
     /// The next `shutdown` of a running server is ignored by its operating system (as when ACPI
@@ -289,7 +312,9 @@ pub enum Fault {
     /// The location runs out of the server type: it is listed `available: false` and creating
     /// such a server answers `resource_unavailable`. Applies at once and stays.
     ExhaustServerType {
+        /// Location name, e.g. `hel1`.
         location: String,
+        /// Server type name, e.g. `cx43`.
         server_type: String,
     },
 }
@@ -324,7 +349,9 @@ impl Fault {
 /// machine host holds no copy of it, so only [`AddressOnly`] can boot servers from it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotSeed {
+    /// Image description.
     pub description: String,
+    /// Labels of the snapshot.
     pub labels: std::collections::BTreeMap<String, String>,
     /// `x86` or `arm`.
     pub architecture: String,
@@ -332,10 +359,13 @@ pub struct SnapshotSeed {
     pub disk_size: f64,
     /// GB.
     pub image_size: f64,
+    /// Operating system flavor, e.g. `debian`.
     pub os_flavor: String,
+    /// Operating system version, e.g. `12`.
     pub os_version: Option<String>,
     /// Source server (id, name); it need not exist.
     pub created_from: Option<(u64, String)>,
+    /// Whether deletion is refused (`protected`).
     pub delete_protected: bool,
 }
 
@@ -361,6 +391,7 @@ pub type RequestObserver = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
 /// One request as the simulator saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
+    /// HTTP method.
     pub method: String,
     /// The path without the query, e.g. `/v1/servers/10000001`.
     pub path: String,
@@ -373,9 +404,11 @@ pub struct RequestRecord {
 /// One answer kept for OpenAPI checks (see [`crate::openapi`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedResponse {
+    /// HTTP method.
     pub method: String,
     /// The route template as in the OpenAPI description, e.g. `/servers/{id}/actions/shutdown`.
     pub route: String,
+    /// HTTP status sent.
     pub status: u16,
     /// `None` for an answer without a body (204).
     pub body: Option<Value>,
