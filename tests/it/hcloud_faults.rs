@@ -93,20 +93,20 @@ fn cases() -> Vec<Case> {
     }
     // Answers lost after the API acted: the server, and the snapshot, exist but the client never
     // learns their ids; the build-label sweep must find them.
-    for route in ["POST /servers", "POST /servers/{id}/actions/create_image"] {
+    for (route, cause) in [
+        ("POST /servers", "creating the build server"),
+        (
+            "POST /servers/{id}/actions/create_image",
+            "creating the snapshot",
+        ),
+    ] {
         cases.push(Case {
             name: format!("{route} answer lost"),
             disturbance: Disturbance::Fault(Fault::DropResponse {
                 route: route.into(),
                 nth: 1,
             }),
-            cause: route
-                .split(' ')
-                .nth(1)
-                .unwrap_or(route)
-                .replace("{id}", "")
-                .trim_end_matches('/')
-                .to_string(),
+            cause: format!("{cause}: {} ", route.split(' ').next().unwrap_or_default()),
             exit_code: 1,
         });
     }

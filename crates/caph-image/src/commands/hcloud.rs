@@ -143,7 +143,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     if options.dry_run {
         let report = runtime
             .block_on(backend.preflight(&context, &request))
-            .map_err(|error| anyhow::anyhow!("{error}"))?;
+            .map_err(anyhow::Error::new)?;
         for check in &report.checks {
             output::result(&format!("ok: {check}"));
         }
@@ -185,7 +185,8 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
             output::error(&format!("cancelled during {phase}; {cleanup}"));
             Ok(ExitCode::from(EXIT_CANCELLED))
         }
-        Err(error) => Err(anyhow::anyhow!("{error}")),
+        // The source chain is part of the message: {:#} in main prints it.
+        Err(error) => Err(anyhow::Error::new(error)),
     }
 }
 
@@ -267,7 +268,7 @@ pub fn list(global: &GlobalArgs, name: Option<&str>, api: &HcloudArgs) -> anyhow
     let backend = HcloudBackend::new(client(api)?, HcloudBackendConfig::new("caph-image"));
     let artifacts = runtime()?
         .block_on(backend.list(&quiet_context(), name))
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
+        .map_err(anyhow::Error::new)?;
     print_listing(global, &artifacts, "");
     Ok(ExitCode::SUCCESS)
 }
@@ -299,7 +300,7 @@ pub fn prune(
     // Newest first, as list returns them; keep the first `keep` per architecture.
     let artifacts = runtime
         .block_on(backend.list(&quiet_context(), name))
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
+        .map_err(anyhow::Error::new)?;
     let mut seen: std::collections::BTreeMap<Arch, usize> = std::collections::BTreeMap::new();
     let doomed: Vec<Artifact> = artifacts
         .into_iter()
@@ -344,7 +345,7 @@ pub fn gc(
                 dry_run,
             },
         ))
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
+        .map_err(anyhow::Error::new)?;
     match global.output {
         OutputFormat::Json => {
             output::json(&json!({ "dry_run": dry_run, "removed": report.removed }))
