@@ -5,7 +5,10 @@
 //! - **Address**: a random `127.64.0.0/10` address, unique among live machines (never 127.0.0.1),
 //!   with sshd on port 22, as `public_net.ipv4.ip` promises.
 //! - **Disk**: a copy (`cp -a --reflink=auto`) of a cached Debian root filesystem built by mmdebstrap
-//!   (see [`rootfs`](self::rootfs) for the `ubuntu-*` caveat), or of a snapshot.
+//!   (with [`ROOTFS_PACKAGES`]), or of a snapshot. Only Debian's archive is reachable where this
+//!   project is built and tested, so `ubuntu-22.04` and `ubuntu-24.04` are backed by Debian
+//!   bookworm: plans that use apt, systemd and kmod run the same, anything needing Ubuntu's own
+//!   packages or its `/etc/os-release` does not.
 //! - **Boot** (`power_on`): `unshare --uts --mount --pid --fork --kill-child` gives the machine its
 //!   own hostname (the server name), its own `/proc`, a read-only `/sys`, a minimal `/dev` (device
 //!   nodes made with mknod, a private devpts, never the host's `/dev`), a tmpfs `/run` and the host's
@@ -19,9 +22,14 @@
 //!
 //! Everything lives under `<state_dir>/<instance>/` (default `/var/lib/caph-sim`; sshd requires each
 //! component of a chroot path to be root-owned and not group- or world-writable, hence not `/tmp`).
-//! Dropping [`SshMachines`] kills every machine and removes that directory; a process killed before
-//! it could do so leaves an `owner` stamp whose process is gone, and the next [`SshMachines::new`]
-//! sweeps it.
+//! Dropping [`SshMachines`] kills every machine and removes that directory. A process killed with
+//! SIGKILL runs no destructor: its machines keep running and its directory stays, marked by an
+//! `owner` stamp (pid and start time) whose process is gone; the next [`SshMachines::new`] kills
+//! those machines (recognised by their command lines) and removes the directory.
+//!
+//! The disk of a new machine is copied by a task; `create` waits for it unless
+//! [`SshMachinesConfig::background_disks`] is on, which the hcloud simulator wants so that
+//! `POST /servers` answers at once even while the first root filesystem is being built.
 
 mod cloud_config;
 mod rootfs;
