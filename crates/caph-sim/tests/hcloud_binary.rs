@@ -235,3 +235,82 @@ async fn ssh_machines_answer_ssh_on_the_server_address() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn serves_the_robot_api_beside_or_instead_of_hcloud() {
+    let running = run(
+        &[
+            "--robot-listen",
+            "127.0.0.1:0",
+            "--robot-user",
+            "u",
+            "--robot-password",
+            "pw",
+            "--time-scale",
+            "0.001",
+        ],
+        1,
+    )
+    .await;
+    let url = running.lines[0]
+        .strip_prefix("robot: ")
+        .expect("robot endpoint line")
+        .to_owned();
+    let answer = reqwest::Client::new()
+        .get(format!("{url}/server"))
+        .basic_auth("u", Some("pw"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(answer.status().as_u16(), 200);
+    terminate(running).await;
+
+    let both = run(
+        &[
+            "--hcloud-listen",
+            "127.0.0.1:0",
+            "--token",
+            "t",
+            "--robot-listen",
+            "127.0.0.1:0",
+        ],
+        3,
+    )
+    .await;
+    assert!(
+        both.lines[0].starts_with("hcloud: http://"),
+        "{:?}",
+        both.lines
+    );
+    assert!(
+        both.lines[1].starts_with("robot: http://"),
+        "{:?}",
+        both.lines
+    );
+    let password = both.lines[2]
+        .strip_prefix("robot-password: ")
+        .expect("generated password line");
+    assert_eq!(password.len(), 20);
+    terminate(both).await;
+}
+
+#[tokio::test]
+async fn nothing_to_serve_is_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_caph-sim"))
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--hcloud-listen"));
+}
+
+#[tokio::test]
+async fn installimage_entry_point_is_the_simulated_installimage() {
+    let output = Command::new(env!("CARGO_BIN_EXE_caph-sim"))
+        .args(["installimage", "-h"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: installimage"));
+}
