@@ -242,6 +242,10 @@ exec chroot "$root" "$@""#;
     let output = Command::new("unshare")
         .args([
             "--mount",
+            // Inside a chroot (a simulated rescue system) `/` is no mount point, so unshare's
+            // default `--propagation private` fails; the script makes it private where it can.
+            "--propagation",
+            "unchanged",
             "--pid",
             "--fork",
             "--kill-child",
