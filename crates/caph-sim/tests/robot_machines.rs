@@ -209,6 +209,32 @@ async fn rescue_installimage_and_the_installed_system_over_real_sshd() {
         None,
     );
     assert_eq!((code, output.trim()), (0, "present"));
+    // What installimage needs for disk images, and the usual tools (best effort, listed).
+    let (code, output) = ssh(address, &client_key, "command -v sfdisk mke2fs zstd", None);
+    assert_eq!(code, 0, "{output}");
+    let (_, output) = ssh(
+        address,
+        &client_key,
+        "for tool in sgdisk parted wget bsdtar mdadm lvm systemd-nspawn hdparm blkid sha256sum curl gpg; do command -v $tool >/dev/null || echo missing $tool; done",
+        None,
+    );
+    eprintln!(
+        "rescue tools: {}",
+        if output.trim().is_empty() {
+            "all present"
+        } else {
+            output.trim()
+        }
+    );
+    // A fault first: the connection breaks off after 64 KiB of the upload.
+    robot_machines.cut_next_connection_after(321, 64 * 1024);
+    let (code, _) = ssh(
+        address,
+        &client_key,
+        &format!("cat > /root/{}.partial", test_tarball::IMAGE_NAME),
+        Some(&tarball),
+    );
+    assert_ne!(code, 0, "a cut upload fails");
     let (code, output) = ssh(
         address,
         &client_key,

@@ -34,6 +34,19 @@ use super::{RescueBoot, RobotMachineSpec, RobotMachines};
 /// Extra packages the rescue system gets on top of the Debian image, as on Hetzner's rescue.
 pub const RESCUE_PACKAGES: &[&str] = &["fdisk", "zstd", "xz-utils", "bzip2", "dosfstools"];
 
+/// The rest of the rescue system's usual tools, installed after [`RESCUE_PACKAGES`] on a best
+/// effort basis (their absence only matters to clients that call them).
+pub const RESCUE_TOOLS: &[&str] = &[
+    "gdisk",
+    "parted",
+    "wget",
+    "libarchive-tools",
+    "hdparm",
+    "mdadm",
+    "lvm2",
+    "systemd-container",
+];
+
 /// Where the server's disks appear inside the rescue system.
 const RESCUE_DISK_DIR: &str = "root/.oldroot/disks";
 
@@ -84,6 +97,8 @@ struct Current {
 }
 
 struct Server {
+    /// Bytes the next connection may carry from the client before it is cut (a fault).
+    cut: Arc<Mutex<Option<u64>>>,
     spec: RobotMachineSpec,
     address: Ipv4Addr,
     disk_dir: PathBuf,
@@ -164,6 +179,17 @@ impl SshRobotMachines {
             .map(|server| server.disk_dir.clone())
     }
 
+    /// A fault: the next SSH connection to the server is cut once the client has sent `bytes`
+    /// (an upload that breaks off midway). Applies to one connection, then clears.
+    pub fn cut_next_connection_after(&self, server_number: u64, bytes: u64) {
+        if let Some(server) = self.lock().get(&server_number) {
+            *server
+                .cut
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(bytes);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Server>> {
         self.servers
             .lock()
@@ -202,19 +228,33 @@ impl SshRobotMachines {
         let root = machines
             .machine_root(template_id)
             .ok_or_else(|| error("the rescue template vanished"))?;
-        if !self.config.rescue_packages.is_empty() {
+        let tools: Vec<String> = RESCUE_TOOLS.iter().map(|name| name.to_string()).collect();
+        // Two rounds: a package of the second that fails to configure in a chroot must not
+        // cost the first, which installimage needs for disk images.
+        for (round, packages) in [&self.config.rescue_packages, &tools]
+            .into_iter()
+            .enumerate()
+        {
+            if packages.is_empty() || (round == 1 && self.config.rescue_packages.is_empty()) {
+                continue;
+            }
             self.log(&format!(
                 "rescue template ({architecture}): installing {}",
-                self.config.rescue_packages.join(" ")
+                packages.join(" ")
             ));
             let script = format!(
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}",
-                self.config.rescue_packages.join(" ")
+                "{}DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}",
+                if round == 0 {
+                    "apt-get update -qq && "
+                } else {
+                    ""
+                },
+                packages.join(" ")
             );
             if let Err(failure) = chroot_script(&root, &script).await {
                 // installimage still works without them (into a directory, and no zstd).
                 self.log(&format!(
-                    "rescue template: extra packages not installed: {}",
+                    "rescue template: packages not installed: {}",
                     failure.0
                 ));
             }
@@ -288,7 +328,12 @@ impl SshRobotMachines {
             let _ = machines.delete(machine_id).await;
             return Err(failure);
         }
-        let forwarder = spawn_forwarder(address, backend).await?;
+        let cut = self
+            .lock()
+            .get(&server_number)
+            .map(|server| server.cut.clone())
+            .unwrap_or_default();
+        let forwarder = spawn_forwarder(address, backend, cut).await?;
         if let Some(server) = self.lock().get_mut(&server_number) {
             server.current = Some(Current {
                 machine_id,
@@ -309,9 +354,11 @@ impl SshRobotMachines {
 }
 
 /// Forwards connections on `address:22` to `backend` until aborted; aborting closes them all.
+/// A pending cut (see [`SshRobotMachines::cut_next_connection_after`]) applies to the next one.
 async fn spawn_forwarder(
     address: Ipv4Addr,
     backend: SocketAddr,
+    cut: Arc<Mutex<Option<u64>>>,
 ) -> Result<tokio::task::JoinHandle<()>, MachineError> {
     let listener = tokio::net::TcpListener::bind((address, 22))
         .await
@@ -323,13 +370,60 @@ async fn spawn_forwarder(
                 continue;
             };
             while connections.try_join_next().is_some() {}
+            let limit = cut
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
             connections.spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                match limit {
+                    None => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                    Some(limit) => forward_until(inbound, outbound, limit).await,
                 }
             });
         }
     }))
+}
+
+/// Forwards both ways until the client has sent `limit` bytes, then drops both sides.
+async fn forward_until(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    limit: u64,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut server_read, mut server_write) = outbound.into_split();
+    let upstream = async {
+        let mut sent = 0u64;
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let room = usize::try_from(limit - sent)
+                .unwrap_or(usize::MAX)
+                .min(buffer.len());
+            if room == 0 {
+                return;
+            }
+            match client_read.read(&mut buffer[..room]).await {
+                Ok(0) | Err(_) => return,
+                Ok(count) => {
+                    if server_write.write_all(&buffer[..count]).await.is_err() {
+                        return;
+                    }
+                    sent += count as u64;
+                }
+            }
+        }
+    };
+    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
 }
 
 /// Runs a shell script chrooted into `root` with /proc and /dev, in throwaway namespaces.
@@ -503,6 +597,7 @@ impl RobotMachines for SshRobotMachines {
         self.lock().insert(
             spec.server_number,
             Server {
+                cut: Arc::new(Mutex::new(None)),
                 spec: spec.clone(),
                 address,
                 disk_dir,
