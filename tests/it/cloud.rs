@@ -36,6 +36,13 @@ impl Cloud {
                 return None;
             }
         };
+        // Build (or find) the root filesystems first: a cold cache would otherwise hold up the
+        // first `POST /servers` for minutes, past the client's request timeout.
+        for arch in Cloud::architectures() {
+            if let Err(error) = machines.prepare_image("debian-12", arch).await {
+                panic!("preparing the debian-12 {arch} root filesystem: {error}");
+            }
+        }
         let sim = HcloudSim::start(HcloudSimConfig {
             token: TOKEN.into(),
             time: TimeMode::Scaled(0.001),

@@ -518,6 +518,10 @@ hostname "$name"
 mount --make-rprivate /
 mkdir -p "$root/proc" "$root/sys" "$root/dev" "$root/run" "$root/tmp"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+# The network namespace and most sysctls are the host's: a plan's `sysctl --system` must not change
+# them, so /proc/sys is read-only in here, as in a container (the plan then warns and goes on).
+mount --bind "$root/proc/sys" "$root/proc/sys"
+mount -o remount,bind,ro "$root/proc/sys"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
 mount -t tmpfs -o nosuid,mode=0755,size=1m dev "$root/dev"
 for node in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
