@@ -78,7 +78,9 @@ pub use cli::{RobotArgs, RobotSimCliError, ServedRobot, serve_from_args};
 pub use machines::{
     RescueBoot, RobotAddressOnly, RobotDrive, RobotMachineSpec, RobotMachines, Running,
 };
-pub use ssh::{RESCUE_PACKAGES, RESCUE_TOOLS, SshRobotConfig, SshRobotMachines};
+pub use ssh::{
+    RESCUE_PACKAGES, RESCUE_TEMPLATE_CACHE, RESCUE_TOOLS, SshRobotConfig, SshRobotMachines,
+};
 
 use api::ApiError;
 use clock::{Clock, SimTime};

@@ -4,9 +4,11 @@
 //! server's fixed address (`server_ip`, port 22) leads to whichever machine is up, and refuses
 //! connections while the server is down, so a client sees one server that reboots:
 //!
-//! - **Rescue**: a copy of the Debian system image (plus `fdisk`, `zstd`, `xz-utils`, `bzip2`
-//!   and `dosfstools` where apt can fetch them; without `fdisk`, installimage installs into a
-//!   directory), hostname `rescue`, a fresh host key, the activation's keys, and installimage at
+//! - **Rescue**: the Debian system image plus [`RESCUE_PACKAGES`] (what installimage needs
+//!   for disk images: `fdisk`, `zstd`, ...) and [`RESCUE_TOOLS`] (the usual tools, best effort),
+//!   installed once with apt and kept in [`RESCUE_TEMPLATE_CACHE`]; without `fdisk`,
+//!   installimage installs into a directory. Hostname `rescue`, a fresh host key, the
+//!   activation's keys, and installimage at
 //!   `/root/.oldroot/nfs/install/installimage`: a wrapper around a copy of the `caph-sim` binary
 //!   (`caph-sim installimage ...`), with the machine facts in
 //!   [`FACTS_PATH`](crate::installimage::FACTS_PATH). The server's disks are at
@@ -84,6 +86,15 @@ impl std::fmt::Debug for SshRobotConfig {
     }
 }
 
+/// Where a rescue system's disk comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Template {
+    /// A snapshot of this [`SshMachines`] instance.
+    Snapshot(u64),
+    /// A cached tree, copied over a fresh machine's disk.
+    Tree(PathBuf),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Rescue,
@@ -112,7 +123,12 @@ pub struct SshRobotMachines {
     servers: Mutex<HashMap<u64, Server>>,
     /// Architectures whose rescue template exists.
     templates: tokio::sync::Mutex<Vec<String>>,
+    /// Built rescue templates kept across runs, so that apt runs once per machine, not per run.
+    template_cache: Option<PathBuf>,
 }
+
+/// Where rescue templates are cached by default (beside SshMachines' root filesystem cache).
+pub const RESCUE_TEMPLATE_CACHE: &str = "/var/cache/caph-sim/robot-rescue";
 
 impl std::fmt::Debug for SshRobotMachines {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,7 +184,15 @@ impl SshRobotMachines {
             config,
             servers: Mutex::new(HashMap::new()),
             templates: tokio::sync::Mutex::new(Vec::new()),
+            template_cache: Some(PathBuf::from(RESCUE_TEMPLATE_CACHE)),
         }
+    }
+
+    /// Keeps built rescue templates in `dir` (default [`RESCUE_TEMPLATE_CACHE`]), or builds them
+    /// afresh for every instance with `None`.
+    pub fn with_template_cache(mut self, dir: Option<PathBuf>) -> SshRobotMachines {
+        self.template_cache = dir;
+        self
     }
 
     /// The disk directory of a server on the host (images or `root/`, and `installed.json`),
@@ -202,14 +226,35 @@ impl SshRobotMachines {
         }
     }
 
-    /// Builds the rescue template once per architecture: the Debian image plus the rescue
-    /// packages, kept as a snapshot of [`SshMachines`].
-    async fn ensure_template(&self, arch: &str) -> Result<u64, MachineError> {
+    /// Builds the rescue template once per architecture (the Debian image plus the rescue
+    /// packages): a tree in the template cache, or without a cache a snapshot of [`SshMachines`].
+    async fn ensure_template(&self, arch: &str) -> Result<Template, MachineError> {
         let architecture = machine_architecture(arch);
         let image_id = RESCUE_IMAGE_ID + u64::from(architecture == "arm");
+        let tools: Vec<String> = RESCUE_TOOLS.iter().map(|name| name.to_string()).collect();
+        let stamp = format!(
+            "debian-12 {architecture} packages={} tools={}\n",
+            self.config.rescue_packages.join(","),
+            tools.join(",")
+        );
+        let cached = self
+            .template_cache
+            .as_ref()
+            .map(|cache| cache.join(architecture));
+        let is_cached = |cached: &Path| {
+            std::fs::read_to_string(cached.join("complete"))
+                .ok()
+                .as_deref()
+                == Some(stamp.as_str())
+        };
         let mut templates = self.templates.lock().await;
+        if let Some(cached) = &cached
+            && is_cached(cached)
+        {
+            return Ok(Template::Tree(cached.join("root")));
+        }
         if templates.iter().any(|known| known == architecture) {
-            return Ok(image_id);
+            return Ok(Template::Snapshot(image_id));
         }
         let machines = &self.config.machines;
         let template_id = image_id;
@@ -228,7 +273,6 @@ impl SshRobotMachines {
         let root = machines
             .machine_root(template_id)
             .ok_or_else(|| error("the rescue template vanished"))?;
-        let tools: Vec<String> = RESCUE_TOOLS.iter().map(|name| name.to_string()).collect();
         // Two rounds: a package of the second that fails to configure in a chroot must not
         // cost the first, which installimage needs for disk images.
         for (round, packages) in [&self.config.rescue_packages, &tools]
@@ -259,12 +303,22 @@ impl SshRobotMachines {
                 ));
             }
         }
+        if let Some(cached) = &cached {
+            match store_template(&root, cached, &stamp).await {
+                Ok(()) => {
+                    machines.delete(template_id).await?;
+                    return Ok(Template::Tree(cached.join("root")));
+                }
+                // Only a cost: the template becomes a snapshot of this instance instead.
+                Err(failure) => self.log(&format!("rescue template: not cached: {}", failure.0)),
+            }
+        }
         let snapshot = machines.snapshot(template_id, image_id).await;
         let deleted = machines.delete(template_id).await;
         snapshot?;
         deleted?;
         templates.push(architecture.to_owned());
-        Ok(image_id)
+        Ok(Template::Snapshot(image_id))
     }
 
     /// Powers the current machine off, moves the disks back out of a rescue system and removes
@@ -453,6 +507,47 @@ exec chroot "$root" /bin/sh -c "$1""#;
     .await
 }
 
+/// Copies a built template root into the cache: into a fresh directory first, renamed into
+/// place with its stamp, so a concurrent run never sees half a template.
+async fn store_template(root: &Path, cached: &Path, stamp: &str) -> Result<(), MachineError> {
+    let parent = cached.parent().unwrap_or(cached);
+    std::fs::create_dir_all(parent)
+        .map_err(|failure| error(format!("creating {}: {failure}", parent.display())))?;
+    let building = parent.join(format!(".building-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&building)
+        .map_err(|failure| error(format!("creating {}: {failure}", building.display())))?;
+    let result = async {
+        command(
+            "cp",
+            &[
+                "-a".as_ref(),
+                "--reflink=auto".as_ref(),
+                root.as_os_str(),
+                building.join("root").as_os_str(),
+            ],
+            "caching the rescue template",
+        )
+        .await?;
+        std::fs::write(building.join("complete"), stamp)
+            .map_err(|failure| error(format!("stamping the rescue template: {failure}")))?;
+        if cached.exists() {
+            command(
+                "rm",
+                &["-rf".as_ref(), cached.as_os_str()],
+                "replacing the cached template",
+            )
+            .await?;
+        }
+        std::fs::rename(&building, cached)
+            .map_err(|failure| error(format!("caching the rescue template: {failure}")))
+    }
+    .await;
+    if result.is_err() {
+        let _ = command("rm", &["-rf".as_ref(), building.as_os_str()], "cleaning up").await;
+    }
+    result
+}
+
 /// A directory removed (with what is left in it) when dropped.
 struct ScratchDir {
     path: PathBuf,
@@ -621,11 +716,20 @@ impl RobotMachines for SshRobotMachines {
         let (machine_id, spec, address, disk_dir) = self.next_machine_id(server_number)?;
         let template = self.ensure_template(&spec.arch).await?;
         let machines = &self.config.machines;
+        let disk = match &template {
+            Template::Snapshot(image_id) => DiskSource::Snapshot {
+                image_id: *image_id,
+            },
+            Template::Tree(_) => DiskSource::System {
+                name: "debian-12".into(),
+                architecture: machine_architecture(&spec.arch).into(),
+            },
+        };
         let info = machines
             .create(MachineSpec {
                 server_id: machine_id,
                 hostname: "rescue".into(),
-                disk: DiskSource::Snapshot { image_id: template },
+                disk,
                 authorized_keys: rescue.authorized_keys.clone(),
                 user_data: None,
             })
@@ -634,6 +738,15 @@ impl RobotMachines for SshRobotMachines {
             let root = machines
                 .machine_root(machine_id)
                 .ok_or_else(|| error("the rescue machine vanished"))?;
+            if let Template::Tree(tree) = &template {
+                command("rm", &["-rf".as_ref(), root.as_os_str()], "preparing the rescue disk").await?;
+                command(
+                    "cp",
+                    &["-a".as_ref(), "--reflink=auto".as_ref(), tree.as_os_str(), root.as_os_str()],
+                    "preparing the rescue disk",
+                )
+                .await?;
+            }
             let install = root.join("root/.oldroot/nfs/install");
             let binary = std::fs::read(&self.config.installimage_binary).map_err(|failure| {
                 error(format!(
