@@ -1,5 +1,6 @@
 //! Integration tests of caph-rootfs through its public API, one binary for all.
 
+mod assemble;
 mod fidelity;
 mod naming;
 mod reproducible;
