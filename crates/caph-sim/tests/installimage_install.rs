@@ -49,6 +49,13 @@ fn make_rescue(work: &Path, config: &str) -> (PathBuf, PathBuf, PathBuf) {
     (rescue, config_path, script)
 }
 
+fn uefi_facts(disk_dir: &Path) -> MachineFacts {
+    MachineFacts {
+        uefi: true,
+        ..facts(disk_dir)
+    }
+}
+
 fn facts(disk_dir: &Path) -> MachineFacts {
     MachineFacts {
         arch: "x86_64".into(),
@@ -64,14 +71,22 @@ fn facts(disk_dir: &Path) -> MachineFacts {
 }
 
 fn install(config: &str, mode: DiskMode, work: &Path) -> (Outcome, String, PathBuf) {
+    install_on(config, mode, work, facts(&work.join("disks")))
+}
+
+fn install_on(
+    config: &str,
+    mode: DiskMode,
+    work: &Path,
+    machine: MachineFacts,
+) -> (Outcome, String, PathBuf) {
     let (rescue, config_path, script) = make_rescue(work, config);
-    let disk_dir = work.join("disks");
     let mut output = Vec::new();
     let outcome = run(
         Options {
             config: config_path,
             post_install: Some(script),
-            facts: facts(&disk_dir),
+            facts: machine,
             system_root: rescue.clone(),
             disk_mode: mode,
             input: Input::Reader(Box::new(Cursor::new(b"x".to_vec()))),
@@ -345,4 +360,65 @@ fn the_wait_takes_a_second_a_dot_unless_x_is_typed_and_ends_at_end_of_input() {
     typist.join().expect("typist");
     assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
     assert!(output.contains("=> ...\n"), "{output}");
+}
+
+#[test]
+fn a_uefi_layout_gets_a_gpt_table_and_an_esp() {
+    if !is_root() {
+        eprintln!("SKIPPED a_uefi_layout_gets_a_gpt_table_and_an_esp: needs root");
+        return;
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    make_tarball(work.path());
+    let config = SMALL_LAYOUT.replace(
+        "PART /boot ext4 256M",
+        "PART /boot/efi esp 256M\nPART /boot ext4 256M",
+    );
+    let machine = uefi_facts(&work.path().join("disks"));
+    let (outcome, output, _) = install_on(&config, DiskMode::Auto, work.path(), machine);
+    assert_eq!(outcome.exit_code, 0, "{output}\n{:?}", outcome.errors);
+    let Some(InstalledDisk::Images { partitions }) = outcome.manifest.map(|manifest| manifest.disk)
+    else {
+        panic!("expected disk images: {output}");
+    };
+    let mounts: Vec<&str> = partitions
+        .iter()
+        .map(|partition| partition.mount.as_str())
+        .collect();
+    assert_eq!(mounts, vec!["/boot/efi", "/boot", "/"]);
+    let table = sh(Command::new("sfdisk")
+        .arg("--dump")
+        .arg(&partitions[0].image));
+    assert!(table.contains("label: gpt"), "{table}");
+    assert!(
+        table.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "an ESP type: {table}"
+    );
+    let has_mkfs_fat = Command::new("sh")
+        .args(["-c", "command -v mkfs.fat"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert_eq!(
+        partitions[0].formatted, has_mkfs_fat,
+        "the ESP is formatted where mkfs.fat exists"
+    );
+    if has_mkfs_fat {
+        let esp = &partitions[0];
+        let blkid = sh(Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", "UUID", "-O"])
+            .arg(esp.start_bytes.to_string())
+            .arg(&esp.image));
+        assert_eq!(
+            blkid.trim(),
+            esp.uuid,
+            "the FAT volume id is the one in fstab"
+        );
+    }
+    let root = &partitions[2];
+    let root_fs = Mounted::new(&root.image, root.start_bytes, root.size_bytes);
+    let fstab = std::fs::read_to_string(root_fs.path("etc/fstab")).expect("fstab");
+    assert!(
+        fstab.contains(&format!("UUID={} /boot/efi vfat", partitions[0].uuid)),
+        "{fstab}"
+    );
 }

@@ -373,7 +373,13 @@ pub(crate) fn install(
             mount: part.mount.clone(),
             fs: part.fs.clone(),
             size_mib: numeric(&part.size),
-            uuid: random_uuid(),
+            // FAT has a 32-bit volume id, written XXXX-XXXX where fstab names it.
+            uuid: if part.fs == "esp" {
+                let id = random_uuid().replace('-', "").to_uppercase();
+                format!("{}-{}", &id[..4], &id[4..8])
+            } else {
+                random_uuid()
+            },
         })
         .collect();
     let image_path = disk_dir.join(format!(
@@ -508,7 +514,21 @@ pub(crate) fn install(
     }
     status.sub("Importing public key for image validation");
     let signature = PathBuf::from(format!("{}.sig", image_file.display()));
+    if path_type == "http" {
+        // installimage fetches `URL.sig` beside the image; a missing one is only a warning.
+        let _ = Command::new("curl")
+            .args(["-fsSL", "-o"])
+            .arg(&signature)
+            .arg(format!("{}.sig", vars.image))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     if signature.exists() {
+        log.line(
+            "# caph-sim: a detached signature exists; it is not checked against Hetzner's keys",
+        );
         status.step("Validating image before starting extraction");
     } else {
         status.step += 1;
@@ -938,10 +958,10 @@ fn make_filesystems(
             }
             "esp" => {
                 if tool_exists("mkfs.fat") {
-                    let volume_id = &part.uuid[..8];
+                    let volume_id = part.uuid.replace('-', "");
                     run(
                         Command::new("mkfs.fat")
-                            .args(["-F", "32", "-i", volume_id, "--offset"])
+                            .args(["-F", "32", "-i", &volume_id, "--offset"])
                             .arg((start / 512).to_string())
                             .arg(image)
                             .arg((size / 1024).to_string()),
