@@ -224,6 +224,7 @@ fn a_tarball_installs_onto_a_partitioned_disk_image() {
     assert_eq!(read(root_fs.path("root/post-install-ran")), "ran\n");
     assert!(root_fs.path("etc/ssh/ssh_host_ed25519_key.pub").exists());
     assert!(read(root_fs.path("installimage.conf")).contains("HOSTNAME node-test"));
+    assert!(read(root_fs.path("installimage.debug")).contains("# validating config"));
     for skipped in ["proc", "sys", "dev"] {
         let entries: Vec<_> = std::fs::read_dir(root_fs.path(skipped))
             .expect(skipped)
@@ -421,4 +422,41 @@ fn a_uefi_layout_gets_a_gpt_table_and_an_esp() {
         fstab.contains(&format!("UUID={} /boot/efi vfat", partitions[0].uuid)),
         "{fstab}"
     );
+}
+
+#[test]
+fn an_ubuntu_named_image_without_netplan_fails_like_on_a_real_server() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED an_ubuntu_named_image_without_netplan_fails_like_on_a_real_server: needs root"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    let tarball = make_tarball(work.path());
+    let ubuntu = "Ubuntu-2404-noble-amd64-test.tar.gz";
+    std::fs::rename(&tarball, work.path().join(ubuntu)).expect("renamed");
+    let config = SMALL_LAYOUT.replace(test_tarball::IMAGE_NAME, ubuntu);
+    let (rescue, config_path, script) = make_rescue(work.path(), &config);
+    std::fs::rename(work.path().join(ubuntu), rescue.join("root").join(ubuntu)).expect("in place");
+    let mut output = Vec::new();
+    let outcome = run(
+        Options {
+            config: config_path,
+            post_install: Some(script),
+            facts: facts(&work.path().join("disks")),
+            system_root: rescue,
+            disk_mode: DiskMode::Auto,
+            input: Input::SkipWait,
+        },
+        &mut output,
+    );
+    let output = String::from_utf8_lossy(&output);
+    assert_eq!(outcome.exit_code, 1, "{output}");
+    assert!(
+        outcome.errors[0].contains("netplan generate failed"),
+        "{:?}",
+        outcome.errors
+    );
+    assert!(!output.contains("INSTALLATION COMPLETE"));
 }

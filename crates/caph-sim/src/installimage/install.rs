@@ -714,6 +714,16 @@ pub(crate) fn install(
             "#\n# Hetzner Online GmbH - installimage\n#\n# This file contains the configuration used to install this\n# system via installimage script. Comments have been removed.\n#\n\n{saved_config}"
         ),
     )?;
+    // As installimage does: the debug log goes along, readable by root only.
+    if let Ok(debug) = std::fs::read_to_string(options.system_root.join("root/debug.txt")) {
+        let target = stage.join("installimage.debug");
+        write(&target, &debug)?;
+        let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640));
+    }
+    let _ = std::fs::set_permissions(
+        stage.join("installimage.conf"),
+        std::fs::Permissions::from_mode(0o640),
+    );
 
     let disk = if reason.is_none() {
         let partitions = make_filesystems(
