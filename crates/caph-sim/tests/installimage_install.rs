@@ -460,3 +460,52 @@ fn an_ubuntu_named_image_without_netplan_fails_like_on_a_real_server() {
     );
     assert!(!output.contains("INSTALLATION COMPLETE"));
 }
+
+#[test]
+fn a_zstd_tarball_extracts_with_the_same_tar_options() {
+    if !is_root() {
+        eprintln!("SKIPPED a_zstd_tarball_extracts_with_the_same_tar_options: needs root");
+        return;
+    }
+    if Command::new("zstd").arg("--version").output().is_err() {
+        eprintln!("SKIPPED a_zstd_tarball_extracts_with_the_same_tar_options: zstd is missing");
+        return;
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    let gzip = make_tarball(work.path());
+    let name = "Debian-1208-bookworm-amd64-test.tar.zst";
+    let plain = work.path().join("image.tar");
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "gzip -dc '{}' > '{}' && zstd -q --rm '{}' -o '{}'",
+        gzip.display(),
+        plain.display(),
+        plain.display(),
+        work.path().join(name).display()
+    )));
+    let config = SMALL_LAYOUT.replace(test_tarball::IMAGE_NAME, name);
+    let (rescue, config_path, script) = make_rescue(work.path(), &config);
+    std::fs::rename(work.path().join(name), rescue.join("root").join(name)).expect("in place");
+    let mut output = Vec::new();
+    let outcome = run(
+        Options {
+            config: config_path,
+            post_install: Some(script),
+            facts: facts(&work.path().join("disks")),
+            system_root: rescue,
+            disk_mode: DiskMode::Directory,
+            input: Input::SkipWait,
+        },
+        &mut output,
+    );
+    let output = String::from_utf8_lossy(&output);
+    assert_eq!(outcome.exit_code, 0, "{output}\n{:?}", outcome.errors);
+    let root = work.path().join("disks/root");
+    let capability = rustix::fs::getxattr(
+        root.join("usr/bin/ping"),
+        "security.capability",
+        &mut [0u8; 64],
+    )
+    .expect("the capability survived");
+    assert_eq!(capability, CAPABILITY.len());
+    assert!(output.contains("a directory"), "{output}");
+}
