@@ -7,8 +7,11 @@
 /// The longest label value, and the longest name part of a key.
 pub const MAX_LABEL_LENGTH: usize = 63;
 
-/// The longest prefix part of a key (before the `/`).
-const MAX_PREFIX_LENGTH: usize = 253;
+/// The longest prefix part of a key (before the `/`): the API's key regex allows 1 + 253 + 1 characters.
+pub const MAX_PREFIX_LENGTH: usize = 255;
+
+/// The prefix Hetzner reserves for its own labels: they can be selected on, not set.
+pub const RESERVED_PREFIX: &str = "hetzner.cloud";
 
 /// Checks a label value; the error says what is wrong, to follow the quoted value in a message.
 pub fn check_value(value: &str) -> Result<(), String> {
@@ -18,16 +21,29 @@ pub fn check_value(value: &str) -> Result<(), String> {
     check_name_like(value, MAX_LABEL_LENGTH)
 }
 
-/// Checks a label key; the error says what is wrong.
+/// Checks a label key that is about to be set: the key syntax, and not the reserved prefix.
 pub fn check_key(key: &str) -> Result<(), String> {
+    if key
+        .split_once('/')
+        .is_some_and(|(prefix, _)| is_reserved_prefix(prefix))
+    {
+        return Err("the prefix hetzner.cloud/ is reserved by Hetzner".to_string());
+    }
+    check_key_syntax(key)
+}
+
+/// Whether a key prefix is Hetzner's own.
+pub fn is_reserved_prefix(prefix: &str) -> bool {
+    prefix == RESERVED_PREFIX || prefix.ends_with(".hetzner.cloud")
+}
+
+/// Checks the syntax of a label key (reserved keys pass: they may be selected on).
+pub fn check_key_syntax(key: &str) -> Result<(), String> {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
     if let Some(prefix) = prefix {
-        if prefix == "hetzner.cloud" || prefix.ends_with(".hetzner.cloud") {
-            return Err("the prefix hetzner.cloud/ is reserved by Hetzner".to_string());
-        }
         if prefix.is_empty() {
             return Err("the prefix before '/' is empty".to_string());
         }
@@ -87,6 +103,9 @@ mod tests {
         assert_eq!(check_key("caph-image-name"), Ok(()));
         assert_eq!(check_key("example.com/team"), Ok(()));
         assert!(check_key("hetzner.cloud/x").is_err());
+        assert!(check_key_syntax("hetzner.cloud/x").is_ok());
+        assert!(check_key(&format!("{}/a", "p".repeat(255))).is_ok());
+        assert!(check_key(&format!("{}/a", "p".repeat(256))).is_err());
         assert!(check_key("").is_err());
         assert!(check_key("a b").is_err());
     }

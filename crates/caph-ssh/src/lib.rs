@@ -23,4 +23,4 @@ pub use connect::{
 };
 pub use error::SshError;
 pub use keys::{Fingerprint, KeyError, KeyPair, PrivateKeyPem, PublicKey};
-pub use session::{CapturedOutput, OutputLine, OutputStream, Session, UploadReport, shell_quote};
+pub use session::{CapturedOutput, OutputLine, OutputStream, Session, UploadReport};

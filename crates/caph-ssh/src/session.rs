@@ -1,5 +1,6 @@
 //! An authenticated SSH session: commands with streamed output, and verified streamed uploads.
 
+use caph_core::plan::quote;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -196,7 +197,7 @@ impl Session {
         if result.is_err() && !self.is_closed() {
             // Best effort: the error being returned is the one that matters.
             let _ = self
-                .exec_capture(&format!("rm -f -- {}", shell_quote(&temp_path)))
+                .exec_capture(&format!("rm -f -- {}", quote(&temp_path)))
                 .await;
         }
         result
@@ -218,7 +219,7 @@ impl Session {
             on_progress(sent);
         };
         // `umask 077` keeps a half-written file private; the final mode is set before the rename.
-        let write_command = format!("umask 077 && cat > {}", shell_quote(temp_path));
+        let write_command = format!("umask 077 && cat > {}", quote(temp_path));
         let mut stderr = String::new();
         let feed = StdinFeed {
             source,
@@ -242,7 +243,7 @@ impl Session {
         }
         let sent_digest = hex::encode(hasher.finalize());
 
-        let sum_command = format!("sha256sum -- {}", shell_quote(temp_path));
+        let sum_command = format!("sha256sum -- {}", quote(temp_path));
         let summed = self.exec_capture(&sum_command).await?;
         if summed.exit_code != 0 {
             return Err(self.upload_failed(
@@ -269,8 +270,8 @@ impl Session {
 
         let rename_command = format!(
             "chmod {mode:o} -- {temp} && mv -f -- {temp} {target}",
-            temp = shell_quote(temp_path),
-            target = shell_quote(remote_path)
+            temp = quote(temp_path),
+            target = quote(remote_path)
         );
         let renamed = self.exec_capture(&rename_command).await?;
         if renamed.exit_code != 0 {
@@ -536,21 +537,6 @@ fn short_command(command: &str) -> String {
     short
 }
 
-/// Quotes `text` as one POSIX shell word.
-pub fn shell_quote(text: &str) -> String {
-    let mut quoted = String::with_capacity(text.len() + 2);
-    quoted.push('\'');
-    for character in text.chars() {
-        if character == '\'' {
-            quoted.push_str("'\\''");
-        } else {
-            quoted.push(character);
-        }
-    }
-    quoted.push('\'');
-    quoted
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,8 +572,8 @@ mod tests {
 
     #[test]
     fn quoting_survives_single_quotes() {
-        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
     }
 
     #[test]

@@ -15,14 +15,10 @@ use std::fmt;
 
 use super::types::Labels;
 
-/// The longest label value, and the longest name part of a key.
-pub const MAX_LABEL_VALUE_LENGTH: usize = 63;
-
-/// The longest prefix part of a key: the API's key regex allows 1 + 253 + 1 characters.
-pub const MAX_LABEL_PREFIX_LENGTH: usize = 255;
-
-/// The prefix Hetzner reserves for its own labels.
-pub const RESERVED_LABEL_PREFIX: &str = "hetzner.cloud";
+pub use caph_core::label::{
+    MAX_LABEL_LENGTH as MAX_LABEL_VALUE_LENGTH, MAX_PREFIX_LENGTH as MAX_LABEL_PREFIX_LENGTH,
+    RESERVED_PREFIX as RESERVED_LABEL_PREFIX,
+};
 
 /// A label key or value that breaks the label rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,35 +56,17 @@ pub enum LabelError {
 }
 
 /// Checks a label key against the key rules (the reserved prefix is allowed: see
-/// [`check_labels`] for labels that are set).
+/// [`check_labels`] for labels that are set). The rules live in `caph_core::label`.
 pub fn check_key(key: &str) -> Result<(), LabelError> {
-    let invalid = |reason: String| LabelError::InvalidKey {
+    caph_core::label::check_key_syntax(key).map_err(|reason| LabelError::InvalidKey {
         key: key.to_string(),
         reason,
-    };
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    if let Some(prefix) = prefix {
-        if prefix.is_empty() {
-            return Err(invalid("the prefix before '/' is empty".to_string()));
-        }
-        check_word(prefix, MAX_LABEL_PREFIX_LENGTH)
-            .map_err(|why| invalid(format!("prefix: {why}")))?;
-    }
-    if name.is_empty() {
-        return Err(invalid("the name is empty".to_string()));
-    }
-    check_word(name, MAX_LABEL_VALUE_LENGTH).map_err(invalid)
+    })
 }
 
 /// Checks a label value for `key` against the value rules.
 pub fn check_value(key: &str, value: &str) -> Result<(), LabelError> {
-    if value.is_empty() {
-        return Ok(());
-    }
-    check_word(value, MAX_LABEL_VALUE_LENGTH).map_err(|reason| LabelError::InvalidValue {
+    caph_core::label::check_value(value).map_err(|reason| LabelError::InvalidValue {
         key: key.to_string(),
         value: value.to_string(),
         reason,
@@ -101,46 +79,11 @@ pub fn check_labels(labels: &Labels) -> Result<(), LabelError> {
         check_key(key)?;
         if key
             .split_once('/')
-            .is_some_and(|(prefix, _)| is_reserved_prefix(prefix))
+            .is_some_and(|(prefix, _)| caph_core::label::is_reserved_prefix(prefix))
         {
             return Err(LabelError::ReservedKey { key: key.clone() });
         }
         check_value(key, value)?;
-    }
-    Ok(())
-}
-
-fn is_reserved_prefix(prefix: &str) -> bool {
-    prefix == RESERVED_LABEL_PREFIX || prefix.ends_with(".hetzner.cloud")
-}
-
-/// Checks one word of the label alphabet: length, characters, alphanumeric ends.
-fn check_word(word: &str, max_length: usize) -> Result<(), String> {
-    if let Some(bad) = word
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "{:?} is not allowed (only letters, digits, '.', '_' and '-')",
-            bad
-        ));
-    }
-    if word.len() > max_length {
-        return Err(format!(
-            "{} characters long, the limit is {max_length}",
-            word.len()
-        ));
-    }
-    let starts_ok = word
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    let ends_ok = word
-        .chars()
-        .last()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    if !starts_ok || !ends_ok {
-        return Err("must start and end with a letter or digit".to_string());
     }
     Ok(())
 }
