@@ -279,12 +279,16 @@ async fn rescue_installimage_and_the_installed_system_over_real_sshd() {
     assert!(output.contains("INSTALLATION COMPLETE"), "{output}");
     assert!(output.contains("POST_INSTALL_SCRIPT_FINISHED"), "{output}");
 
-    api(&sim, reqwest::Method::POST, "/reset/321", &[("type", "hw")]).await;
+    // `reboot` in the rescue system, as Cluster API Provider Hetzner does it.
+    let (code, output) = ssh(address, &client_key, "reboot", None);
+    assert_eq!(code, 0, "{output}");
     let key_path = client_key.clone();
     tokio::task::spawn_blocking(move || wait_for_hostname(address, &key_path, "node-test"))
         .await
         .expect("installed system");
     assert_eq!(sim.state().servers[0].power, Power::Disk);
+    assert_eq!(sim.state().servers[0].os_reboots, 1);
+    assert_eq!(sim.state().servers[0].resets, vec!["hw"]);
     let installed_host_key = host_key(address);
     assert!(installed_host_key.contains("ssh-ed25519"));
     assert_ne!(

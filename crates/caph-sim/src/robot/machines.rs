@@ -76,6 +76,12 @@ pub trait RobotMachines: Debug + Send + Sync {
     ) -> Result<(), MachineError>;
     /// Boots whatever installimage last installed (nothing answers while the disk is empty).
     async fn boot_disk(&self, server_number: u64) -> Result<(), MachineError>;
+    /// Reboots asked for from inside machines (`reboot` run on one), as server numbers. The
+    /// simulator takes the receiver once at start; `None` (the default) when a host cannot
+    /// notice them.
+    fn reboot_requests(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<u64>> {
+        None
+    }
 }
 
 /// Addresses handed out by every [`RobotAddressOnly`] in this process: 127.3.0.1 upwards, clear

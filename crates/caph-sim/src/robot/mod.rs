@@ -313,6 +313,8 @@ pub struct ServerState {
     pub rescue_active: bool,
     /// Every reset type accepted, in order (ignored `sw` resets included).
     pub resets: Vec<String>,
+    /// Reboots asked for from inside the machine (`reboot` over SSH).
+    pub os_reboots: u32,
     /// Times the machine booted into the rescue system.
     pub rescue_boots: u32,
     /// Errors the machine host reported, in order.
@@ -364,6 +366,7 @@ pub(crate) struct ServerRec {
     /// Bumped by every reset, so a boot scheduled by an earlier reset is dropped.
     pub(crate) generation: u64,
     pub(crate) resets: Vec<String>,
+    pub(crate) os_reboots: u32,
     pub(crate) rescue_boots: u32,
     pub(crate) machine_errors: Vec<String>,
 }
@@ -533,6 +536,7 @@ impl RobotSim {
                     power: Power::Disk,
                     generation: 0,
                     resets: Vec::new(),
+                    os_reboots: 0,
                     rescue_boots: 0,
                     machine_errors: Vec::new(),
                 },
@@ -572,10 +576,19 @@ impl RobotSim {
         });
         let acceptor = tokio::spawn(accept(listener, Arc::clone(&inner)));
         let scheduler = tokio::spawn(schedule_loop(Arc::clone(&inner)));
+        let mut tasks = vec![acceptor, scheduler];
+        if let Some(mut requests) = inner.machines.reboot_requests() {
+            let rebooting = Arc::clone(&inner);
+            tasks.push(tokio::spawn(async move {
+                while let Some(server_number) = requests.recv().await {
+                    os_reboot(&rebooting, server_number);
+                }
+            }));
+        }
         Ok(RobotSim {
             inner,
             address,
-            tasks: vec![acceptor, scheduler],
+            tasks,
         })
     }
 
@@ -631,6 +644,7 @@ impl RobotSim {
                     power: server.power,
                     rescue_active: server.rescue.is_some(),
                     resets: server.resets.clone(),
+                    os_reboots: server.os_reboots,
                     rescue_boots: server.rescue_boots,
                     machine_errors: server.machine_errors.clone(),
                 })
@@ -677,6 +691,32 @@ impl RobotSim {
     /// Every request seen so far, in order.
     pub fn request_log(&self) -> Vec<RequestRecord> {
         self.inner.world().request_log.clone()
+    }
+}
+
+/// `reboot` run on the machine: down at once, up again after the `sw` reset time.
+fn os_reboot(inner: &Inner, server_number: u64) {
+    let now = inner.clock.now();
+    let mut world = inner.world();
+    let Some(server) = world.servers.get_mut(&server_number) else {
+        return;
+    };
+    server.os_reboots += 1;
+    server.generation += 1;
+    let generation = server.generation;
+    for (due, kind) in [
+        (now, EventKind::PowerOff),
+        (now + inner.durations.reset_sw, EventKind::Boot),
+    ] {
+        inner.schedule(
+            &mut world,
+            Event {
+                due,
+                server: server_number,
+                generation,
+                kind,
+            },
+        );
     }
 }
 

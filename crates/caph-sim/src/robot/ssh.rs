@@ -18,6 +18,10 @@
 //!   its `/etc/ssh/ssh_host_ed25519_key`) and its root `authorized_keys`. An empty disk boots
 //!   nothing.
 //!
+//! `reboot` on a machine (a script at `/usr/local/sbin/reboot`, since no init system runs there)
+//! asks the simulator for a reboot: the server goes down and boots again after the `sw` reset
+//! time, into the rescue system if an activation is pending.
+//!
 //! The disks persist between boots below the [`SshMachines`] instance directory (moved into each
 //! rescue system and back out when it goes down).
 
@@ -105,7 +109,20 @@ struct Current {
     machine_id: u64,
     kind: Kind,
     forwarder: tokio::task::JoinHandle<()>,
+    /// Watches for `reboot` run on the machine.
+    watcher: tokio::task::JoinHandle<()>,
 }
+
+/// The file `reboot` on a machine creates (no init system runs there to act on it); the host
+/// sees it and asks the simulator for the reboot.
+const REBOOT_FLAG: &str = ".caph-sim-reboot";
+
+/// `/usr/local/sbin/reboot` on every machine: first in root's PATH, ahead of systemd's.
+const REBOOT_SCRIPT: &str = "#!/bin/sh\n# caph-sim: no init system runs on a simulated machine; the simulator reboots it.\ntouch /.caph-sim-reboot\necho 'caph-sim: the system is going down for reboot NOW!'\n";
+
+/// How often the host looks for a reboot request: well below the time a client waits for a
+/// reboot to begin.
+const REBOOT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct Server {
     /// Bytes the next connection may carry from the client before it is cut (a fault).
@@ -125,6 +142,8 @@ pub struct SshRobotMachines {
     templates: tokio::sync::Mutex<Vec<String>>,
     /// Built rescue templates kept across runs, so that apt runs once per machine, not per run.
     template_cache: Option<PathBuf>,
+    reboots: tokio::sync::mpsc::UnboundedSender<u64>,
+    reboot_requests: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
 }
 
 /// Where rescue templates are cached by default (beside SshMachines' root filesystem cache).
@@ -144,6 +163,7 @@ impl Drop for SshRobotMachines {
         for server in self.lock().values_mut() {
             if let Some(current) = server.current.take() {
                 current.forwarder.abort();
+                current.watcher.abort();
             }
         }
     }
@@ -180,7 +200,10 @@ async fn command(
 
 impl SshRobotMachines {
     pub fn new(config: SshRobotConfig) -> SshRobotMachines {
+        let (reboots, reboot_requests) = tokio::sync::mpsc::unbounded_channel();
         SshRobotMachines {
+            reboots,
+            reboot_requests: Mutex::new(Some(reboot_requests)),
             config,
             servers: Mutex::new(HashMap::new()),
             templates: tokio::sync::Mutex::new(Vec::new()),
@@ -335,6 +358,7 @@ impl SshRobotMachines {
             return Ok(());
         };
         current.forwarder.abort();
+        current.watcher.abort();
         let machines = &self.config.machines;
         machines.power_off(current.machine_id).await?;
         if current.kind == Kind::Rescue
@@ -378,10 +402,33 @@ impl SshRobotMachines {
         backend: SocketAddr,
     ) -> Result<(), MachineError> {
         let machines = &self.config.machines;
+        let root = machines
+            .machine_root(machine_id)
+            .ok_or_else(|| error("the machine vanished"))?;
+        let _ = std::fs::remove_file(root.join(REBOOT_FLAG));
+        if let Err(failure) = write(
+            &root.join("usr/local/sbin/reboot"),
+            REBOOT_SCRIPT.as_bytes(),
+            0o755,
+        ) {
+            let _ = machines.delete(machine_id).await;
+            return Err(failure);
+        }
         if let Err(failure) = machines.power_on(machine_id).await {
             let _ = machines.delete(machine_id).await;
             return Err(failure);
         }
+        let sender = self.reboots.clone();
+        let flag = root.join(REBOOT_FLAG);
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REBOOT_POLL).await;
+                if std::fs::remove_file(&flag).is_ok() {
+                    let _ = sender.send(server_number);
+                    return;
+                }
+            }
+        });
         let cut = self
             .lock()
             .get(&server_number)
@@ -393,6 +440,7 @@ impl SshRobotMachines {
                 machine_id,
                 kind,
                 forwarder,
+                watcher,
             });
         }
         self.log(&format!(
@@ -679,6 +727,13 @@ async fn copy_installed(
 
 #[async_trait::async_trait]
 impl RobotMachines for SshRobotMachines {
+    fn reboot_requests(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<u64>> {
+        self.reboot_requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
     async fn create(&self, spec: &RobotMachineSpec) -> Result<Ipv4Addr, MachineError> {
         let taken: Vec<Ipv4Addr> = self.lock().values().map(|server| server.address).collect();
         let address = allocate_address(&taken)?;
