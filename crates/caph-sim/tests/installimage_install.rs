@@ -168,8 +168,20 @@ fn a_tarball_installs_onto_a_partitioned_disk_image() {
         debug.contains("Post-installation script didn't exit successfully (exit code = 3)"),
         "{debug}"
     );
+    // Moved aside, as installimage does with `-c`.
+    assert!(!rescue.join("autosetup").exists());
+    let backup = std::fs::read_dir(&rescue)
+        .expect("rescue root")
+        .flatten()
+        .find(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("autosetup.bak-")
+        })
+        .expect("/autosetup.bak-DATE");
     assert_eq!(
-        std::fs::read_to_string(rescue.join("autosetup")).expect("/autosetup"),
+        std::fs::read_to_string(backup.path()).expect("backup"),
         SMALL_LAYOUT
     );
 

@@ -187,6 +187,14 @@ pub fn run(mut options: Options, out: &mut dyn Write) -> Outcome {
     if autosetup != options.config {
         let _ = std::fs::write(&autosetup, &config_text);
     }
+    // installimage reads /autosetup once and, when started with `-c`, moves it aside: a second
+    // run needs the file written again.
+    let _ = std::fs::rename(
+        &autosetup,
+        options
+            .system_root
+            .join(format!("autosetup.bak-{}", backup_stamp())),
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "Found AUTOSETUP file '/autosetup'");
     let _ = writeln!(out, "Running unattended installimage installation ...");
@@ -233,6 +241,36 @@ pub fn run(mut options: Options, out: &mut dyn Write) -> Outcome {
             failed(vec![error])
         }
     }
+}
+
+/// `date +%Y%m%d-%H%M%S` in UTC.
+fn backup_stamp() -> String {
+    let total = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0);
+    // Days to a civil date, with the epoch shifted to 0000-03-01 so leap days come last.
+    let days = (total / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let seconds = total % 86_400;
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        seconds / 3600,
+        (seconds % 3600) / 60,
+        seconds % 60
+    )
 }
 
 fn failed(errors: Vec<String>) -> Outcome {
