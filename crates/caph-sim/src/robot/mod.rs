@@ -406,8 +406,8 @@ pub(crate) struct World {
     logins: HashMap<IpAddr, LoginRecord>,
     /// Per route: start of the current window and requests counted in it.
     windows: HashMap<String, (SimTime, u32)>,
-    /// The scheduler is applying an event right now.
-    busy: bool,
+    /// Servers whose machine is being powered off or booted right now.
+    busy: std::collections::HashSet<u64>,
 }
 
 pub(crate) struct Inner {
@@ -570,7 +570,7 @@ impl RobotSim {
                 request_log: Vec::new(),
                 logins: HashMap::new(),
                 windows: HashMap::new(),
-                busy: false,
+                busy: std::collections::HashSet::new(),
             }),
             wake: tokio::sync::Notify::new(),
         });
@@ -728,7 +728,7 @@ async fn settle(inner: &Inner, limit: Duration) -> bool {
         {
             let world = inner.world();
             let now = inner.clock.now();
-            if !world.busy && world.events.iter().all(|event| event.due > now) {
+            if world.busy.is_empty() && world.events.iter().all(|event| event.due > now) {
                 return true;
             }
         }
@@ -739,20 +739,12 @@ async fn settle(inner: &Inner, limit: Duration) -> bool {
     }
 }
 
-/// Applies power-offs and boots when they fall due, one at a time, in due order.
+/// Applies power-offs and boots when they fall due: in due order for each server, and
+/// servers side by side (a rescue boot with real machines takes seconds).
 async fn schedule_loop(inner: Arc<Inner>) {
+    // Aborting the scheduler (the simulator is dropped) aborts what it started.
+    let mut running = tokio::task::JoinSet::new();
     loop {
-        let next_due = inner.world().events.iter().map(|event| event.due).min();
-        match next_due {
-            None => inner.wake.notified().await,
-            Some(due) => {
-                tokio::select! {
-                    _ = inner.clock.sleep_until(due) => {}
-                    // An earlier event may have arrived: look again.
-                    _ = inner.wake.notified() => continue,
-                }
-            }
-        }
         loop {
             let event = {
                 let mut world = inner.world();
@@ -761,17 +753,44 @@ async fn schedule_loop(inner: Arc<Inner>) {
                     .events
                     .iter()
                     .enumerate()
-                    .filter(|(_, event)| event.due <= now)
+                    .filter(|(_, event)| event.due <= now && !world.busy.contains(&event.server))
                     .min_by_key(|(_, event)| event.due)
                     .map(|(position, _)| position)
                 else {
                     break;
                 };
-                world.busy = true;
-                world.events.remove(position)
+                let event = world.events.remove(position);
+                world.busy.insert(event.server);
+                event
             };
-            apply(&inner, event).await;
-            inner.world().busy = false;
+            let applying = Arc::clone(&inner);
+            running.spawn(async move {
+                let server = event.server;
+                apply(&applying, event).await;
+                applying.world().busy.remove(&server);
+                // The server's next event may be due already.
+                applying.wake.notify_one();
+            });
+        }
+        while running.try_join_next().is_some() {}
+        let next_due = {
+            let world = inner.world();
+            world
+                .events
+                .iter()
+                .filter(|event| !world.busy.contains(&event.server))
+                .map(|event| event.due)
+                .min()
+        };
+        match next_due {
+            None => inner.wake.notified().await,
+            Some(due) => {
+                tokio::select! {
+                    _ = inner.clock.sleep_until(due) => {}
+                    // An earlier event, or a server became idle: look again.
+                    _ = inner.wake.notified() => {}
+                }
+            }
         }
     }
 }
