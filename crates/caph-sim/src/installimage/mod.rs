@@ -15,10 +15,18 @@
 //!   a plain directory where that cannot model the layout (software RAID, LVM, btrfs, xfs,
 //!   encryption): the output says which; extraction with
 //!   `tar -x --numeric-owner --xattrs --xattrs-include=security.capability --exclude sys --exclude proc --exclude dev`;
-//!   `/etc/fstab`, hostname, hosts, an empty machine-id, new SSH host keys, network config
+//!   `/etc/fstab`, hostname, hosts, an empty machine-id, new SSH host keys (`ssh-keygen -A` in
+//!   the new system, so an image needs `ssh-keygen` and `/etc/passwd`), network config
 //!   (netplan for Ubuntu-named images, `/etc/network/interfaces` otherwise), the rescue's
 //!   `authorized_keys` for root; the post-install script run in a chroot of the new system with
 //!   its exit code ignored; `INSTALLATION COMPLETE` at the end.
+//!
+//! `/autosetup` is moved to `/autosetup.bak-<date>` once read, as installimage does with `-c`;
+//! the config and debug log are saved in the new system as `/installimage.conf` and
+//! `/installimage.debug`. Ubuntu-named images have `netplan generate` run in them (fatal on
+//! stderr), and every image must run `/usr/bin/env true` in a chroot (installimage's container
+//! check). Not simulated: `nfs` image sources, GPG verification of `URL.sig` (fetched, not
+//! checked), software RAID, LVM and encryption on disk images (those layouts go to a directory).
 //!
 //! What is checked but not run, because nothing boots a kernel here: `update-initramfs` and
 //! `grub-install` must exist in the image and a kernel must be in `/boot` (an image without them
@@ -100,7 +108,7 @@ pub fn validate(config: &str, facts: &MachineFacts) -> Vec<String> {
     validate::validate_vars(&vars, facts)
 }
 
-/// How to disk is modelled.
+/// How the disk is modelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DiskMode {
     /// Raw disk images where the layout allows it, else a directory.
