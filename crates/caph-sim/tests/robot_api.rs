@@ -662,6 +662,8 @@ async fn the_binary_flags_start_a_simulator_with_a_generated_password() {
         robot_user: "u".into(),
         robot_password: None,
         robot_servers: vec!["7:alpha".into(), "8:beta".into()],
+        robot_drive_size: "3G".into(),
+        robot_faults: vec!["rescue-never-boots:8".into()],
     };
     let served = serve_from_args(
         &args,
@@ -682,6 +684,35 @@ async fn the_binary_flags_start_a_simulator_with_a_generated_password() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body[1]["server"]["server_name"], "beta");
 
+    let server = &served.sim.state().servers[1];
+    assert_eq!(server.number, 8);
+    for fault in ["ignore-sw-reset:9", "explode:7", "rescue-never-boots"] {
+        let bad = RobotArgs {
+            robot_faults: vec![fault.into()],
+            ..args.clone()
+        };
+        let error = serve_from_args(
+            &bad,
+            TimeMode::Manual,
+            Arc::new(RobotAddressOnly::default()),
+        )
+        .await
+        .expect_err("a bad fault");
+        assert!(error.to_string().contains("--robot-fault"), "{error}");
+    }
+    let bad_size = RobotArgs {
+        robot_drive_size: "3 GB".into(),
+        ..args.clone()
+    };
+    assert!(
+        serve_from_args(
+            &bad_size,
+            TimeMode::Manual,
+            Arc::new(RobotAddressOnly::default())
+        )
+        .await
+        .is_err()
+    );
     let no_listen = RobotArgs {
         robot_listen: None,
         ..args.clone()

@@ -29,6 +29,27 @@ pub struct RobotArgs {
     /// A dedicated server of the account as NUMBER:NAME (repeatable); default 321:server-1.
     #[arg(long = "robot-server", value_name = "N:NAME")]
     pub robot_servers: Vec<String>,
+    /// Size of each server's two drives (/dev/sda, /dev/sdb), e.g. 3G (binary units M, G, T).
+    /// Installs write sparse disk images of this size: keep it small for tests.
+    #[arg(long, value_name = "SIZE", default_value = "512G")]
+    pub robot_drive_size: String,
+    /// A server behaviour for fault tests, as KIND:NUMBER (repeatable): ignore-sw-reset (a hung
+    /// OS; `sw` resets do nothing) or rescue-never-boots (resets into rescue never come up).
+    #[arg(long = "robot-fault", value_name = "KIND:N")]
+    pub robot_faults: Vec<String>,
+}
+
+/// `3G` -> bytes (binary units); `None` for anything else.
+fn parse_size(text: &str) -> Option<u64> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let number: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit {
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 /// A started Robot simulator and, when it was generated, the password to print.
@@ -44,6 +65,12 @@ pub struct ServedRobot {
 pub enum RobotSimCliError {
     #[error("--robot-server {0:?}: expected NUMBER:NAME, e.g. 321:server-1")]
     BadServer(String),
+    #[error("--robot-drive-size {0:?}: expected a size like 3G, 512M or 2T")]
+    BadDriveSize(String),
+    #[error(
+        "--robot-fault {0:?}: expected ignore-sw-reset:NUMBER or rescue-never-boots:NUMBER of a configured server"
+    )]
+    BadFault(String),
     #[error(transparent)]
     Start(#[from] RobotSimError),
 }
@@ -73,6 +100,33 @@ pub async fn serve_from_args(
     }
     if servers.is_empty() {
         servers.push(RobotServer::new(321, "server-1"));
+    }
+    let Some(drive_bytes) = parse_size(&args.robot_drive_size) else {
+        return Err(RobotSimCliError::BadDriveSize(
+            args.robot_drive_size.clone(),
+        ));
+    };
+    for server in &mut servers {
+        for drive in &mut server.drives {
+            drive.size_bytes = drive_bytes;
+        }
+    }
+    for fault in &args.robot_faults {
+        let parsed = fault
+            .split_once(':')
+            .and_then(|(kind, number)| Some((kind, number.parse::<u64>().ok()?)));
+        let applied = parsed.and_then(|(kind, number)| {
+            let server = servers.iter_mut().find(|server| server.number == number)?;
+            match kind {
+                "ignore-sw-reset" => server.ignore_sw_reset = true,
+                "rescue-never-boots" => server.rescue_never_boots = true,
+                _ => return None,
+            }
+            Some(())
+        });
+        if applied.is_none() {
+            return Err(RobotSimCliError::BadFault(fault.clone()));
+        }
     }
     let (password, generated_password) = match &args.robot_password {
         Some(password) if !password.is_empty() => (password.clone(), None),
