@@ -4,6 +4,7 @@ mod cli;
 mod cloud;
 mod hcloud_build;
 mod hcloud_faults;
+mod tarball;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,5 +1,5 @@
-//! `cargo xtask bench pack`: the tarball writer side by side with GNU tar piped into
-//! `zstd -T0 -3` and `pigz`, on a real Debian root filesystem.
+//! `cargo xtask bench pack`: the tarball writer, as `caph-image pack` (release build), side by
+//! side with GNU tar piped into `zstd -T0 -3` and `pigz`, on a real Debian root filesystem.
 //!
 //! Without `--rootfs`, the tree is `mmdebstrap --variant=minbase --include=containerd
 //! bookworm`, built once (needs root and Debian's mirror) and cached under
@@ -100,25 +100,18 @@ pub fn pack(args: &PackArgs) -> Result<()> {
     };
     ensure!(rootfs.is_dir(), "{} is not a directory", rootfs.display());
 
-    eprintln!("building the writer (release)...");
+    eprintln!("building caph-image (release)...");
     let status = Command::new(env_or("CARGO", "cargo"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "caph-rootfs",
-            "--example",
-            "pack",
-        ])
+        .args(["build", "--release", "--quiet", "-p", "caph-image"])
         .current_dir(&workspace)
         .status()
         .context("running cargo build")?;
     ensure!(
         status.success(),
-        "cargo build --release -p caph-rootfs --example pack failed"
+        "cargo build --release -p caph-image failed"
     );
-    let writer = target.join("release/examples/pack");
+    // What users run: `caph-image pack`, result printing included.
+    let writer = target.join("release/caph-image");
     ensure!(writer.exists(), "{} was not built", writer.display());
 
     let out_dir = target.join("bench/out");
@@ -141,8 +134,8 @@ pub fn pack(args: &PackArgs) -> Result<()> {
             false,
         ),
         case(
-            "caph pack --compression none",
-            "{pack} --plain --compression none {dir} {out}",
+            "caph-image pack --compression none",
+            "{pack} pack --plain --compression none --no-progress {dir} -o {out} > /dev/null",
             "caph.tar",
             true,
         ),
@@ -153,8 +146,8 @@ pub fn pack(args: &PackArgs) -> Result<()> {
             false,
         ),
         case(
-            "caph pack --compression zstd:3",
-            "{pack} --plain --compression zstd:3 {dir} {out}",
+            "caph-image pack --compression zstd:3",
+            "{pack} pack --plain --compression zstd:3 --no-progress {dir} -o {out} > /dev/null",
             "caph.tar.zst",
             true,
         ),
@@ -165,8 +158,8 @@ pub fn pack(args: &PackArgs) -> Result<()> {
             false,
         ),
         case(
-            "caph pack --compression gzip:6",
-            "{pack} --plain --compression gzip:6 {dir} {out}",
+            "caph-image pack --compression gzip:6",
+            "{pack} pack --plain --compression gzip:6 --no-progress {dir} -o {out} > /dev/null",
             "caph.tar.gz",
             true,
         ),

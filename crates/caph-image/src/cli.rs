@@ -96,9 +96,40 @@ Examples:
         #[arg(long, default_value = "x86", value_parser = parse_arch)]
         arch: caph_core::Arch,
     },
-    /// Build images: Hetzner Cloud snapshots
+    /// Build images: Hetzner Cloud snapshots, or installimage tarballs for dedicated servers
     #[command(subcommand)]
     Build(BuildCommand),
+    /// Pack a root filesystem directory into a reproducible installimage tarball
+    #[command(after_help = "\
+The tarball writer alone, for a root filesystem assembled some other way. It streams the tree into
+one POSIX tar archive with entries sorted, numeric owners, mtimes clamped to SOURCE_DATE_EPOCH
+when set, hard links, device nodes, xattrs (security.capability) and sparse files kept. proc, sys,
+dev and run are stored empty and package caches left out (--plain packs everything as it is).
+A .sha256 file is written beside the tarball.
+
+Name the file by installimage's rule, <Distro>-<NNNN>-<codename>-<amd64|arm64>-<flavor>.tar.gz:
+installimage reads the distribution and architecture from the file name. gzip is the default
+because Cluster API Provider Hetzner's installImage.image.url does not take .tar.zst; a .tar.zst
+works only through installImage.image.path.
+
+Examples:
+  caph-image pack ./rootfs -o Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz
+  SOURCE_DATE_EPOCH=1700000000 caph-image pack ./rootfs -o Ubuntu-2404-noble-arm64-k8s.tar.zst
+  caph-image pack ./rootfs -o image.tar.gz --compression gzip:9 --output json")]
+    Pack {
+        /// The root filesystem directory
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The tarball to write
+        #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+        file: PathBuf,
+        /// gzip, zstd or none, optionally with a level (gzip:9, zstd:19); default: from FILE's extension, else gzip
+        #[arg(long, value_parser = parse_compression)]
+        compression: Option<caph_rootfs::pack::Compression>,
+        /// Pack everything as it is: no empty proc/sys/dev/run, no cache exclusions
+        #[arg(long)]
+        plain: bool,
+    },
     /// List or prune the snapshots caph-image made
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -185,6 +216,52 @@ Examples:
         #[command(flatten)]
         api: HcloudArgs,
     },
+    /// Build an installimage root filesystem tarball locally (needs root)
+    #[command(after_help = "\
+The root filesystem is made from the spec's [base.rootfs]: mmdebstrap with its suite, mirror,
+variant and components, or a base tarball checked against its sha256. The boot chain installimage
+needs goes in (kernel, initramfs-tools, grub, mdadm, lvm2, openssh-server, udev, and netplan.io
+for Ubuntu or ifupdown for Debian). Then the same plan as `build hcloud` runs in a chroot, step by
+step, with /proc, /sys, /dev and resolv.conf mounted and services kept from starting; they are
+unmounted afterwards, also on errors and Ctrl-C. The tree is packed reproducibly, named by
+installimage's rule (<Distro>-<NNNN>-<codename>-<arch>-<flavor>.tar.gz), with a .sha256 and a
+JSON manifest beside it.
+
+Needs root (mmdebstrap, chroot and mounts), the Debian packages mmdebstrap, util-linux, tar and
+dpkg, and for a foreign architecture qemu-user-static with binfmt-support.
+
+gzip is the default because Cluster API Provider Hetzner's installImage.image.url does not take
+.tar.zst; a .tar.zst works only through installImage.image.path.
+
+Examples:
+  sudo caph-image build tarball images/debian-12-k8s-1.34.toml -o out/
+  sudo caph-image build tarball images/ubuntu-24.04-k8s-1.36.toml --arch arm64 --compression zstd
+  sudo SOURCE_DATE_EPOCH=1700000000 caph-image build tarball images/debian-12-k8s-1.34.toml --output json")]
+    Tarball {
+        /// The spec file
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// The directory the tarball, its .sha256 and manifest go to
+        #[arg(
+            short = 'o',
+            long = "output-dir",
+            value_name = "DIR",
+            default_value = "."
+        )]
+        output_dir: PathBuf,
+        /// gzip, zstd or none, optionally with a level (gzip:9, zstd:19)
+        #[arg(long, default_value = "gzip", value_parser = parse_compression)]
+        compression: caph_rootfs::pack::Compression,
+        /// The architecture: amd64 or arm64 (x86 and arm are accepted too); default: this machine's
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<caph_core::Arch>,
+        /// Where the work directory is made (default: inside the output directory)
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Keep the work directory with the assembled tree, for inspection
+        #[arg(long)]
+        keep_work_dir: bool,
+    },
 }
 
 /// `images` actions.
@@ -245,6 +322,11 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("\"{text}\" is not a duration; write 30m, 2h or 1d")),
     };
     Ok(std::time::Duration::from_secs(number * seconds))
+}
+
+fn parse_compression(text: &str) -> Result<caph_rootfs::pack::Compression, String> {
+    text.parse()
+        .map_err(|error: caph_rootfs::pack::PackError| error.to_string())
 }
 
 fn parse_arch(text: &str) -> Result<caph_core::Arch, String> {

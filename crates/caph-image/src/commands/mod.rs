@@ -2,6 +2,7 @@
 
 mod hcloud;
 mod plan;
+mod tarball;
 mod validate;
 
 use std::process::ExitCode;
@@ -39,6 +40,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api: &api,
             },
         ),
+        Command::Build(BuildCommand::Tarball {
+            spec,
+            output_dir,
+            compression,
+            arch,
+            work_dir,
+            keep_work_dir,
+        }) => tarball::build(
+            &cli.global,
+            tarball::BuildOptions {
+                spec: &spec,
+                output_dir: &output_dir,
+                compression,
+                arch,
+                work_dir: work_dir.as_deref(),
+                keep_work_dir,
+            },
+        ),
+        Command::Pack {
+            dir,
+            file,
+            compression,
+            plain,
+        } => tarball::pack(&cli.global, &dir, &file, compression, plain),
         Command::Images(ImagesCommand::List { name, api }) => {
             hcloud::list(&cli.global, name.as_deref(), &api)
         }

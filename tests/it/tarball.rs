@@ -1,0 +1,351 @@
+//! `caph-image build tarball` end to end (a Debian 12 root filesystem by mmdebstrap, the plan in a
+//! chroot, Kubernetes artifacts from a loopback mirror) and `caph-image pack`, through the real
+//! binary.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use caph_sim::mirror::{Mirror, release_artifacts};
+
+use crate::cloud::VERSIONS;
+use crate::{caph_image, stderr, stdout};
+
+fn is_root() -> bool {
+    // /proc/self/status: the Uid line lists real, effective, saved and fs ids.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("Uid:"))
+                .and_then(|line| line.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn tarball_spec(mirror: &str) -> String {
+    format!(
+        r#"[image]
+name = "debian-12-tarball-e2e"
+description = "end-to-end tarball test image"
+
+[base]
+distribution = "debian"
+version = "12"
+
+[base.rootfs]
+suite = "bookworm"
+variant = "minbase"
+
+[kubernetes]
+version = "1.34.2"
+source = "binaries"
+binaries_url = "{mirror}/kubernetes"
+
+[containerd]
+version = "2.1.4"
+url = "{mirror}/containerd"
+
+[runc]
+version = "1.3.0"
+url = "{mirror}/runc"
+
+[crictl]
+version = "1.34.0"
+url = "{mirror}/crictl"
+
+[[system.files]]
+path = "/etc/e2e-marker"
+content = "built by the tarball test\n"
+"#
+    )
+}
+
+/// Lines of /proc/self/mountinfo that mention `path`.
+fn mounts_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
+    let test = "build_tarball_makes_an_installimage_tarball_of_the_plan";
+    if !is_root() {
+        eprintln!("SKIPPED {test}: needs root (mmdebstrap, chroot and mounts)");
+        return;
+    }
+    if !Path::new("/usr/bin/mmdebstrap").exists() {
+        eprintln!("SKIPPED {test}: mmdebstrap is not installed (Debian package mmdebstrap)");
+        return;
+    }
+    let mirror = Mirror::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        release_artifacts(&VERSIONS(), &["amd64"]),
+    )
+    .await
+    .expect("the mirror starts");
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().canonicalize().unwrap();
+    fs::write(dir.join("spec.toml"), tarball_spec(&mirror.url())).unwrap();
+    let out = dir.join("out");
+
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            caph_image(
+                &dir,
+                &[
+                    "build",
+                    "tarball",
+                    "spec.toml",
+                    "-o",
+                    "out",
+                    "--arch",
+                    "amd64",
+                    "--no-progress",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    eprintln!("build tarball took {:.0}s", took.as_secs_f64());
+    assert!(
+        output.status.success(),
+        "build tarball failed:\n{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert_eq!(
+        mounts_mentioning(&dir),
+        Vec::<String>::new(),
+        "nothing stays mounted"
+    );
+
+    let name = "Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz";
+    let tarball = out.join(name);
+    let mut left: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            name.to_owned(),
+            format!("{name}.manifest.json"),
+            format!("{name}.sha256"),
+        ],
+        "the tarball, its checksum and manifest, and no work directory"
+    );
+    let printed = stdout(&output);
+    assert!(
+        printed.contains(&format!("file:      {}", tarball.display())),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("kind: HetznerBareMetalMachineTemplate"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("name: Debian-1200-bookworm-amd64-k8s-v1.34.2\n"),
+        "{printed}"
+    );
+    assert!(printed.contains("url: https://"), "{printed}");
+
+    // GNU tar and gzip accept it; the checksum file matches.
+    run(Command::new("gzip").arg("-t").arg(&tarball));
+    let listing = run(Command::new("tar").arg("-tzf").arg(&tarball));
+    let sha = run(Command::new("sha256sum").arg(&tarball));
+    let recorded = fs::read_to_string(out.join(format!("{name}.sha256"))).unwrap();
+    assert_eq!(
+        recorded.split_whitespace().next(),
+        sha.split_whitespace().next()
+    );
+    for empty in ["./proc/", "./sys/", "./dev/", "./run/"] {
+        assert!(
+            listing.lines().any(|line| line == empty),
+            "{empty} is there"
+        );
+        assert!(
+            !listing
+                .lines()
+                .any(|line| line.starts_with(empty) && line != empty),
+            "{empty} is empty"
+        );
+    }
+    assert!(
+        !listing
+            .lines()
+            .any(|line| line.starts_with("./etc/ssh/ssh_host_")),
+        "no host keys"
+    );
+
+    // Unpacked, it holds the boot chain and the plan's work.
+    let root = dir.join("unpacked");
+    fs::create_dir_all(&root).unwrap();
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xzf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&root));
+    let boot: Vec<String> = fs::read_dir(root.join("boot"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(boot.iter().any(|f| f.starts_with("vmlinuz-")), "{boot:?}");
+    assert!(
+        boot.iter().any(|f| f.starts_with("initrd.img-")),
+        "{boot:?}"
+    );
+    let kubelet = run(Command::new("sh")
+        .arg(root.join("usr/local/bin/kubelet"))
+        .arg("--version"));
+    assert_eq!(kubelet.trim(), "Kubernetes v1.34.2");
+    let containerd = fs::read_to_string(root.join("etc/containerd/config.toml")).unwrap();
+    assert!(containerd.contains("SystemdCgroup = true"), "{containerd}");
+    let release = fs::read_to_string(root.join("etc/caph-image-release")).unwrap();
+    assert!(release.contains("debian-12-tarball-e2e"), "{release}");
+    assert!(release.contains("TARGET=tarball"), "{release}");
+    assert_eq!(
+        fs::read_to_string(root.join("etc/e2e-marker")).unwrap(),
+        "built by the tarball test\n"
+    );
+    assert_eq!(fs::metadata(root.join("etc/machine-id")).unwrap().len(), 0);
+    assert!(root.join("usr/sbin/sshd").exists() && root.join("etc/ssh/sshd_config").exists());
+    assert!(root.join("sbin/mdadm").exists() || root.join("usr/sbin/mdadm").exists());
+    assert!(root.join("etc/network/interfaces").exists() || root.join("sbin/ifup").exists());
+    assert!(
+        !root.join("usr/sbin/policy-rc.d").exists(),
+        "policy-rc.d is gone"
+    );
+    let leftovers: Vec<PathBuf> = fs::read_dir(root.join("root"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().contains(".caph-step"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The manifest names the spec, the versions and the packages.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(out.join(format!("{name}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["spec"]["name"], "debian-12-tarball-e2e");
+    assert_eq!(manifest["versions"]["kubernetes"], "1.34.2");
+    assert_eq!(manifest["tarball"]["file_name"], name);
+    let packages = manifest["packages"].as_array().unwrap();
+    for wanted in [
+        "linux-image-amd64",
+        "grub-pc",
+        "openssh-server",
+        "ifupdown",
+        "curl",
+    ] {
+        assert!(
+            packages.iter().any(|p| p["name"] == wanted),
+            "{wanted} is in the manifest"
+        );
+    }
+    assert!(manifest["file_count"].as_u64().unwrap() > 1000);
+}
+
+#[test]
+fn pack_writes_a_tarball_with_checksum_and_template() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let tree = dir.join("rootfs");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::create_dir_all(tree.join("proc/1")).unwrap();
+    fs::write(tree.join("etc/hostname"), "node\n").unwrap();
+    fs::write(tree.join("proc/1/status"), "not in the archive\n").unwrap();
+    let name = "Ubuntu-2404-noble-arm64-custom.tar.gz";
+
+    let output = Command::new(env!("CARGO_BIN_EXE_caph-image"))
+        .args(["pack", "rootfs", "-o", name, "--no-progress"])
+        .current_dir(dir)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    let sha = run(Command::new("sha256sum").arg(dir.join(name)));
+    let sha = sha.split_whitespace().next().unwrap();
+    assert!(printed.contains(&format!("sha256:    {sha}")), "{printed}");
+    assert!(
+        printed.contains("entries:   4 (1 files, 3 directories"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(
+            "      installImage:\n        image:\n          name: Ubuntu-2404-noble-arm64-custom\n"
+        ),
+        "{printed}"
+    );
+    assert!(
+        fs::read_to_string(dir.join(format!("{name}.sha256")))
+            .unwrap()
+            .starts_with(sha)
+    );
+    let listing = run(Command::new("tar")
+        .arg("-tvzf")
+        .arg(dir.join(name))
+        .arg("--numeric-owner"));
+    assert!(listing.contains("2023-11-14"), "mtimes clamped: {listing}");
+    assert!(
+        !listing.contains("status"),
+        "proc is stored empty: {listing}"
+    );
+
+    // zstd: by path only, and said so; JSON carries the template too.
+    let output = caph_image(
+        dir,
+        &["pack", "rootfs", "-o", "image.tar.zst", "--output", "json"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["compression"], "zstd:3");
+    assert_eq!(json["provider_url_accepted"], false);
+    assert!(
+        json["machine_template"]
+            .as_str()
+            .unwrap()
+            .contains("path: /root/image.tar.zst"),
+        "{json}"
+    );
+    run(Command::new("zstd")
+        .arg("-t")
+        .arg(dir.join("image.tar.zst")));
+
+    // A contradicting extension is refused with exit code 1.
+    let output = caph_image(
+        dir,
+        &["pack", "rootfs", "-o", "x.tar.gz", "--compression", "zstd"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("name it .tar.zst"),
+        "{}",
+        stderr(&output)
+    );
+}
