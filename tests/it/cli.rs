@@ -141,3 +141,19 @@ fn completions() {
         );
     }
 }
+
+#[test]
+fn a_missing_token_says_what_to_do() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
+        .args(["build", "hcloud", "images/debian-12-k8s-1.34.toml"])
+        .current_dir(repo())
+        .env_remove("HCLOUD_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("HCLOUD_TOKEN is not set: export a read-write API token"),
+        "{}",
+        stderr(&output)
+    );
+}

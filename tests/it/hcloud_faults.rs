@@ -224,6 +224,9 @@ async fn run_case(case: &Case) -> Result<String, String> {
             case.cause
         ));
     }
+    if stderr.contains(crate::cloud::TOKEN) {
+        return Err("the API token appears in the output".to_string());
+    }
     let leftovers = leftovers(&cloud);
     if !leftovers.is_empty() {
         return Err(format!("left behind: {}", leftovers.join(", ")));
@@ -525,4 +528,166 @@ async fn an_ignored_shutdown_falls_back_to_poweroff() {
             .any(|request| request.route.as_deref() == Some("/servers/{id}/actions/poweroff"))
     );
     assert_eq!(leftovers(&cloud), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_on_error_keeps_the_server_and_says_how_to_reach_it() {
+    let Some(cloud) = Cloud::start("keep_on_error_keeps_the_server_and_says_how_to_reach_it").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        cloud.spec("kept-node", &["x86"]),
+    )
+    .unwrap();
+    cloud.sim.inject(Fault::FailAction {
+        command: "create_image".into(),
+        code: "action_failed".into(),
+        message: "injected snapshot failure".into(),
+    });
+    let output = run_caph_image(
+        &cloud,
+        dir.path(),
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--no-progress",
+            "--keep-on-error",
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(stderr.contains("injected snapshot failure"), "{stderr}");
+    let command = stderr
+        .lines()
+        .find_map(|line| line.split("reach the kept server with: ").nth(1))
+        .unwrap_or_else(|| panic!("no ssh command in: {stderr}"));
+    let state = cloud.state();
+    assert_eq!(state.servers.len(), 1, "the server is kept");
+    assert_eq!(state.ssh_keys.len(), 1, "its key is kept");
+    assert!(
+        state.snapshots().is_empty(),
+        "the failed snapshot is not kept"
+    );
+
+    // The printed command works as it is: the key file is private and the host key is pinned.
+    let key_file = command.split_whitespace().nth(2).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.path().join(key_file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let login = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{command} -o BatchMode=yes cat /etc/caph-image-release"
+        ))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert!(String::from_utf8_lossy(&login.stdout).contains("CAPH_IMAGE_NAME=kept-node"));
+
+    let gc = run_caph_image(&cloud, dir.path(), &["gc", "--older-than", "0"]).await;
+    assert_eq!(gc.status.code(), Some(0));
+    assert_eq!(leftovers(&cloud), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_creates_nothing_and_images_can_be_listed_and_pruned() {
+    let Some(cloud) =
+        Cloud::start("dry_run_creates_nothing_and_images_can_be_listed_and_pruned").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        cloud.spec("listed-node", &["x86"]),
+    )
+    .unwrap();
+
+    let dry = run_caph_image(
+        &cloud,
+        dir.path(),
+        &["build", "hcloud", "node.toml", "--dry-run"],
+    )
+    .await;
+    assert_eq!(dry.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        stdout.contains("ok: x86: the image name \"listed-node\" is free")
+            && stdout.contains("# ---- step 1/19: wait-for-system ----"),
+        "{stdout}"
+    );
+    assert!(
+        cloud
+            .sim
+            .request_log()
+            .iter()
+            .all(|request| request.method == "GET"),
+        "a dry run sent a change"
+    );
+
+    let built = run_caph_image(
+        &cloud,
+        dir.path(),
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--no-progress",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(built.status.code(), Some(0));
+    let id =
+        serde_json::from_slice::<serde_json::Value>(&built.stdout).unwrap()["snapshots"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+    let listed = run_caph_image(&cloud, dir.path(), &["images", "list", "--output", "json"]).await;
+    let images: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(images.as_array().unwrap().len(), 1);
+    assert_eq!(images[0]["id"], id.as_str());
+    assert_eq!(images[0]["name"], "listed-node");
+
+    let would = run_caph_image(
+        &cloud,
+        dir.path(),
+        &["images", "prune", "--keep", "0", "--dry-run"],
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&would.stdout).contains(&format!("would delete {id}")));
+    assert_eq!(cloud.state().snapshots().len(), 1);
+    let kept = run_caph_image(&cloud, dir.path(), &["images", "prune", "--keep", "1"]).await;
+    assert_eq!(kept.status.code(), Some(0));
+    assert_eq!(
+        cloud.state().snapshots().len(),
+        1,
+        "--keep 1 keeps the newest"
+    );
+    let pruned = run_caph_image(
+        &cloud,
+        dir.path(),
+        &["images", "prune", "--keep", "0", "--name", "listed-node"],
+    )
+    .await;
+    assert_eq!(pruned.status.code(), Some(0));
+    assert!(cloud.state().snapshots().is_empty());
 }

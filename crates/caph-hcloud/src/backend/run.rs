@@ -210,8 +210,8 @@ pub(crate) async fn build_all(
                 if let Some(server) = kept {
                     text.push_str(&format!("\n{arch}: server {server} and its SSH key were kept (--keep-on-error); remove them with `caph-image gc` when done"));
                 }
-                if !cleanup.is_empty() {
-                    text.push_str(&format!("\n{arch}: cleanup: {}", cleanup.join("; ")));
+                for line in &cleanup {
+                    text.push_str(&format!("\n{arch}: cleanup: {line}"));
                 }
                 failures.push(text);
             }
@@ -245,13 +245,18 @@ pub(crate) async fn build_all(
             .iter()
             .map(|a| format!("{} snapshot {}", a.arch, a.id))
             .collect();
-        let mut context_text = failures.join("\n");
+        let mut report = failures.join("\n");
         if !built.is_empty() {
-            context_text.push_str(&format!("\nbuilt anyway: {}", built.join(", ")));
+            report.push_str(&format!("\nbuilt anyway: {}", built.join(", ")));
         }
+        let failed = failures.len();
+        let requested = request.architectures.len();
         return Err(BackendError::Failed {
-            context: context_text,
-            source: "the build failed".into(),
+            context: format!(
+                "the build of {} failed for {failed} of {requested} architecture(s)",
+                request.spec.image.name
+            ),
+            source: report.into(),
         });
     }
     Ok(artifacts)
@@ -292,6 +297,10 @@ async fn build_arch(
                     ..Ledger::default()
                 };
                 let mut cleanup = clean_bounded(client, config, &image_only).await;
+                // A server kept for debugging is no use switched off (a failure after the shutdown).
+                if let Some(line) = power_on_if_off(client, config, server).await {
+                    cleanup.push(line);
+                }
                 let access = tracker
                     .access
                     .lock()
@@ -327,6 +336,36 @@ async fn build_arch(
             let cleanup = clean_bounded(client, config, &ledger::snapshot(&tracker.ledger)).await;
             ArchOutcome::Cancelled { phase, cleanup }
         }
+    }
+}
+
+/// Powers a kept server back on when it is off; says what it did, or why it could not.
+async fn power_on_if_off(
+    client: &Client,
+    config: &HcloudBackendConfig,
+    server: ServerId,
+) -> Option<String> {
+    let work = async {
+        let status = client.get_server(server).await?.status;
+        if status != ServerStatus::Off {
+            return Ok(None);
+        }
+        let action = client.poweron_server(server).await?;
+        client
+            .wait_for_action(&action, &config.wait, &mut |_| {})
+            .await?;
+        client
+            .wait_for_server_status(server, &ServerStatus::Running, &config.wait, &mut |_| {})
+            .await?;
+        Ok::<_, ClientError>(Some(format!("powered server {server} back on")))
+    };
+    match tokio::time::timeout(config.cleanup_timeout, work).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(error)) => Some(format!("could not power server {server} back on: {error}")),
+        Err(_) => Some(format!(
+            "could not power server {server} back on in {:?}",
+            config.cleanup_timeout
+        )),
     }
 }
 

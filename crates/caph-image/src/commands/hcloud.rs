@@ -279,7 +279,7 @@ fn print_listing(global: &GlobalArgs, artifacts: &[Artifact], verb: &str) {
             "id": a.id, "architecture": a.arch.hcloud_name(), "name": a.name, "size_bytes": a.size_bytes, "created": a.created, "labels": a.labels,
         })).collect::<Vec<_>>())),
         OutputFormat::Text => {
-            output::result(&format!("{verb}{:<12} {:<6} {:<40} {:>10}  {}", "SNAPSHOT", "ARCH", "NAME", "SIZE", "CREATED"));
+            output::result(&format!("{:width$}{:<12} {:<6} {:<40} {:>10}  {}", "", "SNAPSHOT", "ARCH", "NAME", "SIZE", "CREATED", width = verb.len()));
             for a in artifacts {
                 output::result(&format!("{verb}{:<12} {:<6} {:<40} {:>10}  {}", a.id, a.arch, a.name, human_size(a.size_bytes), a.created.as_deref().unwrap_or("-")));
             }
