@@ -255,6 +255,106 @@ pub fn assemble(
         path: work.clone(),
         keep: options.keep_work_dir,
     };
+    let built = build_and_pack(
+        spec,
+        options,
+        progress,
+        rootfs,
+        &work,
+        &output_dir,
+        &file_name,
+    );
+    let built = match built {
+        Ok(built) => built,
+        Err(error) => {
+            if options.keep_work_dir {
+                progress.event(ProgressEvent::Warning {
+                    scope: scope.clone(),
+                    message: format!("the work directory {} was kept", work.display()),
+                });
+            } else {
+                phase(
+                    Phase::Cleanup,
+                    format!(
+                        "after {}: removing {}",
+                        failure_kind(&error),
+                        work.display()
+                    ),
+                );
+                work_guard.keep = true;
+                if let Err(cleanup) = remove_work_dir(&work) {
+                    progress.event(ProgressEvent::Warning {
+                        scope: scope.clone(),
+                        message: cleanup.to_string(),
+                    });
+                }
+            }
+            return Err(error);
+        }
+    };
+    let Built {
+        output,
+        manifest_path,
+        manifest,
+        summary,
+        timings,
+    } = built;
+    phase(Phase::Cleanup, format!("removing {}", work.display()));
+    let kept_work_dir = if options.keep_work_dir {
+        Some(work.clone())
+    } else {
+        work_guard.keep = true;
+        remove_work_dir(&work)?;
+        None
+    };
+    phase(Phase::Done, file_name.clone());
+    Ok(Assembled {
+        checksum: pack::checksum_path(&output),
+        tarball: output,
+        manifest_path,
+        manifest,
+        summary,
+        kept_work_dir,
+        timings,
+        duration: started.elapsed(),
+    })
+}
+
+/// What [`build_and_pack`] made.
+struct Built {
+    output: PathBuf,
+    manifest_path: PathBuf,
+    manifest: Manifest,
+    summary: PackSummary,
+    timings: Vec<(&'static str, Duration)>,
+}
+
+fn failure_kind(error: &AssembleError) -> &'static str {
+    match error {
+        AssembleError::Cancelled => "cancellation",
+        _ => "the failure",
+    }
+}
+
+/// The base, the plan in the chroot, and the pack, in `work`.
+fn build_and_pack(
+    spec: &ImageSpec,
+    options: &AssembleOptions,
+    progress: &dyn ProgressSink,
+    rootfs: &RootfsBase,
+    work: &Path,
+    output_dir: &Path,
+    file_name: &str,
+) -> Result<Built, AssembleError> {
+    let arch = options.arch;
+    let scope = arch.debian_name().to_owned();
+    let phase = |phase: Phase, detail: String| {
+        progress.event(ProgressEvent::Phase {
+            scope: scope.clone(),
+            phase,
+            detail,
+        });
+    };
     let root = work.join("root");
     let mut timings = Vec::new();
 
@@ -290,7 +390,7 @@ pub fn assemble(
                 location,
                 sha256,
                 &options.spec_dir,
-                &work,
+                work,
                 &root,
                 &scope,
                 &options.cancel,
@@ -341,7 +441,7 @@ pub fn assemble(
     let pack_started = Instant::now();
     phase(Phase::Capture, format!("packing {file_name}"));
     let packages = installed_packages(&root)?;
-    let output = output_dir.join(&file_name);
+    let output = output_dir.join(file_name);
     let mut pack_options = PackOptions::rootfs(options.compression);
     pack_options.source_date_epoch = options.source_date_epoch;
     pack_options.cancel = options.cancel.clone();
@@ -392,31 +492,19 @@ pub fn assemble(
             versions,
             packages,
         },
-        &file_name,
+        file_name,
         &summary,
         build_time_unix,
     );
     let manifest_path = manifest::write_manifest(&output, &manifest)?;
     timings.push(("pack", pack_started.elapsed()));
 
-    phase(Phase::Cleanup, format!("removing {}", work.display()));
-    let kept_work_dir = if options.keep_work_dir {
-        Some(work.clone())
-    } else {
-        work_guard.keep = true;
-        remove_work_dir(&work)?;
-        None
-    };
-    phase(Phase::Done, file_name.clone());
-    Ok(Assembled {
-        checksum: pack::checksum_path(&output),
-        tarball: output,
+    Ok(Built {
+        output,
         manifest_path,
         manifest,
         summary,
-        kept_work_dir,
         timings,
-        duration: started.elapsed(),
     })
 }
 
