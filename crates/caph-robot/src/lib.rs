@@ -1,7 +1,8 @@
-//! Hetzner dedicated servers: the Robot API client, installimage's autosetup files, and (to come)
-//! the rescue + installimage driver behind `RobotBackend`.
+//! Hetzner dedicated servers: the Robot API client, installimage's autosetup files, and the
+//! rescue + installimage driver behind `RobotBackend`.
 
 #![deny(missing_docs)]
 
 pub mod autosetup;
+pub mod backend;
 pub mod client;

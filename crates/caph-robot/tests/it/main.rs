@@ -1,3 +1,5 @@
 //! Integration tests of caph-robot through its public interface.
 
 mod autosetup;
+mod backend;
+mod backend_support;

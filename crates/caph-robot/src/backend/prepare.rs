@@ -1,0 +1,139 @@
+//! The local part of an install: the autosetup and the post-install script, checked before any
+//! server is touched.
+
+use caph_core::ImageSpec;
+use caph_core::plan::quote;
+
+use super::{InstallCause, InstallTarget};
+use crate::autosetup::{self, Machine, POST_INSTALL_MARKER};
+
+/// Everything an install writes to the rescue system, rendered and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedInstall {
+    /// The installed system's hostname.
+    pub hostname: String,
+    /// The tarball's file name, as installimage reads it.
+    pub image_name: String,
+    /// Where the tarball goes in the rescue system (`/root/<name>`).
+    pub remote_image: String,
+    /// The autosetup file.
+    pub autosetup: String,
+    /// The post-install script; its last line prints the marker.
+    pub post_install: String,
+    /// The machine the rules were checked for.
+    pub machine: Machine,
+}
+
+/// Renders and checks the autosetup for `target`: the layout (the caller's or the spec's), the
+/// hostname (the caller's or the spec's pattern with the server number), the tarball's name.
+/// Reads nothing but the arguments, so it can run before anything else.
+pub fn prepare(spec: &ImageSpec, target: &InstallTarget) -> Result<PreparedInstall, InstallCause> {
+    let robot = spec.robot.as_ref();
+    let layout = match (&target.layout, robot) {
+        (Some(layout), _) => layout.clone(),
+        (None, Some(robot)) => robot.disk.clone(),
+        (None, None) => {
+            return Err(InstallCause::Invalid(format!(
+                "{} has no [robot] table and no layout was given: add [robot.disk] or pass a layout",
+                spec.file
+            )));
+        }
+    };
+    let hostname = match (&target.hostname, robot) {
+        (Some(hostname), _) => hostname.clone(),
+        (None, Some(robot)) => robot
+            .hostname
+            .replace("{server_number}", &target.server_number.to_string()),
+        (None, None) => format!("node-{}", target.server_number),
+    };
+    if !valid_hostname(&hostname) {
+        return Err(InstallCause::Invalid(format!(
+            "hostname \"{hostname}\" is not a valid host name: use letters, digits and '-' in labels of at most 63 characters"
+        )));
+    }
+    let image_name = target
+        .tarball
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| {
+            InstallCause::Invalid(format!(
+                "{} has no usable file name",
+                target.tarball.display()
+            ))
+        })?
+        .to_string();
+    let remote_image = format!("/root/{image_name}");
+    let machine = target.machine.unwrap_or(Machine {
+        uefi: layout.uefi,
+        arm: false,
+    });
+    let text = autosetup::render(&layout, &hostname, &remote_image);
+    let problems = autosetup::validate(&text, machine);
+    if !problems.is_empty() {
+        return Err(InstallCause::Autosetup {
+            problems: problems.iter().map(ToString::to_string).collect(),
+            text,
+        });
+    }
+    Ok(PreparedInstall {
+        post_install: post_install_script(spec, &hostname),
+        hostname,
+        image_name,
+        remote_image,
+        autosetup: text,
+        machine,
+    })
+}
+
+/// RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// The script installimage runs in a chroot of the new system. installimage ignores its exit
+/// code, so it stops at the first failure (`set -euo pipefail`) and prints the marker only as
+/// its very last line.
+fn post_install_script(spec: &ImageSpec, hostname: &str) -> String {
+    let mut script = String::from(
+        "#!/bin/bash\n# Written by caph-image; run by installimage in a chroot of the installed system.\nset -euo pipefail\n",
+    );
+    if spec.system.disable_swap {
+        // installimage writes /etc/fstab itself, after the image's own: a swap partition or LV of
+        // the layout would be enabled at boot, and kubelet refuses to run with swap.
+        script.push_str(
+            "if [ -f /etc/fstab ]; then\n  sed -i -E 's@^([^#[:space:]][^[:space:]]*[[:space:]]+[^[:space:]]+[[:space:]]+swap[[:space:]].*)$@# swap disabled by caph-image: \\1@' /etc/fstab\nfi\n",
+        );
+    }
+    script.push_str(&format!(
+        "echo {} > /etc/caph-image-install\n",
+        quote(&format!(
+            "image={} digest={} hostname={hostname}",
+            spec.image.name,
+            spec.short_digest()
+        ))
+    ));
+    script.push_str(&format!("echo {POST_INSTALL_MARKER}\n"));
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames() {
+        assert!(valid_hostname("node-321"));
+        assert!(valid_hostname("node-1.example.com"));
+        assert!(!valid_hostname("-node"));
+        assert!(!valid_hostname("node_1"));
+        assert!(!valid_hostname(""));
+    }
+}

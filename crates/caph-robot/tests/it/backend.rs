@@ -1,0 +1,539 @@
+//! The robot backend end to end against the Robot simulator, whose servers boot a rescue system
+//! over real sshd with a simulated installimage, then the installed system: the full flow, and
+//! each fault with the state it leaves and the message it gives.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caph_robot::backend::{
+    InstallCause, InstallError, InstallTarget, RobotBackend, layout_from_autosetup,
+};
+use caph_robot::client::{Credentials, RobotClient, md5_fingerprint};
+use caph_sim::robot::{Fault, Power, RobotAddressOnly, RobotSim, RobotSimConfig, TimeMode};
+use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend_support::{
+    self as support, IMAGE_NAME, PASSWORD, Recorder, SERVER, Setup, TreeOptions, USER,
+};
+
+fn full_message(error: &InstallError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!("\ncaused by: {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Sets up the simulator with real machines, or prints SKIPPED and returns `None`.
+async fn setup_or_skip(test: &str) -> Option<Setup> {
+    match support::setup(support::small_server()).await {
+        Ok(setup) => Some(setup),
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            None
+        }
+    }
+}
+
+/// The end state every failure after the activation must leave: no pending activation.
+fn assert_no_pending_rescue(setup: &Setup) {
+    let state = setup.sim.state();
+    assert!(
+        !state.servers[0].rescue_active,
+        "the rescue activation must not stay pending"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_the_tarball_and_the_node_answers_with_the_layouts_hostname() {
+    let test = "installs_the_tarball_and_the_node_answers_with_the_layouts_hostname";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    // A hung OS ignores the sw reset: the backend must escalate to hw and still succeed.
+    setup.sim.inject(Fault::IgnoreSwReset {
+        server_number: SERVER,
+    });
+    let key = KeyPair::generate_ed25519("test").expect("key");
+    let mut target = InstallTarget::new(SERVER, &tarball);
+    target.key = Some(key.clone());
+    let started = Instant::now();
+    let report = setup
+        .backend
+        .install(&setup.context, &spec, &target)
+        .await
+        .unwrap_or_else(|error| panic!("{}", full_message(&error)));
+    eprintln!("installed in {:.1?}: {report:#?}", started.elapsed());
+
+    assert_eq!(report.hostname, format!("node-{SERVER}"));
+    assert_eq!(report.image, IMAGE_NAME);
+    assert_ne!(
+        report.host_key_fingerprint,
+        report.rescue_host_key_fingerprint
+    );
+    assert!(report.autosetup.contains("SWRAID 1\nSWRAIDLEVEL 1\n"));
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|check| check == "kubelet --version: Kubernetes v1.34.2"),
+        "{:?}",
+        report.checks
+    );
+    let state = setup.sim.state();
+    assert_eq!(state.servers[0].power, Power::Disk);
+    assert!(!state.servers[0].rescue_active);
+    assert_eq!(
+        state.servers[0].resets,
+        vec!["sw".to_string(), "hw".to_string()],
+        "sw ignored, then hw into the rescue system; `reboot` into the installed system"
+    );
+    let lines = setup.recorder.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("trusted on first use and pinned")),
+        "the rescue host key fingerprint is printed"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("INSTALLATION COMPLETE"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line == "the rescue system went down")
+    );
+
+    // SSH into the installed server, pinned to the key the report names.
+    let address = SocketAddr::new(report.ip.parse().expect("ip"), 22);
+    let host_key = caph_ssh::PublicKey::from_openssh(&report.host_key).expect("host key");
+    let session = caph_ssh::connect_when_ready(
+        &ConnectConfig::new(address, "root", key, HostKeyPolicy::Pinned(host_key)),
+        &mut |_| {},
+    )
+    .await
+    .expect("the installed system answers");
+    let output = session
+        .exec_capture("cat /etc/hostname; cat /etc/caph-image-install; cat /etc/fstab; test -x /usr/local/bin/kubelet && echo kubelet-there")
+        .await
+        .expect("commands run");
+    eprintln!("{}", output.stdout);
+    assert!(output.stdout.starts_with(&format!("node-{SERVER}\n")));
+    assert!(
+        output
+            .stdout
+            .contains(&format!("image={} ", spec.image.name))
+    );
+    assert!(output.stdout.contains("kubelet-there"));
+    assert!(
+        !setup.sim.state().servers[0]
+            .machine_errors
+            .iter()
+            .any(|e| !e.is_empty())
+    );
+    // The key was the caller's: stored in Robot and left there; nothing else.
+    let fingerprint = md5_fingerprint(&target.key.unwrap().public_key().to_openssh()).unwrap();
+    let keys = setup.sim.state().keys;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].fingerprint, fingerprint);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_onto_disk_images_with_a_shipped_layout_and_an_ephemeral_key() {
+    let test = "installs_onto_disk_images_with_a_shipped_layout_and_an_ephemeral_key";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    let layout_text =
+        std::fs::read_to_string(support::repo().join("installimage/single-disk.autosetup"))
+            .expect("shipped layout");
+    // The shipped /boot is 1 GiB; the simulated drive is 3 GiB, enough for / as well.
+    let layout = layout_from_autosetup(&layout_text).expect("layout");
+    // The test's own key, authorized beside the ephemeral one, to look at the result.
+    let visitor = KeyPair::generate_ed25519("visitor").expect("key");
+    let stored = setup
+        .client
+        .create_key("visitor", &visitor.public_key().to_openssh())
+        .await
+        .expect("key stored");
+    let mut target = InstallTarget::new(SERVER, &tarball);
+    target.layout = Some(layout);
+    target.hostname = Some("disk-node".into());
+    target.extra_keys = vec![stored.fingerprint.clone()];
+    let report = setup
+        .backend
+        .install(&setup.context, &spec, &target)
+        .await
+        .unwrap_or_else(|error| panic!("{}", full_message(&error)));
+    assert_eq!(report.hostname, "disk-node");
+    // The ephemeral key is gone from Robot; the visitor's stays.
+    let keys = setup.sim.state().keys;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].fingerprint, stored.fingerprint);
+    // The disk images hold the system.
+    let disk_dir = setup.robot_machines.disk_dir(SERVER).expect("disk dir");
+    assert!(
+        disk_dir.join("sda.img").exists()
+            || std::fs::read_dir(&disk_dir).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".img")),
+        "disk images in {}",
+        disk_dir.display()
+    );
+    let address = SocketAddr::new(report.ip.parse().expect("ip"), 22);
+    let host_key = caph_ssh::PublicKey::from_openssh(&report.host_key).expect("host key");
+    let session = caph_ssh::connect_when_ready(
+        &ConnectConfig::new(address, "root", visitor, HostKeyPolicy::Pinned(host_key)),
+        &mut |_| {},
+    )
+    .await
+    .expect("the installed system answers the visitor");
+    let output = session
+        .exec_capture("hostname; cat /etc/fstab")
+        .await
+        .expect("runs");
+    assert!(
+        output.stdout.starts_with("disk-node\n"),
+        "{}",
+        output.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescue_that_never_comes_up_escalates_sw_to_hw_then_times_out_and_removes_the_activation() {
+    // No machines needed: the server never boots, so this runs without root.
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        time: TimeMode::Scaled(0.01),
+        servers: vec![support::small_server()],
+        machines: Arc::new(RobotAddressOnly::default()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    sim.inject(Fault::RescueNeverBoots {
+        server_number: SERVER,
+    });
+    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
+    let mut config = support::fast_config();
+    config.sw_reset_wait = Duration::from_secs(2);
+    config.hw_reset_wait = Duration::from_secs(2);
+    let backend = RobotBackend::new(client, config);
+    let recorder = Arc::new(Recorder::default());
+    let context = caph_core::backend::Context {
+        progress: recorder.clone(),
+        cancel: CancellationToken::new(),
+        build_id: "never".into(),
+    };
+    let work = tempfile::tempdir().expect("dir");
+    let tarball = work.path().join(IMAGE_NAME);
+    std::fs::write(&tarball, b"not used").expect("tarball");
+    let started = Instant::now();
+    let error = backend
+        .install(
+            &context,
+            &support::spec(),
+            &InstallTarget::new(SERVER, &tarball),
+        )
+        .await
+        .expect_err("no rescue system");
+    let message = full_message(&error);
+    eprintln!("after {:.1?}: {message}", started.elapsed());
+    assert!(matches!(error.cause, InstallCause::RescueTimeout { .. }));
+    assert_eq!(error.phase, "rescue");
+    assert!(
+        message.contains(
+            "the rescue system did not come up: sw reset, waited 2s, then hw reset, waited 2s"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("installimage did not run, so nothing on its disks changed"));
+    assert!(
+        message.contains("removed the rescue activation this run made"),
+        "{message}"
+    );
+    assert!(message.contains("deleted the temporary Robot key"));
+    let state = sim.state();
+    assert_eq!(
+        state.servers[0].resets,
+        vec!["sw".to_string(), "hw".to_string()]
+    );
+    assert!(!state.servers[0].rescue_active);
+    assert!(state.keys.is_empty(), "the ephemeral key is gone");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_autosetup_touches_nothing() {
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        servers: vec![support::small_server()],
+        machines: Arc::new(RobotAddressOnly::default()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
+    let backend = RobotBackend::new(client, support::fast_config());
+    let context = caph_core::backend::Context {
+        progress: Arc::new(Recorder::default()),
+        cancel: CancellationToken::new(),
+        build_id: "bad".into(),
+    };
+    // No architecture in the name: installimage would refuse it; so does the local check.
+    let mut target = InstallTarget::new(SERVER, "/nonexistent/Debian-1200-bookworm-test.tar.gz");
+    target.hostname = Some("node-1".into());
+    let error = backend
+        .install(&context, &support::spec(), &target)
+        .await
+        .expect_err("refused locally");
+    let message = error.to_string();
+    assert_eq!(error.phase, "prepare");
+    assert!(
+        message.contains("can not determine image arch from filename"),
+        "{message}"
+    );
+    assert!(message.contains(&format!("nothing was changed on server {SERVER}")));
+    assert!(sim.request_log().is_empty(), "no Robot call was made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_upload_stops_before_installimage() {
+    let test = "a_cut_upload_stops_before_installimage";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    // The first connection after the rescue boot is the backend's: cut it 256 KiB into the upload.
+    setup
+        .robot_machines
+        .cut_next_connection_after(SERVER, 256 * 1024);
+    let error = setup
+        .backend
+        .install(&setup.context, &spec, &InstallTarget::new(SERVER, &tarball))
+        .await
+        .expect_err("the upload breaks off");
+    let message = full_message(&error);
+    eprintln!("{message}");
+    assert_eq!(error.phase, "upload");
+    assert!(matches!(error.cause, InstallCause::Ssh { .. }));
+    assert!(
+        message.contains(
+            "is in the rescue system; installimage did not run; nothing on its disks changed"
+        ),
+        "{message}"
+    );
+    assert!(
+        !setup
+            .recorder
+            .lines()
+            .iter()
+            .any(|line| line.contains("Found AUTOSETUP")),
+        "installimage never ran"
+    );
+    assert_no_pending_rescue(&setup);
+    assert_eq!(setup.sim.state().servers[0].power, Power::Rescue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checksum_wrong_on_arrival_stops_before_installimage() {
+    let test = "a_checksum_wrong_on_arrival_stops_before_installimage";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    // 48 MiB that gzip cannot shrink: the upload lasts long enough to be corrupted on the way.
+    let tarball = support::make_tarball(
+        setup.work.path(),
+        &spec,
+        &TreeOptions {
+            padding_bytes: 48 << 20,
+            ..TreeOptions::default()
+        },
+    );
+    // Corrupts the upload on the rescue system's disk while it is being written: one byte
+    // flipped at the start once more than 1 MiB has arrived (cat only appends after that).
+    let machines = setup.machines.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher_stop = stop.clone();
+    let watcher = std::thread::spawn(move || -> bool {
+        use std::os::unix::fs::FileExt as _;
+        while !watcher_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for boot in 0..64 {
+                let Some(root) = machines.machine_root(SERVER * 1_000_000 + boot) else {
+                    continue;
+                };
+                let Ok(entries) = std::fs::read_dir(root.join("root")) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(IMAGE_NAME)
+                        && name.contains(".caph-upload-")
+                        && entry.metadata().map(|meta| meta.len()).unwrap_or(0) > 1 << 20
+                        && let Ok(file) = std::fs::OpenOptions::new().write(true).open(entry.path())
+                    {
+                        // gzip's first byte is 0x1f; anything else is a corruption.
+                        return file.write_at(&[0x00], 0).is_ok();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    });
+    let result = setup
+        .backend
+        .install(&setup.context, &spec, &InstallTarget::new(SERVER, &tarball))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let corrupted = watcher.join().expect("watcher");
+    if !corrupted {
+        panic!("the watcher never saw the upload in progress; result: {result:?}");
+    }
+    let error = result.expect_err("the checksum does not match");
+    let message = full_message(&error);
+    eprintln!("{message}");
+    assert_eq!(error.phase, "upload");
+    assert!(message.contains("is corrupt: sent sha256"), "{message}");
+    assert!(message.contains("installimage did not run; nothing on its disks changed"));
+    assert!(
+        !setup
+            .recorder
+            .lines()
+            .iter()
+            .any(|line| line.contains("Found AUTOSETUP")),
+        "installimage never ran"
+    );
+    assert_no_pending_rescue(&setup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installimage_rejecting_the_config_is_surfaced_in_its_own_words() {
+    let test = "installimage_rejecting_the_config_is_surfaced_in_its_own_words";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    // Locally valid, but the server has no such drive: only installimage can tell.
+    let layout =
+        layout_from_autosetup("DRIVE1 /dev/nvme0n1\nPART /boot ext4 1024M\nPART / ext4 all\n")
+            .expect("layout");
+    let mut target = InstallTarget::new(SERVER, &tarball);
+    target.layout = Some(layout);
+    let error = setup
+        .backend
+        .install(&setup.context, &spec, &target)
+        .await
+        .expect_err("installimage rejects it");
+    let message = full_message(&error);
+    eprintln!("{message}");
+    assert_eq!(error.phase, "installimage");
+    assert!(
+        message.contains("installimage rejected the config (exit status 1)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("ERROR: Value for DRIVE1 is not correct: /dev/nvme0n1"),
+        "installimage's own words: {message}"
+    );
+    assert!(
+        message
+            .contains("installimage stopped before touching the disks, so nothing on them changed"),
+        "{message}"
+    );
+    assert_no_pending_rescue(&setup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_install_script_that_fails_leaves_no_marker_and_fails_the_install() {
+    let test = "a_post_install_script_that_fails_leaves_no_marker_and_fails_the_install";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    assert!(spec.system.disable_swap, "the script edits fstab with sed");
+    // An image without sed: the post-install script fails before its last line.
+    let tarball = support::make_tarball(
+        setup.work.path(),
+        &spec,
+        &TreeOptions {
+            sed: false,
+            ..TreeOptions::default()
+        },
+    );
+    let error = setup
+        .backend
+        .install(&setup.context, &spec, &InstallTarget::new(SERVER, &tarball))
+        .await
+        .expect_err("no marker");
+    let message = full_message(&error);
+    eprintln!("{message}");
+    assert_eq!(error.phase, "installimage");
+    assert!(matches!(error.cause, InstallCause::MarkerMissing { .. }));
+    assert!(message.contains("did not print its marker CAPH_IMAGE_POST_INSTALL_FINISHED"));
+    assert!(
+        message.contains("sed"),
+        "the script's failure is in the tail: {message}"
+    );
+    assert!(
+        message.contains("installimage wrote the new system to the disks of server 321, but the install is incomplete"),
+        "{message}"
+    );
+    assert_no_pending_rescue(&setup);
+    assert_eq!(setup.sim.state().servers[0].power, Power::Rescue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_install_cleans_up_and_says_what_is_left() {
+    let test = "ctrl_c_during_the_install_cleans_up_and_says_what_is_left";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    *setup.recorder.cancel_on.lock().unwrap() = Some((
+        "Press X to continue".to_string(),
+        setup.context.cancel.clone(),
+    ));
+    let error = setup
+        .backend
+        .install(&setup.context, &spec, &InstallTarget::new(SERVER, &tarball))
+        .await
+        .expect_err("cancelled");
+    let message = full_message(&error);
+    eprintln!("{message}");
+    assert!(error.is_cancelled());
+    assert_eq!(error.phase, "installimage");
+    assert!(
+        message.contains("installimage failed or was interrupted while installing"),
+        "{message}"
+    );
+    assert!(message.contains("deleted the temporary Robot key"));
+    assert_no_pending_rescue(&setup);
+    assert!(setup.sim.state().keys.is_empty());
+    let backend_error: caph_core::backend::BackendError = error.into();
+    assert!(matches!(
+        backend_error,
+        caph_core::backend::BackendError::Cancelled {
+            phase: "installimage",
+            ..
+        }
+    ));
+}
