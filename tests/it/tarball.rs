@@ -349,3 +349,35 @@ fn pack_writes_a_tarball_with_checksum_and_template() {
         stderr(&output)
     );
 }
+
+#[test]
+fn build_tarball_as_a_normal_user_says_it_needs_root() {
+    let test = "build_tarball_as_a_normal_user_says_it_needs_root";
+    // As root, the check is exercised by re-running the binary as nobody.
+    if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("SKIPPED {test}: needs root and setpriv (util-linux) to become nobody");
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    // nobody must be able to read the spec.
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::write(dir.join("spec.toml"), tarball_spec("http://127.0.0.1:9")).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_caph-image"))
+        .args(["build", "tarball", "spec.toml", "-o", "out", "--arch", "amd64"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains(
+            "building a root filesystem needs root (mmdebstrap, chroot and mounts): run \
+             caph-image as root, for example with sudo"
+        ),
+        "{message}"
+    );
+    assert!(!dir.join("out").exists(), "nothing was made");
+}
