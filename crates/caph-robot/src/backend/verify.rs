@@ -176,3 +176,89 @@ pub(crate) fn judge(spec: &ImageSpec, output: &str) -> Verdict {
     }
     verdict
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ImageSpec {
+        struct Files;
+        impl caph_core::spec::SpecFiles for Files {
+            fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+                std::fs::read(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../../images")
+                        .join(path),
+                )
+                .map_err(|error| error.to_string())
+            }
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../images/debian-12-k8s-1.34.toml");
+        let bytes = std::fs::read(path).expect("spec");
+        caph_core::spec::load("debian-12-k8s-1.34.toml", &bytes, &Files).expect("valid")
+    }
+
+    const SYSCTLS: &str = "--- /etc/sysctl.d/90-caph-image.conf\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.ipv4.ip_forward = 1\n";
+
+    #[test]
+    fn a_booted_node_is_judged_on_what_runs() {
+        let spec = spec();
+        let mut wanted = String::new();
+        for (key, value) in &spec.system.sysctls {
+            wanted.push_str(&format!("{key}={value}\n"));
+        }
+        let output = format!(
+            "systemd=running\ncontainerd_enabled=enabled\ncontainerd_active=active\ncontainerd_wants=yes\ncontainerd_binary=/usr/local/bin/containerd\nkubelet_version=Kubernetes v{}\nswap_active=0\nfstab_swap=0\n{SYSCTLS}{wanted}",
+            spec.kubernetes.version
+        );
+        let verdict = judge(&spec, &output);
+        assert_eq!(verdict.problems, Vec::<String>::new());
+        assert!(
+            verdict
+                .checks
+                .contains(&"containerd.service is active".to_string())
+        );
+        assert!(
+            verdict
+                .checks
+                .contains(&"swapon --show is empty".to_string())
+        );
+    }
+
+    #[test]
+    fn every_mismatch_is_named() {
+        let spec = spec();
+        let output = "systemd=running\ncontainerd_enabled=disabled\ncontainerd_active=inactive\ncontainerd_wants=no\ncontainerd_binary=\nkubelet_version=Kubernetes v1.33.0\nswap_active=1\nfstab_swap=1\n--- /etc/sysctl.d/90-caph-image.conf\nnet.ipv4.ip_forward = 0\n";
+        let problems = judge(&spec, output).problems;
+        let text = problems.join("\n");
+        for expected in [
+            "containerd is not installed",
+            "containerd.service is not enabled (systemctl is-enabled: disabled)",
+            "containerd.service is not active (inactive)",
+            "kubelet --version says \"Kubernetes v1.33.0\"",
+            "/etc/fstab enables 1 swap device(s)",
+            "1 swap device(s) in use",
+            "net.ipv4.ip_forward = 0 (the spec wants 1)",
+            "net.bridge.bridge-nf-call-iptables is not set",
+        ] {
+            assert!(text.contains(expected), "{expected} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn later_sysctl_files_override_earlier_ones() {
+        let spec = spec();
+        let output = format!(
+            "systemd=not-running\ncontainerd_enabled=enabled\ncontainerd_binary=/usr/local/bin/containerd\nkubelet_version=Kubernetes v{}\nfstab_swap=0\n{SYSCTLS}--- /etc/sysctl.d/99-late.conf\nnet.ipv4.ip_forward = 0\n",
+            spec.kubernetes.version
+        );
+        let problems = judge(&spec, &output).problems;
+        assert!(
+            problems
+                .iter()
+                .any(|problem| problem.contains("net.ipv4.ip_forward = 0")),
+            "{problems:?}"
+        );
+    }
+}

@@ -537,3 +537,70 @@ async fn ctrl_c_during_the_install_cleans_up_and_says_what_is_left() {
         }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_through_the_backend_trait_checks_the_server_and_the_autosetup() {
+    use caph_core::backend::{Backend, BuildRequest};
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        servers: vec![support::small_server()],
+        machines: Arc::new(RobotAddressOnly::default()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
+    let context = caph_core::backend::Context {
+        progress: Arc::new(Recorder::default()),
+        cancel: CancellationToken::new(),
+        build_id: "preflight".into(),
+    };
+    let request = BuildRequest {
+        spec: Arc::new(support::spec()),
+        architectures: vec![caph_core::Arch::X86],
+        replace: false,
+        keep_on_error: false,
+    };
+    let backend = RobotBackend::new(client, support::fast_config());
+    assert_eq!(backend.name(), "robot");
+    // Without a target, build refuses before touching anything.
+    assert!(matches!(
+        backend.build(&context, &request).await,
+        Err(caph_core::backend::BackendError::Preflight(_))
+    ));
+    let good = backend
+        .clone()
+        .with_target(InstallTarget::new(SERVER, format!("/tmp/{IMAGE_NAME}")));
+    let report = good.preflight(&context, &request).await.expect("preflight");
+    assert_eq!(report.problems, Vec::<String>::new());
+    assert!(
+        report.checks.iter().any(|check| check
+            == &format!(
+                "autosetup for node-{SERVER} with {IMAGE_NAME} passes installimage's rules"
+            )),
+        "{:?}",
+        report.checks
+    );
+    let missing = backend.with_target(InstallTarget::new(999, format!("/tmp/{IMAGE_NAME}")));
+    let report = missing
+        .preflight(&context, &request)
+        .await
+        .expect("preflight");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|problem| problem.contains("SERVER_NOT_FOUND")),
+        "{:?}",
+        report.problems
+    );
+    // Preflight only reads.
+    assert!(
+        sim.request_log()
+            .iter()
+            .all(|record| record.method == "GET"),
+        "{:?}",
+        sim.request_log()
+    );
+}
