@@ -32,6 +32,25 @@ pub struct Autosetup {
     pub hostname: Option<String>,
     /// `IMAGE`.
     pub image: Option<String>,
+    /// `GOVERNOR`.
+    pub governor: Option<String>,
+    /// `SUBVOL <volume> <name> <mount>` lines: btrfs subvolumes.
+    pub subvolumes: Vec<Subvolume>,
+    /// Whether any `PART` asks for encryption (`crypt` after the size).
+    pub crypt: bool,
+    /// Whether a `CRYPTPASSWORD` is given (its value is a secret and is not kept).
+    pub crypt_password: bool,
+}
+
+/// A `SUBVOL` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subvolume {
+    /// The btrfs volume, `btrfs.<id>` as named in its `PART` line.
+    pub volume: String,
+    /// The subvolume's name, such as `@home`.
+    pub name: String,
+    /// Where it is mounted.
+    pub mount: String,
 }
 
 /// Writes an autosetup file for `layout`, booting with grub, naming the host and the image.
@@ -158,17 +177,22 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
 
     let mut partitions = Vec::new();
     let mut volumes = Vec::new();
+    let mut subvolumes = Vec::new();
+    let mut crypt = false;
     for (index, line) in lines.iter().enumerate() {
         let number = index + 1;
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.first() {
             Some(&"PART") => match fields.as_slice() {
-                [_, mount, filesystem, size, ..] => match Size::parse(size) {
-                    Ok(size) => partitions.push(Partition {
-                        mount: mount.to_string(),
-                        filesystem: filesystem.to_string(),
-                        size,
-                    }),
+                [_, mount, filesystem, size, rest @ ..] => match Size::parse(size) {
+                    Ok(size) => {
+                        crypt |= rest.first() == Some(&"crypt");
+                        partitions.push(Partition {
+                            mount: mount.to_string(),
+                            filesystem: filesystem.to_string(),
+                            size,
+                        });
+                    }
                     Err(why) => problems.push(Problem {
                         line: Some(number),
                         message: format!("size \"{size}\" {why}"),
@@ -200,6 +224,17 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
                             .to_string(),
                 }),
             },
+            Some(&"SUBVOL") => match fields.as_slice() {
+                [_, volume, name, mount, ..] => subvolumes.push(Subvolume {
+                    volume: volume.to_string(),
+                    name: name.to_string(),
+                    mount: mount.to_string(),
+                }),
+                _ => problems.push(Problem {
+                    line: Some(number),
+                    message: "SUBVOL needs a btrfs volume, a name and a mount point".to_string(),
+                }),
+            },
             _ => {}
         }
     }
@@ -221,6 +256,10 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
         bootloader: value("BOOTLOADER"),
         hostname: value("HOSTNAME"),
         image: value("IMAGE"),
+        governor: value("GOVERNOR"),
+        subvolumes,
+        crypt,
+        crypt_password: value("CRYPTPASSWORD").is_some(),
     };
     if problems.is_empty() {
         Ok(autosetup)
@@ -245,8 +284,17 @@ pub fn validate(text: &str, machine: Machine) -> Vec<Problem> {
         Err(problems) => return problems,
     };
     autosetup.layout.uefi = machine.uefi;
+    let subvolume_mounts: Vec<&str> = autosetup
+        .subvolumes
+        .iter()
+        .map(|subvolume| subvolume.mount.as_str())
+        .collect();
     let mut problems: Vec<Problem> = validate_layout(&autosetup.layout)
         .into_iter()
+        // A btrfs subvolume may provide `/`; the layout model knows partitions and volumes only.
+        .filter(|problem| {
+            !(problem.message == "nothing is mounted at /" && subvolume_mounts.contains(&"/"))
+        })
         .map(|problem| Problem {
             line: None,
             message: match problem.help {
@@ -261,7 +309,39 @@ pub fn validate(text: &str, machine: Machine) -> Vec<Problem> {
             message: "FORMATDRIVE and SWRAID exclude each other; remove one".to_string(),
         });
     }
-    match autosetup.bootloader.as_deref() {
+    if let Some(governor) = autosetup.governor.as_deref()
+        && !matches!(governor, "powersave" | "performance" | "ondemand")
+    {
+        problems.push(Problem {
+            line: None,
+            message: format!(
+                "GOVERNOR \"{governor}\" is not valid; use powersave, performance or ondemand"
+            ),
+        });
+    }
+    if autosetup.crypt && !autosetup.crypt_password {
+        problems.push(Problem {
+            line: None,
+            message:
+                "a PART has crypt, but CRYPTPASSWORD is not defined; add CRYPTPASSWORD <password>"
+                    .to_string(),
+        });
+    }
+    problems.extend(
+        check_subvolumes(&autosetup)
+            .into_iter()
+            .map(|message| Problem {
+                line: None,
+                message,
+            }),
+    );
+    // installimage lower-cases the value before comparing.
+    match autosetup
+        .bootloader
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("grub") | None => {}
         Some(other) => problems.push(Problem {
             line: None,
@@ -279,12 +359,145 @@ pub fn validate(text: &str, machine: Machine) -> Vec<Problem> {
             line: None,
             message: "IMAGE is missing; add IMAGE <path or URL>".to_string(),
         }),
-        Some(image) => problems.extend(check_image_name(image, machine).into_iter().map(
-            |message| Problem {
-                line: None,
-                message,
-            },
-        )),
+        Some(image) => {
+            problems.extend(
+                check_image_name(image, machine)
+                    .into_iter()
+                    .map(|message| Problem {
+                        line: None,
+                        message,
+                    }),
+            );
+            problems.extend(
+                check_distribution_support(image, &autosetup, machine)
+                    .into_iter()
+                    .map(|message| Problem {
+                        line: None,
+                        message,
+                    }),
+            );
+        }
+    }
+    problems
+}
+
+/// btrfs volumes need subvolumes, subvolumes need their volume, and mount points are absolute.
+fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
+    let mut problems = Vec::new();
+    let volumes: Vec<&str> = autosetup
+        .layout
+        .partitions
+        .iter()
+        .filter(|p| p.mount.starts_with("btrfs."))
+        .map(|p| p.mount.as_str())
+        .collect();
+    for (index, volume) in volumes.iter().enumerate() {
+        if volumes[..index].contains(volume) {
+            problems.push(format!(
+                "btrfs volume {volume} is defined twice: multi-device volumes are not supported"
+            ));
+        }
+    }
+    if !volumes.is_empty() && autosetup.subvolumes.is_empty() {
+        problems.push("there are btrfs volumes, but no subvolumes; add SUBVOL lines".to_string());
+    }
+    if volumes.is_empty() && !autosetup.subvolumes.is_empty() {
+        problems.push(
+            "there are btrfs subvolumes, but no btrfs volume; add a PART btrfs.<id> btrfs line"
+                .to_string(),
+        );
+    }
+    if !autosetup.subvolumes.is_empty() {
+        for volume in &volumes {
+            if !autosetup
+                .subvolumes
+                .iter()
+                .any(|subvolume| subvolume.volume == *volume)
+            {
+                problems.push(format!("btrfs volume {volume} has no subvolumes"));
+            }
+        }
+    }
+    let fixed_mounts: Vec<&str> = autosetup
+        .layout
+        .partitions
+        .iter()
+        .map(|p| p.mount.as_str())
+        .chain(autosetup.layout.volumes.iter().map(|v| v.mount.as_str()))
+        .collect();
+    for (index, subvolume) in autosetup.subvolumes.iter().enumerate() {
+        if !volumes.is_empty() && !volumes.contains(&subvolume.volume.as_str()) {
+            problems.push(format!(
+                "btrfs volume {} of subvolume {} is not defined",
+                subvolume.volume, subvolume.name
+            ));
+        }
+        if !subvolume.mount.starts_with('/') {
+            problems.push(format!(
+                "the mount point \"{}\" of btrfs subvolume {} is not an absolute path",
+                subvolume.mount, subvolume.name
+            ));
+        }
+        let earlier = autosetup.subvolumes[..index]
+            .iter()
+            .map(|other| other.mount.as_str());
+        if fixed_mounts
+            .iter()
+            .copied()
+            .chain(earlier)
+            .any(|mount| mount == subvolume.mount)
+        {
+            problems.push(format!("{} is mounted twice", subvolume.mount));
+        }
+    }
+    problems
+}
+
+/// The distribution installimage reads from a file name: the first of these words found in the
+/// lower-cased name wins, else Debian.
+pub fn installimage_distribution(image: &str) -> &'static str {
+    let lower = image
+        .rsplit('/')
+        .next()
+        .unwrap_or(image)
+        .to_ascii_lowercase();
+    ["suse", "centos", "ubuntu", "arch", "rocky", "alma", "rhel"]
+        .into_iter()
+        .find(|word| lower.contains(word))
+        .unwrap_or("debian")
+}
+
+/// File systems and firmware that installimage refuses for some distributions.
+fn check_distribution_support(image: &str, autosetup: &Autosetup, machine: Machine) -> Vec<String> {
+    let distribution = installimage_distribution(image);
+    let filesystems: Vec<&str> = autosetup
+        .layout
+        .partitions
+        .iter()
+        .map(|p| p.filesystem.as_str())
+        .chain(
+            autosetup
+                .layout
+                .volumes
+                .iter()
+                .map(|v| v.filesystem.as_str()),
+        )
+        .collect();
+    let mut problems = Vec::new();
+    if matches!(distribution, "rocky" | "alma" | "centos" | "rhel") {
+        if filesystems.contains(&"btrfs") {
+            problems.push(format!(
+                "{distribution} images do not support btrfs; choose ext4 or xfs"
+            ));
+        }
+        if filesystems.contains(&"reiserfs") {
+            problems.push(format!(
+                "{distribution} images do not support reiserfs; choose ext4 or xfs"
+            ));
+        }
+    }
+    if distribution == "centos" && machine.uefi {
+        problems.push("installimage does not support CentOS images on UEFI machines".to_string());
     }
     problems
 }

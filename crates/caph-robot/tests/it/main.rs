@@ -3,3 +3,4 @@
 mod autosetup;
 mod backend;
 mod backend_support;
+mod rules_agreement;
