@@ -312,6 +312,38 @@ async fn a_killed_run_is_cleaned_by_gc() {
     let Some(cloud) = Cloud::start("a_killed_run_is_cleaned_by_gc").await else {
         return;
     };
+    // Resources of the project that are not this tool's: nothing may touch them.
+    let client = caph_hcloud::Client::new(caph_hcloud::ClientConfig::new(
+        cloud.sim.api_url(),
+        caph_hcloud::Token::new(crate::cloud::TOKEN),
+    ))
+    .unwrap();
+    let bystander_key = client
+        .create_ssh_key(&caph_hcloud::client::CreateSshKeyRequest {
+            name: "someone-elses-key".into(),
+            public_key: caph_ssh::KeyPair::generate_ed25519("bystander")
+                .unwrap()
+                .public_key()
+                .to_openssh(),
+            labels: [("team".to_string(), "web".to_string())].into(),
+        })
+        .await
+        .unwrap();
+    let bystander_snapshot = cloud.sim.add_snapshot(caph_sim::hcloud::SnapshotSeed {
+        description: "someone else's snapshot".into(),
+        labels: [(
+            "caph-image-name".to_string(),
+            "someone-elses-image".to_string(),
+        )]
+        .into(),
+        architecture: "x86".into(),
+        disk_size: 40.0,
+        image_size: 1.5,
+        os_flavor: "debian".into(),
+        os_version: Some("12".into()),
+        created_from: None,
+        delete_protected: false,
+    });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("node.toml"),
@@ -364,7 +396,21 @@ async fn a_killed_run_is_cleaned_by_gc() {
         report.contains("deleted server") && report.contains("deleted SSH key"),
         "{report}"
     );
-    assert_eq!(leftovers(&cloud), Vec::<String>::new());
+    let state = cloud.state();
+    let keys: Vec<u64> = state.ssh_keys.iter().map(|key| key.id).collect();
+    assert_eq!(
+        keys,
+        vec![bystander_key.id.0 as u64],
+        "gc touched another key"
+    );
+    assert!(
+        state
+            .snapshots()
+            .iter()
+            .any(|image| image.id == bystander_snapshot),
+        "gc touched another snapshot"
+    );
+    assert!(state.servers.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

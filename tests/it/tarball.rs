@@ -366,7 +366,15 @@ fn build_tarball_as_a_normal_user_says_it_needs_root() {
     let output = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_caph-image"))
-        .args(["build", "tarball", "spec.toml", "-o", "out", "--arch", "amd64"])
+        .args([
+            "build",
+            "tarball",
+            "spec.toml",
+            "-o",
+            "out",
+            "--arch",
+            "amd64",
+        ])
         .current_dir(dir)
         .output()
         .unwrap();
