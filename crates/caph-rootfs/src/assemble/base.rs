@@ -38,6 +38,9 @@ pub const UBUNTU_PORTS_MIRROR: &str = "http://ports.ubuntu.com/ubuntu-ports";
 
 /// Bytes read per call when hashing or copying a base tarball.
 const COPY_BUFFER: usize = 1 << 20;
+/// A byte-progress event at most every this many bytes of a base tarball: often enough to see
+/// a download move, rarely enough not to flood a verbose log.
+const PROGRESS_STEP: u64 = 16 << 20;
 
 /// The packages installed into the base for installimage: [`BOOT_CHAIN_PACKAGES`] plus the
 /// kernel, grub for the architecture (BIOS and UEFI on amd64, UEFI on arm64), and the network
@@ -242,6 +245,7 @@ pub fn unpack_base_tarball(
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; COPY_BUFFER];
     let mut done = 0u64;
+    let mut reported = 0u64;
     let mut copy = |input: &mut dyn Read, source: &str| -> Result<(), AssembleError> {
         loop {
             if cancel.is_cancelled() {
@@ -251,17 +255,25 @@ pub fn unpack_base_tarball(
                 .read(&mut buffer)
                 .map_err(io_error(format!("reading the base tarball {source}")))?;
             if read == 0 {
+                progress.event(ProgressEvent::Bytes {
+                    scope: scope.to_owned(),
+                    done,
+                    total: None,
+                });
                 return Ok(());
             }
             hasher.update(&buffer[..read]);
             out.write_all(&buffer[..read])
                 .map_err(io_error(format!("writing {}", local.display())))?;
             done += read as u64;
-            progress.event(ProgressEvent::Bytes {
-                scope: scope.to_owned(),
-                done,
-                total: None,
-            });
+            if done - reported >= PROGRESS_STEP {
+                reported = done;
+                progress.event(ProgressEvent::Bytes {
+                    scope: scope.to_owned(),
+                    done,
+                    total: None,
+                });
+            }
         }
     };
     if is_url(location) {
