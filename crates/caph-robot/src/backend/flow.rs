@@ -13,6 +13,7 @@ use caph_ssh::{
     TofuPin,
 };
 
+use super::error_chain;
 use super::ledger::{self, Ledger, SharedLedger};
 use super::prepare::{PreparedInstall, prepare};
 use super::verify;
@@ -154,17 +155,6 @@ fn ssh(what: impl Into<String>) -> impl FnOnce(SshError) -> InstallCause {
     }
 }
 
-/// An error with its causes, for messages that must stand alone.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 pub(crate) async fn install(
     client: &RobotClient,
     config: &RobotBackendConfig,
@@ -269,6 +259,27 @@ async fn run(
             source,
         })?
         .len();
+    // A checksum file beside the tarball (as the rootfs build writes it) is checked locally
+    // before anything is touched, and again against what the upload sent.
+    let sidecar = format!("{}.sha256", target.tarball.display());
+    let published = match tokio::fs::read_to_string(&sidecar).await {
+        Ok(text) => text
+            .split_whitespace()
+            .next()
+            .map(|digest| (sidecar.clone(), digest.to_ascii_lowercase())),
+        Err(_) => None,
+    };
+    if let Some((sidecar, expected)) = &published {
+        let actual = sha256_file(&target.tarball).await?;
+        if &actual != expected {
+            return Err(InstallCause::TarballChecksum {
+                path: target.tarball.clone(),
+                expected: format!("{expected} (from {sidecar})"),
+                actual,
+            });
+        }
+        tracker.say(context, format!("sha256 {actual} matches {sidecar}"));
+    }
 
     // Key.
     tracker.enter(context, Phase::Create, "key", "the SSH key in Robot".into());
@@ -412,18 +423,15 @@ async fn run(
             uploaded.bytes, uploaded.sha256
         ),
     );
-    let sidecar = format!("{}.sha256", target.tarball.display());
-    if let Ok(text) = tokio::fs::read_to_string(&sidecar).await
-        && let Some(expected) = text.split_whitespace().next()
+    if let Some((sidecar, expected)) = &published
+        && !expected.eq_ignore_ascii_case(&uploaded.sha256)
     {
-        if !expected.eq_ignore_ascii_case(&uploaded.sha256) {
-            return Err(InstallCause::TarballChecksum {
-                path: target.tarball.clone(),
-                expected: expected.to_string(),
-                actual: uploaded.sha256,
-            });
-        }
-        tracker.say(context, format!("sha256 matches {sidecar}"));
+        // The file changed between the local check and the upload.
+        return Err(InstallCause::TarballChecksum {
+            path: target.tarball.clone(),
+            expected: format!("{expected} (from {sidecar})"),
+            actual: uploaded.sha256,
+        });
     }
 
     // The autosetup and the post-install script.
@@ -534,6 +542,37 @@ async fn run(
         autosetup: prepared.autosetup.clone(),
         checks: verdict.checks,
         duration: started.elapsed(),
+    })
+}
+
+/// The sha256 of a file, read in a blocking task (a multi-GB tarball takes seconds).
+async fn sha256_file(path: &std::path::Path) -> Result<String, InstallCause> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
+    /// Reads of 1 MiB keep the syscall count low and memory flat.
+    const CHUNK: usize = 1 << 20;
+    let owned = path.to_path_buf();
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(&owned)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; CHUNK];
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(|error| InstallCause::Tarball {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    hashed.map_err(|source| InstallCause::Tarball {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
@@ -706,17 +745,17 @@ async fn wait_for_system(
                             Some(why) => *last = why,
                         }
                     }
-                    Ok(Err(error)) => *last = chain(&error),
+                    Ok(Err(error)) => *last = error_chain(&error),
                     Err(_) => *last = format!("`hostname` did not answer within {PROBE_TIMEOUT:?}"),
                 }
                 session.close().await;
             }
             Err(error @ SshError::NotReady { .. }) => {
-                *last = chain(&error);
+                *last = error_chain(&error);
                 return Ok(None);
             }
             // Another system answering (the one before the reset, or an old rescue): not ours.
-            Err(error) => *last = chain(&error),
+            Err(error) => *last = error_chain(&error),
         }
         let pause = config
             .poll_interval

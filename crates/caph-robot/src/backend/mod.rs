@@ -13,7 +13,8 @@
 //!    the new rescue boot, not an old system still answering); its host key is trusted on first use
 //!    and pinned for the run;
 //! 6. **upload**: the tarball streamed to `/root/<name>`, its sha256 checked on the rescue system
-//!    (and against a `<tarball>.sha256` file beside it, when there is one);
+//!    (a `<tarball>.sha256` file beside it, when there is one, is checked locally before step 2
+//!    and against the upload);
 //! 7. `/autosetup` and `/root/post-install.sh` written (the script's last line prints
 //!    [`POST_INSTALL_MARKER`](crate::autosetup::POST_INSTALL_MARKER));
 //! 8. **installimage** run with `x` on stdin (skips the 20-second wait), its output streamed to
@@ -194,15 +195,16 @@ pub struct InstallReport {
 }
 
 /// Why an install failed, and the state it leaves the server in.
-#[derive(Debug, thiserror::Error)]
-#[error("server {server_number} ({phase} step): {cause}\nstate: {state}{}", cleanup_text(.cleanup))]
+///
+/// Its message stands alone: the cause with its whole chain, then the state and the cleanup, so
+/// it has no `source()` of its own (printing a chain would repeat the cause).
+#[derive(Debug)]
 pub struct InstallError {
     /// The server number.
     pub server_number: u64,
-    /// The step that failed (`prepare`, `rescue`, `upload`, `installimage`, ...).
+    /// The step that failed (`prepare`, `key`, `rescue`, `upload`, `installimage`, `reboot`, `verify`).
     pub phase: &'static str,
     /// What went wrong.
-    #[source]
     pub cause: InstallCause,
     /// The state the server is left in, in words.
     pub state: String,
@@ -210,12 +212,34 @@ pub struct InstallError {
     pub cleanup: Vec<String>,
 }
 
-fn cleanup_text(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!("\ncleanup: {}", lines.join("; "))
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server {} ({} step): {}\nstate: {}",
+            self.server_number,
+            self.phase,
+            error_chain(&self.cause),
+            self.state
+        )?;
+        if !self.cleanup.is_empty() {
+            write!(f, "\ncleanup: {}", self.cleanup.join("; "))?;
+        }
+        Ok(())
     }
+}
+
+impl std::error::Error for InstallError {}
+
+/// An error with its causes joined by `: `.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 impl InstallError {
@@ -224,6 +248,12 @@ impl InstallError {
         matches!(self.cause, InstallCause::Cancelled)
     }
 }
+
+/// The whole message is the context; the source only marks the kind of failure (as the hcloud
+/// backend does), so `{:#}` prints each fact once.
+#[derive(Debug, thiserror::Error)]
+#[error("the install on the dedicated server failed")]
+struct InstallFailed;
 
 impl From<InstallError> for BackendError {
     fn from(error: InstallError) -> BackendError {
@@ -238,14 +268,8 @@ impl From<InstallError> for BackendError {
             };
         }
         BackendError::Failed {
-            context: format!(
-                "server {} ({} step failed)\nstate: {}{}",
-                error.server_number,
-                error.phase,
-                error.state,
-                cleanup_text(&error.cleanup)
-            ),
-            source: Box::new(error.cause),
+            context: error.to_string(),
+            source: Box::new(InstallFailed),
         }
     }
 }
@@ -265,7 +289,7 @@ pub enum InstallCause {
     #[error("{0}")]
     Invalid(String),
     /// The tarball cannot be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Tarball {
         /// The tarball.
         path: PathBuf,
@@ -283,7 +307,7 @@ pub enum InstallCause {
         actual: String,
     },
     /// A Robot call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Api {
         /// What was being done.
         what: String,
@@ -291,7 +315,7 @@ pub enum InstallCause {
         source: Box<RobotError>,
     },
     /// SSH failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Ssh {
         /// What was being done.
         what: String,

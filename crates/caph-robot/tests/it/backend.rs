@@ -18,14 +18,10 @@ use crate::backend_support::{
     self as support, IMAGE_NAME, PASSWORD, Recorder, SERVER, Setup, TreeOptions, USER,
 };
 
+/// The message as a user sees it (it stands alone: no source chain to add).
 fn full_message(error: &InstallError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(&format!("\ncaused by: {cause}"));
-        source = cause.source();
-    }
-    text
+    assert!(std::error::Error::source(error).is_none());
+    error.to_string()
 }
 
 /// Sets up the simulator with real machines, or prints SKIPPED and returns `None`.
@@ -603,4 +599,56 @@ async fn preflight_through_the_backend_trait_checks_the_server_and_the_autosetup
         "{:?}",
         sim.request_log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarball_that_does_not_match_its_checksum_file_touches_nothing() {
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        servers: vec![support::small_server()],
+        machines: Arc::new(RobotAddressOnly::default()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
+    let backend = RobotBackend::new(client, support::fast_config());
+    let context = caph_core::backend::Context {
+        progress: Arc::new(Recorder::default()),
+        cancel: CancellationToken::new(),
+        build_id: "sidecar".into(),
+    };
+    let work = tempfile::tempdir().expect("dir");
+    let tarball = work.path().join(IMAGE_NAME);
+    std::fs::write(
+        &tarball,
+        b"a tarball that changed after its checksum was written",
+    )
+    .expect("tarball");
+    let zeros = "0".repeat(64);
+    std::fs::write(
+        work.path().join(format!("{IMAGE_NAME}.sha256")),
+        format!("{zeros}  {IMAGE_NAME}\n"),
+    )
+    .expect("checksum file");
+    let error = backend
+        .install(
+            &context,
+            &support::spec(),
+            &InstallTarget::new(SERVER, &tarball),
+        )
+        .await
+        .expect_err("the checksum does not match");
+    let message = full_message(&error);
+    assert!(matches!(error.cause, InstallCause::TarballChecksum { .. }));
+    assert!(
+        message.contains(&format!("but the checksum file beside it says {zeros}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("nothing was changed on server {SERVER}")),
+        "{message}"
+    );
+    assert!(sim.request_log().is_empty(), "no Robot call was made");
 }
