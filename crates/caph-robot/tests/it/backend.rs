@@ -652,3 +652,64 @@ async fn a_tarball_that_does_not_match_its_checksum_file_touches_nothing() {
     );
     assert!(sim.request_log().is_empty(), "no Robot call was made");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_that_does_not_take_is_followed_by_a_hw_reset() {
+    let test = "a_reboot_that_does_not_take_is_followed_by_a_hw_reset";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    // The rescue system's `reboot` (the simulator's script) is replaced by one that fails, as a
+    // reboot that hangs in a kernel driver never takes the machine down.
+    let machines = setup.machines.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher_stop = stop.clone();
+    let watcher = std::thread::spawn(move || -> bool {
+        while !watcher_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for boot in 0..64 {
+                let Some(root) = machines.machine_root(SERVER * 1_000_000 + boot) else {
+                    continue;
+                };
+                let script = root.join("usr/local/sbin/reboot");
+                let hostname =
+                    std::fs::read_to_string(root.join("etc/hostname")).unwrap_or_default();
+                if hostname.trim() == "rescue" && script.exists() {
+                    return std::fs::write(
+                        &script,
+                        "#!/bin/sh\necho 'reboot: the machine did not go down' >&2\nexit 1\n",
+                    )
+                    .is_ok();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    });
+    let result = setup
+        .backend
+        .install(&setup.context, &spec, &InstallTarget::new(SERVER, &tarball))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        watcher.join().expect("watcher"),
+        "the rescue's reboot was replaced"
+    );
+    let report = result.unwrap_or_else(|error| panic!("{}", full_message(&error)));
+    assert_eq!(report.hostname, format!("node-{SERVER}"));
+    let lines = setup.recorder.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("the rescue system still answers")
+                && line.ends_with("after reboot: hw reset")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        setup.sim.state().servers[0].resets,
+        vec!["sw".to_string(), "hw".to_string()],
+        "sw into the rescue system, hw after the reboot did not take"
+    );
+    assert_eq!(setup.sim.state().servers[0].power, Power::Disk);
+}
