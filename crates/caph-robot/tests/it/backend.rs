@@ -713,3 +713,70 @@ async fn a_reboot_that_does_not_take_is_followed_by_a_hw_reset() {
     );
     assert_eq!(setup.sim.state().servers[0].power, Power::Disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_only_ephemeral_keys_left_by_killed_runs() {
+    use caph_core::backend::{Backend, GcOptions};
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        servers: vec![support::small_server()],
+        machines: Arc::new(RobotAddressOnly::default()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
+    for name in ["caph-image-build-killed", "someones-own-key"] {
+        let key = KeyPair::generate_ed25519(name).expect("key");
+        client
+            .create_key(name, &key.public_key().to_openssh())
+            .await
+            .expect("stored");
+    }
+    let backend = RobotBackend::new(client, support::fast_config());
+    let context = caph_core::backend::Context {
+        progress: Arc::new(Recorder::default()),
+        cancel: CancellationToken::new(),
+        build_id: "gc".into(),
+    };
+    // Keys made a moment ago are younger than a day: kept.
+    let report = backend
+        .gc(
+            &context,
+            GcOptions {
+                older_than: Duration::from_secs(86_400),
+                dry_run: false,
+            },
+        )
+        .await
+        .expect("gc");
+    assert!(report.removed.is_empty(), "{:?}", report.removed);
+    let dry = backend
+        .gc(
+            &context,
+            GcOptions {
+                older_than: Duration::ZERO,
+                dry_run: true,
+            },
+        )
+        .await
+        .expect("gc");
+    assert_eq!(dry.removed.len(), 1, "{:?}", dry.removed);
+    assert!(dry.removed[0].starts_with("Robot key caph-image-build-killed ("));
+    assert_eq!(sim.state().keys.len(), 2, "a dry run removes nothing");
+    let real = backend
+        .gc(
+            &context,
+            GcOptions {
+                older_than: Duration::ZERO,
+                dry_run: false,
+            },
+        )
+        .await
+        .expect("gc");
+    assert_eq!(real.removed, dry.removed);
+    let keys = sim.state().keys;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].name, "someones-own-key");
+}
