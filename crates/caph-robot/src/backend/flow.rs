@@ -58,7 +58,7 @@ impl Stage {
                 "server {server} was not reset: its running system and its disks are unchanged"
             ),
             Stage::Resetting => format!(
-                "server {server} was reset and is down or booting; installimage did not run, so nothing on its disks changed (a reset without rescue boots its old system)"
+                "server {server} was reset (or a reset was under way) and is down or booting; installimage did not run, so nothing on its disks changed (a reset without rescue boots its old system)"
             ),
             Stage::InRescue => format!(
                 "server {server} is in the rescue system; installimage did not run; nothing on its disks changed (a reset boots its old system)"
@@ -637,11 +637,12 @@ async fn boot_rescue(
             "rescue",
             format!("{name} reset; waiting up to {wait:?} for the rescue system"),
         );
+        // Before the call: a reset whose answer is lost (or cancelled) may still have happened.
+        tracker.set_stage(Stage::Resetting);
         client
             .reset(server, kind)
             .await
             .map_err(api(format!("resetting server {server} ({name})")))?;
-        tracker.set_stage(Stage::Resetting);
         if let Some(session) = wait_for_system(
             config,
             context,

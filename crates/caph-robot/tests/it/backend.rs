@@ -780,3 +780,67 @@ async fn gc_removes_only_ephemeral_keys_left_by_killed_runs() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].name, "someones-own-key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_waiting_for_the_rescue_system_removes_the_pending_activation() {
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        time: TimeMode::Scaled(0.01),
+        servers: vec![support::small_server()],
+        machines: Arc::new(RobotAddressOnly::default()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    sim.inject(Fault::RescueNeverBoots {
+        server_number: SERVER,
+    });
+    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
+    let backend = RobotBackend::new(client, support::fast_config());
+    let recorder = Arc::new(Recorder::default());
+    let cancel = CancellationToken::new();
+    *recorder.cancel_on.lock().unwrap() = Some(("sw reset; waiting up to".into(), cancel.clone()));
+    let context = caph_core::backend::Context {
+        progress: recorder.clone(),
+        cancel,
+        build_id: "cancel-rescue".into(),
+    };
+    let work = tempfile::tempdir().expect("dir");
+    let tarball = work.path().join(IMAGE_NAME);
+    std::fs::write(&tarball, b"not used").expect("tarball");
+    let started = Instant::now();
+    let error = backend
+        .install(
+            &context,
+            &support::spec(),
+            &InstallTarget::new(SERVER, &tarball),
+        )
+        .await
+        .expect_err("cancelled");
+    let message = full_message(&error);
+    assert!(error.is_cancelled(), "{message}");
+    assert_eq!(error.phase, "rescue");
+    assert!(
+        message.contains("removed the rescue activation this run made"),
+        "{message}"
+    );
+    assert!(
+        message.contains("nothing on its disks changed"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cancellation is prompt"
+    );
+    let state = sim.state();
+    assert!(!state.servers[0].rescue_active);
+    assert!(state.keys.is_empty());
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|record| record.method == "DELETE"
+                && record.path == format!("/boot/{SERVER}/rescue")),
+        "DELETE /boot/{SERVER}/rescue was sent"
+    );
+}
