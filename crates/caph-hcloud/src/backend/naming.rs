@@ -25,9 +25,10 @@ pub fn new_build_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let (year, month, day, hour, minute, second) = civil_from_unix(now);
+    // 2026-11-21T05:30:00Z -> 20261121t053000: lower-case digits fit names and label values.
+    let stamp: String = rfc3339(now).chars().filter(char::is_ascii_digit).collect();
     let suffix: u32 = rand::random::<u32>() & 0xff_ffff;
-    format!("{year:04}{month:02}{day:02}t{hour:02}{minute:02}{second:02}-{suffix:06x}")
+    format!("{}t{}-{suffix:06x}", &stamp[..8], &stamp[8..])
 }
 
 /// The temporary server's and key's name for one architecture of a build.
@@ -78,65 +79,14 @@ pub fn snapshot_description(spec: &ImageSpec, arch: Arch) -> String {
     }
 }
 
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm), to avoid a date dependency.
-fn civil_from_unix(seconds: u64) -> (u64, u64, u64, u64, u64, u64) {
-    let days = seconds / 86_400;
-    let rest = seconds % 86_400;
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u64;
-    (year, month, day, rest / 3600, rest % 3600 / 60, rest % 60)
-}
-
 /// RFC 3339 UTC time of a Unix timestamp.
 pub fn rfc3339(seconds: u64) -> String {
-    let (year, month, day, hour, minute, second) = civil_from_unix(seconds);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+    caph_core::time::rfc3339_utc(i64::try_from(seconds).unwrap_or(i64::MAX))
 }
 
-/// Parses the RFC 3339 times the API returns (`2026-11-21T05:30:00+00:00`, fractions allowed) to Unix seconds.
+/// Parses the RFC 3339 times the API returns to Unix seconds.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
-    let (date, time) = text.split_once('T')?;
-    let mut date_parts = date.split('-').map(|part| part.parse::<i64>().ok());
-    let (year, month, day) = (
-        date_parts.next()??,
-        date_parts.next()??,
-        date_parts.next()??,
-    );
-    let (clock, offset_seconds) = if let Some(clock) = time.strip_suffix('Z') {
-        (clock, 0)
-    } else {
-        let split = time.rfind(['+', '-'])?;
-        let (clock, offset) = time.split_at(split);
-        let sign = if offset.starts_with('-') { -1 } else { 1 };
-        let mut parts = offset[1..].split(':').map(|part| part.parse::<i64>().ok());
-        let hours = parts.next()??;
-        let minutes = parts.next().flatten().unwrap_or(0);
-        (clock, sign * (hours * 3600 + minutes * 60))
-    };
-    let clock = clock.split('.').next()?;
-    let mut clock_parts = clock.split(':').map(|part| part.parse::<i64>().ok());
-    let (hour, minute, second) = (
-        clock_parts.next()??,
-        clock_parts.next()??,
-        clock_parts.next()??,
-    );
-    // Days from civil (inverse of the above).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
-    u64::try_from(seconds).ok()
+    caph_core::time::parse_rfc3339(text).and_then(|seconds| u64::try_from(seconds).ok())
 }
 
 #[cfg(test)]

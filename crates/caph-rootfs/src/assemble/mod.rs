@@ -405,7 +405,7 @@ fn build_and_pack(
     let build_time_unix = manifest::build_time(options.source_date_epoch);
     let stamp = BuildStamp {
         build_id: options.build_id.clone(),
-        build_time: rfc3339(build_time_unix),
+        build_time: caph_core::time::rfc3339_utc(build_time_unix),
         builder: options.builder.clone(),
         build_public_key: None,
     };
@@ -620,42 +620,4 @@ pub fn describe_pack_progress(report: &pack::Progress) -> String {
         report.bytes_out as f64 / 1e6,
         report.bytes_in as f64 / 1e6 / seconds
     )
-}
-
-/// Seconds since the epoch as RFC 3339 UTC, for `CAPH_BUILD_TIME`.
-fn rfc3339(unix: i64) -> String {
-    // days-from-civil inverted (the proleptic Gregorian calendar, eras of 400 years).
-    let days = unix.div_euclid(86_400);
-    let seconds = unix.rem_euclid(86_400);
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3600,
-        seconds % 3600 / 60,
-        seconds % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn formats_build_times() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
 }

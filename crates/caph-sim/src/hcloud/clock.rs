@@ -216,8 +216,8 @@ pub(crate) fn rfc3339(unix_seconds: f64) -> String {
     )
 }
 
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// The proleptic Gregorian date of a day count since 1970-01-01 (the robot simulator uses it too).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     // Shift the epoch to 0000-03-01 so that leap days fall at the end of each 400-year era.
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);

@@ -92,7 +92,7 @@
 mod api;
 mod catalog;
 mod checks;
-mod clock;
+pub(crate) mod clock;
 mod error;
 mod model;
 mod ops;
