@@ -4,6 +4,7 @@ mod cli;
 mod cloud;
 mod hcloud_build;
 mod hcloud_faults;
+mod robot;
 mod tarball;
 
 use std::path::{Path, PathBuf};

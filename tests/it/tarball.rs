@@ -268,6 +268,9 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
         );
     }
     assert!(manifest["file_count"].as_u64().unwrap() > 1000);
+
+    // The same tarball, installed on a dedicated server through the rescue system and installimage.
+    crate::robot::install_and_log_in(&dir, "spec.toml", &out.join(name), "1.34.2").await;
 }
 
 #[test]

@@ -130,6 +130,9 @@ Examples:
         #[arg(long)]
         plain: bool,
     },
+    /// Dedicated servers in Robot
+    #[command(subcommand)]
+    Robot(RobotCommand),
     /// List or prune the snapshots caph-image made
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -261,6 +264,84 @@ Examples:
         /// Keep the work directory with the assembled tree, for inspection
         #[arg(long)]
         keep_work_dir: bool,
+    },
+    /// Install a node on a dedicated server through the rescue system and installimage
+    #[command(after_help = "\
+The tarball is built first (as `build tarball` does, which needs root) unless --tarball names one.
+Then: the SSH key is ensured in Robot, the rescue system activated and the server reset (sw, then
+hw); the rescue system's host key is trusted on first use and pinned for the run; the tarball is
+streamed up and its sha256 checked there; installimage runs with the spec's disk layout (or
+--layout) and must print INSTALLATION COMPLETE and the post-install marker; the server reboots
+into the installed system (a new host key), which is checked: containerd, kubelet at the spec's
+version, swap off, the sysctls. On errors and Ctrl-C the rescue activation this run made is removed,
+and the message says what state the server is in.
+
+Shipped layouts (--layout NAME): single-disk, raid1, raid1-lvm, uefi.
+
+Examples:
+  export HETZNER_ROBOT_USER=... HETZNER_ROBOT_PASSWORD=...
+  caph-image build robot images/debian-12-k8s-1.34.toml --server 321
+  caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --tarball dist/Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout raid1-lvm --hostname node-7")]
+    Robot {
+        /// The spec file
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// The Robot server number
+        #[arg(long, value_name = "N")]
+        server: u64,
+        /// Install this tarball instead of building one
+        #[arg(long, value_name = "FILE")]
+        tarball: Option<PathBuf>,
+        /// A shipped layout name or an autosetup file, instead of the spec's [robot.disk]
+        #[arg(long, value_name = "NAME|FILE")]
+        layout: Option<String>,
+        /// The hostname, instead of the spec's robot.hostname pattern
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Where a built tarball goes
+        #[arg(
+            short = 'o',
+            long = "output-dir",
+            value_name = "DIR",
+            default_value = "."
+        )]
+        output_dir: PathBuf,
+        /// The server's architecture: amd64 or arm64
+        #[arg(long, default_value = "amd64", value_parser = parse_arch)]
+        arch: caph_core::Arch,
+        /// A Robot key (MD5 fingerprint) to authorize too; installimage copies it into the installed node (repeatable)
+        #[arg(long = "authorize-key", value_name = "FINGERPRINT")]
+        authorize_keys: Vec<String>,
+        /// How often to check whether the server is up or down (the provider polls every 10s)
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        poll_interval: std::time::Duration,
+        /// How long to wait for the rescue system after each reset (sw, then hw)
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        reset_timeout: std::time::Duration,
+        #[command(flatten)]
+        api: RobotArgs,
+    },
+}
+
+/// Where the Robot web service is, for dedicated servers.
+#[derive(Debug, Clone, Args)]
+pub struct RobotArgs {
+    /// The Robot web service (the user and password are read from HETZNER_ROBOT_USER and
+    /// HETZNER_ROBOT_PASSWORD, never from a flag)
+    #[arg(long = "robot-endpoint", env = "HETZNER_ROBOT_ENDPOINT", default_value = caph_robot::client::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+}
+
+/// `robot` actions.
+#[derive(Debug, Subcommand)]
+pub enum RobotCommand {
+    /// List the account's dedicated servers
+    #[command(
+        after_help = "Examples:\n  caph-image robot servers\n  caph-image robot servers --output json"
+    )]
+    Servers {
+        #[command(flatten)]
+        api: RobotArgs,
     },
 }
 

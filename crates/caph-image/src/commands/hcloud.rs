@@ -16,12 +16,10 @@ use caph_hcloud::{Client, ClientConfig, Token};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::progress::Progress;
 use crate::{output, spec_files};
-
-/// The exit code after Ctrl-C or SIGTERM, once cleanup ran (128 + SIGINT, as shells report it).
-const EXIT_CANCELLED: u8 = 130;
 
 /// Options of `build hcloud`.
 #[derive(Debug)]
@@ -43,41 +41,6 @@ fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
     })?;
     Client::new(ClientConfig::new(api.endpoint.clone(), token))
         .context("setting up the Hetzner Cloud client")
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// Cancels `token` on the first Ctrl-C or SIGTERM, so the build can clean up; a second one exits at once.
-fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return,
-            };
-        for round in 0..2 {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            if round == 0 {
-                output::note(
-                    "interrupted: cleaning up (interrupt again to exit at once and leave cleanup to `caph-image gc`)",
-                );
-                token.cancel();
-            } else {
-                output::note(
-                    "interrupted again: exiting without cleanup; run `caph-image gc` to remove what is left",
-                );
-                std::process::exit(i32::from(EXIT_CANCELLED));
-            }
-        }
-    });
 }
 
 pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<ExitCode> {
@@ -171,10 +134,13 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let result = runtime.block_on(async {
-        cancel_on_signals(context.cancel.clone());
-        backend.build(&context, &request).await
-    });
+    let token = context.cancel.clone();
+    cancel_on_signals(
+        &runtime,
+        move || token.cancel(),
+        "run `caph-image gc` to remove what is left".to_string(),
+    );
+    let result = runtime.block_on(backend.build(&context, &request));
     progress.finish();
     match result {
         Ok(artifacts) => {

@@ -2,14 +2,16 @@
 
 mod hcloud;
 mod plan;
+mod robot;
 mod tarball;
 mod validate;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{BuildCommand, Cli, Command, ImagesCommand};
+use crate::cli::{BuildCommand, Cli, Command, ImagesCommand, RobotCommand};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -78,6 +80,35 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             api,
         } => hcloud::gc(&cli.global, older_than, dry_run, &api),
+        Command::Build(BuildCommand::Robot {
+            spec,
+            server,
+            tarball,
+            layout,
+            hostname,
+            output_dir,
+            arch,
+            authorize_keys,
+            poll_interval,
+            reset_timeout,
+            api,
+        }) => robot::build(
+            &cli.global,
+            robot::BuildOptions {
+                spec: &spec,
+                server,
+                tarball: tarball.as_deref(),
+                layout: layout.as_deref(),
+                hostname: hostname.as_deref(),
+                output_dir: &output_dir,
+                arch,
+                authorize_keys: &authorize_keys,
+                poll_interval,
+                reset_timeout,
+                api: &api,
+            },
+        ),
+        Command::Robot(RobotCommand::Servers { api }) => robot::servers(&cli.global, &api),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -88,4 +119,48 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The exit code after Ctrl-C or SIGTERM, once cleanup ran (128 + SIGINT, as shells report it).
+pub(crate) const EXIT_CANCELLED: u8 = 130;
+
+/// The async runtime of one command.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Calls `cancel` on the first Ctrl-C or SIGTERM, so the run can clean up; a second one exits at
+/// once, after printing `leftover` (what the user may have to clean by hand).
+pub(crate) fn cancel_on_signals(
+    runtime: &tokio::runtime::Runtime,
+    cancel: impl Fn() + Send + 'static,
+    leftover: String,
+) {
+    runtime.spawn(async move {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            if round == 0 {
+                crate::output::note(
+                    "interrupted: stopping and cleaning up (interrupt again to exit at once)",
+                );
+                cancel();
+            } else {
+                crate::output::note(&format!(
+                    "interrupted again: exiting without cleanup; {leftover}"
+                ));
+                std::process::exit(i32::from(EXIT_CANCELLED));
+            }
+        }
+    });
 }

@@ -13,15 +13,13 @@ use caph_core::backend::{Phase, ProgressEvent, ProgressSink};
 use caph_hcloud::backend::naming;
 use caph_rootfs::assemble::{self, AssembleError, AssembleOptions};
 use caph_rootfs::naming::provider_url_accepts;
-use caph_rootfs::pack::{self, Cancel, Compression, PackEvent, PackOptions, PackSummary};
+use caph_rootfs::pack::{self, Compression, PackEvent, PackOptions, PackSummary};
 use serde_json::json;
 
+use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, OutputFormat};
 use crate::progress::Progress;
 use crate::{output, spec_files};
-
-/// The exit code after Ctrl-C or SIGTERM, once cleanup ran (128 + SIGINT, as shells report it).
-const EXIT_CANCELLED: u8 = 130;
 
 /// What the user replaces in the template's URL.
 const URL_PLACEHOLDER: &str = "https://images.example.com/REPLACE-WITH-WHERE-YOU-SERVE-IT";
@@ -42,43 +40,6 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     Ok(pack::source_date_epoch(
         std::env::var_os("SOURCE_DATE_EPOCH").as_deref(),
     )?)
-}
-
-/// Sets `cancel` on the first Ctrl-C or SIGTERM so the run can unmount and clean up; a second
-/// one exits at once.
-fn cancel_on_signals(runtime: &tokio::runtime::Runtime, cancel: Cancel, leftover: String) {
-    runtime.spawn(async move {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return,
-            };
-        for round in 0..2 {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            if round == 0 {
-                output::note(
-                    "interrupted: stopping and cleaning up (interrupt again to exit at once)",
-                );
-                cancel.cancel();
-            } else {
-                output::note(&format!(
-                    "interrupted again: exiting without cleanup; {leftover}"
-                ));
-                std::process::exit(i32::from(EXIT_CANCELLED));
-            }
-        }
-    });
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<ExitCode> {
@@ -120,7 +81,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     let runtime = runtime()?;
     cancel_on_signals(
         &runtime,
-        cancel,
+        move || cancel.cancel(),
         format!(
             "check `grep {} /proc/self/mountinfo` and remove the .caph-rootfs-* work directory",
             options.output_dir.display()
@@ -210,9 +171,10 @@ pub fn pack(
     options.source_date_epoch = source_date_epoch()?;
     let progress = Arc::new(Progress::new(global.no_progress, global.verbose));
     let runtime = runtime()?;
+    let cancel = options.cancel.clone();
     cancel_on_signals(
         &runtime,
-        options.cancel.clone(),
+        move || cancel.cancel(),
         "a partial .partial file may remain beside the output".to_owned(),
     );
     let scope = file_name.clone();
