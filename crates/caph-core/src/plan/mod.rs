@@ -473,22 +473,37 @@ fn expected_digest(script: &mut Script, pin: Option<&String>, checksum_url: &str
     }
 }
 
+/// Downloads `url` to `dest`, verified against the pin or else the upstream checksum file.
+fn fetch_verified(
+    script: &mut Script,
+    url: &str,
+    pin: Option<&String>,
+    checksum_url: &str,
+    file_name: &str,
+    dest: &str,
+) {
+    expected_digest(script, pin, checksum_url, file_name);
+    script.line(format!(
+        "caph_fetch {} {} \"$expected\"",
+        quote(url),
+        quote(dest)
+    ));
+}
+
 fn containerd_install(artifact: &Artifact, arch: Arch) -> String {
     let version = artifact.version.to_string();
     let file_name = format!("containerd-{version}-linux-{}.tar.gz", arch.debian_name());
     let url = format!("{}/v{version}/{file_name}", artifact.base_url);
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
-    expected_digest(
+    fetch_verified(
         &mut script,
+        &url,
         artifact.sha256.get(&arch),
         &format!("{url}.sha256sum"),
         &file_name,
+        "/tmp/caph-containerd.tar.gz",
     );
-    script.line(format!(
-        "caph_fetch {} /tmp/caph-containerd.tar.gz \"$expected\"",
-        quote(&url)
-    ));
     script.command(&[
         "tar",
         "-C",
@@ -507,16 +522,14 @@ fn runc_install(artifact: &Artifact, arch: Arch) -> String {
     let url = format!("{}/v{version}/{file_name}", artifact.base_url);
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
-    expected_digest(
+    fetch_verified(
         &mut script,
+        &url,
         artifact.sha256.get(&arch),
         &format!("{}/v{version}/runc.sha256sum", artifact.base_url),
         &file_name,
+        "/tmp/caph-runc",
     );
-    script.line(format!(
-        "caph_fetch {} /tmp/caph-runc \"$expected\"",
-        quote(&url)
-    ));
     script.command(&[
         "install",
         "-m",
@@ -535,16 +548,14 @@ fn crictl_install(artifact: &Artifact, arch: Arch) -> String {
     let url = format!("{}/v{version}/{file_name}", artifact.base_url);
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
-    expected_digest(
+    fetch_verified(
         &mut script,
+        &url,
         artifact.sha256.get(&arch),
         &format!("{url}.sha256"),
         &file_name,
+        "/tmp/caph-crictl.tar.gz",
     );
-    script.line(format!(
-        "caph_fetch {} /tmp/caph-crictl.tar.gz \"$expected\"",
-        quote(&url)
-    ));
     script.command(&[
         "tar",
         "-C",
@@ -625,16 +636,14 @@ fn kubernetes_binaries(
             "{base_url}/v{version}/bin/linux/{}/{component}",
             arch.debian_name()
         );
-        expected_digest(
+        fetch_verified(
             &mut script,
+            &url,
             pins.and_then(|pins| pins.get(*component)),
             &format!("{url}.sha256"),
             component,
+            &format!("/tmp/caph-{component}"),
         );
-        script.line(format!(
-            "caph_fetch {} /tmp/caph-{component} \"$expected\"",
-            quote(&url)
-        ));
         script.command(&[
             "install",
             "-m",
