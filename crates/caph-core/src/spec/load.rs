@@ -451,27 +451,12 @@ impl Loader<'_, '_> {
         let variant = self.reader.string(&section, "variant");
         let components = self.reader.string_list(&section, "components");
         if let Some(tarball) = tarball {
-            for (key, present) in [
-                ("suite", suite.is_some()),
-                ("mirror", mirror.is_some()),
-                ("variant", variant.is_some()),
-            ] {
-                if present {
-                    let span = section
-                        .table
-                        .get(key)
-                        .map_or(section.span.clone(), |v| v.span());
-                    self.reader.error(
-                        &span,
-                        &section.field_of(key),
-                        "cannot be combined with tarball",
-                        Some(
-                            "use either an mmdebstrap base (suite, mirror, variant) or a tarball"
-                                .to_string(),
-                        ),
-                    );
-                }
-            }
+            self.reader.disallow(
+                &section,
+                &["suite", "mirror", "variant"],
+                "cannot be combined with tarball",
+                "use either an mmdebstrap base (suite, mirror, variant) or a tarball",
+            );
             let Some(sha256) = sha256 else {
                 self.reader.error(
                     &tarball.span,
@@ -601,23 +586,12 @@ impl Loader<'_, '_> {
         let pins = self.component_pins(&section);
         let source = match source.value.as_str() {
             "apt" => {
-                for (key, present) in [
-                    ("binaries_url", binaries_url.is_some()),
-                    ("sha256", section.table.contains_key("sha256")),
-                ] {
-                    if present {
-                        let span = section
-                            .table
-                            .get(key)
-                            .map_or(section.span.clone(), |v| v.span());
-                        self.reader.error(
-                            &span,
-                            &section.field_of(key),
-                            "only applies to source = \"binaries\"",
-                            Some("remove it, or set source = \"binaries\"".to_string()),
-                        );
-                    }
-                }
+                self.reader.disallow(
+                    &section,
+                    &["binaries_url", "sha256"],
+                    "only applies to source = \"binaries\"",
+                    "remove it, or set source = \"binaries\"",
+                );
                 let version = version?;
                 let base = apt_url.map_or(DEFAULT_APT_URL.to_string(), |url| url.value);
                 let repository = format!("{base}/v{}/deb/", version.minor_series());
@@ -628,23 +602,12 @@ impl Loader<'_, '_> {
                 })
             }
             "binaries" => {
-                for (key, present) in [
-                    ("apt_url", apt_url.is_some()),
-                    ("apt_key_sha256", key_sha256.is_some()),
-                ] {
-                    if present {
-                        let span = section
-                            .table
-                            .get(key)
-                            .map_or(section.span.clone(), |v| v.span());
-                        self.reader.error(
-                            &span,
-                            &section.field_of(key),
-                            "only applies to source = \"apt\"",
-                            Some("remove it, or set source = \"apt\"".to_string()),
-                        );
-                    }
-                }
+                self.reader.disallow(
+                    &section,
+                    &["apt_url", "apt_key_sha256"],
+                    "only applies to source = \"apt\"",
+                    "remove it, or set source = \"apt\"",
+                );
                 Some(KubernetesSource::Binaries {
                     base_url: binaries_url
                         .map_or(DEFAULT_BINARIES_URL.to_string(), |url| url.value),

@@ -105,6 +105,26 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// Reports each of `keys` present in `section`: they do not apply in this combination.
+    pub(crate) fn disallow(
+        &mut self,
+        section: &Section<'_, '_>,
+        keys: &[&str],
+        message: &str,
+        help: &str,
+    ) {
+        for key in keys {
+            if let Some(value) = section.table.get(*key) {
+                self.error(
+                    &value.span(),
+                    &section.field_of(key),
+                    message,
+                    Some(help.to_string()),
+                );
+            }
+        }
+    }
+
     fn item<'a, 'i>(
         section: &Section<'a, 'i>,
         key: &str,
