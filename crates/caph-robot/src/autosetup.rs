@@ -277,6 +277,82 @@ pub struct Machine {
     pub arm: bool,
 }
 
+/// A drive of the target machine: its device path and size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    /// Device path, such as `/dev/sda`.
+    pub device: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+}
+
+/// installimage keeps this much free per `all` partition when it checks that a layout fits.
+const ALL_RESERVE_MIB: u64 = 1024;
+
+/// Like [`validate`], plus the rules that need the machine's drives (which only the rescue
+/// system can tell): every drive used exists, and the partitions fit the smallest drive (or the
+/// RAID's capacity), minus 1 GiB per `all`.
+pub fn validate_with_drives(text: &str, machine: Machine, drives: &[Drive]) -> Vec<Problem> {
+    let mut problems = validate(text, machine);
+    let Ok(autosetup) = parse(text) else {
+        return problems;
+    };
+    let layout = &autosetup.layout;
+    let size_of = |device: &str| {
+        drives
+            .iter()
+            .find(|drive| drive.device == device)
+            .map(|drive| drive.size_bytes / (1024 * 1024))
+    };
+    // DRIVE1 always; the others only when RAID or FORMATDRIVE makes installimage use them.
+    for (index, device) in layout.drives.iter().enumerate() {
+        let used =
+            index == 0 || layout.raid_level.is_some() || autosetup.format_drives.contains(&index);
+        if used && size_of(device).is_none() {
+            problems.push(Problem {
+                line: None,
+                message: format!("DRIVE{} {device} is not a drive of this machine", index + 1),
+            });
+        }
+    }
+    let sizes: Vec<u64> = match layout.raid_level {
+        Some(_) => layout
+            .drives
+            .iter()
+            .filter_map(|device| size_of(device))
+            .collect(),
+        None => layout
+            .drives
+            .first()
+            .and_then(|device| size_of(device))
+            .into_iter()
+            .collect(),
+    };
+    let Some(smallest) = sizes.iter().copied().min() else {
+        return problems;
+    };
+    let count = sizes.len() as u64;
+    let capacity = match layout.raid_level {
+        Some(0) => smallest * count,
+        Some(5) => smallest * count.saturating_sub(1),
+        Some(6) => smallest * count.saturating_sub(2),
+        Some(10) => smallest * (count / 2),
+        _ => smallest,
+    };
+    let wanted: u64 = layout
+        .partitions
+        .iter()
+        .map(|partition| match partition.size {
+            Size::MiB(mib) => mib,
+            Size::All => ALL_RESERVE_MIB,
+        })
+        .sum();
+    if wanted > capacity {
+        problems.push(Problem { line: None, message: format!("the partitions need {wanted} MiB, but the drives hold {capacity} MiB; make them smaller") });
+    }
+    problems
+}
+
 /// Checks an autosetup file with installimage's rules for `machine`; returns every problem.
 pub fn validate(text: &str, machine: Machine) -> Vec<Problem> {
     let mut autosetup = match parse(text) {
