@@ -151,8 +151,11 @@ fn a_missing_token_says_what_to_do() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
+    // Both ways forward: a token of a real project, or the simulator.
     assert!(
-        stderr(&output).contains("HCLOUD_TOKEN is not set: export a read-write API token"),
+        stderr(&output).contains("HCLOUD_TOKEN is not set: export a read-write API token")
+            && stderr(&output).contains("or try the whole build without an account")
+            && stderr(&output).contains("caph-image build hcloud SPEC --sim"),
         "{}",
         stderr(&output)
     );

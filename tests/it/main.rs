@@ -4,6 +4,7 @@ mod cli;
 mod cloud;
 mod hcloud_build;
 mod hcloud_faults;
+mod hcloud_sim_mode;
 mod robot;
 mod tarball;
 

@@ -1,24 +1,31 @@
-//! `caph-image build hcloud`, `images list|prune` and `gc`: the Hetzner Cloud commands.
+//! `caph-image build hcloud` (against a project, or with `--sim` against a simulator in this process), `images list|prune` and `gc`: the Hetzner Cloud commands.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use caph_core::Arch;
 use caph_core::backend::{
-    Artifact, Backend, BackendError, BuildRequest, Context, GcOptions, NoProgress,
+    Artifact, Backend, BackendError, BuildRequest, Context, GcOptions, NoProgress, ProgressEvent,
+    ProgressSink,
 };
 use caph_core::plan::{self, Target};
 use caph_hcloud::backend::{HcloudBackend, HcloudBackendConfig, naming};
 use caph_hcloud::{Client, ClientConfig, Token};
+use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
+use caph_sim::machine::{MachineLog, SshMachines, SshMachinesConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::progress::Progress;
+
+/// The exit code of a wrong command line, as clap gives it.
+const EXIT_USAGE: u8 = 2;
 use crate::{output, spec_files};
 
 /// Options of `build hcloud`.
@@ -32,12 +39,14 @@ pub struct BuildOptions<'a> {
     pub keep_on_error: bool,
     pub dry_run: bool,
     pub shutdown_timeout: Duration,
+    /// `--sim` with its `--sim-speed`: build against a simulator in this process.
+    pub sim: Option<f64>,
     pub api: &'a HcloudArgs,
 }
 
 fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
     let token = Token::from_env().ok_or_else(|| {
-        anyhow::anyhow!("HCLOUD_TOKEN is not set: export a read-write API token of the Hetzner Cloud project the snapshots go into (Cloud Console, Security, API tokens)")
+        anyhow::anyhow!("HCLOUD_TOKEN is not set: export a read-write API token of the Hetzner Cloud project the snapshots go into (Cloud Console, Security, API tokens), or try the whole build without an account against a simulated cloud on this machine with --sim (`sudo caph-image build hcloud SPEC --sim`)")
     })?;
     Client::new(ClientConfig::new(api.endpoint.clone(), token))
         .context("setting up the Hetzner Cloud client")
@@ -90,9 +99,32 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         replace: options.replace,
         keep_on_error: options.keep_on_error,
     };
-    let client = client(options.api)?;
+    if options.sim.is_some() && options.api.endpoint != caph_hcloud::DEFAULT_ENDPOINT {
+        output::error(&format!(
+            "--sim builds against its own simulated API, not {}: leave out --endpoint and unset HCLOUD_ENDPOINT",
+            options.api.endpoint
+        ));
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let runtime = runtime()?;
     let progress = Arc::new(Progress::new(global.no_progress, global.verbose));
+    // Declared after the runtime, so dropped before it; the runtime's own drop then ends the
+    // simulator's tasks, which release the last references to the machines: they are killed and
+    // their directory removed before the process exits, on every path out of this function.
+    let simulated = match options.sim {
+        Some(speed) => Some(runtime.block_on(SimCloud::start(
+            speed,
+            &spec,
+            &architectures,
+            &progress,
+            options.dry_run,
+        ))?),
+        None => None,
+    };
+    let client = match &simulated {
+        Some(cloud) => cloud.client()?,
+        None => client(options.api)?,
+    };
     let context = Context {
         progress: progress.clone(),
         cancel: CancellationToken::new(),
@@ -138,13 +170,24 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     cancel_on_signals(
         &runtime,
         move || token.cancel(),
-        "run `caph-image gc` to remove what is left".to_string(),
+        if simulated.is_some() {
+            "the simulator's machines are removed by the next --sim run".to_string()
+        } else {
+            "run `caph-image gc` to remove what is left".to_string()
+        },
     );
     let result = runtime.block_on(backend.build(&context, &request));
     progress.finish();
     match result {
         Ok(artifacts) => {
-            print_artifacts(global, &context.build_id, &spec, &artifacts);
+            let summary = simulated.as_ref().map(SimCloud::summary);
+            print_artifacts(
+                global,
+                &context.build_id,
+                &spec,
+                &artifacts,
+                summary.as_ref(),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(BackendError::Cancelled { phase, cleanup }) => {
@@ -181,17 +224,35 @@ fn print_artifacts(
     build_id: &str,
     spec: &caph_core::ImageSpec,
     artifacts: &[Artifact],
+    simulated: Option<&SimSummary>,
 ) {
+    if let Some(summary) = simulated {
+        // On stderr in both formats, so that nobody takes the ids for real snapshots.
+        output::note(&summary.sentence());
+    }
     match global.output {
-        OutputFormat::Json => output::json(&json!({
-            "build_id": build_id,
-            "image_name": spec.image.name,
-            "snapshots": artifacts.iter().map(|a| json!({
-                "id": a.id, "architecture": a.arch.hcloud_name(), "size_bytes": a.size_bytes,
-                "duration_seconds": a.duration.map(|d| d.as_secs_f64()), "labels": a.labels,
-                "machine_template": machine_template(spec, a.arch),
-            })).collect::<Vec<_>>(),
-        })),
+        OutputFormat::Json => {
+            let mut document = json!({
+                "build_id": build_id,
+                "image_name": spec.image.name,
+                "simulated": simulated.is_some(),
+                "snapshots": artifacts.iter().map(|a| json!({
+                    "id": a.id, "architecture": a.arch.hcloud_name(), "size_bytes": a.size_bytes,
+                    "duration_seconds": a.duration.map(|d| d.as_secs_f64()), "labels": a.labels,
+                    "machine_template": machine_template(spec, a.arch),
+                })).collect::<Vec<_>>(),
+            });
+            if let Some(summary) = simulated {
+                document["simulator"] = json!({
+                    "speed": summary.speed,
+                    "note": summary.sentence(),
+                    "snapshots": summary.snapshots,
+                    "servers_left": summary.servers,
+                    "ssh_keys_left": summary.ssh_keys,
+                });
+            }
+            output::json(&document);
+        }
         OutputFormat::Text => {
             output::result(&format!(
                 "{:<12} {:<6} {:>10} {:>10}",
@@ -218,7 +279,204 @@ fn print_artifacts(
                 output::result("---");
                 output::result(machine_template(spec, artifact.arch).trim_end());
             }
+            if let Some(summary) = simulated {
+                output::result("");
+                output::result(&summary.sentence());
+            }
         }
+    }
+}
+
+/// `--sim`: a Hetzner Cloud API simulator in this process, whose servers are real OpenSSH
+/// servers in chroots on this machine (`caph_sim::machine::SshMachines`).
+struct SimCloud {
+    /// Dropped before `_machines` (field order): the API stops before its machines go.
+    sim: HcloudSim,
+    /// Dropping the last reference kills every machine and removes its directory.
+    _machines: Option<Arc<SshMachines>>,
+    token: Token,
+    speed: f64,
+}
+
+/// What the simulator holds after a successful build.
+#[derive(Debug)]
+struct SimSummary {
+    speed: f64,
+    snapshots: usize,
+    servers: usize,
+    ssh_keys: usize,
+}
+
+impl SimSummary {
+    fn sentence(&self) -> String {
+        format!(
+            "Simulated run (--sim, {}x real time): the snapshots exist only in the simulator, which stopped with this command; nothing was created in a Hetzner Cloud project. The simulator ended with {} snapshot(s), {} server(s) and {} SSH key(s).",
+            self.speed, self.snapshots, self.servers, self.ssh_keys
+        )
+    }
+}
+
+impl SimCloud {
+    /// Starts the simulator and, unless this is a dry run (which creates no server), its SSH
+    /// machines with the root filesystem of every requested architecture built or found first.
+    async fn start(
+        speed: f64,
+        spec: &caph_core::ImageSpec,
+        architectures: &[Arch],
+        progress: &Arc<Progress>,
+        dry_run: bool,
+    ) -> anyhow::Result<SimCloud> {
+        if Token::from_env().is_some() {
+            output::note(
+                "--sim: HCLOUD_TOKEN is not used; nothing is sent to the Hetzner Cloud API",
+            );
+        }
+        let machines = if dry_run {
+            None
+        } else {
+            Some(Self::machines(spec, architectures, progress).await?)
+        };
+        // A token of this run only: nothing else on the machine can use the simulator's API.
+        let token = format!("sim-{:032x}", rand::random::<u128>());
+        let mut config = HcloudSimConfig {
+            token: token.clone(),
+            time: TimeMode::Scaled(1.0 / speed),
+            ..Default::default()
+        };
+        if let Some(machines) = &machines {
+            config.machines = machines.clone();
+        }
+        let sim = HcloudSim::start(config)
+            .await
+            .context("--sim: starting the Hetzner Cloud simulator on 127.0.0.1")?;
+        output::note(&format!(
+            "simulated run: a Hetzner Cloud simulator at {} ({speed}x real time), its servers are OpenSSH servers in chroots on this machine; nothing is created in a Hetzner Cloud project",
+            sim.api_url()
+        ));
+        Ok(SimCloud {
+            sim,
+            _machines: machines,
+            token: Token::new(token),
+            speed,
+        })
+    }
+
+    /// The SSH machines, with each architecture's root filesystem ready: a cold cache is built
+    /// with mmdebstrap here, with progress, instead of holding up the first `POST /servers`.
+    async fn machines(
+        spec: &caph_core::ImageSpec,
+        architectures: &[Arch],
+        progress: &Arc<Progress>,
+    ) -> anyhow::Result<Arc<SshMachines>> {
+        // While preparing there is no live progress block, so the machines' lines (mmdebstrap's
+        // output on a cold cache) print as they come; during the build they are progress output,
+        // shown with --verbose.
+        let preparing = Arc::new(AtomicBool::new(true));
+        let log: MachineLog = {
+            let preparing = preparing.clone();
+            let progress = progress.clone();
+            Arc::new(move |line: &str| {
+                if preparing.load(Ordering::Relaxed) {
+                    output::note(&format!("  simulator | {line}"));
+                } else {
+                    progress.event(ProgressEvent::Output {
+                        scope: "simulator".to_string(),
+                        line: line.to_string(),
+                    });
+                }
+            })
+        };
+        let config = SshMachinesConfig {
+            log: Some(log),
+            // POST /servers answers at once, as the real API does, while the disk is copied.
+            background_disks: true,
+            ..Default::default()
+        };
+        let cache = config.rootfs_cache.clone();
+        let machines = SshMachines::new(config).map_err(|error| {
+            let message = error.to_string();
+            anyhow::anyhow!(
+                "--sim cannot run the simulator's servers on this machine: {message}{}",
+                fix_hint(&message)
+            )
+        })?;
+        for arch in architectures {
+            let Some(image) = spec.base.hcloud_images.get(arch) else {
+                continue;
+            };
+            output::note(&format!(
+                "simulator: preparing the {image} root filesystem for {arch} (built with mmdebstrap on first use, which takes minutes; cached in {})",
+                cache.display()
+            ));
+            let started = Instant::now();
+            machines
+                .prepare_image(image, arch.hcloud_name())
+                .await
+                .map_err(|error| {
+                    let others: Vec<String> = architectures
+                        .iter()
+                        .filter(|other| *other != arch)
+                        .map(Arch::to_string)
+                        .collect();
+                    let without = if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; or build without {arch}: --arch {}", others.join(","))
+                    };
+                    anyhow::anyhow!(
+                        "--sim cannot run {arch} servers on this machine: {error}{without}"
+                    )
+                })?;
+            output::note(&format!(
+                "simulator: {image} for {arch} ready after {:.1}s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        preparing.store(false, Ordering::Relaxed);
+        Ok(Arc::new(machines))
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(ClientConfig::new(self.sim.api_url(), self.token.clone()))
+            .context("setting up the client of the simulated cloud")
+    }
+
+    fn summary(&self) -> SimSummary {
+        let state = self.sim.state();
+        SimSummary {
+            speed: self.speed,
+            snapshots: state.snapshots().len(),
+            servers: state.servers.len(),
+            ssh_keys: state.ssh_keys.len(),
+        }
+    }
+}
+
+/// The commands that fix what [`SshMachines::new`] found missing: its message names each
+/// missing binary with "(Debian package NAME)" and a missing root with "root (running as uid".
+fn fix_hint(message: &str) -> String {
+    const PACKAGE: &str = "(Debian package ";
+    let packages: Vec<&str> = message
+        .match_indices(PACKAGE)
+        .filter_map(|(at, _)| {
+            let rest = &message[at + PACKAGE.len()..];
+            rest.find(')').map(|end| &rest[..end])
+        })
+        .collect();
+    let mut fixes = Vec::new();
+    if !packages.is_empty() {
+        fixes.push(format!("`sudo apt-get install {}`", packages.join(" ")));
+    }
+    if message.contains("root (running as uid") {
+        fixes.push(
+            "run as root (`sudo caph-image build hcloud SPEC --sim`; sudo -E keeps your environment)"
+                .to_string(),
+        );
+    }
+    if fixes.is_empty() {
+        String::new()
+    } else {
+        format!("; to fix: {}", fixes.join(", then "))
     }
 }
 
@@ -320,4 +578,20 @@ pub fn gc(
         OutputFormat::Text => report.removed.iter().for_each(|line| output::result(line)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fix_hint;
+
+    #[test]
+    fn the_fix_names_every_missing_package_and_root() {
+        // The shape of `SshMachines::new`'s message (the end-to-end test checks the real one).
+        let message = "simulated SSH machines need: root (running as uid 1000): sshd's ChrootDirectory needs it; /usr/sbin/sshd (Debian package openssh-server); /usr/bin/mmdebstrap (Debian package mmdebstrap)";
+        assert_eq!(
+            fix_hint(message),
+            "; to fix: `sudo apt-get install openssh-server mmdebstrap`, then run as root (`sudo caph-image build hcloud SPEC --sim`; sudo -E keeps your environment)"
+        );
+        assert_eq!(fix_hint("creating /var/lib/caph-sim: read-only"), "");
+    }
 }

@@ -27,6 +27,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_on_error,
             dry_run,
             shutdown_timeout,
+            sim,
+            sim_speed,
             api,
         }) => hcloud::build(
             &cli.global,
@@ -39,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep_on_error,
                 dry_run,
                 shutdown_timeout,
+                sim: sim.then_some(sim_speed),
                 api: &api,
             },
         ),
@@ -116,6 +119,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "caph-image",
                 &mut std::io::stdout(),
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
             Ok(ExitCode::SUCCESS)
         }
     }
