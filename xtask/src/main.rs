@@ -3,14 +3,18 @@
 //! Commands:
 //! - `cargo xtask bench pack [--rootfs DIR] [--runs N]`: the tarball writer against GNU tar
 //!   piped into zstd and pigz, on a real Debian root filesystem (see `bench.rs`).
+//! - `cargo xtask dist [--check]`: reproducible release archives in `dist/`, or a check of
+//!   them (see `dist.rs`).
 
 mod bench;
+mod dist;
 
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
-const USAGE: &str = "usage: cargo xtask bench pack [--rootfs DIR] [--runs N]";
+const USAGE: &str =
+    "usage: cargo xtask bench pack [--rootfs DIR] [--runs N]\n       cargo xtask dist [--check]";
 
 fn main() -> ExitCode {
     match run() {
@@ -31,6 +35,7 @@ fn run() -> Result<()> {
         .as_slice()
     {
         ["bench", "pack", rest @ ..] => bench::pack(&bench::PackArgs::parse(rest)?),
+        ["dist", rest @ ..] => dist::run(&dist::DistArgs::parse(rest)?),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
