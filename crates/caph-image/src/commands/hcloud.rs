@@ -188,6 +188,10 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                 &artifacts,
                 summary.as_ref(),
             );
+            if simulated.is_some() {
+                // Removing the disk copies takes a while (seconds per GB); say why it waits.
+                output::note("simulator: stopping, and removing its machines and snapshot disks");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(BackendError::Cancelled { phase, cleanup }) => {
@@ -226,8 +230,9 @@ fn print_artifacts(
     artifacts: &[Artifact],
     simulated: Option<&SimSummary>,
 ) {
-    if let Some(summary) = simulated {
-        // On stderr in both formats, so that nobody takes the ids for real snapshots.
+    if let (Some(summary), OutputFormat::Json) = (simulated, global.output) {
+        // Also on stderr, where a person watching a scripted run reads, so that nobody takes
+        // the ids for real snapshots; text output ends with the same sentence.
         output::note(&summary.sentence());
     }
     match global.output {
@@ -349,8 +354,13 @@ impl SimCloud {
         let sim = HcloudSim::start(config)
             .await
             .context("--sim: starting the Hetzner Cloud simulator on 127.0.0.1")?;
+        let servers = if dry_run {
+            "a dry run starts no servers"
+        } else {
+            "its servers are OpenSSH servers in chroots on this machine"
+        };
         output::note(&format!(
-            "simulated run: a Hetzner Cloud simulator at {} ({speed}x real time), its servers are OpenSSH servers in chroots on this machine; nothing is created in a Hetzner Cloud project",
+            "simulated run: a Hetzner Cloud simulator at {} ({speed}x real time), {servers}; nothing is created in a Hetzner Cloud project",
             sim.api_url()
         ));
         Ok(SimCloud {
