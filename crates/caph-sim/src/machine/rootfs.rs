@@ -149,6 +149,10 @@ impl RootfsCache {
         log: &Option<MachineLog>,
     ) -> Result<PathBuf, MachineError> {
         let final_dir = self.dir.join(image.key());
+        // A cached foreign root filesystem is no use without qemu-user to run its commands.
+        if let Some(problem) = foreign_arch_problem(image) {
+            return Err(MachineError(problem));
+        }
         if self.is_complete(image, &final_dir) {
             return Ok(final_dir.join("root"));
         }
@@ -188,9 +192,6 @@ impl RootfsCache {
         // Another process may have finished the build while we waited for the lock.
         if self.is_complete(image, &final_dir) {
             return Ok(final_dir.join("root"));
-        }
-        if let Some(problem) = foreign_arch_problem(image) {
-            return Err(MachineError(problem));
         }
         self.build(image, &final_dir, log).await?;
         Ok(final_dir.join("root"))
