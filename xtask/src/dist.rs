@@ -31,7 +31,10 @@ const COMPLETIONS: [(&str, &str); 3] = [
     ("zsh", "completions/_caph-image"),
     ("fish", "completions/caph-image.fish"),
 ];
-/// The man page's path inside the archive.
+/// The directory of the man pages inside the archive: one per subcommand, from
+/// `caph-image man --dir`.
+const MAN_DIR: &str = "man";
+/// The main man page, which every archive must hold.
 const MAN_PAGE: &str = "man/caph-image.1";
 /// Documents copied from the repository root.
 const DOCUMENTS: [&str; 3] = ["README.md", "LICENSE", "LICENSE-APACHE"];
@@ -248,8 +251,8 @@ pub struct StageInputs<'a> {
     pub binaries: Vec<(&'a str, PathBuf)>,
     /// The repository root, where [`DOCUMENTS`] are.
     pub documents_dir: &'a Path,
-    /// `(path in the archive, contents)`: completions and the man page.
-    pub generated: Vec<(&'a str, Vec<u8>)>,
+    /// `(path in the archive, contents)`: completions and the man pages.
+    pub generated: Vec<(String, Vec<u8>)>,
 }
 
 /// Fills `staging/<stem>/` with the archive's contents, modes fixed and mtimes set to `epoch`.
@@ -352,9 +355,12 @@ fn build_all(root: &Path, dist_dir: &Path, version: &str, host: &str) -> Result<
     let host_binary = release_dir.join("release/caph-image");
     let mut generated = Vec::new();
     for (shell, path) in COMPLETIONS {
-        generated.push((path, run_capture(&host_binary, &["completions", shell])?));
+        generated.push((
+            path.to_owned(),
+            run_capture(&host_binary, &["completions", shell])?,
+        ));
     }
-    generated.push((MAN_PAGE, run_capture(&host_binary, &["man"])?));
+    generated.extend(man_pages(&host_binary)?);
 
     fs::create_dir_all(dist_dir).with_context(|| format!("creating {}", dist_dir.display()))?;
     remove_old_outputs(dist_dir)?;
@@ -407,6 +413,28 @@ fn build_all(root: &Path, dist_dir: &Path, version: &str, host: &str) -> Result<
     Ok(())
 }
 
+/// `(path in the archive, contents)` of every man page `caph-image man --dir` writes.
+fn man_pages(binary: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir = temp
+        .path()
+        .to_str()
+        .context("temporary directory is not UTF-8")?;
+    run_capture(binary, &["man", "--dir", dir])?;
+    let mut pages = Vec::new();
+    for entry in fs::read_dir(temp.path())? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        pages.push((format!("{MAN_DIR}/{name}"), fs::read(entry.path())?));
+    }
+    pages.sort();
+    ensure!(
+        pages.iter().any(|(path, _)| path == MAN_PAGE),
+        "caph-image man --dir wrote no {MAN_PAGE}"
+    );
+    Ok(pages)
+}
+
 /// Removes archives and sums of earlier runs, so `SHA256SUMS` covers exactly what is there.
 fn remove_old_outputs(dist_dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dist_dir)? {
@@ -419,7 +447,8 @@ fn remove_old_outputs(dist_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The files and directories an archive holds, with their modes, relative to its top directory.
+/// The files and directories an archive holds, with their modes, relative to its top directory;
+/// besides these, further `man/caph-image-*.1` pages (one per subcommand) are allowed.
 pub fn expected_layout() -> BTreeMap<String, u32> {
     let mut layout = BTreeMap::new();
     for (_, binary) in BINARIES {
@@ -536,6 +565,12 @@ fn check_archive(archive: &Path, stem: &str, version: &str, runnable: bool) -> R
     let top = temp.path().join(stem);
     let mut found = BTreeMap::new();
     collect_layout(&top, "", &mut found)?;
+    // Subcommand pages: their list follows the CLI, so any caph-image-*.1 page is accepted.
+    found.retain(|path, mode| {
+        !(path.starts_with(&format!("{MAN_DIR}/caph-image-"))
+            && path.ends_with(".1")
+            && *mode == 0o644)
+    });
     let expected = expected_layout();
     if found != expected {
         let missing: Vec<_> = expected
@@ -553,11 +588,15 @@ fn check_archive(archive: &Path, stem: &str, version: &str, runnable: bool) -> R
             archive.display()
         );
     }
-    let man = fs::read_to_string(top.join(MAN_PAGE))?;
-    ensure!(
-        man.starts_with(".ie") || man.contains(".TH"),
-        "{MAN_PAGE} is not a roff page"
-    );
+    for entry in fs::read_dir(top.join(MAN_DIR))? {
+        let path = entry?.path();
+        let page = fs::read_to_string(&path)?;
+        ensure!(
+            page.contains("\n.TH "),
+            "{} is not a roff man page",
+            path.display()
+        );
+    }
     for (_, path) in COMPLETIONS {
         ensure!(fs::metadata(top.join(path))?.len() > 0, "{path} is empty");
     }
@@ -635,11 +674,21 @@ mod tests {
             // A different mode than the archive's, which staging must fix.
             fs::set_permissions(dir.join(document), fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let mut generated: Vec<(&str, Vec<u8>)> = COMPLETIONS
+        let mut generated: Vec<(String, Vec<u8>)> = COMPLETIONS
             .iter()
-            .map(|(shell, path)| (*path, format!("# {shell} completion\n").into_bytes()))
+            .map(|(shell, path)| {
+                (
+                    (*path).to_owned(),
+                    format!("# {shell} completion\n").into_bytes(),
+                )
+            })
             .collect();
-        generated.push((MAN_PAGE, b".TH caph-image 1\n".to_vec()));
+        for page in ["caph-image", "caph-image-build"] {
+            generated.push((
+                format!("{MAN_DIR}/{page}.1"),
+                format!(".ie \\n(.g .ds Aq \\(aq\n.TH {page} 1\n").into_bytes(),
+            ));
+        }
         StageInputs {
             binaries: BINARIES
                 .iter()

@@ -170,7 +170,12 @@ Examples:
     /// Hidden from --help: it is for packagers, and generating the page keeps it in step with
     /// the flags instead of a hand-written copy that drifts.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write one page per subcommand into this directory instead (caph-image.1,
+        /// caph-image-build-hcloud.1, ...), so the main page's references resolve
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Where the Hetzner Cloud API is.
