@@ -78,11 +78,14 @@ pub fn run(args: &DistArgs) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    // xtask lives one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // xtask lives one level below the workspace root. `cargo run` sets CARGO_MANIFEST_DIR at run
+    // time too; that one wins, because two checkouts sharing a target directory share the
+    // `debug/xtask` binary, and the compiled-in path may be the other checkout's.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
         .parent()
-        .expect("xtask has a parent directory")
-        .to_owned()
+        .map_or_else(|| manifest_dir.clone(), Path::to_owned)
 }
 
 fn target_dir(root: &Path) -> PathBuf {
