@@ -40,3 +40,15 @@ pub fn load(path: &Path) -> Result<ImageSpec, Diagnostics> {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     caph_core::spec::load(&display, &bytes, &BesideSpec(directory))
 }
+
+/// Loads the spec at `path`; on problems prints them (stderr) and returns `None`, so a command can
+/// exit with the failure code.
+pub fn load_or_report(path: &Path) -> Option<ImageSpec> {
+    match load(path) {
+        Ok(spec) => Some(spec),
+        Err(diagnostics) => {
+            crate::output::note(&diagnostics.to_string());
+            None
+        }
+    }
+}

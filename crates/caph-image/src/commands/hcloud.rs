@@ -53,12 +53,8 @@ fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
 }
 
 pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<ExitCode> {
-    let mut spec = match spec_files::load(options.spec) {
-        Ok(spec) => spec,
-        Err(diagnostics) => {
-            output::note(&diagnostics.to_string());
-            return Ok(ExitCode::from(EXIT_FAILURE));
-        }
+    let Some(mut spec) = spec_files::load_or_report(options.spec) else {
+        return Ok(ExitCode::from(EXIT_FAILURE));
     };
     let Some(hcloud) = spec.hcloud.as_mut() else {
         anyhow::bail!(

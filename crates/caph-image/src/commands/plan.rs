@@ -16,12 +16,8 @@ pub fn run(
     target: PlanTarget,
     arch: Arch,
 ) -> anyhow::Result<ExitCode> {
-    let spec = match spec_files::load(spec_path) {
-        Ok(spec) => spec,
-        Err(diagnostics) => {
-            output::note(&diagnostics.to_string());
-            return Ok(ExitCode::from(EXIT_FAILURE));
-        }
+    let Some(spec) = spec_files::load_or_report(spec_path) else {
+        return Ok(ExitCode::from(EXIT_FAILURE));
     };
     let target = match target {
         PlanTarget::Hcloud => Target::Hcloud,

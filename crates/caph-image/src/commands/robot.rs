@@ -89,12 +89,8 @@ fn layout(name_or_path: &str) -> anyhow::Result<caph_core::spec::DiskLayout> {
 }
 
 pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<ExitCode> {
-    let spec = match spec_files::load(options.spec) {
-        Ok(spec) => spec,
-        Err(diagnostics) => {
-            output::note(&diagnostics.to_string());
-            return Ok(ExitCode::from(EXIT_FAILURE));
-        }
+    let Some(spec) = spec_files::load_or_report(options.spec) else {
+        return Ok(ExitCode::from(EXIT_FAILURE));
     };
     if spec.robot.is_none() && options.layout.is_none() {
         anyhow::bail!(

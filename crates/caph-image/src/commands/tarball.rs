@@ -43,12 +43,8 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
 }
 
 pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<ExitCode> {
-    let spec = match spec_files::load(options.spec) {
-        Ok(spec) => spec,
-        Err(diagnostics) => {
-            output::note(&diagnostics.to_string());
-            return Ok(ExitCode::from(EXIT_FAILURE));
-        }
+    let Some(spec) = spec_files::load_or_report(options.spec) else {
+        return Ok(ExitCode::from(EXIT_FAILURE));
     };
     let arch = match options.arch.or_else(assemble::host_arch) {
         Some(arch) => arch,

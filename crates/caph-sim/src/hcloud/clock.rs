@@ -5,6 +5,7 @@
 //! awake, so that in [`TimeMode::Manual`] a request can wait until everything that became due with the
 //! last [`Clock::advance`] has been applied ("settled"), which makes tests deterministic.
 
+use caph_core::time::civil_from_days;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -214,26 +215,6 @@ pub(crate) fn rfc3339(unix_seconds: f64) -> String {
         (second_of_day % 3600) / 60,
         second_of_day % 60
     )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (the robot simulator uses it too).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift the epoch to 0000-03-01 so that leap days fall at the end of each 400-year era.
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

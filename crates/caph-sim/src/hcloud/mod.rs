@@ -92,7 +92,7 @@
 mod api;
 mod catalog;
 mod checks;
-pub(crate) mod clock;
+mod clock;
 mod error;
 mod model;
 mod ops;

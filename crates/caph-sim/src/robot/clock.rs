@@ -1,6 +1,6 @@
 //! Simulated time for the Robot simulator: scaled real time, or time that moves only when a test says so.
 
-use crate::hcloud::clock::civil_from_days;
+use caph_core::time::civil_from_days;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
