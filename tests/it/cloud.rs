@@ -29,13 +29,23 @@ pub struct Cloud {
 impl Cloud {
     /// Starts everything, or says why this machine cannot (not root, no sshd, no mmdebstrap).
     pub async fn start(test: &str) -> Option<Cloud> {
-        let machines = match SshMachines::new(SshMachinesConfig::default()) {
-            Ok(machines) => Arc::new(machines),
-            Err(error) => {
-                eprintln!("SKIPPED {test}: {error}");
-                return None;
+        // A thousandth of real time: the simulated waits vanish next to the real SSH work.
+        match Cloud::start_scaled(0.001).await {
+            Ok(cloud) => Some(cloud),
+            Err(reason) => {
+                eprintln!("SKIPPED {test}: {reason}");
+                None
             }
-        };
+        }
+    }
+
+    /// Starts everything with simulated time at `scale` of real time (the build benchmark,
+    /// `crates/caph-image/benches/builds.rs`, includes this file), or says why this machine
+    /// cannot.
+    pub async fn start_scaled(scale: f64) -> Result<Cloud, String> {
+        let machines = Arc::new(
+            SshMachines::new(SshMachinesConfig::default()).map_err(|error| error.to_string())?,
+        );
         // Build (or find) the root filesystems first: a cold cache would otherwise hold up the
         // first `POST /servers` for minutes, past the client's request timeout.
         for arch in Cloud::architectures() {
@@ -45,7 +55,7 @@ impl Cloud {
         }
         let sim = HcloudSim::start(HcloudSimConfig {
             token: TOKEN.into(),
-            time: TimeMode::Scaled(0.001),
+            time: TimeMode::Scaled(scale),
             machines: machines.clone(),
             record_responses: true,
             ..Default::default()
@@ -58,7 +68,7 @@ impl Cloud {
         )
         .await
         .expect("the mirror starts");
-        Some(Cloud {
+        Ok(Cloud {
             sim,
             _machines: machines,
             mirror,
@@ -146,6 +156,18 @@ arm = "cax11"
 
     pub fn state(&self) -> SimState {
         self.sim.state()
+    }
+
+    /// The simulator's state after a build, which must have left no server and no SSH key.
+    pub fn state_with_nothing_left(&self) -> SimState {
+        let state = self.sim.state();
+        assert!(
+            state.servers.is_empty(),
+            "servers left: {:?}",
+            state.servers
+        );
+        assert!(state.ssh_keys.is_empty(), "keys left: {:?}", state.ssh_keys);
+        state
     }
 
     /// Checks every answer the simulator gave against the OpenAPI description.

@@ -77,7 +77,7 @@ pub fn run(args: &DistArgs) -> Result<()> {
     build_all(&root, &dist_dir, &version, &host)
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     // xtask lives one level below the workspace root. `cargo run` sets CARGO_MANIFEST_DIR at run
     // time too; that one wins, because two checkouts sharing a target directory share the
     // `debug/xtask` binary, and the compiled-in path may be the other checkout's.
@@ -88,7 +88,7 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| manifest_dir.clone(), Path::to_owned)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .filter(|dir| !dir.is_empty())
         .map_or_else(|| root.join("target"), PathBuf::from)

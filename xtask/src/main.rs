@@ -1,8 +1,9 @@
 //! `cargo xtask`: release builds, benchmarks and other project automation.
 //!
 //! Commands:
-//! - `cargo xtask bench pack [--rootfs DIR] [--runs N]`: the tarball writer against GNU tar
-//!   piped into zstd and pigz, on a real Debian root filesystem (see `bench.rs`).
+//! - `cargo xtask bench [all | pack | upload | polling | builds] [--runs N] [--rootfs DIR]`: every
+//!   benchmark (or one), side by side with the tools it competes with, written to one report,
+//!   `BENCHMARKS.md` (see `bench/mod.rs`).
 //! - `cargo xtask dist [--check]`: reproducible release archives in `dist/`, or a check of
 //!   them (see `dist.rs`).
 
@@ -14,7 +15,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 
 const USAGE: &str =
-    "usage: cargo xtask bench pack [--rootfs DIR] [--runs N]\n       cargo xtask dist [--check]";
+    "usage: cargo xtask bench [all | pack | upload | polling | builds] [--runs N] [--rootfs DIR]
+       cargo xtask dist [--check]";
 
 fn main() -> ExitCode {
     match run() {
@@ -34,7 +36,7 @@ fn run() -> Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["bench", "pack", rest @ ..] => bench::pack(&bench::PackArgs::parse(rest)?),
+        ["bench", rest @ ..] => bench::run(&bench::BenchArgs::parse(rest)?),
         ["dist", rest @ ..] => dist::run(&dist::DistArgs::parse(rest)?),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");

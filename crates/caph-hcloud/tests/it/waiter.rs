@@ -1,16 +1,19 @@
 //! The action waiter against the simulator: progress, failures, the deadline, and the request
 //! count of a whole snapshot build compared with a constant 500 ms poll.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use caph_hcloud::client::{
-    ActionProgress, ActionStatus, Client, CreateImageRequest, CreateServerRequest, Error,
-    PollSchedule, ServerStatus, WaitOptions,
+    ActionProgress, ActionStatus, CreateImageRequest, CreateServerRequest, Error, PollSchedule,
+    ServerStatus, WaitOptions,
 };
 use caph_sim::hcloud::Fault;
 
 use crate::{client_for, count, start_sim};
+
+// Shared with the polling benchmark (benches/polling.rs).
+#[path = "../support/snapshot_flow.rs"]
+mod snapshot_flow;
 
 #[tokio::test]
 async fn reports_progress_of_batched_actions_until_success() {
@@ -169,40 +172,6 @@ async fn the_deadline_ends_the_wait_naming_what_still_runs() {
     crate::assert_answers_match_openapi(&sim);
 }
 
-/// Builds one snapshot the way the hcloud backend does (create server, wait until running,
-/// shutdown, wait until off, create_image, wait until available, delete), polling on
-/// `schedule`, and returns the API requests it took.
-pub async fn requests_per_snapshot(client: &Client, name: &str, schedule: PollSchedule) -> u64 {
-    let options = WaitOptions {
-        schedule,
-        timeout: Duration::from_secs(120),
-    };
-    let before = client.requests_sent();
-    let mut request = CreateServerRequest::new(name, "cx23", "debian-12");
-    request.labels = BTreeMap::from([("caph-image-build".to_string(), name.to_string())]);
-    let created = client.create_server(&request).await.unwrap();
-    client
-        .wait_for_actions(&created.all_actions(), &options, &mut |_| {})
-        .await
-        .unwrap();
-    let id = created.server.id;
-    client.shutdown_server(id).await.unwrap();
-    client
-        .wait_for_server_status(id, &ServerStatus::Off, &options, &mut |_| {})
-        .await
-        .unwrap();
-    let snapshot = client
-        .create_image(id, &CreateImageRequest::default())
-        .await
-        .unwrap();
-    client
-        .wait_for_action(&snapshot.action, &options, &mut |_| {})
-        .await
-        .unwrap();
-    client.delete_server(id).await.unwrap();
-    client.requests_sent() - before
-}
-
 #[tokio::test]
 async fn fewer_requests_per_snapshot_than_a_constant_500ms_poll() {
     // The simulator's default durations (create 12 s + start 16 s, shutdown 6 s, snapshot 60 s
@@ -210,17 +179,13 @@ async fn fewer_requests_per_snapshot_than_a_constant_500ms_poll() {
     let scale = 0.01;
     let sim = start_sim(scale).await;
     let client = client_for(&sim.api_url());
-    let started = std::time::Instant::now();
-    let ours =
-        requests_per_snapshot(&client, "bench-ours", PollSchedule::default().scaled(scale)).await;
-    let ours_time = started.elapsed().div_f64(scale).as_secs_f64();
-    let started = std::time::Instant::now();
-    let constant_schedule = PollSchedule::constant(Duration::from_millis(500)).scaled(scale);
-    let constant = requests_per_snapshot(&client, "bench-constant", constant_schedule).await;
-    let constant_time = started.elapsed().div_f64(scale).as_secs_f64();
+    let [(_, waiter), (_, constant)] = snapshot_flow::schedules(scale);
+    let ours = snapshot_flow::snapshot_run(&client, "bench-ours", waiter, scale).await;
+    let constant = snapshot_flow::snapshot_run(&client, "bench-constant", constant, scale).await;
     eprintln!(
-        "API requests per built snapshot: waiter {ours} in {ours_time:.1} s, constant 500 ms poll {constant} in \
-         {constant_time:.1} s (simulated seconds)"
+        "API requests per built snapshot: waiter {} in {:.1} s, constant 500 ms poll {} in {:.1} s \
+         (simulated seconds)",
+        ours.requests, ours.simulated_seconds, constant.requests, constant.simulated_seconds
     );
     let state = sim.state();
     assert_eq!(state.snapshots().len(), 2);
@@ -230,6 +195,9 @@ async fn fewer_requests_per_snapshot_than_a_constant_500ms_poll() {
             .iter()
             .all(|image| image.status == caph_sim::hcloud::ImageStatus::Available)
     );
-    assert!(ours * 2 < constant, "waiter {ours} vs constant {constant}");
+    assert!(
+        ours.requests * 2 < constant.requests,
+        "waiter {ours:?} vs constant {constant:?}"
+    );
     crate::assert_answers_match_openapi(&sim);
 }

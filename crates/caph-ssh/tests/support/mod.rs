@@ -71,7 +71,8 @@ fn free_loopback_addr() -> SocketAddr {
     }
 }
 
-fn write_private(path: &Path, content: &str) {
+/// Writes a file only its owner can read: ssh and sshd refuse keys others can read.
+pub fn write_private(path: &Path, content: &str) {
     let mut file = fs::OpenOptions::new()
         .create(true)
         .truncate(true)

@@ -1,65 +1,31 @@
-//! `cargo xtask bench pack`: the tarball writer, as `caph-image pack` (release build), side by
-//! side with GNU tar piped into `zstd -T0 -3` and `pigz`, on a real Debian root filesystem.
+//! The `pack` section: the tarball writer, as `caph-image pack` (release build), side by side
+//! with GNU tar piped into `zstd -T0 -3` and `pigz`, on a real Debian root filesystem.
 //!
 //! Without `--rootfs`, the tree is `mmdebstrap --variant=minbase --include=containerd
 //! bookworm`, built once (needs root and Debian's mirror) and cached under
 //! `/var/cache/caph-image-bench/`. Every command runs under GNU `time` (Debian package `time`)
 //! for wall time, user+system CPU and peak RSS, writes its output to the same disk and fsyncs
 //! it; the commands run round robin `--runs` times and the run with the median wall time of
-//! each is reported. The
-//! Markdown table goes to stdout and to `<target dir>/bench/pack.md`.
+//! each is reported.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
+
+use super::harness::{RESULT_PREFIX, kib_to_mib, read_gnu_time, under_gnu_time};
+use super::{shell_quote, which};
 
 /// Where the benchmark's root filesystem is cached between runs.
 const CACHE_DIR: &str = "/var/cache/caph-image-bench";
 /// The cached tree's directory name, which spells out how it was made.
 const CACHED_ROOTFS: &str = "bookworm-minbase-containerd";
-/// Runs per command: three gives a median that one noisy neighbour cannot move much.
-const DEFAULT_RUNS: usize = 3;
 /// The peak RSS target for the writer, whatever the tree size.
 const RSS_TARGET_MIB: f64 = 64.0;
-
-/// Arguments of `bench pack`.
-#[derive(Debug)]
-pub struct PackArgs {
-    rootfs: Option<PathBuf>,
-    runs: usize,
-}
-
-impl PackArgs {
-    pub fn parse(args: &[&str]) -> Result<PackArgs> {
-        let mut parsed = PackArgs {
-            rootfs: None,
-            runs: DEFAULT_RUNS,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match *arg {
-                "--rootfs" => {
-                    parsed.rootfs = Some(args.next().context("--rootfs needs a directory")?.into());
-                }
-                "--runs" => {
-                    let runs = args.next().context("--runs needs a number")?;
-                    parsed.runs =
-                        runs.parse()
-                            .ok()
-                            .filter(|runs| *runs > 0)
-                            .with_context(|| {
-                                format!("--runs must be a positive number, not {runs:?}")
-                            })?;
-                }
-                other => bail!("unknown argument {other:?} to `bench pack`"),
-            }
-        }
-        Ok(parsed)
-    }
-}
+/// The section's title.
+pub const TITLE: &str = "Tarball writer vs GNU tar | zstd and | pigz";
 
 /// One measured command.
 struct Case {
@@ -79,45 +45,27 @@ struct Measurement {
     size: u64,
 }
 
-pub fn pack(args: &PackArgs) -> Result<()> {
-    let workspace = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), PathBuf::from);
+/// Measures `writer` (a release `caph-image`) against the GNU pipelines, `runs` rounds, and
+/// returns the Markdown section. Scratch files go to `scratch`.
+pub fn run(writer: &Path, rootfs: Option<&Path>, runs: usize, scratch: &Path) -> Result<String> {
     for tool in ["tar", "zstd", "pigz", "sync"] {
         ensure!(
             which(tool),
             "`{tool}` is missing (Debian packages: tar zstd pigz coreutils)"
         );
     }
-    ensure!(
-        Path::new("/usr/bin/time").exists(),
-        "/usr/bin/time is missing (Debian package: time)"
-    );
-
-    let rootfs = match &args.rootfs {
-        Some(rootfs) => rootfs.clone(),
+    let rootfs = match rootfs {
+        Some(rootfs) => rootfs.to_path_buf(),
         None => cached_rootfs()?,
     };
     ensure!(rootfs.is_dir(), "{} is not a directory", rootfs.display());
-
-    eprintln!("building caph-image (release)...");
-    let status = Command::new(env_or("CARGO", "cargo"))
-        .args(["build", "--release", "--quiet", "-p", "caph-image"])
-        .current_dir(&workspace)
-        .status()
-        .context("running cargo build")?;
-    ensure!(
-        status.success(),
-        "cargo build --release -p caph-image failed"
-    );
-    // What users run: `caph-image pack`, result printing included.
-    let writer = target.join("release/caph-image");
     ensure!(writer.exists(), "{} was not built", writer.display());
 
-    let out_dir = target.join("bench/out");
+    let out_dir = scratch.join("pack");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let (tree_bytes, tree_entries) = tree_size(&rootfs)?;
     let dir = shell_quote(&rootfs.to_string_lossy());
+    // What users run: `caph-image pack`, result printing included.
     let writer = shell_quote(&writer.to_string_lossy());
     let case = |label, command: &str, file: &str, ours| Case {
         label,
@@ -165,25 +113,23 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         ),
     ];
 
-    let load_before = load_average();
     // One unmeasured pass reads the tree into the page cache, so no command pays for it.
     run_case(&cases[0])?;
     // Round robin, so a burst of load from elsewhere hits every command alike.
-    let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); cases.len()];
-    for round in 1..=args.runs {
-        for (case, case_runs) in cases.iter().zip(&mut runs) {
+    let mut measured: Vec<Vec<Measurement>> = vec![Vec::new(); cases.len()];
+    for round in 1..=runs {
+        for (case, case_runs) in cases.iter().zip(&mut measured) {
             case_runs.push(run_case(case)?);
         }
-        eprintln!("round {round}/{} measured", args.runs);
+        eprintln!("pack: round {round}/{runs} measured");
     }
-    let results: Vec<Measurement> = runs
+    let results: Vec<Measurement> = measured
         .iter_mut()
         .map(|case_runs| {
             case_runs.sort_by(|left, right| left.wall.total_cmp(&right.wall));
             case_runs[case_runs.len() / 2]
         })
         .collect();
-    let load_after = load_average();
     // Every output must list the same entries as GNU tar's own archive.
     let mut listed = Vec::new();
     for case in &cases {
@@ -201,23 +147,15 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         )));
     }
 
-    let report = render(&Report {
+    Ok(render(&Report {
         rootfs: &rootfs,
         tree_bytes,
         tree_entries,
-        runs: args.runs,
+        runs,
         entries_listed: listed[0],
-        load_before,
-        load_after,
         cases: &cases,
         results: &results,
-    });
-    print!("{report}");
-    let report_path = target.join("bench/pack.md");
-    fs::write(&report_path, &report)
-        .with_context(|| format!("writing {}", report_path.display()))?;
-    eprintln!("written to {}", report_path.display());
-    Ok(())
+    }))
 }
 
 fn run_case(case: &Case) -> Result<Measurement> {
@@ -226,10 +164,9 @@ fn run_case(case: &Case) -> Result<Measurement> {
     let command = case
         .command
         .replace("{out}", &shell_quote(&case.output.to_string_lossy()));
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "%e %U %S %M", "-o"])
-        .arg(&times)
-        .args(["sh", "-c", &command])
+    let mut shell = Command::new("sh");
+    shell.args(["-c", &command]);
+    let output = under_gnu_time(&shell, &times)
         .output()
         .with_context(|| format!("running {command}"))?;
     ensure!(
@@ -237,24 +174,14 @@ fn run_case(case: &Case) -> Result<Measurement> {
         "{command} failed: {}",
         String::from_utf8_lossy(&output.stderr).trim()
     );
-    let text =
-        fs::read_to_string(&times).with_context(|| format!("reading {}", times.display()))?;
-    let _ = fs::remove_file(&times);
-    let fields: Vec<f64> = text
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("unexpected GNU time output {text:?}"))?;
-    let [wall, user, system, rss] = fields[..] else {
-        bail!("unexpected GNU time output {text:?}");
-    };
+    let usage = read_gnu_time(&times).map_err(|error| anyhow!(error))?;
     let size = fs::metadata(&case.output)
         .with_context(|| format!("{} was not written", case.output.display()))?
         .len();
     Ok(Measurement {
-        wall,
-        cpu: user + system,
-        rss_kib: rss as u64,
+        wall: usage.wall,
+        cpu: usage.cpu,
+        rss_kib: usage.rss_kib,
         size,
     })
 }
@@ -265,8 +192,6 @@ struct Report<'a> {
     tree_entries: u64,
     runs: usize,
     entries_listed: u64,
-    load_before: String,
-    load_after: String,
     cases: &'a [Case],
     results: &'a [Measurement],
 }
@@ -274,7 +199,7 @@ struct Report<'a> {
 fn render(report: &Report<'_>) -> String {
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     let mut text = String::new();
-    let _ = writeln!(text, "# `cargo xtask bench pack`\n");
+    let _ = writeln!(text, "## {TITLE}\n");
     let _ = writeln!(
         text,
         "- tree: `{}`, {:.1} MiB in {} entries (apparent sizes)",
@@ -284,24 +209,13 @@ fn render(report: &Report<'_>) -> String {
     );
     let _ = writeln!(
         text,
-        "- machine: {} cores; load average before `{}`, after `{}`",
-        std::thread::available_parallelism().map_or(1, usize::from),
-        report.load_before,
-        report.load_after
+        "- `caph-image pack` is the release build; GNU tar, zstd and pigz are the versions in \
+         the machine section"
     );
     let _ = writeln!(
         text,
-        "- tools: {}; zstd {}; pigz {}",
-        first_line("tar", &["--version"]),
-        first_line("zstd", &["-V"])
-            .replace("*** Zstandard CLI ", "")
-            .replace(" ***", ""),
-        first_line("pigz", &["-V"]).replace("pigz ", "")
-    );
-    let _ = writeln!(
-        text,
-        "- median of {} runs by wall time; page cache warm; every output fsynced; peak RSS is \
-         the largest process of a pipeline",
+        "- median of {} round-robin runs by wall time; page cache warm; every output fsynced; \
+         peak RSS is the largest process of a pipeline (GNU time)",
         report.runs
     );
     let _ = writeln!(
@@ -330,30 +244,48 @@ fn render(report: &Report<'_>) -> String {
             result.cpu,
             mib(result.size),
             100.0 * result.size as f64 / report.tree_bytes.max(1) as f64,
-            result.rss_kib as f64 / 1024.0
+            kib_to_mib(result.rss_kib)
         );
     }
     let _ = writeln!(text);
     // Pairs: (GNU, ours) for none, zstd and gzip.
+    let mut summary = Vec::new();
     for pair in report.results.chunks(2).zip(report.cases.chunks(2)) {
         let ([gnu, ours], [_, case]) = (pair.0, pair.1) else {
             continue;
         };
+        let rss = kib_to_mib(ours.rss_kib);
         let _ = writeln!(
             text,
-            "- {}: {:.2}x the GNU pipeline's wall time, output {:+.2}% in size, peak RSS {:.1} MiB \
-             ({} the {RSS_TARGET_MIB} MiB target)",
+            "- {}: {:.2}x the GNU pipeline's wall time, output {:+.2}% in size, peak RSS {rss:.1} \
+             MiB ({} the {RSS_TARGET_MIB} MiB target)",
             case.label,
             ours.wall / gnu.wall.max(0.001),
             100.0 * (ours.size as f64 - gnu.size as f64) / gnu.size.max(1) as f64,
-            ours.rss_kib as f64 / 1024.0,
-            if (ours.rss_kib as f64 / 1024.0) < RSS_TARGET_MIB {
+            if rss < RSS_TARGET_MIB {
                 "within"
             } else {
                 "OVER"
             }
         );
+        summary.push(format!(
+            "{} {:.2}x the wall time of GNU tar{}, {:+.1}% size, {rss:.0} MiB RSS",
+            case.label
+                .trim_start_matches("caph-image pack --compression "),
+            ours.wall / gnu.wall.max(0.001),
+            match case.label.rsplit(' ').next() {
+                Some(compression) if compression.starts_with("zstd") => " | zstd",
+                Some(compression) if compression.starts_with("gzip") => " | pigz",
+                _ => "",
+            },
+            100.0 * (ours.size as f64 - gnu.size as f64) / gnu.size.max(1) as f64,
+        ));
     }
+    let _ = writeln!(
+        text,
+        "\n{RESULT_PREFIX} `caph-image pack`: {}.",
+        summary.join("; ")
+    );
     text
 }
 
@@ -428,57 +360,4 @@ fn tree_size(root: &Path) -> Result<(u64, u64)> {
         }
     }
     Ok((bytes, entries))
-}
-
-fn workspace_root() -> PathBuf {
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map_or(manifest_dir.clone(), Path::to_path_buf)
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn which(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null")])
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-fn first_line(program: &str, args: &[&str]) -> String {
-    Command::new(program).args(args).output().map_or_else(
-        |_| "unknown".to_owned(),
-        |output| {
-            let text = if output.stdout.is_empty() {
-                output.stderr
-            } else {
-                output.stdout
-            };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .next()
-                .unwrap_or("unknown")
-                .trim()
-                .to_owned()
-        },
-    )
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// Single-quotes a value for `sh -c`.
-fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
 }
