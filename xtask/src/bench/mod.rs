@@ -181,7 +181,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             load_average()
         );
         let text = with_run_line(&body, &run_line);
-        print!("{text}");
+        println!("{text}");
         if let Some(reason) = skipped_reason(&text) {
             eprintln!("SKIPPED bench {}: {reason}", section.name);
         }

@@ -220,7 +220,7 @@ fn render(report: &Report<'_>) -> String {
     );
     let _ = writeln!(
         text,
-        "- every archive lists the same {} entries (`tar -t`); `caph pack` runs with `--plain`, \
+        "- every archive lists the same {} entries (`tar -t`); `caph-image pack` runs with `--plain`, \
          so it packs what GNU tar packs\n",
         report.entries_listed
     );
