@@ -9,10 +9,10 @@ use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use caph_sim::mirror::{Mirror, release_artifacts};
 
 use crate::cloud::VERSIONS;
-use crate::{repo, stderr, stdout};
+use crate::{is_root, repo, stderr, stdout};
 
 /// The shipped spec the README's quick start builds.
-const SHIPPED_SPEC: &str = "images/debian-12-k8s-1.34.toml";
+pub const SHIPPED_SPEC: &str = "images/debian-12-k8s-1.34.toml";
 
 /// Where `SshMachinesConfig::default()` keeps its per-run directories.
 const STATE_DIR: &str = "/var/lib/caph-sim";
@@ -50,7 +50,7 @@ fn shipped_spec_on_mirror(mirror: &str) -> String {
 }
 
 /// The per-run directories of `SshMachines` under [`STATE_DIR`] owned by process `pid`.
-fn run_dirs_of(pid: u32) -> Vec<String> {
+pub fn run_dirs_of(pid: u32) -> Vec<String> {
     let prefix = format!("run-{pid}-");
     std::fs::read_dir(STATE_DIR)
         .map(|entries| {
@@ -85,8 +85,8 @@ async fn sim_mode_builds_a_shipped_spec_and_leaves_nothing_else() {
     )
     .unwrap();
 
-    let started = Instant::now();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"));
+    command
         .args([
             "build",
             "hcloud",
@@ -103,19 +103,9 @@ async fn sim_mode_builds_a_shipped_spec_and_leaves_nothing_else() {
         .current_dir(dir.path())
         // The simulator needs neither; set, they must not lead the build anywhere else.
         .env("HCLOUD_TOKEN", "must-not-be-used")
-        .env_remove("HCLOUD_ENDPOINT")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("caph-image runs");
-    let pid = child.id().expect("the child has a pid");
-    let output = child.wait_with_output().await.unwrap();
+        .env_remove("HCLOUD_ENDPOINT");
+    let (output, pid) = run_to_success(&mut command, "caph-image build hcloud --sim").await;
     let errors = stderr(&output);
-    eprintln!(
-        "caph-image build hcloud --sim took {:.1}s\n{errors}",
-        started.elapsed().as_secs_f64()
-    );
-    assert_eq!(output.status.code(), Some(0), "stderr:\n{errors}");
 
     let result: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(result["simulated"], true, "{result:#}");
@@ -155,6 +145,29 @@ async fn sim_mode_builds_a_shipped_spec_and_leaves_nothing_else() {
     );
     // Nothing of the run is left on this machine: its machines' directory is gone with it.
     assert_eq!(run_dirs_of(pid), Vec::<String>::new());
+}
+
+/// Runs `command` with its output captured, prints how long it took and its stderr, checks that
+/// it succeeded, and returns its output and process id.
+pub async fn run_to_success(
+    command: &mut tokio::process::Command,
+    what: &str,
+) -> (std::process::Output, u32) {
+    let started = Instant::now();
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("caph-image runs");
+    let pid = child.id().expect("the child has a pid");
+    let output = child.wait_with_output().await.unwrap();
+    let errors = stderr(&output);
+    eprintln!(
+        "{what} took {:.1}s\n{errors}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(output.status.code(), Some(0), "stderr:\n{errors}");
+    (output, pid)
 }
 
 #[test]
@@ -206,39 +219,37 @@ fn sim_refuses_another_endpoint_and_naming_it() {
     assert_eq!(output.status.code(), Some(2));
 }
 
-fn is_root() -> bool {
-    // /proc/self/status: the Uid line lists real, effective, saved and fs ids.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("Uid:"))
-                .and_then(|line| line.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Runs the binary as nobody, where the simulator's servers cannot run: the error must say
 /// what to do.
 #[test]
 fn sim_without_root_says_to_run_as_root() {
-    let test = "sim_without_root_says_to_run_as_root";
+    sim_as_nobody_names_the_fix(
+        "sim_without_root_says_to_run_as_root",
+        &["build", "hcloud", "node.toml", "--sim", "--arch", "x86"],
+        "run as root (`sudo caph-image build hcloud SPEC --sim`",
+    );
+}
+
+/// Runs `caph-image ARGS` as nobody in a directory holding the shipped spec as `node.toml` and
+/// an empty `node.tar.gz`, and checks that the error names what is missing and `fix`.
+pub fn sim_as_nobody_names_the_fix(test: &str, args: &[&str], fix: &str) {
     if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
         eprintln!("SKIPPED {test}: needs root and setpriv (util-linux) to become nobody");
         return;
     }
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    // nobody must be able to read the spec.
+    // nobody must be able to read the spec and the tarball.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::copy(repo().join(SHIPPED_SPEC), dir.join("node.toml")).unwrap();
+    std::fs::write(dir.join("node.tar.gz"), b"").unwrap();
     let output = std::process::Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_caph-image"))
-        .args(["build", "hcloud", "node.toml", "--sim", "--arch", "x86"])
+        .args(args)
         .current_dir(dir)
         .env_remove("HCLOUD_ENDPOINT")
+        .env_remove("HETZNER_ROBOT_ENDPOINT")
         .output()
         .unwrap();
     let errors = stderr(&output);
@@ -248,8 +259,5 @@ fn sim_without_root_says_to_run_as_root() {
         "{errors}"
     );
     assert!(errors.contains("root (running as uid 65534)"), "{errors}");
-    assert!(
-        errors.contains("run as root (`sudo caph-image build hcloud SPEC --sim`"),
-        "{errors}"
-    );
+    assert!(errors.contains(fix), "{errors}");
 }

@@ -6,6 +6,7 @@ mod hcloud_build;
 mod hcloud_faults;
 mod hcloud_sim_mode;
 mod robot;
+mod robot_sim_mode;
 mod tarball;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,20 @@ pub fn caph_image(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .expect("caph-image runs")
+}
+
+/// Whether this process runs as root (the effective user id).
+pub fn is_root() -> bool {
+    // /proc/self/status: the Uid line lists real, effective, saved and fs ids.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("Uid:"))
+                .and_then(|line| line.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
 }
 
 pub fn stdout(output: &Output) -> String {

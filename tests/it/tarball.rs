@@ -11,20 +11,7 @@ use std::time::Instant;
 use caph_sim::mirror::{Mirror, release_artifacts};
 
 use crate::cloud::VERSIONS;
-use crate::{caph_image, stderr, stdout};
-
-fn is_root() -> bool {
-    // /proc/self/status: the Uid line lists real, effective, saved and fs ids.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("Uid:"))
-                .and_then(|line| line.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
+use crate::{caph_image, is_root, stderr, stdout};
 
 fn tarball_spec(mirror: &str) -> String {
     format!(
@@ -60,6 +47,23 @@ url = "{mirror}/crictl"
 [[system.files]]
 path = "/etc/e2e-marker"
 content = "built by the tarball test\n"
+
+[robot]
+hostname = "node-{{server_number}}"
+
+[robot.disk]
+drives = ["/dev/sda", "/dev/sdb"]
+raid_level = 1
+
+[[robot.disk.partitions]]
+mount = "/boot"
+filesystem = "ext4"
+size = "1024M"
+
+[[robot.disk.partitions]]
+mount = "/"
+filesystem = "ext4"
+size = "all"
 "#
     )
 }
@@ -271,6 +275,9 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
 
     // The same tarball, installed on a dedicated server through the rescue system and installimage.
     crate::robot::install_and_log_in(&dir, "spec.toml", &out.join(name), "1.34.2").await;
+    // And once more with --sim, on a simulated server of the binary's own, with the spec's
+    // [robot] table.
+    crate::robot_sim_mode::install_with_sim(&dir, "spec.toml", &out.join(name)).await;
 }
 
 #[test]

@@ -308,7 +308,13 @@ Shipped layouts (--layout NAME): single-disk, raid1, raid1-lvm, uefi.
 Examples:
   export HETZNER_ROBOT_USER=... HETZNER_ROBOT_PASSWORD=...
   caph-image build robot images/debian-12-k8s-1.34.toml --server 321
-  caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --tarball dist/Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout raid1-lvm --hostname node-7")]
+  caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --tarball dist/Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout raid1-lvm --hostname node-7
+
+Without a Robot account, --sim runs the same installation against a simulated Robot account with
+server N (an EX44 with two 512 GB drives) whose rescue system and installed node are real OpenSSH
+servers in chroots on this machine, and whose installimage applies installimage's rules:
+  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim
+  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim --sim-speed 10 --tarball Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz")]
     Robot {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -339,12 +345,22 @@ Examples:
         /// A Robot key (MD5 fingerprint) to authorize too; installimage copies it into the installed node (repeatable)
         #[arg(long = "authorize-key", value_name = "FINGERPRINT")]
         authorize_keys: Vec<String>,
-        /// How often to check whether the server is up or down (the provider polls every 10s)
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        poll_interval: std::time::Duration,
+        /// How often to check whether the server is up or down [default: 10s, as the provider
+        /// polls; with --sim divided by --sim-speed]
+        #[arg(long, value_parser = parse_duration)]
+        poll_interval: Option<std::time::Duration>,
         /// How long to wait for the rescue system after each reset (sw, then hw)
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         reset_timeout: std::time::Duration,
+        /// Install on a simulated dedicated server numbered N, in a Robot simulator in this
+        /// process, instead of your account: no credentials, nothing touched at Hetzner (needs
+        /// root, sshd and mmdebstrap; the server has this machine's architecture)
+        #[arg(long)]
+        sim: bool,
+        /// With --sim: how many times faster than real time the simulated resets run (1 = the
+        /// timings of real servers, 10 = ten times faster)
+        #[arg(long, value_name = "F", default_value = "1", requires = "sim", value_parser = parse_speed)]
+        sim_speed: f64,
         #[command(flatten)]
         api: RobotArgs,
     },

@@ -16,6 +16,21 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `build robot --sim` copies this binary into its simulated rescue systems, where it runs as
+    // their installimage (`caph-image installimage ARGS...`): installimage's own arguments, no
+    // clap, and not a command for users, so it is not in --help.
+    // args_os: a file name that is not UTF-8 must reach clap's error, not panic here.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "installimage")
+    {
+        let arguments: Vec<String> = std::env::args_os()
+            .skip(2)
+            .map(|argument| argument.to_string_lossy().into_owned())
+            .collect();
+        let code = caph_sim::installimage::main_from_args(&arguments);
+        return ExitCode::from(u8::try_from(code).unwrap_or(cli::EXIT_FAILURE));
+    }
     let arguments = cli::Cli::parse();
     match commands::run(arguments) {
         Ok(code) => code,

@@ -3,24 +3,22 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use caph_core::Arch;
 use caph_core::backend::{
-    Artifact, Backend, BackendError, BuildRequest, Context, GcOptions, NoProgress, ProgressEvent,
-    ProgressSink,
+    Artifact, Backend, BackendError, BuildRequest, Context, GcOptions, NoProgress,
 };
 use caph_core::plan::{self, Target};
 use caph_hcloud::backend::{HcloudBackend, HcloudBackendConfig, naming};
 use caph_hcloud::{Client, ClientConfig, Token};
 use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
-use caph_sim::machine::{MachineLog, SshMachines, SshMachinesConfig};
+use caph_sim::machine::SshMachines;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
+use super::{EXIT_CANCELLED, cancel_on_signals, runtime, sim};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::progress::Progress;
 
@@ -374,72 +372,32 @@ impl SimCloud {
         architectures: &[Arch],
         progress: &Arc<Progress>,
     ) -> anyhow::Result<Arc<SshMachines>> {
-        // While preparing there is no live progress block, so the machines' lines (mmdebstrap's
-        // output on a cold cache) print as they come; during the build they are progress output,
-        // shown with --verbose.
-        let preparing = Arc::new(AtomicBool::new(true));
-        let log: MachineLog = {
-            let preparing = preparing.clone();
-            let progress = progress.clone();
-            Arc::new(move |line: &str| {
-                if preparing.load(Ordering::Relaxed) {
-                    output::note(&format!("  simulator | {line}"));
-                } else {
-                    progress.event(ProgressEvent::Output {
-                        scope: "simulator".to_string(),
-                        line: line.to_string(),
-                    });
-                }
-            })
-        };
-        let config = SshMachinesConfig {
-            log: Some(log),
+        let machines = sim::Machines::start(
+            progress,
+            "caph-image build hcloud SPEC --sim",
             // POST /servers answers at once, as the real API does, while the disk is copied.
-            background_disks: true,
-            ..Default::default()
-        };
-        let cache = config.rootfs_cache.clone();
-        let machines = SshMachines::new(config).map_err(|error| {
-            let message = error.to_string();
-            anyhow::anyhow!(
-                "--sim cannot run the simulator's servers on this machine: {message}{}",
-                fix_hint(&message)
-            )
-        })?;
+            true,
+        )?;
         for arch in architectures {
             let Some(image) = spec.base.hcloud_images.get(arch) else {
                 continue;
             };
-            output::note(&format!(
-                "simulator: preparing the {image} root filesystem for {arch} (built with mmdebstrap on first use, which takes minutes; cached in {})",
-                cache.display()
-            ));
-            let started = Instant::now();
-            machines
-                .prepare_image(image, arch.hcloud_name())
-                .await
-                .map_err(|error| {
-                    let others: Vec<String> = architectures
-                        .iter()
-                        .filter(|other| *other != arch)
-                        .map(Arch::to_string)
-                        .collect();
-                    let without = if others.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; or build without {arch}: --arch {}", others.join(","))
-                    };
-                    anyhow::anyhow!(
-                        "--sim cannot run {arch} servers on this machine: {error}{without}"
-                    )
-                })?;
-            output::note(&format!(
-                "simulator: {image} for {arch} ready after {:.1}s",
-                started.elapsed().as_secs_f64()
-            ));
+            machines.prepare(image, *arch).await.map_err(|error| {
+                let others: Vec<String> = architectures
+                    .iter()
+                    .filter(|other| *other != arch)
+                    .map(Arch::to_string)
+                    .collect();
+                let without = if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; or build without {arch}: --arch {}", others.join(","))
+                };
+                anyhow::anyhow!("--sim cannot run {arch} servers on this machine: {error}{without}")
+            })?;
         }
-        preparing.store(false, Ordering::Relaxed);
-        Ok(Arc::new(machines))
+        machines.prepared();
+        Ok(machines.machines)
     }
 
     fn client(&self) -> anyhow::Result<Client> {
@@ -455,34 +413,6 @@ impl SimCloud {
             servers: state.servers.len(),
             ssh_keys: state.ssh_keys.len(),
         }
-    }
-}
-
-/// The commands that fix what [`SshMachines::new`] found missing: its message names each
-/// missing binary with "(Debian package NAME)" and a missing root with "root (running as uid".
-fn fix_hint(message: &str) -> String {
-    const PACKAGE: &str = "(Debian package ";
-    let packages: Vec<&str> = message
-        .match_indices(PACKAGE)
-        .filter_map(|(at, _)| {
-            let rest = &message[at + PACKAGE.len()..];
-            rest.find(')').map(|end| &rest[..end])
-        })
-        .collect();
-    let mut fixes = Vec::new();
-    if !packages.is_empty() {
-        fixes.push(format!("`sudo apt-get install {}`", packages.join(" ")));
-    }
-    if message.contains("root (running as uid") {
-        fixes.push(
-            "run as root (`sudo caph-image build hcloud SPEC --sim`; sudo -E keeps your environment)"
-                .to_string(),
-        );
-    }
-    if fixes.is_empty() {
-        String::new()
-    } else {
-        format!("; to fix: {}", fixes.join(", then "))
     }
 }
 
@@ -584,20 +514,4 @@ pub fn gc(
         OutputFormat::Text => report.removed.iter().for_each(|line| output::result(line)),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fix_hint;
-
-    #[test]
-    fn the_fix_names_every_missing_package_and_root() {
-        // The shape of `SshMachines::new`'s message (the end-to-end test checks the real one).
-        let message = "simulated SSH machines need: root (running as uid 1000): sshd's ChrootDirectory needs it; /usr/sbin/sshd (Debian package openssh-server); /usr/bin/mmdebstrap (Debian package mmdebstrap)";
-        assert_eq!(
-            fix_hint(message),
-            "; to fix: `sudo apt-get install openssh-server mmdebstrap`, then run as root (`sudo caph-image build hcloud SPEC --sim`; sudo -E keeps your environment)"
-        );
-        assert_eq!(fix_hint("creating /var/lib/caph-sim: read-only"), "");
-    }
 }

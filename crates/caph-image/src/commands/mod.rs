@@ -3,6 +3,7 @@
 mod hcloud;
 mod plan;
 mod robot;
+mod sim;
 mod tarball;
 mod validate;
 
@@ -94,6 +95,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             authorize_keys,
             poll_interval,
             reset_timeout,
+            sim,
+            sim_speed,
             api,
         }) => robot::build(
             &cli.global,
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 authorize_keys: &authorize_keys,
                 poll_interval,
                 reset_timeout,
+                sim: sim.then_some(sim_speed),
                 api: &api,
             },
         ),

@@ -1,5 +1,6 @@
 //! `caph-image build robot` (build or take a tarball, install it through the rescue system and
-//! installimage, check the node) and `caph-image robot servers`.
+//! installimage, check the node; with `--sim` on a simulated server in this process) and
+//! `caph-image robot servers`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +17,13 @@ use caph_rootfs::assemble::{self, AssembleOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
+use caph_sim::machine::SshMachines;
+use caph_sim::robot::{
+    RESCUE_PACKAGES, RESCUE_TEMPLATE_CACHE, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig,
+    SshRobotMachines, TimeMode,
+};
+
+use super::{EXIT_CANCELLED, cancel_on_signals, runtime, sim};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, OutputFormat, RobotArgs};
 use crate::progress::Progress;
 use crate::{output, spec_files};
@@ -52,10 +59,19 @@ pub struct BuildOptions<'a> {
     pub output_dir: &'a Path,
     pub arch: Arch,
     pub authorize_keys: &'a [String],
-    pub poll_interval: Duration,
+    /// Default: [`DEFAULT_POLL_INTERVAL`], divided by the speed with `--sim`.
+    pub poll_interval: Option<Duration>,
     pub reset_timeout: Duration,
+    /// `--sim` with its `--sim-speed`: install on a simulated server in this process.
+    pub sim: Option<f64>,
     pub api: &'a RobotArgs,
 }
+
+/// How often a real build looks whether the server is up: Cluster API Provider Hetzner's pace.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The exit code of a wrong command line, as clap gives it.
+const EXIT_USAGE: u8 = 2;
 
 fn client(api: &RobotArgs) -> anyhow::Result<RobotClient> {
     let user = std::env::var("HETZNER_ROBOT_USER")
@@ -66,7 +82,7 @@ fn client(api: &RobotArgs) -> anyhow::Result<RobotClient> {
         .filter(|password| !password.is_empty());
     let (Some(user), Some(password)) = (user, password) else {
         anyhow::bail!(
-            "HETZNER_ROBOT_USER and HETZNER_ROBOT_PASSWORD must be set: create a web service user in Robot (Settings, Web service and app settings)"
+            "HETZNER_ROBOT_USER and HETZNER_ROBOT_PASSWORD must be set: create a web service user in Robot (Settings, Web service and app settings), or try the whole installation without an account on a simulated server on this machine with --sim (`sudo caph-image build robot SPEC --server 1 --sim`)"
         );
     };
     RobotClient::new(&api.endpoint, Credentials::new(user, password))
@@ -100,9 +116,41 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     }
     // Everything local is checked before the Robot account or the server is touched.
     let layout = options.layout.map(layout).transpose()?;
-    let client = client(options.api)?;
+    if options.sim.is_some() && options.api.endpoint != caph_robot::client::DEFAULT_ENDPOINT {
+        output::error(&format!(
+            "--sim installs through its own simulated Robot, not {}: leave out --robot-endpoint and unset HETZNER_ROBOT_ENDPOINT",
+            options.api.endpoint
+        ));
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let progress = Arc::new(Progress::new(global.no_progress, global.verbose));
     let runtime = runtime()?;
+    // Declared after the runtime, so dropped before it: the simulator stops and its machines
+    // are removed on every way out of this function.
+    let simulated = match options.sim {
+        Some(speed) => Some(runtime.block_on(SimRobot::start(
+            speed,
+            options.server,
+            options.arch,
+            &progress,
+        ))?),
+        None => None,
+    };
+    let client = match &simulated {
+        Some(simulated) => simulated.client()?,
+        None => client(options.api)?,
+    };
+    let poll_interval = options.poll_interval.unwrap_or_else(|| {
+        // The simulated server boots `speed` times faster; looking at the same real-time pace
+        // would add most of a reset's simulated duration as latency.
+        simulated
+            .as_ref()
+            .map_or(DEFAULT_POLL_INTERVAL, |simulated| {
+                DEFAULT_POLL_INTERVAL
+                    .div_f64(simulated.speed)
+                    .max(MIN_SIM_POLL_INTERVAL)
+            })
+    });
     let build_id = naming::new_build_id();
 
     let tarball: PathBuf = match options.tarball {
@@ -139,7 +187,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     target.hostname = options.hostname.map(str::to_string);
     target.extra_keys = options.authorize_keys.to_vec();
     let config = RobotBackendConfig {
-        poll_interval: options.poll_interval,
+        poll_interval,
         sw_reset_wait: options.reset_timeout,
         hw_reset_wait: options.reset_timeout,
         ..RobotBackendConfig::default()
@@ -160,12 +208,24 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         ),
     );
     output::note(&format!(
-        "build {build_id}: installing {} on server {}",
+        "build {build_id}: installing {} on {}server {}",
         tarball.display(),
+        if simulated.is_some() {
+            "simulated "
+        } else {
+            ""
+        },
         options.server
     ));
     let result = runtime.block_on(backend.install(&context, &spec, &target));
     progress.finish();
+    if let (Err(_), Some(simulated)) = (&result, &simulated) {
+        // A machine that failed to boot looks like a server that never answers; the
+        // simulator knows why.
+        for error in simulated.machine_errors() {
+            output::note(&format!("simulator: server {}: {error}", options.server));
+        }
+    }
     match result {
         Ok(report) => {
             let file_name = tarball
@@ -177,8 +237,15 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                 Some(&spec.image.name),
                 Some(options.arch),
             );
+            let summary = simulated.as_ref().map(SimRobot::summary);
+            if let (Some(summary), OutputFormat::Json) = (&summary, global.output) {
+                // Also on stderr, where a person watching a scripted run reads.
+                output::note(&summary.sentence());
+            }
             match global.output {
                 OutputFormat::Json => output::json(&json!({
+                    "simulated": summary.is_some(),
+                    "simulator": summary.as_ref().map(SimSummary::json),
                     "build_id": build_id,
                     "server_number": report.server_number,
                     "hostname": report.hostname,
@@ -206,7 +273,14 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                     output::result(&format!("took {:.0}s", report.duration.as_secs_f64()));
                     output::result("---");
                     output::result(template.trim_end());
+                    if let Some(summary) = &summary {
+                        output::result("");
+                        output::result(&summary.sentence());
+                    }
                 }
+            }
+            if simulated.is_some() {
+                output::note("simulator: stopping, and removing its machines and disks");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -215,6 +289,193 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
             Ok(ExitCode::from(EXIT_CANCELLED))
         }
         Err(error) => Err(anyhow::Error::new(error)),
+    }
+}
+
+/// The shortest pause between looks at a simulated server: far below the simulated resets at
+/// any useful speed, and a few dials a second at most.
+const MIN_SIM_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The Robot web service user of the simulated account (the password is random per run).
+const SIM_USER: &str = "caph-image-sim";
+
+/// `--sim`: a Robot simulator in this process with one dedicated server, whose rescue system
+/// and installed system are real OpenSSH servers in chroots on this machine and whose
+/// installimage is this binary (`caph-image installimage`, see `main`).
+struct SimRobot {
+    /// Dropped before the machines (field order): the API stops before its machines go.
+    sim: RobotSim,
+    _robot_machines: Arc<SshRobotMachines>,
+    /// Dropping the last reference kills every machine and removes its directory.
+    _machines: Arc<SshMachines>,
+    password: String,
+    speed: f64,
+    server: u64,
+}
+
+/// What the simulator holds after a successful installation.
+#[derive(Debug)]
+struct SimSummary {
+    speed: f64,
+    server: u64,
+    rescue_active: bool,
+    resets: Vec<String>,
+    rescue_boots: u32,
+}
+
+impl SimSummary {
+    fn sentence(&self) -> String {
+        format!(
+            "Simulated run (--sim, {}x real time): server {} exists only in the simulator, which stopped with this command; nothing was touched in a Robot account. The server took {} reset(s) ({}), booted the rescue system {} time(s), and its rescue activation is {}.",
+            self.speed,
+            self.server,
+            self.resets.len(),
+            self.resets.join(", "),
+            self.rescue_boots,
+            if self.rescue_active {
+                "still pending"
+            } else {
+                "used up"
+            }
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "speed": self.speed,
+            "note": self.sentence(),
+            "server_number": self.server,
+            "resets": self.resets,
+            "rescue_boots": self.rescue_boots,
+            "rescue_active": self.rescue_active,
+        })
+    }
+}
+
+impl SimRobot {
+    /// Starts the machines with the rescue system of `arch` ready (built with apt on first
+    /// use, with progress), then the Robot API with server `server` in the account.
+    async fn start(
+        speed: f64,
+        server: u64,
+        arch: Arch,
+        progress: &Arc<Progress>,
+    ) -> anyhow::Result<SimRobot> {
+        if std::env::var_os("HETZNER_ROBOT_USER").is_some()
+            || std::env::var_os("HETZNER_ROBOT_PASSWORD").is_some()
+        {
+            output::note(
+                "--sim: HETZNER_ROBOT_USER and HETZNER_ROBOT_PASSWORD are not used; nothing is sent to the Robot web service",
+            );
+        }
+        let machines = sim::Machines::start(
+            progress,
+            "caph-image build robot SPEC --server N --sim",
+            // The rescue system is set up in a machine's disk right after its create: the
+            // copy must be done by then.
+            false,
+        )?;
+        let cannot = |error: anyhow::Error| {
+            anyhow::anyhow!("--sim cannot run {arch} servers on this machine: {error:#}")
+        };
+        // The rescue system is the Debian 12 system image plus the rescue packages.
+        machines.prepare("debian-12", arch).await.map_err(cannot)?;
+        // This binary is the rescue system's installimage.
+        let installimage_binary = std::env::current_exe().context(
+            "--sim: finding this binary, which the simulated rescue system runs as installimage",
+        )?;
+        let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
+            machines: machines.machines.clone(),
+            installimage_binary,
+            rescue_packages: RESCUE_PACKAGES
+                .iter()
+                .map(|name| (*name).to_string())
+                .collect(),
+            log: machines.log(),
+        }));
+        output::note(&format!(
+            "simulator: preparing the rescue system for {arch} (apt installs its tools on first use; cached in {RESCUE_TEMPLATE_CACHE})"
+        ));
+        let started = std::time::Instant::now();
+        robot_machines
+            .prepare_rescue(robot_arch(arch))
+            .await
+            .map_err(|error| cannot(anyhow::Error::new(error)))?;
+        output::note(&format!(
+            "simulator: rescue system ready after {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        machines.prepared();
+
+        let password = format!("sim-{:032x}", rand::random::<u128>());
+        let mut dedicated = RobotServer::new(server, &format!("sim-server-{server}"));
+        dedicated.arch = robot_arch(arch).to_string();
+        let sim = RobotSim::start(RobotSimConfig {
+            user: SIM_USER.to_string(),
+            password: password.clone(),
+            time: TimeMode::Scaled(1.0 / speed),
+            servers: vec![dedicated],
+            machines: robot_machines.clone(),
+            ..Default::default()
+        })
+        .await
+        .context("--sim: starting the Robot simulator on 127.0.0.1")?;
+        output::note(&format!(
+            "simulated run: a Robot simulator at {} ({speed}x real time) with server {server} (EX44, two 512 GB drives); its rescue system and installed node are OpenSSH servers in chroots on this machine; nothing is touched in a Robot account",
+            sim.url()
+        ));
+        Ok(SimRobot {
+            sim,
+            _robot_machines: robot_machines,
+            _machines: machines.machines,
+            password,
+            speed,
+            server,
+        })
+    }
+
+    fn client(&self) -> anyhow::Result<RobotClient> {
+        RobotClient::new(
+            &self.sim.url(),
+            Credentials::new(SIM_USER, self.password.clone()),
+        )
+        .context("setting up the client of the simulated Robot")
+    }
+
+    /// What the machine host reported failing (a boot that could not happen), in order.
+    fn machine_errors(&self) -> Vec<String> {
+        self.sim
+            .state()
+            .servers
+            .into_iter()
+            .filter(|server| server.number == self.server)
+            .flat_map(|server| server.machine_errors)
+            .collect()
+    }
+
+    fn summary(&self) -> SimSummary {
+        let state = self.sim.state();
+        let server = state
+            .servers
+            .iter()
+            .find(|server| server.number == self.server);
+        SimSummary {
+            speed: self.speed,
+            server: self.server,
+            rescue_active: server.is_some_and(|server| server.rescue_active),
+            resets: server
+                .map(|server| server.resets.clone())
+                .unwrap_or_default(),
+            rescue_boots: server.map_or(0, |server| server.rescue_boots),
+        }
+    }
+}
+
+/// Robot's name of an architecture.
+fn robot_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86 => "x86_64",
+        Arch::Arm => "aarch64",
     }
 }
 

@@ -10,7 +10,7 @@
 //!   installimage installs into a directory. Hostname `rescue`, a fresh host key, the
 //!   activation's keys, and installimage at
 //!   `/root/.oldroot/nfs/install/installimage`: a wrapper around a copy of the `caph-sim` binary
-//!   (`caph-sim installimage ...`), with the machine facts in
+//!   (`caph-sim installimage ...`, run with its own libraries), with the machine facts in
 //!   [`FACTS_PATH`](crate::installimage::FACTS_PATH). The server's disks are at
 //!   `/root/.oldroot/disks` inside the rescue system.
 //! - **Disk**: what installimage installed, copied out of the disk images (loop mounts, read
@@ -69,9 +69,11 @@ const ADDRESS_ATTEMPTS: u32 = 64;
 /// How an [`SshRobotMachines`] is set up.
 #[derive(Clone)]
 pub struct SshRobotConfig {
-    /// The machines every boot runs on.
+    /// The machines every boot runs on, without `background_disks`: a rescue system is set up
+    /// in its machine's disk right after the create.
     pub machines: Arc<SshMachines>,
-    /// A `caph-sim` binary (with the `installimage` subcommand) to copy into rescue systems.
+    /// A binary that runs the simulated installimage as `BINARY installimage ARGS...` (`caph-sim`,
+    /// or `caph-image` for its `--sim` mode), copied into rescue systems with its libraries.
     pub installimage_binary: PathBuf,
     /// Packages added to the rescue template; default [`RESCUE_PACKAGES`].
     pub rescue_packages: Vec<String>,
@@ -209,6 +211,13 @@ impl SshRobotMachines {
             templates: tokio::sync::Mutex::new(Vec::new()),
             template_cache: Some(PathBuf::from(RESCUE_TEMPLATE_CACHE)),
         }
+    }
+
+    /// Builds (or finds in the cache) the rescue system of `arch` (`x86_64` or `aarch64`)
+    /// now, instead of during the first rescue boot: a cold cache means an apt run of a minute
+    /// or more, which a caller may rather show as its own step than inside a reset wait.
+    pub async fn prepare_rescue(&self, arch: &str) -> Result<(), MachineError> {
+        self.ensure_template(arch).await.map(drop)
     }
 
     /// Keeps built rescue templates in `dir` (default [`RESCUE_TEMPLATE_CACHE`]), or builds them
@@ -646,6 +655,75 @@ fn allocate_address(taken: &[Ipv4Addr]) -> Result<Ipv4Addr, MachineError> {
     )))
 }
 
+/// Where the simulated installimage lives inside the rescue system, and its libraries below it.
+const INSTALL_DIR: &str = "/root/.oldroot/nfs/install";
+
+/// Puts the simulated installimage into a rescue system's `install` directory: the binary, the
+/// shared libraries it was linked against and their loader (from `ldd`), and the `installimage`
+/// wrapper. The binary runs through its own loader and libraries, not the rescue system's: it was
+/// built on the host, whose C library may be newer than the rescue system's Debian 12, and an
+/// arm64 rescue system has no x86_64 libraries at all (the host kernel runs the binary natively).
+/// The programs installimage starts (sfdisk, mke2fs, tar) are the rescue system's own.
+async fn install_installimage(binary: &Path, install: &Path) -> Result<(), MachineError> {
+    let content = std::fs::read(binary)
+        .map_err(|failure| error(format!("reading {}: {failure}", binary.display())))?;
+    write(&install.join("caph-sim"), &content, 0o755)?;
+    let libraries = linked_libraries(binary).await;
+    let mut loader = None;
+    for library in &libraries {
+        let Some(name) = library.file_name() else {
+            continue;
+        };
+        let content = std::fs::read(library)
+            .map_err(|failure| error(format!("reading {}: {failure}", library.display())))?;
+        write(&install.join("lib").join(name), &content, 0o755)?;
+        if name.to_string_lossy().starts_with("ld-") {
+            loader = Some(name.to_string_lossy().into_owned());
+        }
+    }
+    let exec = match loader {
+        Some(loader) => format!(
+            "exec {INSTALL_DIR}/lib/{loader} --library-path {INSTALL_DIR}/lib {INSTALL_DIR}/caph-sim installimage \"$@\""
+        ),
+        // A static binary needs neither.
+        None => format!("exec {INSTALL_DIR}/caph-sim installimage \"$@\""),
+    };
+    write(
+        &install.join("installimage"),
+        format!("#!/bin/sh\n# caph-sim: the simulated installimage\n{exec}\n").as_bytes(),
+        0o755,
+    )
+}
+
+/// The shared libraries and the loader `ldd` names for `binary` (none for a static one, or
+/// where `ldd` is missing: then the binary depends on the rescue system's libraries).
+async fn linked_libraries(binary: &Path) -> Vec<PathBuf> {
+    let Ok(output) = tokio::process::Command::new("ldd")
+        .arg(binary)
+        .stdin(Stdio::null())
+        .output()
+        .await
+    else {
+        return Vec::new();
+    };
+    parse_ldd(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Paths in `ldd` output: `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and the
+/// loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file and is skipped.
+fn parse_ldd(output: &str) -> Vec<PathBuf> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            }?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
 fn write(path: &Path, content: &[u8], mode: u32) -> Result<(), MachineError> {
     use std::os::unix::fs::PermissionsExt as _;
     if let Some(parent) = path.parent() {
@@ -794,27 +872,26 @@ impl RobotMachines for SshRobotMachines {
                 .machine_root(machine_id)
                 .ok_or_else(|| error("the rescue machine vanished"))?;
             if let Template::Tree(tree) = &template {
-                command("rm", &["-rf".as_ref(), root.as_os_str()], "preparing the rescue disk").await?;
+                command(
+                    "rm",
+                    &["-rf".as_ref(), root.as_os_str()],
+                    "preparing the rescue disk",
+                )
+                .await?;
                 command(
                     "cp",
-                    &["-a".as_ref(), "--reflink=auto".as_ref(), tree.as_os_str(), root.as_os_str()],
+                    &[
+                        "-a".as_ref(),
+                        "--reflink=auto".as_ref(),
+                        tree.as_os_str(),
+                        root.as_os_str(),
+                    ],
                     "preparing the rescue disk",
                 )
                 .await?;
             }
             let install = root.join("root/.oldroot/nfs/install");
-            let binary = std::fs::read(&self.config.installimage_binary).map_err(|failure| {
-                error(format!(
-                    "reading {}: {failure}",
-                    self.config.installimage_binary.display()
-                ))
-            })?;
-            write(&install.join("caph-sim"), &binary, 0o755)?;
-            write(
-                &install.join("installimage"),
-                b"#!/bin/sh\n# caph-sim: the simulated installimage\nexec /root/.oldroot/nfs/install/caph-sim installimage \"$@\"\n",
-                0o755,
-            )?;
+            install_installimage(&self.config.installimage_binary, &install).await?;
             let facts = MachineFacts {
                 arch: spec.arch.clone(),
                 uefi: spec.uefi,
@@ -837,9 +914,15 @@ impl RobotMachines for SshRobotMachines {
                 .map_err(|failure| error(format!("images dir: {failure}")))?;
             let mut keys = rescue.authorized_keys.join("\n");
             keys.push('\n');
-            write(&root.join("root/.ssh/authorized_keys"), keys.as_bytes(), 0o600)?;
+            write(
+                &root.join("root/.ssh/authorized_keys"),
+                keys.as_bytes(),
+                0o600,
+            )?;
             std::fs::rename(&disk_dir, root.join(RESCUE_DISK_DIR)).map_err(|failure| {
-                error(format!("moving the disks into the rescue system: {failure}"))
+                error(format!(
+                    "moving the disks into the rescue system: {failure}"
+                ))
             })?;
             Ok::<(), MachineError>(())
         }
@@ -937,5 +1020,26 @@ impl RobotMachines for SshRobotMachines {
         let backend = SocketAddr::from((info.ipv4, 22));
         self.start(server_number, machine_id, Kind::Disk, address, backend)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ldd;
+    use std::path::PathBuf;
+
+    #[test]
+    fn ldd_output_gives_the_libraries_and_the_loader_but_not_the_vdso() {
+        let output = "\tlinux-vdso.so.1 (0x00007ffd1d5f1000)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_ldd(output),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
     }
 }
