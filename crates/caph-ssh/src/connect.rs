@@ -272,9 +272,26 @@ fn client_config(config: &ConnectConfig) -> Arc<russh::client::Config> {
         inactivity_timeout: None,
         // Line-by-line output and small control messages matter more than packet coalescing.
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(CIPHER_PREFERENCE),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
+
+/// AES-256-GCM first: russh runs it on aws-lc (AES-NI on x86, the AES instructions on arm),
+/// and its ChaCha20-Poly1305 in plain Rust is slower: with ChaCha first, a verified 512 MiB
+/// upload to a loopback sshd ran at 0.74x the speed of OpenSSH doing the same work, with AES-GCM
+/// first at 0.91x (`cargo xtask bench upload`). Every OpenSSH since 6.2 offers it. The rest is
+/// russh's own order, as fallbacks.
+const CIPHER_PREFERENCE: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
 
 /// One dial: TCP connect, handshake with host key check, public key authentication.
 /// Returns the session and whether trust on first use recorded its key just now.
