@@ -69,6 +69,14 @@ pub async fn install_with_sim(dir: &Path, spec_file: &str, tarball: &Path) {
             .unwrap()
             .contains("kind: HetznerBareMetalMachineTemplate")
     );
+    // The template repeats the spec's RAID 1 layout for Cluster API Provider Hetzner.
+    assert!(
+        report["machine_template"]
+            .as_str()
+            .unwrap()
+            .contains("swraid: 1\n        swraidLevel: 1\n"),
+        "{report:#}"
+    );
     // The simulator's own account: the server was reset into the rescue system, which the
     // installation used up; nothing was left pending.
     let simulator = &report["simulator"];

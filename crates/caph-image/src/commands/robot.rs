@@ -182,6 +182,10 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         }
     };
 
+    // The layout installimage gets, for the machine template that repeats the installation.
+    let template_layout = layout
+        .clone()
+        .or_else(|| spec.robot.as_ref().map(|robot| robot.disk.clone()));
     let mut target = InstallTarget::new(options.server, &tarball);
     target.layout = layout;
     target.hostname = options.hostname.map(str::to_string);
@@ -236,6 +240,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                 &file_name,
                 Some(&spec.image.name),
                 Some(options.arch),
+                template_layout.as_ref(),
             );
             let summary = simulated.as_ref().map(SimRobot::summary);
             if let (Some(summary), OutputFormat::Json) = (&summary, global.output) {

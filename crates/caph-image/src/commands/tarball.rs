@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use caph_core::Arch;
 use caph_core::backend::{Phase, ProgressEvent, ProgressSink};
+use caph_core::spec::DiskLayout;
 use caph_hcloud::backend::naming;
 use caph_rootfs::assemble::{self, AssembleError, AssembleOptions};
 use caph_rootfs::naming::provider_url_accepts;
@@ -108,6 +109,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                     duration: assembled.duration,
                     name: Some(&spec.image.name),
                     arch: Some(arch),
+                    layout: spec.robot.as_ref().map(|robot| &robot.disk),
                     kept_work_dir: assembled.kept_work_dir.as_deref(),
                 },
             );
@@ -207,6 +209,7 @@ pub fn pack(
                     summary: &summary,
                     name: None,
                     arch: None,
+                    layout: None,
                     kept_work_dir: None,
                 },
             );
@@ -234,6 +237,8 @@ struct Printed<'a> {
     /// The spec's image name, for the template's metadata.
     name: Option<&'a str>,
     arch: Option<Arch>,
+    /// The spec's disk layout, for the template.
+    layout: Option<&'a DiskLayout>,
     kept_work_dir: Option<&'a Path>,
 }
 
@@ -247,8 +252,15 @@ fn image_stem(file_name: &str) -> &str {
 }
 
 /// The `HetznerBareMetalMachineTemplate` that installs the tarball. By URL (with a placeholder
-/// to replace) when Cluster API Provider Hetzner accepts the extension there, else by path.
-pub fn machine_template(file_name: &str, name: Option<&str>, arch: Option<Arch>) -> String {
+/// to replace) when Cluster API Provider Hetzner accepts the extension there, else by path. The
+/// disks are set up as `layout` says (the spec's [robot.disk], or the layout a robot build used);
+/// without one, the template says so and carries installimage's usual two partitions.
+pub fn machine_template(
+    file_name: &str,
+    name: Option<&str>,
+    arch: Option<Arch>,
+    layout: Option<&DiskLayout>,
+) -> String {
     let stem = image_stem(file_name);
     let metadata_name = match (name, arch) {
         (Some(name), Some(arch)) => format!("{name}-{}", arch.debian_name()),
@@ -267,11 +279,46 @@ pub fn machine_template(file_name: &str, name: Option<&str>, arch: Option<Arch>)
         "apiVersion: infrastructure.cluster.x-k8s.io/v1beta1\n\
          kind: HetznerBareMetalMachineTemplate\n\
          metadata:\n  name: {metadata_name}\n\
-         spec:\n  template:\n    spec:\n      installImage:\n{image}\
-         \x20       partitions:\n\
-         \x20         - mount: /boot\n            fileSystem: ext4\n            size: 1024M\n\
-         \x20         - mount: /\n            fileSystem: ext4\n            size: all\n"
+         spec:\n  template:\n    spec:\n      installImage:\n{image}{}",
+        disk_fields(layout)
     )
+}
+
+/// The installImage fields that describe the disks, in Cluster API Provider Hetzner's names
+/// (`swraid`, `swraidLevel`, `partitions`, `logicalVolumeDefinitions`).
+fn disk_fields(layout: Option<&DiskLayout>) -> String {
+    const INDENT: &str = "        ";
+    let Some(layout) = layout else {
+        return format!(
+            "{INDENT}# No disk layout is known here (a spec's [robot.disk] gives one): installimage's usual one.\n\
+             {INDENT}partitions:\n\
+             {INDENT}  - mount: /boot\n{INDENT}    fileSystem: ext4\n{INDENT}    size: 1024M\n\
+             {INDENT}  - mount: /\n{INDENT}    fileSystem: ext4\n{INDENT}    size: all\n"
+        );
+    };
+    let mut fields = String::new();
+    if let Some(level) = layout.raid_level {
+        fields.push_str(&format!(
+            "{INDENT}swraid: 1\n{INDENT}swraidLevel: {level}\n"
+        ));
+    }
+    fields.push_str(&format!("{INDENT}partitions:\n"));
+    for partition in &layout.partitions {
+        fields.push_str(&format!(
+            "{INDENT}  - mount: {}\n{INDENT}    fileSystem: {}\n{INDENT}    size: {}\n",
+            partition.mount, partition.filesystem, partition.size
+        ));
+    }
+    if !layout.volumes.is_empty() {
+        fields.push_str(&format!("{INDENT}logicalVolumeDefinitions:\n"));
+        for volume in &layout.volumes {
+            fields.push_str(&format!(
+                "{INDENT}  - vg: {}\n{INDENT}    name: {}\n{INDENT}    mount: {}\n{INDENT}    filesystem: {}\n{INDENT}    size: {}\n",
+                volume.vg, volume.name, volume.mount, volume.filesystem, volume.size
+            ));
+        }
+    }
+    fields
 }
 
 fn print_result(global: &GlobalArgs, printed: &Printed<'_>) {
@@ -280,7 +327,7 @@ fn print_result(global: &GlobalArgs, printed: &Printed<'_>) {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let template = machine_template(&file_name, printed.name, printed.arch);
+    let template = machine_template(&file_name, printed.name, printed.arch, printed.layout);
     let by_path_only = !provider_url_accepts(&file_name);
     let summary = printed.summary;
     match global.output {
@@ -343,5 +390,70 @@ fn print_result(global: &GlobalArgs, printed: &Printed<'_>) {
             output::result("---");
             output::result(template.trim_end());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::machine_template;
+    use caph_core::Arch;
+    use caph_robot::backend::layout_from_autosetup;
+
+    #[test]
+    fn the_template_carries_the_layout_installimage_gets() {
+        let layout =
+            layout_from_autosetup(include_str!("../../../../installimage/raid1-lvm.autosetup"))
+                .unwrap();
+        let template = machine_template(
+            "Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz",
+            Some("debian-12-k8s-v1.34.2"),
+            Some(Arch::X86),
+            Some(&layout),
+        );
+        expect_test::expect![[r#"
+            apiVersion: infrastructure.cluster.x-k8s.io/v1beta1
+            kind: HetznerBareMetalMachineTemplate
+            metadata:
+              name: debian-12-k8s-v1.34.2-amd64
+            spec:
+              template:
+                spec:
+                  installImage:
+                    image:
+                      name: Debian-1200-bookworm-amd64-k8s-v1.34.2
+                      url: https://images.example.com/REPLACE-WITH-WHERE-YOU-SERVE-IT/Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz
+                    swraid: 1
+                    swraidLevel: 1
+                    partitions:
+                      - mount: /boot
+                        fileSystem: ext4
+                        size: 1G
+                      - mount: lvm
+                        fileSystem: vg0
+                        size: all
+                    logicalVolumeDefinitions:
+                      - vg: vg0
+                        name: root
+                        mount: /
+                        filesystem: ext4
+                        size: 50G
+                      - vg: vg0
+                        name: var
+                        mount: /var
+                        filesystem: ext4
+                        size: all
+        "#]]
+        .assert_eq(&template);
+    }
+
+    #[test]
+    fn without_a_layout_the_template_says_where_its_partitions_come_from() {
+        let template = machine_template("node.tar.zst", None, None, None);
+        assert!(template.contains("path: /root/node.tar.zst"), "{template}");
+        assert!(
+            template.contains("# No disk layout is known here"),
+            "{template}"
+        );
+        assert!(!template.contains("swraid"), "{template}");
     }
 }
