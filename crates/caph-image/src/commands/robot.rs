@@ -206,10 +206,14 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     cancel_on_signals(
         &runtime,
         move || token.cancel(),
-        format!(
-            "remove the rescue activation of server {} in Robot if it is still active",
-            options.server
-        ),
+        if simulated.is_some() {
+            "the simulator's machines are removed by the next --sim run".to_string()
+        } else {
+            format!(
+                "remove the rescue activation of server {} in Robot if it is still active",
+                options.server
+            )
+        },
     );
     output::note(&format!(
         "build {build_id}: installing {} on {}server {}",
