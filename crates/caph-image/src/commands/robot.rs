@@ -14,14 +14,13 @@ use caph_hcloud::backend::naming;
 use caph_robot::backend::{InstallTarget, RobotBackend, RobotBackendConfig, layout_from_autosetup};
 use caph_robot::client::{Credentials, RobotClient};
 use caph_rootfs::assemble::{self, AssembleOptions};
-use serde_json::json;
-use tokio_util::sync::CancellationToken;
-
 use caph_sim::machine::SshMachines;
 use caph_sim::robot::{
     RESCUE_PACKAGES, RESCUE_TEMPLATE_CACHE, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig,
     SshRobotMachines, TimeMode,
 };
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_CANCELLED, cancel_on_signals, runtime, sim};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, OutputFormat, RobotArgs};
@@ -59,16 +58,14 @@ pub struct BuildOptions<'a> {
     pub output_dir: &'a Path,
     pub arch: Arch,
     pub authorize_keys: &'a [String],
-    /// Default: [`DEFAULT_POLL_INTERVAL`], divided by the speed with `--sim`.
+    /// Default: the backend's (Cluster API Provider Hetzner's pace), divided by the speed with
+    /// `--sim`.
     pub poll_interval: Option<Duration>,
     pub reset_timeout: Duration,
     /// `--sim` with its `--sim-speed`: install on a simulated server in this process.
     pub sim: Option<f64>,
     pub api: &'a RobotArgs,
 }
-
-/// How often a real build looks whether the server is up: Cluster API Provider Hetzner's pace.
-const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The exit code of a wrong command line, as clap gives it.
 const EXIT_USAGE: u8 = 2;
@@ -141,15 +138,14 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         None => client(options.api)?,
     };
     let poll_interval = options.poll_interval.unwrap_or_else(|| {
+        let real_pace = RobotBackendConfig::default().poll_interval;
         // The simulated server boots `speed` times faster; looking at the same real-time pace
         // would add most of a reset's simulated duration as latency.
-        simulated
-            .as_ref()
-            .map_or(DEFAULT_POLL_INTERVAL, |simulated| {
-                DEFAULT_POLL_INTERVAL
-                    .div_f64(simulated.speed)
-                    .max(MIN_SIM_POLL_INTERVAL)
-            })
+        simulated.as_ref().map_or(real_pace, |simulated| {
+            real_pace
+                .div_f64(simulated.speed)
+                .max(MIN_SIM_POLL_INTERVAL)
+        })
     });
     let build_id = naming::new_build_id();
 
