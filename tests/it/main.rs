@@ -1,5 +1,6 @@
 //! End-to-end tests that run the real `caph-image` binary.
 
+mod boot;
 mod cli;
 mod cloud;
 mod hcloud_build;

@@ -25,11 +25,13 @@ fn caph_sim_binary() -> Option<PathBuf> {
     binary.exists().then_some(binary)
 }
 
-/// Installs `tarball` (in `dir`) on a simulated dedicated server with the real binary, then logs in.
+/// Installs `tarball` (in `dir`) on a simulated dedicated server with the real binary, logs in,
+/// and boots the installed disk under QEMU with the kernel and initramfs in `boot_dir`.
 pub async fn install_and_log_in(
     dir: &Path,
     spec_file: &str,
     tarball: &Path,
+    boot_dir: &Path,
     kubernetes_version: &str,
 ) {
     let test = "build robot (after build tarball)";
@@ -64,7 +66,7 @@ pub async fn install_and_log_in(
         password: PASSWORD.into(),
         time: TimeMode::Scaled(0.01),
         servers: vec![server],
-        machines: robot_machines,
+        machines: robot_machines.clone(),
         ..Default::default()
     })
     .await
@@ -172,4 +174,10 @@ pub async fn install_and_log_in(
         "installimage wrote an fstab"
     );
     session.close().await;
+
+    // The disk installimage wrote boots: kernel, initramfs, root by UUID, fstab, systemd, sshd.
+    let disk_dir = robot_machines
+        .disk_dir(SERVER)
+        .expect("the server's disks are on the host");
+    crate::boot::installed_disk_boots(&disk_dir, boot_dir, "e2e-node-1");
 }
