@@ -6,6 +6,7 @@
 pub mod hcloud;
 pub mod host;
 pub mod installimage;
+pub mod libraries;
 pub mod machine;
 pub mod mirror;
 pub mod openapi;

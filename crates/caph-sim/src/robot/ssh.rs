@@ -668,7 +668,15 @@ async fn install_installimage(binary: &Path, install: &Path) -> Result<(), Machi
     let content = std::fs::read(binary)
         .map_err(|failure| error(format!("reading {}: {failure}", binary.display())))?;
     write(&install.join("caph-sim"), &content, 0o755)?;
-    let libraries = linked_libraries(binary).await;
+    let libraries = {
+        let binary = binary.to_path_buf();
+        // Where ldd cannot run, the binary depends on the rescue system's libraries.
+        tokio::task::spawn_blocking(move || crate::libraries::linked_libraries(&binary))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
     let mut loader = None;
     for library in &libraries {
         let Some(name) = library.file_name() else {
@@ -693,35 +701,6 @@ async fn install_installimage(binary: &Path, install: &Path) -> Result<(), Machi
         format!("#!/bin/sh\n# caph-sim: the simulated installimage\n{exec}\n").as_bytes(),
         0o755,
     )
-}
-
-/// The shared libraries and the loader `ldd` names for `binary` (none for a static one, or
-/// where `ldd` is missing: then the binary depends on the rescue system's libraries).
-async fn linked_libraries(binary: &Path) -> Vec<PathBuf> {
-    let Ok(output) = tokio::process::Command::new("ldd")
-        .arg(binary)
-        .stdin(Stdio::null())
-        .output()
-        .await
-    else {
-        return Vec::new();
-    };
-    parse_ldd(&String::from_utf8_lossy(&output.stdout))
-}
-
-/// Paths in `ldd` output: `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and the
-/// loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file and is skipped.
-fn parse_ldd(output: &str) -> Vec<PathBuf> {
-    output
-        .lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next(),
-                None => line.split_whitespace().next(),
-            }?;
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
 }
 
 fn write(path: &Path, content: &[u8], mode: u32) -> Result<(), MachineError> {
@@ -1020,26 +999,5 @@ impl RobotMachines for SshRobotMachines {
         let backend = SocketAddr::from((info.ipv4, 22));
         self.start(server_number, machine_id, Kind::Disk, address, backend)
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ldd;
-    use std::path::PathBuf;
-
-    #[test]
-    fn ldd_output_gives_the_libraries_and_the_loader_but_not_the_vdso() {
-        let output = "\tlinux-vdso.so.1 (0x00007ffd1d5f1000)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-        assert_eq!(
-            parse_ldd(output),
-            [
-                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
-                "/lib/x86_64-linux-gnu/libc.so.6",
-                "/lib64/ld-linux-x86-64.so.2"
-            ]
-            .map(PathBuf::from)
-        );
-        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
     }
 }

@@ -24,25 +24,6 @@ pub fn sh(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Copies a host binary and the libraries `ldd` names into `tree`, so it runs in a chroot.
-pub fn copy_with_libraries(binary: &str, tree: &Path) {
-    let mut paths = vec![PathBuf::from(binary)];
-    for line in sh(Command::new("ldd").arg(binary)).lines() {
-        let candidate = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(path) = candidate.filter(|path| path.starts_with('/')) {
-            paths.push(PathBuf::from(path));
-        }
-    }
-    for path in paths {
-        let target = tree.join(path.strip_prefix("/").expect("absolute"));
-        std::fs::create_dir_all(target.parent().expect("parent")).expect("dir");
-        std::fs::copy(&path, &target).expect("copy");
-    }
-}
-
 /// A rootfs tarball with what installimage insists on, a capability xattr, and entries under
 /// proc, sys and dev that installimage must skip.
 pub fn make_tarball(work: &Path) -> PathBuf {
@@ -68,7 +49,8 @@ pub fn make_tarball(work: &Path) -> PathBuf {
         "/usr/bin/hostname",
         "/usr/bin/ssh-keygen",
     ] {
-        copy_with_libraries(binary, &tree);
+        caph_sim::libraries::copy_with_libraries(Path::new(binary), &tree)
+            .unwrap_or_else(|error| panic!("copying {binary} and its libraries: {error}"));
     }
     for (link, target) in [
         ("bin", "usr/bin"),
