@@ -396,7 +396,7 @@ impl SimRobot {
                 .iter()
                 .map(|name| (*name).to_string())
                 .collect(),
-            log: machines.log(),
+            log: Some(machines.log()),
         }));
         output::note(&format!(
             "simulator: preparing the rescue system for {arch} (apt installs its tools on first use; cached in {RESCUE_TEMPLATE_CACHE})"

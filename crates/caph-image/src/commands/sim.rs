@@ -88,8 +88,8 @@ impl Machines {
     }
 
     /// The machines' log, for simulators layered on them (the Robot's rescue systems).
-    pub fn log(&self) -> Option<MachineLog> {
-        Some(self.log.clone())
+    pub fn log(&self) -> MachineLog {
+        self.log.clone()
     }
 
     /// From now on the machines' lines are progress output.
