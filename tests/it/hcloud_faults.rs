@@ -514,7 +514,7 @@ async fn a_checksum_mismatch_fails_with_both_digests_and_leaks_nothing() {
     .unwrap();
     let tampered = b"not the runc that was published".to_vec();
     let actual = caph_sim::mirror::sha256_hex(&tampered);
-    cloud.mirror.replace("runc/v1.3.0/runc.amd64", tampered);
+    cloud.mirror.replace("runc/v1.3.6/runc.amd64", tampered);
     let output = run_caph_image(
         &cloud,
         dir.path(),
@@ -529,7 +529,7 @@ async fn a_checksum_mismatch_fails_with_both_digests_and_leaks_nothing() {
             && stderr.contains("expected sha256 "),
         "{stderr}"
     );
-    assert!(stderr.contains("step 10/19 \"runc\""), "{stderr}");
+    assert!(stderr.contains("step 11/21 \"runc\""), "{stderr}");
     assert_eq!(leftovers(&cloud), Vec::<String>::new());
     assert!(cloud.state().snapshots().is_empty());
 }

@@ -11,3 +11,4 @@ pub mod machine;
 pub mod mirror;
 pub mod openapi;
 pub mod robot;
+pub mod runtime;
