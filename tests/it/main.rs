@@ -8,6 +8,7 @@ mod hcloud_faults;
 mod hcloud_sim_mode;
 mod robot;
 mod robot_sim_mode;
+mod runtime;
 mod tarball;
 
 use std::path::{Path, PathBuf};
