@@ -675,7 +675,7 @@ async fn dry_run_creates_nothing_and_images_can_be_listed_and_pruned() {
     let stdout = String::from_utf8_lossy(&dry.stdout).into_owned();
     assert!(
         stdout.contains("ok: x86: the image name \"listed-node\" is free")
-            && stdout.contains("# ---- step 1/19: wait-for-system ----"),
+            && stdout.contains("# ---- step 1/21: wait-for-system ----"),
         "{stdout}"
     );
     assert!(

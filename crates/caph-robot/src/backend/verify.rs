@@ -156,12 +156,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("caph-verify-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("etc/sysctl.d")).unwrap();
         std::fs::write(
-            dir.join("etc/sysctl.d/90-caph-image.conf"),
+            dir.join("etc/sysctl.d/99-zz-caph-image.conf"),
             "net.ipv4.ip_forward = 1\n",
         )
         .unwrap();
         std::fs::write(
-            dir.join("etc/sysctl.d/99-late.conf"),
+            dir.join("etc/sysctl.d/99-zzz-late.conf"),
             "# late\nnet.ipv4.ip_forward=0\n",
         )
         .unwrap();

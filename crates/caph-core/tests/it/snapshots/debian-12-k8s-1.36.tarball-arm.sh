@@ -3,7 +3,7 @@
 # spec sha256 d2b065648d4a07b0440fa59ca7edc0345e5e3a78cdfb87c01ff60c5d101a2326
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
-# ---- step 1/19: wait-for-system ----
+# ---- step 1/20: wait-for-system ----
 set -euo pipefail
 # cloud-init may still be installing packages on a fresh server; wait where it exists.
 if command -v cloud-init >/dev/null 2>&1; then
@@ -19,7 +19,7 @@ if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then
   flock --timeout 600 /var/lib/dpkg/lock-frontend true
 fi
 
-# ---- step 2/19: kernel-modules-config ----
+# ---- step 2/20: kernel-modules-config ----
 set -euo pipefail
 install -d -m 0755 /etc/modules-load.d
 cat > /etc/modules-load.d/caph-image.conf <<'CAPH_IMAGE_FILE'
@@ -29,10 +29,10 @@ CAPH_IMAGE_FILE
 chown root:root /etc/modules-load.d/caph-image.conf
 chmod 0644 /etc/modules-load.d/caph-image.conf
 
-# ---- step 3/19: sysctl-config ----
+# ---- step 3/20: sysctl-config ----
 set -euo pipefail
 install -d -m 0755 /etc/sysctl.d
-cat > /etc/sysctl.d/90-caph-image.conf <<'CAPH_IMAGE_FILE'
+cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
 fs.inotify.max_user_instances = 8192
 fs.inotify.max_user_watches = 524288
 net.bridge.bridge-nf-call-ip6tables = 1
@@ -40,10 +40,10 @@ net.bridge.bridge-nf-call-iptables = 1
 net.ipv4.ip_forward = 1
 net.ipv6.conf.all.forwarding = 1
 CAPH_IMAGE_FILE
-chown root:root /etc/sysctl.d/90-caph-image.conf
-chmod 0644 /etc/sysctl.d/90-caph-image.conf
+chown root:root /etc/sysctl.d/99-zz-caph-image.conf
+chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
 
-# ---- step 4/19: swap-off ----
+# ---- step 4/20: swap-off ----
 set -euo pipefail
 swapoff -a || true
 if [ -f /etc/fstab ]; then
@@ -51,13 +51,13 @@ if [ -f /etc/fstab ]; then
 fi
 if [ -f /swap.img ]; then rm -f /swap.img; fi
 
-# ---- step 5/19: packages ----
+# ---- step 5/20: packages ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
-apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat util-linux open-iscsi nfs-common lvm2
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat systemd-timesyncd util-linux open-iscsi nfs-common lvm2
 
-# ---- step 6/19: containerd ----
+# ---- step 6/20: containerd ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -101,7 +101,7 @@ tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
 rm -f /tmp/caph-containerd.tar.gz
 /usr/local/bin/containerd --version
 
-# ---- step 7/19: containerd-unit ----
+# ---- step 7/20: containerd-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/containerd.service <<'CAPH_IMAGE_FILE'
@@ -129,12 +129,12 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/containerd.service
 chmod 0644 /etc/systemd/system/containerd.service
 
-# ---- step 8/19: containerd-directories ----
+# ---- step 8/20: containerd-directories ----
 set -euo pipefail
 # Registry host configurations (mirrors) and config drop-ins, which config.toml names.
 install -d -m 0755 /etc/containerd/certs.d /etc/containerd/conf.d
 
-# ---- step 9/19: containerd-config ----
+# ---- step 9/20: containerd-config ----
 set -euo pipefail
 install -d -m 0755 /etc/containerd
 cat > /etc/containerd/config.toml <<'CAPH_IMAGE_FILE'
@@ -157,7 +157,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/containerd/config.toml
 chmod 0644 /etc/containerd/config.toml
 
-# ---- step 10/19: runc ----
+# ---- step 10/20: runc ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -201,7 +201,7 @@ install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
 rm -f /tmp/caph-runc
 /usr/local/sbin/runc --version
 
-# ---- step 11/19: crictl ----
+# ---- step 11/20: crictl ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -245,7 +245,7 @@ tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
 rm -f /tmp/caph-crictl.tar.gz
 /usr/local/bin/crictl --version
 
-# ---- step 12/19: crictl-config ----
+# ---- step 12/20: crictl-config ----
 set -euo pipefail
 install -d -m 0755 /etc
 cat > /etc/crictl.yaml <<'CAPH_IMAGE_FILE'
@@ -256,7 +256,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/crictl.yaml
 chmod 0644 /etc/crictl.yaml
 
-# ---- step 13/19: cni-plugins ----
+# ---- step 13/20: cni-plugins ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -302,7 +302,7 @@ rm -f /tmp/caph-cni-plugins.tgz
 # Every CNI plugin answers the VERSION command of the CNI specification.
 CNI_COMMAND=VERSION /opt/cni/bin/loopback </dev/null
 
-# ---- step 14/19: kubernetes ----
+# ---- step 14/20: kubernetes ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -354,7 +354,7 @@ install -m 0755 /tmp/caph-kubelet /usr/local/bin/kubelet
 rm -f /tmp/caph-kubelet
 /usr/local/bin/kubelet --version
 
-# ---- step 15/19: kubelet-unit ----
+# ---- step 15/20: kubelet-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/kubelet.service <<'CAPH_IMAGE_FILE'
@@ -376,7 +376,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service
 chmod 0644 /etc/systemd/system/kubelet.service
 
-# ---- step 16/19: kubelet-kubeadm-dropin ----
+# ---- step 16/20: kubelet-kubeadm-dropin ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system/kubelet.service.d
 cat > /etc/systemd/system/kubelet.service.d/10-kubeadm.conf <<'CAPH_IMAGE_FILE'
@@ -392,13 +392,33 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 chmod 0644 /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 
-# ---- step 17/19: enable-services ----
+# ---- step 17/20: enable-services ----
 set -euo pipefail
 # systemctl enable works offline too, so this holds in a chroot as on a booted server.
 systemctl daemon-reload >/dev/null 2>&1 || true
 systemctl enable containerd.service kubelet.service
 
-# ---- step 18/19: provenance ----
+# ---- step 18/20: host-keys-unit ----
+set -euo pipefail
+install -d -m 0755 /etc/systemd/system
+cat > /etc/systemd/system/caph-image-host-keys.service <<'CAPH_IMAGE_FILE'
+[Unit]
+Description=SSH host keys for a node installed from a caph-image tarball
+Before=ssh.service
+ConditionPathExists=/usr/bin/ssh-keygen
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/find /etc/ssh -maxdepth 1 -name ssh_host_*_key -type f -empty -delete
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service multi-user.target
+CAPH_IMAGE_FILE
+chown root:root /etc/systemd/system/caph-image-host-keys.service
+chmod 0644 /etc/systemd/system/caph-image-host-keys.service
+
+# ---- step 19/20: provenance ----
 set -euo pipefail
 # Written like os-release: KEY=value lines a shell can source.
 {
@@ -419,7 +439,7 @@ set -euo pipefail
 } > /etc/caph-image-release
 chmod 0644 /etc/caph-image-release
 
-# ---- step 19/19: hygiene ----
+# ---- step 20/20: hygiene ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # No automatic upgrades on a node (system.automatic_upgrades = false): apt's timers stay masked, and apt's periodic jobs are off.
@@ -429,6 +449,12 @@ apt-get clean
 rm -rf /var/lib/apt/lists/*
 find /var/log -type f -exec truncate -s 0 {} +
 rm -f /etc/ssh/ssh_host_*
+# installimage regenerates only the host key types whose files exist: leave each type
+# as an empty file (no key material), and a unit that makes keys where nothing did.
+install -m 0600 /dev/null /etc/ssh/ssh_host_rsa_key
+install -m 0600 /dev/null /etc/ssh/ssh_host_ecdsa_key
+install -m 0600 /dev/null /etc/ssh/ssh_host_ed25519_key
+systemctl enable caph-image-host-keys.service
 if command -v cloud-init >/dev/null 2>&1; then
   cloud-init clean --logs --machine-id --seed || cloud-init clean --logs
 fi

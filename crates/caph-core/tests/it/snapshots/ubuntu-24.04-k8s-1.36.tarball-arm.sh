@@ -3,7 +3,7 @@
 # spec sha256 017326afd449ef114dd77be585f7760653d9a15c0f7e51b03a296359b2579f1d
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
-# ---- step 1/20: wait-for-system ----
+# ---- step 1/21: wait-for-system ----
 set -euo pipefail
 # cloud-init may still be installing packages on a fresh server; wait where it exists.
 if command -v cloud-init >/dev/null 2>&1; then
@@ -19,7 +19,7 @@ if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then
   flock --timeout 600 /var/lib/dpkg/lock-frontend true
 fi
 
-# ---- step 2/20: kernel-modules-config ----
+# ---- step 2/21: kernel-modules-config ----
 set -euo pipefail
 install -d -m 0755 /etc/modules-load.d
 cat > /etc/modules-load.d/caph-image.conf <<'CAPH_IMAGE_FILE'
@@ -30,10 +30,10 @@ CAPH_IMAGE_FILE
 chown root:root /etc/modules-load.d/caph-image.conf
 chmod 0644 /etc/modules-load.d/caph-image.conf
 
-# ---- step 3/20: sysctl-config ----
+# ---- step 3/21: sysctl-config ----
 set -euo pipefail
 install -d -m 0755 /etc/sysctl.d
-cat > /etc/sysctl.d/90-caph-image.conf <<'CAPH_IMAGE_FILE'
+cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
 fs.inotify.max_user_instances = 8192
 fs.inotify.max_user_watches = 524288
 kernel.panic = 10
@@ -45,10 +45,10 @@ net.ipv6.conf.all.forwarding = 1
 vm.max_map_count = 524288
 vm.overcommit_memory = 1
 CAPH_IMAGE_FILE
-chown root:root /etc/sysctl.d/90-caph-image.conf
-chmod 0644 /etc/sysctl.d/90-caph-image.conf
+chown root:root /etc/sysctl.d/99-zz-caph-image.conf
+chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
 
-# ---- step 4/20: swap-off ----
+# ---- step 4/21: swap-off ----
 set -euo pipefail
 swapoff -a || true
 if [ -f /etc/fstab ]; then
@@ -56,13 +56,13 @@ if [ -f /etc/fstab ]; then
 fi
 if [ -f /swap.img ]; then rm -f /swap.img; fi
 
-# ---- step 5/20: packages ----
+# ---- step 5/21: packages ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
-apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat util-linux open-iscsi nfs-common lvm2 xfsprogs
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat systemd-timesyncd util-linux open-iscsi nfs-common lvm2 xfsprogs
 
-# ---- step 6/20: containerd ----
+# ---- step 6/21: containerd ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -106,7 +106,7 @@ tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
 rm -f /tmp/caph-containerd.tar.gz
 /usr/local/bin/containerd --version
 
-# ---- step 7/20: containerd-unit ----
+# ---- step 7/21: containerd-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/containerd.service <<'CAPH_IMAGE_FILE'
@@ -134,12 +134,12 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/containerd.service
 chmod 0644 /etc/systemd/system/containerd.service
 
-# ---- step 8/20: containerd-directories ----
+# ---- step 8/21: containerd-directories ----
 set -euo pipefail
 # Registry host configurations (mirrors) and config drop-ins, which config.toml names.
 install -d -m 0755 /etc/containerd/certs.d /etc/containerd/conf.d
 
-# ---- step 9/20: containerd-config ----
+# ---- step 9/21: containerd-config ----
 set -euo pipefail
 install -d -m 0755 /etc/containerd
 cat > /etc/containerd/config.toml <<'CAPH_IMAGE_FILE'
@@ -162,7 +162,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/containerd/config.toml
 chmod 0644 /etc/containerd/config.toml
 
-# ---- step 10/20: runc ----
+# ---- step 10/21: runc ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -206,7 +206,7 @@ install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
 rm -f /tmp/caph-runc
 /usr/local/sbin/runc --version
 
-# ---- step 11/20: crictl ----
+# ---- step 11/21: crictl ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -250,7 +250,7 @@ tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
 rm -f /tmp/caph-crictl.tar.gz
 /usr/local/bin/crictl --version
 
-# ---- step 12/20: crictl-config ----
+# ---- step 12/21: crictl-config ----
 set -euo pipefail
 install -d -m 0755 /etc
 cat > /etc/crictl.yaml <<'CAPH_IMAGE_FILE'
@@ -261,7 +261,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/crictl.yaml
 chmod 0644 /etc/crictl.yaml
 
-# ---- step 13/20: cni-plugins ----
+# ---- step 13/21: cni-plugins ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -307,7 +307,7 @@ rm -f /tmp/caph-cni-plugins.tgz
 # Every CNI plugin answers the VERSION command of the CNI specification.
 CNI_COMMAND=VERSION /opt/cni/bin/loopback </dev/null
 
-# ---- step 14/20: kubernetes ----
+# ---- step 14/21: kubernetes ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -359,7 +359,7 @@ install -m 0755 /tmp/caph-kubelet /usr/local/bin/kubelet
 rm -f /tmp/caph-kubelet
 /usr/local/bin/kubelet --version
 
-# ---- step 15/20: kubelet-unit ----
+# ---- step 15/21: kubelet-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/kubelet.service <<'CAPH_IMAGE_FILE'
@@ -381,7 +381,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service
 chmod 0644 /etc/systemd/system/kubelet.service
 
-# ---- step 16/20: kubelet-kubeadm-dropin ----
+# ---- step 16/21: kubelet-kubeadm-dropin ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system/kubelet.service.d
 cat > /etc/systemd/system/kubelet.service.d/10-kubeadm.conf <<'CAPH_IMAGE_FILE'
@@ -397,13 +397,13 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 chmod 0644 /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 
-# ---- step 17/20: enable-services ----
+# ---- step 17/21: enable-services ----
 set -euo pipefail
 # systemctl enable works offline too, so this holds in a chroot as on a booted server.
 systemctl daemon-reload >/dev/null 2>&1 || true
 systemctl enable containerd.service kubelet.service
 
-# ---- step 18/20: file-1 ----
+# ---- step 18/21: file-1 ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/networkd.conf.d
 cat > /etc/systemd/networkd.conf.d/99-caph-cilium.conf <<'CAPH_IMAGE_FILE'
@@ -415,7 +415,27 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/networkd.conf.d/99-caph-cilium.conf
 chmod 0644 /etc/systemd/networkd.conf.d/99-caph-cilium.conf
 
-# ---- step 19/20: provenance ----
+# ---- step 19/21: host-keys-unit ----
+set -euo pipefail
+install -d -m 0755 /etc/systemd/system
+cat > /etc/systemd/system/caph-image-host-keys.service <<'CAPH_IMAGE_FILE'
+[Unit]
+Description=SSH host keys for a node installed from a caph-image tarball
+Before=ssh.service
+ConditionPathExists=/usr/bin/ssh-keygen
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/find /etc/ssh -maxdepth 1 -name ssh_host_*_key -type f -empty -delete
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service multi-user.target
+CAPH_IMAGE_FILE
+chown root:root /etc/systemd/system/caph-image-host-keys.service
+chmod 0644 /etc/systemd/system/caph-image-host-keys.service
+
+# ---- step 20/21: provenance ----
 set -euo pipefail
 # Written like os-release: KEY=value lines a shell can source.
 {
@@ -436,7 +456,7 @@ set -euo pipefail
 } > /etc/caph-image-release
 chmod 0644 /etc/caph-image-release
 
-# ---- step 20/20: hygiene ----
+# ---- step 21/21: hygiene ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # No automatic upgrades on a node (system.automatic_upgrades = false): apt's timers stay masked, and apt's periodic jobs are off.
@@ -446,6 +466,12 @@ apt-get clean
 rm -rf /var/lib/apt/lists/*
 find /var/log -type f -exec truncate -s 0 {} +
 rm -f /etc/ssh/ssh_host_*
+# installimage regenerates only the host key types whose files exist: leave each type
+# as an empty file (no key material), and a unit that makes keys where nothing did.
+install -m 0600 /dev/null /etc/ssh/ssh_host_rsa_key
+install -m 0600 /dev/null /etc/ssh/ssh_host_ecdsa_key
+install -m 0600 /dev/null /etc/ssh/ssh_host_ed25519_key
+systemctl enable caph-image-host-keys.service
 if command -v cloud-init >/dev/null 2>&1; then
   cloud-init clean --logs --machine-id --seed || cloud-init clean --logs
 fi
