@@ -439,13 +439,14 @@ const FETCH_FUNCTIONS: &str = r#"caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -537,10 +538,26 @@ fn packages(spec: &ImageSpec) -> String {
 }
 
 /// Assigns `expected` from the pin, or from the upstream checksum file when there is none.
-fn expected_digest(script: &mut Script, pin: Option<&String>, checksum_url: &str, file_name: &str) {
-    match pin {
+/// A sha256 pin from the spec, with the field it was written in (for the mismatch message).
+struct Pin<'a> {
+    field: String,
+    digest: &'a str,
+}
+
+/// Downloads `url` to `dest`, verified against the spec's pin or else the upstream checksum file;
+/// a mismatch names both digests and where the expected one came from.
+fn fetch_verified(
+    script: &mut Script,
+    url: &str,
+    pin: Option<Pin<'_>>,
+    checksum_url: &str,
+    file_name: &str,
+    dest: &str,
+) {
+    let origin = match pin {
         Some(pin) => {
-            script.assign("expected", pin);
+            script.assign("expected", pin.digest);
+            format!("pinned by {} in the spec", pin.field)
         }
         None => {
             script.line(format!(
@@ -548,24 +565,14 @@ fn expected_digest(script: &mut Script, pin: Option<&String>, checksum_url: &str
                 quote(checksum_url),
                 quote(file_name)
             ));
+            format!("published in {checksum_url}")
         }
-    }
-}
-
-/// Downloads `url` to `dest`, verified against the pin or else the upstream checksum file.
-fn fetch_verified(
-    script: &mut Script,
-    url: &str,
-    pin: Option<&String>,
-    checksum_url: &str,
-    file_name: &str,
-    dest: &str,
-) {
-    expected_digest(script, pin, checksum_url, file_name);
+    };
     script.line(format!(
-        "caph_fetch {} {} \"$expected\"",
+        "caph_fetch {} {} \"$expected\" {}",
         quote(url),
-        quote(dest)
+        quote(dest),
+        quote(&origin)
     ));
 }
 
@@ -573,6 +580,7 @@ fn fetch_verified(
 /// `dest`, verified against the spec's pin for `arch` or else `checksum_file` beside it.
 fn fetch_release_file(
     artifact: &Artifact,
+    section: &str,
     arch: Arch,
     file_name: &str,
     checksum_file: &str,
@@ -584,7 +592,10 @@ fn fetch_release_file(
     fetch_verified(
         &mut script,
         &format!("{directory}/{file_name}"),
-        artifact.sha256.get(&arch),
+        artifact.sha256.get(&arch).map(|digest| Pin {
+            field: format!("{section}.sha256.{}", arch.debian_name()),
+            digest,
+        }),
         &format!("{directory}/{checksum_file}"),
         file_name,
         dest,
@@ -601,6 +612,7 @@ fn containerd_install(artifact: &Artifact, arch: Arch) -> String {
     let archive = "/tmp/caph-containerd.tar.gz";
     let mut script = fetch_release_file(
         artifact,
+        "containerd",
         arch,
         &file_name,
         &format!("{file_name}.sha256sum"),
@@ -637,6 +649,7 @@ fn cni_install(artifact: &Artifact, arch: Arch) -> String {
     let archive = "/tmp/caph-cni-plugins.tgz";
     let mut script = fetch_release_file(
         artifact,
+        "cni",
         arch,
         &file_name,
         &format!("{file_name}.sha256"),
@@ -655,7 +668,8 @@ fn cni_install(artifact: &Artifact, arch: Arch) -> String {
 fn runc_install(artifact: &Artifact, arch: Arch) -> String {
     let file_name = format!("runc.{}", arch.debian_name());
     let binary = "/tmp/caph-runc";
-    let mut script = fetch_release_file(artifact, arch, &file_name, "runc.sha256sum", binary);
+    let mut script =
+        fetch_release_file(artifact, "runc", arch, &file_name, "runc.sha256sum", binary);
     script.command(&["install", "-m", "0755", binary, "/usr/local/sbin/runc"]);
     script.command(&["rm", "-f", binary]);
     script.line("/usr/local/sbin/runc --version");
@@ -671,6 +685,7 @@ fn crictl_install(artifact: &Artifact, arch: Arch) -> String {
     let archive = "/tmp/caph-crictl.tar.gz";
     let mut script = fetch_release_file(
         artifact,
+        "crictl",
         arch,
         &file_name,
         &format!("{file_name}.sha256"),
@@ -697,9 +712,10 @@ fn kubernetes_apt(
         Some(pin) => {
             script.line(FETCH_FUNCTIONS);
             script.line(format!(
-                "caph_fetch {} /tmp/caph-kubernetes-release.key {}",
+                "caph_fetch {} /tmp/caph-kubernetes-release.key {} {}",
                 quote(key_url),
-                quote(pin)
+                quote(pin),
+                quote("pinned by kubernetes.apt_key_sha256 in the spec")
             ));
         }
         None => {
@@ -752,7 +768,11 @@ fn kubernetes_binaries(
         fetch_verified(
             &mut script,
             &url,
-            pins.and_then(|pins| pins.get(*component)),
+            pins.and_then(|pins| pins.get(*component))
+                .map(|digest| Pin {
+                    field: format!("kubernetes.sha256.{}.{component}", arch.debian_name()),
+                    digest,
+                }),
             &format!("{url}.sha256"),
             component,
             &format!("/tmp/caph-{component}"),

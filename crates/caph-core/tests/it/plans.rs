@@ -314,7 +314,7 @@ fn checksum_mismatch_aborts_with_both_digests() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("artifact"), b"payload").unwrap();
     let probe = format!(
-        "{}caph_fetch file://{}/artifact {}/out {}\n",
+        "{}caph_fetch file://{}/artifact {}/out {} 'pinned by containerd.sha256.amd64 in the spec'\n",
         &script[..functions_end],
         dir.display(),
         dir.display(),
@@ -331,7 +331,7 @@ fn checksum_mismatch_aborts_with_both_digests() {
     let actual_digest = "239f59ed55e737c77147cf55ad0c1b030b6d7ee748a7426952f9b852d5a935e5";
     assert!(
         stderr.contains(&format!(
-            "expected sha256 {}, got {actual_digest}",
+            "expected sha256 {} (pinned by containerd.sha256.amd64 in the spec), got {actual_digest}",
             "0".repeat(64)
         )),
         "{stderr}"

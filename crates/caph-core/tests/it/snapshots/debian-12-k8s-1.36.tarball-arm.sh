@@ -69,13 +69,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -96,7 +97,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=a985fbb7e18fc0362d31a055338f5d7b0e087a3e27f14c70d1c5965399a29f95
-caph_fetch https://github.com/containerd/containerd/releases/download/v2.3.4/containerd-2.3.4-linux-arm64.tar.gz /tmp/caph-containerd.tar.gz "$expected"
+caph_fetch https://github.com/containerd/containerd/releases/download/v2.3.4/containerd-2.3.4-linux-arm64.tar.gz /tmp/caph-containerd.tar.gz "$expected" 'pinned by containerd.sha256.arm64 in the spec'
 tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
 rm -f /tmp/caph-containerd.tar.gz
 /usr/local/bin/containerd --version
@@ -169,13 +170,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -196,7 +198,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=633301e2e32f8a5ad54031aab4901eb00308bec677dd15faa2751e8f9dab5ca4
-caph_fetch https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.arm64 /tmp/caph-runc "$expected"
+caph_fetch https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.arm64 /tmp/caph-runc "$expected" 'pinned by runc.sha256.arm64 in the spec'
 install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
 rm -f /tmp/caph-runc
 /usr/local/sbin/runc --version
@@ -213,13 +215,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -240,7 +243,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=68328594ccf780a80ae2b092d9f6ce484eec7cf540c275242e8fd954bfd95332
-caph_fetch https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-arm64.tar.gz /tmp/caph-crictl.tar.gz "$expected"
+caph_fetch https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-arm64.tar.gz /tmp/caph-crictl.tar.gz "$expected" 'pinned by crictl.sha256.arm64 in the spec'
 tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
 rm -f /tmp/caph-crictl.tar.gz
 /usr/local/bin/crictl --version
@@ -268,13 +271,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -295,7 +299,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=56171987d3947707c3563db2f4001bccaf50fd63468611b9f3cbecb1375ee7ec
-caph_fetch https://github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-arm64-v1.9.1.tgz /tmp/caph-cni-plugins.tgz "$expected"
+caph_fetch https://github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-arm64-v1.9.1.tgz /tmp/caph-cni-plugins.tgz "$expected" 'pinned by cni.sha256.arm64 in the spec'
 install -d -m 0755 /opt/cni/bin
 tar -C /opt/cni/bin -xzf /tmp/caph-cni-plugins.tgz
 rm -f /tmp/caph-cni-plugins.tgz
@@ -314,13 +318,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -341,15 +346,15 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=6a849c07d3e1c708f5c40f1ac8be03a56124204dfc7e1931e4113634019c0dad
-caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/arm64/kubeadm /tmp/caph-kubeadm "$expected"
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/arm64/kubeadm /tmp/caph-kubeadm "$expected" 'pinned by kubernetes.sha256.arm64.kubeadm in the spec'
 install -m 0755 /tmp/caph-kubeadm /usr/local/bin/kubeadm
 rm -f /tmp/caph-kubeadm
 expected=0ecf44450ee6063bf19dd166a103ee6df4a9034455c2abce626e6eea657d73fb
-caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/arm64/kubectl /tmp/caph-kubectl "$expected"
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/arm64/kubectl /tmp/caph-kubectl "$expected" 'pinned by kubernetes.sha256.arm64.kubectl in the spec'
 install -m 0755 /tmp/caph-kubectl /usr/local/bin/kubectl
 rm -f /tmp/caph-kubectl
 expected=fd53ea3fcbd077844f50a3c67e9b52f62972a563674956bab0c0f4fb7ea37d50
-caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/arm64/kubelet /tmp/caph-kubelet "$expected"
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/arm64/kubelet /tmp/caph-kubelet "$expected" 'pinned by kubernetes.sha256.arm64.kubelet in the spec'
 install -m 0755 /tmp/caph-kubelet /usr/local/bin/kubelet
 rm -f /tmp/caph-kubelet
 /usr/local/bin/kubelet --version

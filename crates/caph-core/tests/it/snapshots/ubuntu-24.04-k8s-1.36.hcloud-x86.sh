@@ -82,13 +82,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -109,7 +110,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=9d68969855fbf676cdb8ed758e420fb048d61f984f61de3e53eddfebe484d168
-caph_fetch https://github.com/containerd/containerd/releases/download/v2.3.4/containerd-2.3.4-linux-amd64.tar.gz /tmp/caph-containerd.tar.gz "$expected"
+caph_fetch https://github.com/containerd/containerd/releases/download/v2.3.4/containerd-2.3.4-linux-amd64.tar.gz /tmp/caph-containerd.tar.gz "$expected" 'pinned by containerd.sha256.amd64 in the spec'
 tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
 rm -f /tmp/caph-containerd.tar.gz
 /usr/local/bin/containerd --version
@@ -182,13 +183,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -209,7 +211,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=f6ae8efc0fa40079e1475e97cbe9d1bd3f106a28d6af78a11d9f1bd565515e60
-caph_fetch https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64 /tmp/caph-runc "$expected"
+caph_fetch https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64 /tmp/caph-runc "$expected" 'pinned by runc.sha256.amd64 in the spec'
 install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
 rm -f /tmp/caph-runc
 /usr/local/sbin/runc --version
@@ -226,13 +228,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -253,7 +256,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=83855e114566a8a8c44c548d515670f51de3a5e1da8b2effb59870e2f10c25a3
-caph_fetch https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-amd64.tar.gz /tmp/caph-crictl.tar.gz "$expected"
+caph_fetch https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-amd64.tar.gz /tmp/caph-crictl.tar.gz "$expected" 'pinned by crictl.sha256.amd64 in the spec'
 tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
 rm -f /tmp/caph-crictl.tar.gz
 /usr/local/bin/crictl --version
@@ -281,13 +284,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -308,7 +312,7 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=b98f74a0f8522f0a83867178729c1aa70f2158f90c45a2ca8fa791db1c76b303
-caph_fetch https://github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-amd64-v1.9.1.tgz /tmp/caph-cni-plugins.tgz "$expected"
+caph_fetch https://github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-amd64-v1.9.1.tgz /tmp/caph-cni-plugins.tgz "$expected" 'pinned by cni.sha256.amd64 in the spec'
 install -d -m 0755 /opt/cni/bin
 tar -C /opt/cni/bin -xzf /tmp/caph-cni-plugins.tgz
 rm -f /tmp/caph-cni-plugins.tgz
@@ -327,13 +331,14 @@ caph_download() {
   fi
 }
 caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
   caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
@@ -354,15 +359,15 @@ caph_published_sha256() {
   printf '%s\n' "$digest"
 }
 expected=10d054585907f2c8bb823c84f6a66b3bd2a474c3d795475f04e9a44f78650fe6
-caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubeadm /tmp/caph-kubeadm "$expected"
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubeadm /tmp/caph-kubeadm "$expected" 'pinned by kubernetes.sha256.amd64.kubeadm in the spec'
 install -m 0755 /tmp/caph-kubeadm /usr/local/bin/kubeadm
 rm -f /tmp/caph-kubeadm
 expected=8b8f088da2dab964f853b38464033b1be15ede2839eca751482357c45abdd05a
-caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubectl /tmp/caph-kubectl "$expected"
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubectl /tmp/caph-kubectl "$expected" 'pinned by kubernetes.sha256.amd64.kubectl in the spec'
 install -m 0755 /tmp/caph-kubectl /usr/local/bin/kubectl
 rm -f /tmp/caph-kubectl
 expected=cf2562db46c48ab84cc3791540778ee7fb1a0a008529adbb434723dd02ed8b4b
-caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubelet /tmp/caph-kubelet "$expected"
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubelet /tmp/caph-kubelet "$expected" 'pinned by kubernetes.sha256.amd64.kubelet in the spec'
 install -m 0755 /tmp/caph-kubelet /usr/local/bin/kubelet
 rm -f /tmp/caph-kubelet
 /usr/local/bin/kubelet --version
