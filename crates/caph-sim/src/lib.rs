@@ -10,5 +10,6 @@ pub mod libraries;
 pub mod machine;
 pub mod mirror;
 pub mod openapi;
+pub mod real_installimage;
 pub mod robot;
 pub mod runtime;
