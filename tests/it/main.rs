@@ -11,6 +11,7 @@ mod installimage_differential;
 mod rescue_install;
 mod robot;
 mod robot_sim_mode;
+mod runtime;
 mod tarball;
 
 use std::path::{Path, PathBuf};

@@ -37,12 +37,16 @@ version = "2.1.4"
 url = "{mirror}/containerd"
 
 [runc]
-version = "1.3.0"
+version = "1.3.6"
 url = "{mirror}/runc"
 
 [crictl]
 version = "1.34.0"
 url = "{mirror}/crictl"
+
+[cni]
+version = "1.9.1"
+url = "{mirror}/cni"
 
 [[system.files]]
 path = "/etc/e2e-marker"
@@ -254,6 +258,7 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
         );
     }
     assert!(
+        // The link is absolute (into the image's /etc): look at the link, not through it.
         root.join("etc/systemd/system/ssh.service.wants/caph-image-host-keys.service")
             .symlink_metadata()
             .is_ok(),

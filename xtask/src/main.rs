@@ -6,9 +6,12 @@
 //!   `BENCHMARKS.md` (see `bench/mod.rs`).
 //! - `cargo xtask dist [--check]`: reproducible release archives in `dist/`, or a check of
 //!   them (see `dist.rs`).
+//! - `cargo xtask pins SPEC... --checksums FILE [--newest-patch]`: sha256 pins for every
+//!   artifact and architecture of image specs, from kubespray's checksum table (see `pins.rs`).
 
 mod bench;
 mod dist;
+mod pins;
 
 use std::process::ExitCode;
 
@@ -16,7 +19,8 @@ use anyhow::{Result, bail};
 
 const USAGE: &str =
     "usage: cargo xtask bench [all | pack | upload | polling | builds] [--runs N] [--rootfs DIR]
-       cargo xtask dist [--check]";
+       cargo xtask dist [--check]
+       cargo xtask pins SPEC... --checksums FILE [--newest-patch]";
 
 fn main() -> ExitCode {
     match run() {
@@ -38,6 +42,7 @@ fn run() -> Result<()> {
     {
         ["bench", rest @ ..] => bench::run(&bench::BenchArgs::parse(rest)?),
         ["dist", rest @ ..] => dist::run(&dist::DistArgs::parse(rest)?),
+        ["pins", rest @ ..] => pins::run(&pins::PinsArgs::parse(rest)?),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

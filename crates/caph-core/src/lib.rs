@@ -8,9 +8,11 @@
 
 pub mod arch;
 pub mod backend;
+pub mod checks;
 pub mod diagnostic;
 pub mod label;
 pub mod plan;
+pub mod releases;
 pub mod spec;
 pub mod time;
 pub mod version;

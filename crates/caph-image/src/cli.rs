@@ -67,13 +67,23 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   caph-image validate images/ubuntu-24.04-k8s-1.36.toml
+  caph-image validate --strict images/*.toml
   caph-image validate --output json images/*.toml
 
-Exit codes: 0 all specs valid, 1 at least one invalid, 2 wrong usage.")]
+Besides the format, validation applies upstream's compatibility rules, each naming its source:
+the containerd releases a Kubernetes release supports, crictl's minor release = Kubernetes',
+runc with the November 2025 container-escape fixes, and the pause image kubeadm expects. Releases
+past their end of life are warnings: they fail only with --strict.
+
+Exit codes: 0 all specs valid, 1 at least one invalid (or with warnings under --strict), 2 wrong
+usage.")]
     Validate {
         /// Spec files to check
         #[arg(required = true, value_name = "SPEC")]
         specs: Vec<PathBuf>,
+        /// Fail on warnings too (releases past their end of life)
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the provisioning plan of a spec as one readable script
     #[command(after_help = "\
@@ -82,9 +92,9 @@ root filesystem (target tarball). It is deterministic: the same spec gives the s
 byte, so it can be reviewed and diffed.
 
 Examples:
-  caph-image plan images/debian-12-k8s-1.34.toml
-  caph-image plan images/debian-12-k8s-1.34.toml --target tarball --arch arm64
-  caph-image plan images/debian-12-k8s-1.34.toml --output json | jq '.steps[].name'")]
+  caph-image plan images/debian-12-k8s-1.36.toml
+  caph-image plan images/debian-12-k8s-1.36.toml --target tarball --arch arm64
+  caph-image plan images/debian-12-k8s-1.36.toml --output json | jq '.steps[].name'")]
     Plan {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -113,7 +123,7 @@ because Cluster API Provider Hetzner's installImage.image.url does not take .tar
 works only through installImage.image.path.
 
 Examples:
-  caph-image pack ./rootfs -o Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz
+  caph-image pack ./rootfs -o Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz
   SOURCE_DATE_EPOCH=1700000000 caph-image pack ./rootfs -o Ubuntu-2404-noble-arm64-k8s.tar.zst
   caph-image pack ./rootfs -o image.tar.gz --compression gzip:9 --output json")]
     Pack {
@@ -205,8 +215,8 @@ Examples:
 
 Without a Hetzner account, --sim runs the same build against a simulated cloud whose servers are
 real OpenSSH servers in chroots on this machine:
-  sudo caph-image build hcloud images/debian-12-k8s-1.34.toml --sim --arch x86
-  sudo caph-image build hcloud images/debian-12-k8s-1.34.toml --sim --sim-speed 100")]
+  sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --sim --arch x86
+  sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --sim --sim-speed 100")]
     Hcloud {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -264,9 +274,9 @@ gzip is the default because Cluster API Provider Hetzner's installImage.image.ur
 .tar.zst; a .tar.zst works only through installImage.image.path.
 
 Examples:
-  sudo caph-image build tarball images/debian-12-k8s-1.34.toml -o out/
+  sudo caph-image build tarball images/debian-12-k8s-1.36.toml -o out/
   sudo caph-image build tarball images/ubuntu-24.04-k8s-1.36.toml --arch arm64 --compression zstd
-  sudo SOURCE_DATE_EPOCH=1700000000 caph-image build tarball images/debian-12-k8s-1.34.toml --output json")]
+  sudo SOURCE_DATE_EPOCH=1700000000 caph-image build tarball images/debian-12-k8s-1.36.toml --output json")]
     Tarball {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -307,8 +317,8 @@ Shipped layouts (--layout NAME): single-disk, raid1, raid1-lvm, uefi.
 
 Examples:
   export HETZNER_ROBOT_USER=... HETZNER_ROBOT_PASSWORD=...
-  caph-image build robot images/debian-12-k8s-1.34.toml --server 321
-  caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --tarball dist/Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout raid1-lvm --hostname node-7
+  caph-image build robot images/debian-12-k8s-1.36.toml --server 321
+  caph-image build robot images/debian-12-k8s-1.36.toml --server 321 --tarball dist/Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz --layout raid1-lvm --hostname node-7
 
 Without a Robot account, --sim runs the same installation against a simulated Robot account with
 server N (an EX44 with two 512 GB drives) whose rescue system and installed node are real OpenSSH
@@ -317,8 +327,8 @@ a simulation that applies installimage's rules; with --sim-installimage FILE (an
 Hetzner's installimage, github.com/hetzneronline/installimage) the rescue system runs the real
 one wherever this machine's kernel can install the layout (one drive, BIOS, no RAID, LVM or
 encryption), and the output says which one ran:
-  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim
-  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim --sim-speed 10 --tarball Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout single-disk --sim-installimage installimage.tar.gz")]
+  sudo caph-image build robot images/debian-12-k8s-1.36.toml --server 321 --sim
+  sudo caph-image build robot images/debian-12-k8s-1.36.toml --server 321 --sim --sim-speed 10 --tarball Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz --layout single-disk --sim-installimage installimage.tar.gz")]
     Robot {
         /// The spec file
         #[arg(value_name = "SPEC")]

@@ -38,14 +38,39 @@ pub fn load(path: &Path) -> Result<ImageSpec, Diagnostics> {
     let directory = path
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    caph_core::spec::load(&display, &bytes, &BesideSpec(directory))
+    caph_core::spec::load_as_of(&display, &bytes, &BesideSpec(directory), today())
+}
+
+/// Today's date (UTC), for the end-of-life warnings.
+pub fn today() -> caph_core::releases::Date {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+    caph_core::releases::Date::from_unix(unix)
+}
+
+/// A warning as a line: the diagnostic with `warning:` after its position.
+pub fn warning_line(warning: &Diagnostic) -> String {
+    let text = warning.to_string();
+    let position = format!("{}:{}:{}: ", warning.file, warning.line, warning.column);
+    match text.strip_prefix(&position) {
+        Some(rest) => format!("{position}warning: {rest}"),
+        None => format!("warning: {text}"),
+    }
 }
 
 /// Loads the spec at `path`; on problems prints them (stderr) and returns `None`, so a command can
 /// exit with the failure code.
 pub fn load_or_report(path: &Path) -> Option<ImageSpec> {
     match load(path) {
-        Ok(spec) => Some(spec),
+        Ok(spec) => {
+            for warning in &spec.warnings {
+                crate::output::note(&warning_line(warning));
+            }
+            Some(spec)
+        }
         Err(diagnostics) => {
             crate::output::note(&diagnostics.to_string());
             None

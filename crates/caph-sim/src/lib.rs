@@ -12,3 +12,4 @@ pub mod mirror;
 pub mod openapi;
 pub mod real_installimage;
 pub mod robot;
+pub mod runtime;

@@ -17,7 +17,7 @@ use crate::cli::{BuildCommand, Cli, Command, ImagesCommand, RobotCommand};
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { specs } => validate::run(&cli.global, &specs),
+        Command::Validate { specs, strict } => validate::run(&cli.global, &specs, strict),
         Command::Plan { spec, target, arch } => plan::run(&cli.global, &spec, target, arch),
         Command::Build(BuildCommand::Hcloud {
             spec,

@@ -33,6 +33,9 @@ const PROGRESS_STEP_BYTES: u64 = 8 << 20;
 const REBOOT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bound on short probing commands (`hostname`, the verification script).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the node checks may take: the cloud-init check waits up to 5 minutes for first boot
+/// to finish (as CAPH waits for it), plus a minute for the rest.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(6 * 60);
 
 /// What the server holds and runs, for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,16 +513,19 @@ async fn run(
         context,
         Phase::Verify,
         "verify",
-        "containerd, kubelet, swap, sysctls".to_string(),
+        "the node checks: modules, sysctls, swap, containerd, kubelet, time sync, cloud-init, host keys, machine-id".to_string(),
     );
-    let facts = tokio::time::timeout(PROBE_TIMEOUT, installed.exec_capture(verify::FACTS_SCRIPT))
-        .await
-        .map_err(|_| {
-            InstallCause::Installed(format!(
-                "the verification commands did not finish within {PROBE_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(ssh("verifying the installed node"))?;
+    let facts = tokio::time::timeout(
+        VERIFY_TIMEOUT,
+        installed.exec_capture(&verify::facts_script(spec)),
+    )
+    .await
+    .map_err(|_| {
+        InstallCause::Installed(format!(
+            "the verification commands did not finish within {VERIFY_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(ssh("verifying the installed node"))?;
     let verdict = verify::judge(spec, &facts.stdout);
     for check in &verdict.checks {
         tracker.say(context, format!("ok: {check}"));

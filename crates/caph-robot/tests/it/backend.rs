@@ -75,10 +75,11 @@ async fn installs_the_tarball_and_the_node_answers_with_the_layouts_hostname() {
     );
     assert!(report.autosetup.contains("SWRAID 1\nSWRAIDLEVEL 1\n"));
     assert!(
-        report
-            .checks
-            .iter()
-            .any(|check| check == "kubelet --version: Kubernetes v1.34.2"),
+        report.checks.iter().any(|check| check
+            == &format!(
+                "kubelet-version: \"Kubernetes v{}\"",
+                spec.kubernetes.version
+            )),
         "{:?}",
         report.checks
     );
