@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::text::Escaped;
+
 /// One problem in a spec: where it is, which field, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -19,15 +21,17 @@ pub struct Diagnostic {
     pub help: Option<String>,
 }
 
+/// One line: `file:line:col: field message; help`, with control characters escaped.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        // Escaped, so that one diagnostic is one line whatever the spec holds.
+        write!(f, "{}:{}:{}: ", Escaped(&self.file), self.line, self.column)?;
         if !self.field.is_empty() {
-            write!(f, "{} ", self.field)?;
+            write!(f, "{} ", Escaped(&self.field))?;
         }
-        f.write_str(&self.message)?;
+        write!(f, "{}", Escaped(&self.message))?;
         if let Some(help) = &self.help {
-            write!(f, "; {help}")?;
+            write!(f, "; {}", Escaped(help))?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod diagnostic;
 pub mod label;
 pub mod plan;
 pub mod spec;
+pub mod text;
 pub mod time;
 pub mod version;
 

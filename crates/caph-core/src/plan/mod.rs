@@ -14,7 +14,13 @@ pub use shell::quote;
 
 use crate::arch::Arch;
 use crate::spec::{Artifact, ImageSpec, KubernetesSource};
+use crate::text::{self, UnsafeLine};
 use shell::Script;
+
+/// The line-oriented files the plan writes with values from the spec.
+const MODULES_FILE: &str = "/etc/modules-load.d/caph-image.conf";
+const SYSCTL_FILE: &str = "/etc/sysctl.d/90-caph-image.conf";
+const APT_SOURCES_FILE: &str = "/etc/apt/sources.list.d/kubernetes.list";
 
 /// Where a plan runs, which changes what can be done live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +182,10 @@ const APT_BACKGROUND_UNITS: &[&str] = &[
 ];
 
 /// Renders the plan. Pure: the same inputs give the same plan, byte for byte.
-pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
+///
+/// Refuses a value that would break a line of a line-oriented file it writes (a spec that
+/// passed validation holds none).
+pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Result<Plan, UnsafeLine> {
     let mut steps = Vec::new();
     steps.push(run("wait-for-system", prepare_system()));
     let mut modules: Vec<&str> = REQUIRED_MODULES.to_vec();
@@ -189,15 +198,15 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
     );
     steps.push(file(
         "kernel-modules-config",
-        "/etc/modules-load.d/caph-image.conf",
+        MODULES_FILE,
         0o644,
-        lines(&modules),
+        checked_lines(MODULES_FILE, &modules)?,
     ));
     steps.push(file(
         "sysctl-config",
-        "/etc/sysctl.d/90-caph-image.conf",
+        SYSCTL_FILE,
         0o644,
-        sysctl_conf(spec),
+        sysctl_conf(spec)?,
     ));
     if target == Target::Hcloud {
         steps.push(run(
@@ -241,7 +250,7 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
         } => {
             steps.push(run(
                 "kubernetes",
-                kubernetes_apt(spec, repository, key_url, key_sha256.as_deref()),
+                kubernetes_apt(spec, repository, key_url, key_sha256.as_deref())?,
             ));
         }
         KubernetesSource::Binaries { base_url, sha256 } => {
@@ -287,13 +296,13 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
     }
     steps.push(run("provenance", provenance(spec, target, arch)));
     steps.push(run("hygiene", hygiene(target)));
-    Plan {
+    Ok(Plan {
         image_name: spec.image.name.clone(),
         spec_digest: spec.digest.clone(),
         target,
         arch,
         steps,
-    }
+    })
 }
 
 impl Plan {
@@ -346,20 +355,30 @@ fn file(name: &str, path: &str, mode: u32, content: String) -> Step {
     }
 }
 
-fn lines(items: &[&str]) -> String {
-    items.iter().map(|item| format!("{item}\n")).collect()
+/// One item a line, each one field (a module name).
+fn checked_lines(file: &str, items: &[&str]) -> Result<String, UnsafeLine> {
+    let mut text = String::new();
+    for item in items {
+        text::field_in(file, item)?;
+        text.push_str(item);
+        text.push('\n');
+    }
+    Ok(text)
 }
 
-fn sysctl_conf(spec: &ImageSpec) -> String {
+fn sysctl_conf(spec: &ImageSpec) -> Result<String, UnsafeLine> {
     let mut settings: std::collections::BTreeMap<&str, &str> =
         REQUIRED_SYSCTLS.iter().copied().collect();
     for (key, value) in &spec.system.sysctls {
         settings.insert(key, value);
     }
-    settings
-        .iter()
-        .map(|(key, value)| format!("{key} = {value}\n"))
-        .collect()
+    let mut text = String::new();
+    for (key, value) in settings {
+        text::field_in(SYSCTL_FILE, key)?;
+        text::line_in(SYSCTL_FILE, value)?;
+        let _ = writeln!(text, "{key} = {value}");
+    }
+    Ok(text)
 }
 
 /// Shell functions shared by steps that download: fetch with retries, and verify a sha256.
@@ -574,7 +593,8 @@ fn kubernetes_apt(
     repository: &str,
     key_url: &str,
     key_sha256: Option<&str>,
-) -> String {
+) -> Result<String, UnsafeLine> {
+    text::field_in(APT_SOURCES_FILE, repository)?;
     let version = spec.kubernetes.version.to_string();
     let keyring = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg";
     let mut script = Script::new();
@@ -605,7 +625,7 @@ fn kubernetes_apt(
     ]);
     script.command(&["rm", "-f", "/tmp/caph-kubernetes-release.key"]);
     script.line(format!(
-        "echo {} > /etc/apt/sources.list.d/kubernetes.list",
+        "echo {} > {APT_SOURCES_FILE}",
         quote(&format!("deb [signed-by={keyring}] {repository} /"))
     ));
     script.line(format!("{APT} update"));
@@ -619,7 +639,7 @@ fn kubernetes_apt(
     script.line(format!("{APT} install -y --no-install-recommends \"kubelet=$package_version\" \"kubeadm=$package_version\" \"kubectl=$package_version\""));
     script.line("apt-mark hold kubelet kubeadm kubectl");
     script.line("kubelet --version");
-    script.finish()
+    Ok(script.finish())
 }
 
 fn kubernetes_binaries(

@@ -151,6 +151,28 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         });
     };
 
+    // Every value is one field of an autosetup line (`PART /boot ext4 1G`): a blank, a `#` or a
+    // line break in one would change what installimage reads. Nothing else is checked on such
+    // a layout, since every other rule would read the value differently than installimage.
+    let mut unfit = false;
+    for (field, value) in field_values(layout) {
+        if let Err(why) = crate::text::check_field(value) {
+            unfit = true;
+            problem(
+                field,
+                format!(
+                    "\"{}\" {}, which an autosetup line cannot hold in one field",
+                    crate::text::Escaped(value),
+                    why.describe()
+                ),
+                Some("write it as one word, without blanks or #"),
+            );
+        }
+    }
+    if unfit {
+        return problems;
+    }
+
     // Drives.
     if layout.drives.is_empty() {
         problem(
@@ -161,11 +183,19 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
     }
     let mut seen_drives = BTreeSet::new();
     for (index, drive) in layout.drives.iter().enumerate() {
-        if !drive.starts_with("/dev/") {
+        let normal = crate::text::normal_path(drive);
+        if !drive.starts_with("/dev/") || drive.split('/').any(|part| part == "..") {
             problem(
                 format!("drives[{index}]"),
                 format!("\"{drive}\" is not a device path"),
                 Some("use a path under /dev/, for example \"/dev/nvme0n1\""),
+            );
+        } else if normal != *drive {
+            // `/dev//sda` and `/dev/sda` are one drive; compared as written, it could be listed twice.
+            problem(
+                format!("drives[{index}]"),
+                format!("\"{drive}\" is not in normal form"),
+                Some(&format!("write \"{normal}\"")),
             );
         } else if !seen_drives.insert(drive) {
             problem(
@@ -437,6 +467,40 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         );
     }
     problems
+}
+
+/// Every text value of the layout with its field, as [`LayoutProblem::field`] names it.
+fn field_values(layout: &DiskLayout) -> Vec<(String, &str)> {
+    let mut values = Vec::new();
+    for (index, drive) in layout.drives.iter().enumerate() {
+        values.push((format!("drives[{index}]"), drive.as_str()));
+    }
+    for (index, partition) in layout.partitions.iter().enumerate() {
+        let second = if partition.mount == "lvm" {
+            "volume_group"
+        } else {
+            "filesystem"
+        };
+        values.push((
+            format!("partitions[{index}].mount"),
+            partition.mount.as_str(),
+        ));
+        values.push((
+            format!("partitions[{index}].{second}"),
+            partition.filesystem.as_str(),
+        ));
+    }
+    for (index, volume) in layout.volumes.iter().enumerate() {
+        for (name, value) in [
+            ("vg", &volume.vg),
+            ("name", &volume.name),
+            ("mount", &volume.mount),
+            ("filesystem", &volume.filesystem),
+        ] {
+            values.push((format!("volumes[{index}].{name}"), value.as_str()));
+        }
+    }
+    values
 }
 
 fn check_minimum(

@@ -14,6 +14,7 @@ use super::{
 use crate::arch::Arch;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::label;
+use crate::text;
 use crate::version::Version;
 
 /// Reads the files a spec references (scripts, file contents, base tarballs), relative to the spec's directory.
@@ -102,6 +103,7 @@ pub fn load(file: &str, bytes: &[u8], files: &dyn SpecFiles) -> Result<ImageSpec
     };
     loader.digest.update(bytes);
     let spec = loader.spec(file, &root);
+    super::line_values::check(&mut loader.reader, &root);
     let mut diagnostics = loader.reader.diagnostics;
     if diagnostics.is_empty()
         && let Some(spec) = spec
@@ -836,7 +838,7 @@ impl Loader<'_, '_> {
                     && path.value.len() > 1
                     && !path.value.ends_with('/')
                     && !path.value.split('/').any(|part| part == "..")
-                    && !path.value.contains(['\n', '\0']);
+                    && text::check_line(&path.value).is_ok();
                 if !valid {
                     self.reader.error(
                         &path.span,
@@ -844,6 +846,15 @@ impl Loader<'_, '_> {
                         format!("\"{}\" is not an absolute file path", path.value),
                         Some("use a path such as \"/etc/example.conf\"".to_string()),
                     );
+                } else if text::normal_path(&path.value) != path.value {
+                    // Two spellings of one path would place one file over the other unnoticed.
+                    self.reader.error(
+                        &path.span,
+                        &entry.field_of("path"),
+                        format!("\"{}\" is not in normal form", path.value),
+                        Some(format!("write \"{}\"", text::normal_path(&path.value))),
+                    );
+                    return false;
                 } else if files.iter().any(|file| file.path == path.value) {
                     self.reader.error(
                         &path.span,

@@ -5,6 +5,7 @@
 //! documented for users in `images/README.md`.
 
 mod layout;
+mod line_values;
 mod load;
 mod reader;
 

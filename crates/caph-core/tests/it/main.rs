@@ -1,5 +1,6 @@
 //! Integration tests of caph-core through its public interface: specs in, diagnostics or plans out.
 
+mod hostile;
 mod plans;
 mod spec_errors;
 

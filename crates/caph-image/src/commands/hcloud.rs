@@ -140,7 +140,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
             output::result(&format!("problem: {problem}"));
         }
         for arch in &architectures {
-            output::result(&plan::render(&spec, Target::Hcloud, *arch).render_script());
+            output::result(&plan::render(&spec, Target::Hcloud, *arch)?.render_script());
         }
         output::note("dry run: nothing was created");
         return Ok(if report.problems.is_empty() {
