@@ -70,6 +70,9 @@ pub struct Partition {
     pub filesystem: String,
     /// Size.
     pub size: Size,
+    /// Encrypted with LUKS by installimage (`crypt` after the size), with
+    /// [`DiskLayout::crypt_password`] as the passphrase.
+    pub crypt: bool,
 }
 
 /// One `LV` line.
@@ -100,6 +103,31 @@ pub struct DiskLayout {
     pub partitions: Vec<Partition>,
     /// Logical volumes in order.
     pub volumes: Vec<LogicalVolume>,
+    /// installimage's `CRYPTPASSWORD`: the passphrase of the partitions with `crypt`.
+    pub crypt_password: Option<CryptPassword>,
+}
+
+/// A LUKS passphrase for installimage's `CRYPTPASSWORD`. A secret: `Debug` does not show it,
+/// and nothing prints it; only the autosetup file written for installimage holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CryptPassword(String);
+
+impl CryptPassword {
+    /// Wraps a passphrase.
+    pub fn new(passphrase: impl Into<String>) -> CryptPassword {
+        CryptPassword(passphrase.into())
+    }
+
+    /// The passphrase itself, for the autosetup file.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CryptPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CryptPassword(<redacted>)")
+    }
 }
 
 /// A rule the layout breaks, with the field it concerns (relative to the layout, e.g. `partitions[2].size`).
@@ -329,6 +357,7 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         }
         check_minimum(mount, partition.size, &field("size"), &mut problem);
     }
+    check_encryption(layout, &mut problem);
     if layout.uefi && esp_count != 1 {
         problem(
             "partitions".into(),
@@ -467,6 +496,40 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         );
     }
     problems
+}
+
+/// installimage's rules for `crypt` and `CRYPTPASSWORD`: a partition with `crypt` needs a
+/// passphrase ("Value for CRYPTPASSWORD is not defined"), which is read up to the end of its
+/// line. (installimage means to refuse an encrypted ESP, but its check looks at the mount
+/// point, so it accepts one; so does this.) The passphrase never appears in a message.
+fn check_encryption(layout: &DiskLayout, problem: &mut impl FnMut(String, String, Option<&str>)) {
+    let encrypted = layout.partitions.iter().position(|p| p.crypt);
+    match (&layout.crypt_password, encrypted) {
+        (None, Some(index)) => problem(
+            format!("partitions[{index}].crypt"),
+            "asks for encryption, but no CRYPTPASSWORD is given".into(),
+            Some("add a CRYPTPASSWORD line with the passphrase"),
+        ),
+        (Some(password), _) if password.expose().is_empty() => problem(
+            "crypt_password".into(),
+            "is empty".into(),
+            Some("give the passphrase after CRYPTPASSWORD"),
+        ),
+        (Some(password), _) => {
+            if let Err(why) = crate::text::check_line(password.expose()) {
+                let what = match why {
+                    crate::text::LineProblem::LineBreak(_) => "a line break",
+                    _ => "a control character",
+                };
+                problem(
+                    "crypt_password".into(),
+                    format!("holds {what}: installimage reads it up to the end of its line"),
+                    Some("choose a passphrase of printable characters"),
+                );
+            }
+        }
+        (None, None) => {}
+    }
 }
 
 /// Every text value of the layout with its field, as [`LayoutProblem::field`] names it.

@@ -24,6 +24,12 @@ use crate::version::Version;
 pub trait SpecFiles {
     /// The bytes of `relative_path`, or a short reason it cannot be read (`no such file`).
     fn read(&self, relative_path: &str) -> Result<Vec<u8>, String>;
+
+    /// Whether `relative_path` could be read, without reading it (a base tarball is large and
+    /// read later, by the build). By default, by reading it.
+    fn check(&self, relative_path: &str) -> Result<(), String> {
+        self.read(relative_path).map(|_| ())
+    }
 }
 
 /// Labels the tool sets itself; a spec may not set them in `image.labels`.
@@ -473,8 +479,7 @@ impl Loader<'_, '_> {
                 if tarball.value.starts_with("http://") || tarball.value.starts_with("https://") {
                     true
                 } else {
-                    self.reference_file(&tarball, "base.rootfs.tarball", false)
-                        .is_some()
+                    self.reference_exists(&tarball, "base.rootfs.tarball")
                 };
             return (sha_ok && location_ok).then_some(Some(RootfsBase::Tarball {
                 location: tarball.value,
@@ -975,13 +980,9 @@ impl Loader<'_, '_> {
         ok.then_some(scripts)
     }
 
-    /// Reads a file beside the spec; with `into_digest` its content becomes part of the spec digest.
-    fn reference_file(
-        &mut self,
-        path: &At<String>,
-        field: &str,
-        into_digest: bool,
-    ) -> Option<Vec<u8>> {
+    /// Whether `path` is relative and stays below the spec's directory as written (where it
+    /// resolves to is the [`SpecFiles`]' rule).
+    fn relative_path_ok(&mut self, path: &At<String>, field: &str) -> bool {
         if path.value.is_empty()
             || path.value.starts_with('/')
             || path.value.split('/').any(|part| part == "..")
@@ -995,6 +996,38 @@ impl Loader<'_, '_> {
                 ),
                 Some("put the file beside the spec and name it relative to it".to_string()),
             );
+            return false;
+        }
+        true
+    }
+
+    /// Checks that a file beside the spec can be read, without reading it.
+    fn reference_exists(&mut self, path: &At<String>, field: &str) -> bool {
+        if !self.relative_path_ok(path, field) {
+            return false;
+        }
+        match self.files.check(&path.value) {
+            Ok(()) => true,
+            Err(why) => {
+                self.reader.error(
+                    &path.span,
+                    field,
+                    format!("\"{}\" cannot be read: {why}", path.value),
+                    Some("create it beside the spec, or fix the path".to_string()),
+                );
+                false
+            }
+        }
+    }
+
+    /// Reads a file beside the spec; with `into_digest` its content becomes part of the spec digest.
+    fn reference_file(
+        &mut self,
+        path: &At<String>,
+        field: &str,
+        into_digest: bool,
+    ) -> Option<Vec<u8>> {
+        if !self.relative_path_ok(path, field) {
             return None;
         }
         match self.files.read(&path.value) {
@@ -1250,6 +1283,7 @@ impl Loader<'_, '_> {
                     mount: mount.value,
                     filesystem: filesystem.value,
                     size,
+                    crypt: false,
                 }),
                 _ => ok = false,
             }
@@ -1299,6 +1333,7 @@ impl Loader<'_, '_> {
             uefi,
             partitions,
             volumes,
+            crypt_password: None,
         };
         if !ok {
             return None;

@@ -11,7 +11,9 @@ mod reader;
 
 use std::collections::BTreeMap;
 
-pub use layout::{DiskLayout, LayoutProblem, LogicalVolume, Partition, Size, validate_layout};
+pub use layout::{
+    CryptPassword, DiskLayout, LayoutProblem, LogicalVolume, Partition, Size, validate_layout,
+};
 pub use load::{KUBERNETES_COMPONENTS, RESERVED_LABELS, SpecFiles, load};
 
 use crate::arch::Arch;

@@ -297,6 +297,11 @@ fn disk_fields(layout: Option<&DiskLayout>) -> String {
         );
     };
     let mut fields = String::new();
+    if layout.partitions.iter().any(|partition| partition.crypt) {
+        fields.push_str(&format!(
+            "{INDENT}# The layout encrypts partitions (crypt, CRYPTPASSWORD): installImage has no field for that, so this template installs them unencrypted.\n"
+        ));
+    }
     if let Some(level) = layout.raid_level {
         fields.push_str(&format!(
             "{INDENT}swraid: 1\n{INDENT}swraidLevel: {level}\n"

@@ -3,4 +3,5 @@
 mod autosetup;
 mod backend;
 mod backend_support;
+mod hostile_layouts;
 mod rules_agreement;
