@@ -14,6 +14,7 @@ use caph_hcloud::backend::naming;
 use caph_robot::backend::{InstallTarget, RobotBackend, RobotBackendConfig, layout_from_autosetup};
 use caph_robot::client::{Credentials, RobotClient};
 use caph_rootfs::assemble::{self, AssembleOptions};
+use caph_rootfs::input::LAYOUT_LIMIT;
 use caph_sim::machine::SshMachines;
 use caph_sim::robot::{
     RESCUE_PACKAGES, RESCUE_TEMPLATE_CACHE, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig,
@@ -88,12 +89,26 @@ fn client(api: &RobotArgs) -> anyhow::Result<RobotClient> {
 
 /// A shipped layout by name, or an autosetup file by path.
 fn layout(name_or_path: &str) -> anyhow::Result<caph_core::spec::DiskLayout> {
-    let text = match SHIPPED_LAYOUTS.iter().find(|(name, _)| *name == name_or_path) {
+    let text = match SHIPPED_LAYOUTS
+        .iter()
+        .find(|(name, _)| *name == name_or_path)
+    {
         Some((_, text)) => (*text).to_string(),
-        None => std::fs::read_to_string(name_or_path).with_context(|| {
-            let names: Vec<&str> = SHIPPED_LAYOUTS.iter().map(|(name, _)| *name).collect();
-            format!("--layout {name_or_path}: neither a shipped layout ({}) nor a readable autosetup file", names.join(", "))
-        })?,
+        None => {
+            let bytes =
+                caph_rootfs::input::read_regular(Path::new(name_or_path), LAYOUT_LIMIT)
+                    .map_err(|error| {
+                        let names: Vec<&str> =
+                            SHIPPED_LAYOUTS.iter().map(|(name, _)| *name).collect();
+                        anyhow::anyhow!(
+                            "--layout {name_or_path}: neither a shipped layout ({}) nor a readable autosetup file: {}",
+                            names.join(", "),
+                            error.rule()
+                        )
+                    })?;
+            String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("--layout {name_or_path}: not UTF-8 text"))?
+        }
     };
     layout_from_autosetup(&text).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -113,6 +128,10 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     }
     // Everything local is checked before the Robot account or the server is touched.
     let layout = options.layout.map(layout).transpose()?;
+    if let Some(tarball) = options.tarball {
+        caph_rootfs::input::open_regular(tarball)
+            .map_err(|error| anyhow::anyhow!("--tarball {error}"))?;
+    }
     if options.sim.is_some() && options.api.endpoint != caph_robot::client::DEFAULT_ENDPOINT {
         output::error(&format!(
             "--sim installs through its own simulated Robot, not {}: leave out --robot-endpoint and unset HETZNER_ROBOT_ENDPOINT",

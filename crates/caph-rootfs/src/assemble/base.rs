@@ -310,11 +310,13 @@ pub fn unpack_base_tarball(
             )));
         }
     } else {
+        // Inside the spec's directory, symlinks resolved, and a regular file (crate::input).
+        let directory = crate::input::SpecDirectory::open(spec_dir)
+            .map_err(|error| AssembleError::Base(format!("the base tarball: {error}")))?;
+        let mut input = directory
+            .open_file(location)
+            .map_err(|error| AssembleError::Base(format!("the base tarball {error}")))?;
         let path = spec_dir.join(location);
-        let mut input = File::open(&path).map_err(io_error(format!(
-            "opening the base tarball {}",
-            path.display()
-        )))?;
         copy(&mut input, &path.display().to_string())?;
     }
     out.sync_all()

@@ -1,0 +1,192 @@
+//! Issue 12: hostile and careless inputs to the real binary (paths, terminals, closed pipes),
+//! each refused with the path and the rule, or handled quietly, never a hang or a panic.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{repo, stderr, stdout};
+
+/// How long a refusal may take before the test calls it a hang: reading a FIFO without a
+/// writer never ends.
+const HANG: Duration = Duration::from_secs(20);
+
+/// Runs `caph-image` with `args` in `dir`; a run that outlives [`HANG`] is killed and fails the
+/// test.
+fn run(dir: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caph-image"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("caph-image runs");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > HANG {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "caph-image {args:?} hung for {HANG:?}; stderr so far: {}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The shipped Debian spec copied into `dir` as `spec.toml`, with `extra` appended.
+fn spec_in(dir: &Path, extra: &str) {
+    let shipped =
+        std::fs::read_to_string(repo().join("images/debian-12-k8s-1.34.toml")).expect("spec");
+    std::fs::write(dir.join("spec.toml"), format!("{shipped}{extra}")).expect("write spec");
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Everything the run printed, on one string, for messages.
+fn printed(output: &Output) -> String {
+    format!("{}{}", stdout(output), stderr(output))
+}
+
+#[test]
+fn issue_12_a_spec_cannot_reach_outside_its_directory_through_a_symlink() {
+    let outside = tempfile::tempdir().expect("dir");
+    std::fs::write(outside.path().join("secret"), "root:x:0:0\n").expect("secret");
+    let dir = tempfile::tempdir().expect("dir");
+    symlink(outside.path().join("secret"), dir.path().join("motd")).expect("symlink");
+    spec_in(
+        dir.path(),
+        "\n[[system.files]]\npath = \"/etc/motd\"\nsource = \"motd\"\n",
+    );
+    let output = run(dir.path(), &["validate", "spec.toml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    let text = printed(&output);
+    assert!(
+        text.contains("system.files[0].source \"motd\" cannot be read: resolves to")
+            && text.contains("outside")
+            && text.contains("files a spec names must be inside the spec's directory"),
+        "{text}"
+    );
+    // A symlink that stays inside is fine.
+    std::fs::write(dir.path().join("real-motd"), "hello\n").expect("motd");
+    std::fs::remove_file(dir.path().join("motd")).expect("rm");
+    symlink("real-motd", dir.path().join("motd")).expect("symlink");
+    let output = run(dir.path(), &["validate", "spec.toml"]);
+    assert_eq!(output.status.code(), Some(0), "{}", printed(&output));
+}
+
+#[test]
+fn issue_12_fifos_and_devices_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().expect("dir");
+    // A script that is a FIFO: reading it would wait for a writer for ever.
+    mkfifo(&dir.path().join("fifo.sh"));
+    spec_in(dir.path(), "\n[[system.scripts]]\npath = \"fifo.sh\"\n");
+    let output = run(dir.path(), &["validate", "spec.toml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        printed(&output).contains(
+            "system.scripts[0].path \"fifo.sh\" cannot be read: is a FIFO, not a regular file: only regular files are read"
+        ),
+        "{}",
+        printed(&output)
+    );
+
+    // The spec itself.
+    mkfifo(&dir.path().join("fifo.toml"));
+    let output = run(dir.path(), &["validate", "fifo.toml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        printed(&output)
+            .contains("fifo.toml:1:1: the spec file cannot be read: is a FIFO, not a regular file"),
+        "{}",
+        printed(&output)
+    );
+    // A device reads for ever (/dev/zero) or never (/dev/null is empty, but not a file).
+    let output = run(dir.path(), &["validate", "/dev/zero"]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        printed(&output).contains("is a character device, not a regular file"),
+        "{}",
+        printed(&output)
+    );
+
+    // --layout and --tarball, refused before any Robot account is needed.
+    std::fs::remove_file(dir.path().join("fifo.sh")).expect("rm");
+    spec_in(dir.path(), "");
+    mkfifo(&dir.path().join("layout.fifo"));
+    let output = run(
+        dir.path(),
+        &[
+            "build",
+            "robot",
+            "spec.toml",
+            "--server",
+            "1",
+            "--layout",
+            "layout.fifo",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        stderr(&output).contains("--layout layout.fifo") && stderr(&output).contains("is a FIFO"),
+        "{}",
+        printed(&output)
+    );
+    mkfifo(&dir.path().join("Debian-1200-bookworm-amd64-k8s.tar.gz"));
+    let output = run(
+        dir.path(),
+        &[
+            "build",
+            "robot",
+            "spec.toml",
+            "--server",
+            "1",
+            "--tarball",
+            "Debian-1200-bookworm-amd64-k8s.tar.gz",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        stderr(&output).contains("--tarball Debian-1200-bookworm-amd64-k8s.tar.gz is a FIFO"),
+        "{}",
+        printed(&output)
+    );
+}
+
+#[test]
+fn issue_12_files_past_their_size_limit_are_refused_with_the_limit() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Sparse: the size is what counts, not the blocks.
+    let big = std::fs::File::create(dir.path().join("big.sh")).expect("file");
+    big.set_len(17 << 20).expect("size");
+    spec_in(dir.path(), "\n[[system.scripts]]\npath = \"big.sh\"\n");
+    let output = run(dir.path(), &["validate", "spec.toml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        printed(&output).contains(
+            "\"big.sh\" cannot be read: holds more than 16777216 bytes, the most this file may hold"
+        ),
+        "{}",
+        printed(&output)
+    );
+    let spec = std::fs::File::create(dir.path().join("big.toml")).expect("file");
+    spec.set_len(2 << 20).expect("size");
+    let output = run(dir.path(), &["validate", "big.toml"]);
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        printed(&output)
+            .contains("big.toml:1:1: the spec file cannot be read: holds more than 1048576 bytes"),
+        "{}",
+        printed(&output)
+    );
+}
