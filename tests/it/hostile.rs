@@ -190,3 +190,30 @@ fn issue_12_files_past_their_size_limit_are_refused_with_the_limit() {
         printed(&output)
     );
 }
+
+#[test]
+fn issue_12_pack_refuses_an_output_name_that_is_not_one_word() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("tree/etc")).expect("tree");
+    let output = run(
+        dir.path(),
+        &[
+            "pack",
+            "tree",
+            "-o",
+            "Debian-1200-bookworm-amd64-a b.tar.gz",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
+    assert!(
+        stderr(&output)
+            .contains("the file name holds a space: it goes into installimage's IMAGE line"),
+        "{}",
+        printed(&output)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        1,
+        "nothing written"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod assemble;
 mod fidelity;
+mod hostile_trees;
 mod naming;
 mod reproducible;
 mod rootfs;
