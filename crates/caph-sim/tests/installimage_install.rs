@@ -234,7 +234,10 @@ fn a_tarball_installs_onto_a_partitioned_disk_image() {
     assert!(read(root_fs.path("etc/network/interfaces")).contains("address 127.77.0.5"));
     assert_eq!(read(root_fs.path("root/.ssh/authorized_keys")), RESCUE_KEY);
     assert_eq!(read(root_fs.path("root/post-install-ran")), "ran\n");
+    // The ed25519 placeholder became a key; rsa, absent from the image, was skipped.
+    assert!(read(root_fs.path("etc/ssh/ssh_host_ed25519_key")).contains("OPENSSH PRIVATE KEY"));
     assert!(root_fs.path("etc/ssh/ssh_host_ed25519_key.pub").exists());
+    assert!(!root_fs.path("etc/ssh/ssh_host_rsa_key").exists());
     assert!(read(root_fs.path("installimage.conf")).contains("HOSTNAME node-test"));
     assert!(read(root_fs.path("installimage.debug")).contains("# validating config"));
     for skipped in ["proc", "sys", "dev"] {

@@ -58,7 +58,7 @@ const LINE_FIELDS: &[LineField] = &[
     },
     LineField {
         path: &["system", "sysctls", "*"],
-        file: "/etc/sysctl.d/90-caph-image.conf",
+        file: "/etc/sysctl.d/99-zz-caph-image.conf",
         rule: Rule::Line,
     },
     LineField {

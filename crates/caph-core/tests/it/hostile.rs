@@ -112,7 +112,7 @@ fn issue_12_sysctl_values_are_one_line_for_every_reader() {
         r#""vm.max_map_count" = "262144""#,
         r#""vm.max_map_count" = "1\u000bkernel.panic = 0""#,
         expect![[
-            r#"images/x.toml:28:22: system.sysctls.vm.max_map_count "1\u{b}kernel.panic = 0" holds a line break (\u{b}), which /etc/sysctl.d/90-caph-image.conf cannot hold in one line; write it as plain text on one line"#
+            r#"images/x.toml:28:22: system.sysctls.vm.max_map_count "1\u{b}kernel.panic = 0" holds a line break (\u{b}), which /etc/sysctl.d/99-zz-caph-image.conf cannot hold in one line; write it as plain text on one line"#
         ]],
     );
 }
@@ -200,7 +200,7 @@ fn issue_12_the_plan_refuses_values_that_break_its_line_files() {
         "vm.swappiness".into(),
         "1\nkernel.modules_disabled = 1".into(),
     );
-    expect![[r#"refusing to write /etc/sysctl.d/90-caph-image.conf: "1\nkernel.modules_disabled = 1" holds a line break (\n)"#]].assert_eq(&render_error(&spec).unwrap_err());
+    expect![[r#"refusing to write /etc/sysctl.d/99-zz-caph-image.conf: "1\nkernel.modules_disabled = 1" holds a line break (\n)"#]].assert_eq(&render_error(&spec).unwrap_err());
 
     // modules-load.d: one module a line.
     let mut spec = loaded();

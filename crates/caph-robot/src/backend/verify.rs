@@ -199,7 +199,7 @@ mod tests {
         caph_core::spec::load("debian-12-k8s-1.34.toml", &bytes, &Files).expect("valid")
     }
 
-    const SYSCTLS: &str = "--- /etc/sysctl.d/90-caph-image.conf\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.ipv4.ip_forward = 1\n";
+    const SYSCTLS: &str = "--- /etc/sysctl.d/99-zz-caph-image.conf\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.ipv4.ip_forward = 1\n";
 
     #[test]
     fn a_booted_node_is_judged_on_what_runs() {
@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn every_mismatch_is_named() {
         let spec = spec();
-        let output = "systemd=running\ncontainerd_enabled=disabled\ncontainerd_active=inactive\ncontainerd_wants=no\ncontainerd_binary=\nkubelet_version=Kubernetes v1.33.0\nswap_active=1\nfstab_swap=1\n--- /etc/sysctl.d/90-caph-image.conf\nnet.ipv4.ip_forward = 0\n";
+        let output = "systemd=running\ncontainerd_enabled=disabled\ncontainerd_active=inactive\ncontainerd_wants=no\ncontainerd_binary=\nkubelet_version=Kubernetes v1.33.0\nswap_active=1\nfstab_swap=1\n--- /etc/sysctl.d/99-zz-caph-image.conf\nnet.ipv4.ip_forward = 0\n";
         let problems = judge(&spec, output).problems;
         let text = problems.join("\n");
         for expected in [

@@ -295,10 +295,15 @@ pub fn make_tarball(work: &Path, spec: &ImageSpec, options: &TreeOptions) -> Pat
         }
     }
     assert!(
-        tree.join("etc/sysctl.d/90-caph-image.conf").exists(),
+        tree.join("etc/sysctl.d/99-zz-caph-image.conf").exists(),
         "the plan places the sysctl file"
     );
     assert!(tree.join("etc/systemd/system/containerd.service").exists());
+    // The host key placeholders the hygiene step leaves for installimage to regenerate.
+    for key_type in plan::HOST_KEY_PLACEHOLDER_TYPES {
+        std::fs::write(tree.join(format!("etc/ssh/ssh_host_{key_type}_key")), "")
+            .expect("host key placeholder");
+    }
     std::os::unix::fs::symlink(
         "/etc/systemd/system/containerd.service",
         tree.join("etc/systemd/system/multi-user.target.wants/containerd.service"),

@@ -15,8 +15,9 @@
 //!   a plain directory where that cannot model the layout (software RAID, LVM, btrfs, xfs,
 //!   encryption): the output says which; extraction with
 //!   `tar -x --numeric-owner --xattrs --xattrs-include=security.capability --exclude sys --exclude proc --exclude dev`;
-//!   `/etc/fstab`, hostname, hosts, an empty machine-id, new SSH host keys (`ssh-keygen -A` in
-//!   the new system, so an image needs `ssh-keygen` and `/etc/passwd`), network config
+//!   `/etc/fstab`, hostname, hosts, an empty machine-id, new SSH host keys of the types
+//!   whose files the image already holds, as the real `generate_new_sshkeys` does (`ssh-keygen -t
+//!   TYPE` in the new system; an image without host keys gets none), network config
 //!   (netplan for Ubuntu-named images, `/etc/network/interfaces` otherwise), the rescue's
 //!   `authorized_keys` for root; the post-install script run in a chroot of the new system with
 //!   its exit code ignored; `INSTALLATION COMPLETE` at the end.
