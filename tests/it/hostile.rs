@@ -217,3 +217,123 @@ fn issue_12_pack_refuses_an_output_name_that_is_not_one_word() {
         "nothing written"
     );
 }
+
+/// Runs `caph-image` with its standard output a pipe whose reading end is already closed, as
+/// `caph-image ... | head -0` gives it.
+fn run_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_caph-image"))
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("caph-image runs");
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn issue_12_a_closed_stdout_ends_quietly_with_the_documented_exit_code() {
+    for (args, code) in [
+        (&["plan", "images/debian-12-k8s-1.34.toml"][..], 0),
+        (&["validate", "images/debian-12-k8s-1.34.toml"][..], 0),
+        (
+            &[
+                "validate",
+                "--output",
+                "json",
+                "images/debian-12-k8s-1.34.toml",
+            ][..],
+            0,
+        ),
+        (&["completions", "bash"][..], 0),
+        (&["man"][..], 0),
+        (&["--help"][..], 0),
+        (&["validate", "no-such-spec.toml"][..], 1),
+    ] {
+        let output = run_into_closed_pipe(args);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let messages = stderr(&output);
+        assert!(
+            !messages.contains("panicked") && !messages.contains("Broken pipe"),
+            "{args:?}: {messages}"
+        );
+    }
+}
+
+/// The exit codes, as `--help`, the man page and the README give them.
+const EXIT_CODES: &[&str] = &[
+    "  0    success, also when the reader of standard output stops early (such as head)",
+    "  1    failure: an invalid spec, a refused input, a failed build",
+    "  2    wrong usage: an unknown flag, a missing argument",
+    "  130  interrupted (Ctrl-C or SIGTERM), after cleanup",
+];
+
+#[test]
+fn issue_12_one_table_of_exit_codes_in_help_man_page_and_readme() {
+    let help = stdout(&run(&repo(), &["--help"]));
+    let man = stdout(&run(&repo(), &["man"]));
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    for row in EXIT_CODES {
+        assert!(help.contains(row), "--help lacks {row:?}:\n{help}");
+        // roff escapes the dash and the backquote.
+        let (code, meaning) = row
+            .trim_start()
+            .split_once(char::is_whitespace)
+            .expect("row");
+        let meaning = meaning.trim_start();
+        assert!(
+            man.contains(code) && man.contains(&meaning.replace('-', "\\-").replace('`', "\\`"))
+                || man.contains(meaning),
+            "the man page lacks {row:?}"
+        );
+        let readme_row = format!("| {code} | {meaning} |");
+        assert!(
+            readme.contains(&readme_row),
+            "README.md lacks {readme_row:?}"
+        );
+    }
+}
+
+#[test]
+fn issue_12_control_characters_from_users_are_escaped_and_messages_stay_on_their_lines() {
+    let dir = tempfile::tempdir().expect("dir");
+    let hostile = "spec\u{1b}[2J\nerror: all good.toml";
+    let output = run(dir.path(), &["validate", hostile]);
+    assert_eq!(output.status.code(), Some(1));
+    let output = run(dir.path(), &["plan", hostile]);
+    let text = stderr(&output);
+    assert!(
+        text.contains("spec\\u{1b}[2J\\nerror: all good.toml:1:1: the spec file does not exist"),
+        "{text}"
+    );
+    let output = run(
+        dir.path(),
+        &["pack", ".", "-o", "a\u{7}\u{1b}]0;title\u{7}.tar.gz"],
+    );
+    let text = stderr(&output);
+    assert!(
+        text.contains("a\\u{7}\\u{1b}]0;title\\u{7}.tar.gz"),
+        "{text}"
+    );
+    for output in [run(dir.path(), &["plan", hostile]), output] {
+        let text = stderr(&output);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        for line in text.lines() {
+            assert!(
+                line.starts_with("error: ") || line.starts_with("  ") || line.contains(":1:1: "),
+                "a line of its own: {line:?} in {text:?}"
+            );
+        }
+    }
+}

@@ -59,7 +59,10 @@ pub fn load_or_report(path: &Path) -> Option<ImageSpec> {
     match load(path) {
         Ok(spec) => Some(spec),
         Err(diagnostics) => {
-            crate::output::note(&diagnostics.to_string());
+            // One note a diagnostic: each is one line.
+            for diagnostic in &diagnostics.0 {
+                crate::output::note(&diagnostic.to_string());
+            }
             None
         }
     }

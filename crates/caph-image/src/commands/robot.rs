@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use caph_core::Arch;
 use caph_core::backend::Context;
+use caph_core::text::escape;
 use caph_hcloud::backend::naming;
 use caph_robot::backend::{InstallTarget, RobotBackend, RobotBackendConfig, layout_from_autosetup};
 use caph_robot::client::{Credentials, RobotClient};
@@ -516,14 +517,15 @@ pub fn servers(global: &GlobalArgs, api: &RobotArgs) -> anyhow::Result<ExitCode>
         OutputFormat::Text => {
             output::result(&format!("{:<8} {:<24} {:<16} {:<14} {:<12} {}", "NUMBER", "NAME", "IP", "PRODUCT", "DC", "STATUS"));
             for server in &servers {
+                // Fields come from the API: escaped whole, so a row stays one row.
                 output::result(&format!(
                     "{:<8} {:<24} {:<16} {:<14} {:<12} {}",
                     server.server_number,
-                    server.server_name,
-                    server.server_ip.as_deref().unwrap_or("-"),
-                    server.product,
-                    server.dc,
-                    server.status
+                    escape(&server.server_name),
+                    escape(server.server_ip.as_deref().unwrap_or("-")),
+                    escape(&server.product),
+                    escape(&server.dc),
+                    escape(&server.status)
                 ));
             }
         }
