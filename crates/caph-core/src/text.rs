@@ -28,6 +28,8 @@ pub enum LineProblem {
     Blank(char),
     /// A `#` inside a value that must be one field: readers take it for a comment.
     Comment,
+    /// An empty value where a field must be: the fields after it would shift.
+    Empty,
 }
 
 impl LineProblem {
@@ -45,6 +47,7 @@ impl LineProblem {
             LineProblem::Blank(' ') => "holds a space".to_string(),
             LineProblem::Blank(c) => format!("holds a blank ({})", Escaped(&c.to_string())),
             LineProblem::Comment => "holds a #, which starts a comment".to_string(),
+            LineProblem::Empty => "is empty".to_string(),
         }
     }
 }
@@ -82,8 +85,12 @@ pub fn check_line(value: &str) -> Result<(), LineProblem> {
     Ok(())
 }
 
-/// `value` may be one whitespace-separated field of a line: [`check_line`], no blank, no `#`.
+/// `value` may be one whitespace-separated field of a line: [`check_line`], not empty, no
+/// blank, no `#`.
 pub fn check_field(value: &str) -> Result<(), LineProblem> {
+    if value.is_empty() {
+        return Err(LineProblem::Empty);
+    }
     check_line(value)?;
     if let Some(blank) = value.chars().find(|c| c.is_whitespace()) {
         return Err(LineProblem::Blank(blank));
@@ -211,6 +218,7 @@ mod tests {
         assert_eq!(check_field("/dev/sda IMAGE"), Err(LineProblem::Blank(' ')));
         assert_eq!(check_field("/dev/sda#x"), Err(LineProblem::Comment));
         assert_eq!(check_field("a\tb"), Err(LineProblem::Blank('\t')));
+        assert_eq!(check_field(""), Err(LineProblem::Empty));
     }
 
     #[test]

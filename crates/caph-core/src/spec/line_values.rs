@@ -132,7 +132,7 @@ pub(super) fn check(reader: &mut Reader<'_>, root: &Section<'_, '_>) {
                 LineProblem::LineBreak(_) | LineProblem::Control(_) => {
                     "write it as plain text on one line"
                 }
-                LineProblem::Blank(_) | LineProblem::Comment => {
+                LineProblem::Blank(_) | LineProblem::Comment | LineProblem::Empty => {
                     "write it as one word, without blanks or #"
                 }
             };

@@ -2,6 +2,8 @@
 
 mod hostile;
 mod plans;
+mod properties;
+mod proptest_config;
 mod spec_errors;
 
 use std::collections::BTreeMap;

@@ -4,4 +4,5 @@ mod autosetup;
 mod backend;
 mod backend_support;
 mod hostile_layouts;
+mod properties;
 mod rules_agreement;

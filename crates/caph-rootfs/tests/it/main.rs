@@ -4,6 +4,7 @@ mod assemble;
 mod fidelity;
 mod hostile_trees;
 mod naming;
+mod properties;
 mod reproducible;
 mod rootfs;
 mod support;
