@@ -697,7 +697,9 @@ pub fn validate(text: &str, machine: Machine) -> Vec<Problem> {
 }
 
 /// btrfs volumes need subvolumes, subvolumes need their volume, and mount points are absolute.
+/// Sets, not scans, so that it stays linear in the number of lines.
 fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
+    use std::collections::HashSet;
     let mut problems = Vec::new();
     let volumes: Vec<&str> = autosetup
         .layout
@@ -706,8 +708,9 @@ fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
         .filter(|p| p.mount.starts_with("btrfs."))
         .map(|p| p.mount.as_str())
         .collect();
-    for (index, volume) in volumes.iter().enumerate() {
-        if volumes[..index].contains(volume) {
+    let mut seen_volumes = HashSet::new();
+    for volume in &volumes {
+        if !seen_volumes.insert(*volume) {
             problems.push(format!(
                 "btrfs volume {volume} is defined twice: multi-device volumes are not supported"
             ));
@@ -722,26 +725,28 @@ fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
                 .to_string(),
         );
     }
+    let with_subvolumes: HashSet<&str> = autosetup
+        .subvolumes
+        .iter()
+        .map(|subvolume| subvolume.volume.as_str())
+        .collect();
     if !autosetup.subvolumes.is_empty() {
         for volume in &volumes {
-            if !autosetup
-                .subvolumes
-                .iter()
-                .any(|subvolume| subvolume.volume == *volume)
-            {
+            if !with_subvolumes.contains(volume) {
                 problems.push(format!("btrfs volume {volume} has no subvolumes"));
             }
         }
     }
-    let fixed_mounts: Vec<&str> = autosetup
+    // Mount points taken so far: the partitions' and volumes', then each subvolume's in turn.
+    let mut mounted: HashSet<&str> = autosetup
         .layout
         .partitions
         .iter()
         .map(|p| p.mount.as_str())
         .chain(autosetup.layout.volumes.iter().map(|v| v.mount.as_str()))
         .collect();
-    for (index, subvolume) in autosetup.subvolumes.iter().enumerate() {
-        if !volumes.is_empty() && !volumes.contains(&subvolume.volume.as_str()) {
+    for subvolume in &autosetup.subvolumes {
+        if !volumes.is_empty() && !seen_volumes.contains(subvolume.volume.as_str()) {
             problems.push(format!(
                 "btrfs volume {} of subvolume {} is not defined",
                 subvolume.volume, subvolume.name
@@ -753,15 +758,7 @@ fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
                 subvolume.mount, subvolume.name
             ));
         }
-        let earlier = autosetup.subvolumes[..index]
-            .iter()
-            .map(|other| other.mount.as_str());
-        if fixed_mounts
-            .iter()
-            .copied()
-            .chain(earlier)
-            .any(|mount| mount == subvolume.mount)
-        {
+        if !mounted.insert(subvolume.mount.as_str()) {
             problems.push(format!("{} is mounted twice", subvolume.mount));
         }
     }

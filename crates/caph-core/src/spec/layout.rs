@@ -393,16 +393,22 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         }
     }
 
-    // Logical volumes.
+    // Logical volumes. Sets and last positions are computed once, so that the rules stay linear
+    // in the size of the layout.
     let groups: Vec<&str> = layout
         .partitions
         .iter()
         .filter(|p| p.mount == "lvm")
         .map(|p| p.filesystem.as_str())
         .collect();
+    let group_set: BTreeSet<&str> = groups.iter().copied().collect();
+    let mut last_volume_of_group: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (index, volume) in layout.volumes.iter().enumerate() {
+        last_volume_of_group.insert(volume.vg.as_str(), index);
+    }
     for (index, volume) in layout.volumes.iter().enumerate() {
         let field = |name: &str| format!("volumes[{index}].{name}");
-        if !groups.contains(&volume.vg.as_str()) {
+        if !group_set.contains(volume.vg.as_str()) {
             problem(
                 field("vg"),
                 format!("volume group \"{}\" is not defined", volume.vg),
@@ -433,11 +439,7 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
                 Some("use one of btrfs, ext2, ext3, ext4, reiserfs, xfs, swap, none"),
             );
         }
-        let last_in_group = layout
-            .volumes
-            .iter()
-            .rposition(|other| other.vg == volume.vg)
-            == Some(index);
+        let last_in_group = last_volume_of_group.get(volume.vg.as_str()) == Some(&index);
         if volume.size == Size::All && !last_in_group {
             problem(
                 field("size"),
@@ -447,15 +449,16 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         }
         check_minimum(&volume.mount, volume.size, &field("size"), &mut problem);
     }
+    let lvm_partitions: Vec<usize> = layout
+        .partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.mount == "lvm")
+        .map(|(i, _)| i)
+        .collect();
     for (index, group) in groups.iter().enumerate() {
-        if !layout.volumes.iter().any(|volume| volume.vg == *group) {
-            let position = layout
-                .partitions
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.mount == "lvm")
-                .nth(index)
-                .map_or(0, |(i, _)| i);
+        if !last_volume_of_group.contains_key(group) {
+            let position = lvm_partitions.get(index).copied().unwrap_or(0);
             problem(
                 format!("partitions[{position}].volume_group"),
                 format!("volume group \"{group}\" has no volumes"),

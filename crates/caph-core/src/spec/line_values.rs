@@ -105,6 +105,12 @@ const LINE_FIELDS: &[LineField] = &[
 
 /// Reports every listed value that breaks its rule, unless its field already has a diagnostic.
 pub(super) fn check(reader: &mut Reader<'_>, root: &Section<'_, '_>) {
+    // A set, so that a spec with many problems is checked in linear time.
+    let diagnosed: std::collections::HashSet<String> = reader
+        .diagnostics
+        .iter()
+        .map(|diagnostic| diagnostic.field.clone())
+        .collect();
     for line_field in LINE_FIELDS {
         let mut found = Vec::new();
         let Some((first, rest)) = line_field.path.split_first() else {
@@ -125,7 +131,7 @@ pub(super) fn check(reader: &mut Reader<'_>, root: &Section<'_, '_>) {
                 Rule::Field => text::check_field(value),
             };
             let Err(problem) = checked else { continue };
-            if reader.diagnostics.iter().any(|d| d.field == field) {
+            if diagnosed.contains(&field) {
                 continue;
             }
             let help = match problem {

@@ -831,6 +831,8 @@ impl Loader<'_, '_> {
 
     fn files(&mut self, system: &Section<'_, '_>) -> Option<Vec<FileSpec>> {
         let mut files: Vec<FileSpec> = Vec::new();
+        // The paths placed so far, for a linear duplicate check.
+        let mut placed = std::collections::HashSet::new();
         let mut ok = true;
         for entry in self.reader.table_array(system, "files") {
             self.reader
@@ -860,7 +862,7 @@ impl Loader<'_, '_> {
                         Some(format!("write \"{}\"", text::normal_path(&path.value))),
                     );
                     return false;
-                } else if files.iter().any(|file| file.path == path.value) {
+                } else if !placed.insert(path.value.clone()) {
                     self.reader.error(
                         &path.span,
                         &entry.field_of("path"),

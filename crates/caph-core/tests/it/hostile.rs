@@ -217,3 +217,39 @@ fn issue_12_the_plan_refuses_values_that_break_its_line_files() {
     };
     expect![[r#"refusing to write /etc/apt/sources.list.d/kubernetes.list: "https://pkgs.k8s.io/core:/stable:/v1.34/deb/ /\ndeb http://example.com/evil" holds a line break (\n)"#]].assert_eq(&render_error(&spec).unwrap_err());
 }
+
+#[test]
+fn issue_12_a_spec_with_a_hundred_thousand_problems_is_read_in_linear_time() {
+    // 60,000 bad module names on one line and 20,000 files: positioning each problem by
+    // counting from the line's start, and checking each value against every diagnostic and
+    // each path against every file, made this quadratic (tens of seconds); now it is a pass.
+    let modules: Vec<String> = (0..60_000).map(|n| format!("\"bad module {n}\"")).collect();
+    let files: String = (0..20_000)
+        .map(|n| {
+            format!(
+                "[[system.files]]\npath = \"/etc/f{}\"\ncontent = \"x\"\n",
+                n % 10_000
+            )
+        })
+        .collect();
+    let spec = format!(
+        "{}\n[system]\nkernel_modules = [{}]\n{files}",
+        crate::spec_errors::VALID,
+        modules.join(", ")
+    );
+    let diagnostics = caph_core::spec::load("images/x.toml", spec.as_bytes(), &MapFiles::default())
+        .expect_err("refused");
+    assert_eq!(diagnostics.0.len(), 70_000);
+    let last_module = &diagnostics.0[59_999];
+    assert_eq!(last_module.field, "system.kernel_modules[59999]");
+    assert_eq!(last_module.line, 24);
+    assert_eq!(
+        last_module.column,
+        spec.lines()
+            .nth(23)
+            .unwrap()
+            .find("\"bad module 59999\"")
+            .unwrap()
+            + 1
+    );
+}
