@@ -172,6 +172,15 @@ pub(crate) fn mmdebstrap(
     progress: &dyn ProgressSink,
 ) -> Result<(), AssembleError> {
     let distribution = spec.base.distribution;
+    // Each part is one field of an apt sources line: a line break would add a source of its own.
+    for value in [suite]
+        .into_iter()
+        .chain(mirror)
+        .chain(components.iter().map(String::as_str))
+    {
+        caph_core::text::field_in("the apt sources mmdebstrap writes", value)
+            .map_err(|refused| AssembleError::Spec(refused.to_string()))?;
+    }
     let components = components.join(" ");
     let mut sources = Vec::new();
     match mirror {
