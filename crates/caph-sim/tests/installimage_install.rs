@@ -67,6 +67,7 @@ fn facts(disk_dir: &Path) -> MachineFacts {
         ipv4: "127.77.0.5".into(),
         interface: "eth0".into(),
         disk_dir: disk_dir.to_owned(),
+        real_installimage: None,
     }
 }
 

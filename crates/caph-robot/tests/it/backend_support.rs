@@ -154,6 +154,7 @@ pub async fn setup(server: RobotServer) -> Result<Setup, String> {
     );
     let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
         machines: machines.clone(),
+        real_installimage: None,
         installimage_binary: binary,
         rescue_packages: caph_sim::robot::RESCUE_PACKAGES
             .iter()
@@ -196,10 +197,7 @@ pub fn small_server() -> RobotServer {
     let mut server = RobotServer::new(SERVER, "node-1");
     server.drives = ["/dev/sda", "/dev/sdb"]
         .into_iter()
-        .map(|device| RobotDrive {
-            device: device.into(),
-            size_bytes: 3 << 30,
-        })
+        .map(|device| RobotDrive::new(device, 3 << 30))
         .collect();
     server
 }

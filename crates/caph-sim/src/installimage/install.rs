@@ -449,7 +449,8 @@ pub(crate) fn install(
         if !gpt && planned.len() > 4 {
             return Err("ERROR: more than 4 partitions on an MS-DOS table are not simulated; set FORCE_GPT 1".into());
         }
-        let _ = std::fs::remove_file(&image_path);
+        // Emptied in place rather than replaced: a rescue system may show this file as its
+        // drive through a loop device, which follows the file, not the name.
         let file = std::fs::File::create(&image_path)
             .map_err(|error| format!("ERROR: creating {}: {error}", image_path.display()))?;
         file.set_len(drive1_bytes)
