@@ -149,6 +149,8 @@ pub(crate) async fn installed_system(
             hostname,
             image: image_name,
             disk: InstalledDisk::Images { partitions: found },
+            // The real installimage cannot encrypt here: this kernel has no device-mapper.
+            encrypted: Vec::new(),
         }));
     }
     Ok(None)
