@@ -15,8 +15,14 @@ const HANG: Duration = Duration::from_secs(20);
 /// Runs `caph-image` with `args` in `dir`; a run that outlives [`HANG`] is killed and fails the
 /// test.
 fn run(dir: &Path, args: &[&str]) -> Output {
+    run_with(dir, args, &[])
+}
+
+/// [`run`] with environment variables set.
+fn run_with(dir: &Path, args: &[&str], environment: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_caph-image"))
         .args(args)
+        .envs(environment.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -143,7 +149,13 @@ fn issue_12_fifos_and_devices_are_refused_without_hanging() {
         printed(&output)
     );
     mkfifo(&dir.path().join("Debian-1200-bookworm-amd64-k8s.tar.gz"));
-    let output = run(
+    // Credentials are there (and never used): the tarball is refused before the Robot is asked.
+    let credentials = [
+        ("HETZNER_ROBOT_USER", "user"),
+        ("HETZNER_ROBOT_PASSWORD", "password"),
+        ("HETZNER_ROBOT_ENDPOINT", "http://127.0.0.1:9"),
+    ];
+    let output = run_with(
         dir.path(),
         &[
             "build",
@@ -154,6 +166,7 @@ fn issue_12_fifos_and_devices_are_refused_without_hanging() {
             "--tarball",
             "Debian-1200-bookworm-amd64-k8s.tar.gz",
         ],
+        &credentials,
     );
     assert_eq!(output.status.code(), Some(1), "{}", printed(&output));
     assert!(

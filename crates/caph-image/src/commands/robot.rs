@@ -129,9 +129,17 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     }
     // Everything local is checked before the Robot account or the server is touched.
     let layout = options.layout.map(layout).transpose()?;
-    if let Some(tarball) = options.tarball {
-        caph_rootfs::input::open_regular(tarball)
-            .map_err(|error| anyhow::anyhow!("--tarball {error}"))?;
+    // A regular file, or a refusal (a FIFO would hang the checksum): with --sim before the
+    // simulator starts, without it once the credentials are known to be there.
+    let check_tarball = || -> anyhow::Result<()> {
+        if let Some(tarball) = options.tarball {
+            caph_rootfs::input::open_regular(tarball)
+                .map_err(|error| anyhow::anyhow!("--tarball {error}"))?;
+        }
+        Ok(())
+    };
+    if options.sim.is_some() {
+        check_tarball()?;
     }
     if options.sim.is_some() && options.api.endpoint != caph_robot::client::DEFAULT_ENDPOINT {
         output::error(&format!(
@@ -157,6 +165,9 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         Some(simulated) => simulated.client()?,
         None => client(options.api)?,
     };
+    if options.sim.is_none() {
+        check_tarball()?;
+    }
     let poll_interval = options.poll_interval.unwrap_or_else(|| {
         let real_pace = RobotBackendConfig::default().poll_interval;
         // The simulated server boots `speed` times faster; looking at the same real-time pace
