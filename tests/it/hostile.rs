@@ -350,3 +350,25 @@ fn issue_12_control_characters_from_users_are_escaped_and_messages_stay_on_their
         }
     }
 }
+
+#[test]
+fn issue_12_a_server_type_flag_cannot_add_a_line_to_the_printed_template() {
+    let output = run(
+        &repo(),
+        &[
+            "build",
+            "hcloud",
+            "images/debian-12-k8s-1.34.toml",
+            "--arch",
+            "x86",
+            "--server-type",
+            "cx23\n      imageName: other",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", printed(&output));
+    assert!(
+        stderr(&output).contains("holds a line break (\\n): write one word"),
+        "{}",
+        printed(&output)
+    );
+}

@@ -232,10 +232,10 @@ real OpenSSH servers in chroots on this machine:
         #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
         arch: Vec<caph_core::Arch>,
         /// Location of the build servers (default: the spec's hcloud.location)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_field)]
         location: Option<String>,
         /// Server type to build on, when building one architecture (default: the spec's)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_field)]
         server_type: Option<String>,
         /// Replace an existing snapshot of the same name; the old one is deleted only after the new one is available
         #[arg(long)]
@@ -477,6 +477,19 @@ fn parse_speed(text: &str) -> Result<f64, String> {
 fn parse_compression(text: &str) -> Result<caph_rootfs::pack::Compression, String> {
     text.parse()
         .map_err(|error: caph_rootfs::pack::PackError| error.to_string())
+}
+
+/// A value that goes into one field of a printed template line: a usage error otherwise.
+fn parse_field(text: &str) -> Result<String, String> {
+    caph_core::text::check_field(text)
+        .map(|()| text.to_string())
+        .map_err(|problem| {
+            format!(
+                "\"{}\" {}: write one word",
+                caph_core::text::Escaped(text),
+                problem.describe()
+            )
+        })
 }
 
 fn parse_arch(text: &str) -> Result<caph_core::Arch, String> {
