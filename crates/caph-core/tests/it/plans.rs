@@ -301,6 +301,7 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
     let spec = shipped("debian-12-k8s-1.34.toml");
     let placed = |target, arch| -> Vec<String> {
         plan::render(&spec, target, arch)
+            .expect("the plan")
             .steps
             .iter()
             .filter_map(|step| match &step.action {
@@ -322,6 +323,7 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
     assert!(plan::SYSCTL_CONFIG_PATH.rsplit('/').next().unwrap() > "99-hetzner.conf");
 
     let hygiene = plan::render(&spec, Target::Tarball, Arch::X86)
+        .expect("the plan")
         .steps
         .into_iter()
         .find(|step| step.name == "hygiene")
