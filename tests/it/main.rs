@@ -6,6 +6,7 @@ mod cloud;
 mod hcloud_build;
 mod hcloud_faults;
 mod hcloud_sim_mode;
+mod hostile;
 mod installed_disk;
 mod installimage_differential;
 mod rescue_install;

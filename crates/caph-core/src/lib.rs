@@ -14,6 +14,7 @@ pub mod label;
 pub mod plan;
 pub mod releases;
 pub mod spec;
+pub mod text;
 pub mod time;
 pub mod version;
 

@@ -5,8 +5,21 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The exit code when the command ran and found a problem (an invalid spec, a failed build).
-/// Success is 0, and a wrong command line is 2, which clap uses for usage errors.
+/// Success is 0, and a wrong command line is 2, which clap uses for usage errors; the whole
+/// table is in `exit_codes!`.
 pub const EXIT_FAILURE: u8 = 1;
+
+/// Every exit code, as `--help` and the man page show it (README.md has the same table). A
+/// macro, so that `concat!` can put it into the help texts.
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
+  0    success, also when the reader of standard output stops early (such as head)
+  1    failure: an invalid spec, a refused input, a failed build
+  2    wrong usage: an unknown flag, a missing argument
+  130  interrupted (Ctrl-C or SIGTERM), after cleanup"
+    };
+}
 
 const ABOUT: &str = "Build Kubernetes node images for Hetzner from one declarative spec";
 
@@ -18,14 +31,18 @@ versions, kernel settings, packages, files and scripts. From it caph-image build
 Cloud snapshots that Cluster API Provider Hetzner finds by `imageName`, and installimage tarballs
 for dedicated servers.";
 
-const AFTER_HELP: &str = "\
-Examples:
+const AFTER_HELP: &str = concat!(
+    "Examples:
   caph-image validate images/*.toml
   caph-image plan images/ubuntu-24.04-k8s-1.36.toml --target hcloud --arch arm
   caph-image completions bash > /etc/bash_completion.d/caph-image
 
-Exit codes: 0 success, 1 failure (invalid spec, failed build), 2 wrong usage.
-Environment: HCLOUD_TOKEN, HCLOUD_ENDPOINT, HETZNER_ROBOT_USER, HETZNER_ROBOT_PASSWORD.";
+",
+    exit_codes!(),
+    "
+
+Environment: HCLOUD_TOKEN, HCLOUD_ENDPOINT, HETZNER_ROBOT_USER, HETZNER_ROBOT_PASSWORD."
+);
 
 /// The parsed command line.
 #[derive(Debug, Parser)]
@@ -75,8 +92,8 @@ the containerd releases a Kubernetes release supports, crictl's minor release = 
 runc with the November 2025 container-escape fixes, and the pause image kubeadm expects. Releases
 past their end of life are warnings: they fail only with --strict.
 
-Exit codes: 0 all specs valid, 1 at least one invalid (or with warnings under --strict), 2 wrong
-usage.")]
+Exit codes as in caph-image --help: 1 means at least one spec is invalid, or has warnings under
+--strict.")]
     Validate {
         /// Spec files to check
         #[arg(required = true, value_name = "SPEC")]
@@ -225,10 +242,10 @@ real OpenSSH servers in chroots on this machine:
         #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
         arch: Vec<caph_core::Arch>,
         /// Location of the build servers (default: the spec's hcloud.location)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_field)]
         location: Option<String>,
         /// Server type to build on, when building one architecture (default: the spec's)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_field)]
         server_type: Option<String>,
         /// Replace an existing snapshot of the same name; the old one is deleted only after the new one is available
         #[arg(long)]
@@ -479,6 +496,19 @@ fn parse_speed(text: &str) -> Result<f64, String> {
 fn parse_compression(text: &str) -> Result<caph_rootfs::pack::Compression, String> {
     text.parse()
         .map_err(|error: caph_rootfs::pack::PackError| error.to_string())
+}
+
+/// A value that goes into one field of a printed template line: a usage error otherwise.
+fn parse_field(text: &str) -> Result<String, String> {
+    caph_core::text::check_field(text)
+        .map(|()| text.to_string())
+        .map_err(|problem| {
+            format!(
+                "\"{}\" {}: write one word",
+                caph_core::text::Escaped(text),
+                problem.describe()
+            )
+        })
 }
 
 fn parse_arch(text: &str) -> Result<caph_core::Arch, String> {

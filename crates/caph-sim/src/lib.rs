@@ -5,6 +5,7 @@
 
 pub mod hcloud;
 pub mod host;
+pub mod http;
 pub mod installimage;
 pub mod libraries;
 pub mod machine;

@@ -22,12 +22,14 @@ use hyper::{Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::http::{Limits, RequestLog};
+
 /// A running mirror; stops when dropped.
 #[derive(Debug)]
 pub struct Mirror {
     addr: SocketAddr,
     files: Arc<Mutex<BTreeMap<String, Bytes>>>,
-    requests: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<RequestLog<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -51,26 +53,16 @@ impl Mirror {
                 .map(|(path, content)| (path, Bytes::from(content)))
                 .collect::<BTreeMap<_, _>>(),
         ));
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(RequestLog::new(Limits::default().request_log)));
         let (served, log) = (files.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+        let task = crate::http::serve(
+            listener,
+            Limits::default(),
+            move |_, request: Request<Incoming>| {
                 let (served, log) = (served.clone(), log.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let (served, log) = (served.clone(), log.clone());
-                        async move { Ok::<_, Infallible>(answer(&served, &log, &request)) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
+                async move { Ok::<_, Infallible>(answer(&served, &log, &request)) }
+            },
+        );
         Ok(Mirror {
             addr,
             files,
@@ -84,9 +76,9 @@ impl Mirror {
         format!("http://{}", self.addr)
     }
 
-    /// The paths requested so far, in order.
+    /// The paths requested so far, in order (the latest ones, as [`crate::http::RequestLog`]).
     pub fn requests(&self) -> Vec<String> {
-        lock(&self.requests).clone()
+        lock(&self.requests).to_vec()
     }
 
     /// Replaces what is served at `path` (for example with corrupted bytes), leaving its checksum file alone.
@@ -103,11 +95,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn answer(
     files: &Mutex<BTreeMap<String, Bytes>>,
-    log: &Mutex<Vec<String>>,
+    log: &Mutex<RequestLog<String>>,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().trim_start_matches('/').to_string();
-    lock(log).push(path.clone());
+    lock(log).push(crate::http::for_log(&path));
     let found = lock(files).get(&path).cloned();
     let (status, body) = match (
         request.method() == hyper::Method::GET || request.method() == hyper::Method::HEAD,

@@ -17,7 +17,12 @@ pub use shell::quote;
 
 use crate::arch::Arch;
 use crate::spec::{Artifact, ImageSpec, KubernetesSource};
+use crate::text::{self, UnsafeLine};
 use shell::Script;
+
+/// The line-oriented files the plan writes with values from the spec.
+const MODULES_FILE: &str = "/etc/modules-load.d/caph-image.conf";
+const APT_SOURCES_FILE: &str = "/etc/apt/sources.list.d/kubernetes.list";
 
 /// Where a plan runs, which changes what can be done live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,21 +256,24 @@ pub fn node_modules(spec: &ImageSpec) -> Vec<&str> {
 }
 
 /// Renders the plan. Pure: the same inputs give the same plan, byte for byte.
-pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
+///
+/// Refuses a value that would break a line of a line-oriented file it writes (a spec that
+/// passed validation holds none).
+pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Result<Plan, UnsafeLine> {
     let mut steps = Vec::new();
     steps.push(run("wait-for-system", prepare_system()));
     let modules = node_modules(spec);
     steps.push(file(
         "kernel-modules-config",
-        "/etc/modules-load.d/caph-image.conf",
+        MODULES_FILE,
         0o644,
-        lines(&modules),
+        checked_lines(MODULES_FILE, &modules)?,
     ));
     steps.push(file(
         "sysctl-config",
         SYSCTL_CONFIG_PATH,
         0o644,
-        sysctl_conf(spec),
+        sysctl_conf(spec)?,
     ));
     if target == Target::Hcloud {
         steps.push(run(
@@ -310,7 +318,7 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
         } => {
             steps.push(run(
                 "kubernetes",
-                kubernetes_apt(spec, repository, key_url, key_sha256.as_deref()),
+                kubernetes_apt(spec, repository, key_url, key_sha256.as_deref())?,
             ));
         }
         KubernetesSource::Binaries { base_url, sha256 } => {
@@ -375,13 +383,13 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
     }
     steps.push(run("provenance", provenance(spec, target, arch)));
     steps.push(run("hygiene", hygiene(spec, target)));
-    Plan {
+    Ok(Plan {
         image_name: spec.image.name.clone(),
         spec_digest: spec.digest.clone(),
         target,
         arch,
         steps,
-    }
+    })
 }
 
 impl Plan {
@@ -434,20 +442,30 @@ fn file(name: &str, path: &str, mode: u32, content: String) -> Step {
     }
 }
 
-fn lines(items: &[&str]) -> String {
-    items.iter().map(|item| format!("{item}\n")).collect()
+/// One item a line, each one field (a module name).
+fn checked_lines(file: &str, items: &[&str]) -> Result<String, UnsafeLine> {
+    let mut text = String::new();
+    for item in items {
+        text::field_in(file, item)?;
+        text.push_str(item);
+        text.push('\n');
+    }
+    Ok(text)
 }
 
-fn sysctl_conf(spec: &ImageSpec) -> String {
+fn sysctl_conf(spec: &ImageSpec) -> Result<String, UnsafeLine> {
     let mut settings: std::collections::BTreeMap<&str, &str> =
         REQUIRED_SYSCTLS.iter().copied().collect();
     for (key, value) in &spec.system.sysctls {
         settings.insert(key, value);
     }
-    settings
-        .iter()
-        .map(|(key, value)| format!("{key} = {value}\n"))
-        .collect()
+    let mut text = String::new();
+    for (key, value) in settings {
+        text::field_in(SYSCTL_CONFIG_PATH, key)?;
+        text::line_in(SYSCTL_CONFIG_PATH, value)?;
+        let _ = writeln!(text, "{key} = {value}");
+    }
+    Ok(text)
 }
 
 /// Shell functions shared by steps that download: fetch with retries, and verify a sha256.
@@ -724,7 +742,8 @@ fn kubernetes_apt(
     repository: &str,
     key_url: &str,
     key_sha256: Option<&str>,
-) -> String {
+) -> Result<String, UnsafeLine> {
+    text::field_in(APT_SOURCES_FILE, repository)?;
     let version = spec.kubernetes.version.to_string();
     let keyring = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg";
     let mut script = Script::new();
@@ -756,7 +775,7 @@ fn kubernetes_apt(
     ]);
     script.command(&["rm", "-f", "/tmp/caph-kubernetes-release.key"]);
     script.line(format!(
-        "echo {} > /etc/apt/sources.list.d/kubernetes.list",
+        "echo {} > {APT_SOURCES_FILE}",
         quote(&format!("deb [signed-by={keyring}] {repository} /"))
     ));
     script.line(format!("{APT} update"));
@@ -770,7 +789,7 @@ fn kubernetes_apt(
     script.line(format!("{APT} install -y --no-install-recommends \"kubelet=$package_version\" \"kubeadm=$package_version\" \"kubectl=$package_version\""));
     script.line("apt-mark hold kubelet kubeadm kubectl");
     script.line("kubelet --version");
-    script.finish()
+    Ok(script.finish())
 }
 
 fn kubernetes_binaries(

@@ -16,6 +16,7 @@ use crate::arch::Arch;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::label;
 use crate::releases::{self, Date};
+use crate::text;
 use crate::version::Version;
 
 /// Reads the files a spec references (scripts, file contents, base tarballs), relative to the spec's directory.
@@ -25,6 +26,12 @@ use crate::version::Version;
 pub trait SpecFiles {
     /// The bytes of `relative_path`, or a short reason it cannot be read (`no such file`).
     fn read(&self, relative_path: &str) -> Result<Vec<u8>, String>;
+
+    /// Whether `relative_path` could be read, without reading it (a base tarball is large and
+    /// read later, by the build). By default, by reading it.
+    fn check(&self, relative_path: &str) -> Result<(), String> {
+        self.read(relative_path).map(|_| ())
+    }
 }
 
 /// Labels the tool sets itself; a spec may not set them in `image.labels`.
@@ -128,6 +135,7 @@ fn load_checked(
     };
     loader.digest.update(bytes);
     let spec = loader.spec(file, &root);
+    super::line_values::check(&mut loader.reader, &root);
     let mut diagnostics = loader.reader.diagnostics;
     if diagnostics.is_empty()
         && let Some(mut spec) = spec
@@ -634,8 +642,7 @@ impl Loader<'_, '_> {
                 if tarball.value.starts_with("http://") || tarball.value.starts_with("https://") {
                     true
                 } else {
-                    self.reference_file(&tarball, "base.rootfs.tarball", false)
-                        .is_some()
+                    self.reference_exists(&tarball, "base.rootfs.tarball")
                 };
             return (sha_ok && location_ok).then_some(Some(RootfsBase::Tarball {
                 location: tarball.value,
@@ -992,6 +999,8 @@ impl Loader<'_, '_> {
 
     fn files(&mut self, system: &Section<'_, '_>) -> Option<Vec<FileSpec>> {
         let mut files: Vec<FileSpec> = Vec::new();
+        // The paths placed so far, for a linear duplicate check.
+        let mut placed = std::collections::HashSet::new();
         let mut ok = true;
         for entry in self.reader.table_array(system, "files") {
             self.reader
@@ -1004,7 +1013,7 @@ impl Loader<'_, '_> {
                     && path.value.len() > 1
                     && !path.value.ends_with('/')
                     && !path.value.split('/').any(|part| part == "..")
-                    && !path.value.contains(['\n', '\0']);
+                    && text::check_line(&path.value).is_ok();
                 if !valid {
                     self.reader.error(
                         &path.span,
@@ -1012,7 +1021,16 @@ impl Loader<'_, '_> {
                         format!("\"{}\" is not an absolute file path", path.value),
                         Some("use a path such as \"/etc/example.conf\"".to_string()),
                     );
-                } else if files.iter().any(|file| file.path == path.value) {
+                } else if text::normal_path(&path.value) != path.value {
+                    // Two spellings of one path would place one file over the other unnoticed.
+                    self.reader.error(
+                        &path.span,
+                        &entry.field_of("path"),
+                        format!("\"{}\" is not in normal form", path.value),
+                        Some(format!("write \"{}\"", text::normal_path(&path.value))),
+                    );
+                    return false;
+                } else if !placed.insert(path.value.clone()) {
                     self.reader.error(
                         &path.span,
                         &entry.field_of("path"),
@@ -1132,13 +1150,9 @@ impl Loader<'_, '_> {
         ok.then_some(scripts)
     }
 
-    /// Reads a file beside the spec; with `into_digest` its content becomes part of the spec digest.
-    fn reference_file(
-        &mut self,
-        path: &At<String>,
-        field: &str,
-        into_digest: bool,
-    ) -> Option<Vec<u8>> {
+    /// Whether `path` is relative and stays below the spec's directory as written (where it
+    /// resolves to is the [`SpecFiles`]' rule).
+    fn relative_path_ok(&mut self, path: &At<String>, field: &str) -> bool {
         if path.value.is_empty()
             || path.value.starts_with('/')
             || path.value.split('/').any(|part| part == "..")
@@ -1152,6 +1166,38 @@ impl Loader<'_, '_> {
                 ),
                 Some("put the file beside the spec and name it relative to it".to_string()),
             );
+            return false;
+        }
+        true
+    }
+
+    /// Checks that a file beside the spec can be read, without reading it.
+    fn reference_exists(&mut self, path: &At<String>, field: &str) -> bool {
+        if !self.relative_path_ok(path, field) {
+            return false;
+        }
+        match self.files.check(&path.value) {
+            Ok(()) => true,
+            Err(why) => {
+                self.reader.error(
+                    &path.span,
+                    field,
+                    format!("\"{}\" cannot be read: {why}", path.value),
+                    Some("create it beside the spec, or fix the path".to_string()),
+                );
+                false
+            }
+        }
+    }
+
+    /// Reads a file beside the spec; with `into_digest` its content becomes part of the spec digest.
+    fn reference_file(
+        &mut self,
+        path: &At<String>,
+        field: &str,
+        into_digest: bool,
+    ) -> Option<Vec<u8>> {
+        if !self.relative_path_ok(path, field) {
             return None;
         }
         match self.files.read(&path.value) {
@@ -1407,6 +1453,7 @@ impl Loader<'_, '_> {
                     mount: mount.value,
                     filesystem: filesystem.value,
                     size,
+                    crypt: false,
                 }),
                 _ => ok = false,
             }
@@ -1456,6 +1503,7 @@ impl Loader<'_, '_> {
             uefi,
             partitions,
             volumes,
+            crypt_password: None,
         };
         if !ok {
             return None;

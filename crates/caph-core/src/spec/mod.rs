@@ -6,12 +6,15 @@
 
 mod compat;
 mod layout;
+mod line_values;
 mod load;
 mod reader;
 
 use std::collections::BTreeMap;
 
-pub use layout::{DiskLayout, LayoutProblem, LogicalVolume, Partition, Size, validate_layout};
+pub use layout::{
+    CryptPassword, DiskLayout, LayoutProblem, LogicalVolume, Partition, Size, validate_layout,
+};
 pub use load::{KUBERNETES_COMPONENTS, RESERVED_LABELS, SpecFiles, load, load_as_of};
 
 use crate::arch::Arch;

@@ -91,9 +91,13 @@ fn plan_snapshots() {
     for name in SHIPPED {
         let spec = shipped(name);
         let stem = name.trim_end_matches(".toml");
-        let hcloud = plan::render(&spec, Target::Hcloud, Arch::X86).render_script();
+        let hcloud = plan::render(&spec, Target::Hcloud, Arch::X86)
+            .expect("the plan")
+            .render_script();
         expect_file![format!("snapshots/{stem}.hcloud-x86.sh")].assert_eq(&hcloud);
-        let tarball = plan::render(&spec, Target::Tarball, Arch::Arm).render_script();
+        let tarball = plan::render(&spec, Target::Tarball, Arch::Arm)
+            .expect("the plan")
+            .render_script();
         expect_file![format!("snapshots/{stem}.tarball-arm.sh")].assert_eq(&tarball);
     }
 }
@@ -103,8 +107,8 @@ fn plans_are_byte_identical_across_renders_and_loads() {
     for name in SHIPPED {
         for target in [Target::Hcloud, Target::Tarball] {
             for arch in Arch::ALL {
-                let first = plan::render(&shipped(name), target, arch);
-                let second = plan::render(&shipped(name), target, arch);
+                let first = plan::render(&shipped(name), target, arch).expect("the plan");
+                let second = plan::render(&shipped(name), target, arch).expect("the plan");
                 assert_eq!(first, second);
                 assert_eq!(first.render_script(), second.render_script());
             }
@@ -116,7 +120,10 @@ fn plans_are_byte_identical_across_renders_and_loads() {
 fn every_script_is_valid_bash_and_strict() {
     for name in SHIPPED {
         for target in [Target::Hcloud, Target::Tarball] {
-            for step in plan::render(&shipped(name), target, Arch::X86).steps {
+            for step in plan::render(&shipped(name), target, Arch::X86)
+                .expect("the plan")
+                .steps
+            {
                 let script = step.to_script();
                 assert!(
                     script.starts_with("set -euo pipefail\n"),
@@ -144,6 +151,7 @@ fn every_script_is_valid_bash_and_strict() {
 fn plan_has_the_promised_steps_in_order() {
     let spec = shipped("ubuntu-24.04-k8s-1.36.toml");
     let names: Vec<String> = plan::render(&spec, Target::Hcloud, Arch::X86)
+        .expect("the plan")
         .steps
         .into_iter()
         .map(|s| s.name)
@@ -175,7 +183,7 @@ fn plan_has_the_promised_steps_in_order() {
 
 fn containerd_config_of(name: &str) -> toml::Table {
     let spec = shipped(name);
-    let plan = plan::render(&spec, Target::Hcloud, Arch::X86);
+    let plan = plan::render(&spec, Target::Hcloud, Arch::X86).expect("the plan");
     let step = plan
         .steps
         .iter()
@@ -302,7 +310,7 @@ fn installimage_names() {
 fn checksum_mismatch_aborts_with_both_digests() {
     // Run the containerd step's download function against a local file: a wrong pin must stop the script.
     let spec = shipped("debian-12-k8s-1.36.toml");
-    let plan = plan::render(&spec, Target::Tarball, Arch::X86);
+    let plan = plan::render(&spec, Target::Tarball, Arch::X86).expect("the plan");
     let script = plan
         .steps
         .iter()
@@ -413,6 +421,7 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
     let spec = shipped("debian-12-k8s-1.36.toml");
     let placed = |target, arch| -> Vec<String> {
         plan::render(&spec, target, arch)
+            .expect("the plan")
             .steps
             .iter()
             .filter_map(|step| match &step.action {
@@ -434,6 +443,7 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
     assert!(plan::SYSCTL_CONFIG_PATH.rsplit('/').next().unwrap() > "99-hetzner.conf");
 
     let hygiene = plan::render(&spec, Target::Tarball, Arch::X86)
+        .expect("the plan")
         .steps
         .into_iter()
         .find(|step| step.name == "hygiene")

@@ -4,7 +4,7 @@ use expect_test::{Expect, expect};
 
 use crate::MapFiles;
 
-const VALID: &str = r#"[image]
+pub(crate) const VALID: &str = r#"[image]
 name = "test-image"
 
 [base]

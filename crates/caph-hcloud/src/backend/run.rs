@@ -69,6 +69,9 @@ pub enum ArchFailure {
     /// Key generation failed.
     #[error("generating keys: {0}")]
     Keys(#[from] caph_ssh::KeyError),
+    /// The plan refused a value (one that validation lets through never gets here).
+    #[error("rendering the plan: {0}")]
+    Plan(#[from] caph_core::text::UnsafeLine),
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> ArchFailure {
@@ -543,7 +546,7 @@ async fn run_arch(
     .map_err(ssh(format!("connecting to {address}")))?;
 
     // Provision: the same plan the tarball target runs.
-    let plan = plan::render(spec, Target::Hcloud, arch);
+    let plan = plan::render(spec, Target::Hcloud, arch)?;
     let stamp = BuildStamp {
         build_id: context.build_id.clone(),
         build_time: naming::rfc3339(

@@ -119,18 +119,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         Command::Robot(RobotCommand::Servers { api }) => robot::servers(&cli.global, &api),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "caph-image",
-                &mut std::io::stdout(),
-            );
+            // Generated into memory first: the generator panics on a closed stdout.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "caph-image", &mut script);
+            crate::output::raw(&script);
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir: None } => {
+            let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+                .render(&mut page)
                 .context("writing the man page")?;
+            crate::output::raw(&page);
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir: Some(dir) } => {

@@ -140,6 +140,13 @@ pub fn pack(
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if let Err(problem) = caph_core::text::check_field(&file_name) {
+        anyhow::bail!(
+            "{}: the file name {}: it goes into installimage's IMAGE line, the .sha256 file and the machine template, so it must be one word",
+            file.display(),
+            problem.describe()
+        );
+    }
     let implied = [
         (".tar.gz", Compression::gzip()),
         (".tgz", Compression::gzip()),
@@ -297,6 +304,11 @@ fn disk_fields(layout: Option<&DiskLayout>) -> String {
         );
     };
     let mut fields = String::new();
+    if layout.partitions.iter().any(|partition| partition.crypt) {
+        fields.push_str(&format!(
+            "{INDENT}# The layout encrypts partitions (crypt, CRYPTPASSWORD): installImage has no field for that, so this template installs them unencrypted.\n"
+        ));
+    }
     if let Some(level) = layout.raid_level {
         fields.push_str(&format!(
             "{INDENT}swraid: 1\n{INDENT}swraidLevel: {level}\n"

@@ -255,13 +255,20 @@ async fn run(
             prepared.image_name, prepared.hostname
         ),
     );
-    let tarball_bytes = tokio::fs::metadata(&target.tarball)
+    let tarball_metadata = tokio::fs::metadata(&target.tarball)
         .await
         .map_err(|source| InstallCause::Tarball {
             path: target.tarball.clone(),
             source,
-        })?
-        .len();
+        })?;
+    // A FIFO or a device would hang the checksum or stream forever.
+    if !tarball_metadata.is_file() {
+        return Err(InstallCause::Tarball {
+            path: target.tarball.clone(),
+            source: std::io::Error::other("not a regular file: only regular files are uploaded"),
+        });
+    }
+    let tarball_bytes = tarball_metadata.len();
     // A checksum file beside the tarball (as the rootfs build writes it) is checked locally
     // before anything is touched, and again against what the upload sent.
     let sidecar = format!("{}.sha256", target.tarball.display());
@@ -545,7 +552,7 @@ async fn run(
         image: prepared.image_name.clone(),
         tarball_sha256: uploaded.sha256,
         tarball_bytes,
-        autosetup: prepared.autosetup.clone(),
+        autosetup: crate::autosetup::redacted(&prepared.autosetup),
         checks: verdict.checks,
         duration: started.elapsed(),
     })
@@ -841,7 +848,12 @@ async fn run_installimage(
     let status = tokio::time::timeout(
         config.install_timeout,
         session.exec(&command, &mut |line: OutputLine<'_>| {
-            let text = line.text.trim_end();
+            // installimage shows its config, passphrase and all: filter it as its reports do.
+            let text = if line.text.contains("CRYPTPASSWORD") {
+                "CRYPTPASSWORD [FILTERED]"
+            } else {
+                line.text.trim_end()
+            };
             let trimmed = text.trim();
             // The 20-second warning comes after validation and before the disks are touched.
             if trimmed.starts_with("Press X to continue")

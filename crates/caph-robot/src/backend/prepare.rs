@@ -8,7 +8,7 @@ use super::{InstallCause, InstallTarget};
 use crate::autosetup::{self, Machine, POST_INSTALL_MARKER};
 
 /// Everything an install writes to the rescue system, rendered and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PreparedInstall {
     /// The installed system's hostname.
     pub hostname: String,
@@ -16,12 +16,26 @@ pub struct PreparedInstall {
     pub image_name: String,
     /// Where the tarball goes in the rescue system (`/root/<name>`).
     pub remote_image: String,
-    /// The autosetup file.
+    /// The autosetup file, as installimage gets it (with a `CRYPTPASSWORD` where the layout has
+    /// one: show [`autosetup::redacted`] of it, never this).
     pub autosetup: String,
     /// The post-install script; its last line prints the marker.
     pub post_install: String,
     /// The machine the rules were checked for.
     pub machine: Machine,
+}
+
+impl std::fmt::Debug for PreparedInstall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedInstall")
+            .field("hostname", &self.hostname)
+            .field("image_name", &self.image_name)
+            .field("remote_image", &self.remote_image)
+            .field("autosetup", &autosetup::redacted(&self.autosetup))
+            .field("post_install", &self.post_install)
+            .field("machine", &self.machine)
+            .finish()
+    }
 }
 
 /// Renders and checks the autosetup for `target`: the layout (the caller's or the spec's), the
@@ -67,12 +81,13 @@ pub fn prepare(spec: &ImageSpec, target: &InstallTarget) -> Result<PreparedInsta
         uefi: layout.uefi,
         arm: false,
     });
-    let text = autosetup::render(&layout, &hostname, &remote_image);
+    let text = autosetup::render(&layout, &hostname, &remote_image)
+        .map_err(|refused| InstallCause::Invalid(refused.to_string()))?;
     let problems = autosetup::validate(&text, machine);
     if !problems.is_empty() {
         return Err(InstallCause::Autosetup {
             problems: problems.iter().map(ToString::to_string).collect(),
-            text,
+            text: autosetup::redacted(&text),
         });
     }
     Ok(PreparedInstall {

@@ -845,3 +845,44 @@ async fn ctrl_c_while_waiting_for_the_rescue_system_removes_the_pending_activati
         "DELETE /boot/{SERVER}/rescue was sent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_12_an_encrypted_layout_is_installed_encrypted_and_its_passphrase_never_shown() {
+    let test = "issue_12_an_encrypted_layout_is_installed_encrypted_and_its_passphrase_never_shown";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    const PASSPHRASE: &str = "correct horse # battery";
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    let layout = layout_from_autosetup(&format!(
+        "DRIVE1 /dev/sda\nCRYPTPASSWORD {PASSPHRASE}\nPART /boot ext4 1G\nPART / ext4 all crypt\n"
+    ))
+    .expect("a layout with crypt is carried");
+    let mut target = InstallTarget::new(SERVER, &tarball);
+    target.layout = Some(layout);
+    let report = setup
+        .backend
+        .install(&setup.context, &spec, &target)
+        .await
+        .unwrap_or_else(|error| panic!("{}", full_message(&error)));
+    assert!(report.autosetup.contains("PART / ext4 all crypt\n"));
+    assert!(report.autosetup.contains("CRYPTPASSWORD [FILTERED]\n"));
+    assert!(!format!("{report:?}").contains("horse"));
+    // installimage shows its config, passphrase included; the progress shows it filtered.
+    let lines = setup.recorder.lines();
+    assert!(lines.iter().all(|line| !line.contains("horse")));
+    assert!(lines.iter().any(|line| line == "CRYPTPASSWORD [FILTERED]"));
+    // installimage encrypted / with the passphrase as written, blanks and # included.
+    let disk_dir = setup.robot_machines.disk_dir(SERVER).expect("disk dir");
+    let manifest: caph_sim::installimage::Manifest = serde_json::from_str(
+        &std::fs::read_to_string(disk_dir.join(caph_sim::installimage::MANIFEST_NAME))
+            .expect("manifest"),
+    )
+    .expect("manifest json");
+    let [encrypted] = manifest.encrypted.as_slice() else {
+        panic!("one encrypted partition: {:?}", manifest.encrypted);
+    };
+    assert_eq!(encrypted.mount, "/");
+    assert!(encrypted.opens_with(PASSPHRASE));
+}

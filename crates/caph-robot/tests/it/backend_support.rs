@@ -288,7 +288,7 @@ pub fn make_tarball(work: &Path, spec: &ImageSpec, options: &TreeOptions) -> Pat
         }
     }
     // The files the spec's plan places, as the rootfs build would.
-    let plan = plan::render(spec, Target::Tarball, caph_core::Arch::X86);
+    let plan = plan::render(spec, Target::Tarball, caph_core::Arch::X86).expect("the plan");
     for step in &plan.steps {
         if let Action::PlaceFile { path, content, .. } = &step.action {
             let target = tree.join(path.trim_start_matches('/'));
