@@ -69,7 +69,7 @@ const AES_GCM: &str = "aes256-gcm@openssh.com";
 
 const CASES: [Case; 5] = [
     Case {
-        label: "**caph-ssh upload** (`cat > temp`, then `sha256sum` on the server, `chmod`, `mv`)",
+        label: "**caph-ssh upload** (`tee temp \\| openssl dgst -sha256` on the server, then `chmod`, `mv`)",
         file: "caph-ssh.bin",
         kind: Kind::CaphSsh,
     },
@@ -89,7 +89,7 @@ const CASES: [Case; 5] = [
         kind: Kind::SshCat,
     },
     Case {
-        label: "OpenSSH `ssh host 'cat > file && sha256sum file'` (caph-ssh's work)",
+        label: "OpenSSH `ssh host 'tee file \\| openssl dgst -sha256'` (caph-ssh's work)",
         file: "ssh-cat-sha256.bin",
         kind: Kind::SshCatSha256,
     },
@@ -304,7 +304,7 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
         Kind::SshCatSha256 => ssh_command(
             setup,
             &[],
-            &format!("cat > '{dest_text}' && sha256sum '{dest_text}'"),
+            &format!("tee '{dest_text}' | openssl dgst -sha256 -r"),
         ),
     };
     let report = setup.dest_dir.join(format!("{}.time", case.file));
@@ -405,9 +405,9 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
         text,
         "- every upload is one process under GNU time, connection and authentication included; \
          caph-ssh's is a small program around `Session::upload` (release build), which streams \
-         the file into `cat` on the server while hashing it, then has the server hash the \
-         written file with `sha256sum` and compares, then sets the mode and renames: it reads \
-         the data twice on the server, where plain `scp` and `cat` read it once"
+         the file to the server while hashing it; there `tee` writes it to a temporary file and \
+         hands the same bytes to `openssl dgst -sha256` (hashed as written, never read back); \
+         the digests are compared, then the mode set and the file renamed"
     );
     let _ = writeln!(
         text,
@@ -449,8 +449,8 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
     let _ = writeln!(
         text,
         "\n{} caph-ssh's verified upload runs at {:.0} MB/s, {:.2}x `scp`'s {:.0} MB/s \
-         (default cipher), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s and {:.2}x `ssh 'cat > file \
-         && sha256sum file'` (the same work), with {:.1} MiB peak RSS ({:.1} MiB for `scp`).",
+         (default cipher), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s and {:.2}x `ssh 'tee file \
+         | openssl dgst -sha256'` (the same work), with {:.1} MiB peak RSS ({:.1} MiB for `scp`).",
         harness::RESULT_PREFIX,
         throughput(ours),
         throughput(ours) / throughput(scp),
