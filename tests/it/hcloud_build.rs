@@ -187,7 +187,7 @@ async fn inspect_node(client: &Client, id: i64, arch: &str) {
             .await
             .contains("br_netfilter\nip_vs")
     );
-    let sysctls = check("cat /etc/sysctl.d/90-caph-image.conf").await;
+    let sysctls = check("cat /etc/sysctl.d/99-zz-caph-image.conf").await;
     assert!(
         sysctls.contains("net.ipv4.ip_forward = 1")
             && sysctls.contains("vm.max_map_count = 524288"),

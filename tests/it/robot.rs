@@ -48,6 +48,7 @@ pub async fn install_and_log_in(
     };
     let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
         machines: machines.clone(),
+        real_installimage: None,
         installimage_binary: installimage,
         rescue_packages: caph_sim::robot::RESCUE_PACKAGES
             .iter()
@@ -57,10 +58,7 @@ pub async fn install_and_log_in(
     }));
     let mut server = RobotServer::new(SERVER, "e2e-server");
     // Small sparse drives: the install writes real disk images.
-    server.drives = vec![RobotDrive {
-        device: "/dev/sda".into(),
-        size_bytes: 6 << 30,
-    }];
+    server.drives = vec![RobotDrive::new("/dev/sda", 6 << 30)];
     let sim = RobotSim::start(RobotSimConfig {
         user: USER.into(),
         password: PASSWORD.into(),

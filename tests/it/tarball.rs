@@ -198,11 +198,19 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
             "{empty} is empty"
         );
     }
-    assert!(
-        !listing
-            .lines()
-            .any(|line| line.starts_with("./etc/ssh/ssh_host_")),
-        "no host keys"
+    let mut host_key_files: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.starts_with("./etc/ssh/ssh_host_"))
+        .collect();
+    host_key_files.sort();
+    assert_eq!(
+        host_key_files,
+        [
+            "./etc/ssh/ssh_host_ecdsa_key",
+            "./etc/ssh/ssh_host_ed25519_key",
+            "./etc/ssh/ssh_host_rsa_key"
+        ],
+        "one placeholder per key type for installimage, and no public keys"
     );
 
     // Unpacked, it holds the boot chain and the plan's work.
@@ -236,6 +244,22 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
         "built by the tarball test\n"
     );
     assert_eq!(fs::metadata(root.join("etc/machine-id")).unwrap().len(), 0);
+    for key_type in caph_core::plan::HOST_KEY_PLACEHOLDER_TYPES {
+        let placeholder = root.join(format!("etc/ssh/ssh_host_{key_type}_key"));
+        assert_eq!(
+            fs::metadata(&placeholder).unwrap().len(),
+            0,
+            "{} carries no key material",
+            placeholder.display()
+        );
+    }
+    assert!(
+        root.join("etc/systemd/system/ssh.service.wants/caph-image-host-keys.service")
+            .exists(),
+        "the first-boot host key unit is enabled"
+    );
+    assert!(root.join("usr/sbin/route").exists() || root.join("sbin/route").exists());
+    assert!(root.join("lib/systemd/systemd-timesyncd").exists());
     assert!(root.join("usr/sbin/sshd").exists() && root.join("etc/ssh/sshd_config").exists());
     assert!(root.join("sbin/mdadm").exists() || root.join("usr/sbin/mdadm").exists());
     assert!(root.join("etc/network/interfaces").exists() || root.join("sbin/ifup").exists());

@@ -10,4 +10,5 @@ pub mod libraries;
 pub mod machine;
 pub mod mirror;
 pub mod openapi;
+pub mod real_installimage;
 pub mod robot;

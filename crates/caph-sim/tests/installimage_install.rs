@@ -67,6 +67,7 @@ fn facts(disk_dir: &Path) -> MachineFacts {
         ipv4: "127.77.0.5".into(),
         interface: "eth0".into(),
         disk_dir: disk_dir.to_owned(),
+        real_installimage: None,
     }
 }
 
@@ -234,7 +235,10 @@ fn a_tarball_installs_onto_a_partitioned_disk_image() {
     assert!(read(root_fs.path("etc/network/interfaces")).contains("address 127.77.0.5"));
     assert_eq!(read(root_fs.path("root/.ssh/authorized_keys")), RESCUE_KEY);
     assert_eq!(read(root_fs.path("root/post-install-ran")), "ran\n");
+    // The ed25519 placeholder became a key; rsa, absent from the image, was skipped.
+    assert!(read(root_fs.path("etc/ssh/ssh_host_ed25519_key")).contains("OPENSSH PRIVATE KEY"));
     assert!(root_fs.path("etc/ssh/ssh_host_ed25519_key.pub").exists());
+    assert!(!root_fs.path("etc/ssh/ssh_host_rsa_key").exists());
     assert!(read(root_fs.path("installimage.conf")).contains("HOSTNAME node-test"));
     assert!(read(root_fs.path("installimage.debug")).contains("# validating config"));
     for skipped in ["proc", "sys", "dev"] {

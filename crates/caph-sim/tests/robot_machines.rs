@@ -145,6 +145,7 @@ async fn rescue_installimage_and_the_installed_system_over_real_sshd() {
 
     let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
         machines: machines.clone(),
+        real_installimage: None,
         installimage_binary: binary,
         rescue_packages: caph_sim::robot::RESCUE_PACKAGES
             .iter()
@@ -155,8 +156,10 @@ async fn rescue_installimage_and_the_installed_system_over_real_sshd() {
     let mut server = RobotServer::new(321, "node-1");
     // Small drives: the install writes a real (sparse) disk image.
     server.drives = vec![RobotDrive {
-        device: "/dev/sda".into(),
-        size_bytes: 3 << 30,
+        wwn: Some("0x5002538e40a1b2c3".into()),
+        model: Some("SAMSUNG MZQL2512HCJQ-00A07".into()),
+        serial: Some("S64ANS0T123456".into()),
+        ..RobotDrive::new("/dev/sda", 3 << 30)
     }];
     let sim = RobotSim::start(RobotSimConfig {
         user: USER.into(),
@@ -226,6 +229,52 @@ async fn rescue_installimage_and_the_installed_system_over_real_sshd() {
             output.trim()
         }
     );
+    // The server's drive, and only it, as a block device: lsblk shows its identity, and no
+    // host device (loop, virtio, zram) is listed or reachable.
+    let (code, output) = ssh(
+        address,
+        &client_key,
+        "lsblk -b -J -o NAME,TYPE,SIZE,WWN,MODEL,SERIAL,ROTA",
+        None,
+    );
+    assert_eq!(code, 0, "{output}");
+    let lsblk: serde_json::Value = serde_json::from_str(&output).expect("lsblk's JSON");
+    assert_eq!(
+        lsblk["blockdevices"],
+        serde_json::json!([{
+            "name": "sda", "type": "disk", "size": 3u64 << 30,
+            "wwn": "0x5002538e40a1b2c3", "model": "SAMSUNG MZQL2512HCJQ-00A07",
+            "serial": "S64ANS0T123456", "rota": false
+        }]),
+        "{output}"
+    );
+    let (code, output) = ssh(
+        address,
+        &client_key,
+        "ls /sys/block /sys/class/block; find /dev -type b",
+        None,
+    );
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        output.split_whitespace().collect::<Vec<_>>(),
+        ["/sys/block:", "sda", "/sys/class/block:", "sda", "/dev/sda"],
+        "{output}"
+    );
+    // Partitions and filesystems made in the rescue system appear as udev would show them.
+    // (parted, as installimage partitions with it: this kernel ignores the BLKRRPART re-read
+    // that sfdisk asks for on a loop device, and takes parted's BLKPG calls at once.)
+    let (code, output) = ssh(
+        address,
+        &client_key,
+        "parted -s /dev/sda mklabel msdos mkpart primary ext4 1MiB 100% && for i in $(seq 50); do [ -b /dev/sda1 ] && break; sleep 0.1; done \
+         && mkfs.ext4 -q -U 5b1c41d0-7f7c-4d9b-8f3e-2f0a8a6b9c01 /dev/sda1 \
+         && for i in $(seq 50); do [ -L /dev/disk/by-uuid/5b1c41d0-7f7c-4d9b-8f3e-2f0a8a6b9c01 ] && break; sleep 0.1; done \
+         && readlink /dev/disk/by-uuid/5b1c41d0-7f7c-4d9b-8f3e-2f0a8a6b9c01 && blkid -o value -s TYPE /dev/sda1 && lsblk -o NAME,TYPE,SIZE",
+        None,
+    );
+    assert_eq!(code, 0, "{output}");
+    eprintln!("{output}");
+    assert!(output.starts_with("../../sda1\next4\n"), "{output}");
     // A fault first: the connection breaks off after 64 KiB of the upload.
     robot_machines.cut_next_connection_after(321, 64 * 1024);
     let (code, _) = ssh(
@@ -309,4 +358,15 @@ async fn rescue_installimage_and_the_installed_system_over_real_sshd() {
     );
     drop(sim);
     drop(robot_machines);
+    drop(machines);
+    // Every loop device the drives used is gone with the machines.
+    let attached = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "BACK-FILE"])
+        .output()
+        .expect("losetup runs");
+    let attached = String::from_utf8_lossy(&attached.stdout);
+    assert!(
+        !attached.contains("robot-disk-321"),
+        "loop devices left attached: {attached}"
+    );
 }

@@ -145,6 +145,39 @@ impl BuildStamp {
     }
 }
 
+/// Where the node's sysctls go. installimage writes `/etc/sysctl.d/99-hetzner.conf` (rp_filter,
+/// IPv6 router advertisements) into every install, and `sysctl --system` applies files in the
+/// order of their names with the last value winning, so ours sorts after it.
+pub const SYSCTL_CONFIG_PATH: &str = "/etc/sysctl.d/99-zz-caph-image.conf";
+
+/// The unit that makes SSH host keys on a tarball node where none were made for it; see
+/// [`HOST_KEYS_UNIT`].
+pub const HOST_KEYS_UNIT_PATH: &str = "/etc/systemd/system/caph-image-host-keys.service";
+
+/// The host key types a tarball carries as empty placeholders. installimage regenerates exactly
+/// the types whose private key file exists in the image (and skips the others), so without them
+/// an installed node has no host key and sshd does not start.
+pub const HOST_KEY_PLACEHOLDER_TYPES: &[&str] = &["rsa", "ecdsa", "ed25519"];
+
+/// First-boot host keys for a tarball node: an empty placeholder that nothing replaced (the
+/// tarball unpacked by something other than installimage) is removed and every missing type
+/// generated, before sshd starts. Where installimage made keys, `ssh-keygen -A` finds them all
+/// present and does nothing.
+pub const HOST_KEYS_UNIT: &str = "\
+[Unit]
+Description=SSH host keys for a node installed from a caph-image tarball
+Before=ssh.service
+ConditionPathExists=/usr/bin/ssh-keygen
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/find /etc/ssh -maxdepth 1 -name ssh_host_*_key -type f -empty -delete
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service multi-user.target
+";
+
 /// Kernel modules every node loads.
 pub const REQUIRED_MODULES: &[&str] = &["overlay", "br_netfilter"];
 /// sysctls every node sets; a spec may override the values.
@@ -165,6 +198,9 @@ pub const BASE_PACKAGES: &[&str] = &[
     "iptables",
     "kmod",
     "socat",
+    // A node's clock must be right for TLS with the API server; installimage configures the
+    // daemon only where one is installed.
+    "systemd-timesyncd",
 ];
 /// Timers and services that would fight the build for the dpkg lock.
 const APT_BACKGROUND_UNITS: &[&str] = &[
@@ -195,7 +231,7 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
     ));
     steps.push(file(
         "sysctl-config",
-        "/etc/sysctl.d/90-caph-image.conf",
+        SYSCTL_CONFIG_PATH,
         0o644,
         sysctl_conf(spec),
     ));
@@ -284,6 +320,14 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
         script.line(format!("# {}", user_script.path.replace('\n', " ")));
         script.line(&user_script.content);
         steps.push(run(&format!("script-{}", index + 1), script.finish()));
+    }
+    if target == Target::Tarball {
+        steps.push(file(
+            "host-keys-unit",
+            HOST_KEYS_UNIT_PATH,
+            0o644,
+            HOST_KEYS_UNIT.to_string(),
+        ));
     }
     steps.push(run("provenance", provenance(spec, target, arch)));
     steps.push(run("hygiene", hygiene(target)));
@@ -765,6 +809,24 @@ fn hygiene(target: Target) -> String {
     script.line("rm -rf /var/lib/apt/lists/*");
     script.line("find /var/log -type f -exec truncate -s 0 {} +");
     script.line("rm -f /etc/ssh/ssh_host_*");
+    if target == Target::Tarball {
+        script.line(
+            "# installimage regenerates only the host key types whose files exist: leave each type",
+        );
+        script.line(
+            "# as an empty file (no key material), and a unit that makes keys where nothing did.",
+        );
+        for key_type in HOST_KEY_PLACEHOLDER_TYPES {
+            script.command(&[
+                "install",
+                "-m",
+                "0600",
+                "/dev/null",
+                &format!("/etc/ssh/ssh_host_{key_type}_key"),
+            ]);
+        }
+        script.line("systemctl enable caph-image-host-keys.service");
+    }
     if target == Target::Hcloud {
         script.line("# Remove the build's temporary key; keys the spec placed itself stay.");
         script.line(

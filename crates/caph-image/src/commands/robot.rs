@@ -391,6 +391,7 @@ impl SimRobot {
         )?;
         let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
             machines: machines.machines.clone(),
+            real_installimage: None,
             installimage_binary,
             rescue_packages: RESCUE_PACKAGES
                 .iter()

@@ -199,7 +199,7 @@ mod tests {
         caph_core::spec::load("debian-12-k8s-1.34.toml", &bytes, &Files).expect("valid")
     }
 
-    const SYSCTLS: &str = "--- /etc/sysctl.d/90-caph-image.conf\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.ipv4.ip_forward = 1\n";
+    const SYSCTLS: &str = "--- /etc/sysctl.d/99-zz-caph-image.conf\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.ipv4.ip_forward = 1\n";
 
     #[test]
     fn a_booted_node_is_judged_on_what_runs() {

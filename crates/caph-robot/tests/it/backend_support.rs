@@ -154,6 +154,7 @@ pub async fn setup(server: RobotServer) -> Result<Setup, String> {
     );
     let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
         machines: machines.clone(),
+        real_installimage: None,
         installimage_binary: binary,
         rescue_packages: caph_sim::robot::RESCUE_PACKAGES
             .iter()
@@ -196,10 +197,7 @@ pub fn small_server() -> RobotServer {
     let mut server = RobotServer::new(SERVER, "node-1");
     server.drives = ["/dev/sda", "/dev/sdb"]
         .into_iter()
-        .map(|device| RobotDrive {
-            device: device.into(),
-            size_bytes: 3 << 30,
-        })
+        .map(|device| RobotDrive::new(device, 3 << 30))
         .collect();
     server
 }
@@ -295,10 +293,15 @@ pub fn make_tarball(work: &Path, spec: &ImageSpec, options: &TreeOptions) -> Pat
         }
     }
     assert!(
-        tree.join("etc/sysctl.d/90-caph-image.conf").exists(),
+        tree.join("etc/sysctl.d/99-zz-caph-image.conf").exists(),
         "the plan places the sysctl file"
     );
     assert!(tree.join("etc/systemd/system/containerd.service").exists());
+    // The host key placeholders the hygiene step leaves for installimage to regenerate.
+    for key_type in plan::HOST_KEY_PLACEHOLDER_TYPES {
+        std::fs::write(tree.join(format!("etc/ssh/ssh_host_{key_type}_key")), "")
+            .expect("host key placeholder");
+    }
     std::os::unix::fs::symlink(
         "/etc/systemd/system/containerd.service",
         tree.join("etc/systemd/system/multi-user.target.wants/containerd.service"),

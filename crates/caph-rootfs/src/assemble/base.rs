@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use caph_core::Arch;
 use caph_core::backend::{ProgressEvent, ProgressSink};
-use caph_core::spec::{Distribution, ImageSpec, RootfsBase};
+use caph_core::spec::{Base, Distribution, ImageSpec, RootfsBase};
 use sha2::{Digest, Sha256};
 
 use super::AssembleError;
@@ -43,11 +43,14 @@ const COPY_BUFFER: usize = 1 << 20;
 const PROGRESS_STEP: u64 = 16 << 20;
 
 /// The packages installed into the base for installimage: [`BOOT_CHAIN_PACKAGES`] plus the
-/// kernel, grub for the architecture (BIOS and UEFI on amd64, UEFI on arm64), and the network
-/// configuration installimage writes: netplan.io for Ubuntu, ifupdown for Debian.
-pub fn boot_chain(distribution: Distribution, arch: Arch) -> Vec<&'static str> {
+/// kernel, grub for the architecture (BIOS and UEFI on amd64, UEFI on arm64), and what the
+/// network configuration installimage writes needs: on Debian ifupdown, and net-tools for the
+/// `up route add` lines of its stanza; on Ubuntu netplan.io, and systemd-resolved, which
+/// installimage links `/etc/resolv.conf` to (a package of its own since Ubuntu 23.04; part of
+/// systemd before).
+pub fn boot_chain(base: &Base, arch: Arch) -> Vec<&'static str> {
     let mut packages = BOOT_CHAIN_PACKAGES.to_vec();
-    packages.push(match (distribution, arch) {
+    packages.push(match (base.distribution, arch) {
         (Distribution::Ubuntu, _) => "linux-image-generic",
         (Distribution::Debian, Arch::X86) => "linux-image-amd64",
         (Distribution::Debian, Arch::Arm) => "linux-image-arm64",
@@ -56,11 +59,21 @@ pub fn boot_chain(distribution: Distribution, arch: Arch) -> Vec<&'static str> {
         Arch::X86 => packages.extend(["grub-pc", "grub-efi-amd64-bin"]),
         Arch::Arm => packages.push("grub-efi-arm64"),
     }
-    packages.push(match distribution {
-        Distribution::Ubuntu => "netplan.io",
-        Distribution::Debian => "ifupdown",
-    });
+    match base.distribution {
+        Distribution::Ubuntu => {
+            packages.push("netplan.io");
+            if ubuntu_year(&base.version).is_some_and(|year| year >= 23) {
+                packages.push("systemd-resolved");
+            }
+        }
+        Distribution::Debian => packages.extend(["ifupdown", "net-tools"]),
+    }
     packages
+}
+
+/// The year of an Ubuntu version (`24` of `24.04`).
+fn ubuntu_year(version: &str) -> Option<u32> {
+    version.split('.').next()?.parse().ok()
 }
 
 /// The mirror mmdebstrap uses: the spec's, or the distribution's default for the architecture.
@@ -198,7 +211,7 @@ pub(crate) fn mmdebstrap(
         .arg(format!("--architectures={}", arch.debian_name()))
         .arg(format!(
             "--include={}",
-            boot_chain(distribution, arch).join(",")
+            boot_chain(&spec.base, arch).join(",")
         ))
         // Transient mirror hiccups should not fail a build that takes minutes.
         .arg("--aptopt=Acquire::Retries \"3\"")

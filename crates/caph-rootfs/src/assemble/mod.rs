@@ -527,7 +527,7 @@ impl Drop for WorkDir {
 
 /// The step that installs the boot chain into a base tarball's tree through apt.
 fn boot_chain_plan(spec: &ImageSpec, arch: Arch) -> Plan {
-    let packages: Vec<String> = boot_chain(spec.base.distribution, arch)
+    let packages: Vec<String> = boot_chain(&spec.base, arch)
         .into_iter()
         .map(plan::quote)
         .collect();

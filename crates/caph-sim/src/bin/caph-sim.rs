@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, RequestRecord, TimeMode};
 use caph_sim::machine::{MachineLog, SshMachines, SshMachinesConfig};
+use caph_sim::real_installimage::InstallimageArchive;
 use caph_sim::robot::{
     RESCUE_PACKAGES, RobotAddressOnly, RobotArgs, RobotMachines, SshRobotConfig, SshRobotMachines,
     serve_from_args,
@@ -43,6 +44,12 @@ struct Args {
     /// servers only get an address and nothing answers there.
     #[arg(long)]
     ssh_machines: bool,
+    /// With --ssh-machines: an archive of Hetzner's installimage (hetzneronline/installimage, or
+    /// the fork Cluster API Provider Hetzner uses), which dedicated servers' rescue systems then
+    /// run for real wherever this machine's kernel can install the layout (one drive, no
+    /// software RAID, LVM, encryption or UEFI); the simulated installimage runs the rest.
+    #[arg(long, value_name = "FILE", requires = "ssh_machines")]
+    robot_installimage: Option<std::path::PathBuf>,
     /// Print every Hetzner Cloud API request with its answer's status on stderr.
     #[arg(long)]
     log_requests: bool,
@@ -170,9 +177,20 @@ async fn serve(args: Args) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let real_installimage = match &args.robot_installimage {
+                Some(path) => match InstallimageArchive::open(path) {
+                    Ok(archive) => Some(archive),
+                    Err(error) => {
+                        eprintln!("caph-sim: --robot-installimage: {error}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
             Arc::new(SshRobotMachines::new(SshRobotConfig {
                 machines: robot_machines.clone(),
                 installimage_binary,
+                real_installimage,
                 rescue_packages: RESCUE_PACKAGES
                     .iter()
                     .map(|name| (*name).to_owned())

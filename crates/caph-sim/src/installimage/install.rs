@@ -397,7 +397,8 @@ pub(crate) fn install(
         if !gpt && planned.len() > 4 {
             return Err("ERROR: more than 4 partitions on an MS-DOS table are not simulated; set FORCE_GPT 1".into());
         }
-        let _ = std::fs::remove_file(&image_path);
+        // Emptied in place rather than replaced: a rescue system may show this file as its
+        // drive through a loop device, which follows the file, not the name.
         let file = std::fs::File::create(&image_path)
             .map_err(|error| format!("ERROR: creating {}: {error}", image_path.display()))?;
         file.set_len(drive1_bytes)
@@ -605,7 +606,7 @@ pub(crate) fn install(
     let _ = std::fs::remove_file(stage.join("var/lib/dbus/machine-id"));
     status.sub("  Setting hostname");
     if stage.join("etc/ssh").is_dir() {
-        regenerate_host_keys(&stage)?;
+        regenerate_host_keys(&stage, log)?;
         status.sub("  Generating new SSH keys");
     }
     if vars.swraid == "1" {
@@ -856,22 +857,47 @@ fn network_config(distro: &str, facts: &MachineFacts) -> (PathBuf, String) {
     }
 }
 
-/// Removes the image's host keys and has the new system make its own (`ssh-keygen -A` in a
-/// chroot, as installimage runs it inside the installed system).
-fn regenerate_host_keys(stage: &Path) -> Result<(), String> {
-    if let Ok(entries) = std::fs::read_dir(stage.join("etc/ssh")) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
-                let _ = std::fs::remove_file(entry.path());
+/// The host key types installimage knows, with the private key file whose presence in the
+/// image makes it regenerate that type, and the `rm -f` pattern it clears first.
+const HOST_KEY_TYPES: &[(&str, &str, &str)] = &[
+    ("rsa1", "ssh_host_key", "ssh_host_k"),
+    ("dsa", "ssh_host_dsa_key", "ssh_host_dsa_"),
+    ("rsa", "ssh_host_rsa_key", "ssh_host_rsa_"),
+    ("ecdsa", "ssh_host_ecdsa_key", "ssh_host_ecdsa_"),
+    ("ed25519", "ssh_host_ed25519_key", "ssh_host_ed25519_"),
+];
+
+/// installimage's `generate_new_sshkeys`: for each key type whose private key file exists in the
+/// image, its files are removed and a new key of that type is made in a chroot of the new
+/// system; a type without a file is skipped ("skipping ed25519 key gen"). An image with no host
+/// keys therefore comes up with none, as with the real program.
+fn regenerate_host_keys(stage: &Path, log: &mut DebugLog) -> Result<(), String> {
+    let ssh_dir = stage.join("etc/ssh");
+    for (key_type, file, prefix) in HOST_KEY_TYPES {
+        if !ssh_dir.join(file).is_file() {
+            log.line(&format!("skipping {key_type} key gen"));
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&ssh_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
-    }
-    let (code, _, stderr) = chroot_command(stage, &["ssh-keygen", "-A"])?;
-    if code != 0 {
-        return Err(format!(
-            "ERROR: generating new SSH host keys in the new system failed (exit {code}): {}",
-            stderr.trim()
-        ));
+        let path = format!("/etc/ssh/{file}");
+        let mut argv = vec!["ssh-keygen", "-t", key_type];
+        if *key_type == "rsa1" {
+            argv.extend(["-b", "1024"]);
+        }
+        argv.extend(["-f", &path, "-N", "", "-q"]);
+        let (code, _, stderr) = chroot_command(stage, &argv)?;
+        if code != 0 {
+            return Err(format!(
+                "ERROR: generating new SSH host keys in the new system failed (exit {code}): {}",
+                stderr.trim()
+            ));
+        }
     }
     Ok(())
 }

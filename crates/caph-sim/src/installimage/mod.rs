@@ -15,8 +15,9 @@
 //!   a plain directory where that cannot model the layout (software RAID, LVM, btrfs, xfs,
 //!   encryption): the output says which; extraction with
 //!   `tar -x --numeric-owner --xattrs --xattrs-include=security.capability --exclude sys --exclude proc --exclude dev`;
-//!   `/etc/fstab`, hostname, hosts, an empty machine-id, new SSH host keys (`ssh-keygen -A` in
-//!   the new system, so an image needs `ssh-keygen` and `/etc/passwd`), network config
+//!   `/etc/fstab`, hostname, hosts, an empty machine-id, new SSH host keys of the types
+//!   whose files the image already holds, as the real `generate_new_sshkeys` does (`ssh-keygen -t
+//!   TYPE` in the new system; an image without host keys gets none), network config
 //!   (netplan for Ubuntu-named images, `/etc/network/interfaces` otherwise), the rescue's
 //!   `authorized_keys` for root; the post-install script run in a chroot of the new system with
 //!   its exit code ignored; `INSTALLATION COMPLETE` at the end.
@@ -78,6 +79,50 @@ pub struct MachineFacts {
     /// Where the drives' contents live: one `<name>.img` per drive, or `root/` for a directory
     /// install, with a [`Manifest`] (`installed.json`) after a successful install.
     pub disk_dir: PathBuf,
+    /// The real installimage beside the simulated one in this rescue system, run instead of
+    /// the simulation wherever the layout allows (see [`why_simulated`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_installimage: Option<RealInstallimage>,
+}
+
+/// A real installimage (Hetzner's, or CAPH's fork) unpacked in a simulated rescue system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealInstallimage {
+    /// Its `installimage` script, as the rescue system sees it.
+    pub entry: PathBuf,
+    /// What it is, for the line that says which installimage runs.
+    pub label: String,
+}
+
+/// Where a simulated rescue system records which installimage ran last: `real` or `simulated`,
+/// a tab, and the line that was printed. The host reads it after the rescue system goes down.
+pub const RAN_PATH: &str = "/root/.oldroot/nfs/install/caph-sim-installimage-ran";
+
+/// Why a config must go to the simulated installimage rather than the real one, or `None` when
+/// the real one can install it on this machine. The kernel these simulations run on has no md
+/// (software RAID), no device-mapper (LVM, encryption) and no vfat (the EFI system partition),
+/// and the simulated rescue system has no internet for an image URL.
+pub fn why_simulated(config: &str, facts: &MachineFacts) -> Option<String> {
+    let vars = config::read_vars(config, facts);
+    if facts.uefi {
+        return Some("the server boots by UEFI, and this kernel cannot mount the EFI system partition (no vfat)".into());
+    }
+    if vars.count_drives > 1 || vars.format_drives.iter().any(|format| *format) {
+        return Some("the layout uses more than one drive".into());
+    }
+    if vars.swraid == "1" {
+        return Some("the layout uses software RAID, and this kernel has no md".into());
+    }
+    if vars.lvm {
+        return Some("the layout uses LVM, and this kernel has no device-mapper".into());
+    }
+    if vars.crypt {
+        return Some("the layout is encrypted, and this kernel has no device-mapper".into());
+    }
+    if vars.image.contains("://") {
+        return Some("the image is a URL, and the simulated rescue system has no internet".into());
+    }
+    None
 }
 
 impl MachineFacts {
@@ -96,6 +141,7 @@ impl MachineFacts {
             ipv4: "127.0.0.2".into(),
             interface: "eth0".into(),
             disk_dir: disk_dir.to_owned(),
+            real_installimage: None,
         }
     }
 }
@@ -397,6 +443,32 @@ pub fn main_from_args(args: &[String]) -> i32 {
             return 1;
         }
     };
+    if let Some(real) = &facts.real_installimage {
+        let config_text = std::fs::read_to_string(&config).unwrap_or_default();
+        match why_simulated(&config_text, &facts) {
+            None => {
+                let line = format!("caph-sim: running {} for real", real.label);
+                let _ = writeln!(stdout, "{line}");
+                let _ = std::fs::write(RAN_PATH, format!("real\t{line}\n"));
+                // What the last simulated install left must not pass for this one's result.
+                let _ = std::fs::remove_file(facts.disk_dir.join(MANIFEST_NAME));
+                let _ = stdout.flush();
+                use std::os::unix::process::CommandExt as _;
+                let failure = std::process::Command::new(&real.entry).args(args).exec();
+                let _ = writeln!(
+                    stdout,
+                    "installimage (caph-sim): starting {}: {failure}",
+                    real.entry.display()
+                );
+                return 1;
+            }
+            Some(reason) => {
+                let line = format!("caph-sim: running the simulated installimage: {reason}");
+                let _ = writeln!(stdout, "{line}");
+                let _ = std::fs::write(RAN_PATH, format!("simulated\t{line}\n"));
+            }
+        }
+    }
     let outcome = run(
         Options {
             config,

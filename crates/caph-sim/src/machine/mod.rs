@@ -32,6 +32,7 @@
 //! `POST /servers` answers at once even while the first root filesystem is being built.
 
 mod cloud_config;
+mod drives;
 mod rootfs;
 mod sys;
 
@@ -44,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use cloud_config::{CloudConfig, CloudConfigError, HostKey, parse as parse_cloud_config};
+pub use drives::MachineDrive;
 pub use rootfs::ROOTFS_PACKAGES;
 
 use crate::host::{DiskSource, MachineError, MachineHost, MachineInfo, MachineSpec};
@@ -128,6 +130,10 @@ struct Machine {
     dir: PathBuf,
     disk: Disk,
     running: Option<tokio::process::Child>,
+    /// Block devices the machine boots with (see [`SshMachines::set_drives`]).
+    drives: Vec<MachineDrive>,
+    /// The drives' loop devices while the machine runs.
+    attached: Vec<drives::AttachedDrive>,
 }
 
 /// A machine's root filesystem, copied (and the system image built, the first time) by a task;
@@ -276,6 +282,28 @@ impl SshMachines {
     /// unless [`SshMachinesConfig::background_disks`] is on (then see [`SshMachines::wait_for_disk`]).
     pub fn machine_root(&self, server_id: u64) -> Option<PathBuf> {
         self.lock().machines.get(&server_id).map(Machine::root)
+    }
+
+    /// Gives a powered-off machine block devices from its next boot on: each drive's image on a
+    /// loop device, shown in the machine's `/dev`, `/sys/block` and `lsblk` under the drive's
+    /// name, with partition nodes and `/dev/disk/by-uuid` links kept up to date (see the
+    /// `drives` module). An empty list takes them away again.
+    pub fn set_drives(
+        &self,
+        server_id: u64,
+        drives: Vec<MachineDrive>,
+    ) -> Result<(), MachineError> {
+        let mut state = self.lock();
+        let Some(machine) = state.machines.get_mut(&server_id) else {
+            return Err(MachineError(format!("no machine for server {server_id}")));
+        };
+        if machine.running.is_some() {
+            return Err(MachineError(format!(
+                "server {server_id}: drives change only while the machine is off"
+            )));
+        }
+        machine.drives = drives;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -455,6 +483,7 @@ impl SshMachines {
         server_id: u64,
         dir: &Path,
         hostname: &str,
+        attached: &[drives::AttachedDrive],
     ) -> Result<tokio::process::Child, MachineError> {
         let log_path = dir.join("sshd.log");
         let log_file = match std::fs::OpenOptions::new()
@@ -487,6 +516,9 @@ impl SshMachines {
             .arg(dir.join("ssh/sshd_config"))
             .arg(hostname)
             .arg(SSHD)
+            .env("CAPH_SIM_DRIVES", drives::boot_words(attached))
+            .env("CAPH_SIM_DRIVE_SETUP", drives::BOOT_FRAGMENT)
+            .env("CAPH_SIM_UDEV_DATA", dir.join("udev"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -516,6 +548,10 @@ const BOOT_SCRIPT: &str = r#"set -eu
 root=$1 config=$2 name=$3 sshd=$4
 hostname "$name"
 mount --make-rprivate /
+# A machine with drives runs installimage, whose systemd-nspawn needs / to be a mount point.
+if [ -n "${CAPH_SIM_DRIVES:-}" ]; then
+  mount --bind "$root" "$root"
+fi
 mkdir -p "$root/proc" "$root/sys" "$root/dev" "$root/run" "$root/tmp"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 # The network namespace and most sysctls are the host's: a plan's `sysctl --system` must not change
@@ -537,6 +573,9 @@ ln -s /proc/self/fd/1 "$root/dev/stdout"
 ln -s /proc/self/fd/2 "$root/dev/stderr"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$root/dev/shm"
 mount -t tmpfs -o nosuid,nodev,mode=0755 run "$root/run"
+if [ -n "${CAPH_SIM_DRIVES:-}" ]; then
+  eval "$CAPH_SIM_DRIVE_SETUP"
+fi
 if [ -e /etc/resolv.conf ]; then
   rm -f "$root/etc/resolv.conf"
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
@@ -572,6 +611,8 @@ impl MachineHost for SshMachines {
             dir,
             disk: Disk::Preparing(preparing),
             running: None,
+            drives: Vec::new(),
+            attached: Vec::new(),
         };
         self.lock().machines.insert(spec.server_id, machine);
         if !self.background_disks
@@ -588,7 +629,7 @@ impl MachineHost for SshMachines {
 
     async fn power_on(&self, server_id: u64) -> Result<(), MachineError> {
         self.disk_ready(server_id).await?;
-        let (dir, hostname, address, running) = {
+        let (dir, hostname, address, running, machine_drives) = {
             let state = self.lock();
             let Some(machine) = state.machines.get(&server_id) else {
                 return Err(MachineError(format!("no machine for server {server_id}")));
@@ -598,19 +639,30 @@ impl MachineHost for SshMachines {
                 machine.hostname.clone(),
                 machine.address,
                 machine.running.is_some(),
+                machine.drives.clone(),
             )
         };
         if running {
             return Ok(());
         }
         let started = Instant::now();
-        let mut child = self.spawn_machine(server_id, &dir, &hostname)?;
+        let attached = drives::attach_all(&machine_drives).await?;
+        let spawned = write_udev_data(&dir, &machine_drives)
+            .and_then(|()| self.spawn_machine(server_id, &dir, &hostname, &attached));
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                drives::detach_all(&attached).await;
+                return Err(error);
+            }
+        };
         let target = SocketAddr::from((address, 22));
         loop {
             if TcpStream::connect_timeout(&target, POLL_INTERVAL).is_ok() {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
+                drives::detach_all(&attached).await;
                 return Err(MachineError(format!(
                     "server {server_id}: sshd on {target} exited at boot ({status}): {}",
                     log_tail(&dir.join("sshd.log"))
@@ -619,6 +671,7 @@ impl MachineHost for SshMachines {
             if started.elapsed() > SSHD_LISTEN_TIMEOUT {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
+                drives::detach_all(&attached).await;
                 return Err(MachineError(format!(
                     "server {server_id}: sshd on {target} did not listen within {SSHD_LISTEN_TIMEOUT:?}: {}",
                     log_tail(&dir.join("sshd.log"))
@@ -632,17 +685,23 @@ impl MachineHost for SshMachines {
         ));
         if let Some(machine) = self.lock().machines.get_mut(&server_id) {
             machine.running = Some(child);
+            machine.attached = attached;
         }
         Ok(())
     }
 
     async fn power_off(&self, server_id: u64) -> Result<(), MachineError> {
-        let (child, address, dir) = {
+        let (child, address, dir, attached) = {
             let mut state = self.lock();
             let Some(machine) = state.machines.get_mut(&server_id) else {
                 return Err(MachineError(format!("no machine for server {server_id}")));
             };
-            (machine.running.take(), machine.address, machine.dir.clone())
+            (
+                machine.running.take(),
+                machine.address,
+                machine.dir.clone(),
+                std::mem::take(&mut machine.attached),
+            )
         };
         let Some(mut child) = child else {
             return Ok(());
@@ -650,6 +709,7 @@ impl MachineHost for SshMachines {
         let _ = child.start_kill();
         let _ = child.wait().await;
         let _ = std::fs::remove_file(dir.join("machine.pid"));
+        drives::detach_all(&attached).await;
         // The namespace's init dies by PDEATHSIG right after; wait until the address refuses, so
         // that "off" means what a client will observe.
         let target = SocketAddr::from((address, 22));
@@ -755,6 +815,8 @@ impl Drop for SshMachines {
                 let _ = child.start_kill();
             }
         }
+        // Loop devices still held by a dying namespace detach themselves once released.
+        drives::sweep_loops_under(&self.instance_dir);
         state.machines.clear();
         drop(state);
         let _ = sys::remove_tree(&self.instance_dir);
@@ -783,6 +845,7 @@ fn sweep_instances(state_dir: &Path) {
                 }
             }
         }
+        drives::sweep_loops_under(&instance);
         let _ = sys::remove_tree(&instance);
     }
 }
@@ -811,6 +874,22 @@ fn write_private(path: &Path, content: &str) -> Result<(), MachineError> {
         Ok(()) => Ok(()),
         Err(error) => Err(MachineError(format!("writing {}: {error}", path.display()))),
     }
+}
+
+/// Writes udev's database entry of each drive that has one into `<dir>/udev/<name>`, where the
+/// boot copies it from.
+fn write_udev_data(dir: &Path, machine_drives: &[MachineDrive]) -> Result<(), MachineError> {
+    let udev_dir = dir.join("udev");
+    let _ = std::fs::remove_dir_all(&udev_dir);
+    for drive in machine_drives {
+        if let Some(data) = drives::udev_data(drive) {
+            create_private_dir_all(&udev_dir).map_err(|error| {
+                MachineError(format!("creating {}: {error}", udev_dir.display()))
+            })?;
+            write_file(&udev_dir.join(&drive.name), &data)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_file(path: &Path, content: &str) -> Result<(), MachineError> {

@@ -17,6 +17,25 @@ pub struct RobotDrive {
     /// The device path, e.g. `/dev/sda` or `/dev/nvme0n1`.
     pub device: String,
     pub size_bytes: u64,
+    /// The World Wide Name the rescue system's `lsblk -o WWN` shows (`0x5002538e...`).
+    pub wwn: Option<String>,
+    /// The model, as `lsblk -o MODEL` shows it.
+    pub model: Option<String>,
+    /// The serial number, as `lsblk -o SERIAL` shows it.
+    pub serial: Option<String>,
+}
+
+impl RobotDrive {
+    /// A drive with nothing known about it but its device and size.
+    pub fn new(device: &str, size_bytes: u64) -> RobotDrive {
+        RobotDrive {
+            device: device.to_owned(),
+            size_bytes,
+            wwn: None,
+            model: None,
+            serial: None,
+        }
+    }
 }
 
 /// Everything a host needs to know about a dedicated server's machine.

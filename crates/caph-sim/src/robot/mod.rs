@@ -53,6 +53,7 @@
 mod api;
 mod cli;
 mod clock;
+mod disk;
 mod form;
 mod keys;
 mod machines;
@@ -114,11 +115,19 @@ impl RobotServer {
             dc: "FSN1-DC14".into(),
             arch: "x86_64".into(),
             uefi: false,
+            // Two NVMe-class drives with the identity a real one reports (lsblk's WWN, MODEL
+            // and SERIAL), unique per server and drive.
             drives: ["/dev/sda", "/dev/sdb"]
                 .into_iter()
-                .map(|device| RobotDrive {
-                    device: device.into(),
-                    size_bytes: DRIVE_BYTES,
+                .enumerate()
+                .map(|(index, device)| RobotDrive {
+                    wwn: Some(format!(
+                        "0x5002538e{:08x}",
+                        (number << 4) as u32 | index as u32
+                    )),
+                    model: Some("SAMSUNG MZVL2512HCJQ-00B00".into()),
+                    serial: Some(format!("S6JNNX0T{number:06}{index}")),
+                    ..RobotDrive::new(device, DRIVE_BYTES)
                 })
                 .collect(),
             ignore_sw_reset: false,

@@ -32,8 +32,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use crate::host::{DiskSource, MachineError, MachineHost, MachineSpec};
-use crate::installimage::{Drive, InstalledDisk, MANIFEST_NAME, MachineFacts, Manifest};
-use crate::machine::{MachineLog, SshMachines};
+use crate::installimage::{
+    Drive, InstalledDisk, MANIFEST_NAME, MachineFacts, Manifest, RAN_PATH, RealInstallimage,
+};
+use crate::machine::{MachineDrive, MachineLog, SshMachines};
+use crate::real_installimage::InstallimageArchive;
 
 use super::{RescueBoot, RobotMachineSpec, RobotMachines};
 
@@ -51,7 +54,23 @@ pub const RESCUE_TOOLS: &[&str] = &[
     "mdadm",
     "lvm2",
     "systemd-container",
+    // What the real installimage calls besides, as Hetzner's rescue system has it.
+    "xfsprogs",
+    "jq",
+    "gpg-agent",
+    "udev",
+    "uuid-runtime",
+    "locales",
 ];
+
+/// The locale installimage runs under (`LC_ALL=en_US.UTF-8`): without it bsdtar cannot turn the
+/// UTF-8 path names of PAX headers into file names, and the extraction fails.
+const RESCUE_LOCALE: &str = "en_US.UTF-8";
+
+/// Where the real installimage is unpacked in a rescue system, beside the simulated one at
+/// [`INSTALLIMAGE_PATH`](crate::installimage::INSTALLIMAGE_PATH), which hands a run over to it
+/// where the layout allows.
+const REAL_INSTALLIMAGE_DIR: &str = "root/.oldroot/nfs/installimage-real";
 
 /// Where the server's disks appear inside the rescue system.
 const RESCUE_DISK_DIR: &str = "root/.oldroot/disks";
@@ -77,6 +96,9 @@ pub struct SshRobotConfig {
     pub installimage_binary: PathBuf,
     /// Packages added to the rescue template; default [`RESCUE_PACKAGES`].
     pub rescue_packages: Vec<String>,
+    /// The real installimage, run instead of the simulated one for layouts this kernel can
+    /// install (one drive, no RAID, LVM, encryption or UEFI); `None` simulates every run.
+    pub real_installimage: Option<InstallimageArchive>,
     /// Progress lines.
     pub log: Option<MachineLog>,
 }
@@ -88,6 +110,7 @@ impl std::fmt::Debug for SshRobotConfig {
             .field("machines", &self.machines)
             .field("installimage_binary", &self.installimage_binary)
             .field("rescue_packages", &self.rescue_packages)
+            .field("real_installimage", &self.real_installimage)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +157,8 @@ struct Server {
     disk_dir: PathBuf,
     boots: u64,
     current: Option<Current>,
+    /// What the last rescue system said about the installimage it ran.
+    installimage_ran: Option<String>,
 }
 
 /// [`RobotMachines`] on real sshd machines; see the module documentation.
@@ -235,6 +260,15 @@ impl SshRobotMachines {
             .map(|server| server.disk_dir.clone())
     }
 
+    /// What the server's last rescue system printed about the installimage it ran ("caph-sim:
+    /// running Hetzner's installimage (...) for real", or why the simulated one ran), once that
+    /// rescue system is down; `None` before any installimage ran.
+    pub fn installimage_ran(&self, server_number: u64) -> Option<String> {
+        self.lock()
+            .get(&server_number)
+            .and_then(|server| server.installimage_ran.clone())
+    }
+
     /// A fault: the next SSH connection to the server is cut once the client has sent `bytes`
     /// (an upload that breaks off midway). Applies to one connection, then clears.
     pub fn cut_next_connection_after(&self, server_number: u64, bytes: u64) {
@@ -265,7 +299,7 @@ impl SshRobotMachines {
         let image_id = RESCUE_IMAGE_ID + u64::from(architecture == "arm");
         let tools: Vec<String> = RESCUE_TOOLS.iter().map(|name| name.to_string()).collect();
         let stamp = format!(
-            "debian-12 {architecture} packages={} tools={}\n",
+            "debian-12 {architecture} packages={} tools={} locale={RESCUE_LOCALE}\n",
             self.config.rescue_packages.join(","),
             tools.join(",")
         );
@@ -335,6 +369,15 @@ impl SshRobotMachines {
                 ));
             }
         }
+        let locale = format!(
+            "if [ -f /etc/locale.gen ]; then sed -i 's/^# *{RESCUE_LOCALE} /{RESCUE_LOCALE} /' /etc/locale.gen && locale-gen; fi"
+        );
+        if let Err(failure) = chroot_script(&root, &locale).await {
+            self.log(&format!(
+                "rescue template: locale {RESCUE_LOCALE} not generated: {}",
+                failure.0
+            ));
+        }
         if let Some(cached) = &cached {
             match store_template(&root, cached, &stamp).await {
                 Ok(()) => {
@@ -373,6 +416,12 @@ impl SshRobotMachines {
         if current.kind == Kind::Rescue
             && let Some(root) = machines.machine_root(current.machine_id)
         {
+            if let Ok(ran) = std::fs::read_to_string(root.join(RAN_PATH.trim_start_matches('/')))
+                && let Some(server) = self.lock().get_mut(&server_number)
+            {
+                server.installimage_ran =
+                    ran.split_once('\t').map(|(_, line)| line.trim().to_owned());
+            }
             let inside = root.join(RESCUE_DISK_DIR);
             if inside.exists() {
                 std::fs::rename(&inside, &disk_dir).map_err(|failure| {
@@ -655,6 +704,12 @@ fn allocate_address(taken: &[Ipv4Addr]) -> Result<Ipv4Addr, MachineError> {
     )))
 }
 
+/// The image file of a drive in a server's disk directory (`sda.img` for `/dev/sda`): the name
+/// the simulated installimage writes too.
+pub(crate) fn drive_image_name(device: &str) -> String {
+    format!("{}.img", device.rsplit('/').next().unwrap_or("drive"))
+}
+
 /// Where the simulated installimage lives inside the rescue system, and its libraries below it.
 const INSTALL_DIR: &str = "/root/.oldroot/nfs/install";
 
@@ -801,6 +856,12 @@ impl RobotMachines for SshRobotMachines {
             .join(format!("robot-disk-{}", spec.server_number));
         std::fs::create_dir_all(&disk_dir)
             .map_err(|failure| error(format!("creating {}: {failure}", disk_dir.display())))?;
+        for drive in &spec.drives {
+            let image = disk_dir.join(drive_image_name(&drive.device));
+            std::fs::File::create(&image)
+                .and_then(|file| file.set_len(drive.size_bytes))
+                .map_err(|failure| error(format!("creating {}: {failure}", image.display())))?;
+        }
         self.lock().insert(
             spec.server_number,
             Server {
@@ -810,6 +871,7 @@ impl RobotMachines for SshRobotMachines {
                 disk_dir,
                 boots: 0,
                 current: None,
+                installimage_ran: None,
             },
         );
         Ok(address)
@@ -871,6 +933,25 @@ impl RobotMachines for SshRobotMachines {
             }
             let install = root.join("root/.oldroot/nfs/install");
             install_installimage(&self.config.installimage_binary, &install).await?;
+            let real_installimage = match &self.config.real_installimage {
+                Some(archive) => {
+                    archive.unpack_into(&root.join(REAL_INSTALLIMAGE_DIR))?;
+                    Some(RealInstallimage {
+                        entry: PathBuf::from("/")
+                            .join(REAL_INSTALLIMAGE_DIR)
+                            .join("installimage"),
+                        label: archive.label.clone(),
+                    })
+                }
+                None => None,
+            };
+            crate::real_installimage::write_stubs(&root)?;
+            // systemd-nspawn refuses to start without the host's machine id.
+            write(
+                &root.join("etc/machine-id"),
+                format!("{:032x}\n", rand::random::<u128>()).as_bytes(),
+                0o444,
+            )?;
             let facts = MachineFacts {
                 arch: spec.arch.clone(),
                 uefi: spec.uefi,
@@ -885,6 +966,7 @@ impl RobotMachines for SshRobotMachines {
                 ipv4: address.to_string(),
                 interface: "eth0".into(),
                 disk_dir: PathBuf::from("/").join(RESCUE_DISK_DIR),
+                real_installimage,
             };
             let json = serde_json::to_vec_pretty(&facts)
                 .map_err(|failure| error(format!("machine facts: {failure}")))?;
@@ -898,11 +980,32 @@ impl RobotMachines for SshRobotMachines {
                 keys.as_bytes(),
                 0o600,
             )?;
-            std::fs::rename(&disk_dir, root.join(RESCUE_DISK_DIR)).map_err(|failure| {
+            // Where the real rescue system keeps the activation's keys: installimage copies them
+            // into the new system (and without them takes the rescue's root password).
+            write(
+                &root.join("root/.ssh/robot_user_keys"),
+                keys.as_bytes(),
+                0o600,
+            )?;
+            let inside = root.join(RESCUE_DISK_DIR);
+            std::fs::rename(&disk_dir, &inside).map_err(|failure| {
                 error(format!(
                     "moving the disks into the rescue system: {failure}"
                 ))
             })?;
+            machines.set_drives(
+                machine_id,
+                spec.drives
+                    .iter()
+                    .map(|drive| MachineDrive {
+                        name: drive.device.trim_start_matches("/dev/").to_owned(),
+                        image: inside.join(drive_image_name(&drive.device)),
+                        wwn: drive.wwn.clone(),
+                        model: drive.model.clone(),
+                        serial: drive.serial.clone(),
+                    })
+                    .collect(),
+            )?;
             Ok::<(), MachineError>(())
         }
         .await;
@@ -920,14 +1023,25 @@ impl RobotMachines for SshRobotMachines {
         let disk_dir = self
             .disk_dir(server_number)
             .ok_or_else(|| error(format!("no machine for server {server_number}")))?;
-        let Ok(text) = std::fs::read_to_string(disk_dir.join(MANIFEST_NAME)) else {
-            self.log(&format!(
-                "server {server_number}: the disk is empty, nothing boots"
-            ));
-            return Ok(());
+        let spec = self
+            .lock()
+            .get(&server_number)
+            .map(|server| server.spec.clone())
+            .ok_or_else(|| error(format!("no machine for server {server_number}")))?;
+        let manifest: Manifest = match std::fs::read_to_string(disk_dir.join(MANIFEST_NAME)) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|failure| error(format!("{MANIFEST_NAME}: {failure}")))?,
+            // No simulated install: what the real installimage wrote, read from the drive.
+            Err(_) => match super::disk::installed_system(&disk_dir, &spec).await? {
+                Some(manifest) => manifest,
+                None => {
+                    self.log(&format!(
+                        "server {server_number}: the disk is empty, nothing boots"
+                    ));
+                    return Ok(());
+                }
+            },
         };
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|failure| error(format!("{MANIFEST_NAME}: {failure}")))?;
         let (machine_id, spec, address, _) = self.next_machine_id(server_number)?;
         // The installed system's host key and keys, read before the machine exists.
         let staging = ScratchDir::new(disk_dir.parent().unwrap_or(&disk_dir), "boot")?;

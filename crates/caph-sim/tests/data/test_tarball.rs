@@ -24,7 +24,8 @@ pub fn sh(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A rootfs tarball with what installimage insists on, a capability xattr, and entries under
+/// A rootfs tarball with what installimage insists on, an ed25519 host key placeholder, a
+/// capability xattr, and entries under
 /// proc, sys and dev that installimage must skip.
 pub fn make_tarball(work: &Path) -> PathBuf {
     let tree = work.join("tree");
@@ -64,6 +65,9 @@ pub fn make_tarball(work: &Path) -> PathBuf {
     }
     let files = [
         ("etc/ssh/sshd_config", "PermitRootLogin prohibit-password\n"),
+        // An empty placeholder: installimage regenerates exactly the key types whose files
+        // exist (ed25519 here, and not rsa).
+        ("etc/ssh/ssh_host_ed25519_key", ""),
         ("etc/hostname", "image-builder\n"),
         ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n"),
         ("etc/group", "root:x:0:\n"),

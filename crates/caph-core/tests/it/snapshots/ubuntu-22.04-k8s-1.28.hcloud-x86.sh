@@ -32,13 +32,13 @@ chmod 0644 /etc/modules-load.d/caph-image.conf
 # ---- step 3/16: sysctl-config ----
 set -euo pipefail
 install -d -m 0755 /etc/sysctl.d
-cat > /etc/sysctl.d/90-caph-image.conf <<'CAPH_IMAGE_FILE'
+cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
 net.bridge.bridge-nf-call-ip6tables = 1
 net.bridge.bridge-nf-call-iptables = 1
 net.ipv4.ip_forward = 1
 CAPH_IMAGE_FILE
-chown root:root /etc/sysctl.d/90-caph-image.conf
-chmod 0644 /etc/sysctl.d/90-caph-image.conf
+chown root:root /etc/sysctl.d/99-zz-caph-image.conf
+chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
 
 # ---- step 4/16: apply-kernel-settings ----
 set -euo pipefail
@@ -59,7 +59,7 @@ if [ -f /swap.img ]; then rm -f /swap.img; fi
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
-apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ethtool gnupg iproute2 iptables kmod socat open-iscsi nfs-common
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ethtool gnupg iproute2 iptables kmod socat systemd-timesyncd open-iscsi nfs-common
 
 # ---- step 7/16: containerd ----
 set -euo pipefail

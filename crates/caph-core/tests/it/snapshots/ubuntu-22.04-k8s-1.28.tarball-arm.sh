@@ -3,7 +3,7 @@
 # spec sha256 7558bd133bd6e3e48be5a62eacaf912712e76299a205862237f5d781a07be849
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
-# ---- step 1/15: wait-for-system ----
+# ---- step 1/16: wait-for-system ----
 set -euo pipefail
 # cloud-init may still be installing packages on a fresh server; wait where it exists.
 if command -v cloud-init >/dev/null 2>&1; then
@@ -19,7 +19,7 @@ if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then
   flock --timeout 600 /var/lib/dpkg/lock-frontend true
 fi
 
-# ---- step 2/15: kernel-modules-config ----
+# ---- step 2/16: kernel-modules-config ----
 set -euo pipefail
 install -d -m 0755 /etc/modules-load.d
 cat > /etc/modules-load.d/caph-image.conf <<'CAPH_IMAGE_FILE'
@@ -29,18 +29,18 @@ CAPH_IMAGE_FILE
 chown root:root /etc/modules-load.d/caph-image.conf
 chmod 0644 /etc/modules-load.d/caph-image.conf
 
-# ---- step 3/15: sysctl-config ----
+# ---- step 3/16: sysctl-config ----
 set -euo pipefail
 install -d -m 0755 /etc/sysctl.d
-cat > /etc/sysctl.d/90-caph-image.conf <<'CAPH_IMAGE_FILE'
+cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
 net.bridge.bridge-nf-call-ip6tables = 1
 net.bridge.bridge-nf-call-iptables = 1
 net.ipv4.ip_forward = 1
 CAPH_IMAGE_FILE
-chown root:root /etc/sysctl.d/90-caph-image.conf
-chmod 0644 /etc/sysctl.d/90-caph-image.conf
+chown root:root /etc/sysctl.d/99-zz-caph-image.conf
+chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
 
-# ---- step 4/15: swap-off ----
+# ---- step 4/16: swap-off ----
 set -euo pipefail
 swapoff -a || true
 if [ -f /etc/fstab ]; then
@@ -48,13 +48,13 @@ if [ -f /etc/fstab ]; then
 fi
 if [ -f /swap.img ]; then rm -f /swap.img; fi
 
-# ---- step 5/15: packages ----
+# ---- step 5/16: packages ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
-apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ethtool gnupg iproute2 iptables kmod socat open-iscsi nfs-common
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ethtool gnupg iproute2 iptables kmod socat systemd-timesyncd open-iscsi nfs-common
 
-# ---- step 6/15: containerd ----
+# ---- step 6/16: containerd ----
 set -euo pipefail
 caph_fetch() {
   # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
@@ -85,7 +85,7 @@ tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
 rm -f /tmp/caph-containerd.tar.gz
 /usr/local/bin/containerd --version
 
-# ---- step 7/15: containerd-unit ----
+# ---- step 7/16: containerd-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/containerd.service <<'CAPH_IMAGE_FILE'
@@ -113,7 +113,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/containerd.service
 chmod 0644 /etc/systemd/system/containerd.service
 
-# ---- step 8/15: containerd-config ----
+# ---- step 8/16: containerd-config ----
 set -euo pipefail
 install -d -m 0755 /etc/containerd
 cat > /etc/containerd/config.toml <<'CAPH_IMAGE_FILE'
@@ -129,7 +129,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/containerd/config.toml
 chmod 0644 /etc/containerd/config.toml
 
-# ---- step 9/15: runc ----
+# ---- step 9/16: runc ----
 set -euo pipefail
 caph_fetch() {
   # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
@@ -160,7 +160,7 @@ install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
 rm -f /tmp/caph-runc
 /usr/local/sbin/runc --version
 
-# ---- step 10/15: crictl ----
+# ---- step 10/16: crictl ----
 set -euo pipefail
 caph_fetch() {
   # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
@@ -191,7 +191,7 @@ tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
 rm -f /tmp/caph-crictl.tar.gz
 /usr/local/bin/crictl --version
 
-# ---- step 11/15: crictl-config ----
+# ---- step 11/16: crictl-config ----
 set -euo pipefail
 install -d -m 0755 /etc
 cat > /etc/crictl.yaml <<'CAPH_IMAGE_FILE'
@@ -202,7 +202,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/crictl.yaml
 chmod 0644 /etc/crictl.yaml
 
-# ---- step 12/15: kubernetes ----
+# ---- step 12/16: kubernetes ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 install -d -m 0755 /etc/apt/keyrings
@@ -223,13 +223,33 @@ apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y
 apt-mark hold kubelet kubeadm kubectl
 kubelet --version
 
-# ---- step 13/15: enable-services ----
+# ---- step 13/16: enable-services ----
 set -euo pipefail
 # systemctl enable works offline too, so this holds in a chroot as on a booted server.
 systemctl daemon-reload >/dev/null 2>&1 || true
 systemctl enable containerd.service kubelet.service
 
-# ---- step 14/15: provenance ----
+# ---- step 14/16: host-keys-unit ----
+set -euo pipefail
+install -d -m 0755 /etc/systemd/system
+cat > /etc/systemd/system/caph-image-host-keys.service <<'CAPH_IMAGE_FILE'
+[Unit]
+Description=SSH host keys for a node installed from a caph-image tarball
+Before=ssh.service
+ConditionPathExists=/usr/bin/ssh-keygen
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/find /etc/ssh -maxdepth 1 -name ssh_host_*_key -type f -empty -delete
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service multi-user.target
+CAPH_IMAGE_FILE
+chown root:root /etc/systemd/system/caph-image-host-keys.service
+chmod 0644 /etc/systemd/system/caph-image-host-keys.service
+
+# ---- step 15/16: provenance ----
 set -euo pipefail
 # Written like os-release: KEY=value lines a shell can source.
 {
@@ -250,7 +270,7 @@ set -euo pipefail
 } > /etc/caph-image-release
 chmod 0644 /etc/caph-image-release
 
-# ---- step 15/15: hygiene ----
+# ---- step 16/16: hygiene ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 systemctl unmask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service unattended-upgrades.service >/dev/null 2>&1 || true
@@ -258,6 +278,12 @@ apt-get clean
 rm -rf /var/lib/apt/lists/*
 find /var/log -type f -exec truncate -s 0 {} +
 rm -f /etc/ssh/ssh_host_*
+# installimage regenerates only the host key types whose files exist: leave each type
+# as an empty file (no key material), and a unit that makes keys where nothing did.
+install -m 0600 /dev/null /etc/ssh/ssh_host_rsa_key
+install -m 0600 /dev/null /etc/ssh/ssh_host_ecdsa_key
+install -m 0600 /dev/null /etc/ssh/ssh_host_ed25519_key
+systemctl enable caph-image-host-keys.service
 if command -v cloud-init >/dev/null 2>&1; then
   cloud-init clean --logs --machine-id --seed || cloud-init clean --logs
 fi

@@ -33,7 +33,7 @@ chmod 0644 /etc/modules-load.d/caph-image.conf
 # ---- step 3/17: sysctl-config ----
 set -euo pipefail
 install -d -m 0755 /etc/sysctl.d
-cat > /etc/sysctl.d/90-caph-image.conf <<'CAPH_IMAGE_FILE'
+cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
 fs.inotify.max_user_instances = 8192
 fs.inotify.max_user_watches = 524288
 kernel.panic = 10
@@ -45,8 +45,8 @@ net.ipv6.conf.all.forwarding = 1
 vm.max_map_count = 524288
 vm.overcommit_memory = 1
 CAPH_IMAGE_FILE
-chown root:root /etc/sysctl.d/90-caph-image.conf
-chmod 0644 /etc/sysctl.d/90-caph-image.conf
+chown root:root /etc/sysctl.d/99-zz-caph-image.conf
+chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
 
 # ---- step 4/17: apply-kernel-settings ----
 set -euo pipefail
@@ -68,7 +68,7 @@ if [ -f /swap.img ]; then rm -f /swap.img; fi
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
-apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ethtool gnupg iproute2 iptables kmod socat open-iscsi nfs-common lvm2 xfsprogs
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ethtool gnupg iproute2 iptables kmod socat systemd-timesyncd open-iscsi nfs-common lvm2 xfsprogs
 
 # ---- step 7/17: containerd ----
 set -euo pipefail
