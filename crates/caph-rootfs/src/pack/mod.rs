@@ -15,14 +15,14 @@
 //!   sticky bits and every extended attribute (`SCHILY.xattr.*`). Sockets cannot be archived
 //!   and are skipped with a [`PackWarning`]. Sparse files are written in GNU's PAX sparse format
 //!   1.0, found with `SEEK_DATA`/`SEEK_HOLE`, so holes are neither read nor stored.
-//! - **Bounded memory.** About 12 MiB of buffers plus about 5 MiB per gzip thread (four 1 MiB
+//! - **Bounded memory.** About 16 MiB of buffers plus about 5 MiB per gzip thread (four 1 MiB
 //!   chunks in flight each) or about 14 MiB per zstd worker (4 MiB jobs), whatever the tree
-//!   size. Measured peak RSS with 2 threads: 46 MiB (zstd) and 31 MiB (gzip) on a 265 MiB Debian
-//!   rootfs, 49 MiB and 32 MiB on a 1.4 GiB tree.
+//!   size. Measured peak RSS with 2 threads: 47 to 50 MiB (zstd) and 31 to 35 MiB (gzip), on a
+//!   265 MiB Debian rootfs and on a 1.4 GiB tree alike.
 //! - **Pipelined.** The walker (reading, tar framing) hands the stream in 1 MiB blocks to a
-//!   compressor thread, which drives the compressor's workers and hashes and writes the
-//!   output, starting the file's writeback as it goes: reading, compressing and writing overlap,
-//!   and none waits for another beyond a few blocks.
+//!   compressor thread, which only feeds the compressor's workers; its output goes in blocks to
+//!   an output thread that hashes and writes it, starting the file's writeback as it goes.
+//!   Reading, compressing and writing overlap, and none waits for another beyond a few blocks.
 //! - **Rootfs aware.** With [`PackOptions::rootfs`], `proc`, `sys`, `dev` and `run` at the root
 //!   are stored as empty directories and the caches in [`ROOTFS_EXCLUDES`] are left out.
 
