@@ -129,6 +129,9 @@ fn unavailable() -> Option<String> {
     for (path, package) in [
         ("/usr/bin/scp", "openssh-client"),
         ("/usr/bin/ssh", "openssh-client"),
+        // The OpenSSH line that does caph-ssh's work hashes with it, as caph-ssh's upload does
+        // on a server that has it.
+        ("/usr/bin/openssl", "openssl"),
         (harness::GNU_TIME, "time"),
     ] {
         if !Path::new(path).exists() {
