@@ -23,6 +23,13 @@ pub enum DiskSource {
         /// The snapshot's image ID.
         image_id: u64,
     },
+    /// A directory on this host that holds a root filesystem and stays unchanged while the
+    /// machine exists (the Robot simulator's rescue template, or an installed system read off
+    /// a disk). Hosts that keep no disks ignore it.
+    Tree {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
 }
 
 /// Everything a host needs to bring up the machine behind a new server.

@@ -438,3 +438,117 @@ async fn bad_cloud_config_host_keys_are_refused_at_create() {
     assert!(!machines.instance_dir().join("machines/51").exists());
     assert!(machines.machine_root(51).is_none());
 }
+
+/// Mount points of overlay filesystems at or below `dir`, from this process's mountinfo.
+fn overlays_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(" - overlay "))
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_share_read_only_layers_and_never_see_each_others_writes() {
+    let test = "machines_share_read_only_layers_and_never_see_each_others_writes";
+    let Some(machines) = machines(test) else {
+        return;
+    };
+    let instance_dir = machines.instance_dir().to_path_buf();
+    let client = KeyPair::generate_ed25519("layers").unwrap();
+    let spec = |server_id: u64, disk: DiskSource| MachineSpec {
+        server_id,
+        hostname: format!("layers-{server_id}"),
+        disk,
+        authorized_keys: vec![client.public_key().to_openssh()],
+        user_data: None,
+    };
+    let debian = || DiskSource::System {
+        name: "debian-12".to_owned(),
+        architecture: "x86".to_owned(),
+    };
+    let mut sessions = Vec::new();
+    for server_id in [21, 22] {
+        let started = Instant::now();
+        let info = machines.create(spec(server_id, debian())).await.unwrap();
+        eprintln!("create {server_id} took {:.1?}", started.elapsed());
+        machines.power_on(server_id).await.unwrap();
+        let session = connect(
+            SocketAddr::from((info.ipv4, 22)),
+            &client,
+            HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+        )
+        .await;
+        sessions.push(session);
+    }
+    // Each disk is an overlay of the cached image with an upper layer of its own.
+    assert_eq!(overlays_under(&instance_dir).len(), 2);
+    run(
+        &sessions[0],
+        "echo a > /root/only-on-21 && rm /etc/debian_version",
+    )
+    .await;
+    assert_eq!(
+        run(
+            &sessions[1],
+            "test -e /root/only-on-21 && echo file || echo no-file; test -s /etc/debian_version && echo version"
+        )
+        .await,
+        "no-file\nversion\n",
+        "22 sees neither 21's new file nor its deletion"
+    );
+    assert!(
+        !machines
+            .machine_root(22)
+            .unwrap()
+            .join("root/only-on-21")
+            .exists()
+    );
+
+    // A snapshot of 21 carries its writes and its deletions; a server made from it writes on
+    // its own layer, which neither 21 nor the snapshot sees.
+    machines.power_off(21).await.unwrap();
+    machines.snapshot(21, 950).await.unwrap();
+    let info = machines
+        .create(spec(23, DiskSource::Snapshot { image_id: 950 }))
+        .await
+        .unwrap();
+    machines.power_on(23).await.unwrap();
+    let session = connect(
+        SocketAddr::from((info.ipv4, 22)),
+        &client,
+        HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+    )
+    .await;
+    assert_eq!(
+        run(
+            &session,
+            "cat /root/only-on-21; test -e /etc/debian_version || echo gone"
+        )
+        .await,
+        "a\ngone\n"
+    );
+    run(&session, "echo c > /root/only-on-23").await;
+    assert!(
+        !machines
+            .machine_root(21)
+            .unwrap()
+            .join("root/only-on-23")
+            .exists()
+    );
+    // Deleting the snapshot leaves the server made from it whole (as on Hetzner); its layer
+    // goes with the last server standing on it.
+    machines.delete_image(950).await.unwrap();
+    assert_eq!(run(&session, "cat /root/only-on-21").await, "a\n");
+    assert!(instance_dir.join("images/950").exists());
+    machines.delete(23).await.unwrap();
+    assert!(!instance_dir.join("images/950").exists());
+    machines.delete(21).await.unwrap();
+    machines.delete(22).await.unwrap();
+    assert!(overlays_under(&instance_dir).is_empty());
+    drop(machines);
+    assert!(!instance_dir.exists());
+}

@@ -178,6 +178,20 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=ssh.service multi-user.target
 ";
 
+/// Where a tarball node's GRUB settings of ours go: Debian's and Ubuntu's `grub-mkconfig` reads
+/// `/etc/default/grub.d/*.cfg` after `/etc/default/grub`, which installimage rewrites.
+pub const GRUB_CONFIG_PATH: &str = "/etc/default/grub.d/caph-image.cfg";
+
+/// The kernel consoles of an x86 tarball node: the screen (what Hetzner's KVM console shows) and
+/// the first serial port (serial-over-LAN, and QEMU in the tests), the serial port last so that
+/// it is `/dev/console` and systemd's status lines and a login prompt reach it. installimage
+/// replaces `GRUB_CMDLINE_LINUX_DEFAULT` and leaves `GRUB_CMDLINE_LINUX` alone; on arm64 it adds
+/// the consoles itself.
+pub const GRUB_SERIAL_CONSOLE: &str = "\
+# Written by caph-image: kernel messages and a login prompt on the screen and on the first serial port.
+GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX console=tty0 console=ttyS0,115200\"
+";
+
 /// Kernel modules every node loads.
 pub const REQUIRED_MODULES: &[&str] = &["overlay", "br_netfilter"];
 /// sysctls every node sets; a spec may override the values.
@@ -320,6 +334,14 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
         script.line(format!("# {}", user_script.path.replace('\n', " ")));
         script.line(&user_script.content);
         steps.push(run(&format!("script-{}", index + 1), script.finish()));
+    }
+    if target == Target::Tarball && arch == Arch::X86 {
+        steps.push(file(
+            "serial-console",
+            GRUB_CONFIG_PATH,
+            0o644,
+            GRUB_SERIAL_CONSOLE.to_string(),
+        ));
     }
     if target == Target::Tarball {
         steps.push(file(

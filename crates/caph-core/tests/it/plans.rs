@@ -285,3 +285,46 @@ fn current_gid() -> String {
     .trim()
     .to_string()
 }
+
+#[test]
+fn tarball_nodes_get_what_the_real_installimage_needs() {
+    // installimage regenerates only the host key types whose files exist, writes 99-hetzner.conf,
+    // and leaves GRUB_CMDLINE_LINUX alone: see shared/reference/real-consumers.md.
+    let spec = shipped("debian-12-k8s-1.34.toml");
+    let placed = |target, arch| -> Vec<String> {
+        plan::render(&spec, target, arch)
+            .steps
+            .iter()
+            .filter_map(|step| match &step.action {
+                plan::Action::PlaceFile { path, .. } => Some(path.clone()),
+                plan::Action::Run { .. } => None,
+            })
+            .collect()
+    };
+    let x86_tarball = placed(Target::Tarball, Arch::X86);
+    assert!(x86_tarball.contains(&plan::GRUB_CONFIG_PATH.to_owned()));
+    assert!(x86_tarball.contains(&plan::HOST_KEYS_UNIT_PATH.to_owned()));
+    // On arm64 installimage sets the consoles itself; a cloud server keeps Hetzner's settings.
+    assert!(!placed(Target::Tarball, Arch::Arm).contains(&plan::GRUB_CONFIG_PATH.to_owned()));
+    let hcloud = placed(Target::Hcloud, Arch::X86);
+    assert!(!hcloud.contains(&plan::GRUB_CONFIG_PATH.to_owned()));
+    assert!(!hcloud.contains(&plan::HOST_KEYS_UNIT_PATH.to_owned()));
+    assert!(plan::GRUB_SERIAL_CONSOLE.contains("console=tty0 console=ttyS0,115200"));
+    // Our sysctls sort after installimage's 99-hetzner.conf, so ours win where keys overlap.
+    assert!(plan::SYSCTL_CONFIG_PATH.rsplit('/').next().unwrap() > "99-hetzner.conf");
+
+    let hygiene = plan::render(&spec, Target::Tarball, Arch::X86)
+        .steps
+        .into_iter()
+        .find(|step| step.name == "hygiene")
+        .unwrap()
+        .to_script();
+    for key_type in plan::HOST_KEY_PLACEHOLDER_TYPES {
+        assert!(
+            hygiene.contains(&format!(
+                "install -m 0600 /dev/null /etc/ssh/ssh_host_{key_type}_key"
+            )),
+            "{hygiene}"
+        );
+    }
+}

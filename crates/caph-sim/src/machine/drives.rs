@@ -17,8 +17,10 @@
 //!   loop in the machine's boot makes the partition nodes (`/dev/nvme0n1p1`, `/dev/sda1`) and
 //!   the `/dev/disk/by-uuid` links as partitions and filesystems come and go, as udev would.
 //!
-//! The machine's root filesystem is also made a mount point of its own, which `systemd-nspawn`
-//! (run by installimage) requires.
+//! The machine's root filesystem is an overlay mount (see the `layers` module), so it is a mount
+//! point of its own, which `systemd-nspawn` (run by installimage) requires, and its source is
+//! no device: installimage's `unmount_all` unmounts every mounted `/dev/...` before it
+//! partitions, and would try the root too.
 //!
 //! The kernel these simulations run on answers `BLKRRPART` (the partition table re-read that
 //! `sfdisk` and `blockdev --rereadpt` ask for) on a loop device without adding its partitions;

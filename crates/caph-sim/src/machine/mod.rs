@@ -4,8 +4,11 @@
 //!
 //! - **Address**: a random `127.64.0.0/10` address, unique among live machines (never 127.0.0.1),
 //!   with sshd on port 22, as `public_net.ipv4.ip` promises.
-//! - **Disk**: a copy (`cp -a --reflink=auto`) of a cached Debian root filesystem built by mmdebstrap
-//!   (with [`ROOTFS_PACKAGES`]), or of a snapshot. Only Debian's archive is reachable where this
+//! - **Disk**: an overlayfs mount whose read-only lower layers are a cached Debian root filesystem
+//!   built by mmdebstrap (with [`ROOTFS_PACKAGES`]), plus the layers of the snapshot it was made
+//!   from, and whose upper layer is the machine's own (the `layers` module): a create is a mount,
+//!   a snapshot copies what the server changed, and no server sees another's writes. Block
+//!   devices, where a machine has drives, come from the `drives` module. Only Debian's archive is reachable where this
 //!   project is built and tested, so `ubuntu-22.04` and `ubuntu-24.04` are backed by Debian
 //!   bookworm: plans that use apt, systemd and kmod run the same, anything needing Ubuntu's own
 //!   packages or its `/etc/os-release` does not.
@@ -27,12 +30,13 @@
 //! `owner` stamp (pid and start time) whose process is gone; the next [`SshMachines::new`] kills
 //! those machines (recognised by their command lines) and removes the directory.
 //!
-//! The disk of a new machine is copied by a task; `create` waits for it unless
+//! The disk of a new machine is prepared by a task; `create` waits for it unless
 //! [`SshMachinesConfig::background_disks`] is on, which the hcloud simulator wants so that
 //! `POST /servers` answers at once even while the first root filesystem is being built.
 
 mod cloud_config;
 mod drives;
+mod layers;
 mod rootfs;
 mod sys;
 
@@ -134,6 +138,8 @@ struct Machine {
     drives: Vec<MachineDrive>,
     /// The drives' loop devices while the machine runs.
     attached: Vec<drives::AttachedDrive>,
+    /// The read-only layers below the machine's own (topmost first), once its disk is ready.
+    lowers: Vec<PathBuf>,
 }
 
 /// A machine's root filesystem, copied (and the system image built, the first time) by a task;
@@ -141,7 +147,9 @@ struct Machine {
 /// that needs the disk (power on, snapshot) waits for it in any case.
 #[derive(Debug)]
 enum Disk {
-    Preparing(tokio::task::JoinHandle<Result<(), MachineError>>),
+    /// The task that finds (or builds) the lower layers and mounts the overlay; its result is
+    /// the machine's lower layers, topmost first.
+    Preparing(tokio::task::JoinHandle<Result<Vec<PathBuf>, MachineError>>),
     Ready,
     Failed(String),
 }
@@ -155,7 +163,8 @@ impl Machine {
 #[derive(Debug, Default)]
 struct State {
     machines: HashMap<u64, Machine>,
-    images: HashMap<u64, PathBuf>,
+    /// Each snapshot's layers, topmost (its own) first.
+    images: HashMap<u64, Vec<PathBuf>>,
     /// Addresses handed out and not yet released (a machine being created is not in `machines`).
     addresses: HashSet<Ipv4Addr>,
 }
@@ -349,13 +358,13 @@ impl SshMachines {
         self.lock().addresses.remove(&address);
     }
 
-    /// Writes the machine's ssh configuration and starts copying its disk in the background.
+    /// Writes the machine's ssh configuration and starts preparing its disk in the background.
     async fn create_inner(
         &self,
         spec: &MachineSpec,
         address: Ipv4Addr,
         dir: &Path,
-    ) -> Result<tokio::task::JoinHandle<Result<(), MachineError>>, MachineError> {
+    ) -> Result<tokio::task::JoinHandle<Result<Vec<PathBuf>, MachineError>>, MachineError> {
         let cloud = match &spec.user_data {
             Some(user_data) => match cloud_config::parse(user_data) {
                 Ok(cloud) => cloud,
@@ -376,13 +385,14 @@ impl SshMachines {
                 DiskOrigin::System(image)
             }
             DiskSource::Snapshot { image_id } => match self.lock().images.get(image_id) {
-                Some(path) => DiskOrigin::Copy(path.join("root")),
+                Some(layers) => DiskOrigin::Layers(layers.clone()),
                 None => {
                     return Err(MachineError(format!(
                         "snapshot {image_id} has no disk copy on this host"
                     )));
                 }
             },
+            DiskSource::Tree { path } => DiskOrigin::Layers(vec![path.clone()]),
         };
         if let Err(error) = create_private_dir_all(dir) {
             return Err(MachineError(format!("creating {}: {error}", dir.display())));
@@ -431,21 +441,22 @@ impl SshMachines {
 
         let cache = Arc::clone(&self.cache);
         let log = self.log.clone();
-        let root = dir.join("root");
+        let layers = layers::MachineLayers::in_dir(dir);
         let hostname = spec.hostname.clone();
         let preparing = tokio::spawn(async move {
-            let source = match source {
-                DiskOrigin::System(image) => cache.ensure(&image, &log).await?,
-                DiskOrigin::Copy(path) => path,
+            let lowers = match source {
+                DiskOrigin::System(image) => vec![cache.ensure(&image, &log).await?],
+                DiskOrigin::Layers(layers) => layers,
             };
-            rootfs::copy_tree(&source, &root).await?;
+            layers.mount(&lowers).await?;
             // What cloud-init writes on a real server: the hostname.
-            write_file(&root.join("etc/hostname"), &format!("{hostname}\n"))
+            write_file(&layers.root.join("etc/hostname"), &format!("{hostname}\n"))?;
+            Ok(lowers)
         });
         Ok(preparing)
     }
 
-    /// Waits until the machine's disk is copied; its error, if the copy failed.
+    /// Waits until the machine's disk is mounted; its error, if that failed.
     async fn disk_ready(&self, server_id: u64) -> Result<(), MachineError> {
         let preparing = {
             let mut state = self.lock();
@@ -463,12 +474,17 @@ impl SshMachines {
         };
         // Calls for one server never overlap, so nobody else waits on this handle meanwhile.
         let outcome = match preparing.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(lowers)) => Ok(lowers),
             Ok(Err(error)) => Err(format!("server {server_id}: preparing its disk: {error}")),
             Err(error) => Err(format!("server {server_id}: preparing its disk: {error}")),
         };
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(lowers) => {
+                if let Some(machine) = self.lock().machines.get_mut(&server_id) {
+                    machine.lowers = lowers;
+                }
+                Ok(())
+            }
             Err(message) => {
                 if let Some(machine) = self.lock().machines.get_mut(&server_id) {
                     machine.disk = Disk::Failed(message.clone());
@@ -548,10 +564,6 @@ const BOOT_SCRIPT: &str = r#"set -eu
 root=$1 config=$2 name=$3 sshd=$4
 hostname "$name"
 mount --make-rprivate /
-# A machine with drives runs installimage, whose systemd-nspawn needs / to be a mount point.
-if [ -n "${CAPH_SIM_DRIVES:-}" ]; then
-  mount --bind "$root" "$root"
-fi
 mkdir -p "$root/proc" "$root/sys" "$root/dev" "$root/run" "$root/tmp"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 # The network namespace and most sysctls are the host's: a plan's `sysctl --system` must not change
@@ -585,8 +597,10 @@ exec "$sshd" -D -e -f "$config"
 
 /// Where a new machine's disk comes from.
 enum DiskOrigin {
+    /// A system image's cached root filesystem, built first where needed.
     System(rootfs::SystemImage),
-    Copy(PathBuf),
+    /// Layers that exist already (a snapshot's, or a tree of the host's), topmost first.
+    Layers(Vec<PathBuf>),
 }
 
 #[async_trait::async_trait]
@@ -613,6 +627,7 @@ impl MachineHost for SshMachines {
             running: None,
             drives: Vec::new(),
             attached: Vec::new(),
+            lowers: Vec::new(),
         };
         self.lock().machines.insert(spec.server_id, machine);
         if !self.background_disks
@@ -727,10 +742,11 @@ impl MachineHost for SshMachines {
 
     async fn snapshot(&self, server_id: u64, image_id: u64) -> Result<u64, MachineError> {
         self.disk_ready(server_id).await?;
-        let root = match self.lock().machines.get(&server_id) {
-            Some(machine) => machine.root(),
+        let (dir, lowers) = match self.lock().machines.get(&server_id) {
+            Some(machine) => (machine.dir.clone(), machine.lowers.clone()),
             None => return Err(MachineError(format!("no machine for server {server_id}"))),
         };
+        let machine_layers = layers::MachineLayers::in_dir(&dir);
         let image_dir = self.instance_dir.join("images").join(image_id.to_string());
         if let Err(error) = create_private_dir_all(&image_dir) {
             return Err(MachineError(format!(
@@ -738,28 +754,35 @@ impl MachineHost for SshMachines {
                 image_dir.display()
             )));
         }
-        // The machine's mounts (/proc, /dev, /run) live in its own namespace, so the host sees
-        // only the disk: what a snapshot of a real server holds.
-        if let Err(error) = rootfs::copy_tree(&root, &image_dir.join("root")).await {
+        // What the server changed becomes the snapshot's own layer, on top of the layers its
+        // disk started from. The machine's mounts (/proc, /dev, /run) live in its own
+        // namespace and never reach the upper layer: only the disk is kept, as a snapshot of a
+        // real server holds.
+        let own_layer = image_dir.join("layer");
+        if let Err(error) = machine_layers.copy_upper_to(&own_layer).await {
             let _ = sys::remove_tree(&image_dir);
             return Err(error);
         }
-        let measured_root = image_dir.join("root");
+        let measured_root = machine_layers.root.clone();
         let bytes = match tokio::task::spawn_blocking(move || sys::tree_bytes(&measured_root)).await
         {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(error)) => {
+                let _ = sys::remove_tree(&image_dir);
                 return Err(MachineError(format!(
                     "measuring snapshot {image_id}: {error}"
                 )));
             }
             Err(error) => {
+                let _ = sys::remove_tree(&image_dir);
                 return Err(MachineError(format!(
                     "measuring snapshot {image_id}: {error}"
                 )));
             }
         };
-        self.lock().images.insert(image_id, image_dir);
+        let mut image_layers = vec![own_layer];
+        image_layers.extend(lowers);
+        self.lock().images.insert(image_id, image_layers);
         Ok(bytes)
     }
 
@@ -772,8 +795,11 @@ impl MachineHost for SshMachines {
             return Err(MachineError(format!("no machine for server {server_id}")));
         };
         let dir = machine.dir.clone();
+        // Unmounts the overlay (lazily: the machine's namespace may still be going away) and
+        // removes what the machine wrote; the layers below it stay for others.
         let removed = tokio::task::spawn_blocking(move || sys::remove_tree(&dir)).await;
         self.release_address(machine.address);
+        self.remove_unused_image_layers().await;
         match removed {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(MachineError(format!(
@@ -786,17 +812,39 @@ impl MachineHost for SshMachines {
     }
 
     async fn delete_image(&self, image_id: u64) -> Result<(), MachineError> {
-        let Some(dir) = self.lock().images.remove(&image_id) else {
+        if self.lock().images.remove(&image_id).is_none() {
             return Err(MachineError(format!("no disk copy for image {image_id}")));
+        }
+        // Its layer goes once nothing stands on it: a server created from the snapshot keeps
+        // its disk, as on Hetzner, where deleting an image leaves its servers alone.
+        self.remove_unused_image_layers().await;
+        Ok(())
+    }
+}
+
+impl SshMachines {
+    /// Removes the layer of every deleted snapshot that no machine and no other snapshot uses.
+    async fn remove_unused_image_layers(&self) {
+        let unused: Vec<PathBuf> = {
+            let state = self.lock();
+            let used: HashSet<&PathBuf> = state
+                .machines
+                .values()
+                .flat_map(|machine| machine.lowers.iter())
+                .chain(state.images.values().flatten())
+                .collect();
+            std::fs::read_dir(self.instance_dir.join("images"))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|entry| entry.path())
+                        .filter(|dir| !used.contains(&dir.join("layer")))
+                        .collect()
+                })
+                .unwrap_or_default()
         };
-        match tokio::task::spawn_blocking(move || sys::remove_tree(&dir)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(MachineError(format!(
-                "image {image_id}: removing its disk copy: {error}"
-            ))),
-            Err(error) => Err(MachineError(format!(
-                "image {image_id}: removing its disk copy: {error}"
-            ))),
+        for dir in unused {
+            let _ = tokio::task::spawn_blocking(move || sys::remove_tree(&dir)).await;
         }
     }
 }
@@ -815,7 +863,8 @@ impl Drop for SshMachines {
                 let _ = child.start_kill();
             }
         }
-        // Loop devices still held by a dying namespace detach themselves once released.
+        // Loop devices still held by a dying namespace detach themselves once released;
+        // remove_tree unmounts the machines' overlays before it removes anything.
         drives::sweep_loops_under(&self.instance_dir);
         state.machines.clear();
         drop(state);

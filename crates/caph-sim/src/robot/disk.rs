@@ -58,6 +58,17 @@ pub(crate) async fn installed_system(
     if !image.exists() {
         return Ok(None);
     }
+    read_installed_system(&image, &first.device).await
+}
+
+/// The installed system on a drive image, whose device in the rescue system was `device`
+/// (`/dev/sda`, for the partitions' names), or `None` when no partition holds an
+/// `/etc/fstab`. The root is the ext partition with the fstab; the fstab names the others.
+pub async fn read_installed_system(
+    image: &Path,
+    device: &str,
+) -> Result<Option<Manifest>, MachineError> {
+    let image = image.to_path_buf();
     // A drive without a partition table makes sfdisk fail: nothing installed.
     let Ok(table) = output("sfdisk", &["--json".as_ref(), image.as_os_str()]).await else {
         return Ok(None);
@@ -80,7 +91,7 @@ pub(crate) async fn installed_system(
                 .collect()
         })
         .unwrap_or_default();
-    let separator = if first.device.ends_with(|c: char| c.is_ascii_digit()) {
+    let separator = if device.ends_with(|c: char| c.is_ascii_digit()) {
         "p"
     } else {
         ""
@@ -110,7 +121,7 @@ pub(crate) async fn installed_system(
                 .to_owned()
         };
         found.push(InstalledPartition {
-            device: format!("{}{separator}{}", first.device, partition.number),
+            device: format!("{device}{separator}{}", partition.number),
             image: image.clone(),
             start_bytes: partition.start_bytes,
             size_bytes: partition.size_bytes,

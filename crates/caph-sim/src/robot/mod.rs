@@ -76,6 +76,7 @@ use tokio::net::TcpListener;
 pub use crate::hcloud::TimeMode;
 pub use api::routes;
 pub use cli::{RobotArgs, RobotSimCliError, ServedRobot, serve_from_args};
+pub use disk::read_installed_system;
 pub use machines::{
     RescueBoot, RobotAddressOnly, RobotDrive, RobotMachineSpec, RobotMachines, Running,
 };

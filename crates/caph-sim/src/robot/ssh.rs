@@ -22,8 +22,8 @@
 //! asks the simulator for a reboot: the server goes down and boots again after the `sw` reset
 //! time, into the rescue system if an activation is pending.
 //!
-//! The disks persist between boots below the [`SshMachines`] instance directory (moved into each
-//! rescue system and back out when it goes down).
+//! The disks persist between boots below the [`SshMachines`] instance directory, bind-mounted
+//! into each rescue system while it runs and attached there as block devices.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -136,6 +136,9 @@ struct Current {
     forwarder: tokio::task::JoinHandle<()>,
     /// Watches for `reboot` run on the machine.
     watcher: tokio::task::JoinHandle<()>,
+    /// The installed system read off the disk, which the machine's disk is layered on: held
+    /// here only so that it is removed after the machine, when this record goes.
+    _disk_tree: Option<ScratchDir>,
 }
 
 /// The file `reboot` on a machine creates (no init system runs there to act on it); the host
@@ -252,8 +255,8 @@ impl SshRobotMachines {
         self
     }
 
-    /// The disk directory of a server on the host (images or `root/`, and `installed.json`),
-    /// while no rescue system holds it.
+    /// The disk directory of a server on the host: a `<drive>.img` per drive, and `root/` and
+    /// `installed.json` after a simulated install.
     pub fn disk_dir(&self, server_number: u64) -> Option<PathBuf> {
         self.lock()
             .get(&server_number)
@@ -396,15 +399,15 @@ impl SshRobotMachines {
         Ok(Template::Snapshot(image_id))
     }
 
-    /// Powers the current machine off, moves the disks back out of a rescue system and removes
-    /// the machine.
+    /// Powers the current machine off, notes which installimage a rescue system ran, unmounts
+    /// the disks from it and removes the machine.
     async fn stop(&self, server_number: u64) -> Result<(), MachineError> {
-        let (current, disk_dir) = {
+        let current = {
             let mut servers = self.lock();
             let Some(server) = servers.get_mut(&server_number) else {
                 return Err(error(format!("no machine for server {server_number}")));
             };
-            (server.current.take(), server.disk_dir.clone())
+            server.current.take()
         };
         let Some(current) = current else {
             return Ok(());
@@ -422,14 +425,14 @@ impl SshRobotMachines {
                 server.installimage_ran =
                     ran.split_once('\t').map(|(_, line)| line.trim().to_owned());
             }
-            let inside = root.join(RESCUE_DISK_DIR);
-            if inside.exists() {
-                std::fs::rename(&inside, &disk_dir).map_err(|failure| {
-                    error(format!(
-                        "server {server_number}: moving the disks out of the rescue system: {failure}"
-                    ))
-                })?;
-            }
+            // The machine's removal would unmount it too; unmounted first, so the disks are
+            // never below a tree being removed.
+            let _ = command(
+                "umount",
+                &[root.join(RESCUE_DISK_DIR).as_os_str()],
+                "unmounting the disks from the rescue system",
+            )
+            .await;
         }
         machines.delete(current.machine_id).await
     }
@@ -458,6 +461,7 @@ impl SshRobotMachines {
         kind: Kind,
         address: Ipv4Addr,
         backend: SocketAddr,
+        disk_tree: Option<ScratchDir>,
     ) -> Result<(), MachineError> {
         let machines = &self.config.machines;
         let root = machines
@@ -499,6 +503,7 @@ impl SshRobotMachines {
                 kind,
                 forwarder,
                 watcher,
+                _disk_tree: disk_tree,
             });
         }
         self.log(&format!(
@@ -886,6 +891,34 @@ impl RobotMachines for SshRobotMachines {
         server_number: u64,
         rescue: &RescueBoot,
     ) -> Result<(), MachineError> {
+        let booted = self.rescue_boot(server_number, rescue).await;
+        if let Err(failure) = &booted {
+            self.log(&format!(
+                "server {server_number}: the rescue system did not boot: {failure}"
+            ));
+        }
+        booted
+    }
+
+    async fn boot_disk(&self, server_number: u64) -> Result<(), MachineError> {
+        let booted = self.disk_boot(server_number).await;
+        if let Err(failure) = &booted {
+            self.log(&format!(
+                "server {server_number}: the installed system did not boot: {failure}"
+            ));
+        }
+        booted
+    }
+}
+
+impl SshRobotMachines {
+    /// The rescue system: the template's disk with installimage, the activation's keys, the
+    /// server's drives and the machine facts.
+    async fn rescue_boot(
+        &self,
+        server_number: u64,
+        rescue: &RescueBoot,
+    ) -> Result<(), MachineError> {
         self.stop(server_number).await?;
         let (machine_id, spec, address, disk_dir) = self.next_machine_id(server_number)?;
         let template = self.ensure_template(&spec.arch).await?;
@@ -894,10 +927,7 @@ impl RobotMachines for SshRobotMachines {
             Template::Snapshot(image_id) => DiskSource::Snapshot {
                 image_id: *image_id,
             },
-            Template::Tree(_) => DiskSource::System {
-                name: "debian-12".into(),
-                architecture: machine_architecture(&spec.arch).into(),
-            },
+            Template::Tree(tree) => DiskSource::Tree { path: tree.clone() },
         };
         let info = machines
             .create(MachineSpec {
@@ -912,25 +942,6 @@ impl RobotMachines for SshRobotMachines {
             let root = machines
                 .machine_root(machine_id)
                 .ok_or_else(|| error("the rescue machine vanished"))?;
-            if let Template::Tree(tree) = &template {
-                command(
-                    "rm",
-                    &["-rf".as_ref(), root.as_os_str()],
-                    "preparing the rescue disk",
-                )
-                .await?;
-                command(
-                    "cp",
-                    &[
-                        "-a".as_ref(),
-                        "--reflink=auto".as_ref(),
-                        tree.as_os_str(),
-                        root.as_os_str(),
-                    ],
-                    "preparing the rescue disk",
-                )
-                .await?;
-            }
             let install = root.join("root/.oldroot/nfs/install");
             install_installimage(&self.config.installimage_binary, &install).await?;
             let real_installimage = match &self.config.real_installimage {
@@ -987,19 +998,24 @@ impl RobotMachines for SshRobotMachines {
                 keys.as_bytes(),
                 0o600,
             )?;
+            // The disks stay where they are on the host and appear in the rescue system (the
+            // simulated installimage writes there); the real one sees them as block devices.
             let inside = root.join(RESCUE_DISK_DIR);
-            std::fs::rename(&disk_dir, &inside).map_err(|failure| {
-                error(format!(
-                    "moving the disks into the rescue system: {failure}"
-                ))
-            })?;
+            std::fs::create_dir_all(&inside)
+                .map_err(|failure| error(format!("creating {}: {failure}", inside.display())))?;
+            command(
+                "mount",
+                &["--bind".as_ref(), disk_dir.as_os_str(), inside.as_os_str()],
+                "showing the disks in the rescue system",
+            )
+            .await?;
             machines.set_drives(
                 machine_id,
                 spec.drives
                     .iter()
                     .map(|drive| MachineDrive {
                         name: drive.device.trim_start_matches("/dev/").to_owned(),
-                        image: inside.join(drive_image_name(&drive.device)),
+                        image: disk_dir.join(drive_image_name(&drive.device)),
                         wwn: drive.wwn.clone(),
                         model: drive.model.clone(),
                         serial: drive.serial.clone(),
@@ -1014,11 +1030,19 @@ impl RobotMachines for SshRobotMachines {
             return Err(failure);
         }
         let backend = SocketAddr::from((info.ipv4, 22));
-        self.start(server_number, machine_id, Kind::Rescue, address, backend)
-            .await
+        self.start(
+            server_number,
+            machine_id,
+            Kind::Rescue,
+            address,
+            backend,
+            None,
+        )
+        .await
     }
 
-    async fn boot_disk(&self, server_number: u64) -> Result<(), MachineError> {
+    /// The installed system, read off the first drive (or from a simulated directory install).
+    async fn disk_boot(&self, server_number: u64) -> Result<(), MachineError> {
         self.stop(server_number).await?;
         let disk_dir = self
             .disk_dir(server_number)
@@ -1042,7 +1066,7 @@ impl RobotMachines for SshRobotMachines {
                 }
             },
         };
-        let (machine_id, spec, address, _) = self.next_machine_id(server_number)?;
+        let (machine_id, _, address, _) = self.next_machine_id(server_number)?;
         // The installed system's host key and keys, read before the machine exists.
         let staging = ScratchDir::new(disk_dir.parent().unwrap_or(&disk_dir), "boot")?;
         copy_installed(&manifest, &disk_dir, staging.path()).await?;
@@ -1074,9 +1098,10 @@ impl RobotMachines for SshRobotMachines {
             .create(MachineSpec {
                 server_id: machine_id,
                 hostname: manifest.hostname.clone(),
-                disk: DiskSource::System {
-                    name: "debian-12".into(),
-                    architecture: machine_architecture(&spec.arch).into(),
+                // The machine's disk is what was installed, layered so that the installed
+                // tree itself stays as read off the disk.
+                disk: DiskSource::Tree {
+                    path: staging.path().to_owned(),
                 },
                 authorized_keys,
                 user_data,
@@ -1086,19 +1111,6 @@ impl RobotMachines for SshRobotMachines {
             let root = machines
                 .machine_root(machine_id)
                 .ok_or_else(|| error("the machine vanished"))?;
-            // The machine's disk is what was installed, not the system image it was made from.
-            command(
-                "rm",
-                &["-rf".as_ref(), root.as_os_str()],
-                "clearing the machine's disk",
-            )
-            .await?;
-            // Same filesystem (both below the SshMachines instance): a rename, not a copy.
-            std::fs::rename(staging.path(), &root).map_err(|failure| {
-                error(format!("installing the system on the machine: {failure}"))
-            })?;
-            use std::os::unix::fs::PermissionsExt as _;
-            let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));
             write(
                 &root.join("etc/hostname"),
                 format!("{}\n", manifest.hostname).as_bytes(),
@@ -1111,7 +1123,14 @@ impl RobotMachines for SshRobotMachines {
             return Err(failure);
         }
         let backend = SocketAddr::from((info.ipv4, 22));
-        self.start(server_number, machine_id, Kind::Disk, address, backend)
-            .await
+        self.start(
+            server_number,
+            machine_id,
+            Kind::Disk,
+            address,
+            backend,
+            Some(staging),
+        )
+        .await
     }
 }
