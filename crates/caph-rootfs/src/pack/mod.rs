@@ -15,10 +15,14 @@
 //!   sticky bits and every extended attribute (`SCHILY.xattr.*`). Sockets cannot be archived
 //!   and are skipped with a [`PackWarning`]. Sparse files are written in GNU's PAX sparse format
 //!   1.0, found with `SEEK_DATA`/`SEEK_HOLE`, so holes are neither read nor stored.
-//! - **Bounded memory.** About 10 MiB of buffers plus about 5 MiB per gzip thread (four 1 MiB
-//!   chunks in flight each) or about 8 MiB per zstd worker (2 MiB jobs), whatever the tree size.
-//!   Measured peak RSS with 2 threads: 26 MiB on a 265 MiB Debian rootfs, 41 MiB on a 2 GiB tree
-//!   of 100,000 files (60,000 in one directory) and 1.5 GiB of incompressible data.
+//! - **Bounded memory.** About 16 MiB of buffers plus about 5 MiB per gzip thread (four 1 MiB
+//!   chunks in flight each) or about 14 MiB per zstd worker (4 MiB jobs), whatever the tree
+//!   size. Measured peak RSS with 2 threads: 47 to 50 MiB (zstd) and 31 to 35 MiB (gzip), on a
+//!   265 MiB Debian rootfs and on a 1.4 GiB tree alike.
+//! - **Pipelined.** The walker (reading, tar framing) hands the stream in 1 MiB blocks to a
+//!   compressor thread, which only feeds the compressor's workers; its output goes in blocks to
+//!   an output thread that hashes and writes it, starting the file's writeback as it goes.
+//!   Reading, compressing and writing overlap, and none waits for another beyond a few blocks.
 //! - **Rootfs aware.** With [`PackOptions::rootfs`], `proc`, `sys`, `dev` and `run` at the root
 //!   are stored as empty directories and the caches in [`ROOTFS_EXCLUDES`] are left out.
 //! - **Walked by handles, not paths.** Every directory is opened (`openat`, `O_NOFOLLOW`) from
@@ -52,7 +56,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use compress::{Encoder, HashingWriter};
+use compress::{EarlyWriteback, HashingWriter};
 use exclude::Pattern;
 use header::{BLOCK, EntryHeader, TypeFlag, Xattr};
 
@@ -228,7 +232,7 @@ pub struct PackOptions {
     /// Root-relative patterns left out with everything below them; see [`ROOTFS_EXCLUDES`].
     pub excludes: Vec<String>,
     /// Compression threads; 0 means one per available core. The output does not depend on it;
-    /// memory grows by about 5 MiB (gzip) or 8 MiB (zstd) per thread.
+    /// memory grows by about 5 MiB (gzip) or 14 MiB (zstd) per thread.
     pub threads: usize,
     /// Checked before every entry and every 1 MiB of data; once set, the run stops with
     /// [`PackError::Cancelled`] and leaves no output file behind.
@@ -596,7 +600,7 @@ pub fn pack_to_path(
         directory: (output_directory.dev(), output_directory.ino()),
         name: file_name.to_owned(),
     };
-    let buffered = BufWriter::with_capacity(OUTPUT_BUFFER, temp_file);
+    let buffered = BufWriter::with_capacity(OUTPUT_BUFFER, EarlyWriteback::new(temp_file));
     let (buffered, mut summary) = pack_into(
         source,
         buffered,
@@ -607,7 +611,8 @@ pub fn pack_to_path(
     )?;
     let file = buffered
         .into_inner()
-        .map_err(|error| write_error(error.into_error()))?;
+        .map_err(|error| write_error(error.into_error()))?
+        .into_inner();
     set_public_mode(&file).map_err(write_error)?;
     // Synced before the rename, so a crash never leaves a complete-looking but empty file.
     file.sync_all().map_err(write_error)?;
@@ -772,14 +777,15 @@ fn pack_into<W: Write + Send>(
         source,
     };
     let hashing = HashingWriter::new(sink, Arc::clone(&bytes_out));
-    let (pipe, output) = compress::output_pipe();
+    let (pipe, compressor) = compress::tar_pipe();
 
-    // The output (sha256 and the writes) runs on its own thread, so the walker never waits for
-    // the disk; scoped, so the sink may borrow.
+    // Compression and output (sha256 and the writes) run on their own thread, fed through a
+    // bounded pipe, so the walker never waits for a compressor or the disk, nor they for a file
+    // being opened; scoped, so the sink may borrow.
+    let compression = options.compression;
     std::thread::scope(|scope| {
-        let writer = scope.spawn(move || output.run(hashing));
+        let writer = scope.spawn(move || compressor.run(compression, threads, hashing));
         let walked = (|| {
-            let encoder = Encoder::new(options.compression, threads, pipe).map_err(write_error)?;
             let mut walker = Walker {
                 root: source.to_owned(),
                 output_label,
@@ -789,7 +795,7 @@ fn pack_into<W: Write + Send>(
                 epoch: options.source_date_epoch,
                 excludes,
                 empty_dirs,
-                out: encoder,
+                out: pipe,
                 bytes_in: 0,
                 bytes_out: Arc::clone(&bytes_out),
                 links: HashMap::new(),
@@ -813,9 +819,7 @@ fn pack_into<W: Write + Send>(
                 file_bytes,
                 ..
             } = walker;
-            out.finish()
-                .and_then(compress::OutputPipe::close)
-                .map_err(write_error)?;
+            out.close().map_err(write_error)?;
             Ok((bytes_in, counts, file_bytes))
         })();
         // When the walk failed, the pipe is gone by now and the output thread ends too.
@@ -941,7 +945,7 @@ struct Walker<'a> {
     epoch: Option<i64>,
     excludes: Vec<Pattern>,
     empty_dirs: Vec<Pattern>,
-    out: Encoder<compress::OutputPipe>,
+    out: compress::TarPipe,
     bytes_in: u64,
     bytes_out: Arc<AtomicU64>,
     links: HashMap<(u64, u64), FirstLink>,
