@@ -47,7 +47,7 @@ fn run_with(dir: &Path, args: &[&str], environment: &[(&str, &str)]) -> Output {
 /// The shipped Debian spec copied into `dir` as `spec.toml`, with `extra` appended.
 fn spec_in(dir: &Path, extra: &str) {
     let shipped =
-        std::fs::read_to_string(repo().join("images/debian-12-k8s-1.34.toml")).expect("spec");
+        std::fs::read_to_string(repo().join("images/debian-12-k8s-1.36.toml")).expect("spec");
     std::fs::write(dir.join("spec.toml"), format!("{shipped}{extra}")).expect("write spec");
 }
 
@@ -239,14 +239,14 @@ fn run_into_closed_pipe(args: &[&str]) -> Output {
 #[test]
 fn issue_12_a_closed_stdout_ends_quietly_with_the_documented_exit_code() {
     for (args, code) in [
-        (&["plan", "images/debian-12-k8s-1.34.toml"][..], 0),
-        (&["validate", "images/debian-12-k8s-1.34.toml"][..], 0),
+        (&["plan", "images/debian-12-k8s-1.36.toml"][..], 0),
+        (&["validate", "images/debian-12-k8s-1.36.toml"][..], 0),
         (
             &[
                 "validate",
                 "--output",
                 "json",
-                "images/debian-12-k8s-1.34.toml",
+                "images/debian-12-k8s-1.36.toml",
             ][..],
             0,
         ),
@@ -347,7 +347,7 @@ fn issue_12_a_server_type_flag_cannot_add_a_line_to_the_printed_template() {
         &[
             "build",
             "hcloud",
-            "images/debian-12-k8s-1.34.toml",
+            "images/debian-12-k8s-1.36.toml",
             "--arch",
             "x86",
             "--server-type",

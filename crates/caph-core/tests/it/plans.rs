@@ -238,7 +238,7 @@ fn containerd_1_config_parses_as_version_2() {
         .replace("version = \"2.3.4\"", "version = \"1.7.28\"");
     let spec = caph_core::spec::load("x.toml", text.as_bytes(), &DirFiles(images_dir()))
         .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
-    let plan = plan::render(&spec, Target::Tarball, Arch::X86);
+    let plan = plan::render(&spec, Target::Tarball, Arch::X86).expect("the plan");
     let step = plan
         .steps
         .iter()
@@ -247,7 +247,8 @@ fn containerd_1_config_parses_as_version_2() {
     let Action::PlaceFile { content, .. } = &step.action else {
         panic!("not a file step")
     };
-    let config: toml::Table = toml::from_str(std::str::from_utf8(content).unwrap()).unwrap();
+    let config: toml::Table =
+        toml::from_str(std::str::from_utf8(content.as_slice()).unwrap()).unwrap();
     assert_eq!(config["version"].as_integer(), Some(2));
     assert_eq!(
         runc_options(&config, "io.containerd.grpc.v1.cri")["SystemdCgroup"].as_bool(),
@@ -272,6 +273,7 @@ fn automatic_upgrades_stay_off_unless_the_spec_opts_in() {
         let spec = caph_core::spec::load("x.toml", text.as_bytes(), &DirFiles(images_dir()))
             .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
         plan::render(&spec, Target::Tarball, Arch::X86)
+            .expect("the plan")
             .steps
             .into_iter()
             .find(|step| step.name == "hygiene")
@@ -463,7 +465,7 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
 fn a_failed_download_says_so_with_the_url_and_curls_reason() {
     // Issue 15: a refused connection used to end in "no sha256 for ... in <url>".
     let spec = shipped("debian-12-k8s-1.36.toml");
-    let plan = plan::render(&spec, Target::Tarball, Arch::X86);
+    let plan = plan::render(&spec, Target::Tarball, Arch::X86).expect("the plan");
     let script = plan
         .steps
         .iter()

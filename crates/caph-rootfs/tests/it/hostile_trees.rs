@@ -251,7 +251,7 @@ fn issue_12_the_apt_sources_mmdebstrap_writes_refuse_values_that_add_lines() {
     impl caph_core::backend::ProgressSink for Quiet {
         fn event(&self, _: caph_core::backend::ProgressEvent) {}
     }
-    let bytes = fs::read(images.join("debian-12-k8s-1.34.toml")).expect("spec");
+    let bytes = fs::read(images.join("debian-12-k8s-1.36.toml")).expect("spec");
     let mut spec =
         caph_core::spec::load("debian.toml", &bytes, &Beside(images.clone())).expect("valid");
     let missing = assemble::missing_requirements(&spec, caph_core::Arch::X86);
