@@ -56,7 +56,8 @@ content = "built by the tarball test\n"
 hostname = "node-{{server_number}}"
 
 [robot.disk]
-drives = ["/dev/sda", "/dev/sdb"]
+# Resolved by `build robot` against the drives the rescue system lists.
+drives = ["smallest", "smallest"]
 raid_level = 1
 
 [[robot.disk.partitions]]

@@ -90,10 +90,46 @@ pub struct LogicalVolume {
     pub size: Size,
 }
 
+/// How a layout names a drive: by its device, or by a hint that the drives the rescue system
+/// reports resolve (a server's device names are not stable across boots and models; its
+/// drives' WWNs are, and "the smallest drives of equal size" describes the usual system pair).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveRef<'a> {
+    /// `/dev/sda`, `/dev/nvme0n1`.
+    Device(&'a str),
+    /// `wwn:0x5002538e40a1b2c3`: the drive whose World Wide Name `lsblk -o WWN` shows so.
+    Wwn(&'a str),
+    /// `smallest`: one of the smallest drives of equal size, as many as the layout lists.
+    Smallest,
+}
+
+/// The prefix of a WWN drive hint.
+pub const WWN_HINT_PREFIX: &str = "wwn:";
+/// The smallest-drives hint.
+pub const SMALLEST_HINT: &str = "smallest";
+
+impl<'a> DriveRef<'a> {
+    /// Reads a layout's drive entry; `None` when it is neither a device path nor a hint.
+    pub fn parse(text: &'a str) -> Option<DriveRef<'a>> {
+        if text == SMALLEST_HINT {
+            return Some(DriveRef::Smallest);
+        }
+        if let Some(wwn) = text.strip_prefix(WWN_HINT_PREFIX) {
+            let valid = !wwn.is_empty()
+                && wwn
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+            return valid.then_some(DriveRef::Wwn(wwn));
+        }
+        text.starts_with("/dev/").then_some(DriveRef::Device(text))
+    }
+}
+
 /// A whole installimage disk layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskLayout {
-    /// Drives in order (`DRIVE1`, `DRIVE2`, ...).
+    /// Drives in order (`DRIVE1`, `DRIVE2`, ...): device paths, or hints (see [`DriveRef`])
+    /// that an install resolves against the drives the rescue system reports.
     pub drives: Vec<String>,
     /// Software RAID level, when software RAID is on (`SWRAID 1` + `SWRAIDLEVEL`).
     pub raid_level: Option<u8>,
@@ -210,15 +246,43 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         );
     }
     let mut seen_drives = BTreeSet::new();
+    let smallest = layout
+        .drives
+        .iter()
+        .filter(|drive| drive.as_str() == SMALLEST_HINT)
+        .count();
     for (index, drive) in layout.drives.iter().enumerate() {
         let normal = crate::text::normal_path(drive);
-        if !drive.starts_with("/dev/") || drive.split('/').any(|part| part == "..") {
+        match DriveRef::parse(drive) {
+            None => {
+                problem(
+                    format!("drives[{index}]"),
+                    format!("\"{drive}\" is neither a device path nor a drive hint"),
+                    Some(
+                        "use a path under /dev/ (\"/dev/nvme0n1\"), a WWN as lsblk shows it (\"wwn:0x5002538e40a1b2c3\"), or \"smallest\"",
+                    ),
+                );
+                continue;
+            }
+            Some(DriveRef::Smallest) => {
+                if smallest != layout.drives.len() {
+                    problem(
+                        format!("drives[{index}]"),
+                        "\"smallest\" picks drives by size and cannot be mixed with drives named otherwise".into(),
+                        Some("list \"smallest\" once per drive, or name every drive"),
+                    );
+                }
+                continue;
+            }
+            Some(DriveRef::Wwn(_)) | Some(DriveRef::Device(_)) => {}
+        }
+        if drive.starts_with("/dev/") && drive.split('/').any(|part| part == "..") {
             problem(
                 format!("drives[{index}]"),
                 format!("\"{drive}\" is not a device path"),
                 Some("use a path under /dev/, for example \"/dev/nvme0n1\""),
             );
-        } else if normal != *drive {
+        } else if drive.starts_with("/dev/") && normal != *drive {
             // `/dev//sda` and `/dev/sda` are one drive; compared as written, it could be listed twice.
             problem(
                 format!("drives[{index}]"),
@@ -625,5 +689,56 @@ mod tests {
         assert!(Size::parse("5X").is_err());
         assert!(Size::parse("").is_err());
         assert_eq!(Size::MiB(2048).to_string(), "2G");
+    }
+
+    fn two_partitions(drives: &[&str], raid_level: Option<u8>) -> DiskLayout {
+        let partition = |mount: &str, size| Partition {
+            mount: mount.into(),
+            filesystem: "ext4".into(),
+            size,
+            crypt: false,
+        };
+        DiskLayout {
+            drives: drives.iter().map(|drive| drive.to_string()).collect(),
+            raid_level,
+            uefi: false,
+            partitions: vec![
+                partition("/boot", Size::MiB(1024)),
+                partition("/", Size::All),
+            ],
+            volumes: Vec::new(),
+            crypt_password: None,
+        }
+    }
+
+    #[test]
+    fn drives_are_devices_or_hints() {
+        let problems = |drives: &[&str], raid_level| -> Vec<String> {
+            validate_layout(&two_partitions(drives, raid_level))
+                .into_iter()
+                .map(|problem| format!("{}: {}", problem.field, problem.message))
+                .collect()
+        };
+        assert!(problems(&["/dev/nvme0n1"], None).is_empty());
+        assert!(problems(&["wwn:0x5002538e40a1b2c3", "wwn:eui.0025388"], Some(1)).is_empty());
+        assert!(problems(&["smallest", "smallest"], Some(1)).is_empty());
+        assert_eq!(
+            problems(&["smallest", "/dev/sdb"], Some(1)),
+            [
+                "drives[0]: \"smallest\" picks drives by size and cannot be mixed with drives named otherwise"
+            ]
+        );
+        assert_eq!(
+            problems(&["sda"], None),
+            ["drives[0]: \"sda\" is neither a device path nor a drive hint"]
+        );
+        assert_eq!(
+            problems(&["wwn:"], None),
+            ["drives[0]: \"wwn:\" is neither a device path nor a drive hint"]
+        );
+        assert_eq!(
+            problems(&["wwn:0x1", "wwn:0x1"], Some(1)),
+            ["drives[1]: \"wwn:0x1\" is listed twice"]
+        );
     }
 }

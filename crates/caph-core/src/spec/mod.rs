@@ -13,7 +13,8 @@ mod reader;
 use std::collections::BTreeMap;
 
 pub use layout::{
-    CryptPassword, DiskLayout, LayoutProblem, LogicalVolume, Partition, Size, validate_layout,
+    CryptPassword, DiskLayout, DriveRef, LayoutProblem, LogicalVolume, Partition, SMALLEST_HINT,
+    Size, WWN_HINT_PREFIX, validate_layout,
 };
 pub use load::{KUBERNETES_COMPONENTS, RESERVED_LABELS, SpecFiles, load, load_as_of};
 

@@ -393,6 +393,41 @@ async fn run(
     let rescue_key = rescue_session.host_key().clone();
     tracker.set_stage(Stage::InRescue);
 
+    // The server's drives, as its rescue system sees them: the layout's hints resolved and the
+    // layout checked against them before anything is uploaded or written.
+    let listing = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        rescue_session.exec_capture(crate::drives::LSBLK_COMMAND),
+    )
+    .await
+    .map_err(|_| {
+        InstallCause::Invalid(format!(
+            "the rescue system did not list its drives within {PROBE_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(ssh("listing the drives in the rescue system".to_string()))?;
+    if listing.exit_code != 0 {
+        return Err(InstallCause::Invalid(format!(
+            "`{}` failed in the rescue system (exit {}): {}",
+            crate::drives::LSBLK_COMMAND,
+            listing.exit_code,
+            listing.stderr.trim()
+        )));
+    }
+    let drives = crate::drives::parse_lsblk(&listing.stdout).map_err(InstallCause::Invalid)?;
+    let autosetup_text = prepared.for_drives(&drives)?;
+    tracker.say(
+        context,
+        format!(
+            "drives: {}",
+            drives
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    );
+
     // Upload, checked on the rescue system before anything else.
     tracker.enter(
         context,
@@ -446,7 +481,7 @@ async fn run(
 
     // The autosetup and the post-install script.
     for (path, text, mode) in [
-        ("/autosetup", &prepared.autosetup, 0o600),
+        ("/autosetup", &autosetup_text, 0o600),
         (POST_INSTALL_PATH, &prepared.post_install, 0o700),
     ] {
         rescue_session
@@ -552,7 +587,7 @@ async fn run(
         image: prepared.image_name.clone(),
         tarball_sha256: uploaded.sha256,
         tarball_bytes,
-        autosetup: crate::autosetup::redacted(&prepared.autosetup),
+        autosetup: crate::autosetup::redacted(&autosetup_text),
         checks: verdict.checks,
         duration: started.elapsed(),
     })

@@ -286,6 +286,18 @@ pub enum InstallCause {
         /// The rendered autosetup.
         text: String,
     },
+    /// The layout does not fit the drives the rescue system reports (checked before the upload).
+    #[error(
+        "the layout does not fit the server's drives:\n  {}\nthe rescue system shows: {}",
+        .problems.join("\n  "),
+        if .found.is_empty() { "no drives".to_string() } else { .found.join("; ") }
+    )]
+    Drives {
+        /// Every problem.
+        problems: Vec<String>,
+        /// The drives, as `lsblk` in the rescue system lists them.
+        found: Vec<String>,
+    },
     /// The spec or the arguments do not describe an install.
     #[error("{0}")]
     Invalid(String),

@@ -886,3 +886,90 @@ async fn issue_12_an_encrypted_layout_is_installed_encrypted_and_its_passphrase_
     assert_eq!(encrypted.mount, "/");
     assert!(encrypted.opens_with(PASSPHRASE));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_naming_a_drive_the_server_lacks_is_refused_with_the_drives_it_has() {
+    let test = "a_layout_naming_a_drive_the_server_lacks_is_refused_with_the_drives_it_has";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    let mut target = InstallTarget::new(SERVER, &tarball);
+    target.layout = Some(
+        layout_from_autosetup("DRIVE1 /dev/nvme0n1\nPART /boot ext4 512M\nPART / ext4 all\n")
+            .expect("a layout"),
+    );
+    let error = setup
+        .backend
+        .install(&setup.context, &spec, &target)
+        .await
+        .expect_err("the server has no nvme0n1");
+    let message = full_message(&error);
+    eprintln!("{message}");
+    assert!(
+        matches!(error.cause, InstallCause::Drives { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("DRIVE1 /dev/nvme0n1 is not a drive of this machine"),
+        "{message}"
+    );
+    // The drives the rescue system's lsblk lists, and nothing was uploaded or installed.
+    assert!(
+        message.contains("the rescue system shows: /dev/sda (3.2 GB), /dev/sdb (3.2 GB)")
+            || message.contains("the rescue system shows: /dev/sda (3.2 GB); /dev/sdb (3.2 GB)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("installimage did not run; nothing on its disks changed"),
+        "{message}"
+    );
+    assert!(
+        !setup
+            .recorder
+            .lines()
+            .iter()
+            .any(|line| line.contains("upload")),
+        "nothing was uploaded"
+    );
+    assert_no_pending_rescue(&setup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_hints_resolve_against_the_rescue_systems_drives() {
+    let test = "drive_hints_resolve_against_the_rescue_systems_drives";
+    let Some(setup) = setup_or_skip(test).await else {
+        return;
+    };
+    let spec = support::spec();
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    let mut target = InstallTarget::new(SERVER, &tarball);
+    target.layout = Some(
+        layout_from_autosetup(
+            "DRIVE1 smallest\nDRIVE2 smallest\nSWRAID 1\nSWRAIDLEVEL 1\nPART /boot ext4 512M\nPART / ext4 all\n",
+        )
+        .expect("a layout"),
+    );
+    let report = setup
+        .backend
+        .install(&setup.context, &spec, &target)
+        .await
+        .expect("the install");
+    assert!(
+        report
+            .autosetup
+            .contains("DRIVE1 /dev/sda\nDRIVE2 /dev/sdb\n"),
+        "{}",
+        report.autosetup
+    );
+    assert!(
+        setup
+            .recorder
+            .lines()
+            .iter()
+            .any(|line| line.contains("drives: /dev/sda (3.2 GB); /dev/sdb (3.2 GB)")),
+        "{:?}",
+        setup.recorder.lines()
+    );
+}

@@ -1,6 +1,6 @@
 #!/bin/bash
 # caph-image plan: image debian-12-k8s-v1.36.4, target tarball, architecture arm
-# spec sha256 d2b065648d4a07b0440fa59ca7edc0345e5e3a78cdfb87c01ff60c5d101a2326
+# spec sha256 30e3ccc78022772b20b104e72839de38023edea8bcfafa730acca5c4f79fad1d
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
 # ---- step 1/20: wait-for-system ----
@@ -429,7 +429,7 @@ set -euo pipefail
 {
   printf '%s=%s\n' CAPH_IMAGE_NAME debian-12-k8s-v1.36.4
   printf '%s=%s\n' SPEC_FILE images/debian-12-k8s-1.36.toml
-  printf '%s=%s\n' SPEC_SHA256 d2b065648d4a07b0440fa59ca7edc0345e5e3a78cdfb87c01ff60c5d101a2326
+  printf '%s=%s\n' SPEC_SHA256 30e3ccc78022772b20b104e72839de38023edea8bcfafa730acca5c4f79fad1d
   printf '%s=%s\n' OS debian
   printf '%s=%s\n' OS_VERSION 12
   printf '%s=%s\n' ARCHITECTURE arm

@@ -1,6 +1,6 @@
 #!/bin/bash
 # caph-image plan: image ubuntu-24.04-k8s-v1.36.4, target hcloud, architecture x86
-# spec sha256 017326afd449ef114dd77be585f7760653d9a15c0f7e51b03a296359b2579f1d
+# spec sha256 87dd3fd1e8bbf410304d3b1038acbbf54ae78224898a0fc7e1959a665b5ae26d
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
 # ---- step 1/21: wait-for-system ----
@@ -434,7 +434,7 @@ set -euo pipefail
 {
   printf '%s=%s\n' CAPH_IMAGE_NAME ubuntu-24.04-k8s-v1.36.4
   printf '%s=%s\n' SPEC_FILE images/ubuntu-24.04-k8s-1.36.toml
-  printf '%s=%s\n' SPEC_SHA256 017326afd449ef114dd77be585f7760653d9a15c0f7e51b03a296359b2579f1d
+  printf '%s=%s\n' SPEC_SHA256 87dd3fd1e8bbf410304d3b1038acbbf54ae78224898a0fc7e1959a665b5ae26d
   printf '%s=%s\n' OS ubuntu
   printf '%s=%s\n' OS_VERSION 24.04
   printf '%s=%s\n' ARCHITECTURE x86
