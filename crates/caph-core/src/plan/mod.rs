@@ -186,6 +186,27 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=ssh.service multi-user.target
 ";
 
+/// Where a tarball node's cloud-init settings go.
+pub const CLOUD_INIT_CONFIG_PATH: &str = "/etc/cloud/cloud.cfg.d/99-caph-image.cfg";
+
+/// cloud-init on a tarball node, as Cluster API Provider Hetzner provisions a dedicated server:
+/// its post-install script seeds the NoCloud data source (`/var/lib/cloud/seed/nocloud-net`)
+/// with the bootstrap data, installimage writes the network configuration and makes the SSH host
+/// keys, and CAPH then logs in as root over SSH and waits for `cloud-init status` to say done.
+pub const CLOUD_INIT_TARBALL_CONFIG: &str = "\
+# Written by caph-image for a dedicated server installed by installimage.
+# The bootstrap data comes from the NoCloud seed that Cluster API Provider Hetzner's post-install
+# script writes (/var/lib/cloud/seed/nocloud-net); there is no metadata service to ask.
+datasource_list: [ NoCloud, None ]
+# installimage writes the network configuration for the interface it found.
+network:
+  config: disabled
+# installimage made this node's SSH host keys: keep them (cloud-init makes only missing types).
+ssh_deletekeys: false
+# Cluster API Provider Hetzner logs in as root with the keys installimage installed.
+disable_root: false
+";
+
 /// Where a tarball node's GRUB settings of ours go: Debian's and Ubuntu's `grub-mkconfig` reads
 /// `/etc/default/grub.d/*.cfg` after `/etc/default/grub`, which installimage rewrites.
 pub const GRUB_CONFIG_PATH: &str = "/etc/default/grub.d/caph-image.cfg";
@@ -364,6 +385,15 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Result<Plan, Unsa
         script.line(format!("# {}", user_script.path.replace('\n', " ")));
         script.line(&user_script.content);
         steps.push(run(&format!("script-{}", index + 1), script.finish()));
+    }
+    if target == Target::Tarball {
+        steps.push(run("cloud-init", cloud_init_install()));
+        steps.push(file(
+            "cloud-init-config",
+            CLOUD_INIT_CONFIG_PATH,
+            0o644,
+            CLOUD_INIT_TARBALL_CONFIG.to_string(),
+        ));
     }
     if target == Target::Tarball && arch == Arch::X86 {
         steps.push(file(
@@ -560,6 +590,18 @@ fn swap_off() -> String {
     script.line("  sed -i -E 's@^([^#[:space:]][^[:space:]]*[[:space:]]+[^[:space:]]+[[:space:]]+swap[[:space:]].*)$@# swap disabled by caph-image: \\1@' /etc/fstab");
     script.line("fi");
     script.line("if [ -f /swap.img ]; then rm -f /swap.img; fi");
+    script.finish()
+}
+
+/// cloud-init for a tarball node (a Hetzner Cloud system image has its own, with Hetzner's data
+/// source).
+fn cloud_init_install() -> String {
+    let mut script = Script::new();
+    script.line("export DEBIAN_FRONTEND=noninteractive");
+    script.line(format!(
+        "{APT} install -y --no-install-recommends cloud-init"
+    ));
+    script.line("cloud-init --version");
     script.finish()
 }
 

@@ -437,7 +437,14 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
     assert!(x86_tarball.contains(&plan::HOST_KEYS_UNIT_PATH.to_owned()));
     // On arm64 installimage sets the consoles itself; a cloud server keeps Hetzner's settings.
     assert!(!placed(Target::Tarball, Arch::Arm).contains(&plan::GRUB_CONFIG_PATH.to_owned()));
+    // cloud-init with the NoCloud seed CAPH writes, on every tarball; a cloud server keeps the
+    // system image's, with Hetzner's data source.
+    assert!(x86_tarball.contains(&plan::CLOUD_INIT_CONFIG_PATH.to_owned()));
+    assert!(placed(Target::Tarball, Arch::Arm).contains(&plan::CLOUD_INIT_CONFIG_PATH.to_owned()));
+    assert!(plan::CLOUD_INIT_TARBALL_CONFIG.contains("datasource_list: [ NoCloud, None ]"));
+    assert!(plan::CLOUD_INIT_TARBALL_CONFIG.contains("network:\n  config: disabled"));
     let hcloud = placed(Target::Hcloud, Arch::X86);
+    assert!(!hcloud.contains(&plan::CLOUD_INIT_CONFIG_PATH.to_owned()));
     assert!(!hcloud.contains(&plan::GRUB_CONFIG_PATH.to_owned()));
     assert!(!hcloud.contains(&plan::HOST_KEYS_UNIT_PATH.to_owned()));
     assert!(plan::GRUB_SERIAL_CONSOLE.contains("console=tty0 console=ttyS0,115200"));

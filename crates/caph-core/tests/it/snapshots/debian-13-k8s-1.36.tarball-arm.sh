@@ -3,7 +3,7 @@
 # spec sha256 208c86828661ec47bbbd81125095ef4f3fce74313582f5d15c0797d8ab59be0e
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
-# ---- step 1/20: wait-for-system ----
+# ---- step 1/22: wait-for-system ----
 set -euo pipefail
 # cloud-init may still be installing packages on a fresh server; wait where it exists.
 if command -v cloud-init >/dev/null 2>&1; then
@@ -19,7 +19,7 @@ if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then
   flock --timeout 600 /var/lib/dpkg/lock-frontend true
 fi
 
-# ---- step 2/20: kernel-modules-config ----
+# ---- step 2/22: kernel-modules-config ----
 set -euo pipefail
 install -d -m 0755 /etc/modules-load.d
 cat > /etc/modules-load.d/caph-image.conf <<'CAPH_IMAGE_FILE'
@@ -29,7 +29,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/modules-load.d/caph-image.conf
 chmod 0644 /etc/modules-load.d/caph-image.conf
 
-# ---- step 3/20: sysctl-config ----
+# ---- step 3/22: sysctl-config ----
 set -euo pipefail
 install -d -m 0755 /etc/sysctl.d
 cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
@@ -43,7 +43,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/sysctl.d/99-zz-caph-image.conf
 chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
 
-# ---- step 4/20: swap-off ----
+# ---- step 4/22: swap-off ----
 set -euo pipefail
 swapoff -a || true
 if [ -f /etc/fstab ]; then
@@ -51,13 +51,13 @@ if [ -f /etc/fstab ]; then
 fi
 if [ -f /swap.img ]; then rm -f /swap.img; fi
 
-# ---- step 5/20: packages ----
+# ---- step 5/22: packages ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat systemd-timesyncd util-linux open-iscsi nfs-common lvm2
 
-# ---- step 6/20: containerd ----
+# ---- step 6/22: containerd ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -102,7 +102,7 @@ tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
 rm -f /tmp/caph-containerd.tar.gz
 /usr/local/bin/containerd --version
 
-# ---- step 7/20: containerd-unit ----
+# ---- step 7/22: containerd-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/containerd.service <<'CAPH_IMAGE_FILE'
@@ -130,12 +130,12 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/containerd.service
 chmod 0644 /etc/systemd/system/containerd.service
 
-# ---- step 8/20: containerd-directories ----
+# ---- step 8/22: containerd-directories ----
 set -euo pipefail
 # Registry host configurations (mirrors) and config drop-ins, which config.toml names.
 install -d -m 0755 /etc/containerd/certs.d /etc/containerd/conf.d
 
-# ---- step 9/20: containerd-config ----
+# ---- step 9/22: containerd-config ----
 set -euo pipefail
 install -d -m 0755 /etc/containerd
 cat > /etc/containerd/config.toml <<'CAPH_IMAGE_FILE'
@@ -158,7 +158,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/containerd/config.toml
 chmod 0644 /etc/containerd/config.toml
 
-# ---- step 10/20: runc ----
+# ---- step 10/22: runc ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -203,7 +203,7 @@ install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
 rm -f /tmp/caph-runc
 /usr/local/sbin/runc --version
 
-# ---- step 11/20: crictl ----
+# ---- step 11/22: crictl ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -248,7 +248,7 @@ tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
 rm -f /tmp/caph-crictl.tar.gz
 /usr/local/bin/crictl --version
 
-# ---- step 12/20: crictl-config ----
+# ---- step 12/22: crictl-config ----
 set -euo pipefail
 install -d -m 0755 /etc
 cat > /etc/crictl.yaml <<'CAPH_IMAGE_FILE'
@@ -259,7 +259,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/crictl.yaml
 chmod 0644 /etc/crictl.yaml
 
-# ---- step 13/20: cni-plugins ----
+# ---- step 13/22: cni-plugins ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -306,7 +306,7 @@ rm -f /tmp/caph-cni-plugins.tgz
 # Every CNI plugin answers the VERSION command of the CNI specification.
 CNI_COMMAND=VERSION /opt/cni/bin/loopback </dev/null
 
-# ---- step 14/20: kubernetes ----
+# ---- step 14/22: kubernetes ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -359,7 +359,7 @@ install -m 0755 /tmp/caph-kubelet /usr/local/bin/kubelet
 rm -f /tmp/caph-kubelet
 /usr/local/bin/kubelet --version
 
-# ---- step 15/20: kubelet-unit ----
+# ---- step 15/22: kubelet-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/kubelet.service <<'CAPH_IMAGE_FILE'
@@ -381,7 +381,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service
 chmod 0644 /etc/systemd/system/kubelet.service
 
-# ---- step 16/20: kubelet-kubeadm-dropin ----
+# ---- step 16/22: kubelet-kubeadm-dropin ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system/kubelet.service.d
 cat > /etc/systemd/system/kubelet.service.d/10-kubeadm.conf <<'CAPH_IMAGE_FILE'
@@ -397,13 +397,38 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 chmod 0644 /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 
-# ---- step 17/20: enable-services ----
+# ---- step 17/22: enable-services ----
 set -euo pipefail
 # systemctl enable works offline too, so this holds in a chroot as on a booted server.
 systemctl daemon-reload >/dev/null 2>&1 || true
 systemctl enable containerd.service kubelet.service
 
-# ---- step 18/20: host-keys-unit ----
+# ---- step 18/22: cloud-init ----
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends cloud-init
+cloud-init --version
+
+# ---- step 19/22: cloud-init-config ----
+set -euo pipefail
+install -d -m 0755 /etc/cloud/cloud.cfg.d
+cat > /etc/cloud/cloud.cfg.d/99-caph-image.cfg <<'CAPH_IMAGE_FILE'
+# Written by caph-image for a dedicated server installed by installimage.
+# The bootstrap data comes from the NoCloud seed that Cluster API Provider Hetzner's post-install
+# script writes (/var/lib/cloud/seed/nocloud-net); there is no metadata service to ask.
+datasource_list: [ NoCloud, None ]
+# installimage writes the network configuration for the interface it found.
+network:
+  config: disabled
+# installimage made this node's SSH host keys: keep them (cloud-init makes only missing types).
+ssh_deletekeys: false
+# Cluster API Provider Hetzner logs in as root with the keys installimage installed.
+disable_root: false
+CAPH_IMAGE_FILE
+chown root:root /etc/cloud/cloud.cfg.d/99-caph-image.cfg
+chmod 0644 /etc/cloud/cloud.cfg.d/99-caph-image.cfg
+
+# ---- step 20/22: host-keys-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/caph-image-host-keys.service <<'CAPH_IMAGE_FILE'
@@ -423,7 +448,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/caph-image-host-keys.service
 chmod 0644 /etc/systemd/system/caph-image-host-keys.service
 
-# ---- step 19/20: provenance ----
+# ---- step 21/22: provenance ----
 set -euo pipefail
 # Written like os-release: KEY=value lines a shell can source.
 {
@@ -444,7 +469,7 @@ set -euo pipefail
 } > /etc/caph-image-release
 chmod 0644 /etc/caph-image-release
 
-# ---- step 20/20: hygiene ----
+# ---- step 22/22: hygiene ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # No automatic upgrades on a node (system.automatic_upgrades = false): apt's timers stay masked, and apt's periodic jobs are off.

@@ -3,7 +3,7 @@
 # spec sha256 87dd3fd1e8bbf410304d3b1038acbbf54ae78224898a0fc7e1959a665b5ae26d
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
-# ---- step 1/21: wait-for-system ----
+# ---- step 1/23: wait-for-system ----
 set -euo pipefail
 # cloud-init may still be installing packages on a fresh server; wait where it exists.
 if command -v cloud-init >/dev/null 2>&1; then
@@ -19,7 +19,7 @@ if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then
   flock --timeout 600 /var/lib/dpkg/lock-frontend true
 fi
 
-# ---- step 2/21: kernel-modules-config ----
+# ---- step 2/23: kernel-modules-config ----
 set -euo pipefail
 install -d -m 0755 /etc/modules-load.d
 cat > /etc/modules-load.d/caph-image.conf <<'CAPH_IMAGE_FILE'
@@ -30,7 +30,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/modules-load.d/caph-image.conf
 chmod 0644 /etc/modules-load.d/caph-image.conf
 
-# ---- step 3/21: sysctl-config ----
+# ---- step 3/23: sysctl-config ----
 set -euo pipefail
 install -d -m 0755 /etc/sysctl.d
 cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
@@ -48,7 +48,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/sysctl.d/99-zz-caph-image.conf
 chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
 
-# ---- step 4/21: swap-off ----
+# ---- step 4/23: swap-off ----
 set -euo pipefail
 swapoff -a || true
 if [ -f /etc/fstab ]; then
@@ -56,13 +56,13 @@ if [ -f /etc/fstab ]; then
 fi
 if [ -f /swap.img ]; then rm -f /swap.img; fi
 
-# ---- step 5/21: packages ----
+# ---- step 5/23: packages ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat systemd-timesyncd util-linux open-iscsi nfs-common lvm2 xfsprogs
 
-# ---- step 6/21: containerd ----
+# ---- step 6/23: containerd ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -107,7 +107,7 @@ tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
 rm -f /tmp/caph-containerd.tar.gz
 /usr/local/bin/containerd --version
 
-# ---- step 7/21: containerd-unit ----
+# ---- step 7/23: containerd-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/containerd.service <<'CAPH_IMAGE_FILE'
@@ -135,12 +135,12 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/containerd.service
 chmod 0644 /etc/systemd/system/containerd.service
 
-# ---- step 8/21: containerd-directories ----
+# ---- step 8/23: containerd-directories ----
 set -euo pipefail
 # Registry host configurations (mirrors) and config drop-ins, which config.toml names.
 install -d -m 0755 /etc/containerd/certs.d /etc/containerd/conf.d
 
-# ---- step 9/21: containerd-config ----
+# ---- step 9/23: containerd-config ----
 set -euo pipefail
 install -d -m 0755 /etc/containerd
 cat > /etc/containerd/config.toml <<'CAPH_IMAGE_FILE'
@@ -163,7 +163,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/containerd/config.toml
 chmod 0644 /etc/containerd/config.toml
 
-# ---- step 10/21: runc ----
+# ---- step 10/23: runc ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -208,7 +208,7 @@ install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
 rm -f /tmp/caph-runc
 /usr/local/sbin/runc --version
 
-# ---- step 11/21: crictl ----
+# ---- step 11/23: crictl ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -253,7 +253,7 @@ tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
 rm -f /tmp/caph-crictl.tar.gz
 /usr/local/bin/crictl --version
 
-# ---- step 12/21: crictl-config ----
+# ---- step 12/23: crictl-config ----
 set -euo pipefail
 install -d -m 0755 /etc
 cat > /etc/crictl.yaml <<'CAPH_IMAGE_FILE'
@@ -264,7 +264,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/crictl.yaml
 chmod 0644 /etc/crictl.yaml
 
-# ---- step 13/21: cni-plugins ----
+# ---- step 13/23: cni-plugins ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -311,7 +311,7 @@ rm -f /tmp/caph-cni-plugins.tgz
 # Every CNI plugin answers the VERSION command of the CNI specification.
 CNI_COMMAND=VERSION /opt/cni/bin/loopback </dev/null
 
-# ---- step 14/21: kubernetes ----
+# ---- step 14/23: kubernetes ----
 set -euo pipefail
 caph_download() {
   # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
@@ -364,7 +364,7 @@ install -m 0755 /tmp/caph-kubelet /usr/local/bin/kubelet
 rm -f /tmp/caph-kubelet
 /usr/local/bin/kubelet --version
 
-# ---- step 15/21: kubelet-unit ----
+# ---- step 15/23: kubelet-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/kubelet.service <<'CAPH_IMAGE_FILE'
@@ -386,7 +386,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service
 chmod 0644 /etc/systemd/system/kubelet.service
 
-# ---- step 16/21: kubelet-kubeadm-dropin ----
+# ---- step 16/23: kubelet-kubeadm-dropin ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system/kubelet.service.d
 cat > /etc/systemd/system/kubelet.service.d/10-kubeadm.conf <<'CAPH_IMAGE_FILE'
@@ -402,13 +402,13 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 chmod 0644 /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
 
-# ---- step 17/21: enable-services ----
+# ---- step 17/23: enable-services ----
 set -euo pipefail
 # systemctl enable works offline too, so this holds in a chroot as on a booted server.
 systemctl daemon-reload >/dev/null 2>&1 || true
 systemctl enable containerd.service kubelet.service
 
-# ---- step 18/21: file-1 ----
+# ---- step 18/23: file-1 ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/networkd.conf.d
 cat > /etc/systemd/networkd.conf.d/99-caph-cilium.conf <<'CAPH_IMAGE_FILE'
@@ -420,7 +420,32 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/networkd.conf.d/99-caph-cilium.conf
 chmod 0644 /etc/systemd/networkd.conf.d/99-caph-cilium.conf
 
-# ---- step 19/21: host-keys-unit ----
+# ---- step 19/23: cloud-init ----
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends cloud-init
+cloud-init --version
+
+# ---- step 20/23: cloud-init-config ----
+set -euo pipefail
+install -d -m 0755 /etc/cloud/cloud.cfg.d
+cat > /etc/cloud/cloud.cfg.d/99-caph-image.cfg <<'CAPH_IMAGE_FILE'
+# Written by caph-image for a dedicated server installed by installimage.
+# The bootstrap data comes from the NoCloud seed that Cluster API Provider Hetzner's post-install
+# script writes (/var/lib/cloud/seed/nocloud-net); there is no metadata service to ask.
+datasource_list: [ NoCloud, None ]
+# installimage writes the network configuration for the interface it found.
+network:
+  config: disabled
+# installimage made this node's SSH host keys: keep them (cloud-init makes only missing types).
+ssh_deletekeys: false
+# Cluster API Provider Hetzner logs in as root with the keys installimage installed.
+disable_root: false
+CAPH_IMAGE_FILE
+chown root:root /etc/cloud/cloud.cfg.d/99-caph-image.cfg
+chmod 0644 /etc/cloud/cloud.cfg.d/99-caph-image.cfg
+
+# ---- step 21/23: host-keys-unit ----
 set -euo pipefail
 install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/caph-image-host-keys.service <<'CAPH_IMAGE_FILE'
@@ -440,7 +465,7 @@ CAPH_IMAGE_FILE
 chown root:root /etc/systemd/system/caph-image-host-keys.service
 chmod 0644 /etc/systemd/system/caph-image-host-keys.service
 
-# ---- step 20/21: provenance ----
+# ---- step 22/23: provenance ----
 set -euo pipefail
 # Written like os-release: KEY=value lines a shell can source.
 {
@@ -461,7 +486,7 @@ set -euo pipefail
 } > /etc/caph-image-release
 chmod 0644 /etc/caph-image-release
 
-# ---- step 21/21: hygiene ----
+# ---- step 23/23: hygiene ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # No automatic upgrades on a node (system.automatic_upgrades = false): apt's timers stay masked, and apt's periodic jobs are off.
