@@ -32,6 +32,19 @@ pub enum DiskSource {
     },
 }
 
+/// What a machine's own cloud-init gets at boot, where its root filesystem has cloud-init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudInit {
+    /// cloud-init does not run (a rescue system, or a machine whose boot is not the point).
+    Off,
+    /// cloud-init runs with what the system itself carries (a dedicated server, whose NoCloud
+    /// seed the installation wrote).
+    LocalSeed,
+    /// cloud-init runs with the server's `user_data` as its NoCloud seed, and the server id as
+    /// its instance id (a Hetzner Cloud server, whose data source serves both).
+    UserData,
+}
+
 /// Everything a host needs to bring up the machine behind a new server.
 #[derive(Clone)]
 pub struct MachineSpec {
@@ -45,6 +58,8 @@ pub struct MachineSpec {
     pub authorized_keys: Vec<String>,
     /// The raw `user_data` given at creation, if any (cloud-config is interpreted by the host).
     pub user_data: Option<String>,
+    /// Whether and how the machine's own cloud-init runs at boot.
+    pub cloud_init: CloudInit,
 }
 
 impl std::fmt::Debug for MachineSpec {
@@ -55,6 +70,7 @@ impl std::fmt::Debug for MachineSpec {
             .field("server_id", &self.server_id)
             .field("hostname", &self.hostname)
             .field("disk", &self.disk)
+            .field("cloud_init", &self.cloud_init)
             .field("authorized_keys", &self.authorized_keys)
             .field(
                 "user_data",
@@ -211,6 +227,7 @@ mod tests {
                 disk: DiskSource::Snapshot { image_id: 1 },
                 authorized_keys: Vec::new(),
                 user_data: None,
+                cloud_init: CloudInit::Off,
             };
             let info = host.create(spec).await.expect("address");
             let [a, b, _, d] = info.ipv4.octets();

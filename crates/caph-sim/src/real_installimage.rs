@@ -156,7 +156,8 @@ impl InstallimageArchive {
 /// A program of the rescue system replaced for the real installimage, and why.
 #[derive(Debug)]
 pub struct Stub {
-    /// Where it goes in the rescue system (ahead of the real one in `PATH`).
+    /// Where it goes in the rescue system (ahead of the real one in `PATH`); its file name is
+    /// the program's, put in for `@PROGRAM@` in the script.
     pub path: &'static str,
     /// Why the real program cannot run here.
     pub reason: &'static str,
@@ -176,13 +177,13 @@ pub const STUBS: &[Stub] = &[
     },
     Stub {
         path: "/usr/local/bin/curl",
-        reason: "installimage posts its debug log and the host keys' fingerprints to Hetzner with curl; the machines here have no internet, and traffic to other hosts is not allowed",
-        script: "#!/bin/sh\n# caph-sim: no internet here; installimage's reports to Hetzner go nowhere.\necho 'curl (caph-sim): no network in the simulated rescue system' >&2\nexit 7\n",
+        reason: "installimage posts its debug log and the host keys' fingerprints to Hetzner with curl; the machines here have no internet, and traffic to other hosts is not allowed: a URL on a loopback address (a test's own server) goes to the real curl, any other is refused",
+        script: LOOPBACK_ONLY,
     },
     Stub {
         path: "/usr/local/bin/wget",
-        reason: "the same reports as curl, where installimage falls back to wget",
-        script: "#!/bin/sh\n# caph-sim: no internet here; installimage's reports to Hetzner go nowhere.\necho 'wget (caph-sim): no network in the simulated rescue system' >&2\nexit 4\n",
+        reason: "the same as curl, where installimage falls back to wget",
+        script: LOOPBACK_ONLY,
     },
     Stub {
         path: "/usr/local/bin/systemd-nspawn",
@@ -190,6 +191,24 @@ pub const STUBS: &[Stub] = &[
         script: "#!/bin/bash\n# caph-sim: no systemd as PID 1 here: no machine registration, no scope unit, so no --property.\nargs=(--register=no --keep-unit)\nfor arg in \"$@\"; do\n  case \"$arg\" in\n    --property=*) ;;\n    *) args+=(\"$arg\") ;;\n  esac\ndone\nexec /usr/bin/systemd-nspawn \"${args[@]}\"\n",
     },
 ];
+
+/// curl or wget (`@PROGRAM@`) for a rescue system without internet: every URL among the
+/// arguments must be on a loopback address, or nothing is fetched.
+const LOOPBACK_ONLY: &str = r#"#!/bin/sh
+# caph-sim: no internet here. URLs on this machine's loopback addresses (a test's own server) are
+# fetched by the real @PROGRAM@; anything else, such as installimage's reports to Hetzner, goes nowhere.
+for argument in "$@"; do
+  case "$argument" in
+    *://*)
+      host=${argument#*://}; host=${host%%/*}; host=${host##*@}
+      case "$host" in
+        127.*|localhost|localhost:*|"[::1]"|"[::1]:"*) ;;
+        *) echo "@PROGRAM@ (caph-sim): no network in the simulated rescue system ($host)" >&2; exit 7 ;;
+      esac ;;
+  esac
+done
+exec /usr/bin/@PROGRAM@ "$@"
+"#;
 
 /// Writes [`STUBS`] into a rescue system's root.
 pub fn write_stubs(root: &Path) -> Result<(), MachineError> {
@@ -201,7 +220,8 @@ pub fn write_stubs(root: &Path) -> Result<(), MachineError> {
                 MachineError(format!("creating {}: {failure}", parent.display()))
             })?;
         }
-        std::fs::write(&path, stub.script)
+        let program = stub.path.rsplit('/').next().unwrap_or_default();
+        std::fs::write(&path, stub.script.replace("@PROGRAM@", program))
             .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
             .map_err(|failure| MachineError(format!("writing {}: {failure}", path.display())))?;
     }

@@ -1,8 +1,11 @@
 //! installimage's validation rules, one accepted and one rejected config per rule, from `tests/data/installimage_rules.txt`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use caph_sim::installimage::{Drive, MachineFacts, validate};
+
+const USER: &str = "rules-user";
+const PASSWORD: &str = "rules-password";
 
 /// One case of the table.
 #[derive(Debug)]
@@ -193,3 +196,230 @@ fn every_check_of_the_reference_is_in_the_table() {
         );
     }
 }
+
+/// Cases of the table the real installimage is not asked about, with the reason.
+const NOT_RUN_FOR_REAL: &[(&str, &str)] = &[(
+    "arch=aarch64",
+    "installimage takes the machine's architecture from `uname -m`, and the rescue systems here run on an x86_64 kernel",
+)];
+
+/// The table through the real installimage (Hetzner's, from `../shared/vendor/installimage/`)
+/// in simulated rescue systems whose drives and firmware are the case's machine: every config
+/// it accepts, the simulation accepts, and every config it rejects, the simulation rejects with
+/// the same message. It stops each accepted run in its 20-second wait, before any disk is
+/// touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_installimage_decides_every_case_as_the_simulation_does() {
+    use caph_sim::machine::{SshMachines, SshMachinesConfig};
+    use caph_sim::real_installimage::{InstallimageArchive, InstallimageKind};
+    use caph_sim::robot::{
+        RobotDrive, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig, SshRobotMachines,
+        TimeMode,
+    };
+    use std::sync::Arc;
+
+    let test = "the_real_installimage_decides_every_case_as_the_simulation_does";
+    let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vendor/installimage");
+    let archive = match InstallimageArchive::vendored(&vendor, InstallimageKind::Hetzner) {
+        Ok(archive) => archive,
+        Err(error) => {
+            eprintln!("SKIPPED {test}: {error}");
+            return;
+        }
+    };
+    let machines = match SshMachines::new(SshMachinesConfig::default()) {
+        Ok(machines) => Arc::new(machines),
+        Err(error) => {
+            eprintln!("SKIPPED {test}: {error}");
+            return;
+        }
+    };
+    let installimage = PathBuf::from(env!("CARGO_BIN_EXE_caph-sim"));
+    let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
+        machines: machines.clone(),
+        real_installimage: Some(archive),
+        installimage_binary: installimage,
+        rescue_packages: caph_sim::robot::RESCUE_PACKAGES
+            .iter()
+            .map(|name| name.to_string())
+            .collect(),
+        log: None,
+    }));
+
+    // One server per machine of the table.
+    let cases = load();
+    let machine_of = |facts: &MachineFacts| {
+        format!(
+            "arch={} uefi={} drives={:?}",
+            facts.arch,
+            facts.uefi,
+            facts
+                .drives
+                .iter()
+                .map(|drive| (drive.device.clone(), drive.size_bytes))
+                .collect::<Vec<_>>()
+        )
+    };
+    let mut servers: Vec<(String, RobotServer)> = Vec::new();
+    let mut skipped = Vec::new();
+    for case in &cases {
+        if let Some((what, _)) = NOT_RUN_FOR_REAL
+            .iter()
+            .find(|(what, _)| *what == format!("arch={}", case.facts.arch))
+        {
+            skipped.push(format!("line {} ({what})", case.line));
+            continue;
+        }
+        let key = machine_of(&case.facts);
+        if servers.iter().any(|(known, _)| *known == key) {
+            continue;
+        }
+        let mut server = RobotServer::new(100 + servers.len() as u64, "rules");
+        server.uefi = case.facts.uefi;
+        server.drives = case
+            .facts
+            .drives
+            .iter()
+            .map(|drive| RobotDrive::new(&drive.device, drive.size_bytes))
+            .collect();
+        servers.push((key, server));
+    }
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        time: TimeMode::Scaled(0.01),
+        servers: servers.iter().map(|(_, server)| server.clone()).collect(),
+        machines: robot_machines.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("the Robot simulator starts");
+    let key = caph_ssh::KeyPair::generate_ed25519("rules").unwrap();
+    let robot = reqwest::Client::new();
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let request = robot
+            .post(format!("{}{path}", sim.url()))
+            .basic_auth(USER, Some(PASSWORD))
+            .form(&form);
+        async move {
+            let response = request.send().await.expect("answer");
+            assert!(
+                response.status().is_success(),
+                "{path}: {}",
+                response.status()
+            );
+            response.json::<serde_json::Value>().await.expect("JSON")
+        }
+    };
+    let stored = post(
+        "/key".into(),
+        vec![
+            ("name", "rules".into()),
+            ("data", key.public_key().to_openssh()),
+        ],
+    )
+    .await;
+    let fingerprint = stored["key"]["fingerprint"].as_str().unwrap().to_owned();
+
+    let mut failures = Vec::new();
+    let mut asked = 0;
+    for (machine, server) in &servers {
+        let number = server.number;
+        post(
+            format!("/boot/{number}/rescue"),
+            vec![
+                ("os", "linux".into()),
+                ("authorized_key", fingerprint.clone()),
+            ],
+        )
+        .await;
+        post(format!("/reset/{number}"), vec![("type", "hw".into())]).await;
+        let ip = sim
+            .state()
+            .servers
+            .iter()
+            .find(|state| state.number == number)
+            .unwrap()
+            .ip;
+        let mut config = caph_ssh::ConnectConfig::new(
+            std::net::SocketAddr::from((ip, 22)),
+            "root",
+            key.clone(),
+            caph_ssh::HostKeyPolicy::TrustOnFirstUse(caph_ssh::TofuPin::new()),
+        );
+        config.deadline = std::time::Duration::from_secs(600);
+        let session = caph_ssh::connect_when_ready(&config, &mut |_| {})
+            .await
+            .expect("the rescue system answers");
+        for case in cases
+            .iter()
+            .filter(|case| machine_of(&case.facts) == *machine)
+        {
+            asked += 1;
+            session
+                .upload(case.config.as_bytes(), "/autosetup", 0o644, &mut |_| {})
+                .await
+                .expect("the config uploads");
+            let outcome = session
+                .exec_capture(REAL_VALIDATION)
+                .await
+                .expect("installimage runs");
+            let real = outcome.stdout.trim();
+            let simulated = validate(&case.config, &case.facts);
+            let agree = match (real.strip_prefix("REJECTED "), simulated.first()) {
+                (None, None) => real == "ACCEPTED",
+                (Some(message), Some(error)) => {
+                    message.contains(error.trim_start_matches("ERROR: ").trim())
+                        || error.contains(message.trim_start_matches("ERROR: ").trim())
+                }
+                _ => false,
+            };
+            if !agree {
+                failures.push(format!(
+                    "line {} ({}, {machine}): the real installimage says {real:?}, the simulation {simulated:?}",
+                    case.line, case.rule
+                ));
+            }
+            // The table's own expectation holds for the real one too.
+            if let (Some(expected), Some(message)) =
+                (&case.rejection, real.strip_prefix("REJECTED "))
+            {
+                if !message.contains(expected.as_str()) {
+                    failures.push(format!(
+                        "line {} ({}): the real installimage's message {message:?} lacks {expected:?}",
+                        case.line, case.rule
+                    ));
+                }
+            }
+        }
+        session.close().await;
+    }
+    for (what, reason) in NOT_RUN_FOR_REAL {
+        eprintln!(
+            "{test}: {} case(s) with {what} not asked: {reason}",
+            skipped.len()
+        );
+    }
+    eprintln!("{test}: {asked} cases asked of the real installimage");
+    assert!(asked > 100, "only {asked} cases were asked");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Runs the real installimage on `/autosetup` with its 20-second wait never answered, and says
+/// `ACCEPTED` once the wait begins (then stops it: nothing is touched before the wait ends) or
+/// `REJECTED <first ERROR line of /root/debug.txt>` once it gives up.
+const REAL_VALIDATION: &str = r#"rm -f /root/debug.txt /tmp/caph-validation.out
+( sleep 300 | /root/.oldroot/nfs/installimage-real/installimage -a -c /autosetup > /tmp/caph-validation.out 2>&1
+  echo "caph-exit $?" >> /tmp/caph-validation.out ) &
+for attempt in $(seq 600); do
+  if grep -q -e 'Press X to continue' -e '^caph-exit ' /tmp/caph-validation.out; then break; fi
+  sleep 0.1
+done
+if grep -q 'Press X to continue' /tmp/caph-validation.out; then
+  pkill -f '/root/.oldroot/nfs/installimage-real/installimage' ; pkill -x sleep
+  for attempt in $(seq 100); do pgrep -f installimage-real >/dev/null || break; sleep 0.1; done
+  echo ACCEPTED
+else
+  echo "REJECTED $(grep -m1 -o 'ERROR.*' /root/debug.txt)"
+fi
+"#;

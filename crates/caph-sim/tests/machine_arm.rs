@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caph_sim::host::{DiskSource, MachineHost, MachineSpec};
+use caph_sim::host::{CloudInit, DiskSource, MachineHost, MachineSpec};
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, TofuPin, connect_when_ready};
 
@@ -42,6 +42,7 @@ async fn machine_arm_runs_arm64_binaries_or_says_what_to_install() {
             },
             authorized_keys: vec![client.public_key().to_openssh()],
             user_data: None,
+            cloud_init: CloudInit::Off,
         })
         .await;
     if std::env::consts::ARCH == "x86_64" && !binfmt_aarch64_enabled() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caph_sim::host::{DiskSource, MachineHost, MachineSpec};
+use caph_sim::host::{CloudInit, DiskSource, MachineHost, MachineSpec};
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
 
 const TEST: &str = "machine_left_running_by_a_killed_run_is_swept";
@@ -97,6 +97,7 @@ async fn be_the_killed_run(report: PathBuf) {
             },
             authorized_keys: Vec::new(),
             user_data: None,
+            cloud_init: CloudInit::Off,
         })
         .await
         .unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caph_sim::host::{DiskSource, MachineHost, MachineSpec};
+use caph_sim::host::{CloudInit, DiskSource, MachineHost, MachineSpec};
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, Session, TofuPin, connect_when_ready};
 
@@ -71,6 +71,7 @@ async fn machine_runs_commands_in_its_own_root_and_snapshots_carry_files() {
             },
             authorized_keys: vec![client.public_key().to_openssh()],
             user_data: Some(cloud_config_with_host_key(&host_key)),
+            cloud_init: CloudInit::Off,
         })
         .await
         .unwrap();
@@ -96,8 +97,10 @@ async fn machine_runs_commands_in_its_own_root_and_snapshots_carry_files() {
 
     assert_eq!(run(&session, "hostname").await.trim(), "node-a");
     assert_eq!(run(&session, "cat /etc/hostname").await.trim(), "node-a");
-    // Its own pid namespace and /proc: sshd is the first process.
-    assert_eq!(run(&session, "cat /proc/1/comm").await.trim(), "sshd");
+    // Its own pid namespace and /proc: the machine's boot shell is the first process, as an
+    // init would be, and sshd runs below it.
+    assert_eq!(run(&session, "cat /proc/1/comm").await.trim(), "sh");
+    assert!(run(&session, "ps -o comm= --ppid 1").await.contains("sshd"));
     // A Debian root filesystem with what a provisioning plan needs.
     let tools = run(
         &session,
@@ -169,6 +172,7 @@ async fn machine_runs_commands_in_its_own_root_and_snapshots_carry_files() {
             disk: DiskSource::Snapshot { image_id: 900 },
             authorized_keys: vec![client.public_key().to_openssh()],
             user_data: None,
+            cloud_init: CloudInit::Off,
         })
         .await
         .unwrap();
@@ -232,6 +236,7 @@ async fn dropping_running_machines_leaves_nothing_behind() {
             },
             authorized_keys: vec![client.public_key().to_openssh()],
             user_data: Some("#!/bin/sh\necho not a cloud-config\n".to_owned()),
+            cloud_init: CloudInit::Off,
         })
         .await
         .unwrap();
@@ -398,6 +403,7 @@ async fn bad_cloud_config_host_keys_are_refused_at_create() {
         },
         authorized_keys: Vec::new(),
         user_data: Some(user_data),
+        cloud_init: CloudInit::Off,
     };
 
     // The public half of another key: pinning would fail later for no visible reason.
@@ -465,6 +471,7 @@ async fn machines_share_read_only_layers_and_never_see_each_others_writes() {
         disk,
         authorized_keys: vec![client.public_key().to_openssh()],
         user_data: None,
+        cloud_init: CloudInit::Off,
     };
     let debian = || DiskSource::System {
         name: "debian-12".to_owned(),
@@ -551,4 +558,124 @@ async fn machines_share_read_only_layers_and_never_see_each_others_writes() {
     assert!(overlays_under(&instance_dir).is_empty());
     drop(machines);
     assert!(!instance_dir.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_servers_own_cloud_init_runs_its_user_data_at_boot() {
+    let test = "a_cloud_servers_own_cloud_init_runs_its_user_data_at_boot";
+    let Some(machines) = machines(test) else {
+        return;
+    };
+    let client = KeyPair::generate_ed25519("first boot").unwrap();
+    let spec = |server_id: u64, disk: DiskSource, user_data: &str| MachineSpec {
+        server_id,
+        hostname: format!("cloud-{server_id}"),
+        disk,
+        authorized_keys: vec![client.public_key().to_openssh()],
+        user_data: Some(user_data.to_owned()),
+        cloud_init: CloudInit::UserData,
+    };
+    // A CAPH-like bootstrap: files to write, then commands that leave a marker.
+    let user_data = |marker: &str| {
+        format!(
+            "#cloud-config\nwrite_files:\n  - path: /etc/caph-bootstrap\n    content: {marker}\nruncmd:\n  - [sh, -c, 'echo {marker} $(hostname) > /root/runcmd-marker']\n"
+        )
+    };
+    let info = machines
+        .create(spec(
+            31,
+            DiskSource::System {
+                name: "debian-12".to_owned(),
+                architecture: "x86".to_owned(),
+            },
+            &user_data("first"),
+        ))
+        .await
+        .unwrap();
+    machines.power_on(31).await.unwrap();
+    let session = connect(
+        SocketAddr::from((info.ipv4, 22)),
+        &client,
+        HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+    )
+    .await;
+    // The machine's own cloud-init, run at boot as its systemd units would.
+    let status = session
+        .exec_capture("cloud-init status --wait --long")
+        .await
+        .unwrap();
+    assert!(
+        status.exit_code == 0 && status.stdout.contains("status: done"),
+        "{}{}\n{}",
+        status.stdout,
+        status.stderr,
+        run(
+            &session,
+            "grep -E 'WARNING|ERROR|Traceback' /var/log/cloud-init.log | tail -n 30"
+        )
+        .await
+    );
+    assert_eq!(
+        run(&session, "cat /etc/caph-bootstrap").await.trim(),
+        "first"
+    );
+    assert_eq!(
+        run(&session, "cat /root/runcmd-marker").await.trim(),
+        "first cloud-31"
+    );
+    assert_eq!(
+        run(&session, "cloud-init query instance_id").await.trim(),
+        "31"
+    );
+    let machine_id = run(&session, "cat /etc/machine-id").await;
+    assert_eq!(machine_id.trim().len(), 32, "{machine_id}");
+    // As a build's hygiene leaves it: no cloud-init state, no machine id.
+    run(
+        &session,
+        "cloud-init clean --logs --seed && truncate -s 0 /etc/machine-id",
+    )
+    .await;
+    machines.power_off(31).await.unwrap();
+    machines.snapshot(31, 960).await.unwrap();
+
+    // A server made from the snapshot is a new instance: its own user data runs, and it gets
+    // a machine id of its own.
+    let info = machines
+        .create(spec(
+            32,
+            DiskSource::Snapshot { image_id: 960 },
+            &user_data("second"),
+        ))
+        .await
+        .unwrap();
+    machines.power_on(32).await.unwrap();
+    let session = connect(
+        SocketAddr::from((info.ipv4, 22)),
+        &client,
+        HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+    )
+    .await;
+    // `--wait` prints a dot a second while it waits.
+    assert!(
+        run(&session, "cloud-init status --wait")
+            .await
+            .trim_end()
+            .ends_with("\nstatus: done")
+            || run(&session, "cloud-init status").await.trim() == "status: done"
+    );
+    assert_eq!(
+        run(&session, "cat /root/runcmd-marker").await.trim(),
+        "second cloud-32"
+    );
+    assert_eq!(
+        run(&session, "cloud-init query instance_id").await.trim(),
+        "32"
+    );
+    let second_machine_id = run(&session, "cat /etc/machine-id").await;
+    assert_eq!(second_machine_id.trim().len(), 32);
+    assert_ne!(second_machine_id, machine_id);
+    for server_id in [31, 32] {
+        machines.delete(server_id).await.unwrap();
+    }
+    machines.delete_image(960).await.unwrap();
 }

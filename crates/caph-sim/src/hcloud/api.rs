@@ -15,7 +15,7 @@ use super::model::{Image, ImageKind, ImageStatus, Server, ServerStatus, SshKey};
 use super::ops;
 use super::query::{self, Query};
 use super::world::{ImageRec, Inner, ServerRec, World, action_json, image_json, ssh_key_json};
-use crate::host::{DiskSource, MachineSpec};
+use crate::host::{CloudInit, DiskSource, MachineSpec};
 
 /// Every route the simulator answers, as `(method, template)`; literal segments before placeholders.
 const ROUTES: &[(&str, &str)] = &[
@@ -584,6 +584,7 @@ fn create_server_checks(
         disk,
         authorized_keys: keys.iter().map(|key| key.public_key.clone()).collect(),
         user_data: user_data.clone(),
+        cloud_init: CloudInit::UserData,
     };
     world.servers.insert(
         server_id,

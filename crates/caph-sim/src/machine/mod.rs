@@ -15,7 +15,8 @@
 //! - **Boot** (`power_on`): `unshare --uts --mount --pid --fork --kill-child` gives the machine its
 //!   own hostname (the server name), its own `/proc`, a read-only `/sys`, a minimal `/dev` (device
 //!   nodes made with mknod, a private devpts, never the host's `/dev`), a tmpfs `/run` and the host's
-//!   `resolv.conf`; then `sshd -D` runs as the namespace's init with `ChrootDirectory` set to the
+//!   `resolv.conf`; the boot shell does what systemd would at boot (a machine id, cloud-init:
+//!   `boot`) and stays the namespace's init, with `sshd -D` below it, `ChrootDirectory` set to the
 //!   root filesystem, so every command runs inside it. The network is the host's, so loopback
 //!   mirrors served by tests are reachable from inside.
 //! - **Power off**: SIGKILL to the namespace's parent; `--kill-child` takes the namespace's init
@@ -34,6 +35,7 @@
 //! [`SshMachinesConfig::background_disks`] is on, which the hcloud simulator wants so that
 //! `POST /servers` answers at once even while the first root filesystem is being built.
 
+mod boot;
 mod cloud_config;
 mod drives;
 mod layers;
@@ -52,7 +54,7 @@ pub use cloud_config::{CloudConfig, CloudConfigError, HostKey, parse as parse_cl
 pub use drives::MachineDrive;
 pub use rootfs::ROOTFS_PACKAGES;
 
-use crate::host::{DiskSource, MachineError, MachineHost, MachineInfo, MachineSpec};
+use crate::host::{CloudInit, DiskSource, MachineError, MachineHost, MachineInfo, MachineSpec};
 
 /// The sshd binary every machine runs (the distribution's, as on the real servers).
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -140,6 +142,10 @@ struct Machine {
     attached: Vec<drives::AttachedDrive>,
     /// The read-only layers below the machine's own (topmost first), once its disk is ready.
     lowers: Vec<PathBuf>,
+    /// Whether and how its cloud-init runs at boot.
+    cloud_init: CloudInit,
+    /// Whether it shows `/sys/firmware/efi`, as a machine booted by UEFI does.
+    uefi: bool,
 }
 
 /// A machine's root filesystem, copied (and the system image built, the first time) by a task;
@@ -293,6 +299,18 @@ impl SshMachines {
         self.lock().machines.get(&server_id).map(Machine::root)
     }
 
+    /// Makes a powered-off machine look booted by UEFI from its next boot on: it then has a
+    /// `/sys/firmware/efi` (empty: no variables), which is how programs such as installimage
+    /// tell UEFI from BIOS.
+    pub fn set_uefi(&self, server_id: u64, uefi: bool) -> Result<(), MachineError> {
+        let mut state = self.lock();
+        let Some(machine) = state.machines.get_mut(&server_id) else {
+            return Err(MachineError(format!("no machine for server {server_id}")));
+        };
+        machine.uefi = uefi;
+        Ok(())
+    }
+
     /// Gives a powered-off machine block devices from its next boot on: each drive's image on a
     /// loop device, shown in the machine's `/dev`, `/sys/block` and `lsblk` under the drive's
     /// name, with partition nodes and `/dev/disk/by-uuid` links kept up to date (see the
@@ -443,6 +461,8 @@ impl SshMachines {
         let log = self.log.clone();
         let layers = layers::MachineLayers::in_dir(dir);
         let hostname = spec.hostname.clone();
+        let seed = (spec.cloud_init == CloudInit::UserData)
+            .then(|| (spec.server_id, spec.user_data.clone()));
         let preparing = tokio::spawn(async move {
             let lowers = match source {
                 DiskOrigin::System(image) => vec![cache.ensure(&image, &log).await?],
@@ -451,6 +471,12 @@ impl SshMachines {
             layers.mount(&lowers).await?;
             // What cloud-init writes on a real server: the hostname.
             write_file(&layers.root.join("etc/hostname"), &format!("{hostname}\n"))?;
+            // What Hetzner's metadata service serves the server's cloud-init.
+            if let Some((server_id, user_data)) = seed
+                && boot::has_cloud_init(&layers.root)
+            {
+                boot::write_cloud_seed(&layers.root, server_id, &hostname, user_data.as_deref())?;
+            }
             Ok(lowers)
         });
         Ok(preparing)
@@ -500,6 +526,8 @@ impl SshMachines {
         dir: &Path,
         hostname: &str,
         attached: &[drives::AttachedDrive],
+        cloud_init: bool,
+        uefi: bool,
     ) -> Result<tokio::process::Child, MachineError> {
         let log_path = dir.join("sshd.log");
         let log_file = match std::fs::OpenOptions::new()
@@ -535,6 +563,10 @@ impl SshMachines {
             .env("CAPH_SIM_DRIVES", drives::boot_words(attached))
             .env("CAPH_SIM_DRIVE_SETUP", drives::BOOT_FRAGMENT)
             .env("CAPH_SIM_UDEV_DATA", dir.join("udev"))
+            .env("CAPH_SIM_SYSTEM_BOOT", boot::BOOT_FRAGMENT)
+            .env("CAPH_SIM_CLOUD_INIT", if cloud_init { "1" } else { "" })
+            .env("CAPH_SIM_UEFI", if uefi { "1" } else { "" })
+            .env("CAPH_SIM_BOOT_LOG", dir.join("boot.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -558,7 +590,7 @@ impl SshMachines {
     }
 }
 
-/// The machine's boot, run by `/bin/sh` as the first process of its namespaces.
+/// The machine's boot, run by `/bin/sh` as the first process of its namespaces, which it stays.
 /// Arguments: root filesystem, sshd config, hostname, sshd binary.
 const BOOT_SCRIPT: &str = r#"set -eu
 root=$1 config=$2 name=$3 sshd=$4
@@ -585,6 +617,11 @@ ln -s /proc/self/fd/1 "$root/dev/stdout"
 ln -s /proc/self/fd/2 "$root/dev/stderr"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$root/dev/shm"
 mount -t tmpfs -o nosuid,nodev,mode=0755 run "$root/run"
+# A machine booted by UEFI has /sys/firmware/efi.
+if [ -n "${CAPH_SIM_UEFI:-}" ]; then
+  mount -t tmpfs -o mode=0755,size=64k firmware "$root/sys/firmware"
+  mkdir -p "$root/sys/firmware/efi/efivars"
+fi
 if [ -n "${CAPH_SIM_DRIVES:-}" ]; then
   eval "$CAPH_SIM_DRIVE_SETUP"
 fi
@@ -592,7 +629,12 @@ if [ -e /etc/resolv.conf ]; then
   rm -f "$root/etc/resolv.conf"
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 fi
-exec "$sshd" -D -e -f "$config"
+eval "$CAPH_SIM_SYSTEM_BOOT"
+# This shell stays the machine's first process, as an init would, with sshd below it: sshd
+# rewrites its environment for its process title, and programs read process 1's environment
+# (cloud-init, to tell a container from a machine).
+"$sshd" -D -e -f "$config" &
+wait $!
 "#;
 
 /// Where a new machine's disk comes from.
@@ -628,6 +670,8 @@ impl MachineHost for SshMachines {
             drives: Vec::new(),
             attached: Vec::new(),
             lowers: Vec::new(),
+            cloud_init: spec.cloud_init,
+            uefi: false,
         };
         self.lock().machines.insert(spec.server_id, machine);
         if !self.background_disks
@@ -644,7 +688,7 @@ impl MachineHost for SshMachines {
 
     async fn power_on(&self, server_id: u64) -> Result<(), MachineError> {
         self.disk_ready(server_id).await?;
-        let (dir, hostname, address, running, machine_drives) = {
+        let (dir, hostname, address, running, machine_drives, cloud_init, uefi) = {
             let state = self.lock();
             let Some(machine) = state.machines.get(&server_id) else {
                 return Err(MachineError(format!("no machine for server {server_id}")));
@@ -655,6 +699,8 @@ impl MachineHost for SshMachines {
                 machine.address,
                 machine.running.is_some(),
                 machine.drives.clone(),
+                boot::runs_cloud_init(machine.cloud_init, &machine.root()),
+                machine.uefi,
             )
         };
         if running {
@@ -662,8 +708,9 @@ impl MachineHost for SshMachines {
         }
         let started = Instant::now();
         let attached = drives::attach_all(&machine_drives).await?;
-        let spawned = write_udev_data(&dir, &machine_drives)
-            .and_then(|()| self.spawn_machine(server_id, &dir, &hostname, &attached));
+        let spawned = write_udev_data(&dir, &machine_drives).and_then(|()| {
+            self.spawn_machine(server_id, &dir, &hostname, &attached, cloud_init, uefi)
+        });
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {

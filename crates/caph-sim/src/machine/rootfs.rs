@@ -18,6 +18,8 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{MachineLog, sys};
+use sha2::Digest as _;
+
 use crate::host::MachineError;
 
 /// Packages every simulated machine has on top of Debian's minbase: what a provisioning plan needs
@@ -28,7 +30,12 @@ pub const ROOTFS_PACKAGES: &[&str] = &[
     "apt",
     "bash",
     "ca-certificates",
+    // Hetzner's system images run cloud-init at boot; so do the simulated ones (`boot`).
+    "cloud-init",
     "coreutils",
+    "locales",
+    // cloud-init makes the image's own host keys with its ssh-keygen (sshd itself is the host's).
+    "openssh-server",
     "curl",
     "gnupg",
     "iproute2",
@@ -37,6 +44,17 @@ pub const ROOTFS_PACKAGES: &[&str] = &[
     "systemd",
     "util-linux",
 ];
+
+/// What goes into every system image besides its suite and architecture.
+fn recipe() -> String {
+    format!(
+        "packages={} locale={SYSTEM_LOCALE}",
+        ROOTFS_PACKAGES.join(",")
+    )
+}
+
+/// The locale generated in every system image (its name in `/etc/locale.gen`).
+const SYSTEM_LOCALE: &str = "en_US.UTF-8";
 
 /// Lines of mmdebstrap's output quoted when a build fails: enough to see apt's complaint.
 const BUILD_ERROR_TAIL_LINES: usize = 15;
@@ -51,9 +69,18 @@ pub(crate) struct SystemImage {
 }
 
 impl SystemImage {
-    /// The cache key, `<suite>-<arch>`.
+    /// The cache key, `<suite>-<arch>-<packages digest>`: a tree built with another package set
+    /// lives beside this one rather than in its place, so that two versions of this code sharing
+    /// the cache (two checkouts, a test run and a benchmark) never rebuild each other's trees,
+    /// nor remove one that a machine's overlay still uses as its lower layer.
     pub fn key(&self) -> String {
-        format!("{}-{}", self.suite, self.debian_arch)
+        let digest = sha2::Sha256::digest(recipe().as_bytes());
+        format!(
+            "{}-{}-{}",
+            self.suite,
+            self.debian_arch,
+            &hex::encode(digest)[..8]
+        )
     }
 }
 
@@ -135,10 +162,10 @@ impl RootfsCache {
     /// The marker text for the current package set: a cache built with other packages is rebuilt.
     fn marker_text(&self, image: &SystemImage) -> String {
         format!(
-            "suite={} arch={} variant=minbase packages={}\n",
+            "suite={} arch={} variant=minbase {}\n",
             image.suite,
             image.debian_arch,
-            ROOTFS_PACKAGES.join(",")
+            recipe()
         )
     }
 
@@ -253,6 +280,10 @@ impl RootfsCache {
             .arg("--format=directory")
             .arg(format!("--arch={}", image.debian_arch))
             .arg(format!("--include={}", ROOTFS_PACKAGES.join(",")))
+            // The locale Hetzner's system images have, which cloud-init's locale module sets.
+            .arg(format!(
+                "--customize-hook=chroot \"$1\" sh -c \"sed -i 's/^# *{SYSTEM_LOCALE} /{SYSTEM_LOCALE} /' /etc/locale.gen && locale-gen\""
+            ))
             // Transient mirror hiccups should not fail a build that takes a minute.
             .arg("--aptopt=Acquire::Retries \"3\"")
             .arg(image.suite)
@@ -419,8 +450,18 @@ mod tests {
 
     #[test]
     fn system_images_resolve_to_debian_suites() {
-        assert_eq!(resolve("debian-12", "x86").unwrap().key(), "bookworm-amd64");
-        assert_eq!(resolve("debian-13", "arm").unwrap().key(), "trixie-arm64");
+        assert!(
+            resolve("debian-12", "x86")
+                .unwrap()
+                .key()
+                .starts_with("bookworm-amd64-")
+        );
+        assert!(
+            resolve("debian-13", "arm")
+                .unwrap()
+                .key()
+                .starts_with("trixie-arm64-")
+        );
         assert_eq!(resolve("ubuntu-24.04", "x86").unwrap().suite, "bookworm");
         assert!(
             resolve("fedora-40", "x86")

@@ -31,12 +31,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use crate::host::{DiskSource, MachineError, MachineHost, MachineSpec};
+use crate::host::{CloudInit, DiskSource, MachineError, MachineHost, MachineSpec};
 use crate::installimage::{
     Drive, InstalledDisk, MANIFEST_NAME, MachineFacts, Manifest, RAN_PATH, RealInstallimage,
 };
 use crate::machine::{MachineDrive, MachineLog, SshMachines};
 use crate::real_installimage::InstallimageArchive;
+use sha2::{Digest as _, Sha256};
 
 use super::{RescueBoot, RobotMachineSpec, RobotMachines};
 
@@ -309,10 +310,13 @@ impl SshRobotMachines {
             self.config.rescue_packages.join(","),
             tools.join(",")
         );
+        // One directory per template content (as the root filesystem cache does), so that two
+        // versions of this code never rebuild each other's template or remove one in use.
+        let stamp_digest = hex::encode(Sha256::digest(stamp.as_bytes()));
         let cached = self
             .template_cache
             .as_ref()
-            .map(|cache| cache.join(architecture));
+            .map(|cache| cache.join(format!("{architecture}-{}", &stamp_digest[..8])));
         let is_cached = |cached: &Path| {
             std::fs::read_to_string(cached.join("complete"))
                 .ok()
@@ -340,6 +344,7 @@ impl SshRobotMachines {
                 },
                 authorized_keys: Vec::new(),
                 user_data: None,
+                cloud_init: CloudInit::Off,
             })
             .await?;
         let root = machines
@@ -939,6 +944,7 @@ impl SshRobotMachines {
                 disk,
                 authorized_keys: rescue.authorized_keys.clone(),
                 user_data: None,
+                cloud_init: CloudInit::Off,
             })
             .await?;
         let prepared = async {
@@ -1021,6 +1027,7 @@ impl SshRobotMachines {
                 "showing the disks in the rescue system",
             )
             .await?;
+            machines.set_uefi(machine_id, spec.uefi)?;
             machines.set_drives(
                 machine_id,
                 spec.drives
@@ -1117,6 +1124,7 @@ impl SshRobotMachines {
                 },
                 authorized_keys,
                 user_data,
+                cloud_init: CloudInit::LocalSeed,
             })
             .await?;
         let replaced = async {
