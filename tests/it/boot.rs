@@ -58,6 +58,129 @@ pub fn qemu_missing() -> Option<String> {
         .then(|| format!("{QEMU} is missing (Debian package qemu-system-x86)"))
 }
 
+/// A VM booting one raw disk, with its serial console read as it comes.
+struct Vm {
+    qemu: std::process::Child,
+    console: mpsc::Receiver<Vec<u8>>,
+    output: Vec<u8>,
+    started: Instant,
+    /// The QEMU monitor's socket, where a writable boot is asked to power off.
+    monitor: Option<std::path::PathBuf>,
+}
+
+impl Vm {
+    /// Starts QEMU on `disk`: through a throwaway overlay (`-snapshot`), or writing to the disk
+    /// itself, with a monitor socket in `monitor_dir` to power it off cleanly.
+    fn start(disk: &Path, monitor_dir: Option<&Path>) -> Vm {
+        let mut command = Command::new(QEMU);
+        command
+            // Emulation, not KVM: nested KVM on CI machines is missing or refuses host CPU models.
+            .args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
+            .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()));
+        let monitor = monitor_dir.map(|dir| dir.join("qemu-monitor.sock"));
+        match &monitor {
+            Some(socket) => {
+                command
+                    .arg("-monitor")
+                    .arg(format!("unix:{},server,nowait", socket.display()));
+            }
+            // Writes go to a throwaway overlay: the disk stays as it was.
+            None => {
+                command.arg("-snapshot");
+            }
+        }
+        let mut qemu = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu starts");
+        let mut stdout = qemu.stdout.take().unwrap();
+        // Chunks, not lines: the login prompt ends without a newline.
+        let (chunks, console) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(count) = stdout.read(&mut buffer) {
+                if count == 0 || chunks.send(buffer[..count].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Vm {
+            qemu,
+            console,
+            output: Vec::new(),
+            started: Instant::now(),
+            monitor,
+        }
+    }
+
+    /// Reads the console until every one of `wanted` has appeared, or the boot deadline passes;
+    /// whether they all did.
+    fn wait_for(&mut self, wanted: &[&str]) -> bool {
+        loop {
+            let text = String::from_utf8_lossy(&self.output);
+            if wanted.iter().all(|word| text.contains(word)) {
+                return true;
+            }
+            let left = BOOT_DEADLINE.saturating_sub(self.started.elapsed());
+            match self.console.recv_timeout(left) {
+                Ok(chunk) => self.output.extend_from_slice(&chunk),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The console so far, as lines without colour sequences.
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.output)
+            .lines()
+            .map(plain)
+            .collect()
+    }
+
+    /// Presses the power button (ACPI) and waits for the system to shut down and QEMU to end;
+    /// whether it did so within the deadline (else QEMU is killed).
+    fn power_off(mut self) -> (bool, Vec<String>) {
+        use std::io::Write as _;
+        let pressed = self
+            .monitor
+            .as_ref()
+            .and_then(|socket| std::os::unix::net::UnixStream::connect(socket).ok())
+            .is_some_and(|mut monitor| monitor.write_all(b"system_powerdown\n").is_ok());
+        let deadline = Instant::now() + POWER_OFF_DEADLINE;
+        let mut ended = false;
+        while pressed && Instant::now() < deadline {
+            if let Ok(Some(_)) = self.qemu.try_wait() {
+                ended = true;
+                break;
+            }
+            while let Ok(chunk) = self.console.try_recv() {
+                self.output.extend_from_slice(&chunk);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+        while let Ok(chunk) = self.console.try_recv() {
+            self.output.extend_from_slice(&chunk);
+        }
+        (ended, self.lines())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+/// How long a clean shutdown may take under emulation.
+const POWER_OFF_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Boots `disk` (a whole raw disk image with its partition table and boot loader) and checks
 /// that it reaches `hostname`'s login prompt through GRUB, with `/boot` mounted, sshd started,
 /// multi-user reached and no unit failed but the [`EXPECTED_FAILED_UNITS`].
@@ -67,62 +190,51 @@ pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
         eprintln!("SKIPPED {test}: {reason}");
         return;
     }
-    let started = Instant::now();
-    let mut qemu = Command::new(QEMU)
-        // Emulation, not KVM: nested KVM on CI machines is missing or refuses host CPU models.
-        .args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        // Writes go to a throwaway overlay: the disk stays as installimage left it.
-        .arg("-snapshot")
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu starts");
-    let mut stdout = qemu.stdout.take().unwrap();
-    // Chunks, not lines: the login prompt ends without a newline.
-    let (chunks, console) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 4096];
-        while let Ok(count) = stdout.read(&mut buffer) {
-            if count == 0 || chunks.send(buffer[..count].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
+    let mut vm = Vm::start(disk, None);
     let prompt = format!("{hostname} login:");
-    let mut output: Vec<u8> = Vec::new();
-    let booted = loop {
-        let left = BOOT_DEADLINE.saturating_sub(started.elapsed());
-        match console.recv_timeout(left) {
-            Ok(chunk) => {
-                output.extend_from_slice(&chunk);
-                // The prompt is short: looking at the recent end is enough.
-                let recent = &output[output.len().saturating_sub(chunk.len() + prompt.len())..];
-                if String::from_utf8_lossy(recent).contains(&prompt) {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    let seen: Vec<String> = String::from_utf8_lossy(&output)
-        .lines()
-        .map(plain)
-        .collect();
+    let booted = vm.wait_for(&[&prompt]);
+    let elapsed = vm.started.elapsed();
+    let seen = vm.lines();
+    drop(vm);
     let tail = seen[seen.len().saturating_sub(80)..].join("\n");
     assert!(
         booted,
         "{test}: no `{prompt}` within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
     );
-    eprintln!(
-        "{test}: `{prompt}` after {:.1}s",
-        started.elapsed().as_secs_f64()
+    eprintln!("{test}: `{prompt}` after {:.1}s", elapsed.as_secs_f64());
+    check_console(test, &seen);
+}
+
+/// First boot of an installed node whose cloud-init has a NoCloud seed: boots the disk
+/// writably, waits for the login prompt and for cloud-init to say it finished, then powers off
+/// through ACPI so that everything first boot wrote is on the disk for the caller to read.
+/// Returns the console's lines.
+pub fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<String> {
+    let test = "first boot under QEMU, with cloud-init";
+    let monitor_dir = tempfile::tempdir().expect("monitor dir");
+    let mut vm = Vm::start(disk, Some(monitor_dir.path()));
+    let prompt = format!("{hostname} login:");
+    // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
+    let finished = vm.wait_for(&[&prompt, "Cloud-init v.", " finished at "]);
+    let elapsed = vm.started.elapsed();
+    let (powered_off, seen) = vm.power_off();
+    let tail = seen[seen.len().saturating_sub(80)..].join("\n");
+    assert!(
+        finished,
+        "{test}: no login prompt and cloud-init end within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
     );
+    assert!(powered_off, "{test}: no clean power off:\n{tail}");
+    eprintln!(
+        "{test}: `{prompt}` and cloud-init finished after {:.1}s",
+        elapsed.as_secs_f64()
+    );
+    check_console(test, &seen);
+    seen
+}
+
+/// What every boot's console must show: GRUB, multi-user with sshd and time sync started, /boot
+/// mounted, no unit failed but the expected ones, no panic or emergency mode.
+fn check_console(test: &str, seen: &[String]) {
     let console = seen.join("\n");
     assert!(
         console.contains("GRUB"),

@@ -135,8 +135,10 @@ async fn inspect_node(client: &Client, id: i64, arch: &str) {
         .lines()
         .map(|line| format!("    {line}\n"))
         .collect();
+    // What CAPH's HCloudMachine gives a server: the host key to pin, and a kubeadm-like
+    // bootstrap (files, then commands) that the server's own cloud-init runs at first boot.
     request.user_data = Some(caph_hcloud::client::SecretString::new(format!(
-        "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {}\n",
+        "#cloud-config\nssh_keys:\n  ed25519_private: |\n{indented}  ed25519_public: {}\nwrite_files:\n  - path: /etc/kubernetes/caph-e2e-bootstrap.yaml\n    content: |\n      kind: JoinConfiguration\nruncmd:\n  - 'echo \"kubeadm join would run on $(hostname)\" > /var/lib/caph-e2e-bootstrap-marker'\n",
         host_key.public_key().to_openssh()
     )));
     let created = client.create_server(&request).await.unwrap();
@@ -218,17 +220,37 @@ async fn inspect_node(client: &Client, id: i64, arch: &str) {
         check("cat /etc/e2e-marker").await,
         "built by the end-to-end test\n"
     );
-    assert_eq!(
-        check("ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l")
-            .await
-            .trim(),
-        "0",
-        "host keys left in the image"
+    // First boot from the snapshot: the server's own cloud-init ran this server's user data as
+    // a new instance, made its host keys from it (not the build server's, which hygiene
+    // removed), and the boot gave it a machine id of its own (hygiene left it empty).
+    let status = check("cloud-init status --wait").await;
+    assert!(
+        status.trim_end().ends_with("status: done"),
+        "{arch}: {status}"
     );
     assert_eq!(
-        check("wc -c < /etc/machine-id").await.trim(),
-        "0",
-        "machine-id not emptied"
+        check("cloud-init query instance_id").await.trim(),
+        created.server.id.0.to_string(),
+        "{arch}: a new instance to cloud-init"
+    );
+    assert_eq!(
+        check("cat /var/lib/caph-e2e-bootstrap-marker").await.trim(),
+        format!("kubeadm join would run on inspect-{arch}")
+    );
+    assert!(
+        check("cat /etc/kubernetes/caph-e2e-bootstrap.yaml")
+            .await
+            .contains("kind: JoinConfiguration")
+    );
+    assert_eq!(
+        check("cat /etc/ssh/ssh_host_ed25519_key.pub").await.trim(),
+        host_key.public_key().to_openssh().trim(),
+        "{arch}: the host key is the one this server's user data gave"
+    );
+    assert_eq!(
+        check("cat /etc/machine-id").await.trim().len(),
+        32,
+        "{arch}: a machine id made at this server's boot"
     );
     // The build key is gone; only the inspector's key (added at this server's creation) remains.
     let keys = check("cat /root/.ssh/authorized_keys 2>/dev/null || true").await;

@@ -1,6 +1,7 @@
 //! End-to-end tests that run the real `caph-image` binary.
 
 mod boot;
+mod caph_replay;
 mod cli;
 mod cloud;
 mod hcloud_build;

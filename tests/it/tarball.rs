@@ -267,6 +267,16 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
     );
     assert!(root.join("usr/sbin/route").exists() || root.join("sbin/route").exists());
     assert!(root.join("lib/systemd/systemd-timesyncd").exists());
+    // cloud-init for Cluster API Provider Hetzner's NoCloud seed, its network left to installimage.
+    assert!(root.join("usr/bin/cloud-init").exists());
+    let cloud_config = fs::read_to_string(
+        root.join(caph_core::plan::CLOUD_INIT_CONFIG_PATH.trim_start_matches('/')),
+    )
+    .unwrap();
+    assert!(
+        cloud_config.contains("datasource_list: [ NoCloud, None ]"),
+        "{cloud_config}"
+    );
     assert!(root.join("usr/sbin/sshd").exists() && root.join("etc/ssh/sshd_config").exists());
     assert!(root.join("sbin/mdadm").exists() || root.join("usr/sbin/mdadm").exists());
     assert!(root.join("etc/network/interfaces").exists() || root.join("sbin/ifup").exists());
@@ -308,6 +318,8 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
     crate::robot::install_and_log_in(&dir, "spec.toml", &out.join(name), "1.34.2").await;
     // CAPH's installimage fork on the same tarball, and the simulated installimage held to it.
     crate::installimage_differential::real_and_simulated(&dir, &out.join(name)).await;
+    // Cluster API Provider Hetzner's own provisioning of it, and the node's first boot.
+    crate::caph_replay::caph_provisions_a_node_from_the_tarball(&dir, &out.join(name)).await;
     // And once more with --sim, on a simulated server of the binary's own, with the spec's
     // [robot] table.
     crate::robot_sim_mode::install_with_sim(&dir, "spec.toml", &out.join(name)).await;

@@ -1,0 +1,483 @@
+//! Cluster API Provider Hetzner's bare-metal provisioning, replayed step for step from its source
+//! against the Robot simulator, a simulated rescue system and the installed node, with a tarball
+//! built by `build tarball`; then the node's first boot for real under QEMU.
+//!
+//! The source is syself/cluster-api-provider-hetzner at 1c4fe745f3bf5b22b94d4dddd6c4b3b98f6770fc:
+//! the state machine in `pkg/services/baremetal/host/host.go` (and `utils.go`), the commands in
+//! `pkg/services/baremetal/client/ssh/ssh_client.go`. Each step below names the function it
+//! reproduces. The commands are CAPH's as it sends them over SSH; the controller's own
+//! bookkeeping (conditions, events, retries with back-off) is not reproduced. CAPH's fork of
+//! installimage is the vendored one (`../shared/vendor/installimage/`), run for real.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caph_robot::client::{Credentials, ResetType, RobotClient};
+use caph_sim::machine::{SshMachines, SshMachinesConfig};
+use caph_sim::mirror::Mirror;
+use caph_sim::real_installimage::InstallimageKind;
+use caph_sim::robot::{
+    RobotDrive, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig, SshRobotMachines, TimeMode,
+};
+use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, Session, TofuPin, connect_when_ready};
+
+use crate::installed_disk::MountedSystem;
+
+const USER: &str = "caph-replay";
+const PASSWORD: &str = "caph-replay-secret";
+const SERVER: u64 = 7001;
+/// The node's name, as CAPH derives it from the machine (`scope.Hostname()`).
+const HOSTNAME: &str = "bm-e2e-cluster-md-0-7001";
+/// The root device hint of the HetznerBareMetalHost: the WWN of the drive to install on.
+const ROOT_WWN: &str = "0x5002538e4f0a7001";
+/// host.go's `PostInstallScriptFinished`.
+const POST_INSTALL_SCRIPT_FINISHED: &str = "POST_INSTALL_SCRIPT_FINISHED";
+/// A bootstrap shaped like the kubeadm bootstrap provider's: files to write, then commands; the
+/// command leaves a marker with the node's own hostname.
+const BOOTSTRAP_USER_DATA: &str = "## template: jinja
+#cloud-config
+write_files:
+  - path: /etc/kubernetes/caph-e2e-bootstrap.yaml
+    owner: root:root
+    permissions: '0640'
+    content: |
+      apiVersion: kubeadm.k8s.io/v1beta4
+      kind: JoinConfiguration
+runcmd:
+  - 'echo \"kubeadm join would run on $(hostname)\" > /var/lib/caph-e2e-bootstrap-marker'
+  - 'cat /var/lib/caph-e2e-bootstrap-marker'
+";
+
+/// `ssh_client.go`'s `runSSH`: one command, its output and exit status.
+async fn run(session: &Session, command: &str) -> caph_ssh::CapturedOutput {
+    session
+        .exec_capture(command)
+        .await
+        .unwrap_or_else(|error| panic!("`{command}`: {error}"))
+}
+
+async fn connect(address: SocketAddr, key: &KeyPair) -> Session {
+    let mut config = ConnectConfig::new(
+        address,
+        "root",
+        key.clone(),
+        HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+    );
+    config.deadline = Duration::from_secs(300);
+    connect_when_ready(&config, &mut |_| {})
+        .await
+        .expect("the server answers SSH")
+}
+
+/// Replays CAPH's provisioning of a dedicated server with `tarball`, then boots the installed
+/// drive under QEMU for its first boot. `dir` holds what the run keeps (the drive copy).
+pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path) {
+    let test = "CAPH's bare-metal provisioning, replayed";
+    let fork = match crate::vendored_installimage(InstallimageKind::CaphFork) {
+        Ok(fork) => fork,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
+    };
+    let installimage = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("caph-sim")))
+        .filter(|binary| binary.exists())
+        .expect("target/debug/caph-sim is built by cargo test --workspace");
+    let machines = Arc::new(SshMachines::new(SshMachinesConfig::default()).expect("machines"));
+    // CAPH uploads its own installimage: the rescue system needs no real one of its own.
+    let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
+        machines: machines.clone(),
+        real_installimage: None,
+        installimage_binary: installimage,
+        rescue_packages: caph_sim::robot::RESCUE_PACKAGES
+            .iter()
+            .map(|name| name.to_string())
+            .collect(),
+        log: Some(Arc::new(|line: &str| eprintln!("[caph-replay] {line}"))),
+    }));
+    let mut server = RobotServer::new(SERVER, "caph-replay");
+    // The root device by WWN, as CAPH's templates choose it, and a second, bigger drive that
+    // the hint must not pick.
+    server.drives = vec![
+        RobotDrive {
+            wwn: Some("0x5002538e4f0a7002".into()),
+            ..RobotDrive::new("/dev/sda", 16 << 30)
+        },
+        RobotDrive {
+            wwn: Some(ROOT_WWN.into()),
+            ..RobotDrive::new("/dev/sdb", 8 << 30)
+        },
+    ];
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        time: TimeMode::Scaled(0.01),
+        servers: vec![server],
+        machines: robot_machines.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("the Robot simulator starts");
+    let robot = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).unwrap();
+    let address: SocketAddr = format!("{}:22", sim.state().servers[0].ip).parse().unwrap();
+    // The image's URL: a server on this machine, as the controller's image URL would be.
+    // The template's `image.name` is the tarball's name without its suffix: installimage reads
+    // the distribution, release and architecture from it (and refuses a name without them).
+    let file_name = tarball
+        .file_name()
+        .and_then(|name| name.to_str())
+        .expect("the tarball has a UTF-8 file name");
+    let image_name = file_name
+        .strip_suffix(".tar.gz")
+        .expect("build tarball's default output is a .tar.gz");
+    let mirror = Mirror::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        [(
+            format!("images/{file_name}"),
+            std::fs::read(tarball).expect("the tarball"),
+        )]
+        .into(),
+    )
+    .await
+    .expect("the image server starts");
+    let image_url = format!("{}/images/{file_name}", mirror.url());
+
+    // host.go `ensureSSHKey`: the rescue SSH key (from the cluster's secret) in Robot.
+    let rescue_key = KeyPair::generate_ed25519("caph rescue key").unwrap();
+    let robot_key = robot
+        .create_key("caph-replay", &rescue_key.public_key().to_openssh())
+        .await
+        .unwrap();
+    // host.go `ensureRescueMode` and `actionPreparing`: rescue activated with that key, then
+    // a hardware reset into it.
+    robot
+        .activate_rescue(SERVER, std::slice::from_ref(&robot_key.fingerprint))
+        .await
+        .unwrap();
+    robot.reset(SERVER, ResetType::Hardware).await.unwrap();
+    let rescue = connect(address, &rescue_key).await;
+
+    // host.go `actionRegistering`: `GetHostName` says the rescue system is up.
+    assert_eq!(run(&rescue, "hostname").await.stdout.trim(), "rescue");
+    // host.go `getHardwareDetails` with ssh_client.go's commands: RAM, CPU, and the drives,
+    // whose WWNs the root device hints are checked against
+    // (`validateRootDeviceWwnsAreSubsetOfExistingWwns`).
+    let ram = run(&rescue, "grep MemTotal /proc/meminfo | awk '{print $2}'").await;
+    assert!(
+        ram.stdout.trim().parse::<u64>().is_ok_and(|kib| kib > 0),
+        "{ram:?}"
+    );
+    let arch = run(
+        &rescue,
+        r#"lscpu | grep "Architecture:" | awk '{print $2}'"#,
+    )
+    .await;
+    assert_eq!(arch.stdout.trim(), std::env::consts::ARCH);
+    let threads = run(
+        &rescue,
+        r#"lscpu | grep "CPU(s):" | head -1 |  awk '{ print $2}'"#,
+    )
+    .await;
+    assert!(threads.stdout.trim().parse::<u32>().is_ok(), "{threads:?}");
+    let storage_command = r#"lsblk -b -P -o "NAME,TYPE,SIZE,VENDOR,MODEL,SERIAL,WWN,HCTL,ROTA""#;
+    let storage = run(&rescue, storage_command).await;
+    assert_eq!(storage.exit_code, 0, "{storage:?}");
+    // obtainHardwareDetailsStorage: `KEY="value"` pairs a line, disks only.
+    let disks: Vec<(String, String)> = storage
+        .stdout
+        .lines()
+        .filter(|line| line.contains(r#"TYPE="disk""#))
+        .map(|line| {
+            let field = |key: &str| {
+                line.split(&format!("{key}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("NAME"), field("WWN"))
+        })
+        .collect();
+    assert_eq!(
+        disks,
+        [
+            ("sda".to_string(), "0x5002538e4f0a7002".to_string()),
+            ("sdb".to_string(), ROOT_WWN.to_string())
+        ],
+        "{}",
+        storage.stdout
+    );
+
+    // host.go `createAutoSetupInput`: the image is downloaded (ssh_client.go `DownloadImage`),
+    // to `/root/<name>.<suffix of the URL>` (`Image.GetDetails`).
+    let image_path = format!("/root/{image_name}.tar.gz");
+    let downloaded = run(
+        &rescue,
+        &format!(r#"curl -sLo "{image_path}" "{image_url}""#),
+    )
+    .await;
+    assert_eq!(downloaded.exit_code, 0, "{downloaded:?}");
+    // `getDeviceNames`: the drives whose WWN is among the root device hints.
+    let device_names: Vec<&str> = disks
+        .iter()
+        .filter(|(_, wwn)| wwn == ROOT_WWN)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(device_names, ["sdb"]);
+    // utils.go `buildAutoSetup`, for the template's installImage (no RAID, /boot and /).
+    let autosetup = format!(
+        "DRIVE1 /dev/{}\n\nHOSTNAME {HOSTNAME}\nSWRAID 0\n\nPART /boot ext4 1024M\nPART / ext4 all\n\n\n\nIMAGE {image_path}",
+        device_names[0]
+    );
+    // ssh_client.go `CreateAutoSetup`.
+    let created = run(
+        &rescue,
+        &format!("cat << 'EOF_VIA_SSH' > /autosetup\n{autosetup}\nEOF_VIA_SSH"),
+    )
+    .await;
+    assert_eq!(created.exit_code, 0, "{created:?}");
+    // host.go `actionImageInstallingStartBackgroundProcess`: the post-install script with the
+    // bootstrap data as the NoCloud seed, ending with the marker; ssh_client.go
+    // `CreatePostInstallScript`.
+    let post_install = format!(
+        "#!/bin/bash\n\n\n# install cloud-init data\n\ntrap 'echo \"ERROR: A command has failed. Exiting the script. Line was ($0:$LINENO): $(sed -n \"${{LINENO}}p\" \"$0\")\"; exit 3' ERR\nset -Eeuo pipefail\n\nmkdir -p /var/lib/cloud/seed/nocloud-net\n\ncat << 'EOF_POST_INSTALL_SCRIPT' > /var/lib/cloud/seed/nocloud-net/meta-data\nlocal-hostname: {HOSTNAME}\nEOF_POST_INSTALL_SCRIPT\n\ncat << 'EOF_POST_INSTALL_SCRIPT' > /var/lib/cloud/seed/nocloud-net/user-data\n{BOOTSTRAP_USER_DATA}\nEOF_POST_INSTALL_SCRIPT\n\necho \"{POST_INSTALL_SCRIPT_FINISHED}\"\n# end of install cloud-init data\n"
+    );
+    let created = run(
+        &rescue,
+        &format!("cat << 'EOF_VIA_SSH' > /root/post-install.sh\n{post_install}\nEOF_VIA_SSH"),
+    )
+    .await;
+    assert_eq!(created.exit_code, 0, "{created:?}");
+    assert_eq!(
+        run(&rescue, "chmod +x /root/post-install.sh")
+            .await
+            .exit_code,
+        0
+    );
+    // ssh_client.go `UntarTGZ`: CAPH's installimage, sent as base64 and unpacked in /root.
+    let archive = std::fs::read(&fork.path).expect("the fork's archive");
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&archive)
+    };
+    let unpacked = run(
+        &rescue,
+        &format!("cd /root && echo {encoded} | base64 -d | tar -xzf-"),
+    )
+    .await;
+    assert_eq!(unpacked.exit_code, 0, "{unpacked:?}");
+    // ssh_client.go `ExecuteInstallImage`: a wrapper that answers the 20-second wait, started
+    // in the background.
+    let wrapper = "#!/bin/bash\nexport TERM=xterm\n\n# don't wait 20 seconds before starting: echo \"x\"\necho \"x\" | /root/hetzner-installimage/installimage -a -c /autosetup -x /root/post-install.sh";
+    for command in [
+        format!("cat << 'EOF_VIA_SSH' > /root/installimage-wrapper.sh\n{wrapper}\nEOF_VIA_SSH"),
+        "chmod +x /root/installimage-wrapper.sh . ".to_string(),
+        "nohup /root/installimage-wrapper.sh >/root/installimage-wrapper.sh.log 2>&1 </dev/null &"
+            .to_string(),
+    ] {
+        let output = run(&rescue, &command).await;
+        assert_eq!(output.exit_code, 0, "`{command}`: {output:?}");
+    }
+    // ssh_client.go `GetInstallImageState`, polled (host.go `actionImageInstalling`) until
+    // installimage no longer runs and its log exists.
+    let started = Instant::now();
+    loop {
+        let running = run(&rescue, "ps aux| grep installimage | grep -v grep; true").await;
+        let logged = run(&rescue, "[ -e /root/installimage-wrapper.sh.log ]").await;
+        if running.stdout.trim().is_empty() && logged.exit_code == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "installimage still runs after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    eprintln!(
+        "{test}: CAPH's installimage took {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    // ssh_client.go `GetResultOfInstallImage`; host.go `actionImageInstallingFinished` wants
+    // the post-install marker in it.
+    let debug = run(&rescue, "cat /root/debug.txt").await.stdout;
+    let log = run(&rescue, "cat /root/installimage-wrapper.sh.log")
+        .await
+        .stdout;
+    assert!(
+        log.contains("INSTALLATION COMPLETE") && log.contains(POST_INSTALL_SCRIPT_FINISHED),
+        "{log}\n{debug}"
+    );
+    // ssh_client.go `Reboot` (its connection may end without an exit status).
+    let _ = rescue.exec_capture("reboot").await;
+    rescue.close().await;
+
+    // host.go `actionEnsureProvisioned`: as root with the same key (installimage copied the
+    // activation's keys into the node), the hostname, then `cloud-init status` until done,
+    // then the output log and the SIGTERM check.
+    let node = connect(address, &rescue_key).await;
+    let started = Instant::now();
+    loop {
+        let hostname = run(&node, "hostname").await.stdout;
+        if hostname.trim() == HOSTNAME {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the node answers as {hostname:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let status = loop {
+        let status = run(&node, "cloud-init status").await;
+        assert_eq!(status.exit_code, 0, "{status:?}");
+        if !status.stdout.contains("status: running") && !status.stdout.contains("not run") {
+            break status.stdout;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "cloud-init still runs: {}",
+            status.stdout
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    assert_eq!(
+        status.trim(),
+        "status: done",
+        "host.go checkCloudInitStatus"
+    );
+    let output = run(&node, "cat /var/log/cloud-init-output.log").await;
+    assert_eq!(output.exit_code, 0, "{output:?}");
+    assert!(
+        output
+            .stdout
+            .contains(&format!("kubeadm join would run on {HOSTNAME}")),
+        "{}",
+        output.stdout
+    );
+    let sigterm = run(&node, r#"cat /var/log/cloud-init.log | grep "SIGTERM""#).await;
+    assert_eq!(
+        sigterm.exit_code, 1,
+        "no SIGTERM in cloud-init.log: {sigterm:?}"
+    );
+    node.close().await;
+
+    // The same drive boots for real: first boot under QEMU, with cloud-init on a real kernel.
+    let disk_dir = robot_machines.disk_dir(SERVER).expect("the server's disks");
+    let drive = dir.join("caph-node-sdb.img");
+    let copied = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(disk_dir.join("sdb.img"))
+        .arg(&drive)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    drop(sim);
+    drop(robot_machines);
+    drop(machines);
+    if let Some(reason) = crate::boot::qemu_missing() {
+        eprintln!("SKIPPED {test} (first boot under QEMU): {reason}");
+        return;
+    }
+    let before = MountedSystem::mount(&drive, "/dev/sdb").await;
+    let installed_keys = host_key_fingerprints(&before.root);
+    drop(before);
+    let console = tokio::task::spawn_blocking({
+        let drive = drive.clone();
+        move || crate::boot::first_boot_until_cloud_init_finished(&drive, HOSTNAME)
+    })
+    .await
+    .unwrap();
+    let node = MountedSystem::mount(&drive, "/dev/sdb").await;
+    check_first_boot(&node, &installed_keys, &console);
+}
+
+/// The SHA256 fingerprints of a system's host keys.
+fn host_key_fingerprints(root: &Path) -> Vec<String> {
+    let mut fingerprints: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.to_string_lossy().ends_with("_key.pub"))
+        .map(|path: PathBuf| {
+            let listing = std::process::Command::new("ssh-keygen")
+                .args(["-l", "-E", "sha256", "-f"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&listing.stdout)
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    fingerprints.sort();
+    fingerprints
+}
+
+/// What first boot must leave on the drive: cloud-init done without errors in every stage,
+/// the bootstrap's files and marker with the node's hostname, a machine id of its own, and
+/// host keys made for this node (installimage's, which cloud-init keeps).
+fn check_first_boot(node: &MountedSystem, installed_keys: &[String], console: &[String]) {
+    let what = "the node after its first boot";
+    let status: serde_json::Value =
+        serde_json::from_str(&node.read("/var/lib/cloud/data/status.json"))
+            .expect("cloud-init's status.json");
+    for stage in ["init-local", "init", "modules-config", "modules-final"] {
+        let errors = &status["v1"][stage]["errors"];
+        assert_eq!(
+            errors,
+            &serde_json::json!([]),
+            "{what}: cloud-init's {stage} stage: {status:#}"
+        );
+        assert!(
+            status["v1"][stage]["finished"].is_number(),
+            "{what}: cloud-init's {stage} stage did not finish: {status:#}"
+        );
+    }
+    let result: serde_json::Value =
+        serde_json::from_str(&node.read("/var/lib/cloud/data/result.json"))
+            .expect("cloud-init's result.json");
+    assert_eq!(
+        result["v1"]["errors"],
+        serde_json::json!([]),
+        "{what}: {result:#}"
+    );
+    assert!(
+        result["v1"]["datasource"]
+            .as_str()
+            .is_some_and(|source| source.contains("DataSourceNoCloud")),
+        "{what}: {result:#}"
+    );
+    assert_eq!(
+        node.read("/var/lib/caph-e2e-bootstrap-marker").trim(),
+        format!("kubeadm join would run on {HOSTNAME}")
+    );
+    assert!(
+        node.read("/etc/kubernetes/caph-e2e-bootstrap.yaml")
+            .contains("kind: JoinConfiguration")
+    );
+    assert_eq!(node.read("/etc/hostname").trim(), HOSTNAME);
+    let machine_id = node.read("/etc/machine-id");
+    assert_eq!(
+        machine_id.trim().len(),
+        32,
+        "{what}: machine-id {machine_id:?} (the tarball's is empty)"
+    );
+    let keys = host_key_fingerprints(&node.root);
+    assert!(!keys.is_empty() && keys.iter().all(|key| key.starts_with("SHA256:")));
+    assert_eq!(
+        keys, installed_keys,
+        "{what}: cloud-init kept the host keys installimage made"
+    );
+    assert!(
+        console
+            .iter()
+            .any(|line| line.contains("Cloud-init v.") && line.contains("finished at")),
+        "{what}: {console:?}"
+    );
+}
