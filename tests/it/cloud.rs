@@ -43,6 +43,15 @@ impl Cloud {
     /// `crates/caph-image/benches/builds.rs`, includes this file), or says why this machine
     /// cannot.
     pub async fn start_scaled(scale: f64) -> Result<Cloud, String> {
+        Cloud::start_observed(scale, None).await
+    }
+
+    /// [`Cloud::start_scaled`], with `on_request` told about every request the simulator
+    /// answers.
+    pub async fn start_observed(
+        scale: f64,
+        on_request: Option<caph_sim::hcloud::RequestObserver>,
+    ) -> Result<Cloud, String> {
         let machines = Arc::new(
             SshMachines::new(SshMachinesConfig::default()).map_err(|error| error.to_string())?,
         );
@@ -58,6 +67,7 @@ impl Cloud {
             time: TimeMode::Scaled(scale),
             machines: machines.clone(),
             record_responses: true,
+            on_request,
             ..Default::default()
         })
         .await

@@ -3,9 +3,11 @@
 mod boot;
 mod cli;
 mod cloud;
+mod crd;
 mod hcloud_build;
 mod hcloud_faults;
 mod hcloud_sim_mode;
+mod machine_templates;
 mod robot;
 mod robot_sim_mode;
 mod tarball;

@@ -11,6 +11,7 @@
 //! 3. `gc` removes what a SIGKILLed run left, by the same label.
 
 mod cloud_init;
+pub mod commit;
 mod ledger;
 mod lookup;
 pub mod naming;

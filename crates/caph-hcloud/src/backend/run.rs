@@ -11,6 +11,7 @@ use caph_core::plan::{self, BuildStamp, Target};
 use caph_core::{Arch, ImageSpec};
 use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, OutputLine, Session};
 
+use super::commit::{self, CommitError, CommitEvent, NameCommit};
 use super::ledger::{self, Ledger, SharedLedger};
 use super::naming::{
     self, final_snapshot_labels, pending_snapshot_labels, snapshot_description, temporary_labels,
@@ -18,7 +19,6 @@ use super::naming::{
 };
 use super::{HcloudBackendConfig, cloud_init, lookup};
 use crate::client::CreateSshKeyRequest;
-use crate::client::UpdateImageRequest;
 use crate::client::{Client, Error as ClientError, SecretString};
 use crate::client::{CreateImageRequest, CreateServerRequest};
 use crate::client::{IdOrName, ImageId, ImageStatus, ServerId, ServerStatus};
@@ -69,6 +69,9 @@ pub enum ArchFailure {
     /// Key generation failed.
     #[error("generating keys: {0}")]
     Keys(#[from] caph_ssh::KeyError),
+    /// Naming the snapshot (and replacing the old one) failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> ArchFailure {
@@ -632,59 +635,26 @@ async fn run_arch(
         .map_err(api("waiting for the snapshot"))?;
     let image = wait_until_available(client, image_id, &image_wait).await?;
 
-    // Commit: with --replace the old snapshot goes first (only now that the new one is available),
-    // then the new one takes the name. CAPH never finds two.
+    // Commit: the new snapshot takes the name, then (--replace) the old one goes; see
+    // `commit` for why in this order. The ledger keeps the new snapshot until then.
     tracker.enter(context, Phase::Verify, "naming the snapshot");
-    let old: Vec<ImageId> = lookup::caph_lookup(client, &spec.image.name, arch)
-        .await
-        .map_err(api("looking up the image name"))?
-        .into_iter()
-        .map(|image| image.id)
-        .filter(|id| *id != image_id)
-        .collect();
-    if !old.is_empty() {
-        if !request.replace {
-            return Err(ArchFailure::Verify(format!(
-                "the name \"{}\" was taken by snapshot {} while this build ran; rerun with --replace",
-                spec.image.name,
-                old.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+    let commit = NameCommit {
+        name: &spec.image.name,
+        arch,
+        image: image_id,
+        labels: final_snapshot_labels(spec, arch, &context.build_id),
+        replace: request.replace,
+    };
+    commit::commit_name(client, &commit, &mut |event| match event {
+        CommitEvent::Named(_) => {}
+        CommitEvent::Replaced(old) => {
+            tracker.say(context, format!("deleted the replaced snapshot {old}"))
         }
-        for old_id in &old {
-            client
-                .delete_image(*old_id)
-                .await
-                .map_err(api(format!("deleting the replaced snapshot {old_id}")))?;
-            tracker.say(context, format!("deleted the replaced snapshot {old_id}"));
+        CommitEvent::Committed(_) => {
+            ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None)
         }
-    }
-    client
-        .update_image(
-            image_id,
-            &UpdateImageRequest {
-                description: None,
-                labels: Some(final_snapshot_labels(spec, arch, &context.build_id)),
-            },
-        )
-        .await
-        .map_err(api("naming the snapshot"))?;
-    ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None);
-
-    // Post-check with CAPH's own query.
-    let found = lookup::caph_lookup(client, &spec.image.name, arch)
-        .await
-        .map_err(api("checking the image name"))?;
-    if found.len() != 1 || found[0].id != image_id {
-        let ids: Vec<String> = found.iter().map(|image| image.id.to_string()).collect();
-        return Err(ArchFailure::Verify(format!(
-            "CAPH's lookup for \"{}\" on {arch} finds [{}], not exactly snapshot {image_id}",
-            spec.image.name,
-            ids.join(", ")
-        )));
-    }
+    })
+    .await?;
     tracker.say(
         context,
         format!("CAPH's lookup finds exactly snapshot {image_id}"),

@@ -24,7 +24,7 @@ use crate::progress::Progress;
 
 /// The exit code of a wrong command line, as clap gives it.
 const EXIT_USAGE: u8 = 2;
-use crate::{output, spec_files};
+use crate::{output, spec_files, templates};
 
 /// Options of `build hcloud`.
 #[derive(Debug)]
@@ -209,12 +209,8 @@ fn machine_template(spec: &caph_core::ImageSpec, arch: Arch) -> String {
         .hcloud
         .as_ref()
         .and_then(|h| h.server_types.get(&arch))
-        .cloned()
-        .unwrap_or_default();
-    format!(
-        "apiVersion: infrastructure.cluster.x-k8s.io/v1beta1\nkind: HCloudMachineTemplate\nmetadata:\n  name: {name}-{arch}\nspec:\n  template:\n    spec:\n      imageName: {name}\n      type: {server_type}\n",
-        name = spec.image.name
-    )
+        .map_or("", String::as_str);
+    templates::hcloud_machine_template(&spec.image.name, arch, server_type)
 }
 
 fn print_artifacts(
