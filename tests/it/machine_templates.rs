@@ -767,9 +767,14 @@ async fn templates_of_build_hcloud_pass_caph_crds_and_replace_is_one_request() {
         "the old snapshot stays until the new one has the name"
     );
     let window = closed_at.duration_since(log[put].3);
+    // An upper bound: the simulator answers the DELETE only after it has also removed the
+    // snapshot's disk layer on this machine, while CAPH's lookup stops finding the old image
+    // as soon as the DELETE is applied (crates/caph-hcloud/tests/it/replace.rs measures the
+    // window itself).
     eprintln!(
-        "build hcloud --replace: CAPH finds two x86 images for 1 request (the DELETE), {:.1} ms of \
-         real time here, {:.2} s of the simulator's time (scaled by {SCALE})",
+        "build hcloud --replace: CAPH finds two x86 images for 1 request (the DELETE); from the \
+         PUT's answer to the DELETE's {:.1} ms of real time here, {:.2} s of the simulator's time \
+         (scaled by {SCALE})",
         window.as_secs_f64() * 1e3,
         window.as_secs_f64() / SCALE
     );
