@@ -7,7 +7,10 @@ mod crd;
 mod hcloud_build;
 mod hcloud_faults;
 mod hcloud_sim_mode;
+mod installed_disk;
+mod installimage_differential;
 mod machine_templates;
+mod rescue_install;
 mod robot;
 mod robot_sim_mode;
 mod tarball;
@@ -18,6 +21,22 @@ use std::process::{Command, Output};
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The real installimage of `kind` from `../shared/vendor/installimage/` (checked by sha256),
+/// or why it cannot be had: the folder is missing outside CI (where `.ci/run` insists on it).
+pub fn vendored_installimage(
+    kind: caph_sim::real_installimage::InstallimageKind,
+) -> Result<caph_sim::real_installimage::InstallimageArchive, String> {
+    let vendor = repo().join("../shared/vendor/installimage");
+    if !vendor.is_dir() {
+        return Err(format!(
+            "{} is missing (the unmodified installimage archives; see shared/vendor/README.md)",
+            vendor.display()
+        ));
+    }
+    caph_sim::real_installimage::InstallimageArchive::vendored(&vendor, kind)
+        .map_err(|error| error.to_string())
 }
 
 /// Runs `caph-image` with `args` in `dir` and returns what it did.

@@ -1,6 +1,7 @@
 //! `caph-image build robot` end to end: a tarball made by `build tarball` is installed through the
-//! simulated Robot API, rescue system and installimage (real sshd, real disk images), and the
-//! installed node is reached over SSH afterwards.
+//! simulated Robot API and rescue system (real sshd, the server's drive a real block device) by
+//! Hetzner's real installimage; the installed node is reached over SSH afterwards, the drive is
+//! checked from outside, and it boots under QEMU through the GRUB installimage put on it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use caph_robot::client::{Credentials, RobotClient};
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
+use caph_sim::real_installimage::InstallimageKind;
 use caph_sim::robot::{
     RobotDrive, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig, SshRobotMachines, TimeMode,
 };
@@ -25,19 +27,25 @@ fn caph_sim_binary() -> Option<PathBuf> {
     binary.exists().then_some(binary)
 }
 
-/// Installs `tarball` (in `dir`) on a simulated dedicated server with the real binary, logs in,
-/// and boots the installed disk under QEMU with the kernel and initramfs in `boot_dir`.
+/// Installs `tarball` (in `dir`) on a simulated dedicated server with the real binary and
+/// Hetzner's installimage, logs in, checks the drive, and boots it under QEMU through GRUB.
 pub async fn install_and_log_in(
     dir: &Path,
     spec_file: &str,
     tarball: &Path,
-    boot_dir: &Path,
     kubernetes_version: &str,
 ) {
     let test = "build robot (after build tarball)";
     let Some(installimage) = caph_sim_binary() else {
         eprintln!("SKIPPED {test}: target/debug/caph-sim is not built (cargo build -p caph-sim)");
         return;
+    };
+    let real_installimage = match crate::vendored_installimage(InstallimageKind::Hetzner) {
+        Ok(archive) => archive,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
     };
     let machines = match SshMachines::new(SshMachinesConfig::default()) {
         Ok(machines) => Arc::new(machines),
@@ -48,7 +56,7 @@ pub async fn install_and_log_in(
     };
     let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
         machines: machines.clone(),
-        real_installimage: None,
+        real_installimage: Some(real_installimage),
         installimage_binary: installimage,
         rescue_packages: caph_sim::robot::RESCUE_PACKAGES
             .iter()
@@ -73,8 +81,9 @@ pub async fn install_and_log_in(
     // A key of our own, authorized on the installed node through Robot.
     let inspector = KeyPair::generate_ed25519("inspector").unwrap();
     let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).unwrap();
+    let inspector_public = inspector.public_key().to_openssh();
     let key = client
-        .create_key("inspector", &inspector.public_key().to_openssh())
+        .create_key("inspector", &inspector_public)
         .await
         .unwrap();
 
@@ -173,9 +182,31 @@ pub async fn install_and_log_in(
     );
     session.close().await;
 
-    // The disk installimage wrote boots: kernel, initramfs, root by UUID, fstab, systemd, sshd.
+    // Hetzner's installimage ran, for real.
+    let ran = robot_machines.installimage_ran(SERVER).unwrap_or_default();
+    assert!(
+        ran.contains("Hetzner's installimage") && ran.contains("for real"),
+        "{ran}"
+    );
+
+    // The drive as installimage left it, read from outside (the running node is a copy of it).
     let disk_dir = robot_machines
         .disk_dir(SERVER)
         .expect("the server's disks are on the host");
-    crate::boot::installed_disk_boots(&disk_dir, boot_dir, "e2e-node-1");
+    let drive = disk_dir.join("sda.img");
+    crate::installed_disk::check_real_install(
+        &drive,
+        "/dev/sda",
+        &crate::installed_disk::Expected {
+            hostname: "e2e-node-1",
+            authorized_keys: &[inspector_public],
+            rescue_host_key_fingerprints: &[report["rescue_host_key_fingerprint"]
+                .as_str()
+                .unwrap()
+                .to_owned()],
+        },
+    )
+    .await;
+    // It boots: BIOS, GRUB from the MBR, kernel, initramfs, root by UUID, systemd, sshd.
+    crate::boot::disk_boots_through_its_boot_loader(&drive, "e2e-node-1");
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
+use caph_sim::real_installimage::InstallimageKind;
 
 use crate::hcloud_sim_mode::{
     SHIPPED_SPEC, run_dirs_of, run_to_success, sim_as_nobody_names_the_fix,
@@ -15,18 +16,28 @@ use crate::{repo, stderr, stdout};
 const UNUSED_PASSWORD: &str = "robot-password-that-must-not-be-used";
 
 /// Installs `tarball` (made from `spec_file` in `dir`) with `build robot SPEC --server 4711
-/// --sim`: the spec's own [robot] table (RAID 1 over the two drives, hostname
-/// node-{server_number}), as the shipped specs have it.
+/// --sim --sim-installimage HETZNER`: the spec's own [robot] table (RAID 1 over the two drives,
+/// hostname node-{server_number}), as the shipped specs have it, which this kernel cannot
+/// install for real, so the simulated installimage runs and the output says why.
 pub async fn install_with_sim(dir: &Path, spec_file: &str, tarball: &Path) {
     let test = "build robot --sim (after build tarball)";
     if let Err(error) = SshMachines::new(SshMachinesConfig::default()) {
         eprintln!("SKIPPED {test}: {error}");
         return;
     }
+    let archive = match crate::vendored_installimage(InstallimageKind::Hetzner) {
+        Ok(archive) => archive,
+        Err(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            return;
+        }
+    };
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"));
     command
         .args(["build", "robot", spec_file, "--server", "4711", "--tarball"])
         .arg(tarball)
+        .arg("--sim-installimage")
+        .arg(&archive.path)
         .args([
             "--sim",
             "--sim-speed",
@@ -100,10 +111,19 @@ pub async fn install_with_sim(dir: &Path, spec_file: &str, tarball: &Path) {
         );
         assert!(simulator["note"].as_str().unwrap().contains(words));
     }
-    // The spec's RAID 1 layout went through the simulated installimage.
+    // The spec's RAID 1 layout went through the simulated installimage, and the run says so.
     assert!(
         errors.contains("simulator: rescue system ready"),
         "{errors}"
+    );
+    assert!(
+        errors.contains("the rescue system runs Hetzner's installimage"),
+        "{errors}"
+    );
+    assert_eq!(
+        simulator["installimage"],
+        "caph-sim: running the simulated installimage: the layout uses more than one drive",
+        "{report:#}"
     );
     // Nothing of the run is left on this machine: its machines' directory is gone with it.
     assert_eq!(run_dirs_of(pid), Vec::<String>::new());

@@ -312,9 +312,13 @@ Examples:
 
 Without a Robot account, --sim runs the same installation against a simulated Robot account with
 server N (an EX44 with two 512 GB drives) whose rescue system and installed node are real OpenSSH
-servers in chroots on this machine, and whose installimage applies installimage's rules:
+servers in chroots on this machine, and whose drives are block devices there. Its installimage is
+a simulation that applies installimage's rules; with --sim-installimage FILE (an archive of
+Hetzner's installimage, github.com/hetzneronline/installimage) the rescue system runs the real
+one wherever this machine's kernel can install the layout (one drive, BIOS, no RAID, LVM or
+encryption), and the output says which one ran:
   sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim
-  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim --sim-speed 10 --tarball Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz")]
+  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim --sim-speed 10 --tarball Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout single-disk --sim-installimage installimage.tar.gz")]
     Robot {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -361,6 +365,11 @@ servers in chroots on this machine, and whose installimage applies installimage'
         /// timings of real servers, 10 = ten times faster)
         #[arg(long, value_name = "F", default_value = "1", requires = "sim", value_parser = parse_speed)]
         sim_speed: f64,
+        /// With --sim: an archive of Hetzner's installimage (a .tar.gz of
+        /// github.com/hetzneronline/installimage, or the fork Cluster API Provider Hetzner
+        /// uses) for the simulated rescue system to run for real where the layout allows
+        #[arg(long, value_name = "FILE", requires = "sim")]
+        sim_installimage: Option<PathBuf>,
         #[command(flatten)]
         api: RobotArgs,
     },

@@ -34,7 +34,7 @@ fn make_rescue(work: &Path, config: &str) -> (PathBuf, PathBuf, PathBuf) {
             .expect("image in place");
     }
     std::fs::create_dir_all(rescue.join("etc")).expect("dir");
-    std::fs::write(rescue.join("root/.ssh/authorized_keys"), RESCUE_KEY).expect("keys");
+    std::fs::write(rescue.join("root/.ssh/robot_user_keys"), RESCUE_KEY).expect("keys");
     std::fs::write(rescue.join("etc/resolv.conf"), "nameserver 127.0.0.53\n").expect("resolv");
     let script = rescue.join("root/post-install.sh");
     std::fs::write(
@@ -65,6 +65,10 @@ fn facts(disk_dir: &Path) -> MachineFacts {
             size_bytes: DRIVE_BYTES,
         }],
         ipv4: "127.77.0.5".into(),
+        ipv4_prefix: 32,
+        ipv4_gateway: None,
+        ipv6: None,
+        ipv6_gateway: None,
         interface: "eth0".into(),
         disk_dir: disk_dir.to_owned(),
         real_installimage: None,

@@ -97,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reset_timeout,
             sim,
             sim_speed,
+            sim_installimage,
             api,
         }) => robot::build(
             &cli.global,
@@ -112,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll_interval,
                 reset_timeout,
                 sim: sim.then_some(sim_speed),
+                sim_installimage: sim_installimage.as_deref(),
                 api: &api,
             },
         ),

@@ -15,6 +15,7 @@ use caph_robot::backend::{InstallTarget, RobotBackend, RobotBackendConfig, layou
 use caph_robot::client::{Credentials, RobotClient};
 use caph_rootfs::assemble::{self, AssembleOptions};
 use caph_sim::machine::SshMachines;
+use caph_sim::real_installimage::InstallimageArchive;
 use caph_sim::robot::{
     RESCUE_PACKAGES, RESCUE_TEMPLATE_CACHE, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig,
     SshRobotMachines, TimeMode,
@@ -64,6 +65,8 @@ pub struct BuildOptions<'a> {
     pub reset_timeout: Duration,
     /// `--sim` with its `--sim-speed`: install on a simulated server in this process.
     pub sim: Option<f64>,
+    /// `--sim-installimage`: the real installimage for the simulated rescue system.
+    pub sim_installimage: Option<&'a Path>,
     pub api: &'a RobotArgs,
 }
 
@@ -120,6 +123,17 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         ));
         return Ok(ExitCode::from(EXIT_USAGE));
     }
+    let real_installimage = options
+        .sim_installimage
+        .map(|path| {
+            InstallimageArchive::open(path).with_context(|| {
+                format!(
+                    "--sim-installimage {}: an archive of Hetzner's installimage is needed",
+                    path.display()
+                )
+            })
+        })
+        .transpose()?;
     let progress = Arc::new(Progress::new(global.no_progress, global.verbose));
     let runtime = runtime()?;
     // Declared after the runtime, so dropped before it: the simulator stops and its machines
@@ -129,6 +143,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
             speed,
             options.server,
             options.arch,
+            real_installimage,
             &progress,
         ))?),
         None => None,
@@ -311,7 +326,7 @@ const SIM_USER: &str = "caph-image-sim";
 struct SimRobot {
     /// Dropped before the machines (field order): the API stops before its machines go.
     sim: RobotSim,
-    _robot_machines: Arc<SshRobotMachines>,
+    robot_machines: Arc<SshRobotMachines>,
     /// Dropping the last reference kills every machine and removes its directory.
     _machines: Arc<SshMachines>,
     password: String,
@@ -327,6 +342,8 @@ struct SimSummary {
     rescue_active: bool,
     resets: Vec<String>,
     rescue_boots: u32,
+    /// What the rescue system said about the installimage it ran.
+    installimage: Option<String>,
 }
 
 impl SimSummary {
@@ -343,7 +360,10 @@ impl SimSummary {
             } else {
                 "used up"
             }
-        )
+        ) + &match &self.installimage {
+            Some(line) => format!(" installimage: {}.", line.trim_start_matches("caph-sim: ")),
+            None => String::new(),
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -354,6 +374,7 @@ impl SimSummary {
             "resets": self.resets,
             "rescue_boots": self.rescue_boots,
             "rescue_active": self.rescue_active,
+            "installimage": self.installimage,
         })
     }
 }
@@ -365,6 +386,7 @@ impl SimRobot {
         speed: f64,
         server: u64,
         arch: Arch,
+        real_installimage: Option<InstallimageArchive>,
         progress: &Arc<Progress>,
     ) -> anyhow::Result<SimRobot> {
         if std::env::var_os("HETZNER_ROBOT_USER").is_some()
@@ -390,9 +412,15 @@ impl SimRobot {
         let installimage_binary = std::env::current_exe().context(
             "--sim: finding this binary, which the simulated rescue system runs as installimage",
         )?;
+        if let Some(archive) = &real_installimage {
+            output::note(&format!(
+                "simulator: the rescue system runs {} for layouts this machine's kernel can install (one drive, BIOS, no RAID, LVM or encryption), the simulated installimage for the rest",
+                archive.label
+            ));
+        }
         let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
             machines: machines.machines.clone(),
-            real_installimage: None,
+            real_installimage,
             installimage_binary,
             rescue_packages: RESCUE_PACKAGES
                 .iter()
@@ -433,7 +461,7 @@ impl SimRobot {
         ));
         Ok(SimRobot {
             sim,
-            _robot_machines: robot_machines,
+            robot_machines,
             _machines: machines.machines,
             password,
             speed,
@@ -474,6 +502,7 @@ impl SimRobot {
                 .map(|server| server.resets.clone())
                 .unwrap_or_default(),
             rescue_boots: server.map_or(0, |server| server.rescue_boots),
+            installimage: self.robot_machines.installimage_ran(self.server),
         }
     }
 }

@@ -597,10 +597,7 @@ pub(crate) fn install(
     }
     status.step_open("Executing additional commands");
     write(&stage.join("etc/hostname"), &format!("{}\n", vars.hostname))?;
-    write(
-        &stage.join("etc/hosts"),
-        &hosts(&vars.hostname, &facts.ipv4),
-    )?;
+    write(&stage.join("etc/hosts"), &hosts(&vars.hostname, facts))?;
     // An empty machine-id: systemd makes a new one on first boot, so clones differ.
     write(&stage.join("etc/machine-id"), "")?;
     let _ = std::fs::remove_file(stage.join("var/lib/dbus/machine-id"));
@@ -643,19 +640,40 @@ pub(crate) fn install(
     status.step("Setting up miscellaneous files");
 
     status.step_open("Configuring authentication");
-    let rescue_keys = options.system_root.join("root/.ssh/authorized_keys");
+    // The activation's keys, where the rescue system keeps them for installimage.
+    let rescue_keys = options.system_root.join("root/.ssh/robot_user_keys");
     if let Ok(keys) = std::fs::read_to_string(&rescue_keys) {
         let ssh_dir = stage.join("root/.ssh");
         std::fs::create_dir_all(&ssh_dir)
             .map_err(|error| format!("ERROR: creating /root/.ssh: {error}"))?;
         let _ = std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700));
-        write(&ssh_dir.join("authorized_keys"), &keys)?;
-        let _ = std::fs::set_permissions(
-            ssh_dir.join("authorized_keys"),
-            std::fs::Permissions::from_mode(0o600),
-        );
+        // Appended, as installimage does: keys the image brings stay.
+        let authorized = ssh_dir.join("authorized_keys");
+        let mut all = std::fs::read_to_string(&authorized).unwrap_or_default();
+        all.push_str(&keys);
+        write(&authorized, &all)?;
+        let _ = std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o600));
         status.sub("  Fetching SSH keys");
+        // The root password is locked: keys are the only way in.
+        let shadow = stage.join("etc/shadow");
+        if let Ok(text) = std::fs::read_to_string(&shadow) {
+            let locked: String = text
+                .lines()
+                .map(|line| match line.split_once(':') {
+                    Some(("root", rest)) => match rest.split_once(':') {
+                        Some((_, after)) => format!("root:*:{after}\n"),
+                        None => format!("{line}\n"),
+                    },
+                    _ => format!("{line}\n"),
+                })
+                .collect();
+            write(&shadow, &locked)?;
+        }
         status.sub("  Disabling root password");
+        let sshd_config = stage.join("etc/ssh/sshd_config");
+        if let Ok(text) = std::fs::read_to_string(&sshd_config) {
+            write(&sshd_config, &permit_root_login(&text, "without-password"))?;
+        }
         status.sub("  Disabling SSH root login with password");
         status.sub("  Copying SSH keys");
     }
@@ -672,11 +690,10 @@ pub(crate) fn install(
     status.step(&format!("Running some {} specific functions", info.distro));
     status.step("Clearing log files");
 
-    // The rescue's resolv.conf, so the post-install script has DNS.
-    if let Ok(resolv) = std::fs::read_to_string(options.system_root.join("etc/resolv.conf")) {
-        let target = stage.join("etc/resolv.conf");
-        let _ = std::fs::remove_file(&target);
-        write(&target, &resolv)?;
+    // Hetzner's resolvers, as installimage writes them (a symlink in the image is replaced).
+    write(&stage.join("etc/resolv.conf"), &resolv_conf())?;
+    if stage.join("etc/sysctl.d").is_dir() {
+        write(&stage.join("etc/sysctl.d/99-hetzner.conf"), HETZNER_SYSCTL)?;
     }
     if let Some(script) = &options.post_install {
         let _ = writeln!(status.out, "         :  Executing post installation script");
@@ -793,17 +810,15 @@ fn render_fstab(vars: &Vars, planned: &[PlannedPartition], drive1: &str) -> Stri
         };
         let source = format!("UUID={}", part.uuid);
         match (part.mount.as_str(), part.fs.as_str()) {
-            (_, "swap") => fstab.push_str(&format!(
-                "# {device} during Installation (RescueSystem)\n{source} none swap sw 0 0\n"
-            )),
+            (_, "swap") => fstab.push_str(&format!("# {device}\n{source} none swap sw 0 0\n")),
             ("lvm" | "none", _) => {}
             (mount, _) if mount.starts_with("btrfs.") => {}
             (mount, "esp") => fstab.push_str(&format!(
-                "# {device} during Installation (RescueSystem)\n{source} {mount} vfat umask=0077 0 1\n"
+                "# {device}\n{source} {mount} vfat umask=0077 0 1\n"
             )),
-            (mount, fs) => fstab.push_str(&format!(
-                "# {device} during Installation (RescueSystem)\n{source} {mount} {fs} defaults 0 0\n"
-            )),
+            (mount, fs) => {
+                fstab.push_str(&format!("# {device}\n{source} {mount} {fs} defaults 0 0\n"))
+            }
         }
     }
     for volume in &vars.logical_volumes {
@@ -826,17 +841,103 @@ fn render_fstab(vars: &Vars, planned: &[PlannedPartition], drive1: &str) -> Stri
     fstab
 }
 
-fn hosts(hostname: &str, ipv4: &str) -> String {
-    format!(
-        "### Hetzner Online GmbH installimage\n# nameserver config\n# IPv4\n127.0.0.1 localhost.localdomain localhost\n{ipv4} {hostname}\n#\n# IPv6\n::1     ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\nff02::3 ip6-allhosts\n"
-    )
+/// installimage's `/etc/hosts`: its header, localhost, the main address with the short name
+/// (no FQDN for a short hostname), the IPv6 names, and the IPv6 address where there is one.
+fn hosts(hostname: &str, facts: &MachineFacts) -> String {
+    let mut hosts = format!(
+        "### Hetzner Online GmbH installimage\n127.0.0.1 localhost.localdomain localhost\n{} {hostname}\n::1     ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\nff02::3 ip6-allhosts\n",
+        facts.ipv4
+    );
+    if let Some(ipv6) = &facts.ipv6 {
+        let address = ipv6.split('/').next().unwrap_or(ipv6);
+        hosts.push_str(&format!("{address} {hostname}\n"));
+    }
+    hosts
+}
+
+/// installimage's resolvers (`DNSRESOLVER` and `DNSRESOLVER_V6` in its config.sh). It shuffles
+/// each list and interleaves them; the simulation writes them in this order.
+const RESOLVERS: &[&str] = &[
+    "185.12.64.1",
+    "2a01:4ff:ff00::add:2",
+    "185.12.64.2",
+    "2a01:4ff:ff00::add:1",
+];
+
+/// `/etc/resolv.conf` as installimage writes it on Debian and on Ubuntu before 18.04.
+fn resolv_conf() -> String {
+    let mut text = String::from("### Hetzner Online GmbH installimage\n# nameserver config\n");
+    for resolver in RESOLVERS {
+        text.push_str(&format!("nameserver {resolver}\n"));
+    }
+    text
+}
+
+/// installimage's `/etc/sysctl.d/99-hetzner.conf` (`generate_sysctlconf`) on a machine that is
+/// not a virtual one.
+const HETZNER_SYSCTL: &str = "\
+### Hetzner Online GmbH installimage
+# sysctl config
+#net.ipv4.ip_forward=1
+net.ipv4.conf.all.rp_filter=1
+net.ipv4.icmp_echo_ignore_broadcasts=1
+# ipv6 settings (no autoconfiguration)
+net.ipv6.conf.default.autoconf=0
+net.ipv6.conf.default.accept_dad=0
+net.ipv6.conf.default.accept_ra=0
+net.ipv6.conf.default.accept_ra_defrtr=0
+net.ipv6.conf.default.accept_ra_rtr_pref=0
+net.ipv6.conf.default.accept_ra_pinfo=0
+net.ipv6.conf.default.accept_source_route=0
+net.ipv6.conf.default.accept_redirects=0
+net.ipv6.conf.all.autoconf=0
+net.ipv6.conf.all.accept_dad=0
+net.ipv6.conf.all.accept_ra=0
+net.ipv6.conf.all.accept_ra_defrtr=0
+net.ipv6.conf.all.accept_ra_rtr_pref=0
+net.ipv6.conf.all.accept_ra_pinfo=0
+net.ipv6.conf.all.accept_source_route=0
+net.ipv6.conf.all.accept_redirects=0
+";
+
+/// installimage's `set_ssh_rootlogin`: every unindented line whose text after its first `#` is
+/// two words and names `PermitRootLogin` becomes `PermitRootLogin <permit>`; everything else
+/// stays as it is.
+fn permit_root_login(sshd_config: &str, permit: &str) -> String {
+    let mut out = String::with_capacity(sshd_config.len());
+    for line in sshd_config.lines() {
+        let indentation = match line.find('#') {
+            Some(hash) => hash,
+            None => line.find('P').unwrap_or(0),
+        };
+        let after_hash = match line.split_once('#') {
+            Some((_, rest)) => rest,
+            None => line,
+        };
+        if line.contains("PermitRootLogin")
+            && indentation == 0
+            && after_hash.split_whitespace().count() == 2
+        {
+            out.push_str(&format!("PermitRootLogin {permit}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The network config file and its content: netplan for Ubuntu, ifupdown otherwise.
 fn network_config(distro: &str, facts: &MachineFacts) -> (PathBuf, String) {
     // Hetzner's on-link gateway for dedicated servers' /32 setups.
     const GATEWAY: &str = "172.31.1.1";
-    if distro == "ubuntu" {
+    if distro != "ubuntu" {
+        return (
+            PathBuf::from("etc/network/interfaces"),
+            ifupdown_interfaces(facts),
+        );
+    }
+    {
         (
             PathBuf::from("etc/netplan/01-netcfg.yaml"),
             format!(
@@ -845,16 +946,50 @@ fn network_config(distro: &str, facts: &MachineFacts) -> (PathBuf, String) {
                 ip = facts.ipv4
             ),
         )
-    } else {
-        (
-            PathBuf::from("etc/network/interfaces"),
-            format!(
-                "### Hetzner Online GmbH installimage\n\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\niface lo inet6 loopback\n\nauto {iface}\niface {iface} inet static\n  address {ip}\n  netmask 255.255.255.255\n  gateway {GATEWAY}\n  pointopoint {GATEWAY}\n",
-                iface = facts.interface,
-                ip = facts.ipv4
-            ),
-        )
     }
+}
+
+/// installimage's `/etc/network/interfaces` (`gen_etc_network_interfaces_entry`) for a machine
+/// that is not a virtual one: the address with its netmask and gateway, a host route to the
+/// address's network where the gateway is not a private address, and an IPv6 stanza where the
+/// interface has an IPv6 address.
+fn ifupdown_interfaces(facts: &MachineFacts) -> String {
+    let iface = &facts.interface;
+    let prefix = facts.ipv4_prefix.min(32);
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    let dotted = |value: u32| std::net::Ipv4Addr::from(value).to_string();
+    let mut text = format!(
+        "### Hetzner Online GmbH installimage\n\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\niface lo inet6 loopback\n\nauto {iface}\niface {iface} inet static\n  address {ip}\n  netmask {netmask}\n",
+        ip = facts.ipv4,
+        netmask = dotted(mask)
+    );
+    if let Some(gateway) = &facts.ipv4_gateway {
+        text.push_str(&format!("  gateway {gateway}\n"));
+        let private = gateway
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|address| address.is_private());
+        if !private && let Ok(address) = facts.ipv4.parse::<std::net::Ipv4Addr>() {
+            let network = dotted(u32::from(address) & mask);
+            text.push_str(&format!(
+                "  # route {network}/{prefix} via {gateway}\n  up route add -net {network} netmask {} gw {gateway} dev {iface}\n",
+                dotted(mask)
+            ));
+        }
+    }
+    if let Some(ipv6) = &facts.ipv6 {
+        let (address, length) = ipv6.split_once('/').unwrap_or((ipv6, "64"));
+        text.push_str(&format!(
+            "\niface {iface} inet6 static\n  address {address}\n  netmask {length}\n"
+        ));
+        if let Some(gateway) = &facts.ipv6_gateway {
+            text.push_str(&format!("  gateway {gateway}\n"));
+        }
+    }
+    text
 }
 
 /// The host key types installimage knows, with the private key file whose presence in the

@@ -74,6 +74,18 @@ pub struct MachineFacts {
     pub drives: Vec<Drive>,
     /// The main address, written to the network config and `/etc/hosts`.
     pub ipv4: String,
+    /// Its prefix length (the network installimage writes a host route to).
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// The IPv4 default gateway, where there is one.
+    #[serde(default)]
+    pub ipv4_gateway: Option<String>,
+    /// An IPv6 address with its prefix length (`2a01:4f8::2/64`), where the machine has one.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// The IPv6 default gateway, where there is one.
+    #[serde(default)]
+    pub ipv6_gateway: Option<String>,
     /// The main interface name for the network config.
     pub interface: String,
     /// Where the drives' contents live: one `<name>.img` per drive, or `root/` for a directory
@@ -83,6 +95,10 @@ pub struct MachineFacts {
     /// the simulation wherever the layout allows (see [`why_simulated`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real_installimage: Option<RealInstallimage>,
+}
+
+fn default_ipv4_prefix() -> u8 {
+    32
 }
 
 /// A real installimage (Hetzner's, or CAPH's fork) unpacked in a simulated rescue system.
@@ -139,6 +155,10 @@ impl MachineFacts {
                 })
                 .collect(),
             ipv4: "127.0.0.2".into(),
+            ipv4_prefix: 32,
+            ipv4_gateway: None,
+            ipv6: None,
+            ipv6_gateway: None,
             interface: "eth0".into(),
             disk_dir: disk_dir.to_owned(),
             real_installimage: None,
@@ -468,6 +488,12 @@ pub fn main_from_args(args: &[String]) -> i32 {
                 let _ = std::fs::write(RAN_PATH, format!("simulated\t{line}\n"));
             }
         }
+    } else {
+        // Without a real one there is no choice to announce, but the host still learns what ran.
+        let _ = std::fs::write(
+            RAN_PATH,
+            "simulated\tcaph-sim: running the simulated installimage (no real one in this rescue system)\n",
+        );
     }
     let outcome = run(
         Options {

@@ -82,6 +82,9 @@ const BOOTS_PER_SERVER: u64 = 1_000_000;
 /// hcloud simulator hands out).
 const RESCUE_IMAGE_ID: u64 = u64::MAX - 16;
 
+/// The prefix length of a server's address in the facts installimage reads.
+const SERVER_PREFIX: u8 = 26;
+
 /// Random addresses tried for a server's fixed address before giving up (the /10 is large).
 const ADDRESS_ATTEMPTS: u32 = 64;
 
@@ -975,6 +978,15 @@ impl SshRobotMachines {
                     })
                     .collect(),
                 ipv4: address.to_string(),
+                // A dedicated server's address in a /26, with the network's first address as
+                // its gateway, as Hetzner assigns them.
+                ipv4_prefix: SERVER_PREFIX,
+                ipv4_gateway: Some(
+                    Ipv4Addr::from((u32::from(address) & (u32::MAX << (32 - SERVER_PREFIX))) + 1)
+                        .to_string(),
+                ),
+                ipv6: None,
+                ipv6_gateway: None,
                 interface: "eth0".into(),
                 disk_dir: PathBuf::from("/").join(RESCUE_DISK_DIR),
                 real_installimage,
