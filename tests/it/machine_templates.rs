@@ -203,7 +203,7 @@ const ROWS: &[Row] = &[
     },
     Row {
         group: Group::Dedicated,
-        command: "build robot spec.toml --server 4712 --tarball {zst} --layout raid1-lvm --sim --sim-speed 100 --no-progress --output json",
+        command: "build robot spec.toml --server 4712 --tarball {zst} --layout lvm.autosetup --sim --sim-speed 100 --no-progress --output json",
         count: 1,
         kind: "HetznerBareMetalMachineTemplate",
         check: |templates| {
@@ -655,6 +655,13 @@ async fn templates_of_build_tarball_and_build_robot_pass_caph_crds() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().canonicalize().unwrap();
     fs::write(dir.join("spec.toml"), dedicated_spec(&mirror.url())).unwrap();
+    // RAID 1 with LVM on the simulated server's drives (the shipped raid1-lvm names NVMe ones).
+    fs::write(
+        dir.join("lvm.autosetup"),
+        "DRIVE1 /dev/sda\nDRIVE2 /dev/sdb\nSWRAID 1\nSWRAIDLEVEL 1\nPART /boot ext4 1G\n\
+         PART lvm vg0 all\nLV vg0 root / ext4 50G\nLV vg0 var /var ext4 all\n",
+    )
+    .unwrap();
     let replacements = [
         ("{gz}", format!("out/{TARBALL_STEM}.tar.gz")),
         ("{zst}", format!("out-zst/{TARBALL_STEM}.tar.zst")),
@@ -777,6 +784,68 @@ async fn templates_of_build_hcloud_pass_caph_crds_and_replace_is_one_request() {
          (scaled by {SCALE})",
         window.as_secs_f64() * 1e3,
         window.as_secs_f64() / SCALE
+    );
+
+    // A replacement whose DELETE of the old snapshot fails inside the window: the build fails,
+    // its cleanup deletes the new snapshot, and CAPH finds the old one alone again.
+    cloud.sim.inject(caph_sim::hcloud::Fault::fail(
+        "DELETE /images/{id}",
+        1,
+        403,
+        "forbidden",
+    ));
+    let failed = {
+        let dir = dir.clone();
+        let env = cloud.env();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_caph-image"))
+                .args([
+                    "build",
+                    "hcloud",
+                    "node.toml",
+                    "--arch",
+                    "x86",
+                    "--replace",
+                    "--no-progress",
+                ])
+                .current_dir(dir)
+                .envs(env)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains(&format!("deleting the replaced snapshot {new_x86}")),
+        "{}",
+        stderr(&failed)
+    );
+    let state = cloud.state_with_nothing_left();
+    let x86_images: Vec<String> = state
+        .images
+        .iter()
+        .filter(|image| {
+            image.architecture == "x86" && image.kind == caph_sim::hcloud::ImageKind::Snapshot
+        })
+        .map(|image| image.id.to_string())
+        .collect();
+    assert_eq!(
+        x86_images,
+        [new_x86.clone()],
+        "only the snapshot CAPH found before"
+    );
+    assert_eq!(
+        state
+            .images
+            .iter()
+            .find(|image| image.id.to_string() == new_x86)
+            .unwrap()
+            .labels
+            .get("caph-image-name")
+            .map(String::as_str),
+        Some(SPEC_NAME)
     );
     cloud.assert_openapi_clean();
 }
