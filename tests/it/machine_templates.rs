@@ -833,7 +833,7 @@ async fn templates_of_build_hcloud_pass_caph_crds_and_replace_is_one_request() {
         .collect();
     assert_eq!(
         x86_images,
-        [new_x86.clone()],
+        std::slice::from_ref(&new_x86),
         "only the snapshot CAPH found before"
     );
     assert_eq!(
