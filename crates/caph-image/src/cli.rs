@@ -109,8 +109,9 @@ A .sha256 file is written beside the tarball.
 
 Name the file by installimage's rule, <Distro>-<NNNN>-<codename>-<amd64|arm64>-<flavor>.tar.gz:
 installimage reads the distribution and architecture from the file name. gzip is the default
-because Cluster API Provider Hetzner's installImage.image.url does not take .tar.zst; a .tar.zst
-works only through installImage.image.path.
+because Cluster API Provider Hetzner's installImage.image.url takes no URL ending in .tar.zst;
+the printed HetznerBareMetalMachineTemplate gives a .tar.zst a URL ending in #.tar, which CAPH
+takes and installimage's tar reads (README, section Dedicated servers).
 
 Examples:
   caph-image pack ./rootfs -o Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz
@@ -194,8 +195,11 @@ pub enum BuildCommand {
 For each architecture a temporary server is created with an SSH key and a host key made for this
 run; the host key goes in through cloud-init and is pinned. The plan runs over SSH, the server is
 shut down and snapshotted, and the snapshot is labelled caph-image-name=<image.name> only once it
-is available, so Cluster API Provider Hetzner never finds two. The server and key are always
-removed, also on errors and Ctrl-C.
+is available, so Cluster API Provider Hetzner never finds one still being made. With --replace the
+old snapshot of the name is deleted by the very next request (for that one request CAPH finds
+both, never none). The server and key are always removed, also on errors and Ctrl-C. The output
+ends with an HCloudMachineTemplate per architecture (README, section Using the images with
+Cluster API Provider Hetzner).
 
 Examples:
   export HCLOUD_TOKEN=...
@@ -220,7 +224,7 @@ real OpenSSH servers in chroots on this machine:
         /// Server type to build on, when building one architecture (default: the spec's)
         #[arg(long)]
         server_type: Option<String>,
-        /// Replace an existing snapshot of the same name; the old one is deleted only after the new one is available
+        /// Replace an existing snapshot of the same name: the new one takes the name once it is available, and the old one is deleted right after
         #[arg(long)]
         replace: bool,
         /// On failure keep the build server and print how to reach it
@@ -260,8 +264,9 @@ JSON manifest beside it.
 Needs root (mmdebstrap, chroot and mounts), the Debian packages mmdebstrap, util-linux, tar and
 dpkg, and for a foreign architecture qemu-user-static with binfmt-support.
 
-gzip is the default because Cluster API Provider Hetzner's installImage.image.url does not take
-.tar.zst; a .tar.zst works only through installImage.image.path.
+gzip is the default because Cluster API Provider Hetzner's installImage.image.url takes no URL
+ending in .tar.zst; the printed HetznerBareMetalMachineTemplate gives a .tar.zst a URL ending in
+#.tar, which CAPH takes and installimage's tar reads (README, section Dedicated servers).
 
 Examples:
   sudo caph-image build tarball images/debian-12-k8s-1.34.toml -o out/
