@@ -11,13 +11,13 @@ fn validate_exit_codes() {
         &[
             "validate",
             "images/ubuntu-24.04-k8s-1.36.toml",
-            "images/debian-12-k8s-1.34.toml",
+            "images/debian-12-k8s-1.36.toml",
         ],
     );
     assert_eq!(valid.status.code(), Some(0), "{}", stderr(&valid));
     assert!(
         stdout(&valid)
-            .contains("images/ubuntu-24.04-k8s-1.36.toml: valid (ubuntu-24.04-k8s-v1.36.0")
+            .contains("images/ubuntu-24.04-k8s-1.36.toml: valid (ubuntu-24.04-k8s-v1.36.4")
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -73,8 +73,8 @@ fn plan_is_deterministic_and_readable() {
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     assert_eq!(first.stdout, second.stdout);
     let text = stdout(&first);
-    assert!(text.starts_with("#!/bin/bash\n# caph-image plan: image ubuntu-24.04-k8s-v1.36.0, target tarball, architecture arm\n"));
-    assert!(text.contains("containerd-2.1.4-linux-arm64.tar.gz"));
+    assert!(text.starts_with("#!/bin/bash\n# caph-image plan: image ubuntu-24.04-k8s-v1.36.4, target tarball, architecture arm\n"));
+    assert!(text.contains("containerd-2.3.4-linux-arm64.tar.gz"));
     assert!(
         !text.contains("fstrim"),
         "the tarball target has no block device to trim"
@@ -82,7 +82,7 @@ fn plan_is_deterministic_and_readable() {
 
     let json = caph_image(
         &repo(),
-        &["plan", "images/debian-12-k8s-1.34.toml", "--output", "json"],
+        &["plan", "images/debian-12-k8s-1.36.toml", "--output", "json"],
     );
     let plan: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(plan["target"], "hcloud");
@@ -106,7 +106,7 @@ fn plan_of_an_invalid_spec_fails_with_the_diagnostics() {
 fn bad_architecture_is_a_usage_error() {
     let output = caph_image(
         &repo(),
-        &["plan", "images/debian-12-k8s-1.34.toml", "--arch", "mips"],
+        &["plan", "images/debian-12-k8s-1.36.toml", "--arch", "mips"],
     );
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("\"mips\" is not an architecture; use x86 or arm"));
@@ -145,7 +145,7 @@ fn completions() {
 #[test]
 fn a_missing_token_says_what_to_do() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
-        .args(["build", "hcloud", "images/debian-12-k8s-1.34.toml"])
+        .args(["build", "hcloud", "images/debian-12-k8s-1.36.toml"])
         .current_dir(repo())
         .env_remove("HCLOUD_TOKEN")
         .output()
@@ -159,4 +159,38 @@ fn a_missing_token_says_what_to_do() {
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn validate_strict_fails_on_end_of_life_warnings() {
+    // Kubernetes 1.34 reached its end of life on 2026-10-27 (kubernetes.io/releases): a warning,
+    // which fails validation only under --strict.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("old.toml"),
+        "[image]\nname = \"old\"\n\n[base]\ndistribution = \"debian\"\nversion = \"12\"\n\n[kubernetes]\nversion = \"1.34.2\"\n\n[containerd]\nversion = \"2.1.5\"\n\n[runc]\nversion = \"1.3.6\"\n\n[crictl]\nversion = \"1.34.0\"\n",
+    )
+    .unwrap();
+    let lenient = caph_image(dir.path(), &["validate", "old.toml"]);
+    assert_eq!(lenient.status.code(), Some(0), "{}", stderr(&lenient));
+    let text = stdout(&lenient);
+    assert!(
+        text.contains("old.toml:9:11: warning: kubernetes.version Kubernetes 1.34 reached its end of life on 2026-10-27"),
+        "{text}"
+    );
+    assert!(text.contains("old.toml: valid, "), "{text}");
+    let strict = caph_image(dir.path(), &["validate", "--strict", "old.toml"]);
+    assert_eq!(strict.status.code(), Some(1), "{}", stdout(&strict));
+    assert!(
+        stdout(&strict).contains("(--strict)"),
+        "{}",
+        stdout(&strict)
+    );
+    let json = caph_image(
+        dir.path(),
+        &["validate", "--strict", "--output", "json", "old.toml"],
+    );
+    let reports: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(reports[0]["valid"], false);
+    assert_eq!(reports[0]["warnings"][0]["field"], "kubernetes.version");
 }

@@ -13,8 +13,10 @@ pub const TOKEN: &str = "e2e-token";
 
 pub const VERSIONS: fn() -> ReleaseVersions = || ReleaseVersions {
     containerd: "2.1.4".into(),
-    runc: "1.3.0".into(),
+    // 1.3.3 and later have the November 2025 container-escape fixes caph-image requires.
+    runc: "1.3.6".into(),
     crictl: "1.34.0".into(),
+    cni: "1.9.1".into(),
     kubernetes: "1.34.2".into(),
 };
 
@@ -128,12 +130,16 @@ version = "2.1.4"
 url = "{mirror}/containerd"
 
 [runc]
-version = "1.3.0"
+version = "1.3.6"
 url = "{mirror}/runc"
 
 [crictl]
 version = "1.34.0"
 url = "{mirror}/crictl"
+
+[cni]
+version = "1.9.1"
+url = "{mirror}/cni"
 
 [system]
 kernel_modules = ["ip_vs"]

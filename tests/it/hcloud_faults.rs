@@ -514,7 +514,7 @@ async fn a_checksum_mismatch_fails_with_both_digests_and_leaks_nothing() {
     .unwrap();
     let tampered = b"not the runc that was published".to_vec();
     let actual = caph_sim::mirror::sha256_hex(&tampered);
-    cloud.mirror.replace("runc/v1.3.0/runc.amd64", tampered);
+    cloud.mirror.replace("runc/v1.3.6/runc.amd64", tampered);
     let output = run_caph_image(
         &cloud,
         dir.path(),
@@ -529,7 +529,7 @@ async fn a_checksum_mismatch_fails_with_both_digests_and_leaks_nothing() {
             && stderr.contains("expected sha256 "),
         "{stderr}"
     );
-    assert!(stderr.contains("step 10/19 \"runc\""), "{stderr}");
+    assert!(stderr.contains("step 11/21 \"runc\""), "{stderr}");
     assert_eq!(leftovers(&cloud), Vec::<String>::new());
     assert!(cloud.state().snapshots().is_empty());
 }
@@ -675,7 +675,7 @@ async fn dry_run_creates_nothing_and_images_can_be_listed_and_pruned() {
     let stdout = String::from_utf8_lossy(&dry.stdout).into_owned();
     assert!(
         stdout.contains("ok: x86: the image name \"listed-node\" is free")
-            && stdout.contains("# ---- step 1/19: wait-for-system ----"),
+            && stdout.contains("# ---- step 1/21: wait-for-system ----"),
         "{stdout}"
     );
     assert!(

@@ -6,33 +6,46 @@ use std::path::Path;
 use std::time::Instant;
 
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
-use caph_sim::mirror::{Mirror, release_artifacts};
+use caph_sim::mirror::{Mirror, ReleaseVersions, release_artifacts};
 
-use crate::cloud::VERSIONS;
 use crate::{is_root, repo, stderr, stdout};
 
 /// The shipped spec the README's quick start builds.
-pub const SHIPPED_SPEC: &str = "images/debian-12-k8s-1.34.toml";
+pub const SHIPPED_SPEC: &str = "images/debian-12-k8s-1.36.toml";
 
 /// Where `SshMachinesConfig::default()` keeps its per-run directories.
 const STATE_DIR: &str = "/var/lib/caph-sim";
 
-/// The shipped spec with its four release downloads pointed at `mirror` (the override the
-/// other end-to-end tests use), everything else as shipped.
+/// The versions the shipped spec pins, for the mirror's stand-ins.
+fn shipped_versions() -> ReleaseVersions {
+    let shipped = std::fs::read_to_string(repo().join(SHIPPED_SPEC)).unwrap();
+    let version_of = |table: &str| {
+        let start = shipped
+            .find(&format!("[{table}]\nversion = \""))
+            .unwrap_or_else(|| panic!("{SHIPPED_SPEC}: [{table}] starts with its version"));
+        let rest = &shipped[start + table.len() + 14..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    ReleaseVersions {
+        kubernetes: version_of("kubernetes"),
+        containerd: version_of("containerd"),
+        runc: version_of("runc"),
+        crictl: version_of("crictl"),
+        cni: version_of("cni"),
+    }
+}
+
+/// The shipped spec with its five release downloads pointed at `mirror` (the override the
+/// other end-to-end tests use), everything else as shipped but the sha256 pins: they are the
+/// real releases' digests, and the mirror serves stand-ins (checked against the checksum files
+/// published beside them instead).
 fn shipped_spec_on_mirror(mirror: &str) -> String {
     let shipped = std::fs::read_to_string(repo().join(SHIPPED_SPEC)).unwrap();
-    let versions = VERSIONS();
-    for (table, version) in [
-        ("kubernetes", &versions.kubernetes),
-        ("containerd", &versions.containerd),
-        ("runc", &versions.runc),
-        ("crictl", &versions.crictl),
-    ] {
-        assert!(
-            shipped.contains(&format!("[{table}]\nversion = \"{version}\"\n")),
-            "{SHIPPED_SPEC}: [{table}] is no longer version {version}; update cloud::VERSIONS"
-        );
-    }
+    let shipped: String = shipped
+        .lines()
+        .filter(|line| !line.starts_with("sha256"))
+        .map(|line| format!("{line}\n"))
+        .collect();
     shipped
         .replace(
             "[kubernetes]\n",
@@ -47,6 +60,7 @@ fn shipped_spec_on_mirror(mirror: &str) -> String {
             "[crictl]\n",
             &format!("[crictl]\nurl = \"{mirror}/crictl\"\n"),
         )
+        .replace("[cni]\n", &format!("[cni]\nurl = \"{mirror}/cni\"\n"))
 }
 
 /// The per-run directories of `SshMachines` under [`STATE_DIR`] owned by process `pid`.
@@ -74,7 +88,7 @@ async fn sim_mode_builds_a_shipped_spec_and_leaves_nothing_else() {
     }
     let mirror = Mirror::start(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
-        release_artifacts(&VERSIONS(), &["amd64"]),
+        release_artifacts(&shipped_versions(), &["amd64"]),
     )
     .await
     .expect("the mirror starts");
@@ -114,7 +128,7 @@ async fn sim_mode_builds_a_shipped_spec_and_leaves_nothing_else() {
     assert_eq!(snapshots[0]["architecture"], "x86");
     assert_eq!(
         snapshots[0]["labels"]["caph-image-name"],
-        "debian-12-k8s-v1.34.2"
+        format!("debian-12-k8s-v{}", shipped_versions().kubernetes)
     );
     // The simulator's own account of what it held at the end: the snapshot, nothing else.
     let simulator = &result["simulator"];

@@ -7,12 +7,14 @@ mod crd;
 mod hcloud_build;
 mod hcloud_faults;
 mod hcloud_sim_mode;
+mod hostile;
 mod installed_disk;
 mod installimage_differential;
 mod machine_templates;
 mod rescue_install;
 mod robot;
 mod robot_sim_mode;
+mod runtime;
 mod tarball;
 
 use std::path::{Path, PathBuf};

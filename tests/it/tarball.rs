@@ -37,12 +37,16 @@ version = "2.1.4"
 url = "{mirror}/containerd"
 
 [runc]
-version = "1.3.0"
+version = "1.3.6"
 url = "{mirror}/runc"
 
 [crictl]
 version = "1.34.0"
 url = "{mirror}/crictl"
+
+[cni]
+version = "1.9.1"
+url = "{mirror}/cni"
 
 [[system.files]]
 path = "/etc/e2e-marker"
@@ -52,7 +56,8 @@ content = "built by the tarball test\n"
 hostname = "node-{{server_number}}"
 
 [robot.disk]
-drives = ["/dev/sda", "/dev/sdb"]
+# Resolved by `build robot` against the drives the rescue system lists.
+drives = ["smallest", "smallest"]
 raid_level = 1
 
 [[robot.disk.partitions]]
@@ -254,6 +259,7 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
         );
     }
     assert!(
+        // The link is absolute (into the image's /etc): look at the link, not through it.
         root.join("etc/systemd/system/ssh.service.wants/caph-image-host-keys.service")
             .symlink_metadata()
             .is_ok(),

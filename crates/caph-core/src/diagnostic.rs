@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::text::Escaped;
+
 /// One problem in a spec: where it is, which field, what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -19,15 +21,17 @@ pub struct Diagnostic {
     pub help: Option<String>,
 }
 
+/// One line: `file:line:col: field message; help`, with control characters escaped.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        // Escaped, so that one diagnostic is one line whatever the spec holds.
+        write!(f, "{}:{}:{}: ", Escaped(&self.file), self.line, self.column)?;
         if !self.field.is_empty() {
-            write!(f, "{} ", self.field)?;
+            write!(f, "{} ", Escaped(&self.field))?;
         }
-        f.write_str(&self.message)?;
+        write!(f, "{}", Escaped(&self.message))?;
         if let Some(help) = &self.help {
-            write!(f, "; {help}")?;
+            write!(f, "; {}", Escaped(help))?;
         }
         Ok(())
     }
@@ -49,17 +53,49 @@ impl fmt::Display for Diagnostics {
     }
 }
 
-/// Turns byte offsets into 1-based line and character columns.
+/// Turns byte offsets into 1-based line and character columns, each in constant time (a spec
+/// with a hundred thousand problems on one long line is positioned in linear time).
 #[derive(Debug)]
 pub(crate) struct LineIndex {
     line_starts: Vec<usize>,
+    /// Characters before each [`CHECKPOINT`]-byte block of the source.
+    chars_before_block: Vec<usize>,
+}
+
+/// Bytes per block of [`LineIndex::chars_before_block`].
+const CHECKPOINT: usize = 256;
+
+/// Whether `byte` starts a character (is not a UTF-8 continuation byte).
+fn starts_char(byte: &u8) -> bool {
+    byte & 0xC0 != 0x80
 }
 
 impl LineIndex {
     pub(crate) fn new(source: &str) -> LineIndex {
         let mut line_starts = vec![0];
         line_starts.extend(source.match_indices('\n').map(|(offset, _)| offset + 1));
-        LineIndex { line_starts }
+        let mut chars_before_block = Vec::with_capacity(source.len() / CHECKPOINT + 1);
+        let mut chars = 0;
+        for block in source.as_bytes().chunks(CHECKPOINT) {
+            chars_before_block.push(chars);
+            chars += block.iter().filter(|byte| starts_char(byte)).count();
+        }
+        chars_before_block.push(chars);
+        LineIndex {
+            line_starts,
+            chars_before_block,
+        }
+    }
+
+    /// Characters in `source[..offset]`.
+    fn chars_before(&self, source: &str, offset: usize) -> usize {
+        let block = offset / CHECKPOINT;
+        let start = block * CHECKPOINT;
+        self.chars_before_block[block]
+            + source.as_bytes()[start..offset]
+                .iter()
+                .filter(|byte| starts_char(byte))
+                .count()
     }
 
     /// The line and column of `offset` in `source`; offsets past the end land on the last position.
@@ -67,9 +103,7 @@ impl LineIndex {
         let offset = offset.min(source.len());
         let line = self.line_starts.partition_point(|&start| start <= offset) - 1;
         let line_start = self.line_starts[line];
-        let column = source
-            .get(line_start..offset)
-            .map_or(offset - line_start, |prefix| prefix.chars().count());
+        let column = self.chars_before(source, offset) - self.chars_before(source, line_start);
         (line + 1, column + 1)
     }
 }

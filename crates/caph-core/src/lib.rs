@@ -8,10 +8,13 @@
 
 pub mod arch;
 pub mod backend;
+pub mod checks;
 pub mod diagnostic;
 pub mod label;
 pub mod plan;
+pub mod releases;
 pub mod spec;
+pub mod text;
 pub mod time;
 pub mod version;
 

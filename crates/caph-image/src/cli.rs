@@ -5,8 +5,21 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The exit code when the command ran and found a problem (an invalid spec, a failed build).
-/// Success is 0, and a wrong command line is 2, which clap uses for usage errors.
+/// Success is 0, and a wrong command line is 2, which clap uses for usage errors; the whole
+/// table is in `exit_codes!`.
 pub const EXIT_FAILURE: u8 = 1;
+
+/// Every exit code, as `--help` and the man page show it (README.md has the same table). A
+/// macro, so that `concat!` can put it into the help texts.
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
+  0    success, also when the reader of standard output stops early (such as head)
+  1    failure: an invalid spec, a refused input, a failed build
+  2    wrong usage: an unknown flag, a missing argument
+  130  interrupted (Ctrl-C or SIGTERM), after cleanup"
+    };
+}
 
 const ABOUT: &str = "Build Kubernetes node images for Hetzner from one declarative spec";
 
@@ -18,14 +31,18 @@ versions, kernel settings, packages, files and scripts. From it caph-image build
 Cloud snapshots that Cluster API Provider Hetzner finds by `imageName`, and installimage tarballs
 for dedicated servers.";
 
-const AFTER_HELP: &str = "\
-Examples:
+const AFTER_HELP: &str = concat!(
+    "Examples:
   caph-image validate images/*.toml
   caph-image plan images/ubuntu-24.04-k8s-1.36.toml --target hcloud --arch arm
   caph-image completions bash > /etc/bash_completion.d/caph-image
 
-Exit codes: 0 success, 1 failure (invalid spec, failed build), 2 wrong usage.
-Environment: HCLOUD_TOKEN, HCLOUD_ENDPOINT, HETZNER_ROBOT_USER, HETZNER_ROBOT_PASSWORD.";
+",
+    exit_codes!(),
+    "
+
+Environment: HCLOUD_TOKEN, HCLOUD_ENDPOINT, HETZNER_ROBOT_USER, HETZNER_ROBOT_PASSWORD."
+);
 
 /// The parsed command line.
 #[derive(Debug, Parser)]
@@ -67,13 +84,23 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   caph-image validate images/ubuntu-24.04-k8s-1.36.toml
+  caph-image validate --strict images/*.toml
   caph-image validate --output json images/*.toml
 
-Exit codes: 0 all specs valid, 1 at least one invalid, 2 wrong usage.")]
+Besides the format, validation applies upstream's compatibility rules, each naming its source:
+the containerd releases a Kubernetes release supports, crictl's minor release = Kubernetes',
+runc with the November 2025 container-escape fixes, and the pause image kubeadm expects. Releases
+past their end of life are warnings: they fail only with --strict.
+
+Exit codes as in caph-image --help: 1 means at least one spec is invalid, or has warnings under
+--strict.")]
     Validate {
         /// Spec files to check
         #[arg(required = true, value_name = "SPEC")]
         specs: Vec<PathBuf>,
+        /// Fail on warnings too (releases past their end of life)
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the provisioning plan of a spec as one readable script
     #[command(after_help = "\
@@ -82,9 +109,9 @@ root filesystem (target tarball). It is deterministic: the same spec gives the s
 byte, so it can be reviewed and diffed.
 
 Examples:
-  caph-image plan images/debian-12-k8s-1.34.toml
-  caph-image plan images/debian-12-k8s-1.34.toml --target tarball --arch arm64
-  caph-image plan images/debian-12-k8s-1.34.toml --output json | jq '.steps[].name'")]
+  caph-image plan images/debian-12-k8s-1.36.toml
+  caph-image plan images/debian-12-k8s-1.36.toml --target tarball --arch arm64
+  caph-image plan images/debian-12-k8s-1.36.toml --output json | jq '.steps[].name'")]
     Plan {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -114,7 +141,7 @@ the printed HetznerBareMetalMachineTemplate gives a .tar.zst a URL ending in #.t
 takes and installimage's tar reads (README, section Dedicated servers).
 
 Examples:
-  caph-image pack ./rootfs -o Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz
+  caph-image pack ./rootfs -o Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz
   SOURCE_DATE_EPOCH=1700000000 caph-image pack ./rootfs -o Ubuntu-2404-noble-arm64-k8s.tar.zst
   caph-image pack ./rootfs -o image.tar.gz --compression gzip:9 --output json")]
     Pack {
@@ -209,8 +236,8 @@ Examples:
 
 Without a Hetzner account, --sim runs the same build against a simulated cloud whose servers are
 real OpenSSH servers in chroots on this machine:
-  sudo caph-image build hcloud images/debian-12-k8s-1.34.toml --sim --arch x86
-  sudo caph-image build hcloud images/debian-12-k8s-1.34.toml --sim --sim-speed 100")]
+  sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --sim --arch x86
+  sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --sim --sim-speed 100")]
     Hcloud {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -219,10 +246,10 @@ real OpenSSH servers in chroots on this machine:
         #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
         arch: Vec<caph_core::Arch>,
         /// Location of the build servers (default: the spec's hcloud.location)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_field)]
         location: Option<String>,
         /// Server type to build on, when building one architecture (default: the spec's)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_field)]
         server_type: Option<String>,
         /// Replace an existing snapshot of the same name: the new one takes the name once it is available, and the old one is deleted right after
         #[arg(long)]
@@ -269,9 +296,9 @@ ending in .tar.zst; the printed HetznerBareMetalMachineTemplate gives a .tar.zst
 #.tar, which CAPH takes and installimage's tar reads (README, section Dedicated servers).
 
 Examples:
-  sudo caph-image build tarball images/debian-12-k8s-1.34.toml -o out/
+  sudo caph-image build tarball images/debian-12-k8s-1.36.toml -o out/
   sudo caph-image build tarball images/ubuntu-24.04-k8s-1.36.toml --arch arm64 --compression zstd
-  sudo SOURCE_DATE_EPOCH=1700000000 caph-image build tarball images/debian-12-k8s-1.34.toml --output json")]
+  sudo SOURCE_DATE_EPOCH=1700000000 caph-image build tarball images/debian-12-k8s-1.36.toml --output json")]
     Tarball {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -312,8 +339,8 @@ Shipped layouts (--layout NAME): single-disk, raid1, raid1-lvm, uefi.
 
 Examples:
   export HETZNER_ROBOT_USER=... HETZNER_ROBOT_PASSWORD=...
-  caph-image build robot images/debian-12-k8s-1.34.toml --server 321
-  caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --tarball dist/Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout raid1-lvm --hostname node-7
+  caph-image build robot images/debian-12-k8s-1.36.toml --server 321
+  caph-image build robot images/debian-12-k8s-1.36.toml --server 321 --tarball dist/Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz --layout raid1-lvm --hostname node-7
 
 Without a Robot account, --sim runs the same installation against a simulated Robot account with
 server N (an EX44 with two 512 GB drives) whose rescue system and installed node are real OpenSSH
@@ -322,8 +349,8 @@ a simulation that applies installimage's rules; with --sim-installimage FILE (an
 Hetzner's installimage, github.com/hetzneronline/installimage) the rescue system runs the real
 one wherever this machine's kernel can install the layout (one drive, BIOS, no RAID, LVM or
 encryption), and the output says which one ran:
-  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim
-  sudo caph-image build robot images/debian-12-k8s-1.34.toml --server 321 --sim --sim-speed 10 --tarball Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz --layout single-disk --sim-installimage installimage.tar.gz")]
+  sudo caph-image build robot images/debian-12-k8s-1.36.toml --server 321 --sim
+  sudo caph-image build robot images/debian-12-k8s-1.36.toml --server 321 --sim --sim-speed 10 --tarball Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz --layout single-disk --sim-installimage installimage.tar.gz")]
     Robot {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -474,6 +501,19 @@ fn parse_speed(text: &str) -> Result<f64, String> {
 fn parse_compression(text: &str) -> Result<caph_rootfs::pack::Compression, String> {
     text.parse()
         .map_err(|error: caph_rootfs::pack::PackError| error.to_string())
+}
+
+/// A value that goes into one field of a printed template line: a usage error otherwise.
+fn parse_field(text: &str) -> Result<String, String> {
+    caph_core::text::check_field(text)
+        .map(|()| text.to_string())
+        .map_err(|problem| {
+            format!(
+                "\"{}\" {}: write one word",
+                caph_core::text::Escaped(text),
+                problem.describe()
+            )
+        })
 }
 
 fn parse_arch(text: &str) -> Result<caph_core::Arch, String> {

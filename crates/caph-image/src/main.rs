@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         let code = caph_sim::installimage::main_from_args(&arguments);
         return ExitCode::from(u8::try_from(code).unwrap_or(cli::EXIT_FAILURE));
     }
+    // clap prints --help and usage errors itself, ignoring a closed stream.
     let arguments = cli::Cli::parse();
     match commands::run(arguments) {
         Ok(code) => code,

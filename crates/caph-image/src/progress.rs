@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use caph_core::backend::{Phase, ProgressEvent, ProgressSink};
+use caph_core::text::Escaped;
 
 /// How often the terminal block is redrawn at most; phase changes redraw at once.
 const REDRAW_INTERVAL: Duration = Duration::from_millis(100);
@@ -58,7 +59,8 @@ impl Progress {
         state.drawn = 0;
     }
 
-    /// A plain line printed above the live block.
+    /// A plain line printed above the live block; its text (remote output, API messages) is
+    /// escaped whole, so it is one line and cannot drive the terminal.
     fn line(&self, state: &mut State, text: &str) {
         let mut stderr = std::io::stderr().lock();
         if self.live {
@@ -66,8 +68,9 @@ impl Progress {
         }
         let _ = writeln!(
             stderr,
-            "[{:>7.1}s] {text}",
-            self.started.elapsed().as_secs_f64()
+            "[{:>7.1}s] {}",
+            self.started.elapsed().as_secs_f64(),
+            Escaped(text)
         );
         if self.live {
             self.draw(state, true);
@@ -96,9 +99,11 @@ impl Progress {
         for (scope, (phase, detail, since)) in &state.scopes {
             let _ = writeln!(
                 stderr,
-                "  {scope:<8} {:<10} {:>6.1}s  {detail}",
+                "  {:<8} {:<10} {:>6.1}s  {}",
+                caph_core::text::escape(scope),
                 phase.name(),
-                (now - *since).as_secs_f64()
+                (now - *since).as_secs_f64(),
+                Escaped(detail)
             );
         }
         state.drawn = state.scopes.len();

@@ -224,6 +224,11 @@ fn disk_fields(layout: Option<&DiskLayout>, keep_swap: bool) -> String {
     };
     let is_swap = |filesystem: &str| !keep_swap && filesystem == "swap";
     let mut fields = String::new();
+    if layout.partitions.iter().any(|partition| partition.crypt) {
+        fields.push_str(&format!(
+            "{INDENT}# The layout encrypts partitions (crypt, CRYPTPASSWORD): installImage has no field for that, so this template installs them unencrypted.\n"
+        ));
+    }
     if let Some(level) = layout.raid_level {
         fields.push_str(&format!(
             "{INDENT}swraid: 1\n{INDENT}swraidLevel: {level}\n"
@@ -635,6 +640,53 @@ mod tests {
         assert!(with.contains("fileSystem: swap\n"), "{with}");
         assert!(with.contains("filesystem: swap\n"), "{with}");
         assert!(!with.contains("left out"), "{with}");
+    }
+
+    /// README's examples are what the commands print for the shipped spec they name.
+    #[test]
+    fn the_readme_shows_the_templates_of_the_shipped_spec() {
+        let readme = include_str!("../../../README.md");
+        let spec = crate::spec_files::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../images/debian-12-k8s-1.36.toml"
+        )))
+        .unwrap();
+        let server_type = &spec.hcloud.as_ref().unwrap().server_types[&Arch::X86];
+        let hcloud = hcloud_machine_template(&spec.image.name, Arch::X86, server_type);
+        let file_name = format!(
+            "Debian-1200-bookworm-amd64-k8s-v{}.tar.gz",
+            spec.kubernetes.version
+        );
+        let bare_metal = bare_metal_machine_template(&BareMetalTemplate {
+            file_name: &file_name,
+            name: Some(&spec.image.name),
+            arch: Some(Arch::X86),
+            layout: spec.robot.as_ref().map(|robot| &robot.disk),
+            keep_swap: !spec.system.disable_swap,
+        });
+        for template in [hcloud, bare_metal] {
+            assert!(
+                readme.contains(&format!("```yaml\n{template}```\n")),
+                "README.md lacks this template:\n{template}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_encrypted_layout_is_said_to_install_unencrypted() {
+        let layout = caph_robot::backend::layout_from_autosetup(
+            "DRIVE1 /dev/sda\nCRYPTPASSWORD secret-words\nPART /boot ext4 1G\nPART / ext4 all crypt\n",
+        )
+        .unwrap();
+        let template = bare_metal_machine_template(&BareMetalTemplate {
+            file_name: "Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz",
+            name: None,
+            arch: None,
+            layout: Some(&layout),
+            keep_swap: false,
+        });
+        assert!(template.contains("installs them unencrypted"), "{template}");
+        assert!(!template.contains("secret-words"), "{template}");
     }
 
     #[test]

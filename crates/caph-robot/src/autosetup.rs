@@ -6,9 +6,14 @@
 //! `SWRAIDLEVEL` line before `SWRAID` is read as `SWRAID`). [`parse`] reproduces that, and
 //! [`render`] writes files that mean the same under it.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use caph_core::spec::{DiskLayout, LogicalVolume, Partition, Size, validate_layout};
+use caph_core::spec::{CryptPassword, DiskLayout, LogicalVolume, Partition, Size, validate_layout};
+use caph_core::text::{Escaped, UnsafeLine, check_line, field_in};
+
+/// Where the backend writes the autosetup file in the rescue system, for messages.
+const AUTOSETUP_FILE: &str = "/autosetup";
 
 /// The post-install marker: the post-install script's last line prints it, and the backend requires
 /// it in installimage's output, because installimage ignores the script's exit code.
@@ -36,9 +41,10 @@ pub struct Autosetup {
     pub governor: Option<String>,
     /// `SUBVOL <volume> <name> <mount>` lines: btrfs subvolumes.
     pub subvolumes: Vec<Subvolume>,
-    /// Whether any `PART` asks for encryption (`crypt` after the size).
+    /// Whether any `PART` has a fifth field, which makes installimage encrypt (installimage's
+    /// `CRYPT`, whatever the field says; [`Partition::crypt`] is set where it says `crypt`).
     pub crypt: bool,
-    /// Whether a `CRYPTPASSWORD` is given (its value is a secret and is not kept).
+    /// Whether a `CRYPTPASSWORD` is given (its value is in [`DiskLayout::crypt_password`]).
     pub crypt_password: bool,
 }
 
@@ -54,36 +60,73 @@ pub struct Subvolume {
 }
 
 /// Writes an autosetup file for `layout`, booting with grub, naming the host and the image.
-pub fn render(layout: &DiskLayout, hostname: &str, image: &str) -> String {
-    let mut text = String::from("# Written by caph-image.\n");
+///
+/// Refuses a value that is not one field of a line ([`caph_core::text::check_field`]), and a
+/// passphrase that is not one line, since either would change what installimage reads; the
+/// refusal never shows the passphrase.
+pub fn render(layout: &DiskLayout, hostname: &str, image: &str) -> Result<String, UnsafeLine> {
+    let field = |value: &str| field_in(AUTOSETUP_FILE, value);
+    let mut rendered = String::from("# Written by caph-image.\n");
     for (index, drive) in layout.drives.iter().enumerate() {
-        let _ = writeln!(text, "DRIVE{} {drive}", index + 1);
+        field(drive)?;
+        let _ = writeln!(rendered, "DRIVE{} {drive}", index + 1);
     }
     // SWRAID before SWRAIDLEVEL: installimage's prefix match would read SWRAIDLEVEL as SWRAID.
     match layout.raid_level {
         Some(level) => {
-            let _ = writeln!(text, "SWRAID 1\nSWRAIDLEVEL {level}");
+            let _ = writeln!(rendered, "SWRAID 1\nSWRAIDLEVEL {level}");
         }
-        None => text.push_str("SWRAID 0\n"),
+        None => rendered.push_str("SWRAID 0\n"),
     }
-    text.push_str("BOOTLOADER grub\n");
-    let _ = writeln!(text, "HOSTNAME {hostname}");
+    rendered.push_str("BOOTLOADER grub\n");
+    field(hostname)?;
+    let _ = writeln!(rendered, "HOSTNAME {hostname}");
+    if let Some(password) = &layout.crypt_password {
+        // installimage reads everything after `CRYPTPASSWORD ` up to the end of the line.
+        check_line(password.expose()).map_err(|problem| UnsafeLine {
+            file: AUTOSETUP_FILE.to_string(),
+            value: "<the CRYPTPASSWORD passphrase>".to_string(),
+            problem,
+        })?;
+        let _ = writeln!(rendered, "CRYPTPASSWORD {}", password.expose());
+    }
     for partition in &layout.partitions {
+        field(&partition.mount)?;
+        field(&partition.filesystem)?;
+        let crypt = if partition.crypt { " crypt" } else { "" };
         let _ = writeln!(
-            text,
-            "PART {} {} {}",
+            rendered,
+            "PART {} {} {}{crypt}",
             partition.mount, partition.filesystem, partition.size
         );
     }
     for volume in &layout.volumes {
+        for value in [&volume.vg, &volume.name, &volume.mount, &volume.filesystem] {
+            field(value)?;
+        }
         let _ = writeln!(
-            text,
+            rendered,
             "LV {} {} {} {} {}",
             volume.vg, volume.name, volume.mount, volume.filesystem, volume.size
         );
     }
-    let _ = writeln!(text, "IMAGE {image}");
-    text
+    field(image)?;
+    let _ = writeln!(rendered, "IMAGE {image}");
+    Ok(rendered)
+}
+
+/// `text` with every line that holds `CRYPTPASSWORD` replaced by `CRYPTPASSWORD [FILTERED]`, as
+/// installimage's own reports filter it: for messages, reports and logs.
+pub fn redacted(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            if line.contains("CRYPTPASSWORD") {
+                "CRYPTPASSWORD [FILTERED]\n".to_string()
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect()
 }
 
 /// A line of an autosetup file that installimage cannot make sense of, or a rule it breaks.
@@ -118,27 +161,54 @@ fn second_field(line: &str) -> Option<&str> {
     line.split_whitespace().nth(1)
 }
 
+/// For `DRIVE<n>` and `FORMATDRIVE<n>`: the first line (0-based) that `grep -m1 ^DRIVE<n>`
+/// finds, for every `n`, in one pass. `^DRIVE1` also matches a `DRIVE10` line, so a line is
+/// the candidate of every number its leading digits start with.
+fn numbered_lines(lines: &[&str], key: &str) -> HashMap<u64, usize> {
+    /// u64 has at most 20 digits; a longer run names no drive anyone has.
+    const MAX_DIGITS: usize = 19;
+    let mut first = HashMap::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some(rest) = line.strip_prefix(key) else {
+            continue;
+        };
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        // `^DRIVE1` never matches `DRIVE01`: no number is written with a leading zero.
+        if rest.starts_with('0') {
+            continue;
+        }
+        for length in 1..=digits.min(MAX_DIGITS) {
+            if let Ok(number) = rest[..length].parse::<u64>() {
+                first.entry(number).or_insert(index);
+            }
+        }
+    }
+    first
+}
+
 /// Parses `text` the way installimage does; returns the problems that make lines unreadable.
+/// One pass over the lines per key: linear in the size of the file.
 pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
-    // Comments are whole lines starting with '#', and installimage strips trailing comments too.
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|line| line.split('#').next().unwrap_or("").trim_end())
-        .collect();
+    // installimage strips no comments: a `#` line matches no key, and a trailing comment is one
+    // more field (after a PART's size it even asks for encryption).
+    let lines: Vec<&str> = text.lines().collect();
     let mut problems = Vec::new();
 
+    let drive_lines = numbered_lines(&lines, "DRIVE");
+    let format_lines = numbered_lines(&lines, "FORMATDRIVE");
     let mut drives = Vec::new();
     let mut format_drives = Vec::new();
-    for index in 1.. {
-        let Some((_, line)) = first_line(&lines, &format!("DRIVE{index}")) else {
+    for number in 1.. {
+        let Some(&index) = drive_lines.get(&number) else {
             break;
         };
-        drives.push(second_field(line).unwrap_or_default().to_string());
-        if first_line(&lines, &format!("FORMATDRIVE{index}"))
-            .and_then(|(_, line)| second_field(line))
+        drives.push(second_field(lines[index]).unwrap_or_default().to_string());
+        if format_lines
+            .get(&number)
+            .and_then(|&index| second_field(lines[index]))
             .is_some()
         {
-            format_drives.push(index - 1);
+            format_drives.push(drives.len() - 1);
         }
     }
 
@@ -154,7 +224,8 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
                     problems.push(Problem {
                         line: Some(number),
                         message: format!(
-                            "SWRAIDLEVEL \"{text}\" is not a number; use 0, 1, 5, 6 or 10"
+                            "SWRAIDLEVEL \"{}\" is not a number; use 0, 1, 5, 6 or 10",
+                            Escaped(text)
                         ),
                     });
                     None
@@ -168,7 +239,8 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
             problems.push(Problem {
                 line: Some(number),
                 message: format!(
-                    "SWRAID \"{other}\" must be 0 or 1 (write SWRAID before SWRAIDLEVEL)"
+                    "SWRAID \"{}\" must be 0 or 1 (write SWRAID before SWRAIDLEVEL)",
+                    Escaped(other)
                 ),
             });
             None
@@ -186,16 +258,18 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
             Some(&"PART") => match fields.as_slice() {
                 [_, mount, filesystem, size, rest @ ..] => match Size::parse(size) {
                     Ok(size) => {
-                        crypt |= rest.first() == Some(&"crypt");
+                        // installimage's CRYPT: any fifth field.
+                        crypt |= !rest.is_empty();
                         partitions.push(Partition {
                             mount: mount.to_string(),
                             filesystem: filesystem.to_string(),
                             size,
+                            crypt: rest.first() == Some(&"crypt"),
                         });
                     }
                     Err(why) => problems.push(Problem {
                         line: Some(number),
-                        message: format!("size \"{size}\" {why}"),
+                        message: format!("size \"{}\" {why}", Escaped(size)),
                     }),
                 },
                 _ => problems.push(Problem {
@@ -214,7 +288,7 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
                     }),
                     Err(why) => problems.push(Problem {
                         line: Some(number),
-                        message: format!("size \"{size}\" {why}"),
+                        message: format!("size \"{}\" {why}", Escaped(size)),
                     }),
                 },
                 _ => problems.push(Problem {
@@ -244,6 +318,12 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
             .and_then(|(_, line)| second_field(line))
             .map(str::to_string)
     };
+    // `grep -m1 '^CRYPTPASSWORD ' | cut -d ' ' -f 2-`: the rest of the line, blanks and all.
+    let crypt_password = lines
+        .iter()
+        .find_map(|line| line.strip_prefix("CRYPTPASSWORD "))
+        .filter(|password| !password.is_empty())
+        .map(CryptPassword::new);
     let autosetup = Autosetup {
         layout: DiskLayout {
             drives,
@@ -251,6 +331,7 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
             uefi: false,
             partitions,
             volumes,
+            crypt_password: crypt_password.clone(),
         },
         format_drives,
         bootloader: value("BOOTLOADER"),
@@ -259,13 +340,167 @@ pub fn parse(text: &str) -> Result<Autosetup, Vec<Problem>> {
         governor: value("GOVERNOR"),
         subvolumes,
         crypt,
-        crypt_password: value("CRYPTPASSWORD").is_some(),
+        crypt_password: crypt_password.is_some(),
     };
     if problems.is_empty() {
         Ok(autosetup)
     } else {
         Err(problems)
     }
+}
+
+/// What a disk layout file given to `build robot --layout` may hold: the lines the layout
+/// model carries (`DRIVE<n>`, `SWRAID`, `SWRAIDLEVEL`, `PART`, `LV`, `CRYPTPASSWORD`, and
+/// `BOOTLOADER grub`, which the backend writes anyway). Anything else would be dropped when the
+/// autosetup file is rewritten, so it is refused with its line and key named.
+pub fn parse_layout(text: &str) -> Result<DiskLayout, Vec<Problem>> {
+    let mut problems = layout_line_problems(text);
+    match parse(text) {
+        Ok(autosetup) if problems.is_empty() => Ok(autosetup.layout),
+        Ok(_) => Err(problems),
+        Err(mut parse_problems) => {
+            problems.append(&mut parse_problems);
+            problems.sort_by_key(|problem| problem.line);
+            Err(problems)
+        }
+    }
+}
+
+/// The lines of a layout file that the layout model would drop or read differently.
+fn layout_line_problems(text: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut drive_numbers = Vec::new();
+    let mut problem = |line: usize, message: String| {
+        problems.push(Problem {
+            line: Some(line),
+            message,
+        })
+    };
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with(char::is_whitespace) {
+            problem(
+                number,
+                "starts with a blank, so installimage ignores it; remove the blank or the line"
+                    .to_string(),
+            );
+            continue;
+        }
+        if line.contains('\t') {
+            problem(
+                number,
+                "holds a tab; installimage finds PART and LV lines by a space after the key: use spaces".to_string(),
+            );
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let key = fields[0];
+        let drive_number = key
+            .strip_prefix("DRIVE")
+            .filter(|digits| {
+                !digits.is_empty()
+                    && !digits.starts_with('0')
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+            })
+            .and_then(|digits| digits.parse::<u64>().ok());
+        let single = match key {
+            "PART" => {
+                match fields.get(4) {
+                    None | Some(&"crypt") if fields.len() <= 5 => {}
+                    Some(&"crypt") | None => problem(
+                        number,
+                        format!(
+                            "PART has fields after its size that installimage ignores: \"{}\"; remove them",
+                            Escaped(&fields[5..].join(" "))
+                        ),
+                    ),
+                    Some(other) => problem(
+                        number,
+                        format!(
+                            "PART has \"{}\" after its size: installimage takes any fifth field as a request for encryption; write crypt (with CRYPTPASSWORD), or remove it",
+                            Escaped(other)
+                        ),
+                    ),
+                }
+                false
+            }
+            "LV" => {
+                if fields.len() > 6 {
+                    problem(
+                        number,
+                        format!(
+                            "LV has fields after its size that installimage ignores: \"{}\"; remove them",
+                            Escaped(&fields[6..].join(" "))
+                        ),
+                    );
+                }
+                false
+            }
+            "SWRAID" | "SWRAIDLEVEL" | "CRYPTPASSWORD" => true,
+            "BOOTLOADER" => {
+                if fields
+                    .get(1)
+                    .is_none_or(|loader| !loader.eq_ignore_ascii_case("grub"))
+                {
+                    problem(
+                        number,
+                        "BOOTLOADER: caph-image installs with grub, the only loader installimage supports; remove the line".to_string(),
+                    );
+                }
+                true
+            }
+            _ if drive_number.is_some() => {
+                drive_numbers.extend(drive_number);
+                true
+            }
+            "HOSTNAME" => {
+                problem(number, "HOSTNAME is not part of a layout: the hostname comes from the spec's [robot] hostname or --hostname; remove the line".to_string());
+                false
+            }
+            "IMAGE" => {
+                problem(number, "IMAGE is not part of a layout: the image is the tarball built or given with --tarball; remove the line".to_string());
+                false
+            }
+            other => {
+                problem(
+                    number,
+                    format!(
+                        "{} is a key caph-image does not carry into the autosetup file it writes, so installimage would never see it; remove the line",
+                        Escaped(other)
+                    ),
+                );
+                false
+            }
+        };
+        if single && let Some(first) = seen.insert(key.to_string(), number) {
+            problem(
+                number,
+                format!(
+                    "{} is given again (first on line {first}); installimage reads only the first: remove one",
+                    Escaped(key)
+                ),
+            );
+            seen.insert(key.to_string(), first);
+        }
+    }
+    drive_numbers.sort_unstable();
+    for (position, drive) in drive_numbers.iter().enumerate() {
+        let expected = position as u64 + 1;
+        if *drive != expected {
+            problems.push(Problem {
+                line: None,
+                message: format!(
+                    "DRIVE{drive} without DRIVE{expected}: number the drives DRIVE1, DRIVE2, ... without gaps"
+                ),
+            });
+            break;
+        }
+    }
+    problems
 }
 
 /// What is known about the target machine, for the rules that depend on it.
@@ -332,23 +567,27 @@ pub fn validate_with_drives(text: &str, machine: Machine, drives: &[Drive]) -> V
         return problems;
     };
     let count = sizes.len() as u64;
+    // Saturating: a machine's capacity past u64 MiB is as good as unlimited.
     let capacity = match layout.raid_level {
-        Some(0) => smallest * count,
-        Some(5) => smallest * count.saturating_sub(1),
-        Some(6) => smallest * count.saturating_sub(2),
-        Some(10) => smallest * (count / 2),
+        Some(0) => smallest.saturating_mul(count),
+        Some(5) => smallest.saturating_mul(count.saturating_sub(1)),
+        Some(6) => smallest.saturating_mul(count.saturating_sub(2)),
+        Some(10) => smallest.saturating_mul(count / 2),
         _ => smallest,
     };
-    let wanted: u64 = layout
+    // Checked: sizes from a file may add up past u64, which is more than any drive holds.
+    let wanted = layout
         .partitions
         .iter()
         .map(|partition| match partition.size {
             Size::MiB(mib) => mib,
             Size::All => ALL_RESERVE_MIB,
         })
-        .sum();
-    if wanted > capacity {
-        problems.push(Problem { line: None, message: format!("the partitions need {wanted} MiB, but the drives hold {capacity} MiB; make them smaller") });
+        .try_fold(0u64, u64::checked_add);
+    match wanted {
+        Some(wanted) if wanted <= capacity => {}
+        Some(wanted) => problems.push(Problem { line: None, message: format!("the partitions need {wanted} MiB, but the drives hold {capacity} MiB; make them smaller") }),
+        None => problems.push(Problem { line: None, message: format!("the partitions need more than {} MiB, but the drives hold {capacity} MiB; make them smaller", u64::MAX) }),
     }
     problems
 }
@@ -458,7 +697,9 @@ pub fn validate(text: &str, machine: Machine) -> Vec<Problem> {
 }
 
 /// btrfs volumes need subvolumes, subvolumes need their volume, and mount points are absolute.
+/// Sets, not scans, so that it stays linear in the number of lines.
 fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
+    use std::collections::HashSet;
     let mut problems = Vec::new();
     let volumes: Vec<&str> = autosetup
         .layout
@@ -467,8 +708,9 @@ fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
         .filter(|p| p.mount.starts_with("btrfs."))
         .map(|p| p.mount.as_str())
         .collect();
-    for (index, volume) in volumes.iter().enumerate() {
-        if volumes[..index].contains(volume) {
+    let mut seen_volumes = HashSet::new();
+    for volume in &volumes {
+        if !seen_volumes.insert(*volume) {
             problems.push(format!(
                 "btrfs volume {volume} is defined twice: multi-device volumes are not supported"
             ));
@@ -483,26 +725,28 @@ fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
                 .to_string(),
         );
     }
+    let with_subvolumes: HashSet<&str> = autosetup
+        .subvolumes
+        .iter()
+        .map(|subvolume| subvolume.volume.as_str())
+        .collect();
     if !autosetup.subvolumes.is_empty() {
         for volume in &volumes {
-            if !autosetup
-                .subvolumes
-                .iter()
-                .any(|subvolume| subvolume.volume == *volume)
-            {
+            if !with_subvolumes.contains(volume) {
                 problems.push(format!("btrfs volume {volume} has no subvolumes"));
             }
         }
     }
-    let fixed_mounts: Vec<&str> = autosetup
+    // Mount points taken so far: the partitions' and volumes', then each subvolume's in turn.
+    let mut mounted: HashSet<&str> = autosetup
         .layout
         .partitions
         .iter()
         .map(|p| p.mount.as_str())
         .chain(autosetup.layout.volumes.iter().map(|v| v.mount.as_str()))
         .collect();
-    for (index, subvolume) in autosetup.subvolumes.iter().enumerate() {
-        if !volumes.is_empty() && !volumes.contains(&subvolume.volume.as_str()) {
+    for subvolume in &autosetup.subvolumes {
+        if !volumes.is_empty() && !seen_volumes.contains(subvolume.volume.as_str()) {
             problems.push(format!(
                 "btrfs volume {} of subvolume {} is not defined",
                 subvolume.volume, subvolume.name
@@ -514,15 +758,7 @@ fn check_subvolumes(autosetup: &Autosetup) -> Vec<String> {
                 subvolume.mount, subvolume.name
             ));
         }
-        let earlier = autosetup.subvolumes[..index]
-            .iter()
-            .map(|other| other.mount.as_str());
-        if fixed_mounts
-            .iter()
-            .copied()
-            .chain(earlier)
-            .any(|mount| mount == subvolume.mount)
-        {
+        if !mounted.insert(subvolume.mount.as_str()) {
             problems.push(format!("{} is mounted twice", subvolume.mount));
         }
     }

@@ -6,3 +6,4 @@
 pub mod autosetup;
 pub mod backend;
 pub mod client;
+pub mod drives;

@@ -6,10 +6,13 @@
 //!   `.sha256` beside it.
 //! - [`manifest`]: the JSON manifest written next to a tarball.
 //! - [`naming`]: installimage's file-name rule for custom images.
+//! - [`input`]: reading the files a user names (regular files only, size limits, inside the
+//!   spec's directory).
 
 #![deny(missing_docs)]
 
 pub mod assemble;
+pub mod input;
 pub mod manifest;
 pub mod naming;
 pub mod pack;

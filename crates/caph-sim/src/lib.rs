@@ -5,6 +5,7 @@
 
 pub mod hcloud;
 pub mod host;
+pub mod http;
 pub mod installimage;
 pub mod libraries;
 pub mod machine;
@@ -12,3 +13,4 @@ pub mod mirror;
 pub mod openapi;
 pub mod real_installimage;
 pub mod robot;
+pub mod runtime;

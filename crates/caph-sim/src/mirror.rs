@@ -1,11 +1,14 @@
 //! A loopback download mirror for tests: serves files over real HTTP, as the release pages of
-//! containerd, runc, crictl and Kubernetes would, with the checksum files published beside them.
+//! containerd, runc, crictl, the CNI plugins and Kubernetes would, with the checksum files
+//! published beside them.
 //!
 //! The artifacts made by [`release_artifacts`] are stand-ins: small shell programs that answer
 //! `--version` like the real binaries, packed in the upstream layouts (a `bin/` tarball for
-//! containerd, a bare `runc.<arch>`, a `crictl` tarball, bare Kubernetes binaries). The real ones
-//! cannot be fetched here, and what the tests check is the download, verification and install path,
-//! not the programs themselves. Checksums are real sha256 values of what is served.
+//! containerd, a bare `runc.<arch>`, a `crictl` tarball, a CNI plugins tarball, bare Kubernetes
+//! binaries). [`crate::runtime::debian_runtime`] makes the real containerd, runc and CNI plugins
+//! from Debian's packages in the same layouts, to serve in their place; kubelet, kubeadm and
+//! crictl have no real binary reachable here and stay stand-ins. Checksums are real sha256
+//! values of what is served.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,12 +22,14 @@ use hyper::{Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::http::{Limits, RequestLog};
+
 /// A running mirror; stops when dropped.
 #[derive(Debug)]
 pub struct Mirror {
     addr: SocketAddr,
     files: Arc<Mutex<BTreeMap<String, Bytes>>>,
-    requests: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<RequestLog<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,26 +53,16 @@ impl Mirror {
                 .map(|(path, content)| (path, Bytes::from(content)))
                 .collect::<BTreeMap<_, _>>(),
         ));
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(RequestLog::new(Limits::default().request_log)));
         let (served, log) = (files.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+        let task = crate::http::serve(
+            listener,
+            Limits::default(),
+            move |_, request: Request<Incoming>| {
                 let (served, log) = (served.clone(), log.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let (served, log) = (served.clone(), log.clone());
-                        async move { Ok::<_, Infallible>(answer(&served, &log, &request)) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
+                async move { Ok::<_, Infallible>(answer(&served, &log, &request)) }
+            },
+        );
         Ok(Mirror {
             addr,
             files,
@@ -81,9 +76,9 @@ impl Mirror {
         format!("http://{}", self.addr)
     }
 
-    /// The paths requested so far, in order.
+    /// The paths requested so far, in order (the latest ones, as [`crate::http::RequestLog`]).
     pub fn requests(&self) -> Vec<String> {
-        lock(&self.requests).clone()
+        lock(&self.requests).to_vec()
     }
 
     /// Replaces what is served at `path` (for example with corrupted bytes), leaving its checksum file alone.
@@ -100,11 +95,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn answer(
     files: &Mutex<BTreeMap<String, Bytes>>,
-    log: &Mutex<Vec<String>>,
+    log: &Mutex<RequestLog<String>>,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().trim_start_matches('/').to_string();
-    lock(log).push(path.clone());
+    lock(log).push(crate::http::for_log(&path));
     let found = lock(files).get(&path).cloned();
     let (status, body) = match (
         request.method() == hyper::Method::GET || request.method() == hyper::Method::HEAD,
@@ -131,12 +126,15 @@ pub struct ReleaseVersions {
     pub runc: String,
     /// crictl, e.g. `1.34.0`.
     pub crictl: String,
+    /// The CNI plugins, e.g. `1.9.1`.
+    pub cni: String,
     /// Kubernetes, e.g. `1.34.2`.
     pub kubernetes: String,
 }
 
-/// The files of the four release sites for `arches` (`amd64`, `arm64`), under the prefixes
-/// `containerd/`, `runc/`, `crictl/` and `kubernetes/`: point a spec's `url`s at `<mirror>/<prefix>`.
+/// The files of the five release sites for `arches` (`amd64`, `arm64`), under the prefixes
+/// `containerd/`, `runc/`, `crictl/`, `cni/` and `kubernetes/`: point a spec's `url`s at
+/// `<mirror>/<prefix>`.
 pub fn release_artifacts(versions: &ReleaseVersions, arches: &[&str]) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut runc_sums = String::new();
@@ -201,6 +199,19 @@ pub fn release_artifacts(versions: &ReleaseVersions, arches: &[&str]) -> BTreeMa
         );
         files.insert(format!("crictl/v{}/{name}", versions.crictl), tarball);
 
+        // CNI plugins: cni-plugins-linux-<arch>-v<v>.tgz of bare plugins, with a .sha256 beside it.
+        let name = format!("cni-plugins-linux-{arch}-v{v}.tgz", v = versions.cni);
+        let tarball = gzip_tar(&[
+            ("./loopback", cni_program("loopback")),
+            ("./bridge", cni_program("bridge")),
+            ("./host-local", cni_program("host-local")),
+        ]);
+        files.insert(
+            format!("cni/v{}/{name}.sha256", versions.cni),
+            format!("{}  {name}\n", sha256_hex(&tarball)).into_bytes(),
+        );
+        files.insert(format!("cni/v{}/{name}", versions.cni), tarball);
+
         // Kubernetes: bare binaries with bare-digest .sha256 files.
         for (component, answer) in [
             ("kubelet", format!("Kubernetes v{}", versions.kubernetes)),
@@ -243,12 +254,21 @@ fn version_program(name: &str, answer: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A shell program that answers the CNI specification's VERSION command like a CNI plugin.
+fn cni_program(name: &str) -> Vec<u8> {
+    format!(
+        "#!/bin/sh\n# Stand-in for the CNI plugin {name}, served by caph-sim's test mirror.\nif [ \"${{CNI_COMMAND:-}}\" = VERSION ]; then\n  echo '{{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\",\"1.1.0\"]}}'\nelse\n  echo '{name}: stand-in CNI plugin' >&2; exit 1\nfi\n"
+    )
+    .into_bytes()
+}
+
 /// sha256 as lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn gzip_tar(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+/// A gzip-compressed tar of `entries` (path, content), every entry mode 0755 and mtime 0.
+pub fn gzip_tar(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
     for (path, content) in entries {
@@ -276,6 +296,7 @@ mod tests {
             containerd: "2.1.4".into(),
             runc: "1.3.0".into(),
             crictl: "1.34.0".into(),
+            cni: "1.9.1".into(),
             kubernetes: "1.34.2".into(),
         };
         let files = release_artifacts(&versions, &["amd64", "arm64"]);

@@ -529,3 +529,58 @@ fn a_zstd_tarball_extracts_with_the_same_tar_options() {
     assert_eq!(capability, CAPABILITY.len());
     assert!(output.contains("a directory"), "{output}");
 }
+
+#[test]
+fn issue_12_encrypted_partitions_get_a_crypttab_and_mapper_devices() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED issue_12_encrypted_partitions_get_a_crypttab_and_mapper_devices: needs root"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    make_tarball(work.path());
+    let config = SMALL_LAYOUT
+        .replace("PART / ext4 all", "PART / ext4 all crypt")
+        .replace(
+            "BOOTLOADER grub\n",
+            "BOOTLOADER grub\nCRYPTPASSWORD correct horse # battery\n",
+        );
+    let (outcome, output, _) = install(&config, DiskMode::Auto, work.path());
+    assert_eq!(outcome.exit_code, 0, "{output}\n{:?}", outcome.errors);
+    assert!(
+        output.contains("instead of disk images: encryption is not modelled on disk images"),
+        "{output}"
+    );
+    assert!(
+        output.contains("Encrypt partitions and create /etc/crypttab"),
+        "{output}"
+    );
+    let manifest = outcome.manifest.expect("a manifest");
+    let [encrypted] = manifest.encrypted.as_slice() else {
+        panic!("one encrypted partition: {:?}", manifest.encrypted);
+    };
+    assert_eq!(encrypted.mount, "/");
+    // The LUKS stand-in opens with the passphrase as installimage read it, and nothing else.
+    assert!(encrypted.opens_with("correct horse # battery"));
+    assert!(!encrypted.opens_with("correct horse"));
+    let root = work.path().join("disks/root");
+    let crypttab = std::fs::read_to_string(root.join("etc/crypttab")).expect("crypttab");
+    assert_eq!(
+        crypttab,
+        format!("luks-{0} UUID={0} none luks\n", encrypted.uuid)
+    );
+    let fstab = std::fs::read_to_string(root.join("etc/fstab")).expect("fstab");
+    assert!(
+        fstab.contains(&format!(
+            "/dev/mapper/luks-{} / ext4 defaults 0 0 # crypted",
+            encrypted.uuid
+        )),
+        "{fstab}"
+    );
+    assert!(!fstab.contains("horse"));
+    // The passphrase is in no file this simulation wrote for people to read.
+    let manifest_text =
+        std::fs::read_to_string(work.path().join("disks/installed.json")).expect("manifest");
+    assert!(!manifest_text.contains("horse"), "{manifest_text}");
+}

@@ -37,6 +37,8 @@ const CHILD_VAR: &str = "CAPH_BENCH_UPLOAD_CHILD";
 /// Debian's sftp server, which `scp` needs since OpenSSH 9 (it speaks SFTP by default).
 const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
 const TITLE: &str = "SSH upload vs OpenSSH scp";
+/// Issue 14's target: a verified upload at 0.9x of `scp`'s throughput or better.
+const SCP_TARGET: f64 = 0.9;
 
 /// The ways to upload compared.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,7 +71,7 @@ const AES_GCM: &str = "aes256-gcm@openssh.com";
 
 const CASES: [Case; 5] = [
     Case {
-        label: "**caph-ssh upload** (`cat > temp`, then `sha256sum` on the server, `chmod`, `mv`)",
+        label: "**caph-ssh upload** (`tee temp \\| openssl dgst -sha256` on the server, then `chmod`, `mv`)",
         file: "caph-ssh.bin",
         kind: Kind::CaphSsh,
     },
@@ -89,7 +91,7 @@ const CASES: [Case; 5] = [
         kind: Kind::SshCat,
     },
     Case {
-        label: "OpenSSH `ssh host 'cat > file && sha256sum file'` (caph-ssh's work)",
+        label: "OpenSSH `ssh host 'tee file \\| openssl dgst -sha256'` (caph-ssh's work)",
         file: "ssh-cat-sha256.bin",
         kind: Kind::SshCatSha256,
     },
@@ -100,6 +102,8 @@ const CASES: [Case; 5] = [
 struct Run {
     seconds: f64,
     rss_kib: u64,
+    /// User plus system seconds of the uploading process and its children (not the server's).
+    cpu: f64,
 }
 
 fn main() {
@@ -125,6 +129,9 @@ fn unavailable() -> Option<String> {
     for (path, package) in [
         ("/usr/bin/scp", "openssh-client"),
         ("/usr/bin/ssh", "openssh-client"),
+        // The OpenSSH line that does caph-ssh's work hashes with it, as caph-ssh's upload does
+        // on a server that has it.
+        ("/usr/bin/openssl", "openssl"),
         (harness::GNU_TIME, "time"),
     ] {
         if !Path::new(path).exists() {
@@ -304,7 +311,7 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
         Kind::SshCatSha256 => ssh_command(
             setup,
             &[],
-            &format!("cat > '{dest_text}' && sha256sum '{dest_text}'"),
+            &format!("tee '{dest_text}' | openssl dgst -sha256 -r"),
         ),
     };
     let report = setup.dest_dir.join(format!("{}.time", case.file));
@@ -340,6 +347,7 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
     Run {
         seconds,
         rss_kib: usage.rss_kib,
+        cpu: usage.cpu,
     }
 }
 
@@ -405,9 +413,9 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
         text,
         "- every upload is one process under GNU time, connection and authentication included; \
          caph-ssh's is a small program around `Session::upload` (release build), which streams \
-         the file into `cat` on the server while hashing it, then has the server hash the \
-         written file with `sha256sum` and compares, then sets the mode and renames: it reads \
-         the data twice on the server, where plain `scp` and `cat` read it once"
+         the file to the server while hashing it; there `tee` writes it to a temporary file and \
+         hands the same bytes to `openssl dgst -sha256` (hashed as written, never read back); \
+         the digests are compared, then the mode set and the file renamed"
     );
     let _ = writeln!(
         text,
@@ -420,21 +428,23 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
     let _ = writeln!(
         text,
         "- median of {runs} round-robin runs; MB/s is 10^6 bytes per second of wall time; peak \
-         RSS is the largest process (for `scp`, its `ssh`)\n"
+         RSS is the largest process (for `scp`, its `ssh`); client CPU is the user and system \
+         time of the uploading process and its children (GNU time), the server's not included\n"
     );
     let _ = writeln!(
         text,
-        "| upload of {} MiB | wall s | MB/s | peak RSS MiB |",
+        "| upload of {} MiB | wall s | MB/s | client CPU s | peak RSS MiB |",
         FILE_BYTES >> 20
     );
-    let _ = writeln!(text, "|---|---:|---:|---:|");
+    let _ = writeln!(text, "|---|---:|---:|---:|---:|");
     for (case, runs) in CASES.iter().zip(measured) {
         let _ = writeln!(
             text,
-            "| {} | {:.2} | {:.0} | {:.1} |",
+            "| {} | {:.2} | {:.0} | {:.2} | {:.1} |",
             case.label,
             seconds(runs),
             megabytes / seconds(runs),
+            harness::median(&runs.iter().map(|run| run.cpu).collect::<Vec<_>>()),
             rss(runs)
         );
     }
@@ -449,12 +459,17 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
     let _ = writeln!(
         text,
         "\n{} caph-ssh's verified upload runs at {:.0} MB/s, {:.2}x `scp`'s {:.0} MB/s \
-         (default cipher), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s and {:.2}x `ssh 'cat > file \
-         && sha256sum file'` (the same work), with {:.1} MiB peak RSS ({:.1} MiB for `scp`).",
+         (default cipher; target {SCP_TARGET}x: {}), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s and {:.2}x `ssh 'tee file \
+         | openssl dgst -sha256'` (the same work), with {:.1} MiB peak RSS ({:.1} MiB for `scp`).",
         harness::RESULT_PREFIX,
         throughput(ours),
         throughput(ours) / throughput(scp),
         throughput(scp),
+        if throughput(ours) / throughput(scp) >= SCP_TARGET {
+            "met"
+        } else {
+            "MISSED"
+        },
         throughput(ours) / throughput(scp_aes_gcm),
         throughput(scp_aes_gcm),
         throughput(ours) / throughput(same_work),

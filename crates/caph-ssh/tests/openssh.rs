@@ -381,42 +381,40 @@ async fn upload_writes_atomically_and_verifies_the_checksum() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_upload_fails_with_both_digests_and_leaves_no_file() {
-    require_sshd!("a_corrupted_upload_fails_with_both_digests_and_leaves_no_file");
-    let mut sshd = Sshd::prepare();
-    // A server that damages uploads: after the command that writes the temporary file, one byte
-    // is appended to it, as a broken disk or a tampering middlebox might.
-    let script = sshd.dir.path().join("corrupt.sh");
+/// A `ForceCommand` script that runs the requested command, but first feeds an upload's data
+/// (the command that starts with `umask 077`) through `damage`, a shell pipeline stage.
+fn server_that_damages_uploads(sshd: &Sshd, damage: &str) -> std::path::PathBuf {
+    let script = sshd.dir.path().join("damage.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\n\
-         eval \"$SSH_ORIGINAL_COMMAND\"\n\
-         status=$?\n\
-         case \"$SSH_ORIGINAL_COMMAND\" in\n\
-         \"umask 077 && cat > \"*) eval \"set -- ${SSH_ORIGINAL_COMMAND#umask 077 && cat > }\"; printf X >> \"$1\";;\n\
-         esac\n\
-         exit $status\n",
+        format!(
+            "#!/bin/sh\n\
+             case \"$SSH_ORIGINAL_COMMAND\" in\n\
+             \"umask 077 && \"*) {damage} | eval \"$SSH_ORIGINAL_COMMAND\";;\n\
+             *) eval \"$SSH_ORIGINAL_COMMAND\";;\n\
+             esac\n"
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    sshd.add_config(&format!("ForceCommand {}", script.display()));
-    sshd.start();
+    script
+}
+
+/// Uploads `data` to a server whose copy arrives as `damaged`, and checks the refusal: both
+/// digests named, no target, no temporary file.
+async fn check_damaged_upload_is_refused(sshd: &Sshd, data: &[u8], damaged: &[u8]) {
     let session = connect_when_ready(&sshd.pinned_config(), &mut no_events())
         .await
         .unwrap();
     let target = sshd.dir.path().join("target");
-    let data = b"kubelet binary, allegedly\n";
     let error = session
-        .upload(&data[..], target.to_str().unwrap(), 0o644, &mut |_| {})
+        .upload(data, target.to_str().unwrap(), 0o644, &mut |_| {})
         .await
         .unwrap_err();
     use sha2::Digest;
     let sent = hex::encode(sha2::Sha256::digest(data));
-    let mut damaged = data.to_vec();
-    damaged.push(b'X');
-    let remote = hex::encode(sha2::Sha256::digest(&damaged));
+    let remote = hex::encode(sha2::Sha256::digest(damaged));
     let message = error.to_string();
     assert!(
         matches!(error, SshError::ChecksumMismatch { .. }),
@@ -433,6 +431,53 @@ async fn a_corrupted_upload_fails_with_both_digests_and_leaves_no_file() {
         .filter(|entry| entry.file_name().to_string_lossy().contains("caph-upload"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_upload_fails_with_both_digests_and_leaves_no_file() {
+    require_sshd!("a_corrupted_upload_fails_with_both_digests_and_leaves_no_file");
+    let mut sshd = Sshd::prepare();
+    // A server whose incoming data has one byte flipped on the way to the disk, as a broken
+    // link or a tampering middlebox might: the fourth byte becomes an `X`. `dd bs=1` reads
+    // exactly the bytes it passes on, so nothing else is lost.
+    let script = server_that_damages_uploads(
+        &sshd,
+        "{ dd bs=1 count=3 2>/dev/null; dd bs=1 count=1 of=/dev/null 2>/dev/null; printf X; cat; }",
+    );
+    sshd.add_config(&format!("ForceCommand {}", script.display()));
+    sshd.start();
+    let data = b"kubelet binary, allegedly\n";
+    let mut damaged = data.to_vec();
+    damaged[3] = b'X';
+    check_damaged_upload_is_refused(&sshd, data, &damaged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_openssl_hashes_with_sha256sum_and_still_catches_damage() {
+    require_sshd!("a_server_without_openssl_hashes_with_sha256sum_and_still_catches_damage");
+    let mut sshd = Sshd::prepare();
+    // `openssl` as a shell function that fails, as on a server without it: the upload falls
+    // back to coreutils' sha256sum. The damage this time is a byte appended on the way.
+    let script = server_that_damages_uploads(&sshd, "{ cat; printf X; }");
+    let wrapper = sshd.dir.path().join("no-openssl.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nopenssl() {{ echo 'openssl: not here' >&2; return 127; }}\n. {}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sshd.add_config(&format!("ForceCommand {}", wrapper.display()));
+    sshd.start();
+
+    // The remote digest in the error is sha256sum's: `openssl` gave none.
+    let data = b"containerd, allegedly\n";
+    let mut damaged = data.to_vec();
+    damaged.push(b'X');
+    check_damaged_upload_is_refused(&sshd, data, &damaged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,12 +9,20 @@ mod shell;
 
 use std::fmt::Write as _;
 
-pub use containerd::{CONTAINERD_SOCKET, config_toml as containerd_config_toml};
+pub use containerd::{
+    CONTAINERD_CERTS_DIR, CONTAINERD_DROPIN_DIR, CONTAINERD_SOCKET,
+    config_toml as containerd_config_toml,
+};
 pub use shell::quote;
 
 use crate::arch::Arch;
 use crate::spec::{Artifact, ImageSpec, KubernetesSource};
+use crate::text::{self, UnsafeLine};
 use shell::Script;
+
+/// The line-oriented files the plan writes with values from the spec.
+const MODULES_FILE: &str = "/etc/modules-load.d/caph-image.conf";
+const APT_SOURCES_FILE: &str = "/etc/apt/sources.list.d/kubernetes.list";
 
 /// Where a plan runs, which changes what can be done live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,23 +207,32 @@ pub const REQUIRED_SYSCTLS: &[(&str, &str)] = &[
     ("net.bridge.bridge-nf-call-ip6tables", "1"),
     ("net.bridge.bridge-nf-call-iptables", "1"),
     ("net.ipv4.ip_forward", "1"),
+    // Dual-stack and IPv6 clusters route pod traffic; image-builder sets it on every node.
+    ("net.ipv6.conf.all.forwarding", "1"),
 ];
-/// Distribution packages every node needs: download tools for the plan, and what kubeadm's preflight checks for.
+/// Distribution packages every node needs: download tools for the plan, and every program
+/// kubeadm's preflight looks for on a node (conntrack, ip and tc, iptables, mount, nsenter from
+/// util-linux, and the ones it warns about: ebtables, ethtool, socat).
 pub const BASE_PACKAGES: &[&str] = &[
     "apt-transport-https",
     "ca-certificates",
     "conntrack",
     "curl",
+    "ebtables",
     "ethtool",
     "gnupg",
     "iproute2",
     "iptables",
     "kmod",
+    "mount",
     "socat",
     // A node's clock must be right for TLS with the API server; installimage configures the
     // daemon only where one is installed.
     "systemd-timesyncd",
+    "util-linux",
 ];
+/// Where the CNI plugins go: the directory kubelet and every CNI network add-on look in.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
 /// Timers and services that would fight the build for the dpkg lock.
 const APT_BACKGROUND_UNITS: &[&str] = &[
     "apt-daily.timer",
@@ -225,29 +242,38 @@ const APT_BACKGROUND_UNITS: &[&str] = &[
     "unattended-upgrades.service",
 ];
 
-/// Renders the plan. Pure: the same inputs give the same plan, byte for byte.
-pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
-    let mut steps = Vec::new();
-    steps.push(run("wait-for-system", prepare_system()));
+/// The kernel modules a node loads: [`REQUIRED_MODULES`], then the spec's own.
+pub fn node_modules(spec: &ImageSpec) -> Vec<&str> {
     let mut modules: Vec<&str> = REQUIRED_MODULES.to_vec();
     modules.extend(
         spec.system
             .kernel_modules
             .iter()
             .map(String::as_str)
-            .filter(|m| !REQUIRED_MODULES.contains(m)),
+            .filter(|module| !REQUIRED_MODULES.contains(module)),
     );
+    modules
+}
+
+/// Renders the plan. Pure: the same inputs give the same plan, byte for byte.
+///
+/// Refuses a value that would break a line of a line-oriented file it writes (a spec that
+/// passed validation holds none).
+pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Result<Plan, UnsafeLine> {
+    let mut steps = Vec::new();
+    steps.push(run("wait-for-system", prepare_system()));
+    let modules = node_modules(spec);
     steps.push(file(
         "kernel-modules-config",
-        "/etc/modules-load.d/caph-image.conf",
+        MODULES_FILE,
         0o644,
-        lines(&modules),
+        checked_lines(MODULES_FILE, &modules)?,
     ));
     steps.push(file(
         "sysctl-config",
         SYSCTL_CONFIG_PATH,
         0o644,
-        sysctl_conf(spec),
+        sysctl_conf(spec)?,
     ));
     if target == Target::Hcloud {
         steps.push(run(
@@ -269,11 +295,12 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
         0o644,
         containerd::CONTAINERD_SERVICE.to_string(),
     ));
+    steps.push(run("containerd-directories", containerd_directories()));
     steps.push(file(
         "containerd-config",
         "/etc/containerd/config.toml",
         0o644,
-        containerd::config_toml(spec.containerd.version),
+        containerd::config_toml(spec.containerd.version, &spec.sandbox_image),
     ));
     steps.push(run("runc", runc_install(&spec.runc, arch)));
     steps.push(run("crictl", crictl_install(&spec.crictl, arch)));
@@ -291,10 +318,13 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
         } => {
             steps.push(run(
                 "kubernetes",
-                kubernetes_apt(spec, repository, key_url, key_sha256.as_deref()),
+                kubernetes_apt(spec, repository, key_url, key_sha256.as_deref())?,
             ));
         }
         KubernetesSource::Binaries { base_url, sha256 } => {
+            if let Some(cni) = &spec.cni {
+                steps.push(run("cni-plugins", cni_install(cni, arch)));
+            }
             let pins = sha256.get(&arch);
             steps.push(run(
                 "kubernetes",
@@ -352,14 +382,14 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Plan {
         ));
     }
     steps.push(run("provenance", provenance(spec, target, arch)));
-    steps.push(run("hygiene", hygiene(target)));
-    Plan {
+    steps.push(run("hygiene", hygiene(spec, target)));
+    Ok(Plan {
         image_name: spec.image.name.clone(),
         spec_digest: spec.digest.clone(),
         target,
         arch,
         steps,
-    }
+    })
 }
 
 impl Plan {
@@ -412,39 +442,63 @@ fn file(name: &str, path: &str, mode: u32, content: String) -> Step {
     }
 }
 
-fn lines(items: &[&str]) -> String {
-    items.iter().map(|item| format!("{item}\n")).collect()
+/// One item a line, each one field (a module name).
+fn checked_lines(file: &str, items: &[&str]) -> Result<String, UnsafeLine> {
+    let mut text = String::new();
+    for item in items {
+        text::field_in(file, item)?;
+        text.push_str(item);
+        text.push('\n');
+    }
+    Ok(text)
 }
 
-fn sysctl_conf(spec: &ImageSpec) -> String {
+fn sysctl_conf(spec: &ImageSpec) -> Result<String, UnsafeLine> {
     let mut settings: std::collections::BTreeMap<&str, &str> =
         REQUIRED_SYSCTLS.iter().copied().collect();
     for (key, value) in &spec.system.sysctls {
         settings.insert(key, value);
     }
-    settings
-        .iter()
-        .map(|(key, value)| format!("{key} = {value}\n"))
-        .collect()
+    let mut text = String::new();
+    for (key, value) in settings {
+        text::field_in(SYSCTL_CONFIG_PATH, key)?;
+        text::line_in(SYSCTL_CONFIG_PATH, value)?;
+        let _ = writeln!(text, "{key} = {value}");
+    }
+    Ok(text)
 }
 
 /// Shell functions shared by steps that download: fetch with retries, and verify a sha256.
-const FETCH_FUNCTIONS: &str = r#"caph_fetch() {
-  # caph_fetch URL DEST EXPECTED_SHA256: download, then refuse the file unless its sha256 matches.
-  local url=$1 dest=$2 expected=$3 actual
-  curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url"
+const FETCH_FUNCTIONS: &str = r#"caph_download() {
+  # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
+  local url=$1 dest=$2 reason
+  if ! reason=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url" 2>&1); then
+    rm -f "$dest"
+    echo "caph-image: downloading $url failed: ${reason:-curl gave no reason}" >&2
+    exit 1
+  fi
+}
+caph_fetch() {
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
+  caph_download "$url" "$dest"
   actual=$(sha256sum "$dest" | cut -d' ' -f1)
   if [ "$actual" != "$expected" ]; then
     rm -f "$dest"
-    echo "caph-image: checksum mismatch for $url: expected sha256 $expected, got $actual" >&2
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
     exit 1
   fi
   echo "verified $url (sha256 $actual)"
 }
 caph_published_sha256() {
   # caph_published_sha256 CHECKSUM_URL FILE_NAME: the digest for FILE_NAME in an upstream checksum file.
-  local sums digest
-  sums=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 "$1")
+  # Runs in $(...), where `set -e` does not reach: every failure exits explicitly.
+  local sums digest sums_file
+  sums_file=$(mktemp)
+  ( caph_download "$1" "$sums_file" ) || { rm -f "$sums_file"; exit 1; }
+  sums=$(cat "$sums_file")
+  rm -f "$sums_file"
   digest=$(printf '%s\n' "$sums" | awk -v name="$2" 'NF == 1 && NR == 1 { only = $1 } NF >= 2 { f = $2; sub(/^\*/, "", f); if (f == name) { print $1; found = 1; exit } } END { if (!found && only != "") print only }')
   if [ -z "$digest" ]; then
     echo "caph-image: no sha256 for $2 in $1" >&2
@@ -465,7 +519,7 @@ fn prepare_system() -> String {
     script.line("  cloud-init status --wait >/dev/null || echo \"cloud-init finished with status $?; continuing\" >&2");
     script.line("fi");
     script.line(
-        "# Keep apt's timers from taking the dpkg lock during the build; hygiene unmasks them.",
+        "# Keep apt's timers from taking the dpkg lock during the build; they stay masked on the node unless the spec sets system.automatic_upgrades.",
     );
     script.line(format!(
         "systemctl mask {} >/dev/null 2>&1 || true",
@@ -524,10 +578,26 @@ fn packages(spec: &ImageSpec) -> String {
 }
 
 /// Assigns `expected` from the pin, or from the upstream checksum file when there is none.
-fn expected_digest(script: &mut Script, pin: Option<&String>, checksum_url: &str, file_name: &str) {
-    match pin {
+/// A sha256 pin from the spec, with the field it was written in (for the mismatch message).
+struct Pin<'a> {
+    field: String,
+    digest: &'a str,
+}
+
+/// Downloads `url` to `dest`, verified against the spec's pin or else the upstream checksum file;
+/// a mismatch names both digests and where the expected one came from.
+fn fetch_verified(
+    script: &mut Script,
+    url: &str,
+    pin: Option<Pin<'_>>,
+    checksum_url: &str,
+    file_name: &str,
+    dest: &str,
+) {
+    let origin = match pin {
         Some(pin) => {
-            script.assign("expected", pin);
+            script.assign("expected", pin.digest);
+            format!("pinned by {} in the spec", pin.field)
         }
         None => {
             script.line(format!(
@@ -535,102 +605,134 @@ fn expected_digest(script: &mut Script, pin: Option<&String>, checksum_url: &str
                 quote(checksum_url),
                 quote(file_name)
             ));
+            format!("published in {checksum_url}")
         }
-    }
-}
-
-/// Downloads `url` to `dest`, verified against the pin or else the upstream checksum file.
-fn fetch_verified(
-    script: &mut Script,
-    url: &str,
-    pin: Option<&String>,
-    checksum_url: &str,
-    file_name: &str,
-    dest: &str,
-) {
-    expected_digest(script, pin, checksum_url, file_name);
+    };
     script.line(format!(
-        "caph_fetch {} {} \"$expected\"",
+        "caph_fetch {} {} \"$expected\" {}",
         quote(url),
-        quote(dest)
+        quote(dest),
+        quote(&origin)
     ));
 }
 
-fn containerd_install(artifact: &Artifact, arch: Arch) -> String {
-    let version = artifact.version.to_string();
-    let file_name = format!("containerd-{version}-linux-{}.tar.gz", arch.debian_name());
-    let url = format!("{}/v{version}/{file_name}", artifact.base_url);
+/// A script that starts by downloading `file_name` from `artifact`'s release directory to
+/// `dest`, verified against the spec's pin for `arch` or else `checksum_file` beside it.
+fn fetch_release_file(
+    artifact: &Artifact,
+    section: &str,
+    arch: Arch,
+    file_name: &str,
+    checksum_file: &str,
+    dest: &str,
+) -> Script {
+    let directory = format!("{}/v{}", artifact.base_url, artifact.version);
     let mut script = Script::new();
     script.line(FETCH_FUNCTIONS);
     fetch_verified(
         &mut script,
-        &url,
-        artifact.sha256.get(&arch),
-        &format!("{url}.sha256sum"),
-        &file_name,
-        "/tmp/caph-containerd.tar.gz",
+        &format!("{directory}/{file_name}"),
+        artifact.sha256.get(&arch).map(|digest| Pin {
+            field: format!("{section}.sha256.{}", arch.debian_name()),
+            digest,
+        }),
+        &format!("{directory}/{checksum_file}"),
+        file_name,
+        dest,
     );
-    script.command(&[
-        "tar",
-        "-C",
-        "/usr/local",
-        "-xzf",
-        "/tmp/caph-containerd.tar.gz",
-    ]);
-    script.command(&["rm", "-f", "/tmp/caph-containerd.tar.gz"]);
+    script
+}
+
+fn containerd_install(artifact: &Artifact, arch: Arch) -> String {
+    let file_name = format!(
+        "containerd-{}-linux-{}.tar.gz",
+        artifact.version,
+        arch.debian_name()
+    );
+    let archive = "/tmp/caph-containerd.tar.gz";
+    let mut script = fetch_release_file(
+        artifact,
+        "containerd",
+        arch,
+        &file_name,
+        &format!("{file_name}.sha256sum"),
+        archive,
+    );
+    script.command(&["tar", "-C", "/usr/local", "-xzf", archive]);
+    script.command(&["rm", "-f", archive]);
     script.line("/usr/local/bin/containerd --version");
     script.finish()
 }
 
-fn runc_install(artifact: &Artifact, arch: Arch) -> String {
-    let version = artifact.version.to_string();
-    let file_name = format!("runc.{}", arch.debian_name());
-    let url = format!("{}/v{version}/{file_name}", artifact.base_url);
+fn containerd_directories() -> String {
     let mut script = Script::new();
-    script.line(FETCH_FUNCTIONS);
-    fetch_verified(
-        &mut script,
-        &url,
-        artifact.sha256.get(&arch),
-        &format!("{}/v{version}/runc.sha256sum", artifact.base_url),
-        &file_name,
-        "/tmp/caph-runc",
+    script.line(
+        "# Registry host configurations (mirrors) and config drop-ins, which config.toml names.",
     );
     script.command(&[
         "install",
+        "-d",
         "-m",
         "0755",
-        "/tmp/caph-runc",
-        "/usr/local/sbin/runc",
+        CONTAINERD_CERTS_DIR,
+        CONTAINERD_DROPIN_DIR,
     ]);
-    script.command(&["rm", "-f", "/tmp/caph-runc"]);
+    script.finish()
+}
+
+fn cni_install(artifact: &Artifact, arch: Arch) -> String {
+    let file_name = format!(
+        "cni-plugins-linux-{}-v{}.tgz",
+        arch.debian_name(),
+        artifact.version
+    );
+    let archive = "/tmp/caph-cni-plugins.tgz";
+    let mut script = fetch_release_file(
+        artifact,
+        "cni",
+        arch,
+        &file_name,
+        &format!("{file_name}.sha256"),
+        archive,
+    );
+    script.command(&["install", "-d", "-m", "0755", CNI_BIN_DIR]);
+    script.command(&["tar", "-C", CNI_BIN_DIR, "-xzf", archive]);
+    script.command(&["rm", "-f", archive]);
+    script.line("# Every CNI plugin answers the VERSION command of the CNI specification.");
+    script.line(format!(
+        "CNI_COMMAND=VERSION {CNI_BIN_DIR}/loopback </dev/null"
+    ));
+    script.finish()
+}
+
+fn runc_install(artifact: &Artifact, arch: Arch) -> String {
+    let file_name = format!("runc.{}", arch.debian_name());
+    let binary = "/tmp/caph-runc";
+    let mut script =
+        fetch_release_file(artifact, "runc", arch, &file_name, "runc.sha256sum", binary);
+    script.command(&["install", "-m", "0755", binary, "/usr/local/sbin/runc"]);
+    script.command(&["rm", "-f", binary]);
     script.line("/usr/local/sbin/runc --version");
     script.finish()
 }
 
 fn crictl_install(artifact: &Artifact, arch: Arch) -> String {
-    let version = artifact.version.to_string();
-    let file_name = format!("crictl-v{version}-linux-{}.tar.gz", arch.debian_name());
-    let url = format!("{}/v{version}/{file_name}", artifact.base_url);
-    let mut script = Script::new();
-    script.line(FETCH_FUNCTIONS);
-    fetch_verified(
-        &mut script,
-        &url,
-        artifact.sha256.get(&arch),
-        &format!("{url}.sha256"),
-        &file_name,
-        "/tmp/caph-crictl.tar.gz",
+    let file_name = format!(
+        "crictl-v{}-linux-{}.tar.gz",
+        artifact.version,
+        arch.debian_name()
     );
-    script.command(&[
-        "tar",
-        "-C",
-        "/usr/local/bin",
-        "-xzf",
-        "/tmp/caph-crictl.tar.gz",
+    let archive = "/tmp/caph-crictl.tar.gz";
+    let mut script = fetch_release_file(
+        artifact,
         "crictl",
-    ]);
-    script.command(&["rm", "-f", "/tmp/caph-crictl.tar.gz"]);
+        arch,
+        &file_name,
+        &format!("{file_name}.sha256"),
+        archive,
+    );
+    script.command(&["tar", "-C", "/usr/local/bin", "-xzf", archive, "crictl"]);
+    script.command(&["rm", "-f", archive]);
     script.line("/usr/local/bin/crictl --version");
     script.finish()
 }
@@ -640,7 +742,8 @@ fn kubernetes_apt(
     repository: &str,
     key_url: &str,
     key_sha256: Option<&str>,
-) -> String {
+) -> Result<String, UnsafeLine> {
+    text::field_in(APT_SOURCES_FILE, repository)?;
     let version = spec.kubernetes.version.to_string();
     let keyring = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg";
     let mut script = Script::new();
@@ -650,9 +753,10 @@ fn kubernetes_apt(
         Some(pin) => {
             script.line(FETCH_FUNCTIONS);
             script.line(format!(
-                "caph_fetch {} /tmp/caph-kubernetes-release.key {}",
+                "caph_fetch {} /tmp/caph-kubernetes-release.key {} {}",
                 quote(key_url),
-                quote(pin)
+                quote(pin),
+                quote("pinned by kubernetes.apt_key_sha256 in the spec")
             ));
         }
         None => {
@@ -671,7 +775,7 @@ fn kubernetes_apt(
     ]);
     script.command(&["rm", "-f", "/tmp/caph-kubernetes-release.key"]);
     script.line(format!(
-        "echo {} > /etc/apt/sources.list.d/kubernetes.list",
+        "echo {} > {APT_SOURCES_FILE}",
         quote(&format!("deb [signed-by={keyring}] {repository} /"))
     ));
     script.line(format!("{APT} update"));
@@ -685,7 +789,7 @@ fn kubernetes_apt(
     script.line(format!("{APT} install -y --no-install-recommends \"kubelet=$package_version\" \"kubeadm=$package_version\" \"kubectl=$package_version\""));
     script.line("apt-mark hold kubelet kubeadm kubectl");
     script.line("kubelet --version");
-    script.finish()
+    Ok(script.finish())
 }
 
 fn kubernetes_binaries(
@@ -705,7 +809,11 @@ fn kubernetes_binaries(
         fetch_verified(
             &mut script,
             &url,
-            pins.and_then(|pins| pins.get(*component)),
+            pins.and_then(|pins| pins.get(*component))
+                .map(|digest| Pin {
+                    field: format!("kubernetes.sha256.{}.{component}", arch.debian_name()),
+                    digest,
+                }),
             &format!("{url}.sha256"),
             component,
             &format!("/tmp/caph-{component}"),
@@ -786,6 +894,12 @@ fn prepull(spec: &ImageSpec) -> String {
         quote(&format!("v{}", spec.kubernetes.version)),
         quote(CONTAINERD_SOCKET)
     ));
+    script.line("# The sandbox image containerd is configured with (kubeadm's list has it too, unless the spec overrides it).");
+    script.line(format!(
+        "crictl --runtime-endpoint {} pull {}",
+        quote(CONTAINERD_SOCKET),
+        quote(&spec.sandbox_image)
+    ));
     script.finish()
 }
 
@@ -820,13 +934,20 @@ fn provenance(spec: &ImageSpec, target: Target, arch: Arch) -> String {
     script.finish()
 }
 
-fn hygiene(target: Target) -> String {
+fn hygiene(spec: &ImageSpec, target: Target) -> String {
     let mut script = Script::new();
     script.line("export DEBIAN_FRONTEND=noninteractive");
-    script.line(format!(
-        "systemctl unmask {} >/dev/null 2>&1 || true",
-        APT_BACKGROUND_UNITS.join(" ")
-    ));
+    if spec.system.automatic_upgrades {
+        script.line("# The spec opts in to automatic upgrades: give apt's timers back.");
+        script.line(format!(
+            "systemctl unmask {} >/dev/null 2>&1 || true",
+            APT_BACKGROUND_UNITS.join(" ")
+        ));
+    } else {
+        script.line("# No automatic upgrades on a node (system.automatic_upgrades = false): apt's timers stay masked, and apt's periodic jobs are off.");
+        script.line("install -d -m 0755 /etc/apt/apt.conf.d");
+        script.line("printf '%s\\n' 'APT::Periodic::Update-Package-Lists \"0\";' 'APT::Periodic::Unattended-Upgrade \"0\";' > /etc/apt/apt.conf.d/20auto-upgrades");
+    }
     script.line("apt-get clean");
     script.line("rm -rf /var/lib/apt/lists/*");
     script.line("find /var/log -type f -exec truncate -s 0 {} +");

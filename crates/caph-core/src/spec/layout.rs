@@ -70,6 +70,9 @@ pub struct Partition {
     pub filesystem: String,
     /// Size.
     pub size: Size,
+    /// Encrypted with LUKS by installimage (`crypt` after the size), with
+    /// [`DiskLayout::crypt_password`] as the passphrase.
+    pub crypt: bool,
 }
 
 /// One `LV` line.
@@ -87,10 +90,46 @@ pub struct LogicalVolume {
     pub size: Size,
 }
 
+/// How a layout names a drive: by its device, or by a hint that the drives the rescue system
+/// reports resolve (a server's device names are not stable across boots and models; its
+/// drives' WWNs are, and "the smallest drives of equal size" describes the usual system pair).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveRef<'a> {
+    /// `/dev/sda`, `/dev/nvme0n1`.
+    Device(&'a str),
+    /// `wwn:0x5002538e40a1b2c3`: the drive whose World Wide Name `lsblk -o WWN` shows so.
+    Wwn(&'a str),
+    /// `smallest`: one of the smallest drives of equal size, as many as the layout lists.
+    Smallest,
+}
+
+/// The prefix of a WWN drive hint.
+pub const WWN_HINT_PREFIX: &str = "wwn:";
+/// The smallest-drives hint.
+pub const SMALLEST_HINT: &str = "smallest";
+
+impl<'a> DriveRef<'a> {
+    /// Reads a layout's drive entry; `None` when it is neither a device path nor a hint.
+    pub fn parse(text: &'a str) -> Option<DriveRef<'a>> {
+        if text == SMALLEST_HINT {
+            return Some(DriveRef::Smallest);
+        }
+        if let Some(wwn) = text.strip_prefix(WWN_HINT_PREFIX) {
+            let valid = !wwn.is_empty()
+                && wwn
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+            return valid.then_some(DriveRef::Wwn(wwn));
+        }
+        text.starts_with("/dev/").then_some(DriveRef::Device(text))
+    }
+}
+
 /// A whole installimage disk layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskLayout {
-    /// Drives in order (`DRIVE1`, `DRIVE2`, ...).
+    /// Drives in order (`DRIVE1`, `DRIVE2`, ...): device paths, or hints (see [`DriveRef`])
+    /// that an install resolves against the drives the rescue system reports.
     pub drives: Vec<String>,
     /// Software RAID level, when software RAID is on (`SWRAID 1` + `SWRAIDLEVEL`).
     pub raid_level: Option<u8>,
@@ -100,6 +139,31 @@ pub struct DiskLayout {
     pub partitions: Vec<Partition>,
     /// Logical volumes in order.
     pub volumes: Vec<LogicalVolume>,
+    /// installimage's `CRYPTPASSWORD`: the passphrase of the partitions with `crypt`.
+    pub crypt_password: Option<CryptPassword>,
+}
+
+/// A LUKS passphrase for installimage's `CRYPTPASSWORD`. A secret: `Debug` does not show it,
+/// and nothing prints it; only the autosetup file written for installimage holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CryptPassword(String);
+
+impl CryptPassword {
+    /// Wraps a passphrase.
+    pub fn new(passphrase: impl Into<String>) -> CryptPassword {
+        CryptPassword(passphrase.into())
+    }
+
+    /// The passphrase itself, for the autosetup file.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CryptPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CryptPassword(<redacted>)")
+    }
 }
 
 /// A rule the layout breaks, with the field it concerns (relative to the layout, e.g. `partitions[2].size`).
@@ -151,6 +215,28 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         });
     };
 
+    // Every value is one field of an autosetup line (`PART /boot ext4 1G`): a blank, a `#` or a
+    // line break in one would change what installimage reads. Nothing else is checked on such
+    // a layout, since every other rule would read the value differently than installimage.
+    let mut unfit = false;
+    for (field, value) in field_values(layout) {
+        if let Err(why) = crate::text::check_field(value) {
+            unfit = true;
+            problem(
+                field,
+                format!(
+                    "\"{}\" {}, which an autosetup line cannot hold in one field",
+                    crate::text::Escaped(value),
+                    why.describe()
+                ),
+                Some("write it as one word, without blanks or #"),
+            );
+        }
+    }
+    if unfit {
+        return problems;
+    }
+
     // Drives.
     if layout.drives.is_empty() {
         problem(
@@ -160,12 +246,48 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         );
     }
     let mut seen_drives = BTreeSet::new();
+    let smallest = layout
+        .drives
+        .iter()
+        .filter(|drive| drive.as_str() == SMALLEST_HINT)
+        .count();
     for (index, drive) in layout.drives.iter().enumerate() {
-        if !drive.starts_with("/dev/") {
+        let normal = crate::text::normal_path(drive);
+        match DriveRef::parse(drive) {
+            None => {
+                problem(
+                    format!("drives[{index}]"),
+                    format!("\"{drive}\" is neither a device path nor a drive hint"),
+                    Some(
+                        "use a path under /dev/ (\"/dev/nvme0n1\"), a WWN as lsblk shows it (\"wwn:0x5002538e40a1b2c3\"), or \"smallest\"",
+                    ),
+                );
+                continue;
+            }
+            Some(DriveRef::Smallest) => {
+                if smallest != layout.drives.len() {
+                    problem(
+                        format!("drives[{index}]"),
+                        "\"smallest\" picks drives by size and cannot be mixed with drives named otherwise".into(),
+                        Some("list \"smallest\" once per drive, or name every drive"),
+                    );
+                }
+                continue;
+            }
+            Some(DriveRef::Wwn(_)) | Some(DriveRef::Device(_)) => {}
+        }
+        if drive.starts_with("/dev/") && drive.split('/').any(|part| part == "..") {
             problem(
                 format!("drives[{index}]"),
                 format!("\"{drive}\" is not a device path"),
                 Some("use a path under /dev/, for example \"/dev/nvme0n1\""),
+            );
+        } else if drive.starts_with("/dev/") && normal != *drive {
+            // `/dev//sda` and `/dev/sda` are one drive; compared as written, it could be listed twice.
+            problem(
+                format!("drives[{index}]"),
+                format!("\"{drive}\" is not in normal form"),
+                Some(&format!("write \"{normal}\"")),
             );
         } else if !seen_drives.insert(drive) {
             problem(
@@ -299,6 +421,7 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         }
         check_minimum(mount, partition.size, &field("size"), &mut problem);
     }
+    check_encryption(layout, &mut problem);
     if layout.uefi && esp_count != 1 {
         problem(
             "partitions".into(),
@@ -334,16 +457,22 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         }
     }
 
-    // Logical volumes.
+    // Logical volumes. Sets and last positions are computed once, so that the rules stay linear
+    // in the size of the layout.
     let groups: Vec<&str> = layout
         .partitions
         .iter()
         .filter(|p| p.mount == "lvm")
         .map(|p| p.filesystem.as_str())
         .collect();
+    let group_set: BTreeSet<&str> = groups.iter().copied().collect();
+    let mut last_volume_of_group: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (index, volume) in layout.volumes.iter().enumerate() {
+        last_volume_of_group.insert(volume.vg.as_str(), index);
+    }
     for (index, volume) in layout.volumes.iter().enumerate() {
         let field = |name: &str| format!("volumes[{index}].{name}");
-        if !groups.contains(&volume.vg.as_str()) {
+        if !group_set.contains(volume.vg.as_str()) {
             problem(
                 field("vg"),
                 format!("volume group \"{}\" is not defined", volume.vg),
@@ -374,11 +503,7 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
                 Some("use one of btrfs, ext2, ext3, ext4, reiserfs, xfs, swap, none"),
             );
         }
-        let last_in_group = layout
-            .volumes
-            .iter()
-            .rposition(|other| other.vg == volume.vg)
-            == Some(index);
+        let last_in_group = last_volume_of_group.get(volume.vg.as_str()) == Some(&index);
         if volume.size == Size::All && !last_in_group {
             problem(
                 field("size"),
@@ -388,15 +513,16 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         }
         check_minimum(&volume.mount, volume.size, &field("size"), &mut problem);
     }
+    let lvm_partitions: Vec<usize> = layout
+        .partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.mount == "lvm")
+        .map(|(i, _)| i)
+        .collect();
     for (index, group) in groups.iter().enumerate() {
-        if !layout.volumes.iter().any(|volume| volume.vg == *group) {
-            let position = layout
-                .partitions
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.mount == "lvm")
-                .nth(index)
-                .map_or(0, |(i, _)| i);
+        if !last_volume_of_group.contains_key(group) {
+            let position = lvm_partitions.get(index).copied().unwrap_or(0);
             problem(
                 format!("partitions[{position}].volume_group"),
                 format!("volume group \"{group}\" has no volumes"),
@@ -437,6 +563,74 @@ pub fn validate_layout(layout: &DiskLayout) -> Vec<LayoutProblem> {
         );
     }
     problems
+}
+
+/// installimage's rules for `crypt` and `CRYPTPASSWORD`: a partition with `crypt` needs a
+/// passphrase ("Value for CRYPTPASSWORD is not defined"), which is read up to the end of its
+/// line. (installimage means to refuse an encrypted ESP, but its check looks at the mount
+/// point, so it accepts one; so does this.) The passphrase never appears in a message.
+fn check_encryption(layout: &DiskLayout, problem: &mut impl FnMut(String, String, Option<&str>)) {
+    let encrypted = layout.partitions.iter().position(|p| p.crypt);
+    match (&layout.crypt_password, encrypted) {
+        (None, Some(index)) => problem(
+            format!("partitions[{index}].crypt"),
+            "asks for encryption, but no CRYPTPASSWORD is given".into(),
+            Some("add a CRYPTPASSWORD line with the passphrase"),
+        ),
+        (Some(password), _) if password.expose().is_empty() => problem(
+            "crypt_password".into(),
+            "is empty".into(),
+            Some("give the passphrase after CRYPTPASSWORD"),
+        ),
+        (Some(password), _) => {
+            if let Err(why) = crate::text::check_line(password.expose()) {
+                let what = match why {
+                    crate::text::LineProblem::LineBreak(_) => "a line break",
+                    _ => "a control character",
+                };
+                problem(
+                    "crypt_password".into(),
+                    format!("holds {what}: installimage reads it up to the end of its line"),
+                    Some("choose a passphrase of printable characters"),
+                );
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Every text value of the layout with its field, as [`LayoutProblem::field`] names it.
+fn field_values(layout: &DiskLayout) -> Vec<(String, &str)> {
+    let mut values = Vec::new();
+    for (index, drive) in layout.drives.iter().enumerate() {
+        values.push((format!("drives[{index}]"), drive.as_str()));
+    }
+    for (index, partition) in layout.partitions.iter().enumerate() {
+        let second = if partition.mount == "lvm" {
+            "volume_group"
+        } else {
+            "filesystem"
+        };
+        values.push((
+            format!("partitions[{index}].mount"),
+            partition.mount.as_str(),
+        ));
+        values.push((
+            format!("partitions[{index}].{second}"),
+            partition.filesystem.as_str(),
+        ));
+    }
+    for (index, volume) in layout.volumes.iter().enumerate() {
+        for (name, value) in [
+            ("vg", &volume.vg),
+            ("name", &volume.name),
+            ("mount", &volume.mount),
+            ("filesystem", &volume.filesystem),
+        ] {
+            values.push((format!("volumes[{index}].{name}"), value.as_str()));
+        }
+    }
+    values
 }
 
 fn check_minimum(
@@ -495,5 +689,56 @@ mod tests {
         assert!(Size::parse("5X").is_err());
         assert!(Size::parse("").is_err());
         assert_eq!(Size::MiB(2048).to_string(), "2G");
+    }
+
+    fn two_partitions(drives: &[&str], raid_level: Option<u8>) -> DiskLayout {
+        let partition = |mount: &str, size| Partition {
+            mount: mount.into(),
+            filesystem: "ext4".into(),
+            size,
+            crypt: false,
+        };
+        DiskLayout {
+            drives: drives.iter().map(|drive| drive.to_string()).collect(),
+            raid_level,
+            uefi: false,
+            partitions: vec![
+                partition("/boot", Size::MiB(1024)),
+                partition("/", Size::All),
+            ],
+            volumes: Vec::new(),
+            crypt_password: None,
+        }
+    }
+
+    #[test]
+    fn drives_are_devices_or_hints() {
+        let problems = |drives: &[&str], raid_level| -> Vec<String> {
+            validate_layout(&two_partitions(drives, raid_level))
+                .into_iter()
+                .map(|problem| format!("{}: {}", problem.field, problem.message))
+                .collect()
+        };
+        assert!(problems(&["/dev/nvme0n1"], None).is_empty());
+        assert!(problems(&["wwn:0x5002538e40a1b2c3", "wwn:eui.0025388"], Some(1)).is_empty());
+        assert!(problems(&["smallest", "smallest"], Some(1)).is_empty());
+        assert_eq!(
+            problems(&["smallest", "/dev/sdb"], Some(1)),
+            [
+                "drives[0]: \"smallest\" picks drives by size and cannot be mixed with drives named otherwise"
+            ]
+        );
+        assert_eq!(
+            problems(&["sda"], None),
+            ["drives[0]: \"sda\" is neither a device path nor a drive hint"]
+        );
+        assert_eq!(
+            problems(&["wwn:"], None),
+            ["drives[0]: \"wwn:\" is neither a device path nor a drive hint"]
+        );
+        assert_eq!(
+            problems(&["wwn:0x1", "wwn:0x1"], Some(1)),
+            ["drives[1]: \"wwn:0x1\" is listed twice"]
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use toml::de::DeTable;
 
+use super::compat::{self, Components};
 use super::layout::{DiskLayout, LogicalVolume, Partition, Size, validate_layout};
 use super::reader::{At, Reader, Section};
 use super::{
@@ -14,6 +15,8 @@ use super::{
 use crate::arch::Arch;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::label;
+use crate::releases::{self, Date};
+use crate::text;
 use crate::version::Version;
 
 /// Reads the files a spec references (scripts, file contents, base tarballs), relative to the spec's directory.
@@ -23,6 +26,12 @@ use crate::version::Version;
 pub trait SpecFiles {
     /// The bytes of `relative_path`, or a short reason it cannot be read (`no such file`).
     fn read(&self, relative_path: &str) -> Result<Vec<u8>, String>;
+
+    /// Whether `relative_path` could be read, without reading it (a base tarball is large and
+    /// read later, by the build). By default, by reading it.
+    fn check(&self, relative_path: &str) -> Result<(), String> {
+        self.read(relative_path).map(|_| ())
+    }
 }
 
 /// Labels the tool sets itself; a spec may not set them in `image.labels`.
@@ -44,6 +53,7 @@ const DEFAULT_BINARIES_URL: &str = "https://dl.k8s.io/release";
 const DEFAULT_CONTAINERD_URL: &str = "https://github.com/containerd/containerd/releases/download";
 const DEFAULT_RUNC_URL: &str = "https://github.com/opencontainers/runc/releases/download";
 const DEFAULT_CRICTL_URL: &str = "https://github.com/kubernetes-sigs/cri-tools/releases/download";
+const DEFAULT_CNI_URL: &str = "https://github.com/containernetworking/plugins/releases/download";
 /// The Kubernetes components the binaries source downloads.
 pub const KUBERNETES_COMPONENTS: &[&str] = &["kubeadm", "kubectl", "kubelet"];
 /// Codenames the tool knows, so specs need not repeat them.
@@ -60,7 +70,29 @@ const INSTALLIMAGE_DISTRO_WORDS: &[&str] =
     &["suse", "centos", "ubuntu", "arch", "rocky", "alma", "rhel"];
 
 /// Parses and validates the spec `file` (named as the user named it) with content `bytes`.
+///
+/// Every rule but the end-of-life dates applies; [`load_as_of`] adds those for a given day.
 pub fn load(file: &str, bytes: &[u8], files: &dyn SpecFiles) -> Result<ImageSpec, Diagnostics> {
+    load_checked(file, bytes, files, None)
+}
+
+/// [`load`], plus warnings for Kubernetes and containerd releases past their end of life on
+/// `today` (the caller reads the clock; this crate does no I/O).
+pub fn load_as_of(
+    file: &str,
+    bytes: &[u8],
+    files: &dyn SpecFiles,
+    today: Date,
+) -> Result<ImageSpec, Diagnostics> {
+    load_checked(file, bytes, files, Some(today))
+}
+
+fn load_checked(
+    file: &str,
+    bytes: &[u8],
+    files: &dyn SpecFiles,
+    today: Option<Date>,
+) -> Result<ImageSpec, Diagnostics> {
     let source = match std::str::from_utf8(bytes) {
         Ok(source) => source,
         Err(error) => {
@@ -99,13 +131,18 @@ pub fn load(file: &str, bytes: &[u8], files: &dyn SpecFiles) -> Result<ImageSpec
         reader,
         files,
         digest: Sha256::new(),
+        today,
     };
     loader.digest.update(bytes);
     let spec = loader.spec(file, &root);
+    super::line_values::check(&mut loader.reader, &root);
     let mut diagnostics = loader.reader.diagnostics;
     if diagnostics.is_empty()
-        && let Some(spec) = spec
+        && let Some(mut spec) = spec
     {
+        let mut warnings = loader.reader.warnings;
+        warnings.sort_by_key(|d| (d.line, d.column));
+        spec.warnings = warnings;
         return Ok(spec);
     }
     // Report in source order, so the list reads top to bottom like the file.
@@ -117,6 +154,7 @@ struct Loader<'s, 'f> {
     reader: Reader<'s>,
     files: &'f dyn SpecFiles,
     digest: Sha256,
+    today: Option<Date>,
 }
 
 impl Loader<'_, '_> {
@@ -130,6 +168,7 @@ impl Loader<'_, '_> {
                 "containerd",
                 "runc",
                 "crictl",
+                "cni",
                 "system",
                 "hcloud",
                 "robot",
@@ -152,7 +191,13 @@ impl Loader<'_, '_> {
             .and_then(|text| Version::parse(&text).ok());
         let base = self.base(root, peeked_version);
         let kubernetes = self.kubernetes(root);
-        let containerd = self.artifact(root, "containerd", DEFAULT_CONTAINERD_URL, "\"2.1.4\"");
+        let containerd = self.artifact(
+            root,
+            "containerd",
+            DEFAULT_CONTAINERD_URL,
+            "\"2.3.4\"",
+            &["sandbox_image"],
+        );
         if let Some(containerd) = &containerd
             && !matches!(
                 (containerd.version.major, containerd.version.minor),
@@ -167,8 +212,21 @@ impl Loader<'_, '_> {
                 Some("use containerd 1.6, 1.7 or 2.x".to_string()),
             );
         }
-        let runc = self.artifact(root, "runc", DEFAULT_RUNC_URL, "\"1.3.0\"");
-        let crictl = self.artifact(root, "crictl", DEFAULT_CRICTL_URL, "\"1.33.0\"");
+        let runc = self.artifact(root, "runc", DEFAULT_RUNC_URL, "\"1.4.3\"", &[]);
+        let crictl = self.artifact(root, "crictl", DEFAULT_CRICTL_URL, "\"1.36.0\"", &[]);
+        let cni = self.cni(root, kubernetes.as_ref());
+        let sandbox_image = self.sandbox_image(root, kubernetes.as_ref());
+        compat::check(
+            &mut self.reader,
+            root,
+            Components {
+                kubernetes: kubernetes.as_ref().map(|k| k.version),
+                containerd: containerd.as_ref().map(|c| c.version),
+                runc: runc.as_ref().map(|r| r.version),
+                crictl: crictl.as_ref().map(|c| c.version),
+            },
+            self.today,
+        );
         let system = self.system(root);
         let hcloud = self.hcloud(root, base.as_ref());
         let robot = self.robot(root);
@@ -182,10 +240,112 @@ impl Loader<'_, '_> {
             containerd: containerd?,
             runc: runc?,
             crictl: crictl?,
+            cni: cni?,
+            sandbox_image: sandbox_image?,
             system: system?,
             hcloud: hcloud?,
             robot: robot?,
+            warnings: Vec::new(),
         })
+    }
+
+    /// `[cni]`: the CNI plugins' release, needed where Kubernetes comes from release binaries
+    /// (the apt packages bring them as kubernetes-cni).
+    fn cni(
+        &mut self,
+        root: &Section<'_, '_>,
+        kubernetes: Option<&Kubernetes>,
+    ) -> Option<Option<Artifact>> {
+        let from_binaries = match kubernetes.map(|k| &k.source) {
+            Some(KubernetesSource::Binaries { .. }) => true,
+            Some(KubernetesSource::Apt { .. }) => false,
+            // The Kubernetes section has problems of its own; read [cni] for its own.
+            None => root.table.contains_key("cni"),
+        };
+        if !from_binaries {
+            if let Some(section) = root.table.get("cni") {
+                self.reader.error(
+                    &section.span(),
+                    "cni",
+                    "only applies to kubernetes.source = \"binaries\": the apt packages bring the CNI plugins (kubernetes-cni)",
+                    Some("remove [cni], or set source = \"binaries\" in [kubernetes]".to_string()),
+                );
+                return None;
+            }
+            return Some(None);
+        }
+        if !root.table.contains_key("cni") {
+            self.reader.error(
+                &root.table.get("kubernetes").map_or(0..0, |k| k.span()),
+                "cni",
+                "is missing: Kubernetes from release binaries needs the CNI plugins in /opt/cni/bin",
+                Some("add `[cni]` with `version = \"1.9.1\"` (and its sha256 pins)".to_string()),
+            );
+            return None;
+        }
+        self.artifact(root, "cni", DEFAULT_CNI_URL, "\"1.9.1\"", &[])
+            .map(Some)
+    }
+
+    /// The pause image for containerd's CRI: `containerd.sandbox_image`, or the one kubeadm uses
+    /// for the spec's Kubernetes release.
+    fn sandbox_image(
+        &mut self,
+        root: &Section<'_, '_>,
+        kubernetes: Option<&Kubernetes>,
+    ) -> Option<String> {
+        let containerd = root.table.get("containerd").and_then(|value| {
+            value
+                .get_ref()
+                .as_table()
+                .map(|table| (table, value.span()))
+        });
+        if let Some((table, span)) = containerd {
+            let section = Section {
+                field: "containerd".to_string(),
+                table,
+                span,
+            };
+            if let Some(image) = self.reader.string(&section, "sandbox_image") {
+                let valid = !image.value.is_empty()
+                    && image.value.contains(':')
+                    && image.value.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | '@')
+                    });
+                if !valid {
+                    self.reader.error(
+                        &image.span,
+                        "containerd.sandbox_image",
+                        format!("\"{}\" is not an image reference with a tag", image.value),
+                        Some("write it as \"registry.k8s.io/pause:3.10.1\"".to_string()),
+                    );
+                    return None;
+                }
+                return Some(image.value);
+            }
+        }
+        let version = kubernetes?.version;
+        match releases::pause_image(version) {
+            Some(image) => Some(image),
+            None => {
+                let span = root
+                    .table
+                    .get("kubernetes")
+                    .and_then(|k| k.get_ref().as_table()?.get("version").map(|v| v.span()))
+                    .unwrap_or(0..0);
+                self.reader.error(
+                    &span,
+                    "kubernetes.version",
+                    format!(
+                        "{version}: no pause image is known for Kubernetes {} (source: {})",
+                        version.minor_series(),
+                        releases::PAUSE_SOURCE
+                    ),
+                    Some("add `sandbox_image = \"registry.k8s.io/pause:<tag>\"` to [containerd], with the tag `kubeadm config images list` shows".to_string()),
+                );
+                None
+            }
+        }
     }
 
     fn image(&mut self, root: &Section<'_, '_>) -> Option<Identity> {
@@ -368,13 +528,24 @@ impl Loader<'_, '_> {
             }
         }
         let rootfs = self.rootfs(&section, distribution);
+        let codename = codename?;
+        // Without [base.rootfs], a tarball starts from mmdebstrap of the release's own suite, so
+        // what validates also builds.
+        let rootfs = rootfs?.or_else(|| {
+            Some(RootfsBase::Mmdebstrap {
+                suite: codename.clone(),
+                mirror: None,
+                variant: "minbase".to_string(),
+                components: default_components(distribution?),
+            })
+        });
         let base = Base {
             distribution: distribution?,
             version: version?,
-            codename: codename?,
+            codename,
             flavor: String::new(),
             hcloud_images,
-            rootfs: rootfs?,
+            rootfs,
         };
         let flavor = flavor?;
         let flavor_ok = self.check_flavor(&flavor, &base);
@@ -471,8 +642,7 @@ impl Loader<'_, '_> {
                 if tarball.value.starts_with("http://") || tarball.value.starts_with("https://") {
                     true
                 } else {
-                    self.reference_file(&tarball, "base.rootfs.tarball", false)
-                        .is_some()
+                    self.reference_exists(&tarball, "base.rootfs.tarball")
                 };
             return (sha_ok && location_ok).then_some(Some(RootfsBase::Tarball {
                 location: tarball.value,
@@ -539,11 +709,7 @@ impl Loader<'_, '_> {
             }
             None => "minbase".to_string(),
         };
-        let default_components = match distribution {
-            Some(Distribution::Ubuntu) => vec!["main".to_string(), "universe".to_string()],
-            _ => vec!["main".to_string()],
-        };
-        let components = components.map_or(default_components, |list| {
+        let components = components.map_or(default_components(distribution?), |list| {
             list.into_iter().map(|c| c.value).collect()
         });
         Some(Some(RootfsBase::Mmdebstrap {
@@ -667,10 +833,12 @@ impl Loader<'_, '_> {
         name: &str,
         default_url: &str,
         example: &str,
+        extra_keys: &[&str],
     ) -> Option<Artifact> {
         let section = self.reader.section(root, name, true)?;
-        self.reader
-            .check_keys(&section, &["version", "url", "sha256"]);
+        let mut keys = vec!["version", "url", "sha256"];
+        keys.extend_from_slice(extra_keys);
+        self.reader.check_keys(&section, &keys);
         let version = self.version(&section, example);
         let base_url = self
             .optional_url(&section, "url")
@@ -721,6 +889,7 @@ impl Loader<'_, '_> {
                 kernel_modules: Vec::new(),
                 sysctls: BTreeMap::new(),
                 disable_swap: true,
+                automatic_upgrades: false,
                 files: Vec::new(),
                 scripts: Vec::new(),
             });
@@ -732,6 +901,7 @@ impl Loader<'_, '_> {
                 "kernel_modules",
                 "sysctls",
                 "disable_swap",
+                "automatic_upgrades",
                 "files",
                 "scripts",
             ],
@@ -810,6 +980,10 @@ impl Loader<'_, '_> {
             .reader
             .bool(&section, "disable_swap")
             .is_none_or(|flag| flag.value);
+        let automatic_upgrades = self
+            .reader
+            .bool(&section, "automatic_upgrades")
+            .is_some_and(|flag| flag.value);
         let files = self.files(&section);
         let scripts = self.scripts(&section);
         (ok).then_some(System {
@@ -817,6 +991,7 @@ impl Loader<'_, '_> {
             kernel_modules,
             sysctls,
             disable_swap,
+            automatic_upgrades,
             files: files?,
             scripts: scripts?,
         })
@@ -824,6 +999,8 @@ impl Loader<'_, '_> {
 
     fn files(&mut self, system: &Section<'_, '_>) -> Option<Vec<FileSpec>> {
         let mut files: Vec<FileSpec> = Vec::new();
+        // The paths placed so far, for a linear duplicate check.
+        let mut placed = std::collections::HashSet::new();
         let mut ok = true;
         for entry in self.reader.table_array(system, "files") {
             self.reader
@@ -836,7 +1013,7 @@ impl Loader<'_, '_> {
                     && path.value.len() > 1
                     && !path.value.ends_with('/')
                     && !path.value.split('/').any(|part| part == "..")
-                    && !path.value.contains(['\n', '\0']);
+                    && text::check_line(&path.value).is_ok();
                 if !valid {
                     self.reader.error(
                         &path.span,
@@ -844,7 +1021,16 @@ impl Loader<'_, '_> {
                         format!("\"{}\" is not an absolute file path", path.value),
                         Some("use a path such as \"/etc/example.conf\"".to_string()),
                     );
-                } else if files.iter().any(|file| file.path == path.value) {
+                } else if text::normal_path(&path.value) != path.value {
+                    // Two spellings of one path would place one file over the other unnoticed.
+                    self.reader.error(
+                        &path.span,
+                        &entry.field_of("path"),
+                        format!("\"{}\" is not in normal form", path.value),
+                        Some(format!("write \"{}\"", text::normal_path(&path.value))),
+                    );
+                    return false;
+                } else if !placed.insert(path.value.clone()) {
                     self.reader.error(
                         &path.span,
                         &entry.field_of("path"),
@@ -964,13 +1150,9 @@ impl Loader<'_, '_> {
         ok.then_some(scripts)
     }
 
-    /// Reads a file beside the spec; with `into_digest` its content becomes part of the spec digest.
-    fn reference_file(
-        &mut self,
-        path: &At<String>,
-        field: &str,
-        into_digest: bool,
-    ) -> Option<Vec<u8>> {
+    /// Whether `path` is relative and stays below the spec's directory as written (where it
+    /// resolves to is the [`SpecFiles`]' rule).
+    fn relative_path_ok(&mut self, path: &At<String>, field: &str) -> bool {
         if path.value.is_empty()
             || path.value.starts_with('/')
             || path.value.split('/').any(|part| part == "..")
@@ -984,6 +1166,38 @@ impl Loader<'_, '_> {
                 ),
                 Some("put the file beside the spec and name it relative to it".to_string()),
             );
+            return false;
+        }
+        true
+    }
+
+    /// Checks that a file beside the spec can be read, without reading it.
+    fn reference_exists(&mut self, path: &At<String>, field: &str) -> bool {
+        if !self.relative_path_ok(path, field) {
+            return false;
+        }
+        match self.files.check(&path.value) {
+            Ok(()) => true,
+            Err(why) => {
+                self.reader.error(
+                    &path.span,
+                    field,
+                    format!("\"{}\" cannot be read: {why}", path.value),
+                    Some("create it beside the spec, or fix the path".to_string()),
+                );
+                false
+            }
+        }
+    }
+
+    /// Reads a file beside the spec; with `into_digest` its content becomes part of the spec digest.
+    fn reference_file(
+        &mut self,
+        path: &At<String>,
+        field: &str,
+        into_digest: bool,
+    ) -> Option<Vec<u8>> {
+        if !self.relative_path_ok(path, field) {
             return None;
         }
         match self.files.read(&path.value) {
@@ -1239,6 +1453,7 @@ impl Loader<'_, '_> {
                     mount: mount.value,
                     filesystem: filesystem.value,
                     size,
+                    crypt: false,
                 }),
                 _ => ok = false,
             }
@@ -1288,6 +1503,7 @@ impl Loader<'_, '_> {
             uefi,
             partitions,
             volumes,
+            crypt_password: None,
         };
         if !ok {
             return None;
@@ -1376,6 +1592,14 @@ impl Loader<'_, '_> {
             );
         }
         valid
+    }
+}
+
+/// Archive components mmdebstrap uses when the spec names none.
+fn default_components(distribution: Distribution) -> Vec<String> {
+    match distribution {
+        Distribution::Ubuntu => vec!["main".to_string(), "universe".to_string()],
+        Distribution::Debian => vec!["main".to_string()],
     }
 }
 

@@ -4,16 +4,22 @@
 //! and reports every problem at once as [`Diagnostics`](crate::Diagnostics). The format is
 //! documented for users in `images/README.md`.
 
+mod compat;
 mod layout;
+mod line_values;
 mod load;
 mod reader;
 
 use std::collections::BTreeMap;
 
-pub use layout::{DiskLayout, LayoutProblem, LogicalVolume, Partition, Size, validate_layout};
-pub use load::{KUBERNETES_COMPONENTS, RESERVED_LABELS, SpecFiles, load};
+pub use layout::{
+    CryptPassword, DiskLayout, DriveRef, LayoutProblem, LogicalVolume, Partition, SMALLEST_HINT,
+    Size, WWN_HINT_PREFIX, validate_layout,
+};
+pub use load::{KUBERNETES_COMPONENTS, RESERVED_LABELS, SpecFiles, load, load_as_of};
 
 use crate::arch::Arch;
+use crate::diagnostic::Diagnostic;
 use crate::version::Version;
 
 /// A validated image spec. Every field here has passed the checks in `load`.
@@ -35,12 +41,21 @@ pub struct ImageSpec {
     pub runc: Artifact,
     /// crictl release artifacts.
     pub crictl: Artifact,
+    /// The CNI plugins' release artifacts, where Kubernetes comes from release binaries (the apt
+    /// packages bring their own).
+    pub cni: Option<Artifact>,
+    /// The pause image containerd's CRI runs pod sandboxes from: `containerd.sandbox_image`, or
+    /// the one kubeadm uses for the Kubernetes release ([`crate::releases::PAUSE_VERSIONS`]).
+    pub sandbox_image: String,
     /// Packages, kernel settings, files and scripts.
     pub system: System,
     /// Hetzner Cloud settings, when the spec builds snapshots.
     pub hcloud: Option<Hcloud>,
     /// Dedicated-server settings, when the spec installs on bare metal.
     pub robot: Option<Robot>,
+    /// Problems that do not stop a build (a release past its end of life); `validate --strict`
+    /// fails on them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl ImageSpec {
@@ -101,7 +116,8 @@ pub struct Base {
     pub flavor: String,
     /// The Hetzner Cloud system image per architecture (`ubuntu-24.04`).
     pub hcloud_images: BTreeMap<Arch, String>,
-    /// The root filesystem for tarballs, when the spec declares one.
+    /// The root filesystem for tarballs: the spec's `[base.rootfs]`, or mmdebstrap of the
+    /// codename's suite when it has none (always `Some` for a loaded spec).
     pub rootfs: Option<RootfsBase>,
 }
 
@@ -200,10 +216,13 @@ pub struct System {
     pub packages: Vec<String>,
     /// Kernel modules loaded at boot, beyond `overlay` and `br_netfilter` which are always there.
     pub kernel_modules: Vec<String>,
-    /// sysctls, beyond the three Kubernetes needs which are always set (and can be overridden here).
+    /// sysctls, beyond the ones every node gets (`plan::REQUIRED_SYSCTLS`), which are always set (and can be overridden here).
     pub sysctls: BTreeMap<String, String>,
     /// Swap is turned off and removed from fstab (kubelet's default refuses to run with swap).
     pub disable_swap: bool,
+    /// Whether apt's timers and unattended-upgrades may run on the node; off by default, so that
+    /// nothing upgrades a node behind the cluster's back.
+    pub automatic_upgrades: bool,
     /// Files placed into the image, in order.
     pub files: Vec<FileSpec>,
     /// Scripts run in order after everything else but hygiene.

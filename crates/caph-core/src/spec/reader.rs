@@ -51,6 +51,8 @@ pub(crate) struct Reader<'s> {
     source: &'s str,
     index: LineIndex,
     pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Problems that do not stop a build (end of life, for example); `validate --strict` fails on them.
+    pub(crate) warnings: Vec<Diagnostic>,
 }
 
 impl<'s> Reader<'s> {
@@ -60,6 +62,21 @@ impl<'s> Reader<'s> {
             source,
             index: LineIndex::new(source),
             diagnostics: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Records a warning: like [`Reader::error`], but the spec stays valid.
+    pub(crate) fn warning(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) {
+        self.error(span, field, message, help);
+        if let Some(warning) = self.diagnostics.pop() {
+            self.warnings.push(warning);
         }
     }
 

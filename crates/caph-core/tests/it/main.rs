@@ -1,6 +1,10 @@
 //! Integration tests of caph-core through its public interface: specs in, diagnostics or plans out.
 
+mod compat_rules;
+mod hostile;
 mod plans;
+mod properties;
+mod proptest_config;
 mod spec_errors;
 
 use std::collections::BTreeMap;

@@ -21,9 +21,57 @@ fn shipped(name: &str) -> ImageSpec {
 
 const SHIPPED: &[&str] = &[
     "ubuntu-24.04-k8s-1.36.toml",
-    "ubuntu-22.04-k8s-1.28.toml",
-    "debian-12-k8s-1.34.toml",
+    "debian-13-k8s-1.36.toml",
+    "debian-12-k8s-1.36.toml",
 ];
+
+/// The day the shipped specs were last brought up to date; they must pass `validate --strict`
+/// on it. A fixed day, so that a release reaching its end of life later does not fail an
+/// unrelated build: `caph-image validate --strict images/*.toml` says so on the day.
+const SPECS_UPDATED: caph_core::releases::Date = caph_core::releases::Date::new(2026, 12, 6);
+
+#[test]
+fn shipped_specs_validate_strictly_and_pin_every_artifact() {
+    for name in SHIPPED {
+        let path = images_dir().join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let spec = caph_core::spec::load_as_of(
+            &format!("images/{name}"),
+            &bytes,
+            &DirFiles(images_dir()),
+            SPECS_UPDATED,
+        )
+        .unwrap_or_else(|diagnostics| panic!("{name} does not validate:\n{diagnostics}"));
+        assert_eq!(spec.warnings, Vec::new(), "{name}: warnings under --strict");
+        for arch in Arch::ALL {
+            for (what, artifact) in [
+                ("containerd", Some(&spec.containerd)),
+                ("runc", Some(&spec.runc)),
+                ("crictl", Some(&spec.crictl)),
+                ("cni", spec.cni.as_ref()),
+            ] {
+                let artifact = artifact.unwrap_or_else(|| panic!("{name}: no [{what}]"));
+                assert!(
+                    artifact.sha256.contains_key(&arch),
+                    "{name}: {what} {arch} unpinned"
+                );
+            }
+            let caph_core::spec::KubernetesSource::Binaries { sha256, .. } =
+                &spec.kubernetes.source
+            else {
+                panic!("{name}: Kubernetes from apt has no per-file pins")
+            };
+            for component in caph_core::spec::KUBERNETES_COMPONENTS {
+                assert!(
+                    sha256
+                        .get(&arch)
+                        .is_some_and(|pins| pins.contains_key(*component)),
+                    "{name}: {component} {arch} unpinned"
+                );
+            }
+        }
+    }
+}
 
 #[test]
 fn every_shipped_image_is_listed_here() {
@@ -43,9 +91,13 @@ fn plan_snapshots() {
     for name in SHIPPED {
         let spec = shipped(name);
         let stem = name.trim_end_matches(".toml");
-        let hcloud = plan::render(&spec, Target::Hcloud, Arch::X86).render_script();
+        let hcloud = plan::render(&spec, Target::Hcloud, Arch::X86)
+            .expect("the plan")
+            .render_script();
         expect_file![format!("snapshots/{stem}.hcloud-x86.sh")].assert_eq(&hcloud);
-        let tarball = plan::render(&spec, Target::Tarball, Arch::Arm).render_script();
+        let tarball = plan::render(&spec, Target::Tarball, Arch::Arm)
+            .expect("the plan")
+            .render_script();
         expect_file![format!("snapshots/{stem}.tarball-arm.sh")].assert_eq(&tarball);
     }
 }
@@ -55,8 +107,8 @@ fn plans_are_byte_identical_across_renders_and_loads() {
     for name in SHIPPED {
         for target in [Target::Hcloud, Target::Tarball] {
             for arch in Arch::ALL {
-                let first = plan::render(&shipped(name), target, arch);
-                let second = plan::render(&shipped(name), target, arch);
+                let first = plan::render(&shipped(name), target, arch).expect("the plan");
+                let second = plan::render(&shipped(name), target, arch).expect("the plan");
                 assert_eq!(first, second);
                 assert_eq!(first.render_script(), second.render_script());
             }
@@ -68,7 +120,10 @@ fn plans_are_byte_identical_across_renders_and_loads() {
 fn every_script_is_valid_bash_and_strict() {
     for name in SHIPPED {
         for target in [Target::Hcloud, Target::Tarball] {
-            for step in plan::render(&shipped(name), target, Arch::X86).steps {
+            for step in plan::render(&shipped(name), target, Arch::X86)
+                .expect("the plan")
+                .steps
+            {
                 let script = step.to_script();
                 assert!(
                     script.starts_with("set -euo pipefail\n"),
@@ -96,6 +151,7 @@ fn every_script_is_valid_bash_and_strict() {
 fn plan_has_the_promised_steps_in_order() {
     let spec = shipped("ubuntu-24.04-k8s-1.36.toml");
     let names: Vec<String> = plan::render(&spec, Target::Hcloud, Arch::X86)
+        .expect("the plan")
         .steps
         .into_iter()
         .map(|s| s.name)
@@ -109,11 +165,15 @@ fn plan_has_the_promised_steps_in_order() {
         packages
         containerd
         containerd-unit
+        containerd-directories
         containerd-config
         runc
         crictl
         crictl-config
+        cni-plugins
         kubernetes
+        kubelet-unit
+        kubelet-kubeadm-dropin
         enable-services
         file-1
         provenance
@@ -123,7 +183,7 @@ fn plan_has_the_promised_steps_in_order() {
 
 fn containerd_config_of(name: &str) -> toml::Table {
     let spec = shipped(name);
-    let plan = plan::render(&spec, Target::Hcloud, Arch::X86);
+    let plan = plan::render(&spec, Target::Hcloud, Arch::X86).expect("the plan");
     let step = plan
         .steps
         .iter()
@@ -150,16 +210,86 @@ fn containerd_2_config_parses_as_version_3() {
         runc_options(&config, "io.containerd.cri.v1.runtime")["SystemdCgroup"].as_bool(),
         Some(true)
     );
+    let images = config["plugins"]["io.containerd.cri.v1.images"]
+        .as_table()
+        .unwrap();
+    // kubeadm 1.36 uses pause 3.10.2 (caph_core::releases::PAUSE_VERSIONS).
+    assert_eq!(
+        images["pinned_images"]["sandbox"].as_str(),
+        Some("registry.k8s.io/pause:3.10.2")
+    );
+    assert_eq!(
+        images["registry"]["config_path"].as_str(),
+        Some("/etc/containerd/certs.d")
+    );
+    assert_eq!(
+        config["imports"].as_array().unwrap()[0].as_str(),
+        Some("/etc/containerd/conf.d/*.toml")
+    );
 }
 
 #[test]
 fn containerd_1_config_parses_as_version_2() {
-    let config = containerd_config_of("ubuntu-22.04-k8s-1.28.toml");
+    // containerd 1.7.28 with Kubernetes 1.34: a pair containerd's RELEASES.md supports.
+    let text = std::fs::read_to_string(images_dir().join("debian-12-k8s-1.36.toml"))
+        .unwrap()
+        .replace("version = \"1.36.4\"", "version = \"1.34.2\"")
+        .replace("version = \"1.36.0\"", "version = \"1.34.0\"")
+        .replace("version = \"2.3.4\"", "version = \"1.7.28\"");
+    let spec = caph_core::spec::load("x.toml", text.as_bytes(), &DirFiles(images_dir()))
+        .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+    let plan = plan::render(&spec, Target::Tarball, Arch::X86).expect("the plan");
+    let step = plan
+        .steps
+        .iter()
+        .find(|step| step.name == "containerd-config")
+        .unwrap();
+    let Action::PlaceFile { content, .. } = &step.action else {
+        panic!("not a file step")
+    };
+    let config: toml::Table =
+        toml::from_str(std::str::from_utf8(content.as_slice()).unwrap()).unwrap();
     assert_eq!(config["version"].as_integer(), Some(2));
     assert_eq!(
         runc_options(&config, "io.containerd.grpc.v1.cri")["SystemdCgroup"].as_bool(),
         Some(true)
     );
+    let cri = config["plugins"]["io.containerd.grpc.v1.cri"]
+        .as_table()
+        .unwrap();
+    assert_eq!(
+        cri["sandbox_image"].as_str(),
+        Some("registry.k8s.io/pause:3.10.1")
+    );
+    assert_eq!(
+        cri["registry"]["config_path"].as_str(),
+        Some("/etc/containerd/certs.d")
+    );
+}
+
+#[test]
+fn automatic_upgrades_stay_off_unless_the_spec_opts_in() {
+    let hygiene = |text: &str| {
+        let spec = caph_core::spec::load("x.toml", text.as_bytes(), &DirFiles(images_dir()))
+            .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+        plan::render(&spec, Target::Tarball, Arch::X86)
+            .expect("the plan")
+            .steps
+            .into_iter()
+            .find(|step| step.name == "hygiene")
+            .unwrap()
+            .to_script()
+    };
+    let shipped = std::fs::read_to_string(images_dir().join("debian-12-k8s-1.36.toml")).unwrap();
+    let off = hygiene(&shipped);
+    assert!(!off.contains("systemctl unmask"), "{off}");
+    assert!(
+        off.contains("APT::Periodic::Unattended-Upgrade \"0\""),
+        "{off}"
+    );
+    let on = hygiene(&shipped.replace("[system]\n", "[system]\nautomatic_upgrades = true\n"));
+    assert!(on.contains("systemctl unmask apt-daily.timer"), "{on}");
+    assert!(!on.contains("20auto-upgrades"), "{on}");
 }
 
 #[test]
@@ -168,21 +298,21 @@ fn installimage_names() {
         shipped("ubuntu-24.04-k8s-1.36.toml")
             .base
             .installimage_stem(Arch::X86),
-        "Ubuntu-2404-noble-amd64-k8s-v1.36.0"
+        "Ubuntu-2404-noble-amd64-k8s-v1.36.4"
     );
     assert_eq!(
-        shipped("debian-12-k8s-1.34.toml")
+        shipped("debian-12-k8s-1.36.toml")
             .base
             .installimage_stem(Arch::Arm),
-        "Debian-1200-bookworm-arm64-k8s-v1.34.2"
+        "Debian-1200-bookworm-arm64-k8s-v1.36.4"
     );
 }
 
 #[test]
 fn checksum_mismatch_aborts_with_both_digests() {
     // Run the containerd step's download function against a local file: a wrong pin must stop the script.
-    let spec = shipped("debian-12-k8s-1.34.toml");
-    let plan = plan::render(&spec, Target::Tarball, Arch::X86);
+    let spec = shipped("debian-12-k8s-1.36.toml");
+    let plan = plan::render(&spec, Target::Tarball, Arch::X86).expect("the plan");
     let script = plan
         .steps
         .iter()
@@ -194,7 +324,7 @@ fn checksum_mismatch_aborts_with_both_digests() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("artifact"), b"payload").unwrap();
     let probe = format!(
-        "{}caph_fetch file://{}/artifact {}/out {}\n",
+        "{}caph_fetch file://{}/artifact {}/out {} 'pinned by containerd.sha256.amd64 in the spec'\n",
         &script[..functions_end],
         dir.display(),
         dir.display(),
@@ -211,7 +341,7 @@ fn checksum_mismatch_aborts_with_both_digests() {
     let actual_digest = "239f59ed55e737c77147cf55ad0c1b030b6d7ee748a7426952f9b852d5a935e5";
     assert!(
         stderr.contains(&format!(
-            "expected sha256 {}, got {actual_digest}",
+            "expected sha256 {} (pinned by containerd.sha256.amd64 in the spec), got {actual_digest}",
             "0".repeat(64)
         )),
         "{stderr}"
@@ -290,9 +420,10 @@ fn current_gid() -> String {
 fn tarball_nodes_get_what_the_real_installimage_needs() {
     // installimage regenerates only the host key types whose files exist, writes 99-hetzner.conf,
     // and leaves GRUB_CMDLINE_LINUX alone: see shared/reference/real-consumers.md.
-    let spec = shipped("debian-12-k8s-1.34.toml");
+    let spec = shipped("debian-12-k8s-1.36.toml");
     let placed = |target, arch| -> Vec<String> {
         plan::render(&spec, target, arch)
+            .expect("the plan")
             .steps
             .iter()
             .filter_map(|step| match &step.action {
@@ -314,6 +445,7 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
     assert!(plan::SYSCTL_CONFIG_PATH.rsplit('/').next().unwrap() > "99-hetzner.conf");
 
     let hygiene = plan::render(&spec, Target::Tarball, Arch::X86)
+        .expect("the plan")
         .steps
         .into_iter()
         .find(|step| step.name == "hygiene")
@@ -326,5 +458,42 @@ fn tarball_nodes_get_what_the_real_installimage_needs() {
             )),
             "{hygiene}"
         );
+    }
+}
+
+#[test]
+fn a_failed_download_says_so_with_the_url_and_curls_reason() {
+    // Issue 15: a refused connection used to end in "no sha256 for ... in <url>".
+    let spec = shipped("debian-12-k8s-1.36.toml");
+    let plan = plan::render(&spec, Target::Tarball, Arch::X86).expect("the plan");
+    let script = plan
+        .steps
+        .iter()
+        .find(|step| step.name == "containerd")
+        .unwrap()
+        .to_script();
+    let functions_end = script.find("\nexpected=").unwrap() + 1;
+    // Port 9 (discard) on loopback: nothing listens there, so the connection is refused.
+    for probe in [
+        "expected=$(caph_published_sha256 http://127.0.0.1:9/x.sha256sum x.tar.gz)\necho \"not reached: $expected\"\n",
+        "caph_fetch http://127.0.0.1:9/x.tar.gz /tmp/caph-core-never-written 00\necho not reached\n",
+    ] {
+        let output = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("{}{probe}", &script[..functions_end]))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("not reached"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("caph-image: downloading http://127.0.0.1:9/x.")
+                && stderr.contains("failed: curl: (7)"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("no sha256"), "{stderr}");
     }
 }

@@ -4,7 +4,7 @@ use expect_test::{Expect, expect};
 
 use crate::MapFiles;
 
-const VALID: &str = r#"[image]
+pub(crate) const VALID: &str = r#"[image]
 name = "test-image"
 
 [base]
@@ -21,7 +21,7 @@ version = "1.34.2"
 version = "2.1.4"
 
 [runc]
-version = "1.3.0"
+version = "1.3.3"
 
 [crictl]
 version = "1.34.0"
@@ -180,9 +180,9 @@ fn version_not_exact() {
 fn containerd_too_old() {
     check(
         &replaced("version = \"2.1.4\"", "version = \"1.5.9\""),
-        expect![[
-            r#"images/x.toml:14:1: containerd.version 1.5.9 is not supported; use containerd 1.6, 1.7 or 2.x"#
-        ]],
+        expect![[r#"
+            images/x.toml:14:1: containerd.version 1.5.9 is not supported; use containerd 1.6, 1.7 or 2.x
+            images/x.toml:15:11: containerd.version containerd 1.5.9 is not supported with Kubernetes 1.34.2, which goes with containerd 2.1.3+, 2.0.6+, 1.7.28+, 1.6.39+ (source: containerd's RELEASES.md, "Kubernetes Support" table); use containerd 2.1.3+, 2.0.6+, 1.7.28+, 1.6.39+"#]],
     );
 }
 
@@ -365,8 +365,8 @@ fn file_mode_and_owner() {
 fn bad_sha256_pin() {
     check(
         &replaced(
-            "[runc]\nversion = \"1.3.0\"\n",
-            "[runc]\nversion = \"1.3.0\"\nsha256 = { amd64 = \"ABC\" }\n",
+            "[runc]\nversion = \"1.3.3\"\n",
+            "[runc]\nversion = \"1.3.3\"\nsha256 = { amd64 = \"ABC\" }\n",
         ),
         expect![[
             r#"images/x.toml:19:20: runc.sha256.amd64 "ABC" is not a sha256 digest; write 64 lower-case hex digits, as sha256sum prints them"#

@@ -69,6 +69,9 @@ pub enum ArchFailure {
     /// Key generation failed.
     #[error("generating keys: {0}")]
     Keys(#[from] caph_ssh::KeyError),
+    /// The plan refused a value (one that validation lets through never gets here).
+    #[error("rendering the plan: {0}")]
+    Plan(#[from] caph_core::text::UnsafeLine),
     /// Naming the snapshot (and replacing the old one) failed.
     #[error(transparent)]
     Commit(#[from] CommitError),
@@ -433,6 +436,25 @@ async fn clean_bounded(
     }
 }
 
+/// One architecture's build, phase by phase; each method is one phase of [`Phase`], in order.
+struct ArchBuild<'a> {
+    client: &'a Client,
+    config: &'a HcloudBackendConfig,
+    context: &'a Context,
+    request: &'a BuildRequest,
+    tracker: &'a Tracker,
+    spec: &'a ImageSpec,
+    hcloud: &'a caph_core::spec::Hcloud,
+}
+
+/// The build server once it runs: its id, where SSH listens, and the keys made for it.
+struct BuildServer {
+    id: ServerId,
+    address: SocketAddr,
+    client_key: KeyPair,
+    host_key: KeyPair,
+}
+
 async fn run_arch(
     client: &Client,
     config: &HcloudBackendConfig,
@@ -441,244 +463,311 @@ async fn run_arch(
     tracker: &Tracker,
 ) -> Result<Artifact, ArchFailure> {
     let spec: &ImageSpec = &request.spec;
-    let arch = tracker.arch;
     let hcloud = spec
         .hcloud
         .as_ref()
         .ok_or_else(|| ArchFailure::Verify("the spec has no [hcloud] table".to_string()))?;
-    let name = temporary_name(&context.build_id, arch);
-
-    // Create: keys in memory, the client key at the API, the host key through cloud-init.
-    tracker.enter(context, Phase::Create, format!("server {name}"));
-    let client_key = KeyPair::generate_ed25519(&format!("caph-image build {}", context.build_id))?;
-    let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
-    let ssh_key = client
-        .create_ssh_key(&CreateSshKeyRequest {
-            name: name.clone(),
-            public_key: client_key.public_key().to_openssh(),
-            labels: temporary_labels(&context.build_id),
-        })
-        .await
-        .map_err(api("creating the temporary SSH key"))?;
-    ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
-
-    let base_image = spec
-        .base
-        .hcloud_images
-        .get(&arch)
-        .cloned()
-        .unwrap_or_default();
-    let server_type = hcloud.server_types.get(&arch).cloned().unwrap_or_default();
-    let mut create = CreateServerRequest::new(
-        name.clone(),
-        IdOrName::Name(server_type),
-        IdOrName::Name(base_image),
-    );
-    create.location = Some(IdOrName::Name(hcloud.location.clone()));
-    create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
-    create.user_data = Some(SecretString::new(cloud_init::host_key_user_data(
-        &host_key,
-    )?));
-    create.labels = temporary_labels(&context.build_id);
-    let created = client
-        .create_server(&create)
-        .await
-        .map_err(api("creating the build server"))?;
-    let server_id = created.server.id;
-    ledger::update(&tracker.ledger, |ledger| ledger.server = Some(server_id));
-    tracker.say(
+    let build = ArchBuild {
+        client,
+        config,
         context,
-        format!("server {server_id} created; waiting for it to run"),
-    );
-    let mut wait = config.wait.clone();
-    wait.timeout = config.server_ready_timeout;
-    client
-        .wait_for_actions(&created.all_actions(), &wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the build server to start"))?;
-    let server = client
-        .wait_for_server_status(server_id, &ServerStatus::Running, &wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the build server to run"))?;
-    let address = SocketAddr::new(
-        server
-            .public_net
-            .ipv4
-            .as_ref()
-            .map(|ipv4| std::net::IpAddr::V4(ipv4.ip))
-            .ok_or_else(|| {
-                ArchFailure::Verify(format!("server {server_id} has no public IPv4 address"))
-            })?,
-        config.ssh_port,
-    );
-
-    let access = Access {
-        address,
-        client_key: client_key.clone(),
-        host_key_line: host_key.public_key().to_openssh(),
+        request,
+        tracker,
+        spec,
+        hcloud,
     };
-    match tracker.access.lock() {
-        Ok(mut guard) => *guard = Some(access),
-        Err(poisoned) => *poisoned.into_inner() = Some(access),
-    }
-
-    // Connect, pinning the host key we generated.
-    tracker.enter(
-        context,
-        Phase::Connect,
-        format!("{address}, host key {}", host_key.fingerprint()),
-    );
-    let mut connect = ConnectConfig::new(
-        address,
-        "root",
-        client_key.clone(),
-        HostKeyPolicy::Pinned(host_key.public_key()),
-    );
-    connect.deadline = config.connect_deadline;
-    let session = caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
-        if let ConnectEvent::Retrying { attempt, error, .. } = event
-            && attempt % 5 == 1
-        {
-            tracker.say(context, format!("waiting for SSH ({error})"));
-        }
-    })
-    .await
-    .map_err(ssh(format!("connecting to {address}")))?;
-
-    // Provision: the same plan the tarball target runs.
-    let plan = plan::render(spec, Target::Hcloud, arch);
-    let stamp = BuildStamp {
-        build_id: context.build_id.clone(),
-        build_time: naming::rfc3339(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-        ),
-        builder: config.builder.clone(),
-        build_public_key: Some(client_key.public_key().to_openssh()),
-    };
-    run_plan(&session, &plan, &stamp, context, tracker).await?;
+    let server = build.create_server().await?;
+    let session = build.connect(&server).await?;
+    build.provision(&server, &session).await?;
     session.close().await;
-
-    // Shut down and wait until really off; fall back to a hard poweroff.
-    tracker.enter(context, Phase::Shutdown, "ACPI shutdown");
-    let action = client
-        .shutdown_server(server_id)
-        .await
-        .map_err(api("shutting down"))?;
-    client
-        .wait_for_action(&action, &config.wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the shutdown action"))?;
-    let mut off_wait = config.wait.clone();
-    off_wait.timeout = config.shutdown_timeout;
-    match client
-        .wait_for_server_status(server_id, &ServerStatus::Off, &off_wait, &mut |_| {})
-        .await
-    {
-        Ok(_) => {}
-        Err(ClientError::ServerStatusTimeout { .. }) => {
-            context.progress.event(ProgressEvent::Warning {
-                scope: arch.to_string(),
-                message: format!(
-                    "not off {:?} after the ACPI shutdown; powering off",
-                    config.shutdown_timeout
-                ),
-            });
-            let action = client
-                .poweroff_server(server_id)
-                .await
-                .map_err(api("powering off"))?;
-            client
-                .wait_for_action(&action, &config.wait, &mut |_| {})
-                .await
-                .map_err(api("waiting for the poweroff"))?;
-            client
-                .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
-                .await
-                .map_err(api("waiting for the server to be off"))?;
-        }
-        Err(error) => return Err(api("waiting for the server to be off")(error)),
-    }
-
-    // Snapshot, under a pending name so CAPH does not see it yet.
-    tracker.enter(context, Phase::Capture, "create_image");
-    let created_image = client
-        .create_image(
-            server_id,
-            &CreateImageRequest {
-                description: Some(snapshot_description(spec, arch)),
-                labels: pending_snapshot_labels(spec, arch, &context.build_id),
-            },
-        )
-        .await
-        .map_err(api("creating the snapshot"))?;
-    let image_id = created_image.image.id;
-    ledger::update(&tracker.ledger, |ledger| {
-        ledger.pending_image = Some(image_id)
-    });
-    let mut image_wait = config.wait.clone();
-    image_wait.timeout = config.image_timeout;
-    let mut last_percent = 0;
-    client
-        .wait_for_action(&created_image.action, &image_wait, &mut |progress| {
-            if progress.progress >= last_percent + 10 || progress.progress == 100 {
-                last_percent = progress.progress;
-                tracker.say(
-                    context,
-                    format!("snapshot {image_id}: {}%", progress.progress),
-                );
-            }
-        })
-        .await
-        .map_err(api("waiting for the snapshot"))?;
-    let image = wait_until_available(client, image_id, &image_wait).await?;
-
-    // Commit: the new snapshot takes the name, then (--replace) the old one goes; see
-    // `commit` for why in this order. The ledger keeps the new snapshot until then.
-    tracker.enter(context, Phase::Verify, "naming the snapshot");
-    let commit = NameCommit {
-        name: &spec.image.name,
-        arch,
-        image: image_id,
-        labels: final_snapshot_labels(spec, arch, &context.build_id),
-        replace: request.replace,
-    };
-    commit::commit_name(client, &commit, &mut |event| match event {
-        CommitEvent::Named(_) => {}
-        CommitEvent::Replaced(old) => {
-            tracker.say(context, format!("deleted the replaced snapshot {old}"))
-        }
-        CommitEvent::Committed(_) => {
-            ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None)
-        }
-    })
-    .await?;
-    tracker.say(
-        context,
-        format!("CAPH's lookup finds exactly snapshot {image_id}"),
-    );
-
-    // Clean up the temporary server and key.
-    tracker.enter(context, Phase::Cleanup, format!("server {server_id}"));
-    let held = ledger::snapshot(&tracker.ledger);
-    for line in ledger::clean(client, config, &held).await {
-        if line.starts_with("could not") {
-            return Err(ArchFailure::Verify(line));
-        }
-        tracker.say(context, line);
-    }
-    ledger::update(&tracker.ledger, |ledger| *ledger = Ledger::default());
-    tracker.enter(context, Phase::Done, format!("snapshot {image_id}"));
+    build.shut_down(server.id).await?;
+    let image = build.capture(server.id).await?;
+    build.commit_name(image.id).await?;
+    build.clean_up(server.id).await?;
+    tracker.enter(context, Phase::Done, format!("snapshot {}", image.id));
 
     let mut artifact = lookup::artifact_of(image).ok_or_else(|| {
         ArchFailure::Verify("the snapshot has an unknown architecture".to_string())
     })?;
     artifact.name = spec.image.name.clone();
-    artifact.labels = final_snapshot_labels(spec, arch, &context.build_id);
+    artifact.labels = final_snapshot_labels(spec, tracker.arch, &context.build_id);
     artifact.duration = Some(tracker.started.elapsed());
     Ok(artifact)
+}
+
+impl ArchBuild<'_> {
+    /// Create: keys in memory, the client key at the API, the host key through cloud-init; then
+    /// the server, waited for until it runs.
+    async fn create_server(&self) -> Result<BuildServer, ArchFailure> {
+        let (client, context, tracker) = (self.client, self.context, self.tracker);
+        let arch = tracker.arch;
+        let name = temporary_name(&context.build_id, arch);
+        tracker.enter(context, Phase::Create, format!("server {name}"));
+        let client_key =
+            KeyPair::generate_ed25519(&format!("caph-image build {}", context.build_id))?;
+        let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
+        let ssh_key = client
+            .create_ssh_key(&CreateSshKeyRequest {
+                name: name.clone(),
+                public_key: client_key.public_key().to_openssh(),
+                labels: temporary_labels(&context.build_id),
+            })
+            .await
+            .map_err(api("creating the temporary SSH key"))?;
+        ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+
+        let base_image = self
+            .spec
+            .base
+            .hcloud_images
+            .get(&arch)
+            .cloned()
+            .unwrap_or_default();
+        let server_type = self
+            .hcloud
+            .server_types
+            .get(&arch)
+            .cloned()
+            .unwrap_or_default();
+        let mut create = CreateServerRequest::new(
+            name.clone(),
+            IdOrName::Name(server_type),
+            IdOrName::Name(base_image),
+        );
+        create.location = Some(IdOrName::Name(self.hcloud.location.clone()));
+        create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+        create.user_data = Some(SecretString::new(cloud_init::host_key_user_data(
+            &host_key,
+        )?));
+        create.labels = temporary_labels(&context.build_id);
+        let created = client
+            .create_server(&create)
+            .await
+            .map_err(api("creating the build server"))?;
+        let server_id = created.server.id;
+        ledger::update(&tracker.ledger, |ledger| ledger.server = Some(server_id));
+        tracker.say(
+            context,
+            format!("server {server_id} created; waiting for it to run"),
+        );
+        let mut wait = self.config.wait.clone();
+        wait.timeout = self.config.server_ready_timeout;
+        client
+            .wait_for_actions(&created.all_actions(), &wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the build server to start"))?;
+        let server = client
+            .wait_for_server_status(server_id, &ServerStatus::Running, &wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the build server to run"))?;
+        let address = SocketAddr::new(
+            server
+                .public_net
+                .ipv4
+                .as_ref()
+                .map(|ipv4| std::net::IpAddr::V4(ipv4.ip))
+                .ok_or_else(|| {
+                    ArchFailure::Verify(format!("server {server_id} has no public IPv4 address"))
+                })?,
+            self.config.ssh_port,
+        );
+
+        let access = Access {
+            address,
+            client_key: client_key.clone(),
+            host_key_line: host_key.public_key().to_openssh(),
+        };
+        match tracker.access.lock() {
+            Ok(mut guard) => *guard = Some(access),
+            Err(poisoned) => *poisoned.into_inner() = Some(access),
+        }
+        Ok(BuildServer {
+            id: server_id,
+            address,
+            client_key,
+            host_key,
+        })
+    }
+
+    /// Connect, pinning the host key we generated.
+    async fn connect(&self, server: &BuildServer) -> Result<Session, ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        let address = server.address;
+        tracker.enter(
+            context,
+            Phase::Connect,
+            format!("{address}, host key {}", server.host_key.fingerprint()),
+        );
+        let mut connect = ConnectConfig::new(
+            address,
+            "root",
+            server.client_key.clone(),
+            HostKeyPolicy::Pinned(server.host_key.public_key()),
+        );
+        connect.deadline = self.config.connect_deadline;
+        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
+            if let ConnectEvent::Retrying { attempt, error, .. } = event
+                && attempt % 5 == 1
+            {
+                tracker.say(context, format!("waiting for SSH ({error})"));
+            }
+        })
+        .await
+        .map_err(ssh(format!("connecting to {address}")))
+    }
+
+    /// Provision: the same plan the tarball target runs.
+    async fn provision(&self, server: &BuildServer, session: &Session) -> Result<(), ArchFailure> {
+        let plan = plan::render(self.spec, Target::Hcloud, self.tracker.arch)?;
+        let stamp = BuildStamp {
+            build_id: self.context.build_id.clone(),
+            build_time: naming::rfc3339(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs(),
+            ),
+            builder: self.config.builder.clone(),
+            build_public_key: Some(server.client_key.public_key().to_openssh()),
+        };
+        run_plan(session, &plan, &stamp, self.context, self.tracker).await
+    }
+
+    /// Shut down and wait until really off; fall back to a hard poweroff.
+    async fn shut_down(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+        let (client, config, context) = (self.client, self.config, self.context);
+        self.tracker
+            .enter(context, Phase::Shutdown, "ACPI shutdown");
+        let action = client
+            .shutdown_server(server_id)
+            .await
+            .map_err(api("shutting down"))?;
+        client
+            .wait_for_action(&action, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the shutdown action"))?;
+        let mut off_wait = config.wait.clone();
+        off_wait.timeout = config.shutdown_timeout;
+        match client
+            .wait_for_server_status(server_id, &ServerStatus::Off, &off_wait, &mut |_| {})
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ClientError::ServerStatusTimeout { .. }) => {
+                context.progress.event(ProgressEvent::Warning {
+                    scope: self.tracker.arch.to_string(),
+                    message: format!(
+                        "not off {:?} after the ACPI shutdown; powering off",
+                        config.shutdown_timeout
+                    ),
+                });
+                let action = client
+                    .poweroff_server(server_id)
+                    .await
+                    .map_err(api("powering off"))?;
+                client
+                    .wait_for_action(&action, &config.wait, &mut |_| {})
+                    .await
+                    .map_err(api("waiting for the poweroff"))?;
+                client
+                    .wait_for_server_status(
+                        server_id,
+                        &ServerStatus::Off,
+                        &config.wait,
+                        &mut |_| {},
+                    )
+                    .await
+                    .map_err(api("waiting for the server to be off"))?;
+                Ok(())
+            }
+            Err(error) => Err(api("waiting for the server to be off")(error)),
+        }
+    }
+
+    /// Snapshot, under a pending name so CAPH does not see it yet; returns it once available.
+    async fn capture(&self, server_id: ServerId) -> Result<crate::client::Image, ArchFailure> {
+        let (client, context, tracker) = (self.client, self.context, self.tracker);
+        let arch = tracker.arch;
+        tracker.enter(context, Phase::Capture, "create_image");
+        let created_image = client
+            .create_image(
+                server_id,
+                &CreateImageRequest {
+                    description: Some(snapshot_description(self.spec, arch)),
+                    labels: pending_snapshot_labels(self.spec, arch, &context.build_id),
+                },
+            )
+            .await
+            .map_err(api("creating the snapshot"))?;
+        let image_id = created_image.image.id;
+        ledger::update(&tracker.ledger, |ledger| {
+            ledger.pending_image = Some(image_id)
+        });
+        let mut image_wait = self.config.wait.clone();
+        image_wait.timeout = self.config.image_timeout;
+        let mut last_percent = 0;
+        client
+            .wait_for_action(&created_image.action, &image_wait, &mut |progress| {
+                if progress.progress >= last_percent + 10 || progress.progress == 100 {
+                    last_percent = progress.progress;
+                    tracker.say(
+                        context,
+                        format!("snapshot {image_id}: {}%", progress.progress),
+                    );
+                }
+            })
+            .await
+            .map_err(api("waiting for the snapshot"))?;
+        wait_until_available(client, image_id, &image_wait).await
+    }
+
+    /// Commit: the available snapshot takes the name, with --replace the old one is deleted
+    /// right after (one request in which CAPH finds both, never none), and CAPH's own query
+    /// must find exactly the new one (`commit::commit_name`).
+    async fn commit_name(&self, image_id: ImageId) -> Result<(), ArchFailure> {
+        let (context, tracker, spec) = (self.context, self.tracker, self.spec);
+        let arch = tracker.arch;
+        tracker.enter(context, Phase::Verify, "naming the snapshot");
+        // The new snapshot takes the name, then (--replace) the old one goes; `commit` says why
+        // in this order. The ledger keeps the new snapshot until the old one is gone.
+        let commit = NameCommit {
+            name: &spec.image.name,
+            arch,
+            image: image_id,
+            labels: final_snapshot_labels(spec, arch, &context.build_id),
+            replace: self.request.replace,
+        };
+        commit::commit_name(self.client, &commit, &mut |event| match event {
+            CommitEvent::Named(_) => {}
+            CommitEvent::Replaced(old) => {
+                tracker.say(context, format!("deleted the replaced snapshot {old}"))
+            }
+            CommitEvent::Committed(_) => {
+                ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None)
+            }
+        })
+        .await?;
+        tracker.say(
+            context,
+            format!("CAPH's lookup finds exactly snapshot {image_id}"),
+        );
+        Ok(())
+    }
+
+    /// Clean up the temporary server and key; the ledger is empty afterwards.
+    async fn clean_up(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        tracker.enter(context, Phase::Cleanup, format!("server {server_id}"));
+        let held = ledger::snapshot(&tracker.ledger);
+        for line in ledger::clean(self.client, self.config, &held).await {
+            if line.starts_with("could not") {
+                return Err(ArchFailure::Verify(line));
+            }
+            tracker.say(context, line);
+        }
+        ledger::update(&tracker.ledger, |ledger| *ledger = Ledger::default());
+        Ok(())
+    }
 }
 
 async fn wait_until_available(

@@ -11,6 +11,7 @@ use caph_core::backend::{
     Artifact, Backend, BackendError, BuildRequest, Context, GcOptions, NoProgress,
 };
 use caph_core::plan::{self, Target};
+use caph_core::text::escape;
 use caph_hcloud::backend::{HcloudBackend, HcloudBackendConfig, naming};
 use caph_hcloud::{Client, ClientConfig, Token};
 use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
@@ -140,7 +141,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
             output::result(&format!("problem: {problem}"));
         }
         for arch in &architectures {
-            output::result(&plan::render(&spec, Target::Hcloud, *arch).render_script());
+            output::script(&plan::render(&spec, Target::Hcloud, *arch)?.render_script());
         }
         output::note("dry run: nothing was created");
         return Ok(if report.problems.is_empty() {
@@ -437,7 +438,8 @@ fn print_listing(global: &GlobalArgs, artifacts: &[Artifact], verb: &str) {
         OutputFormat::Text => {
             output::result(&format!("{:width$}{:<12} {:<6} {:<40} {:>10}  {}", "", "SNAPSHOT", "ARCH", "NAME", "SIZE", "CREATED", width = verb.len()));
             for a in artifacts {
-                output::result(&format!("{verb}{:<12} {:<6} {:<40} {:>10}  {}", a.id, a.arch, a.name, human_size(a.size_bytes), a.created.as_deref().unwrap_or("-")));
+                // Names come from the API: escaped whole, so a row stays one row.
+                output::result(&format!("{verb}{:<12} {:<6} {:<40} {:>10}  {}", a.id, a.arch, escape(&a.name), human_size(a.size_bytes), escape(a.created.as_deref().unwrap_or("-"))));
             }
         }
     }

@@ -17,7 +17,7 @@ use crate::cli::{BuildCommand, Cli, Command, ImagesCommand, RobotCommand};
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { specs } => validate::run(&cli.global, &specs),
+        Command::Validate { specs, strict } => validate::run(&cli.global, &specs, strict),
         Command::Plan { spec, target, arch } => plan::run(&cli.global, &spec, target, arch),
         Command::Build(BuildCommand::Hcloud {
             spec,
@@ -119,18 +119,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         Command::Robot(RobotCommand::Servers { api }) => robot::servers(&cli.global, &api),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "caph-image",
-                &mut std::io::stdout(),
-            );
+            // Generated into memory first: the generator panics on a closed stdout.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "caph-image", &mut script);
+            crate::output::raw(&script);
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir: None } => {
+            let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+                .render(&mut page)
                 .context("writing the man page")?;
+            crate::output::raw(&page);
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir: Some(dir) } => {

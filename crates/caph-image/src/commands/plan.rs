@@ -23,9 +23,9 @@ pub fn run(
         PlanTarget::Hcloud => Target::Hcloud,
         PlanTarget::Tarball => Target::Tarball,
     };
-    let plan = plan::render(&spec, target, arch);
+    let plan = plan::render(&spec, target, arch)?;
     match global.output {
-        OutputFormat::Text => output::result(plan.render_script().trim_end()),
+        OutputFormat::Text => output::script(plan.render_script().trim_end()),
         OutputFormat::Json => output::json(&json!({
             "image_name": plan.image_name,
             "spec_sha256": plan.spec_digest,

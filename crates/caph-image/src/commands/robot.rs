@@ -10,10 +10,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use caph_core::Arch;
 use caph_core::backend::Context;
+use caph_core::text::escape;
 use caph_hcloud::backend::naming;
 use caph_robot::backend::{InstallTarget, RobotBackend, RobotBackendConfig, layout_from_autosetup};
 use caph_robot::client::{Credentials, RobotClient};
 use caph_rootfs::assemble::{self, AssembleOptions};
+use caph_rootfs::input::LAYOUT_LIMIT;
 use caph_sim::machine::SshMachines;
 use caph_sim::real_installimage::InstallimageArchive;
 use caph_sim::robot::{
@@ -91,12 +93,26 @@ fn client(api: &RobotArgs) -> anyhow::Result<RobotClient> {
 
 /// A shipped layout by name, or an autosetup file by path.
 fn layout(name_or_path: &str) -> anyhow::Result<caph_core::spec::DiskLayout> {
-    let text = match SHIPPED_LAYOUTS.iter().find(|(name, _)| *name == name_or_path) {
+    let text = match SHIPPED_LAYOUTS
+        .iter()
+        .find(|(name, _)| *name == name_or_path)
+    {
         Some((_, text)) => (*text).to_string(),
-        None => std::fs::read_to_string(name_or_path).with_context(|| {
-            let names: Vec<&str> = SHIPPED_LAYOUTS.iter().map(|(name, _)| *name).collect();
-            format!("--layout {name_or_path}: neither a shipped layout ({}) nor a readable autosetup file", names.join(", "))
-        })?,
+        None => {
+            let bytes =
+                caph_rootfs::input::read_regular(Path::new(name_or_path), LAYOUT_LIMIT)
+                    .map_err(|error| {
+                        let names: Vec<&str> =
+                            SHIPPED_LAYOUTS.iter().map(|(name, _)| *name).collect();
+                        anyhow::anyhow!(
+                            "--layout {name_or_path}: neither a shipped layout ({}) nor a readable autosetup file: {}",
+                            names.join(", "),
+                            error.rule()
+                        )
+                    })?;
+            String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("--layout {name_or_path}: not UTF-8 text"))?
+        }
     };
     layout_from_autosetup(&text).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -116,6 +132,18 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     }
     // Everything local is checked before the Robot account or the server is touched.
     let layout = options.layout.map(layout).transpose()?;
+    // A regular file, or a refusal (a FIFO would hang the checksum): with --sim before the
+    // simulator starts, without it once the credentials are known to be there.
+    let check_tarball = || -> anyhow::Result<()> {
+        if let Some(tarball) = options.tarball {
+            caph_rootfs::input::open_regular(tarball)
+                .map_err(|error| anyhow::anyhow!("--tarball {error}"))?;
+        }
+        Ok(())
+    };
+    if options.sim.is_some() {
+        check_tarball()?;
+    }
     if options.sim.is_some() && options.api.endpoint != caph_robot::client::DEFAULT_ENDPOINT {
         output::error(&format!(
             "--sim installs through its own simulated Robot, not {}: leave out --robot-endpoint and unset HETZNER_ROBOT_ENDPOINT",
@@ -152,6 +180,9 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         Some(simulated) => simulated.client()?,
         None => client(options.api)?,
     };
+    if options.sim.is_none() {
+        check_tarball()?;
+    }
     let poll_interval = options.poll_interval.unwrap_or_else(|| {
         let real_pace = RobotBackendConfig::default().poll_interval;
         // The simulated server boots `speed` times faster; looking at the same real-time pace
@@ -528,14 +559,15 @@ pub fn servers(global: &GlobalArgs, api: &RobotArgs) -> anyhow::Result<ExitCode>
         OutputFormat::Text => {
             output::result(&format!("{:<8} {:<24} {:<16} {:<14} {:<12} {}", "NUMBER", "NAME", "IP", "PRODUCT", "DC", "STATUS"));
             for server in &servers {
+                // Fields come from the API: escaped whole, so a row stays one row.
                 output::result(&format!(
                     "{:<8} {:<24} {:<16} {:<14} {:<12} {}",
                     server.server_number,
-                    server.server_name,
-                    server.server_ip.as_deref().unwrap_or("-"),
-                    server.product,
-                    server.dc,
-                    server.status
+                    escape(&server.server_name),
+                    escape(server.server_ip.as_deref().unwrap_or("-")),
+                    escape(&server.product),
+                    escape(&server.dc),
+                    escape(&server.status)
                 ));
             }
         }

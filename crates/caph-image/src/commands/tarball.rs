@@ -138,6 +138,13 @@ pub fn pack(
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if let Err(problem) = caph_core::text::check_field(&file_name) {
+        anyhow::bail!(
+            "{}: the file name {}: it goes into installimage's IMAGE line, the .sha256 file and the machine template, so it must be one word",
+            file.display(),
+            problem.describe()
+        );
+    }
     let implied = [
         (".tar.gz", Compression::gzip()),
         (".tgz", Compression::gzip()),

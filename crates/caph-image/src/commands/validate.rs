@@ -3,34 +3,63 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use caph_core::Diagnostic;
 use serde_json::json;
 
 use crate::cli::{EXIT_FAILURE, GlobalArgs, OutputFormat};
 use crate::{output, spec_files};
 
-pub fn run(global: &GlobalArgs, specs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalArgs, specs: &[PathBuf], strict: bool) -> anyhow::Result<ExitCode> {
     let mut all_valid = true;
     let mut reports = Vec::new();
     for path in specs {
         let result = spec_files::load(path);
-        all_valid &= result.is_ok();
+        let warnings: &[Diagnostic] = result.as_ref().map_or(&[], |spec| &spec.warnings);
+        // Under --strict a warning fails the spec like an error.
+        let passes = result.is_ok() && (warnings.is_empty() || !strict);
+        all_valid &= passes;
         match global.output {
             OutputFormat::Text => match &result {
-                Ok(spec) => output::result(&format!("{}: valid ({}, spec sha256 {})", path.display(), spec.image.name, spec.short_digest())),
+                Ok(spec) => {
+                    for warning in warnings {
+                        output::result(&spec_files::warning_line(warning));
+                    }
+                    let verdict = match (warnings.len(), strict) {
+                        (0, _) => "valid".to_string(),
+                        (count, true) => format!("{count} warning{} (--strict)", plural(count)),
+                        (count, false) => format!("valid, {count} warning{}", plural(count)),
+                    };
+                    output::result(&format!(
+                        "{}: {verdict} ({}, spec sha256 {})",
+                        path.display(),
+                        spec.image.name,
+                        spec.short_digest()
+                    ))
+                }
                 Err(diagnostics) => {
                     output::result(&diagnostics.to_string());
                     let count = diagnostics.0.len();
-                    output::note(&format!("{}: {count} problem{}", path.display(), if count == 1 { "" } else { "s" }));
+                    output::note(&format!(
+                        "{}: {count} problem{}",
+                        path.display(),
+                        plural(count)
+                    ));
                 }
             },
             OutputFormat::Json => reports.push(match &result {
-                Ok(spec) => json!({ "file": path.display().to_string(), "valid": true, "image_name": spec.image.name, "spec_sha256": spec.digest, "problems": [] }),
+                Ok(spec) => json!({
+                    "file": path.display().to_string(),
+                    "valid": passes,
+                    "image_name": spec.image.name,
+                    "spec_sha256": spec.digest,
+                    "problems": [],
+                    "warnings": warnings.iter().map(diagnostic_json).collect::<Vec<_>>(),
+                }),
                 Err(diagnostics) => json!({
                     "file": path.display().to_string(),
                     "valid": false,
-                    "problems": diagnostics.0.iter().map(|d| json!({
-                        "file": d.file, "line": d.line, "column": d.column, "field": d.field, "message": d.message, "help": d.help,
-                    })).collect::<Vec<_>>(),
+                    "problems": diagnostics.0.iter().map(diagnostic_json).collect::<Vec<_>>(),
+                    "warnings": [],
                 }),
             }),
         }
@@ -42,5 +71,16 @@ pub fn run(global: &GlobalArgs, specs: &[PathBuf]) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+fn diagnostic_json(diagnostic: &Diagnostic) -> serde_json::Value {
+    json!({
+        "file": diagnostic.file, "line": diagnostic.line, "column": diagnostic.column,
+        "field": diagnostic.field, "message": diagnostic.message, "help": diagnostic.help,
     })
 }

@@ -33,6 +33,9 @@ const PROGRESS_STEP_BYTES: u64 = 8 << 20;
 const REBOOT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bound on short probing commands (`hostname`, the verification script).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the node checks may take: the cloud-init check waits up to 5 minutes for first boot
+/// to finish (as CAPH waits for it), plus a minute for the rest.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(6 * 60);
 
 /// What the server holds and runs, for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,13 +255,20 @@ async fn run(
             prepared.image_name, prepared.hostname
         ),
     );
-    let tarball_bytes = tokio::fs::metadata(&target.tarball)
+    let tarball_metadata = tokio::fs::metadata(&target.tarball)
         .await
         .map_err(|source| InstallCause::Tarball {
             path: target.tarball.clone(),
             source,
-        })?
-        .len();
+        })?;
+    // A FIFO or a device would hang the checksum or stream forever.
+    if !tarball_metadata.is_file() {
+        return Err(InstallCause::Tarball {
+            path: target.tarball.clone(),
+            source: std::io::Error::other("not a regular file: only regular files are uploaded"),
+        });
+    }
+    let tarball_bytes = tarball_metadata.len();
     // A checksum file beside the tarball (as the rootfs build writes it) is checked locally
     // before anything is touched, and again against what the upload sent.
     let sidecar = format!("{}.sha256", target.tarball.display());
@@ -383,6 +393,41 @@ async fn run(
     let rescue_key = rescue_session.host_key().clone();
     tracker.set_stage(Stage::InRescue);
 
+    // The server's drives, as its rescue system sees them: the layout's hints resolved and the
+    // layout checked against them before anything is uploaded or written.
+    let listing = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        rescue_session.exec_capture(crate::drives::LSBLK_COMMAND),
+    )
+    .await
+    .map_err(|_| {
+        InstallCause::Invalid(format!(
+            "the rescue system did not list its drives within {PROBE_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(ssh("listing the drives in the rescue system".to_string()))?;
+    if listing.exit_code != 0 {
+        return Err(InstallCause::Invalid(format!(
+            "`{}` failed in the rescue system (exit {}): {}",
+            crate::drives::LSBLK_COMMAND,
+            listing.exit_code,
+            listing.stderr.trim()
+        )));
+    }
+    let drives = crate::drives::parse_lsblk(&listing.stdout).map_err(InstallCause::Invalid)?;
+    let autosetup_text = prepared.for_drives(&drives)?;
+    tracker.say(
+        context,
+        format!(
+            "drives: {}",
+            drives
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    );
+
     // Upload, checked on the rescue system before anything else.
     tracker.enter(
         context,
@@ -436,7 +481,7 @@ async fn run(
 
     // The autosetup and the post-install script.
     for (path, text, mode) in [
-        ("/autosetup", &prepared.autosetup, 0o600),
+        ("/autosetup", &autosetup_text, 0o600),
         (POST_INSTALL_PATH, &prepared.post_install, 0o700),
     ] {
         rescue_session
@@ -510,16 +555,19 @@ async fn run(
         context,
         Phase::Verify,
         "verify",
-        "containerd, kubelet, swap, sysctls".to_string(),
+        "the node checks: modules, sysctls, swap, containerd, kubelet, time sync, cloud-init, host keys, machine-id".to_string(),
     );
-    let facts = tokio::time::timeout(PROBE_TIMEOUT, installed.exec_capture(verify::FACTS_SCRIPT))
-        .await
-        .map_err(|_| {
-            InstallCause::Installed(format!(
-                "the verification commands did not finish within {PROBE_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(ssh("verifying the installed node"))?;
+    let facts = tokio::time::timeout(
+        VERIFY_TIMEOUT,
+        installed.exec_capture(&verify::facts_script(spec)),
+    )
+    .await
+    .map_err(|_| {
+        InstallCause::Installed(format!(
+            "the verification commands did not finish within {VERIFY_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(ssh("verifying the installed node"))?;
     let verdict = verify::judge(spec, &facts.stdout);
     for check in &verdict.checks {
         tracker.say(context, format!("ok: {check}"));
@@ -539,7 +587,7 @@ async fn run(
         image: prepared.image_name.clone(),
         tarball_sha256: uploaded.sha256,
         tarball_bytes,
-        autosetup: prepared.autosetup.clone(),
+        autosetup: crate::autosetup::redacted(&autosetup_text),
         checks: verdict.checks,
         duration: started.elapsed(),
     })
@@ -835,7 +883,12 @@ async fn run_installimage(
     let status = tokio::time::timeout(
         config.install_timeout,
         session.exec(&command, &mut |line: OutputLine<'_>| {
-            let text = line.text.trim_end();
+            // installimage shows its config, passphrase and all: filter it as its reports do.
+            let text = if line.text.contains("CRYPTPASSWORD") {
+                "CRYPTPASSWORD [FILTERED]"
+            } else {
+                line.text.trim_end()
+            };
             let trimmed = text.trim();
             // The 20-second warning comes after validation and before the disks are touched.
             if trimmed.starts_with("Press X to continue")

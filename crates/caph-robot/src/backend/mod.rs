@@ -158,11 +158,12 @@ impl InstallTarget {
     }
 }
 
-/// The disk layout of an autosetup file (`DRIVE`, `SWRAID`, `PART`, `LV` lines, as the shipped
-/// `installimage/*.autosetup` files hold); `HOSTNAME` and `IMAGE` lines in it are ignored, since
-/// the backend writes its own.
+/// The disk layout of an autosetup file (`DRIVE`, `SWRAID`, `PART` with `crypt`, `LV` and
+/// `CRYPTPASSWORD` lines, as the shipped `installimage/*.autosetup` files hold); any other key,
+/// `HOSTNAME` and `IMAGE` included, is refused with its line, since the backend writes its own
+/// file and would drop it ([`crate::autosetup::parse_layout`]).
 pub fn layout_from_autosetup(text: &str) -> Result<DiskLayout, Vec<Problem>> {
-    crate::autosetup::parse(text).map(|autosetup| autosetup.layout)
+    crate::autosetup::parse_layout(text)
 }
 
 /// What an install did.
@@ -186,7 +187,7 @@ pub struct InstallReport {
     pub tarball_sha256: String,
     /// Tarball size in bytes.
     pub tarball_bytes: u64,
-    /// The autosetup file that was used.
+    /// The autosetup file that was used, its `CRYPTPASSWORD` filtered.
     pub autosetup: String,
     /// What verification checked, one line each (with notes on checks that could not apply).
     pub checks: Vec<String>,
@@ -284,6 +285,18 @@ pub enum InstallCause {
         problems: Vec<String>,
         /// The rendered autosetup.
         text: String,
+    },
+    /// The layout does not fit the drives the rescue system reports (checked before the upload).
+    #[error(
+        "the layout does not fit the server's drives:\n  {}\nthe rescue system shows: {}",
+        .problems.join("\n  "),
+        if .found.is_empty() { "no drives".to_string() } else { .found.join("; ") }
+    )]
+    Drives {
+        /// Every problem.
+        problems: Vec<String>,
+        /// The drives, as `lsblk` in the rescue system lists them.
+        found: Vec<String>,
     },
     /// The spec or the arguments do not describe an install.
     #[error("{0}")]

@@ -3,12 +3,14 @@
 
 use caph_core::ImageSpec;
 use caph_core::plan::quote;
+use caph_core::spec::{DiskLayout, DriveRef};
 
 use super::{InstallCause, InstallTarget};
 use crate::autosetup::{self, Machine, POST_INSTALL_MARKER};
+use crate::drives::{self, RescueDrive};
 
 /// Everything an install writes to the rescue system, rendered and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PreparedInstall {
     /// The installed system's hostname.
     pub hostname: String,
@@ -16,12 +18,31 @@ pub struct PreparedInstall {
     pub image_name: String,
     /// Where the tarball goes in the rescue system (`/root/<name>`).
     pub remote_image: String,
-    /// The autosetup file.
+    /// The layout, drive hints and all.
+    pub layout: DiskLayout,
+    /// The autosetup file, as installimage gets it where the layout names devices only (with a
+    /// `CRYPTPASSWORD` where the layout has one: show [`autosetup::redacted`] of it, never
+    /// this); where it has drive hints, the file checked locally, with a placeholder device per
+    /// hint, and [`PreparedInstall::for_drives`] gives the one installimage gets.
     pub autosetup: String,
     /// The post-install script; its last line prints the marker.
     pub post_install: String,
     /// The machine the rules were checked for.
     pub machine: Machine,
+}
+
+impl std::fmt::Debug for PreparedInstall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedInstall")
+            .field("hostname", &self.hostname)
+            .field("image_name", &self.image_name)
+            .field("remote_image", &self.remote_image)
+            .field("layout", &self.layout)
+            .field("autosetup", &autosetup::redacted(&self.autosetup))
+            .field("post_install", &self.post_install)
+            .field("machine", &self.machine)
+            .finish()
+    }
 }
 
 /// Renders and checks the autosetup for `target`: the layout (the caller's or the spec's), the
@@ -67,12 +88,21 @@ pub fn prepare(spec: &ImageSpec, target: &InstallTarget) -> Result<PreparedInsta
         uefi: layout.uefi,
         arm: false,
     });
-    let text = autosetup::render(&layout, &hostname, &remote_image);
+    // Hints name drives only the rescue system can tell: locally, each stands for a device of
+    // its own, so that everything else about the layout is checked before a server is touched.
+    let mut local = layout.clone();
+    for (index, drive) in local.drives.iter_mut().enumerate() {
+        if !matches!(DriveRef::parse(drive), Some(DriveRef::Device(_))) {
+            *drive = format!("/dev/hinted-drive-{}", index + 1);
+        }
+    }
+    let text = autosetup::render(&local, &hostname, &remote_image)
+        .map_err(|refused| InstallCause::Invalid(refused.to_string()))?;
     let problems = autosetup::validate(&text, machine);
     if !problems.is_empty() {
         return Err(InstallCause::Autosetup {
             problems: problems.iter().map(ToString::to_string).collect(),
-            text,
+            text: autosetup::redacted(&text),
         });
     }
     Ok(PreparedInstall {
@@ -80,9 +110,35 @@ pub fn prepare(spec: &ImageSpec, target: &InstallTarget) -> Result<PreparedInsta
         hostname,
         image_name,
         remote_image,
+        layout,
         autosetup: text,
         machine,
     })
+}
+
+impl PreparedInstall {
+    /// The autosetup for the server's drives as its rescue system reports them: drive hints
+    /// resolved, then installimage's rules that need the drives (each drive used exists, the
+    /// partitions fit). A refusal lists the drives the server has.
+    pub fn for_drives(&self, found: &[RescueDrive]) -> Result<String, InstallCause> {
+        let listing = || found.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let resolved =
+            drives::resolve(&self.layout, found).map_err(|problem| InstallCause::Drives {
+                problems: vec![problem],
+                found: listing(),
+            })?;
+        let text = autosetup::render(&resolved, &self.hostname, &self.remote_image)
+            .map_err(|refused| InstallCause::Invalid(refused.to_string()))?;
+        let sizes: Vec<autosetup::Drive> = found.iter().map(RescueDrive::as_drive).collect();
+        let problems = autosetup::validate_with_drives(&text, self.machine, &sizes);
+        if !problems.is_empty() {
+            return Err(InstallCause::Drives {
+                problems: problems.iter().map(ToString::to_string).collect(),
+                found: listing(),
+            });
+        }
+        Ok(text)
+    }
 }
 
 /// RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.

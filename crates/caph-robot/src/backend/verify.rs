@@ -1,37 +1,23 @@
-//! Checks on the installed node over SSH: containerd, kubelet's version, swap, sysctls.
+//! Checks on the installed node over SSH: the shared node checks of `caph_core::checks`
+//! (modules, sysctls, swap, containerd with CRI, kubelet, time sync, cloud-init, host keys,
+//! machine-id), run in one SSH session and judged here.
 //!
-//! One script gathers the facts (as `key=value` lines and the sysctl files), and the judgement is
-//! made here, so the rules are testable without a server. Where systemd is not running as the
-//! init system (a chroot-like simulated machine, or a node booted without systemd), whether
-//! containerd is *active* and what swap is *in use* cannot be seen; enablement, the unit files
-//! and fstab are checked instead, and the report says so.
-
-use std::collections::BTreeMap;
+//! Where systemd is not running as the init system (a chroot-like simulated machine), the checks
+//! that need a booted node (live kernel state, running services, first-boot work) cannot be
+//! answered: they are reported as not checked, never as passed, and the checks on the node's
+//! files (sysctl files, fstab, enablement, kubelet's version) still run.
 
 use caph_core::ImageSpec;
-use caph_core::plan::REQUIRED_SYSCTLS;
+use caph_core::checks::{self, Outcome};
 
-/// The fact-gathering script. `sd_booted()`'s test: `/run/systemd/system` exists only when
-/// systemd is the init system.
-pub(crate) const FACTS_SCRIPT: &str = r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-if [ -d /run/systemd/system ]; then echo "systemd=running"; else echo "systemd=not-running"; fi
-if command -v systemctl >/dev/null 2>&1; then
-  echo "containerd_enabled=$(systemctl is-enabled containerd.service 2>&1 | head -n1)"
-  if [ -d /run/systemd/system ]; then echo "containerd_active=$(systemctl is-active containerd.service 2>&1 | head -n1)"; fi
-else
-  echo "containerd_enabled=no-systemctl"
-fi
-if [ -e /etc/systemd/system/multi-user.target.wants/containerd.service ]; then echo "containerd_wants=yes"; else echo "containerd_wants=no"; fi
-if command -v containerd >/dev/null 2>&1; then echo "containerd_binary=$(command -v containerd)"; else echo "containerd_binary="; fi
-echo "kubelet_version=$(kubelet --version 2>&1 | head -n1)"
-if [ -d /run/systemd/system ] && command -v swapon >/dev/null 2>&1; then echo "swap_active=$(swapon --show --noheadings 2>/dev/null | wc -l)"; fi
-echo "fstab_swap=$(grep -cE '^[^#[:space:]]+[[:space:]]+[^[:space:]]+[[:space:]]+swap[[:space:]]' /etc/fstab 2>/dev/null || true)"
-for file in /etc/sysctl.d/*.conf /etc/sysctl.conf; do
-  [ -f "$file" ] || continue
-  echo "--- $file"
-  cat "$file"
-done
-"#;
+/// The script that gathers every fact: whether systemd is the init system (`sd_booted()`'s
+/// test: `/run/systemd/system` exists only then), then each check's output.
+pub(crate) fn facts_script(spec: &ImageSpec) -> String {
+    format!(
+        "if [ -d /run/systemd/system ]; then echo systemd=running; else echo systemd=not-running; fi\n{}",
+        checks::checks_script(&checks::node_checks(spec))
+    )
+}
 
 /// The verdict: lines for the report, problems that fail the install.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -40,139 +26,20 @@ pub(crate) struct Verdict {
     pub problems: Vec<String>,
 }
 
-/// Judges the output of [`FACTS_SCRIPT`] against the spec.
+/// Judges the output of [`facts_script`] against the spec.
 pub(crate) fn judge(spec: &ImageSpec, output: &str) -> Verdict {
-    let mut facts: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut sysctl_files: Vec<(&str, Vec<&str>)> = Vec::new();
-    for line in output.lines() {
-        if let Some(file) = line.strip_prefix("--- ") {
-            sysctl_files.push((file, Vec::new()));
-        } else if let Some((_, lines)) = sysctl_files.last_mut() {
-            lines.push(line);
-        } else if let Some((key, value)) = line.split_once('=') {
-            facts.entry(key).or_insert(value);
-        }
-    }
-    let fact = |key: &str| facts.get(key).copied().unwrap_or("").trim();
+    let booted = output.lines().next().map(str::trim) == Some("systemd=running");
     let mut verdict = Verdict::default();
-    let systemd_running = fact("systemd") == "running";
-
-    // containerd
-    let enabled = fact("containerd_enabled");
-    let wants = fact("containerd_wants") == "yes";
-    let is_enabled = enabled == "enabled" || (enabled == "no-systemctl" && wants);
-    if fact("containerd_binary").is_empty() {
-        verdict
-            .problems
-            .push("containerd is not installed (not on PATH)".to_string());
-    }
-    if is_enabled {
-        verdict.checks.push(format!(
-            "containerd.service is enabled ({})",
-            if enabled == "enabled" {
-                "systemctl is-enabled"
-            } else {
-                "no systemctl: the multi-user.target.wants link is there"
-            }
-        ));
-    } else {
-        verdict.problems.push(format!(
-            "containerd.service is not enabled (systemctl is-enabled: {})",
-            if enabled.is_empty() {
-                "no answer"
-            } else {
-                enabled
-            }
-        ));
-    }
-    if systemd_running {
-        match fact("containerd_active") {
-            "active" => verdict
-                .checks
-                .push("containerd.service is active".to_string()),
-            other => verdict
-                .problems
-                .push(format!("containerd.service is not active ({other})")),
+    for result in checks::judge(&checks::node_checks(spec), output, booted) {
+        match &result.outcome {
+            Outcome::Passed | Outcome::NotChecked(_) => verdict.checks.push(result.describe()),
+            Outcome::Failed(_) => verdict.problems.push(result.describe()),
         }
-    } else {
+    }
+    if !booted {
         verdict.checks.push(
-            "systemd is not the init system here, so containerd cannot be running: checked that it is enabled, not that it is active".to_string(),
+            "systemd is not the init system here: checks of the running node were not made, only of its files".to_string(),
         );
-    }
-
-    // kubelet
-    let expected = format!("Kubernetes v{}", spec.kubernetes.version);
-    let kubelet = fact("kubelet_version");
-    if kubelet == expected {
-        verdict.checks.push(format!("kubelet --version: {kubelet}"));
-    } else {
-        verdict.problems.push(format!(
-            "kubelet --version says \"{kubelet}\", the spec wants \"{expected}\""
-        ));
-    }
-
-    // swap
-    if spec.system.disable_swap {
-        let fstab_swap = fact("fstab_swap");
-        if fstab_swap.is_empty() || fstab_swap == "0" {
-            verdict.checks.push("no swap in /etc/fstab".to_string());
-        } else {
-            verdict.problems.push(format!(
-                "/etc/fstab enables {fstab_swap} swap device(s); the spec disables swap"
-            ));
-        }
-        match facts.get("swap_active").map(|value| value.trim()) {
-            Some("0") => verdict.checks.push("swapon --show is empty".to_string()),
-            Some(count) => verdict
-                .problems
-                .push(format!("{count} swap device(s) in use (swapon --show)")),
-            None => verdict.checks.push(
-                "swap in use not checked: systemd is not the init system here (the machine's swap is the host's)".to_string(),
-            ),
-        }
-    }
-
-    // sysctls: files in the order sysctl --system reads them (the shell glob is sorted), the
-    // last setting of a key wins.
-    let mut settings: BTreeMap<String, String> = BTreeMap::new();
-    for (_, lines) in &sysctl_files {
-        for line in lines {
-            let line = line.trim();
-            if line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            if let Some((key, value)) = line.split_once('=') {
-                settings.insert(
-                    key.trim().trim_start_matches('-').replace('/', "."),
-                    value.trim().to_string(),
-                );
-            }
-        }
-    }
-    let mut wanted: BTreeMap<String, String> = REQUIRED_SYSCTLS
-        .iter()
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect();
-    for (key, value) in &spec.system.sysctls {
-        wanted.insert(key.clone(), value.clone());
-    }
-    let mut missing = Vec::new();
-    for (key, value) in &wanted {
-        match settings.get(key) {
-            Some(found) if found == value => {}
-            Some(found) => missing.push(format!("{key} = {found} (the spec wants {value})")),
-            None => missing.push(format!("{key} is not set (the spec wants {value})")),
-        }
-    }
-    if missing.is_empty() {
-        verdict.checks.push(format!(
-            "{} sysctls set in /etc/sysctl.d as the spec says",
-            wanted.len()
-        ));
-    } else {
-        verdict
-            .problems
-            .push(format!("sysctls in /etc/sysctl.d: {}", missing.join(", ")));
     }
     verdict
 }
@@ -194,71 +61,123 @@ mod tests {
             }
         }
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../images/debian-12-k8s-1.34.toml");
+            .join("../../images/debian-12-k8s-1.36.toml");
         let bytes = std::fs::read(path).expect("spec");
-        caph_core::spec::load("debian-12-k8s-1.34.toml", &bytes, &Files).expect("valid")
+        caph_core::spec::load("debian-12-k8s-1.36.toml", &bytes, &Files).expect("valid")
     }
 
-    const SYSCTLS: &str = "--- /etc/sysctl.d/99-zz-caph-image.conf\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.bridge.bridge-nf-call-iptables = 1\nnet.ipv4.ip_forward = 1\n";
+    /// The answers a node gives when every check passes, in `facts_script`'s format.
+    fn passing_output(spec: &ImageSpec, booted: bool) -> String {
+        let mut output = format!(
+            "systemd={}\n",
+            if booted { "running" } else { "not-running" }
+        );
+        for (index, check) in checks::node_checks(spec).iter().enumerate() {
+            let answer = match &check.expect {
+                checks::Expect::Equals(text) | checks::Expect::Contains(text) => text.clone(),
+                checks::Expect::NotEquals(_) => "3".to_string(),
+            };
+            output.push_str(&format!("::caph-check::{index}\n{answer}\n"));
+        }
+        output
+    }
 
     #[test]
-    fn a_booted_node_is_judged_on_what_runs() {
+    fn a_booted_node_is_judged_on_every_check() {
         let spec = spec();
-        let mut wanted = String::new();
-        for (key, value) in &spec.system.sysctls {
-            wanted.push_str(&format!("{key}={value}\n"));
+        let verdict = judge(&spec, &passing_output(&spec, true));
+        assert_eq!(verdict.problems, Vec::<String>::new());
+        for name in [
+            "containerd-active",
+            "containerd-cri",
+            "swap-in-use",
+            "time-sync",
+            "cloud-init",
+            "ssh-host-keys",
+            "machine-id",
+            "module br_netfilter",
+            "sysctl net.ipv6.conf.all.forwarding",
+        ] {
+            assert!(
+                verdict
+                    .checks
+                    .iter()
+                    .any(|line| line.starts_with(&format!("{name}: "))
+                        && !line.contains("not checked")),
+                "{name} in {:#?}",
+                verdict.checks
+            );
         }
-        let output = format!(
-            "systemd=running\ncontainerd_enabled=enabled\ncontainerd_active=active\ncontainerd_wants=yes\ncontainerd_binary=/usr/local/bin/containerd\nkubelet_version=Kubernetes v{}\nswap_active=0\nfstab_swap=0\n{SYSCTLS}{wanted}",
-            spec.kubernetes.version
-        );
-        let verdict = judge(&spec, &output);
+    }
+
+    #[test]
+    fn without_systemd_live_checks_are_not_checked_never_passed() {
+        let spec = spec();
+        let verdict = judge(&spec, &passing_output(&spec, false));
         assert_eq!(verdict.problems, Vec::<String>::new());
         assert!(
-            verdict
-                .checks
-                .contains(&"containerd.service is active".to_string())
+            verdict.checks.contains(
+                &"containerd-active: not checked (needs a node booted with systemd)".to_string()
+            ),
+            "{:#?}",
+            verdict.checks
         );
         assert!(
             verdict
                 .checks
-                .contains(&"swapon --show is empty".to_string())
+                .iter()
+                .any(|line| line == "kubelet-enabled: \"enabled\"")
         );
     }
 
     #[test]
-    fn every_mismatch_is_named() {
+    fn every_mismatch_is_named_with_command_and_output() {
         let spec = spec();
-        let output = "systemd=running\ncontainerd_enabled=disabled\ncontainerd_active=inactive\ncontainerd_wants=no\ncontainerd_binary=\nkubelet_version=Kubernetes v1.33.0\nswap_active=1\nfstab_swap=1\n--- /etc/sysctl.d/90-caph-image.conf\nnet.ipv4.ip_forward = 0\n";
-        let problems = judge(&spec, output).problems;
+        let output = passing_output(&spec, true)
+            .replace("\nactive\n", "\ninactive\n")
+            .replace(
+                &format!("Kubernetes v{}", spec.kubernetes.version),
+                "Kubernetes v1.33.0",
+            );
+        let problems = judge(&spec, &output).problems;
         let text = problems.join("\n");
         for expected in [
-            "containerd is not installed",
-            "containerd.service is not enabled (systemctl is-enabled: disabled)",
-            "containerd.service is not active (inactive)",
-            "kubelet --version says \"Kubernetes v1.33.0\"",
-            "/etc/fstab enables 1 swap device(s)",
-            "1 swap device(s) in use",
-            "net.ipv4.ip_forward = 0 (the spec wants 1)",
-            "net.bridge.bridge-nf-call-iptables is not set",
+            "containerd-active: `systemctl is-active containerd.service` printed \"inactive\", expected \"active\"",
+            "kubelet-version: `kubelet --version` printed \"Kubernetes v1.33.0\"",
         ] {
             assert!(text.contains(expected), "{expected} in:\n{text}");
         }
     }
 
     #[test]
-    fn later_sysctl_files_override_earlier_ones() {
+    fn the_facts_script_runs_and_later_sysctl_files_win() {
+        // The sysctl-config commands, run against a scratch /etc through a changed root path.
         let spec = spec();
-        let output = format!(
-            "systemd=not-running\ncontainerd_enabled=enabled\ncontainerd_binary=/usr/local/bin/containerd\nkubelet_version=Kubernetes v{}\nfstab_swap=0\n{SYSCTLS}--- /etc/sysctl.d/99-late.conf\nnet.ipv4.ip_forward = 0\n",
-            spec.kubernetes.version
-        );
-        let problems = judge(&spec, &output).problems;
-        assert!(
-            problems
-                .iter()
-                .any(|problem| problem.contains("net.ipv4.ip_forward = 0")),
-            "{problems:?}"
-        );
+        let dir = std::env::temp_dir().join(format!("caph-verify-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("etc/sysctl.d")).unwrap();
+        std::fs::write(
+            dir.join("etc/sysctl.d/99-zz-caph-image.conf"),
+            "net.ipv4.ip_forward = 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("etc/sysctl.d/99-zzz-late.conf"),
+            "# late\nnet.ipv4.ip_forward=0\n",
+        )
+        .unwrap();
+        let check = checks::node_checks(&spec)
+            .into_iter()
+            .find(|check| check.name == "sysctl-config net.ipv4.ip_forward")
+            .unwrap();
+        let command = check
+            .command
+            .replace("/etc/", &format!("{}/etc/", dir.display()));
+        let output = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&command)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "0");
     }
 }

@@ -52,13 +52,13 @@ fn rendered_spec_layouts_parse_back_to_the_same_layout() {
     }
     for name in [
         "ubuntu-24.04-k8s-1.36",
-        "ubuntu-22.04-k8s-1.28",
-        "debian-12-k8s-1.34",
+        "debian-13-k8s-1.36",
+        "debian-12-k8s-1.36",
     ] {
         let bytes = std::fs::read(repo().join(format!("images/{name}.toml"))).unwrap();
         let spec = caph_core::spec::load(name, &bytes, &NoFiles).unwrap();
         let robot = spec.robot.unwrap();
-        let text = autosetup::render(&robot.disk, "node-1", IMAGE);
+        let text = autosetup::render(&robot.disk, "node-1", IMAGE).expect("renders");
         assert!(text.find("SWRAID ").unwrap() < text.find("SWRAIDLEVEL").unwrap_or(usize::MAX));
         let parsed = autosetup::parse(&text).unwrap();
         assert_eq!(parsed.layout, robot.disk, "{name}");

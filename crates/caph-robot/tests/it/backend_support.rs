@@ -35,8 +35,8 @@ pub fn spec() -> ImageSpec {
             std::fs::read(repo().join("images").join(path)).map_err(|error| error.to_string())
         }
     }
-    let bytes = std::fs::read(repo().join("images/debian-12-k8s-1.34.toml")).expect("spec");
-    caph_core::spec::load("debian-12-k8s-1.34.toml", &bytes, &Files).expect("valid spec")
+    let bytes = std::fs::read(repo().join("images/debian-12-k8s-1.36.toml")).expect("spec");
+    caph_core::spec::load("debian-12-k8s-1.36.toml", &bytes, &Files).expect("valid spec")
 }
 
 /// Timeouts in seconds, as the simulator's boots take a second or two.
@@ -264,6 +264,10 @@ pub fn make_tarball(work: &Path, spec: &ImageSpec, options: &TreeOptions) -> Pat
         "/usr/bin/hostname",
         "/usr/bin/ssh-keygen",
         "/usr/bin/systemctl",
+        // The shared node checks read sysctl files and fstab with these.
+        "/usr/bin/mawk",
+        "/usr/bin/sort",
+        "/usr/bin/ls",
     ];
     if options.sed {
         binaries.push("/usr/bin/sed");
@@ -284,7 +288,7 @@ pub fn make_tarball(work: &Path, spec: &ImageSpec, options: &TreeOptions) -> Pat
         }
     }
     // The files the spec's plan places, as the rootfs build would.
-    let plan = plan::render(spec, Target::Tarball, caph_core::Arch::X86);
+    let plan = plan::render(spec, Target::Tarball, caph_core::Arch::X86).expect("the plan");
     for step in &plan.steps {
         if let Action::PlaceFile { path, content, .. } = &step.action {
             let target = tree.join(path.trim_start_matches('/'));
@@ -302,11 +306,15 @@ pub fn make_tarball(work: &Path, spec: &ImageSpec, options: &TreeOptions) -> Pat
         std::fs::write(tree.join(format!("etc/ssh/ssh_host_{key_type}_key")), "")
             .expect("host key placeholder");
     }
-    std::os::unix::fs::symlink(
-        "/etc/systemd/system/containerd.service",
-        tree.join("etc/systemd/system/multi-user.target.wants/containerd.service"),
-    )
-    .expect("enable containerd");
+    std::os::unix::fs::symlink("mawk", tree.join("usr/bin/awk")).expect("awk");
+    for unit in ["containerd.service", "kubelet.service"] {
+        std::os::unix::fs::symlink(
+            format!("/etc/systemd/system/{unit}"),
+            tree.join("etc/systemd/system/multi-user.target.wants")
+                .join(unit),
+        )
+        .expect("enable the unit");
+    }
     let files = [
         (
             "usr/local/bin/kubelet".to_string(),

@@ -3,4 +3,6 @@
 mod autosetup;
 mod backend;
 mod backend_support;
+mod hostile_layouts;
+mod properties;
 mod rules_agreement;

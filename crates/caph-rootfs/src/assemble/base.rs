@@ -172,6 +172,15 @@ pub(crate) fn mmdebstrap(
     progress: &dyn ProgressSink,
 ) -> Result<(), AssembleError> {
     let distribution = spec.base.distribution;
+    // Each part is one field of an apt sources line: a line break would add a source of its own.
+    for value in [suite]
+        .into_iter()
+        .chain(mirror)
+        .chain(components.iter().map(String::as_str))
+    {
+        caph_core::text::field_in("the apt sources mmdebstrap writes", value)
+            .map_err(|refused| AssembleError::Spec(refused.to_string()))?;
+    }
     let components = components.join(" ");
     let mut sources = Vec::new();
     match mirror {
@@ -323,11 +332,13 @@ pub fn unpack_base_tarball(
             )));
         }
     } else {
+        // Inside the spec's directory, symlinks resolved, and a regular file (crate::input).
+        let directory = crate::input::SpecDirectory::open(spec_dir)
+            .map_err(|error| AssembleError::Base(format!("the base tarball: {error}")))?;
+        let mut input = directory
+            .open_file(location)
+            .map_err(|error| AssembleError::Base(format!("the base tarball {error}")))?;
         let path = spec_dir.join(location);
-        let mut input = File::open(&path).map_err(io_error(format!(
-            "opening the base tarball {}",
-            path.display()
-        )))?;
         copy(&mut input, &path.display().to_string())?;
     }
     out.sync_all()

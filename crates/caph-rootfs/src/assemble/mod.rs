@@ -101,6 +101,9 @@ pub enum AssembleError {
     /// Packing the tree failed.
     #[error("packing the root filesystem: {0}")]
     Pack(#[from] PackError),
+    /// The plan refused a value (one that validation lets through never gets here).
+    #[error("rendering the plan: {0}")]
+    Plan(#[from] caph_core::text::UnsafeLine),
     /// Any other I/O.
     #[error("{what}: {source}")]
     Io {
@@ -409,7 +412,7 @@ fn build_and_pack(
         builder: options.builder.clone(),
         build_public_key: None,
     };
-    let plan = plan::render(spec, Target::Tarball, arch);
+    let plan = plan::render(spec, Target::Tarball, arch)?;
     {
         let environment = BuildEnvironment::enter(&root)?;
         if matches!(rootfs, RootfsBase::Tarball { .. }) {

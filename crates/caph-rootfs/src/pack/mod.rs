@@ -15,34 +15,48 @@
 //!   sticky bits and every extended attribute (`SCHILY.xattr.*`). Sockets cannot be archived
 //!   and are skipped with a [`PackWarning`]. Sparse files are written in GNU's PAX sparse format
 //!   1.0, found with `SEEK_DATA`/`SEEK_HOLE`, so holes are neither read nor stored.
-//! - **Bounded memory.** About 10 MiB of buffers plus about 5 MiB per gzip thread (four 1 MiB
-//!   chunks in flight each) or about 8 MiB per zstd worker (2 MiB jobs), whatever the tree size.
-//!   Measured peak RSS with 2 threads: 26 MiB on a 265 MiB Debian rootfs, 41 MiB on a 2 GiB tree
-//!   of 100,000 files (60,000 in one directory) and 1.5 GiB of incompressible data.
+//! - **Bounded memory.** About 16 MiB of buffers plus about 5 MiB per gzip thread (four 1 MiB
+//!   chunks in flight each) or about 14 MiB per zstd worker (4 MiB jobs), whatever the tree
+//!   size. Measured peak RSS with 2 threads: 47 to 50 MiB (zstd) and 31 to 35 MiB (gzip), on a
+//!   265 MiB Debian rootfs and on a 1.4 GiB tree alike.
+//! - **Pipelined.** The walker (reading, tar framing) hands the stream in 1 MiB blocks to a
+//!   compressor thread, which only feeds the compressor's workers; its output goes in blocks to
+//!   an output thread that hashes and writes it, starting the file's writeback as it goes.
+//!   Reading, compressing and writing overlap, and none waits for another beyond a few blocks.
 //! - **Rootfs aware.** With [`PackOptions::rootfs`], `proc`, `sys`, `dev` and `run` at the root
 //!   are stored as empty directories and the caches in [`ROOTFS_EXCLUDES`] are left out.
+//! - **Walked by handles, not paths.** Every directory is opened (`openat`, `O_NOFOLLOW`) from
+//!   its parent's handle, and every entry is looked at from its directory's handle (`fstatat`,
+//!   `readlinkat`, `openat`): a directory swapped for a symlink during the walk is never
+//!   followed out of the tree. A file that changes while it is read is packed as it was opened
+//!   and warned about ([`PackWarning::Changed`]), as GNU tar does: one that grew is cut at its
+//!   size when opened, one that shrank is padded with zeros.
+//! - **Its own outputs stay out.** An output that exists and is not a regular file is refused;
+//!   an output inside the tree, its `.sha256` and temporary files of earlier runs are left out.
 
 mod compress;
 mod exclude;
 mod header;
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use compress::{Encoder, HashingWriter};
+use compress::{EarlyWriteback, HashingWriter};
 use exclude::Pattern;
 use header::{BLOCK, EntryHeader, TypeFlag, Xattr};
 
@@ -218,7 +232,7 @@ pub struct PackOptions {
     /// Root-relative patterns left out with everything below them; see [`ROOTFS_EXCLUDES`].
     pub excludes: Vec<String>,
     /// Compression threads; 0 means one per available core. The output does not depend on it;
-    /// memory grows by about 5 MiB (gzip) or 8 MiB (zstd) per thread.
+    /// memory grows by about 5 MiB (gzip) or 14 MiB (zstd) per thread.
     pub threads: usize,
     /// Checked before every entry and every 1 MiB of data; once set, the run stops with
     /// [`PackError::Cancelled`] and leaves no output file behind.
@@ -330,6 +344,14 @@ pub enum PackWarning {
         /// The socket.
         path: PathBuf,
     },
+    /// An entry changed while it was packed: it is stored as it was opened (a file that
+    /// shrank is padded with zeros), or left out when it is no longer what it was.
+    Changed {
+        /// The entry.
+        path: PathBuf,
+        /// What happened, in GNU tar's words where it has them.
+        detail: String,
+    },
 }
 
 impl fmt::Display for PackWarning {
@@ -342,6 +364,7 @@ impl fmt::Display for PackWarning {
                     path.display()
                 )
             }
+            PackWarning::Changed { path, detail } => write!(f, "{}: {detail}", path.display()),
         }
     }
 }
@@ -439,7 +462,16 @@ pub enum PackError {
         #[source]
         source: io::Error,
     },
-    /// A file changed under the writer.
+    /// The output exists and is not a regular file (a device, a FIFO, a symlink, a
+    /// directory): replacing it is not what anyone means.
+    #[error("{}: {reason}", path.display())]
+    Output {
+        /// The output given.
+        path: PathBuf,
+        /// The rule, with what the path is.
+        reason: String,
+    },
+    /// A file changed under the writer in a way it cannot pack around.
     #[error("{} changed while it was being packed: {detail}", path.display())]
     Changed {
         /// The file.
@@ -540,6 +572,18 @@ pub fn pack_to_path(
             "the output needs a file name",
         ))
     })?;
+    refuse_special_output(output)?;
+    refuse_special_output(&checksum_path(output))?;
+    // The name is a line of the `.sha256` file: a line break would add one of its own.
+    if let Err(problem) = caph_core::text::check_line(&file_name.to_string_lossy()) {
+        return Err(PackError::Output {
+            path: output.to_owned(),
+            reason: format!(
+                "the file name {}, which its .sha256 file cannot hold in one line",
+                problem.describe()
+            ),
+        });
+    }
 
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{}.", file_name.to_string_lossy()))
@@ -547,20 +591,28 @@ pub fn pack_to_path(
         .tempfile_in(directory)
         .map_err(write_error)?;
     let (temp_file, temp_path) = temp.into_parts();
-    // The output may lie inside the tree being packed; the archive must not contain itself.
+    // The output may lie inside the tree being packed; the archive must not contain itself,
+    // nor the outputs of earlier runs.
     let own = temp_file.metadata().map_err(write_error)?;
-    let buffered = BufWriter::with_capacity(OUTPUT_BUFFER, temp_file);
+    let output_directory = fs::metadata(directory).map_err(write_error)?;
+    let own_outputs = OwnOutputs {
+        temp: (own.dev(), own.ino()),
+        directory: (output_directory.dev(), output_directory.ino()),
+        name: file_name.to_owned(),
+    };
+    let buffered = BufWriter::with_capacity(OUTPUT_BUFFER, EarlyWriteback::new(temp_file));
     let (buffered, mut summary) = pack_into(
         source,
         buffered,
         output,
-        Some((own.dev(), own.ino())),
+        Some(own_outputs),
         options,
         progress,
     )?;
     let file = buffered
         .into_inner()
-        .map_err(|error| write_error(error.into_error()))?;
+        .map_err(|error| write_error(error.into_error()))?
+        .into_inner();
     set_public_mode(&file).map_err(write_error)?;
     // Synced before the rename, so a crash never leaves a complete-looking but empty file.
     file.sync_all().map_err(write_error)?;
@@ -610,6 +662,63 @@ pub fn pack_to_writer<W: Write + Send>(
     Ok(summary)
 }
 
+/// Refuses an output path that exists and is not a regular file: the output is renamed into
+/// place, which would replace a device node, a FIFO or a symlink (not what it points to).
+fn refuse_special_output(path: &Path) -> Result<(), PackError> {
+    let kind = match fs::symlink_metadata(path) {
+        Err(_) => return Ok(()),
+        Ok(metadata) => {
+            use std::os::unix::fs::FileTypeExt as _;
+            let file_type = metadata.file_type();
+            if file_type.is_file() {
+                return Ok(());
+            } else if file_type.is_symlink() {
+                "a symlink"
+            } else if file_type.is_dir() {
+                "a directory"
+            } else if file_type.is_char_device() || file_type.is_block_device() {
+                "a device node"
+            } else if file_type.is_fifo() {
+                "a FIFO"
+            } else {
+                "not a regular file"
+            }
+        }
+    };
+    Err(PackError::Output {
+        path: path.to_owned(),
+        reason: format!(
+            "exists and is not a regular file ({kind}): pack writes a new file or replaces a regular one, nothing else"
+        ),
+    })
+}
+
+/// What a run writes into the output's directory, to be left out when that directory is in
+/// the tree: the archive's temporary file (by inode), and by name the archive, its `.sha256`
+/// and the temporary files of this and earlier runs.
+#[derive(Debug, Clone)]
+struct OwnOutputs {
+    temp: (u64, u64),
+    directory: (u64, u64),
+    name: OsString,
+}
+
+impl OwnOutputs {
+    /// Whether `name` in the directory `directory` is one of them.
+    fn contains(&self, directory: (u64, u64), name: &OsStr) -> bool {
+        if directory != self.directory {
+            return false;
+        }
+        let name = name.as_bytes();
+        let own = self.name.as_bytes();
+        let partial = |prefix: &[u8]| name.starts_with(prefix) && name.ends_with(b".partial");
+        name == own
+            || name.strip_prefix(own) == Some(b".sha256".as_slice())
+            || partial(&[b".", own, b"."].concat())
+            || partial(b".caph-")
+    }
+}
+
 /// Writes `contents` to `path` through a temporary file in the same directory, mode 0644.
 pub(crate) fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), PackError> {
     let write_error = |source: io::Error| PackError::Write {
@@ -643,7 +752,7 @@ fn pack_into<W: Write + Send>(
     source: &Path,
     sink: W,
     output_label: &Path,
-    own_output: Option<(u64, u64)>,
+    own_outputs: Option<OwnOutputs>,
     options: &PackOptions,
     progress: &mut dyn FnMut(PackEvent),
 ) -> Result<(W, PackSummary), PackError> {
@@ -668,23 +777,25 @@ fn pack_into<W: Write + Send>(
         source,
     };
     let hashing = HashingWriter::new(sink, Arc::clone(&bytes_out));
-    let (pipe, output) = compress::output_pipe();
+    let (pipe, compressor) = compress::tar_pipe();
 
-    // The output (sha256 and the writes) runs on its own thread, so the walker never waits for
-    // the disk; scoped, so the sink may borrow.
+    // Compression and output (sha256 and the writes) run on their own thread, fed through a
+    // bounded pipe, so the walker never waits for a compressor or the disk, nor they for a file
+    // being opened; scoped, so the sink may borrow.
+    let compression = options.compression;
     std::thread::scope(|scope| {
-        let writer = scope.spawn(move || output.run(hashing));
+        let writer = scope.spawn(move || compressor.run(compression, threads, hashing));
         let walked = (|| {
-            let encoder = Encoder::new(options.compression, threads, pipe).map_err(write_error)?;
             let mut walker = Walker {
                 root: source.to_owned(),
                 output_label,
-                own_output,
+                own_outputs,
+                proc_fds: Path::new("/proc/self/fd").is_dir(),
                 cancel: options.cancel.clone(),
                 epoch: options.source_date_epoch,
                 excludes,
                 empty_dirs,
-                out: encoder,
+                out: pipe,
                 bytes_in: 0,
                 bytes_out: Arc::clone(&bytes_out),
                 links: HashMap::new(),
@@ -696,6 +807,7 @@ fn pack_into<W: Write + Send>(
                 started,
                 last_report: started,
                 last_report_bytes: 0,
+                shrunk: false,
             };
             walker.walk()?;
             walker.finish_archive()?;
@@ -707,9 +819,7 @@ fn pack_into<W: Write + Send>(
                 file_bytes,
                 ..
             } = walker;
-            out.finish()
-                .and_then(compress::OutputPipe::close)
-                .map_err(write_error)?;
+            out.close().map_err(write_error)?;
             Ok((bytes_in, counts, file_bytes))
         })();
         // When the walk failed, the pipe is gone by now and the output thread ends too.
@@ -754,12 +864,67 @@ fn read_error(path: &Path, source: io::Error) -> PackError {
     }
 }
 
-/// A directory being walked: its sorted names and how far we got.
+/// A directory being walked: its handle, its sorted names and how far we got.
 struct Frame {
     /// Root-relative path, components joined by `/`; empty for the root.
     relative: Vec<u8>,
+    /// For messages only: entries are reached through `directory`, never by this path.
     absolute: PathBuf,
+    /// The open directory every entry of it is looked at from.
+    directory: File,
+    /// Its device and inode.
+    id: (u64, u64),
     names: std::vec::IntoIter<OsString>,
+}
+
+/// What the writer needs of an inode, from `fstat` or `fstatat` on a handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    file_type: rustix::fs::FileType,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    blocks: u64,
+    mtime: (i64, u64),
+    ctime: (i64, u64),
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    rdev: u64,
+}
+
+impl From<rustix::fs::Stat> for Meta {
+    // `From` rather than `as`: the field types differ between architectures.
+    #[allow(clippy::useless_conversion)]
+    fn from(stat: rustix::fs::Stat) -> Meta {
+        Meta {
+            file_type: rustix::fs::FileType::from_raw_mode(stat.st_mode),
+            mode: u32::from(stat.st_mode),
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+            blocks: u64::try_from(stat.st_blocks).unwrap_or(0),
+            mtime: (
+                i64::from(stat.st_mtime),
+                u64::try_from(stat.st_mtime_nsec).unwrap_or(0),
+            ),
+            ctime: (
+                i64::from(stat.st_ctime),
+                u64::try_from(stat.st_ctime_nsec).unwrap_or(0),
+            ),
+            dev: u64::from(stat.st_dev),
+            ino: u64::from(stat.st_ino),
+            nlink: u64::from(stat.st_nlink),
+            rdev: u64::from(stat.st_rdev),
+        }
+    }
+}
+
+fn fstat(file: &File, path: &Path) -> Result<Meta, PackError> {
+    rustix::fs::fstat(file)
+        .map(Meta::from)
+        .map_err(|errno| read_error(path, errno.into()))
 }
 
 /// An inode with several links: its first archive name, and how many links are still unseen.
@@ -771,13 +936,16 @@ struct FirstLink {
 struct Walker<'a> {
     root: PathBuf,
     output_label: &'a Path,
-    /// Device and inode of the file being written, skipped if met in the tree.
-    own_output: Option<(u64, u64)>,
+    /// What this run writes, skipped if met in the tree.
+    own_outputs: Option<OwnOutputs>,
+    /// Whether `/proc/self/fd` reaches an entry through its directory's handle (for the
+    /// extended attributes of entries that are not opened).
+    proc_fds: bool,
     cancel: Cancel,
     epoch: Option<i64>,
     excludes: Vec<Pattern>,
     empty_dirs: Vec<Pattern>,
-    out: Encoder<compress::OutputPipe>,
+    out: compress::TarPipe,
     bytes_in: u64,
     bytes_out: Arc<AtomicU64>,
     links: HashMap<(u64, u64), FirstLink>,
@@ -789,20 +957,25 @@ struct Walker<'a> {
     started: Instant,
     last_report: Instant,
     last_report_bytes: u64,
+    /// Whether the file being stored shrank while it was read (and was padded).
+    shrunk: bool,
 }
 
 impl Walker<'_> {
     fn walk(&mut self) -> Result<(), PackError> {
         let root = self.root.clone();
-        let metadata = fs::symlink_metadata(&root).map_err(|error| read_error(&root, error))?;
+        // The root may be a symlink to a directory: the directory it points to is stored. Below
+        // it, nothing is followed.
+        let handle = rustix::fs::open(
+            &root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| read_error(&root, errno.into()))?;
+        let directory = File::from(handle);
+        let meta = fstat(&directory, &root)?;
         let mut stack = Vec::new();
-        if metadata.is_dir() {
-            self.directory(&root, b"", &metadata, &mut stack)?;
-        } else {
-            // The root is a symlink to a directory: store the directory it points to.
-            let metadata = fs::metadata(&root).map_err(|error| read_error(&root, error))?;
-            self.directory(&root, b"", &metadata, &mut stack)?;
-        }
+        stack.extend(self.directory(directory, &root, b"", &meta)?);
 
         while let Some(frame) = stack.last_mut() {
             let Some(name) = frame.names.next() else {
@@ -819,46 +992,106 @@ impl Walker<'_> {
             if self.cancel.is_cancelled() {
                 return Err(PackError::Cancelled);
             }
-            self.entry(&absolute, &relative, &mut stack)?;
+            let parent = (frame.directory.as_fd(), frame.id);
+            let entered = self.entry(parent, &name, &absolute, &relative)?;
+            stack.extend(entered);
             self.report(Phase::Archiving, false);
         }
         Ok(())
     }
 
+    fn changed(&mut self, path: &Path, detail: impl Into<String>) {
+        (self.progress)(PackEvent::Warning(PackWarning::Changed {
+            path: path.to_owned(),
+            detail: detail.into(),
+        }));
+    }
+
+    /// One entry of the directory `parent` (its handle and id); a directory entered is
+    /// returned, to be walked next.
     fn entry(
         &mut self,
+        (parent, parent_id): (BorrowedFd<'_>, (u64, u64)),
+        file_name: &OsStr,
         absolute: &Path,
         relative: &[u8],
-        stack: &mut Vec<Frame>,
-    ) -> Result<(), PackError> {
+    ) -> Result<Option<Frame>, PackError> {
         if matches_any(&self.excludes, relative) {
             self.counts.excluded += 1;
-            return Ok(());
+            return Ok(None);
         }
-        let metadata =
-            fs::symlink_metadata(absolute).map_err(|error| read_error(absolute, error))?;
-        let file_type = metadata.file_type();
-        if file_type.is_socket() {
+        if self
+            .own_outputs
+            .as_ref()
+            .is_some_and(|own| own.contains(parent_id, file_name))
+        {
+            self.counts.excluded += 1;
+            return Ok(None);
+        }
+        let mut metadata = match rustix::fs::statat(parent, file_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Meta::from(stat),
+            Err(Errno::NOENT) => {
+                self.changed(absolute, "file removed before we read it");
+                return Ok(None);
+            }
+            Err(errno) => return Err(read_error(absolute, errno.into())),
+        };
+        let file_type = metadata.file_type;
+        if file_type == FileType::Socket {
             self.counts.sockets_skipped += 1;
             (self.progress)(PackEvent::Warning(PackWarning::SocketSkipped {
                 path: absolute.to_owned(),
             }));
-            return Ok(());
+            return Ok(None);
         }
-        if file_type.is_dir() {
-            return self.directory(absolute, relative, &metadata, stack);
+        if file_type == FileType::Directory {
+            let opened = rustix::fs::openat(
+                parent,
+                file_name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            let directory = match opened {
+                Ok(handle) => File::from(handle),
+                // Replaced by a symlink or a file since it was looked at: not followed.
+                Err(Errno::LOOP | Errno::NOTDIR | Errno::NOENT) => {
+                    self.changed(absolute, "directory changed as we read it; left out");
+                    return Ok(None);
+                }
+                Err(errno) => return Err(read_error(absolute, errno.into())),
+            };
+            let meta = fstat(&directory, absolute)?;
+            return self.directory(directory, absolute, relative, &meta);
         }
-        if self.own_output == Some((metadata.dev(), metadata.ino())) {
+        if self
+            .own_outputs
+            .as_ref()
+            .is_some_and(|own| own.temp == (metadata.dev, metadata.ino))
+        {
             self.counts.excluded += 1;
-            return Ok(());
+            return Ok(None);
+        }
+        // A regular file is opened first, and packed as the open handle says it is.
+        let mut opened = None;
+        if file_type == FileType::RegularFile {
+            let Some(file) = open_for_reading(parent, file_name, absolute)? else {
+                self.changed(absolute, "file changed as we read it; left out");
+                return Ok(None);
+            };
+            metadata = fstat(&file, absolute)?;
+            if metadata.file_type != FileType::RegularFile {
+                self.changed(absolute, "file changed as we read it; left out");
+                return Ok(None);
+            }
+            opened = Some(file);
         }
 
         let mut name = Vec::with_capacity(relative.len() + 2);
         name.extend_from_slice(b"./");
         name.extend_from_slice(relative);
 
-        if metadata.nlink() > 1 {
-            let key = (metadata.dev(), metadata.ino());
+        if metadata.nlink > 1 {
+            let key = (metadata.dev, metadata.ino);
             if let Some(first) = self.links.get_mut(&key) {
                 let target = first.name.clone();
                 first.remaining -= 1;
@@ -873,21 +1106,34 @@ impl Walker<'_> {
                 };
                 self.write_header(absolute, &header)?;
                 self.counts.hardlinks += 1;
-                return Ok(());
+                return Ok(None);
             }
             self.links.insert(
                 key,
                 FirstLink {
                     name: name.clone(),
-                    remaining: metadata.nlink() - 1,
+                    remaining: metadata.nlink - 1,
                 },
             );
         }
 
-        let xattrs = read_xattrs(absolute)?;
-        if file_type.is_symlink() {
-            let target = fs::read_link(absolute).map_err(|error| read_error(absolute, error))?;
-            let target = target.into_os_string().into_vec();
+        let xattrs = match &opened {
+            Some(file) => read_xattrs(&XattrSource::Handle(file.as_fd()), absolute)?,
+            None => {
+                let through_parent = if self.proc_fds {
+                    proc_path(parent, file_name)
+                } else {
+                    absolute.to_owned()
+                };
+                read_xattrs(&XattrSource::Path(&through_parent), absolute)?
+            }
+        };
+        if let Some(file) = opened {
+            self.regular_file(file, absolute, &name, &metadata, &xattrs)?;
+        } else if file_type == FileType::Symlink {
+            let target = rustix::fs::readlinkat(parent, file_name, Vec::new())
+                .map_err(|errno| read_error(absolute, errno.into()))?;
+            let target = target.into_bytes();
             let header = self.base_header(&name, TypeFlag::Symlink, &metadata, &xattrs);
             let header = EntryHeader {
                 link_name: Some(&target),
@@ -895,16 +1141,14 @@ impl Walker<'_> {
             };
             self.write_header(absolute, &header)?;
             self.counts.symlinks += 1;
-        } else if file_type.is_file() {
-            self.regular_file(absolute, &name, &metadata, &xattrs)?;
-        } else if file_type.is_char_device() || file_type.is_block_device() {
-            let (type_flag, counter) = if file_type.is_char_device() {
+        } else if file_type == FileType::CharacterDevice || file_type == FileType::BlockDevice {
+            let (type_flag, counter) = if file_type == FileType::CharacterDevice {
                 (TypeFlag::CharDevice, &mut self.counts.char_devices)
             } else {
                 (TypeFlag::BlockDevice, &mut self.counts.block_devices)
             };
             *counter += 1;
-            let rdev = metadata.rdev();
+            let rdev = metadata.rdev;
             let header = self.base_header(&name, type_flag, &metadata, &xattrs);
             let header = EntryHeader {
                 dev_major: rustix::fs::major(rdev),
@@ -912,74 +1156,93 @@ impl Walker<'_> {
                 ..header
             };
             self.write_header(absolute, &header)?;
-        } else if file_type.is_fifo() {
+        } else if file_type == FileType::Fifo {
             let header = self.base_header(&name, TypeFlag::Fifo, &metadata, &xattrs);
             self.write_header(absolute, &header)?;
             self.counts.fifos += 1;
         }
-        Ok(())
+        Ok(None)
     }
 
+    /// Stores the open directory `directory` and returns it as a frame to walk (unless it is
+    /// stored empty).
     fn directory(
         &mut self,
+        directory: File,
         absolute: &Path,
         relative: &[u8],
-        metadata: &fs::Metadata,
-        stack: &mut Vec<Frame>,
-    ) -> Result<(), PackError> {
+        metadata: &Meta,
+    ) -> Result<Option<Frame>, PackError> {
         let mut name = Vec::with_capacity(relative.len() + 3);
         name.extend_from_slice(b"./");
         if !relative.is_empty() {
             name.extend_from_slice(relative);
             name.push(b'/');
         }
-        let xattrs = read_xattrs(absolute)?;
+        let xattrs = read_xattrs(&XattrSource::Handle(directory.as_fd()), absolute)?;
         let header = self.base_header(&name, TypeFlag::Directory, metadata, &xattrs);
         self.write_header(absolute, &header)?;
         self.counts.directories += 1;
 
         if !relative.is_empty() && matches_any(&self.empty_dirs, relative) {
-            return Ok(());
+            return Ok(None);
         }
         let mut names = Vec::new();
-        let entries = fs::read_dir(absolute).map_err(|error| read_error(absolute, error))?;
+        let entries = rustix::fs::Dir::read_from(&directory)
+            .map_err(|errno| read_error(absolute, errno.into()))?;
         for entry in entries {
-            let entry = entry.map_err(|error| read_error(absolute, error))?;
-            names.push(entry.file_name());
+            let entry = entry.map_err(|errno| read_error(absolute, errno.into()))?;
+            let file_name = entry.file_name().to_bytes();
+            if file_name != b"." && file_name != b".." {
+                names.push(OsString::from_vec(file_name.to_vec()));
+            }
         }
         names.sort_unstable_by(|left, right| left.as_bytes().cmp(right.as_bytes()));
-        stack.push(Frame {
+        Ok(Some(Frame {
             relative: relative.to_vec(),
             absolute: absolute.to_owned(),
+            directory,
+            id: (metadata.dev, metadata.ino),
             names: names.into_iter(),
-        });
+        }))
+    }
+
+    /// Stores the regular file open as `file`, whose `fstat` is `metadata`.
+    fn regular_file(
+        &mut self,
+        mut file: File,
+        absolute: &Path,
+        name: &[u8],
+        metadata: &Meta,
+        xattrs: &[Xattr],
+    ) -> Result<(), PackError> {
+        let size = metadata.size;
+        self.counts.regular += 1;
+        self.file_bytes = self.file_bytes.saturating_add(size);
+        self.shrunk = false;
+        self.stored_file(&mut file, absolute, name, metadata, xattrs)?;
+        // GNU tar's check: the file as it is now against the file as it was opened.
+        let now = fstat(&file, absolute)?;
+        if !self.shrunk
+            && (now.size, now.mtime, now.ctime) != (metadata.size, metadata.mtime, metadata.ctime)
+        {
+            self.changed(absolute, "file changed as we read it");
+        }
         Ok(())
     }
 
-    fn regular_file(
+    fn stored_file(
         &mut self,
+        file: &mut File,
         absolute: &Path,
         name: &[u8],
-        metadata: &fs::Metadata,
+        metadata: &Meta,
         xattrs: &[Xattr],
     ) -> Result<(), PackError> {
-        let mut file = open_for_reading(absolute)?;
-        let opened = file
-            .metadata()
-            .map_err(|error| read_error(absolute, error))?;
-        if opened.ino() != metadata.ino() || opened.len() != metadata.len() {
-            return Err(PackError::Changed {
-                path: absolute.to_owned(),
-                detail: "it was replaced or resized between stat and open".to_owned(),
-            });
-        }
-        let size = metadata.len();
-        self.counts.regular += 1;
-        self.file_bytes += size;
-
+        let size = metadata.size;
         // Fewer allocated bytes than the size means holes; only then is the map worth reading.
-        let segments = if size > 0 && opened.blocks().saturating_mul(512) < size {
-            data_segments(&file, size).map_err(|error| read_error(absolute, error))?
+        let segments = if size > 0 && metadata.blocks.saturating_mul(512) < size {
+            data_segments(file, size).map_err(|error| read_error(absolute, error))?
         } else {
             None
         };
@@ -989,7 +1252,7 @@ impl Walker<'_> {
             let header = self.base_header(name, TypeFlag::Regular, metadata, xattrs);
             let header = EntryHeader { size, ..header };
             self.write_header(absolute, &header)?;
-            self.copy_data(absolute, &mut file, size)?;
+            self.copy_data(absolute, file, size)?;
             return self.pad(size);
         };
 
@@ -1018,7 +1281,7 @@ impl Walker<'_> {
             }
             file.seek(io::SeekFrom::Start(offset))
                 .map_err(|error| read_error(absolute, error))?;
-            self.copy_data(absolute, &mut file, length)?;
+            self.copy_data(absolute, file, length)?;
         }
         self.counts.sparse += 1;
         self.pad(stored)
@@ -1036,10 +1299,21 @@ impl Walker<'_> {
                 .min(self.buffer.len());
             let read = match file.read(&mut self.buffer[..want]) {
                 Ok(0) => {
-                    return Err(PackError::Changed {
-                        path: path.to_owned(),
-                        detail: format!("it shrank by {remaining} bytes while being read"),
-                    });
+                    // As GNU tar does: the header promised `length` bytes, so zeros follow.
+                    self.shrunk = true;
+                    self.changed(
+                        path,
+                        format!("file shrank by {remaining} bytes; padding with zeros"),
+                    );
+                    let zeros = vec![0; self.buffer.len()];
+                    while remaining > 0 {
+                        let chunk = usize::try_from(remaining)
+                            .unwrap_or(usize::MAX)
+                            .min(zeros.len());
+                        self.emit(&zeros[..chunk])?;
+                        remaining -= chunk as u64;
+                    }
+                    return Ok(());
                 }
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -1059,20 +1333,20 @@ impl Walker<'_> {
         &self,
         name: &'n [u8],
         type_flag: TypeFlag,
-        metadata: &fs::Metadata,
+        metadata: &Meta,
         xattrs: &'n [Xattr],
     ) -> EntryHeader<'n> {
         let mtime = match self.epoch {
-            Some(epoch) => metadata.mtime().min(epoch),
-            None => metadata.mtime(),
+            Some(epoch) => metadata.mtime.0.min(epoch),
+            None => metadata.mtime.0,
         };
         EntryHeader {
             name,
             link_name: None,
             type_flag,
-            mode: metadata.mode() & 0o7777,
-            uid: u64::from(metadata.uid()),
-            gid: u64::from(metadata.gid()),
+            mode: metadata.mode & 0o7777,
+            uid: u64::from(metadata.uid),
+            gid: u64::from(metadata.gid),
             size: 0,
             mtime,
             dev_major: 0,
@@ -1150,19 +1424,71 @@ fn matches_any(patterns: &[Pattern], relative: &[u8]) -> bool {
     patterns.iter().any(|pattern| pattern.matches(relative))
 }
 
-/// Opens without following symlinks and, where permitted, without updating the atime (reading
-/// the tree should not change it).
-fn open_for_reading(path: &Path) -> Result<File, PackError> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let opened = match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
+/// Opens `name` in `directory` without following symlinks, without blocking (a FIFO swapped
+/// in is not waited on) and, where permitted, without updating the atime (reading the tree
+/// should not change it). `None` when it is gone or no longer openable as a file.
+fn open_for_reading(
+    directory: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &Path,
+) -> Result<Option<File>, PackError> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let opened = match rustix::fs::openat(directory, name, flags | OFlags::NOATIME, Mode::empty()) {
         // O_NOATIME needs ownership of the file or CAP_FOWNER.
-        Err(Errno::PERM) => rustix::fs::open(path, flags, Mode::empty()),
+        Err(Errno::PERM) => rustix::fs::openat(directory, name, flags, Mode::empty()),
         other => other,
     };
-    opened
-        .map(File::from)
-        .map_err(|errno| read_error(path, errno.into()))
+    match opened {
+        Ok(handle) => Ok(Some(File::from(handle))),
+        Err(Errno::LOOP | Errno::NOENT | Errno::NXIO) => Ok(None),
+        Err(errno) => Err(read_error(path, errno.into())),
+    }
+}
+
+/// `/proc/self/fd/<directory>/<name>`: the entry `name` of an open directory, by a path that
+/// resolves through the handle (the directory cannot be swapped) and, with the `l*xattr`
+/// calls, does not follow `name` itself.
+fn proc_path(directory: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
+    let mut path = PathBuf::from(format!("/proc/self/fd/{}", directory.as_raw_fd()));
+    path.push(name);
+    path
+}
+
+/// Where extended attributes are read from: an open handle, or a path (not followed at its
+/// last component).
+enum XattrSource<'a> {
+    Handle(BorrowedFd<'a>),
+    Path(&'a Path),
+}
+
+impl XattrSource<'_> {
+    fn list_size(&self) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Handle(fd) => rustix::fs::flistxattr_query(fd),
+            XattrSource::Path(path) => rustix::fs::llistxattr_query(*path),
+        }
+    }
+
+    fn list(&self, buffer: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Handle(fd) => rustix::fs::flistxattr(fd, buffer),
+            XattrSource::Path(path) => rustix::fs::llistxattr(*path, buffer),
+        }
+    }
+
+    fn value_size(&self, name: &[u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Handle(fd) => rustix::fs::fgetxattr_query(fd, name),
+            XattrSource::Path(path) => rustix::fs::lgetxattr_query(*path, name),
+        }
+    }
+
+    fn value(&self, name: &[u8], buffer: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Handle(fd) => rustix::fs::fgetxattr(fd, name, buffer),
+            XattrSource::Path(path) => rustix::fs::lgetxattr(*path, name, buffer),
+        }
+    }
 }
 
 /// The data segments of a file with holes, or `None` where the filesystem cannot say.
@@ -1189,12 +1515,12 @@ fn data_segments(file: &File, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> 
     Ok(Some(segments))
 }
 
-/// All extended attributes of `path` (not following symlinks), sorted by name.
-fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, PackError> {
+/// All extended attributes of an entry, sorted by name; `path` names it in errors.
+fn read_xattrs(source: &XattrSource<'_>, path: &Path) -> Result<Vec<Xattr>, PackError> {
     let error = |errno: Errno| read_error(path, errno.into());
     let mut list = Vec::new();
     for attempt in 1..=XATTR_LIST_ATTEMPTS {
-        let size = match rustix::fs::llistxattr_query(path) {
+        let size = match source.list_size() {
             Ok(size) => size,
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
             Err(errno) => return Err(error(errno)),
@@ -1203,7 +1529,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, PackError> {
             return Ok(Vec::new());
         }
         list.resize(size, 0);
-        match rustix::fs::llistxattr(path, &mut list[..]) {
+        match source.list(&mut list[..]) {
             Ok(length) => {
                 list.truncate(length);
                 break;
@@ -1221,7 +1547,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, PackError> {
     {
         let mut value = Vec::new();
         for attempt in 1..=XATTR_LIST_ATTEMPTS {
-            let size = match rustix::fs::lgetxattr_query(path, name) {
+            let size = match source.value_size(name) {
                 Ok(size) => size,
                 // Removed since the list was read.
                 Err(Errno::NODATA) => break,
@@ -1232,7 +1558,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, PackError> {
                 xattrs.push((name.to_vec(), Vec::new()));
                 break;
             }
-            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+            match source.value(name, &mut value[..]) {
                 Ok(length) => {
                     value.truncate(length);
                     xattrs.push((name.to_vec(), std::mem::take(&mut value)));

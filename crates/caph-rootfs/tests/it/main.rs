@@ -2,7 +2,9 @@
 
 mod assemble;
 mod fidelity;
+mod hostile_trees;
 mod naming;
+mod properties;
 mod reproducible;
 mod rootfs;
 mod support;

@@ -124,3 +124,99 @@ fn gzip_is_made_of_independent_members_that_gzip_reads() {
         support::noise(9, 5 << 20).as_slice()
     );
 }
+
+/// Text-like, compressible bytes: words from a small vocabulary picked by a fixed generator, so
+/// the compressors find matches within and across their chunks and jobs.
+fn compressible(seed: u64, length: usize) -> Vec<u8> {
+    const WORDS: [&[u8]; 12] = [
+        b"kubelet ",
+        b"containerd ",
+        b"/usr/lib/x86_64-linux-gnu/",
+        b"sha256 ",
+        b"\n",
+        b"etc ",
+        b"node ",
+        b"image ",
+        b"0123456789abcdef",
+        b"\t",
+        b"runc ",
+        b"systemd ",
+    ];
+    let noise = support::noise(seed, length / 8);
+    let mut text = Vec::with_capacity(length + 32);
+    let mut index = 0;
+    while text.len() < length {
+        let pick = noise[index % noise.len()];
+        text.extend_from_slice(WORDS[usize::from(pick) % WORDS.len()]);
+        // Every so often a few raw bytes, so not everything is a match.
+        if pick > 240 {
+            text.extend_from_slice(&noise[(index * 7) % noise.len()..][..1]);
+        }
+        index += 1;
+    }
+    text.truncate(length);
+    text
+}
+
+/// A stream long enough for many zstd jobs (4 MiB) and gzip members (1 MiB), packed with 1, 2
+/// and 4 threads: the same bytes every time, and they unpack to the uncompressed stream.
+#[test]
+fn many_chunks_give_the_same_bytes_with_any_number_of_threads() {
+    let temp = tempfile::tempdir().unwrap();
+    let source = temp.path().join("tree");
+    std::fs::create_dir_all(source.join("usr/share")).unwrap();
+    for file in 0..6u64 {
+        std::fs::write(
+            source.join(format!("usr/share/part-{file}")),
+            compressible(file, 4 << 20),
+        )
+        .unwrap();
+    }
+    // Some incompressible data in between, and small files around it.
+    std::fs::write(source.join("usr/noise"), support::noise(77, 3 << 20)).unwrap();
+    for file in 0..50 {
+        std::fs::write(
+            source.join(format!("small-{file}")),
+            compressible(100 + file, 3000),
+        )
+        .unwrap();
+    }
+    let plain = temp.path().join("plain.tar");
+    let plain_summary = pack(&source, &plain, Compression::None, 1);
+    assert!(plain_summary.bytes_in > 26 << 20, "{plain_summary:?}");
+    let stream = std::fs::read(&plain).unwrap();
+
+    for compression in [Compression::zstd(), Compression::gzip()] {
+        let mut outputs = Vec::new();
+        for threads in [1, 2, 4] {
+            let output = temp
+                .path()
+                .join(format!("threads-{threads}.{}", compression.extension()));
+            let summary = pack(&source, &output, compression, threads);
+            assert_eq!(summary.bytes_in, plain_summary.bytes_in);
+            outputs.push((threads, std::fs::read(&output).unwrap(), output));
+        }
+        let (_, first, first_path) = &outputs[0];
+        for (threads, bytes, _) in &outputs[1..] {
+            assert!(
+                bytes == first,
+                "{compression}: {threads} threads gave other bytes than 1 thread"
+            );
+        }
+        // Compressed, and the standard tool gives back the uncompressed stream exactly.
+        assert!(
+            first.len() < stream.len() / 2,
+            "{compression}: {}",
+            first.len()
+        );
+        let tool = match compression {
+            Compression::Zstd { .. } => "zstd",
+            _ => "gzip",
+        };
+        let unpacked = support::run(Command::new(tool).arg("-dc").arg(first_path));
+        assert!(
+            unpacked == stream,
+            "{compression}: unpacks to another stream"
+        );
+    }
+}

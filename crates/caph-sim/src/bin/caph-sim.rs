@@ -23,6 +23,15 @@ use clap::Parser;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 
+/// One line on stderr, its control characters escaped (paths and messages come from clients
+/// and machines); a closed stderr is ignored rather than a panic.
+macro_rules! say {
+    ($($format:tt)*) => {{
+        let line = format!($($format)*);
+        let _ = writeln!(std::io::stderr(), "{}", caph_core::text::Escaped(&line));
+    }};
+}
+
 /// Simulators of the Hetzner Cloud API and the Hetzner Robot API on local sockets.
 #[derive(Debug, Parser)]
 #[command(name = "caph-sim", version)]
@@ -66,30 +75,56 @@ fn generated_token() -> String {
         .collect()
 }
 
-async fn terminated() {
+/// SIGINT and SIGTERM, listened for from the moment this is made: a signal that arrives before
+/// the endpoints are even printed is not missed (nor does it kill the process unhandled).
+struct Shutdown {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(stream) => stream,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Shutdown {
+    fn listen() -> Shutdown {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Shutdown {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Shutdown {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn requested(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.interrupt) => {}
+                _ = next(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 fn stderr_log() -> MachineLog {
-    Arc::new(|line: &str| eprintln!("caph-sim: {line}"))
+    Arc::new(|line: &str| say!("caph-sim: {line}"))
 }
 
 /// Machines for both simulators: separate [`SshMachines`] instances, so that Robot machine ids
@@ -107,12 +142,13 @@ fn ssh_machines() -> Result<(Arc<SshMachines>, Arc<SshMachines>), String> {
 }
 
 async fn serve(args: Args) -> ExitCode {
+    let shutdown = Shutdown::listen();
     if args.hcloud_listen.is_none() && args.robot.robot_listen.is_none() {
-        eprintln!("caph-sim: nothing to serve: give --hcloud-listen and/or --robot-listen");
+        say!("caph-sim: nothing to serve: give --hcloud-listen and/or --robot-listen");
         return ExitCode::from(2);
     }
     if !(args.time_scale.is_finite() && args.time_scale > 0.0) {
-        eprintln!("caph-sim: --time-scale must be a positive number");
+        say!("caph-sim: --time-scale must be a positive number");
         return ExitCode::FAILURE;
     }
     let time = TimeMode::Scaled(args.time_scale);
@@ -120,7 +156,7 @@ async fn serve(args: Args) -> ExitCode {
         match ssh_machines() {
             Ok(machines) => Some(machines),
             Err(error) => {
-                eprintln!("caph-sim: --ssh-machines: {error}");
+                say!("caph-sim: --ssh-machines: {error}");
                 return ExitCode::FAILURE;
             }
         }
@@ -149,7 +185,7 @@ async fn serve(args: Args) -> ExitCode {
                 let status = record
                     .status
                     .map_or_else(|| "dropped".to_owned(), |status| status.to_string());
-                eprintln!("caph-sim: {} {} {status}", record.method, record.path);
+                say!("caph-sim: {} {} {status}", record.method, record.path);
             }));
         }
         match HcloudSim::start(config).await {
@@ -162,7 +198,7 @@ async fn serve(args: Args) -> ExitCode {
                 hcloud = Some(sim);
             }
             Err(error) => {
-                eprintln!("caph-sim: cannot listen on {listen} for the hcloud API: {error}");
+                say!("caph-sim: cannot listen on {listen} for the hcloud API: {error}");
                 return ExitCode::FAILURE;
             }
         }
@@ -173,7 +209,7 @@ async fn serve(args: Args) -> ExitCode {
             let installimage_binary = match std::env::current_exe() {
                 Ok(path) => path,
                 Err(error) => {
-                    eprintln!("caph-sim: cannot find its own binary for installimage: {error}");
+                    say!("caph-sim: cannot find its own binary for installimage: {error}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -203,7 +239,7 @@ async fn serve(args: Args) -> ExitCode {
     let robot = match serve_from_args(&args.robot, time, robot_machines).await {
         Ok(robot) => robot,
         Err(error) => {
-            eprintln!("caph-sim: robot: {error}");
+            say!("caph-sim: robot: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -220,7 +256,7 @@ async fn serve(args: Args) -> ExitCode {
     }
     let _ = stdout.flush();
     drop(stdout);
-    terminated().await;
+    shutdown.requested().await;
     drop(robot);
     drop(hcloud);
     ExitCode::SUCCESS
@@ -241,7 +277,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("caph-sim: cannot start the async runtime: {error}");
+            say!("caph-sim: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };

@@ -104,14 +104,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use rand::Rng as _;
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+use crate::http::{self, BodyError, DropConnection, Limits, RequestLog};
 
 pub use api::routes;
 pub use catalog::{Catalog, Deprecation, Location, ServerType, SystemImage, TypeLocation};
@@ -208,6 +208,8 @@ pub struct HcloudSimConfig {
     pub on_request: Option<RequestObserver>,
     /// Locations, server types and system images on offer.
     pub catalog: Catalog,
+    /// What one client may make the simulator hold ([`crate::http`]).
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for HcloudSimConfig {
@@ -231,6 +233,7 @@ impl std::fmt::Debug for HcloudSimConfig {
                 "on_request",
                 &self.on_request.as_ref().map(|_| "<callback>"),
             )
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -250,6 +253,7 @@ impl Default for HcloudSimConfig {
             server_limit: None,
             on_request: None,
             catalog: Catalog::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -438,18 +442,6 @@ impl Drop for HcloudSim {
     }
 }
 
-/// Returned by the service to make hyper close the connection without an answer.
-#[derive(Debug)]
-struct DropConnection;
-
-impl std::fmt::Display for DropConnection {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("connection dropped by an injected fault")
-    }
-}
-
-impl std::error::Error for DropConnection {}
-
 /// How long a request in manual time mode waits for due work (host calls may be slow, e.g. a
 /// real sshd starting or a root filesystem being copied).
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
@@ -476,8 +468,16 @@ impl HcloudSim {
                 config.rate_limit_refill_per_second,
             ),
         ));
-        inner.world().server_limit = config.server_limit;
-        let acceptor = tokio::spawn(accept(listener, Arc::clone(&inner)));
+        {
+            let mut world = inner.world();
+            world.server_limit = config.server_limit;
+            world.request_log = RequestLog::new(config.limits.request_log);
+        }
+        let serving = Arc::clone(&inner);
+        let max_body_bytes = config.limits.max_body_bytes;
+        let acceptor = http::serve(listener, config.limits, move |_, request| {
+            handle(Arc::clone(&serving), max_body_bytes, request)
+        });
         Ok(HcloudSim {
             inner,
             address,
@@ -583,33 +583,12 @@ impl HcloudSim {
 
     /// Every request seen so far, in order.
     pub fn request_log(&self) -> Vec<RequestRecord> {
-        self.inner.world().request_log.clone()
+        self.inner.world().request_log.to_vec()
     }
 
     /// Every answer so far with its body (only with `record_responses`).
     pub fn recorded_responses(&self) -> Vec<RecordedResponse> {
         self.inner.world().recorded.clone()
-    }
-}
-
-async fn accept(listener: TcpListener, inner: Arc<Inner>) {
-    // Connections end with the acceptor: dropping the set aborts them.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            // Out of file descriptors or similar: wait a moment rather than spin.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        while connections.try_join_next().is_some() {}
-        let inner = Arc::clone(&inner);
-        connections.spawn(async move {
-            let service = service_fn(move |request| handle(Arc::clone(&inner), request));
-            // A client going away mid-request is not the simulator's problem.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 
@@ -675,16 +654,13 @@ fn authorized(inner: &Inner, header: Option<&hyper::header::HeaderValue>) -> boo
 
 async fn handle(
     inner: Arc<Inner>,
+    max_body_bytes: usize,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, DropConnection> {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = Query::parse(request.uri().query());
     let allowed = authorized(&inner, request.headers().get(hyper::header::AUTHORIZATION));
-    let body = match request.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(DropConnection),
-    };
     let Some((template, params)) = api::match_route(&method, &path) else {
         let error = ApiError::not_found("route");
         return Ok(respond(
@@ -723,6 +699,26 @@ async fn handle(
             Some(error.body()),
         ));
     }
+    // The client is checked (token, rate limit) before a byte of its body is read.
+    let body = match http::read_body(request, max_body_bytes).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            let error = ApiError::new(
+                413,
+                "invalid_input",
+                format!("the request body is larger than {max_body_bytes} bytes"),
+            );
+            return Ok(respond(
+                &inner,
+                &method,
+                &path,
+                Some(template),
+                error.status,
+                Some(error.body()),
+            ));
+        }
+        Err(BodyError::Failed) => return Err(DropConnection),
+    };
     let injected = take_request_fault(&inner, &method, template);
     let (drop_after, delay) = match injected {
         Some(Injected::Fail(error)) => {
@@ -771,8 +767,8 @@ async fn handle(
 
 fn log(inner: &Inner, method: &str, path: &str, template: Option<&str>, status: Option<u16>) {
     let record = RequestRecord {
-        method: method.to_owned(),
-        path: path.to_owned(),
+        method: http::for_log(method),
+        path: http::for_log(path),
         route: template.map(str::to_owned),
         status,
     };

@@ -73,7 +73,7 @@ pub(crate) struct World {
     pub(crate) faults: Vec<PendingFault>,
     /// Servers the project may have at once (`resource_limit_exceeded` beyond).
     pub(crate) server_limit: Option<u32>,
-    pub(crate) request_log: Vec<RequestRecord>,
+    pub(crate) request_log: crate::http::RequestLog<RequestRecord>,
     pub(crate) recorded: Vec<RecordedResponse>,
 }
 
@@ -438,7 +438,7 @@ impl World {
             next_action: 1_000_000_001,
             faults: Vec::new(),
             server_limit: None,
-            request_log: Vec::new(),
+            request_log: crate::http::RequestLog::new(crate::http::Limits::default().request_log),
             recorded: Vec::new(),
         }
     }

@@ -49,6 +49,50 @@ pub struct Manifest {
     /// The image file name as given in `IMAGE`.
     pub image: String,
     pub disk: InstalledDisk,
+    /// The partitions installimage encrypted (`crypt` after a `PART`'s size).
+    #[serde(default)]
+    pub encrypted: Vec<EncryptedPartition>,
+}
+
+/// A partition installimage formatted as a LUKS container (`cryptsetup luksFormat` with
+/// `CRYPTPASSWORD`). Nothing here runs cryptsetup, so the container is a stand-in: like a LUKS
+/// header, it keeps no passphrase, only a salted digest that [`EncryptedPartition::opens_with`]
+/// checks (a real key slot holds a PBKDF2 or Argon2 derivation instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedPartition {
+    /// Where the opened container is mounted.
+    pub mount: String,
+    /// The container's UUID (`luks-<uuid>` is its mapper name, as installimage names it).
+    pub uuid: String,
+    /// Hex salt of the digest.
+    pub salt: String,
+    /// Hex sha256 of the salt and the passphrase.
+    pub passphrase_sha256: String,
+}
+
+impl EncryptedPartition {
+    fn new(mount: &str, uuid: &str, passphrase: &str) -> EncryptedPartition {
+        let salt = hex::encode(rand::random::<[u8; 16]>());
+        EncryptedPartition {
+            mount: mount.to_owned(),
+            uuid: uuid.to_owned(),
+            passphrase_sha256: salted_digest(&salt, passphrase),
+            salt,
+        }
+    }
+
+    /// Whether `passphrase` opens the container.
+    pub fn opens_with(&self, passphrase: &str) -> bool {
+        salted_digest(&self.salt, passphrase) == self.passphrase_sha256
+    }
+}
+
+fn salted_digest(salt: &str, passphrase: &str) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(salt.as_bytes());
+    hasher.update(passphrase.as_bytes());
+    hex::encode(hasher.finalize())
 }
 
 /// `/root/debug.txt`, in installimage's `[HH:MM:SS] text` format.
@@ -272,6 +316,8 @@ struct PlannedPartition {
     fs: String,
     size_mib: Option<u64>,
     uuid: String,
+    /// The LUKS container's UUID, for a partition installimage encrypts.
+    luks: Option<String>,
 }
 
 pub(crate) fn install(
@@ -341,6 +387,9 @@ pub(crate) fn install(
     if vars.lvm {
         total += 1;
     }
+    if vars.crypt {
+        total += 1;
+    }
     let mut status = Status {
         out,
         step: 0,
@@ -380,6 +429,9 @@ pub(crate) fn install(
             } else {
                 random_uuid()
             },
+            // installimage marks the fstab entries of part lines that hold "crypt" (its
+            // `grep crypt`), and encrypts those.
+            luks: part.crypt.contains("crypt").then(random_uuid),
         })
         .collect();
     let image_path = disk_dir.join(format!(
@@ -478,6 +530,17 @@ pub(crate) fn install(
     if vars.lvm {
         status.step("Creating LVM volumes");
     }
+    let encrypted: Vec<EncryptedPartition> = planned
+        .iter()
+        .filter_map(|part| {
+            let uuid = part.luks.as_deref()?;
+            Some(EncryptedPartition::new(
+                &part.mount,
+                uuid,
+                &vars.crypt_password,
+            ))
+        })
+        .collect();
     status.step_open("Formatting partitions");
     for part in &planned {
         if !matches!(part.fs.as_str(), "none") && !part.fs.starts_with("bios_grub") {
@@ -574,6 +637,22 @@ pub(crate) fn install(
     // The root directory must stay root-owned 0755 (sshd's chroot rule, and what mkfs gives).
     let _ = std::fs::set_permissions(&stage, std::fs::Permissions::from_mode(0o755));
     write(&stage.join("etc/fstab"), &fstab)?;
+    if vars.crypt {
+        // installimage's encrypt_partitions: one crypttab line per container, and the
+        // dm-crypt module for Ubuntu's initramfs.
+        let crypttab: String = encrypted
+            .iter()
+            .map(|partition| format!("luks-{0} UUID={0} none luks\n", partition.uuid))
+            .collect();
+        write(&stage.join("etc/crypttab"), &crypttab)?;
+        if info.distro == "ubuntu" {
+            let modules = stage.join("etc/modules");
+            let mut text = std::fs::read_to_string(&modules).unwrap_or_default();
+            text.push_str("dm-crypt\n");
+            write(&modules, &text)?;
+        }
+        status.step("Encrypt partitions and create /etc/crypttab");
+    }
 
     let network = network_config(&info.distro, facts);
     write(&stage.join(&network.0), &network.1)?;
@@ -768,6 +847,7 @@ pub(crate) fn install(
         hostname: vars.hostname.clone(),
         image: file_name.clone(),
         disk,
+        encrypted,
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|error| format!("ERROR: writing the manifest: {error}"))?;
@@ -809,6 +889,16 @@ fn render_fstab(vars: &Vars, planned: &[PlannedPartition], drive1: &str) -> Stri
             partition_device(drive1, part.number)
         };
         let source = format!("UUID={}", part.uuid);
+        if let Some(luks) = &part.luks {
+            // make_fstab_entry's crypted entry, its device then swapped for the mapper's.
+            if !matches!(part.mount.as_str(), "lvm" | "none" | "swap") {
+                fstab.push_str(&format!(
+                    "/dev/mapper/luks-{luks} {} {} defaults 0 0 # crypted\n",
+                    part.mount, part.fs
+                ));
+            }
+            continue;
+        }
         match (part.mount.as_str(), part.fs.as_str()) {
             (_, "swap") => fstab.push_str(&format!("# {device}\n{source} none swap sw 0 0\n")),
             ("lvm" | "none", _) => {}

@@ -28,6 +28,10 @@
 //! stderr), and every image must run `/usr/bin/env true` in a chroot (installimage's container
 //! check). Not simulated: `nfs` image sources, GPG verification of `URL.sig` (fetched, not
 //! checked), software RAID, LVM and encryption on disk images (those layouts go to a directory).
+//! Encryption (`crypt` after a `PART`'s size, with `CRYPTPASSWORD`) is carried as installimage
+//! does it in the files it writes: `/etc/crypttab`, `/dev/mapper/luks-<uuid>` entries marked
+//! `# crypted` in `/etc/fstab`, `dm-crypt` in Ubuntu's `/etc/modules`; the container itself is
+//! a stand-in in the [`Manifest`] that opens with the passphrase installimage read.
 //!
 //! What is checked but not run, because nothing boots a kernel here: `update-initramfs` and
 //! `grub-install` must exist in the image and a kernel must be in `/boot` (an image without them
@@ -47,7 +51,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use install::{InstalledDisk, InstalledPartition, MANIFEST_NAME, Manifest};
+pub use install::{EncryptedPartition, InstalledDisk, InstalledPartition, MANIFEST_NAME, Manifest};
 pub use validate::{ImageInfo, image_info};
 
 /// Where the simulated rescue system keeps the machine facts for [`main_from_args`].

@@ -160,6 +160,8 @@ pub async fn read_installed_system(
             hostname,
             image: image_name,
             disk: InstalledDisk::Images { partitions: found },
+            // The real installimage cannot encrypt here: this kernel has no device-mapper.
+            encrypted: Vec::new(),
         }));
     }
     Ok(None)

@@ -4,6 +4,9 @@
 //! `authorized_key[0]=A&authorized_key[1]=B` all mean the list `[A, B]`; order is kept as sent
 //! (indexed spellings are ordered by their index).
 
+/// The most pairs of one form the request log keeps (real requests send a handful).
+const LOGGED_PAIRS: usize = 16;
+
 /// The decoded parameters of a body, in order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Form {
@@ -29,12 +32,14 @@ impl Form {
     }
 
     /// The pairs as sent (array keys without their brackets), for the request log; fields that
-    /// can hold a secret are left out.
+    /// can hold a secret are left out, and the log keeps a bounded record: the first
+    /// [`LOGGED_PAIRS`] pairs, each cut to [`crate::http::LOGGED_TEXT_BYTES`].
     pub(crate) fn pairs_for_log(&self) -> Vec<(String, String)> {
         self.pairs
             .iter()
             .filter(|(key, _, _)| !key.contains("password"))
-            .map(|(key, _, value)| (key.clone(), value.clone()))
+            .take(LOGGED_PAIRS)
+            .map(|(key, _, value)| (crate::http::for_log(key), crate::http::for_log(value)))
             .collect()
     }
 

@@ -65,13 +65,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+use crate::http::{self, BodyError, DropConnection, Limits, RequestLog};
 
 pub use crate::hcloud::TimeMode;
 pub use api::routes;
@@ -204,6 +204,8 @@ pub struct RobotSimConfig {
     pub rate_limits: Vec<RateLimit>,
     /// The machines behind servers; default [`RobotAddressOnly`].
     pub machines: Arc<dyn RobotMachines>,
+    /// What one client may make the simulator hold ([`crate::http`]).
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for RobotSimConfig {
@@ -218,6 +220,7 @@ impl std::fmt::Debug for RobotSimConfig {
             .field("servers", &self.servers)
             .field("rate_limits", &self.rate_limits)
             .field("machines", &self.machines)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -233,6 +236,7 @@ impl Default for RobotSimConfig {
             servers: Vec::new(),
             rate_limits: RateLimit::defaults(),
             machines: Arc::new(RobotAddressOnly::default()),
+            limits: Limits::default(),
         }
     }
 }
@@ -412,7 +416,7 @@ pub(crate) struct World {
     pub(crate) keys: Vec<KeyRec>,
     pub(crate) events: Vec<Event>,
     faults: Vec<PendingFault>,
-    request_log: Vec<RequestRecord>,
+    request_log: RequestLog<RequestRecord>,
     logins: HashMap<IpAddr, LoginRecord>,
     /// Per route: start of the current window and requests counted in it.
     windows: HashMap<String, (SimTime, u32)>,
@@ -427,6 +431,7 @@ pub(crate) struct Inner {
     pub(crate) durations: RobotDurations,
     rate_limits: Vec<RateLimit>,
     machines: Arc<dyn RobotMachines>,
+    max_body_bytes: usize,
     world: Mutex<World>,
     /// Wakes the scheduler when an event is added.
     wake: tokio::sync::Notify,
@@ -472,18 +477,6 @@ impl Drop for RobotSim {
         }
     }
 }
-
-/// Returned by the service to make hyper close the connection without an answer.
-#[derive(Debug)]
-struct DropConnection;
-
-impl std::fmt::Display for DropConnection {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("connection dropped by an injected fault")
-    }
-}
-
-impl std::error::Error for DropConnection {}
 
 /// How long [`RobotSim::settle`] waits for due boots (a real machine boot copies a root
 /// filesystem and starts sshd, which can take a minute on a busy disk).
@@ -572,19 +565,23 @@ impl RobotSim {
             durations: config.durations,
             rate_limits: config.rate_limits,
             machines: config.machines,
+            max_body_bytes: config.limits.max_body_bytes,
             world: Mutex::new(World {
                 servers,
                 keys: Vec::new(),
                 events: Vec::new(),
                 faults: Vec::new(),
-                request_log: Vec::new(),
+                request_log: RequestLog::new(config.limits.request_log),
                 logins: HashMap::new(),
                 windows: HashMap::new(),
                 busy: std::collections::HashSet::new(),
             }),
             wake: tokio::sync::Notify::new(),
         });
-        let acceptor = tokio::spawn(accept(listener, Arc::clone(&inner)));
+        let serving = Arc::clone(&inner);
+        let acceptor = http::serve(listener, config.limits, move |peer, request| {
+            handle(Arc::clone(&serving), peer.ip(), request)
+        });
         let scheduler = tokio::spawn(schedule_loop(Arc::clone(&inner)));
         let mut tasks = vec![acceptor, scheduler];
         if let Some(mut requests) = inner.machines.reboot_requests() {
@@ -700,7 +697,7 @@ impl RobotSim {
 
     /// Every request seen so far, in order.
     pub fn request_log(&self) -> Vec<RequestRecord> {
-        self.inner.world().request_log.clone()
+        self.inner.world().request_log.to_vec()
     }
 }
 
@@ -858,27 +855,6 @@ async fn apply(inner: &Inner, event: Event) {
     }
 }
 
-async fn accept(listener: TcpListener, inner: Arc<Inner>) {
-    // Connections end with the acceptor: dropping the set aborts them.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            // Out of file descriptors or similar: wait a moment rather than spin.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        while connections.try_join_next().is_some() {}
-        let inner = Arc::clone(&inner);
-        connections.spawn(async move {
-            let service = service_fn(move |request| handle(Arc::clone(&inner), peer.ip(), request));
-            // A client going away mid-request is not the simulator's problem.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 /// What an injected request fault asks for.
 enum Injected {
     Fail(ApiError),
@@ -1003,33 +979,49 @@ async fn handle(
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let good = credentials_match(&inner, request.headers().get(hyper::header::AUTHORIZATION));
-    let body = match request.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(DropConnection),
-    };
-    let form = form::Form::parse(&body);
-    let logged_form = form.pairs_for_log();
-    let record = |status: Option<u16>, template: Option<&str>| RequestRecord {
-        method: method.clone(),
-        path: path.clone(),
-        route: template.map(str::to_owned),
-        status,
-        form: logged_form.clone(),
-    };
+    let mut logged_form = Vec::new();
+    let record =
+        |status: Option<u16>, template: Option<&str>, form: &[(String, String)]| RequestRecord {
+            method: http::for_log(&method),
+            path: http::for_log(&path),
+            route: template.map(str::to_owned),
+            status,
+            form: form.to_vec(),
+        };
     let Some((template, params)) = api::match_route(&method, &path) else {
         let error = ApiError::new(404, "NOT_FOUND", "Not Found");
-        inner.world().request_log.push(record(Some(404), None));
+        inner
+            .world()
+            .request_log
+            .push(record(Some(404), None, &logged_form));
         return Ok(respond(error.status, Some(error.body())));
     };
+    // The client is checked before a byte of its body is read.
     let checked =
         check_login(&inner, source, good).and_then(|()| check_rate(&inner, &method, template));
     if let Err(error) = checked {
         inner
             .world()
             .request_log
-            .push(record(Some(error.status), Some(template)));
+            .push(record(Some(error.status), Some(template), &logged_form));
         return Ok(respond(error.status, Some(error.body())));
     }
+    let body = match http::read_body(request, inner.max_body_bytes).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            let error = ApiError::new(413, "PAYLOAD_TOO_LARGE", "Payload Too Large");
+            inner
+                .world()
+                .request_log
+                .push(record(Some(413), Some(template), &logged_form));
+            return Ok(respond(error.status, Some(error.body())));
+        }
+        Err(BodyError::Failed) => return Err(DropConnection),
+    };
+    let form = form::Form::parse(&body);
+    logged_form = form.pairs_for_log();
+    let record =
+        |status: Option<u16>, template: Option<&str>| record(status, template, &logged_form);
     let (drop_after, delay) = match take_request_fault(&inner, &method, template) {
         Some(Injected::Fail(error)) => {
             inner

@@ -1,0 +1,463 @@
+#!/bin/bash
+# caph-image plan: image debian-13-k8s-v1.36.4, target hcloud, architecture x86
+# spec sha256 208c86828661ec47bbbd81125095ef4f3fce74313582f5d15c0797d8ab59be0e
+# Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
+
+# ---- step 1/20: wait-for-system ----
+set -euo pipefail
+# cloud-init may still be installing packages on a fresh server; wait where it exists.
+if command -v cloud-init >/dev/null 2>&1; then
+  cloud-init status --wait >/dev/null || echo "cloud-init finished with status $?; continuing" >&2
+fi
+# Keep apt's timers from taking the dpkg lock during the build; they stay masked on the node unless the spec sets system.automatic_upgrades.
+systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service unattended-upgrades.service >/dev/null 2>&1 || true
+if [ -d /run/systemd/system ]; then
+  systemctl stop apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service unattended-upgrades.service >/dev/null 2>&1 || true
+fi
+# Wait for any dpkg run in progress (where dpkg's lock exists) before the first apt call.
+if [ -e /var/lib/dpkg/lock-frontend ] && command -v flock >/dev/null 2>&1; then
+  flock --timeout 600 /var/lib/dpkg/lock-frontend true
+fi
+
+# ---- step 2/20: kernel-modules-config ----
+set -euo pipefail
+install -d -m 0755 /etc/modules-load.d
+cat > /etc/modules-load.d/caph-image.conf <<'CAPH_IMAGE_FILE'
+overlay
+br_netfilter
+CAPH_IMAGE_FILE
+chown root:root /etc/modules-load.d/caph-image.conf
+chmod 0644 /etc/modules-load.d/caph-image.conf
+
+# ---- step 3/20: sysctl-config ----
+set -euo pipefail
+install -d -m 0755 /etc/sysctl.d
+cat > /etc/sysctl.d/99-zz-caph-image.conf <<'CAPH_IMAGE_FILE'
+fs.inotify.max_user_instances = 8192
+fs.inotify.max_user_watches = 524288
+net.bridge.bridge-nf-call-ip6tables = 1
+net.bridge.bridge-nf-call-iptables = 1
+net.ipv4.ip_forward = 1
+net.ipv6.conf.all.forwarding = 1
+CAPH_IMAGE_FILE
+chown root:root /etc/sysctl.d/99-zz-caph-image.conf
+chmod 0644 /etc/sysctl.d/99-zz-caph-image.conf
+
+# ---- step 4/20: apply-kernel-settings ----
+set -euo pipefail
+# Load now what /etc/modules-load.d loads at boot; the persisted files are what the image keeps.
+modprobe overlay || echo "warning: cannot load overlay now; it loads at boot" >&2
+modprobe br_netfilter || echo "warning: cannot load br_netfilter now; it loads at boot" >&2
+sysctl --system >/dev/null || echo 'warning: some sysctls cannot be applied now; they apply at boot' >&2
+
+# ---- step 5/20: swap-off ----
+set -euo pipefail
+swapoff -a || true
+if [ -f /etc/fstab ]; then
+  sed -i -E 's@^([^#[:space:]][^[:space:]]*[[:space:]]+[^[:space:]]+[[:space:]]+swap[[:space:]].*)$@# swap disabled by caph-image: \1@' /etc/fstab
+fi
+if [ -f /swap.img ]; then rm -f /swap.img; fi
+
+# ---- step 6/20: packages ----
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat systemd-timesyncd util-linux open-iscsi nfs-common lvm2
+
+# ---- step 7/20: containerd ----
+set -euo pipefail
+caph_download() {
+  # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
+  local url=$1 dest=$2 reason
+  if ! reason=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url" 2>&1); then
+    rm -f "$dest"
+    echo "caph-image: downloading $url failed: ${reason:-curl gave no reason}" >&2
+    exit 1
+  fi
+}
+caph_fetch() {
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
+  caph_download "$url" "$dest"
+  actual=$(sha256sum "$dest" | cut -d' ' -f1)
+  if [ "$actual" != "$expected" ]; then
+    rm -f "$dest"
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
+    exit 1
+  fi
+  echo "verified $url (sha256 $actual)"
+}
+caph_published_sha256() {
+  # caph_published_sha256 CHECKSUM_URL FILE_NAME: the digest for FILE_NAME in an upstream checksum file.
+  # Runs in $(...), where `set -e` does not reach: every failure exits explicitly.
+  local sums digest sums_file
+  sums_file=$(mktemp)
+  ( caph_download "$1" "$sums_file" ) || { rm -f "$sums_file"; exit 1; }
+  sums=$(cat "$sums_file")
+  rm -f "$sums_file"
+  digest=$(printf '%s\n' "$sums" | awk -v name="$2" 'NF == 1 && NR == 1 { only = $1 } NF >= 2 { f = $2; sub(/^\*/, "", f); if (f == name) { print $1; found = 1; exit } } END { if (!found && only != "") print only }')
+  if [ -z "$digest" ]; then
+    echo "caph-image: no sha256 for $2 in $1" >&2
+    exit 1
+  fi
+  printf '%s\n' "$digest"
+}
+expected=9d68969855fbf676cdb8ed758e420fb048d61f984f61de3e53eddfebe484d168
+caph_fetch https://github.com/containerd/containerd/releases/download/v2.3.4/containerd-2.3.4-linux-amd64.tar.gz /tmp/caph-containerd.tar.gz "$expected" 'pinned by containerd.sha256.amd64 in the spec'
+tar -C /usr/local -xzf /tmp/caph-containerd.tar.gz
+rm -f /tmp/caph-containerd.tar.gz
+/usr/local/bin/containerd --version
+
+# ---- step 8/20: containerd-unit ----
+set -euo pipefail
+install -d -m 0755 /etc/systemd/system
+cat > /etc/systemd/system/containerd.service <<'CAPH_IMAGE_FILE'
+[Unit]
+Description=containerd container runtime
+Documentation=https://containerd.io
+After=network.target local-fs.target dbus.service
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+CAPH_IMAGE_FILE
+chown root:root /etc/systemd/system/containerd.service
+chmod 0644 /etc/systemd/system/containerd.service
+
+# ---- step 9/20: containerd-directories ----
+set -euo pipefail
+# Registry host configurations (mirrors) and config drop-ins, which config.toml names.
+install -d -m 0755 /etc/containerd/certs.d /etc/containerd/conf.d
+
+# ---- step 10/20: containerd-config ----
+set -euo pipefail
+install -d -m 0755 /etc/containerd
+cat > /etc/containerd/config.toml <<'CAPH_IMAGE_FILE'
+# Written by caph-image for containerd 2.3.4.
+version = 3
+imports = ["/etc/containerd/conf.d/*.toml"]
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+sandbox = "registry.k8s.io/pause:3.10.2"
+
+[plugins."io.containerd.cri.v1.images".registry]
+config_path = "/etc/containerd/certs.d"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+SystemdCgroup = true
+CAPH_IMAGE_FILE
+chown root:root /etc/containerd/config.toml
+chmod 0644 /etc/containerd/config.toml
+
+# ---- step 11/20: runc ----
+set -euo pipefail
+caph_download() {
+  # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
+  local url=$1 dest=$2 reason
+  if ! reason=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url" 2>&1); then
+    rm -f "$dest"
+    echo "caph-image: downloading $url failed: ${reason:-curl gave no reason}" >&2
+    exit 1
+  fi
+}
+caph_fetch() {
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
+  caph_download "$url" "$dest"
+  actual=$(sha256sum "$dest" | cut -d' ' -f1)
+  if [ "$actual" != "$expected" ]; then
+    rm -f "$dest"
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
+    exit 1
+  fi
+  echo "verified $url (sha256 $actual)"
+}
+caph_published_sha256() {
+  # caph_published_sha256 CHECKSUM_URL FILE_NAME: the digest for FILE_NAME in an upstream checksum file.
+  # Runs in $(...), where `set -e` does not reach: every failure exits explicitly.
+  local sums digest sums_file
+  sums_file=$(mktemp)
+  ( caph_download "$1" "$sums_file" ) || { rm -f "$sums_file"; exit 1; }
+  sums=$(cat "$sums_file")
+  rm -f "$sums_file"
+  digest=$(printf '%s\n' "$sums" | awk -v name="$2" 'NF == 1 && NR == 1 { only = $1 } NF >= 2 { f = $2; sub(/^\*/, "", f); if (f == name) { print $1; found = 1; exit } } END { if (!found && only != "") print only }')
+  if [ -z "$digest" ]; then
+    echo "caph-image: no sha256 for $2 in $1" >&2
+    exit 1
+  fi
+  printf '%s\n' "$digest"
+}
+expected=f6ae8efc0fa40079e1475e97cbe9d1bd3f106a28d6af78a11d9f1bd565515e60
+caph_fetch https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64 /tmp/caph-runc "$expected" 'pinned by runc.sha256.amd64 in the spec'
+install -m 0755 /tmp/caph-runc /usr/local/sbin/runc
+rm -f /tmp/caph-runc
+/usr/local/sbin/runc --version
+
+# ---- step 12/20: crictl ----
+set -euo pipefail
+caph_download() {
+  # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
+  local url=$1 dest=$2 reason
+  if ! reason=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url" 2>&1); then
+    rm -f "$dest"
+    echo "caph-image: downloading $url failed: ${reason:-curl gave no reason}" >&2
+    exit 1
+  fi
+}
+caph_fetch() {
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
+  caph_download "$url" "$dest"
+  actual=$(sha256sum "$dest" | cut -d' ' -f1)
+  if [ "$actual" != "$expected" ]; then
+    rm -f "$dest"
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
+    exit 1
+  fi
+  echo "verified $url (sha256 $actual)"
+}
+caph_published_sha256() {
+  # caph_published_sha256 CHECKSUM_URL FILE_NAME: the digest for FILE_NAME in an upstream checksum file.
+  # Runs in $(...), where `set -e` does not reach: every failure exits explicitly.
+  local sums digest sums_file
+  sums_file=$(mktemp)
+  ( caph_download "$1" "$sums_file" ) || { rm -f "$sums_file"; exit 1; }
+  sums=$(cat "$sums_file")
+  rm -f "$sums_file"
+  digest=$(printf '%s\n' "$sums" | awk -v name="$2" 'NF == 1 && NR == 1 { only = $1 } NF >= 2 { f = $2; sub(/^\*/, "", f); if (f == name) { print $1; found = 1; exit } } END { if (!found && only != "") print only }')
+  if [ -z "$digest" ]; then
+    echo "caph-image: no sha256 for $2 in $1" >&2
+    exit 1
+  fi
+  printf '%s\n' "$digest"
+}
+expected=83855e114566a8a8c44c548d515670f51de3a5e1da8b2effb59870e2f10c25a3
+caph_fetch https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-amd64.tar.gz /tmp/caph-crictl.tar.gz "$expected" 'pinned by crictl.sha256.amd64 in the spec'
+tar -C /usr/local/bin -xzf /tmp/caph-crictl.tar.gz crictl
+rm -f /tmp/caph-crictl.tar.gz
+/usr/local/bin/crictl --version
+
+# ---- step 13/20: crictl-config ----
+set -euo pipefail
+install -d -m 0755 /etc
+cat > /etc/crictl.yaml <<'CAPH_IMAGE_FILE'
+runtime-endpoint: unix:///run/containerd/containerd.sock
+image-endpoint: unix:///run/containerd/containerd.sock
+timeout: 10
+CAPH_IMAGE_FILE
+chown root:root /etc/crictl.yaml
+chmod 0644 /etc/crictl.yaml
+
+# ---- step 14/20: cni-plugins ----
+set -euo pipefail
+caph_download() {
+  # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
+  local url=$1 dest=$2 reason
+  if ! reason=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url" 2>&1); then
+    rm -f "$dest"
+    echo "caph-image: downloading $url failed: ${reason:-curl gave no reason}" >&2
+    exit 1
+  fi
+}
+caph_fetch() {
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
+  caph_download "$url" "$dest"
+  actual=$(sha256sum "$dest" | cut -d' ' -f1)
+  if [ "$actual" != "$expected" ]; then
+    rm -f "$dest"
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
+    exit 1
+  fi
+  echo "verified $url (sha256 $actual)"
+}
+caph_published_sha256() {
+  # caph_published_sha256 CHECKSUM_URL FILE_NAME: the digest for FILE_NAME in an upstream checksum file.
+  # Runs in $(...), where `set -e` does not reach: every failure exits explicitly.
+  local sums digest sums_file
+  sums_file=$(mktemp)
+  ( caph_download "$1" "$sums_file" ) || { rm -f "$sums_file"; exit 1; }
+  sums=$(cat "$sums_file")
+  rm -f "$sums_file"
+  digest=$(printf '%s\n' "$sums" | awk -v name="$2" 'NF == 1 && NR == 1 { only = $1 } NF >= 2 { f = $2; sub(/^\*/, "", f); if (f == name) { print $1; found = 1; exit } } END { if (!found && only != "") print only }')
+  if [ -z "$digest" ]; then
+    echo "caph-image: no sha256 for $2 in $1" >&2
+    exit 1
+  fi
+  printf '%s\n' "$digest"
+}
+expected=b98f74a0f8522f0a83867178729c1aa70f2158f90c45a2ca8fa791db1c76b303
+caph_fetch https://github.com/containernetworking/plugins/releases/download/v1.9.1/cni-plugins-linux-amd64-v1.9.1.tgz /tmp/caph-cni-plugins.tgz "$expected" 'pinned by cni.sha256.amd64 in the spec'
+install -d -m 0755 /opt/cni/bin
+tar -C /opt/cni/bin -xzf /tmp/caph-cni-plugins.tgz
+rm -f /tmp/caph-cni-plugins.tgz
+# Every CNI plugin answers the VERSION command of the CNI specification.
+CNI_COMMAND=VERSION /opt/cni/bin/loopback </dev/null
+
+# ---- step 15/20: kubernetes ----
+set -euo pipefail
+caph_download() {
+  # caph_download URL DEST: download, or stop and say which download failed and curl's reason.
+  local url=$1 dest=$2 reason
+  if ! reason=$(curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 --output "$dest" "$url" 2>&1); then
+    rm -f "$dest"
+    echo "caph-image: downloading $url failed: ${reason:-curl gave no reason}" >&2
+    exit 1
+  fi
+}
+caph_fetch() {
+  # caph_fetch URL DEST EXPECTED_SHA256 ORIGIN: download, then refuse the file unless its sha256
+  # matches; ORIGIN says where the expected digest comes from (the spec's pin, or a checksum file).
+  local url=$1 dest=$2 expected=$3 origin=${4:-} actual
+  caph_download "$url" "$dest"
+  actual=$(sha256sum "$dest" | cut -d' ' -f1)
+  if [ "$actual" != "$expected" ]; then
+    rm -f "$dest"
+    echo "caph-image: checksum mismatch for $url: expected sha256 $expected (${origin:-the expected digest}), got $actual" >&2
+    exit 1
+  fi
+  echo "verified $url (sha256 $actual)"
+}
+caph_published_sha256() {
+  # caph_published_sha256 CHECKSUM_URL FILE_NAME: the digest for FILE_NAME in an upstream checksum file.
+  # Runs in $(...), where `set -e` does not reach: every failure exits explicitly.
+  local sums digest sums_file
+  sums_file=$(mktemp)
+  ( caph_download "$1" "$sums_file" ) || { rm -f "$sums_file"; exit 1; }
+  sums=$(cat "$sums_file")
+  rm -f "$sums_file"
+  digest=$(printf '%s\n' "$sums" | awk -v name="$2" 'NF == 1 && NR == 1 { only = $1 } NF >= 2 { f = $2; sub(/^\*/, "", f); if (f == name) { print $1; found = 1; exit } } END { if (!found && only != "") print only }')
+  if [ -z "$digest" ]; then
+    echo "caph-image: no sha256 for $2 in $1" >&2
+    exit 1
+  fi
+  printf '%s\n' "$digest"
+}
+expected=10d054585907f2c8bb823c84f6a66b3bd2a474c3d795475f04e9a44f78650fe6
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubeadm /tmp/caph-kubeadm "$expected" 'pinned by kubernetes.sha256.amd64.kubeadm in the spec'
+install -m 0755 /tmp/caph-kubeadm /usr/local/bin/kubeadm
+rm -f /tmp/caph-kubeadm
+expected=8b8f088da2dab964f853b38464033b1be15ede2839eca751482357c45abdd05a
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubectl /tmp/caph-kubectl "$expected" 'pinned by kubernetes.sha256.amd64.kubectl in the spec'
+install -m 0755 /tmp/caph-kubectl /usr/local/bin/kubectl
+rm -f /tmp/caph-kubectl
+expected=cf2562db46c48ab84cc3791540778ee7fb1a0a008529adbb434723dd02ed8b4b
+caph_fetch https://dl.k8s.io/release/v1.36.4/bin/linux/amd64/kubelet /tmp/caph-kubelet "$expected" 'pinned by kubernetes.sha256.amd64.kubelet in the spec'
+install -m 0755 /tmp/caph-kubelet /usr/local/bin/kubelet
+rm -f /tmp/caph-kubelet
+/usr/local/bin/kubelet --version
+
+# ---- step 16/20: kubelet-unit ----
+set -euo pipefail
+install -d -m 0755 /etc/systemd/system
+cat > /etc/systemd/system/kubelet.service <<'CAPH_IMAGE_FILE'
+[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/local/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+CAPH_IMAGE_FILE
+chown root:root /etc/systemd/system/kubelet.service
+chmod 0644 /etc/systemd/system/kubelet.service
+
+# ---- step 17/20: kubelet-kubeadm-dropin ----
+set -euo pipefail
+install -d -m 0755 /etc/systemd/system/kubelet.service.d
+cat > /etc/systemd/system/kubelet.service.d/10-kubeadm.conf <<'CAPH_IMAGE_FILE'
+# kubeadm writes kubeadm-flags.env and config.yaml at join time; this wires them into kubelet.
+[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=
+ExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+CAPH_IMAGE_FILE
+chown root:root /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
+chmod 0644 /etc/systemd/system/kubelet.service.d/10-kubeadm.conf
+
+# ---- step 18/20: enable-services ----
+set -euo pipefail
+# systemctl enable works offline too, so this holds in a chroot as on a booted server.
+systemctl daemon-reload >/dev/null 2>&1 || true
+systemctl enable containerd.service kubelet.service
+
+# ---- step 19/20: provenance ----
+set -euo pipefail
+# Written like os-release: KEY=value lines a shell can source.
+{
+  printf '%s=%s\n' CAPH_IMAGE_NAME debian-13-k8s-v1.36.4
+  printf '%s=%s\n' SPEC_FILE images/debian-13-k8s-1.36.toml
+  printf '%s=%s\n' SPEC_SHA256 208c86828661ec47bbbd81125095ef4f3fce74313582f5d15c0797d8ab59be0e
+  printf '%s=%s\n' OS debian
+  printf '%s=%s\n' OS_VERSION 13
+  printf '%s=%s\n' ARCHITECTURE x86
+  printf '%s=%s\n' TARGET hcloud
+  printf '%s=%s\n' KUBERNETES_VERSION 1.36.4
+  printf '%s=%s\n' CONTAINERD_VERSION 2.3.4
+  printf '%s=%s\n' RUNC_VERSION 1.4.3
+  printf '%s=%s\n' CRICTL_VERSION 1.36.0
+  printf 'BUILD_ID=%s\n' "${CAPH_BUILD_ID:-unknown}"
+  printf 'BUILD_TIME=%s\n' "${CAPH_BUILD_TIME:-unknown}"
+  printf 'BUILDER="%s"\n' "${CAPH_BUILDER:-caph-image}"
+} > /etc/caph-image-release
+chmod 0644 /etc/caph-image-release
+
+# ---- step 20/20: hygiene ----
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+# No automatic upgrades on a node (system.automatic_upgrades = false): apt's timers stay masked, and apt's periodic jobs are off.
+install -d -m 0755 /etc/apt/apt.conf.d
+printf '%s\n' 'APT::Periodic::Update-Package-Lists "0";' 'APT::Periodic::Unattended-Upgrade "0";' > /etc/apt/apt.conf.d/20auto-upgrades
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+find /var/log -type f -exec truncate -s 0 {} +
+rm -f /etc/ssh/ssh_host_*
+# Remove the build's temporary key; keys the spec placed itself stay.
+if [ -n "${CAPH_BUILD_PUBLIC_KEY:-}" ] && [ -f /root/.ssh/authorized_keys ]; then
+  build_key=$(printf '%s\n' "$CAPH_BUILD_PUBLIC_KEY" | awk '{ print $2 }')
+  grep -vF "$build_key" /root/.ssh/authorized_keys > /root/.ssh/authorized_keys.caph || true
+  if [ -s /root/.ssh/authorized_keys.caph ]; then
+    mv /root/.ssh/authorized_keys.caph /root/.ssh/authorized_keys
+  else
+    rm -f /root/.ssh/authorized_keys.caph /root/.ssh/authorized_keys
+  fi
+fi
+if command -v cloud-init >/dev/null 2>&1; then
+  cloud-init clean --logs --machine-id --seed || cloud-init clean --logs
+fi
+# An empty machine-id makes systemd generate a fresh one on first boot.
+truncate -s 0 /etc/machine-id
+if [ -d /var/lib/dbus ]; then rm -f /var/lib/dbus/machine-id && ln -s /etc/machine-id /var/lib/dbus/machine-id; fi
+rm -rf /tmp/* /var/tmp/* /root/.bash_history
+# Trimmed free space keeps the snapshot small, and servers made from it start faster.
+fstrim -av || echo 'warning: fstrim is not supported here' >&2
+sync
