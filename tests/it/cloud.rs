@@ -91,14 +91,60 @@ impl Cloud {
 
     /// A test spec whose artifacts come from the mirror.
     pub fn spec(&self, name: &str, architectures: &[&str]) -> String {
-        let mirror = self.mirror.url();
-        let list = architectures
-            .iter()
-            .map(|arch| format!("\"{arch}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            r#"[image]
+        spec_for_mirror(&self.mirror.url(), name, architectures)
+    }
+
+    /// The environment the real binary needs to talk to the simulator.
+    pub fn env(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("HCLOUD_TOKEN", TOKEN.to_string()),
+            ("HCLOUD_ENDPOINT", self.sim.api_url()),
+        ])
+    }
+
+    pub fn state(&self) -> SimState {
+        self.sim.state()
+    }
+
+    /// The simulator's state after a build, which must have left no server and no SSH key.
+    pub fn state_with_nothing_left(&self) -> SimState {
+        let state = self.sim.state();
+        assert!(
+            state.servers.is_empty(),
+            "servers left: {:?}",
+            state.servers
+        );
+        assert!(state.ssh_keys.is_empty(), "keys left: {:?}", state.ssh_keys);
+        state
+    }
+
+    /// Checks every answer the simulator gave against the OpenAPI description.
+    pub fn assert_openapi_clean(&self) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/reference/hcloud-openapi.json");
+        if !path.exists() {
+            eprintln!("SKIPPED OpenAPI check: {} is absent", path.display());
+            return;
+        }
+        let validator =
+            caph_sim::openapi::Validator::load(&path).expect("the OpenAPI description loads");
+        let violations = validator.check_all(&self.sim.recorded_responses());
+        assert!(
+            violations.is_empty(),
+            "answers that break the OpenAPI description: {violations:#?}"
+        );
+    }
+}
+
+/// The end-to-end test spec, its artifacts downloaded from `mirror`.
+pub fn spec_for_mirror(mirror: &str, name: &str, architectures: &[&str]) -> String {
+    let list = architectures
+        .iter()
+        .map(|arch| format!("\"{arch}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"[image]
 name = "{name}"
 description = "end-to-end test image"
 
@@ -149,47 +195,5 @@ location = "fsn1"
 x86 = "cx23"
 arm = "cax11"
 "#
-        )
-    }
-
-    /// The environment the real binary needs to talk to the simulator.
-    pub fn env(&self) -> BTreeMap<&'static str, String> {
-        BTreeMap::from([
-            ("HCLOUD_TOKEN", TOKEN.to_string()),
-            ("HCLOUD_ENDPOINT", self.sim.api_url()),
-        ])
-    }
-
-    pub fn state(&self) -> SimState {
-        self.sim.state()
-    }
-
-    /// The simulator's state after a build, which must have left no server and no SSH key.
-    pub fn state_with_nothing_left(&self) -> SimState {
-        let state = self.sim.state();
-        assert!(
-            state.servers.is_empty(),
-            "servers left: {:?}",
-            state.servers
-        );
-        assert!(state.ssh_keys.is_empty(), "keys left: {:?}", state.ssh_keys);
-        state
-    }
-
-    /// Checks every answer the simulator gave against the OpenAPI description.
-    pub fn assert_openapi_clean(&self) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/reference/hcloud-openapi.json");
-        if !path.exists() {
-            eprintln!("SKIPPED OpenAPI check: {} is absent", path.display());
-            return;
-        }
-        let validator =
-            caph_sim::openapi::Validator::load(&path).expect("the OpenAPI description loads");
-        let violations = validator.check_all(&self.sim.recorded_responses());
-        assert!(
-            violations.is_empty(),
-            "answers that break the OpenAPI description: {violations:#?}"
-        );
-    }
+    )
 }

@@ -15,10 +15,20 @@ use crate::cloud::{Cloud, TOKEN};
 
 /// Runs the real binary with `args` against the cloud, in `dir`.
 pub async fn run_caph_image(cloud: &Cloud, dir: &std::path::Path, args: &[&str]) -> Output {
+    let env: Vec<(&str, String)> = cloud.env().into_iter().collect();
+    run_caph_image_with(&env, dir, args).await
+}
+
+/// Runs the real binary with `args` and the environment `env`, in `dir`.
+pub async fn run_caph_image_with(
+    env: &[(&str, String)],
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Output {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
         .args(args)
         .current_dir(dir)
-        .envs(cloud.env())
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
         .output()
         .await
         .expect("caph-image runs");

@@ -4,6 +4,7 @@ mod boot;
 mod cli;
 mod cloud;
 mod hcloud_build;
+mod hcloud_capacity;
 mod hcloud_faults;
 mod hcloud_sim_mode;
 mod hostile;

@@ -227,7 +227,7 @@ removed, also on errors and Ctrl-C.
 Examples:
   export HCLOUD_TOKEN=...
   caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --dry-run
-  caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --arch arm --location hel1
+  caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --arch arm --location hel1,fsn1
   caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --replace --output json
 
 Without a Hetzner account, --sim runs the same build against a simulated cloud whose servers are
@@ -241,12 +241,14 @@ real OpenSSH servers in chroots on this machine:
         /// Architectures to build, comma-separated (default: the spec's hcloud.architectures)
         #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
         arch: Vec<caph_core::Arch>,
-        /// Location of the build servers (default: the spec's hcloud.location)
-        #[arg(long, value_parser = parse_field)]
-        location: Option<String>,
-        /// Server type to build on, when building one architecture (default: the spec's)
-        #[arg(long, value_parser = parse_field)]
-        server_type: Option<String>,
+        /// Locations of the build servers in order of preference, comma-separated (default: the
+        /// spec's hcloud.locations)
+        #[arg(long = "location", value_name = "LOCATION", value_delimiter = ',', value_parser = parse_field)]
+        locations: Vec<String>,
+        /// Server types to build on in order of preference, comma-separated, when building one
+        /// architecture (default: the spec's hcloud.server_types)
+        #[arg(long = "server-type", value_name = "TYPE", value_delimiter = ',', value_parser = parse_field)]
+        server_types: Vec<String>,
         /// Replace an existing snapshot of the same name; the old one is deleted only after the new one is available
         #[arg(long)]
         replace: bool,

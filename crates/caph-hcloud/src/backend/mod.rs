@@ -14,6 +14,7 @@ mod cloud_init;
 mod ledger;
 mod lookup;
 pub mod naming;
+pub mod placement;
 mod run;
 
 use std::path::PathBuf;
@@ -121,11 +122,11 @@ impl Backend for HcloudBackend {
         context: &Context,
         request: &BuildRequest,
     ) -> Result<Vec<Artifact>, BackendError> {
-        let report = lookup::preflight(&self.client, context, request).await?;
+        let (report, placements) = lookup::check(&self.client, request).await?;
         if !report.problems.is_empty() {
             return Err(BackendError::Preflight(report.problems));
         }
-        run::build_all(&self.client, &self.config, context, request).await
+        run::build_all(&self.client, &self.config, context, request, &placements).await
     }
 
     async fn list(

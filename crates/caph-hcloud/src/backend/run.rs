@@ -12,10 +12,12 @@ use caph_core::{Arch, ImageSpec};
 use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, OutputLine, Session};
 
 use super::ledger::{self, Ledger, SharedLedger};
+use super::lookup::Placements;
 use super::naming::{
-    self, final_snapshot_labels, pending_snapshot_labels, snapshot_description, temporary_labels,
-    temporary_name,
+    self, BuiltOn, final_snapshot_labels, pending_snapshot_labels, snapshot_description,
+    temporary_labels, temporary_name,
 };
+use super::placement::{self, ArchPlacement};
 use super::{HcloudBackendConfig, cloud_init, lookup};
 use crate::client::CreateSshKeyRequest;
 use crate::client::UpdateImageRequest;
@@ -62,6 +64,12 @@ pub enum ArchFailure {
         status: u32,
         /// Its last output lines, indented.
         tail: String,
+    },
+    /// No preferred (server type, location) pair could take the server.
+    #[error("no preferred server type could be created in a preferred location: {}; add locations to hcloud.locations or types to hcloud.server_types, or try later", .tried.join("; "))]
+    NoCapacity {
+        /// Each pair tried or skipped, with the reason: `cx23 in fsn1: sold out`.
+        tried: Vec<String>,
     },
     /// The result is not what CAPH needs.
     #[error("{0}")]
@@ -151,11 +159,12 @@ pub(crate) async fn build_all(
     config: &Arc<HcloudBackendConfig>,
     context: &Context,
     request: &BuildRequest,
+    placements: &Placements,
 ) -> Result<Vec<Artifact>, BackendError> {
-    let builds = request
-        .architectures
-        .iter()
-        .map(|arch| build_arch(client, config, context, request, *arch));
+    let builds = request.architectures.iter().map(|arch| {
+        let placement = placements.get(arch).cloned().unwrap_or_default();
+        build_arch(client, config, context, request, *arch, placement)
+    });
     let outcomes = futures_util::future::join_all(builds).await;
 
     // Layer two: whatever still carries this build's label (a create whose answer was lost, say)
@@ -271,6 +280,7 @@ async fn build_arch(
     context: &Context,
     request: &BuildRequest,
     arch: Arch,
+    placement: ArchPlacement,
 ) -> ArchOutcome {
     let tracker = Arc::new(Tracker {
         arch,
@@ -279,7 +289,7 @@ async fn build_arch(
         started: Instant::now(),
         access: Mutex::new(None),
     });
-    let work = run_arch(client, config, context, request, &tracker);
+    let work = run_arch(client, config, context, request, &tracker, &placement);
     // Layer one: on cancellation the work future is dropped wherever it waits; the ledger it
     // filled survives it, and cleanup runs from here.
     let result = tokio::select! {
@@ -441,15 +451,40 @@ struct ArchBuild<'a> {
     request: &'a BuildRequest,
     tracker: &'a Tracker,
     spec: &'a ImageSpec,
-    hcloud: &'a caph_core::spec::Hcloud,
+    /// The (server type, location) pairs to try, in order.
+    placement: &'a ArchPlacement,
 }
 
-/// The build server once it runs: its id, where SSH listens, and the keys made for it.
+/// The build server once it runs: its id, where SSH listens, the keys made for it, and where it
+/// was made.
 struct BuildServer {
     id: ServerId,
     address: SocketAddr,
     client_key: KeyPair,
     host_key: KeyPair,
+    built_on: BuiltOn,
+    /// Preferred pairs passed over, with the reason: `cx23 in fsn1: sold out`.
+    passed_over: Vec<String>,
+}
+
+/// Why one create attempt did not give a running server.
+enum CreateAttempt {
+    /// The pair has no capacity now: try the next one.
+    NoCapacity(String),
+    /// Anything else ends the build.
+    Failed(ArchFailure),
+}
+
+/// `resource_unavailable: error during placement`, from a create refused or a create action failed.
+fn capacity_reason(error: &ClientError) -> String {
+    match error {
+        ClientError::Api(api) => match &api.code {
+            Some(code) => format!("{code}: {}", api.message),
+            None => api.message.clone(),
+        },
+        ClientError::ActionFailed { code, message, .. } => format!("{code}: {message}"),
+        other => other.to_string(),
+    }
 }
 
 async fn run_arch(
@@ -458,12 +493,9 @@ async fn run_arch(
     context: &Context,
     request: &BuildRequest,
     tracker: &Tracker,
+    placement: &ArchPlacement,
 ) -> Result<Artifact, ArchFailure> {
     let spec: &ImageSpec = &request.spec;
-    let hcloud = spec
-        .hcloud
-        .as_ref()
-        .ok_or_else(|| ArchFailure::Verify("the spec has no [hcloud] table".to_string()))?;
     let build = ArchBuild {
         client,
         config,
@@ -471,15 +503,15 @@ async fn run_arch(
         request,
         tracker,
         spec,
-        hcloud,
+        placement,
     };
     let server = build.create_server().await?;
     let session = build.connect(&server).await?;
     build.provision(&server, &session).await?;
     session.close().await;
     build.shut_down(server.id).await?;
-    let image = build.capture(server.id).await?;
-    build.commit_name(image.id).await?;
+    let image = build.capture(server.id, &server.built_on).await?;
+    build.commit_name(image.id, &server.built_on).await?;
     build.clean_up(server.id).await?;
     tracker.enter(context, Phase::Done, format!("snapshot {}", image.id));
 
@@ -487,8 +519,16 @@ async fn run_arch(
         ArchFailure::Verify("the snapshot has an unknown architecture".to_string())
     })?;
     artifact.name = spec.image.name.clone();
-    artifact.labels = final_snapshot_labels(spec, tracker.arch, &context.build_id);
+    artifact.labels =
+        final_snapshot_labels(spec, tracker.arch, &context.build_id, &server.built_on);
     artifact.duration = Some(tracker.started.elapsed());
+    artifact.notes.push(format!(
+        "built on {} in {}",
+        server.built_on.server_type, server.built_on.location
+    ));
+    for reason in &server.passed_over {
+        artifact.notes.push(format!("passed over {reason}"));
+    }
     Ok(artifact)
 }
 
@@ -520,27 +560,88 @@ impl ArchBuild<'_> {
             .get(&arch)
             .cloned()
             .unwrap_or_default();
-        let server_type = self
-            .hcloud
-            .server_types
-            .get(&arch)
-            .cloned()
-            .unwrap_or_default();
-        let mut create = CreateServerRequest::new(
-            name.clone(),
-            IdOrName::Name(server_type),
-            IdOrName::Name(base_image),
-        );
-        create.location = Some(IdOrName::Name(self.hcloud.location.clone()));
-        create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
-        create.user_data = Some(SecretString::new(cloud_init::host_key_user_data(
-            &host_key,
-        )?));
-        create.labels = temporary_labels(&context.build_id);
-        let created = client
-            .create_server(&create)
-            .await
-            .map_err(api("creating the build server"))?;
+        let user_data = SecretString::new(cloud_init::host_key_user_data(&host_key)?);
+        // Preferred pairs preflight found unorderable count as tried: an error lists them all.
+        let mut passed_over: Vec<String> = self.placement.skipped.clone();
+        for (index, candidate) in self.placement.candidates.iter().enumerate() {
+            let mut create = CreateServerRequest::new(
+                name.clone(),
+                IdOrName::Name(candidate.server_type.clone()),
+                IdOrName::Name(base_image.clone()),
+            );
+            create.location = Some(IdOrName::Name(candidate.location.clone()));
+            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+            create.user_data = Some(user_data.clone());
+            create.labels = temporary_labels(&context.build_id);
+            tracker.say(context, format!("creating the server on {candidate}"));
+            match self.create_on(&create).await {
+                Ok((server_id, address)) => {
+                    let access = Access {
+                        address,
+                        client_key: client_key.clone(),
+                        host_key_line: host_key.public_key().to_openssh(),
+                    };
+                    match tracker.access.lock() {
+                        Ok(mut guard) => *guard = Some(access),
+                        Err(poisoned) => *poisoned.into_inner() = Some(access),
+                    }
+                    let first = &self.placement.candidates[0];
+                    if candidate.disk_gb > first.disk_gb {
+                        context.progress.event(ProgressEvent::Warning {
+                            scope: arch.to_string(),
+                            message: format!(
+                                "built on {}: the snapshot's disk is {} GB, so it will not fit {} ({} GB)",
+                                candidate.server_type, candidate.disk_gb, first.server_type, first.disk_gb
+                            ),
+                        });
+                    }
+                    return Ok(BuildServer {
+                        id: server_id,
+                        address,
+                        client_key,
+                        host_key,
+                        built_on: BuiltOn {
+                            server_type: candidate.server_type.clone(),
+                            location: candidate.location.clone(),
+                        },
+                        passed_over,
+                    });
+                }
+                Err(CreateAttempt::NoCapacity(reason)) => {
+                    let next = match self.placement.candidates.get(index + 1) {
+                        Some(next) => format!("trying {next}"),
+                        None => "no preferred pair is left".to_string(),
+                    };
+                    context.progress.event(ProgressEvent::Warning {
+                        scope: arch.to_string(),
+                        message: format!("{candidate}: {reason}; {next}"),
+                    });
+                    passed_over.push(format!("{candidate}: {reason}"));
+                }
+                Err(CreateAttempt::Failed(failure)) => return Err(failure),
+            }
+        }
+        Err(ArchFailure::NoCapacity { tried: passed_over })
+    }
+
+    /// One create on one (type, location) pair, waited for until the server runs; a pair without
+    /// capacity, whether the API refuses the create or its action fails, leaves no server.
+    async fn create_on(
+        &self,
+        create: &CreateServerRequest,
+    ) -> Result<(ServerId, SocketAddr), CreateAttempt> {
+        let (client, context, tracker) = (self.client, self.context, self.tracker);
+        let created = match client.create_server(create).await {
+            Ok(created) => created,
+            Err(error) if placement::is_capacity_error(&error) => {
+                return Err(CreateAttempt::NoCapacity(capacity_reason(&error)));
+            }
+            Err(error) => {
+                return Err(CreateAttempt::Failed(api("creating the build server")(
+                    error,
+                )));
+            }
+        };
         let server_id = created.server.id;
         ledger::update(&tracker.ledger, |ledger| ledger.server = Some(server_id));
         tracker.say(
@@ -549,14 +650,36 @@ impl ArchBuild<'_> {
         );
         let mut wait = self.config.wait.clone();
         wait.timeout = self.config.server_ready_timeout;
-        client
+        if let Err(error) = client
             .wait_for_actions(&created.all_actions(), &wait, &mut |_| {})
             .await
-            .map_err(api("waiting for the build server to start"))?;
+        {
+            if !placement::is_capacity_error(&error) {
+                return Err(CreateAttempt::Failed(api(
+                    "waiting for the build server to start",
+                )(error)));
+            }
+            // The server exists but was never placed: it goes before the next pair is tried,
+            // which also frees its name.
+            let held = Ledger {
+                server: Some(server_id),
+                ..Ledger::default()
+            };
+            for line in ledger::clean(client, self.config, &held).await {
+                if line.starts_with("could not") {
+                    return Err(CreateAttempt::Failed(ArchFailure::Verify(line)));
+                }
+                tracker.say(context, line);
+            }
+            ledger::update(&tracker.ledger, |ledger| ledger.server = None);
+            return Err(CreateAttempt::NoCapacity(capacity_reason(&error)));
+        }
         let server = client
             .wait_for_server_status(server_id, &ServerStatus::Running, &wait, &mut |_| {})
             .await
-            .map_err(api("waiting for the build server to run"))?;
+            .map_err(|error| {
+                CreateAttempt::Failed(api("waiting for the build server to run")(error))
+            })?;
         let address = SocketAddr::new(
             server
                 .public_net
@@ -564,26 +687,13 @@ impl ArchBuild<'_> {
                 .as_ref()
                 .map(|ipv4| std::net::IpAddr::V4(ipv4.ip))
                 .ok_or_else(|| {
-                    ArchFailure::Verify(format!("server {server_id} has no public IPv4 address"))
+                    CreateAttempt::Failed(ArchFailure::Verify(format!(
+                        "server {server_id} has no public IPv4 address"
+                    )))
                 })?,
             self.config.ssh_port,
         );
-
-        let access = Access {
-            address,
-            client_key: client_key.clone(),
-            host_key_line: host_key.public_key().to_openssh(),
-        };
-        match tracker.access.lock() {
-            Ok(mut guard) => *guard = Some(access),
-            Err(poisoned) => *poisoned.into_inner() = Some(access),
-        }
-        Ok(BuildServer {
-            id: server_id,
-            address,
-            client_key,
-            host_key,
-        })
+        Ok((server_id, address))
     }
 
     /// Connect, pinning the host key we generated.
@@ -682,7 +792,11 @@ impl ArchBuild<'_> {
     }
 
     /// Snapshot, under a pending name so CAPH does not see it yet; returns it once available.
-    async fn capture(&self, server_id: ServerId) -> Result<crate::client::Image, ArchFailure> {
+    async fn capture(
+        &self,
+        server_id: ServerId,
+        built_on: &BuiltOn,
+    ) -> Result<crate::client::Image, ArchFailure> {
         let (client, context, tracker) = (self.client, self.context, self.tracker);
         let arch = tracker.arch;
         tracker.enter(context, Phase::Capture, "create_image");
@@ -691,7 +805,7 @@ impl ArchBuild<'_> {
                 server_id,
                 &CreateImageRequest {
                     description: Some(snapshot_description(self.spec, arch)),
-                    labels: pending_snapshot_labels(self.spec, arch, &context.build_id),
+                    labels: pending_snapshot_labels(self.spec, arch, &context.build_id, built_on),
                 },
             )
             .await
@@ -721,7 +835,7 @@ impl ArchBuild<'_> {
     /// Commit: with --replace the old snapshot goes first (only now that the new one is
     /// available), then the new one takes the name, and CAPH's own query must find exactly it.
     /// CAPH never finds two.
-    async fn commit_name(&self, image_id: ImageId) -> Result<(), ArchFailure> {
+    async fn commit_name(&self, image_id: ImageId, built_on: &BuiltOn) -> Result<(), ArchFailure> {
         let (client, context, tracker, spec) = (self.client, self.context, self.tracker, self.spec);
         let arch = tracker.arch;
         tracker.enter(context, Phase::Verify, "naming the snapshot");
@@ -756,7 +870,12 @@ impl ArchBuild<'_> {
                 image_id,
                 &UpdateImageRequest {
                     description: None,
-                    labels: Some(final_snapshot_labels(spec, arch, &context.build_id)),
+                    labels: Some(final_snapshot_labels(
+                        spec,
+                        arch,
+                        &context.build_id,
+                        built_on,
+                    )),
                 },
             )
             .await

@@ -22,8 +22,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(BuildCommand::Hcloud {
             spec,
             arch,
-            location,
-            server_type,
+            locations,
+            server_types,
             replace,
             keep_on_error,
             dry_run,
@@ -36,8 +36,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hcloud::BuildOptions {
                 spec: &spec,
                 arch: &arch,
-                location: location.as_deref(),
-                server_type: server_type.as_deref(),
+                locations: &locations,
+                server_types: &server_types,
                 replace,
                 keep_on_error,
                 dry_run,

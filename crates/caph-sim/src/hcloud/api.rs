@@ -485,7 +485,7 @@ fn create_server_checks(
         None => server_type
             .locations
             .iter()
-            .find(|place| place.available && !retired(&place.deprecation))
+            .find(|place| place.orderable() && !retired(&place.deprecation))
             .or(server_type.locations.first())
             .map(|place| place.location.clone())
             .unwrap_or_default(),
@@ -512,7 +512,7 @@ fn create_server_checks(
             ),
         ));
     }
-    if !place.available {
+    if !place.orderable() {
         // The live service's answer when a location has run out of a type.
         let mut error = ApiError::new(412, "resource_unavailable", "error during placement");
         error.details = json!({});
@@ -554,6 +554,7 @@ fn create_server_checks(
         }
     }
 
+    world.take_stock(&server_type.name, &location);
     let server_id = world.new_server_id();
     let create_expected = inner.durations.create;
     let create_action = world.start_action(

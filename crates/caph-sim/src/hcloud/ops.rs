@@ -297,7 +297,9 @@ pub(crate) async fn delete_server(
     let now = inner.clock.now();
     let mut world = inner.world();
     if outcome.is_ok() {
-        world.servers.remove(&server_id);
+        if let Some(server) = world.servers.remove(&server_id) {
+            world.return_stock(&server.view.server_type, &server.view.location);
+        }
         // Actions still running on the server end with it.
         let orphans: Vec<u64> = world
             .actions
