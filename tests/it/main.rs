@@ -15,6 +15,7 @@ mod robot;
 mod robot_sim_mode;
 mod runtime;
 mod tarball;
+mod upload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

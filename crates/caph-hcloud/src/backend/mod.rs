@@ -11,11 +11,13 @@
 //! 3. `gc` removes what a SIGKILLed run left, by the same label.
 
 mod cloud_init;
+pub mod disk_image;
 mod ledger;
 mod lookup;
 pub mod naming;
 pub mod placement;
 mod run;
+pub mod upload;
 
 use std::path::PathBuf;
 use std::sync::Arc;

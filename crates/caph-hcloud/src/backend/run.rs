@@ -82,36 +82,36 @@ pub enum ArchFailure {
     Plan(#[from] caph_core::text::UnsafeLine),
 }
 
-fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> ArchFailure {
+pub(crate) fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> ArchFailure {
     let what = what.into();
     move |source| ArchFailure::Api { what, source }
 }
 
-fn ssh(what: impl Into<String>) -> impl FnOnce(caph_ssh::SshError) -> ArchFailure {
+pub(crate) fn ssh(what: impl Into<String>) -> impl FnOnce(caph_ssh::SshError) -> ArchFailure {
     let what = what.into();
     move |source| ArchFailure::Ssh { what, source }
 }
 
 /// Shared state of one architecture's build: where it is, and what it made.
-struct Tracker {
+pub(crate) struct Tracker {
     arch: Arch,
     phase: Mutex<Phase>,
-    ledger: SharedLedger,
-    started: Instant,
+    pub(crate) ledger: SharedLedger,
+    pub(crate) started: Instant,
     /// How to reach the server, for `--keep-on-error`.
     access: Mutex<Option<Access>>,
 }
 
 /// The address and keys of a build server.
 #[derive(Clone)]
-struct Access {
+pub(crate) struct Access {
     address: SocketAddr,
     client_key: KeyPair,
     host_key_line: String,
 }
 
 impl Tracker {
-    fn enter(&self, context: &Context, phase: Phase, detail: impl Into<String>) {
+    pub(crate) fn enter(&self, context: &Context, phase: Phase, detail: impl Into<String>) {
         match self.phase.lock() {
             Ok(mut guard) => *guard = phase,
             Err(poisoned) => *poisoned.into_inner() = phase,
@@ -130,7 +130,7 @@ impl Tracker {
         }
     }
 
-    fn say(&self, context: &Context, line: impl Into<String>) {
+    pub(crate) fn say(&self, context: &Context, line: impl Into<String>) {
         context.progress.event(ProgressEvent::Output {
             scope: self.arch.to_string(),
             line: line.into(),
@@ -139,7 +139,7 @@ impl Tracker {
 }
 
 /// The outcome of one architecture.
-enum ArchOutcome {
+pub(crate) enum ArchOutcome {
     Built(Artifact),
     Failed {
         phase: Phase,
@@ -166,7 +166,27 @@ pub(crate) async fn build_all(
         build_arch(client, config, context, request, *arch, placement)
     });
     let outcomes = futures_util::future::join_all(builds).await;
+    finish_all(
+        client,
+        config,
+        context,
+        &request.spec.image.name,
+        &request.architectures,
+        outcomes,
+    )
+    .await
+}
 
+/// Sweeps what still carries the build label and turns the units' outcomes into the result:
+/// the artifacts, or an error naming each failure and its cleanup.
+pub(crate) async fn finish_all(
+    client: &Client,
+    config: &Arc<HcloudBackendConfig>,
+    context: &Context,
+    image_name: &str,
+    architectures: &[Arch],
+    outcomes: Vec<ArchOutcome>,
+) -> Result<Vec<Artifact>, BackendError> {
     // Layer two: whatever still carries this build's label (a create whose answer was lost, say)
     // goes too, except servers kept on purpose. It runs even after cancellation, bounded in time.
     let kept: Vec<ServerId> = outcomes
@@ -209,7 +229,7 @@ pub(crate) async fn build_all(
     let mut failures = Vec::new();
     let mut cancelled_phase = None;
     let mut cancel_cleanup = Vec::new();
-    for (arch, outcome) in request.architectures.iter().zip(outcomes) {
+    for (arch, outcome) in architectures.iter().zip(outcomes) {
         match outcome {
             ArchOutcome::Built(artifact) => artifacts.push(artifact),
             ArchOutcome::Failed {
@@ -262,11 +282,10 @@ pub(crate) async fn build_all(
             report.push_str(&format!("\nbuilt anyway: {}", built.join(", ")));
         }
         let failed = failures.len();
-        let requested = request.architectures.len();
+        let requested = architectures.len();
         return Err(BackendError::Failed {
             context: format!(
-                "the build of {} failed for {failed} of {requested} architecture(s)",
-                request.spec.image.name
+                "the build of {image_name} failed for {failed} of {requested} architecture(s)"
             ),
             source: report.into(),
         });
@@ -282,14 +301,43 @@ async fn build_arch(
     arch: Arch,
     placement: ArchPlacement,
 ) -> ArchOutcome {
-    let tracker = Arc::new(Tracker {
-        arch,
-        phase: Mutex::new(Phase::Create),
-        ledger: Arc::new(Mutex::new(Ledger::default())),
-        started: Instant::now(),
-        access: Mutex::new(None),
-    });
+    let tracker = Tracker::new(arch);
     let work = run_arch(client, config, context, request, &tracker, &placement);
+    supervise(
+        client,
+        config,
+        context,
+        &tracker,
+        request.keep_on_error,
+        work,
+    )
+    .await
+}
+
+impl Tracker {
+    pub(crate) fn new(arch: Arch) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            arch,
+            phase: Mutex::new(Phase::Create),
+            ledger: Arc::new(Mutex::new(Ledger::default())),
+            started: Instant::now(),
+            access: Mutex::new(None),
+        })
+    }
+}
+
+/// Runs one unit of work (an architecture's build, an upload) until it ends or the context is
+/// cancelled, then cleans up what its ledger holds unless it succeeded (or, with
+/// `keep_on_error`, keeps the server for debugging).
+pub(crate) async fn supervise(
+    client: &Client,
+    config: &Arc<HcloudBackendConfig>,
+    context: &Context,
+    tracker: &Arc<Tracker>,
+    keep_on_error: bool,
+    work: impl Future<Output = Result<Artifact, ArchFailure>>,
+) -> ArchOutcome {
+    let arch = tracker.arch;
     // Layer one: on cancellation the work future is dropped wherever it waits; the ledger it
     // filled survives it, and cleanup runs from here.
     let result = tokio::select! {
@@ -301,9 +349,7 @@ async fn build_arch(
         Some(Ok(artifact)) => ArchOutcome::Built(artifact),
         Some(Err(failure)) => {
             let held = ledger::snapshot(&tracker.ledger);
-            if request.keep_on_error
-                && let Some(server) = held.server
-            {
+            if keep_on_error && let Some(server) = held.server {
                 // Keep the server and key, but never an unfinished snapshot.
                 let image_only = Ledger {
                     pending_image: held.pending_image,
@@ -448,7 +494,6 @@ struct ArchBuild<'a> {
     client: &'a Client,
     config: &'a HcloudBackendConfig,
     context: &'a Context,
-    request: &'a BuildRequest,
     tracker: &'a Tracker,
     spec: &'a ImageSpec,
     /// The (server type, location) pairs to try, in order.
@@ -468,7 +513,7 @@ struct BuildServer {
 }
 
 /// Why one create attempt did not give a running server.
-enum CreateAttempt {
+pub(crate) enum CreateAttempt {
     /// The pair has no capacity now: try the next one.
     NoCapacity(String),
     /// Anything else ends the build.
@@ -476,7 +521,7 @@ enum CreateAttempt {
 }
 
 /// `resource_unavailable: error during placement`, from a create refused or a create action failed.
-fn capacity_reason(error: &ClientError) -> String {
+pub(crate) fn capacity_reason(error: &ClientError) -> String {
     match error {
         ClientError::Api(api) => match &api.code {
             Some(code) => format!("{code}: {}", api.message),
@@ -500,7 +545,6 @@ async fn run_arch(
         client,
         config,
         context,
-        request,
         tracker,
         spec,
         placement,
@@ -509,10 +553,29 @@ async fn run_arch(
     let session = build.connect(&server).await?;
     build.provision(&server, &session).await?;
     session.close().await;
-    build.shut_down(server.id).await?;
-    let image = build.capture(server.id, &server.built_on).await?;
-    build.commit_name(image.id, &server.built_on).await?;
-    build.clean_up(server.id).await?;
+    let job = Job {
+        client,
+        config,
+        context,
+        tracker,
+    };
+    job.shut_down(server.id).await?;
+    let arch = tracker.arch;
+    let image = job
+        .capture(
+            server.id,
+            snapshot_description(spec, arch),
+            pending_snapshot_labels(spec, arch, &context.build_id, &server.built_on),
+        )
+        .await?;
+    job.commit_name(
+        image.id,
+        &spec.image.name,
+        final_snapshot_labels(spec, arch, &context.build_id, &server.built_on),
+        request.replace,
+    )
+    .await?;
+    job.clean_up(server.id).await?;
     tracker.enter(context, Phase::Done, format!("snapshot {}", image.id));
 
     let mut artifact = lookup::artifact_of(image).ok_or_else(|| {
@@ -574,7 +637,13 @@ impl ArchBuild<'_> {
             create.user_data = Some(user_data.clone());
             create.labels = temporary_labels(&context.build_id);
             tracker.say(context, format!("creating the server on {candidate}"));
-            match self.create_on(&create).await {
+            let job = Job {
+                client,
+                config: self.config,
+                context,
+                tracker,
+            };
+            match job.create_on(&create, ServerStatus::Running).await {
                 Ok((server_id, address)) => {
                     let access = Access {
                         address,
@@ -624,11 +693,66 @@ impl ArchBuild<'_> {
         Err(ArchFailure::NoCapacity { tried: passed_over })
     }
 
-    /// One create on one (type, location) pair, waited for until the server runs; a pair without
+    /// Connect, pinning the host key we generated.
+    async fn connect(&self, server: &BuildServer) -> Result<Session, ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        let address = server.address;
+        tracker.enter(
+            context,
+            Phase::Connect,
+            format!("{address}, host key {}", server.host_key.fingerprint()),
+        );
+        let mut connect = ConnectConfig::new(
+            address,
+            "root",
+            server.client_key.clone(),
+            HostKeyPolicy::Pinned(server.host_key.public_key()),
+        );
+        connect.deadline = self.config.connect_deadline;
+        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
+            if let ConnectEvent::Retrying { attempt, error, .. } = event
+                && attempt % 5 == 1
+            {
+                tracker.say(context, format!("waiting for SSH ({error})"));
+            }
+        })
+        .await
+        .map_err(ssh(format!("connecting to {address}")))
+    }
+
+    /// Provision: the same plan the tarball target runs.
+    async fn provision(&self, server: &BuildServer, session: &Session) -> Result<(), ArchFailure> {
+        let plan = plan::render(self.spec, Target::Hcloud, self.tracker.arch)?;
+        let stamp = BuildStamp {
+            build_id: self.context.build_id.clone(),
+            build_time: naming::rfc3339(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs(),
+            ),
+            builder: self.config.builder.clone(),
+            build_public_key: Some(server.client_key.public_key().to_openssh()),
+        };
+        run_plan(session, &plan, &stamp, self.context, self.tracker).await
+    }
+}
+
+/// What every unit of work shares: the API, the timeouts, progress and its ledger.
+pub(crate) struct Job<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) config: &'a HcloudBackendConfig,
+    pub(crate) context: &'a Context,
+    pub(crate) tracker: &'a Tracker,
+}
+
+impl Job<'_> {
+    /// One create on one (type, location) pair, waited for until the server is `wanted`; a pair without
     /// capacity, whether the API refuses the create or its action fails, leaves no server.
-    async fn create_on(
+    pub(crate) async fn create_on(
         &self,
         create: &CreateServerRequest,
+        wanted: ServerStatus,
     ) -> Result<(ServerId, SocketAddr), CreateAttempt> {
         let (client, context, tracker) = (self.client, self.context, self.tracker);
         let created = match client.create_server(create).await {
@@ -675,7 +799,7 @@ impl ArchBuild<'_> {
             return Err(CreateAttempt::NoCapacity(capacity_reason(&error)));
         }
         let server = client
-            .wait_for_server_status(server_id, &ServerStatus::Running, &wait, &mut |_| {})
+            .wait_for_server_status(server_id, &wanted, &wait, &mut |_| {})
             .await
             .map_err(|error| {
                 CreateAttempt::Failed(api("waiting for the build server to run")(error))
@@ -696,52 +820,8 @@ impl ArchBuild<'_> {
         Ok((server_id, address))
     }
 
-    /// Connect, pinning the host key we generated.
-    async fn connect(&self, server: &BuildServer) -> Result<Session, ArchFailure> {
-        let (context, tracker) = (self.context, self.tracker);
-        let address = server.address;
-        tracker.enter(
-            context,
-            Phase::Connect,
-            format!("{address}, host key {}", server.host_key.fingerprint()),
-        );
-        let mut connect = ConnectConfig::new(
-            address,
-            "root",
-            server.client_key.clone(),
-            HostKeyPolicy::Pinned(server.host_key.public_key()),
-        );
-        connect.deadline = self.config.connect_deadline;
-        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
-            if let ConnectEvent::Retrying { attempt, error, .. } = event
-                && attempt % 5 == 1
-            {
-                tracker.say(context, format!("waiting for SSH ({error})"));
-            }
-        })
-        .await
-        .map_err(ssh(format!("connecting to {address}")))
-    }
-
-    /// Provision: the same plan the tarball target runs.
-    async fn provision(&self, server: &BuildServer, session: &Session) -> Result<(), ArchFailure> {
-        let plan = plan::render(self.spec, Target::Hcloud, self.tracker.arch)?;
-        let stamp = BuildStamp {
-            build_id: self.context.build_id.clone(),
-            build_time: naming::rfc3339(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs(),
-            ),
-            builder: self.config.builder.clone(),
-            build_public_key: Some(server.client_key.public_key().to_openssh()),
-        };
-        run_plan(session, &plan, &stamp, self.context, self.tracker).await
-    }
-
     /// Shut down and wait until really off; fall back to a hard poweroff.
-    async fn shut_down(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+    pub(crate) async fn shut_down(&self, server_id: ServerId) -> Result<(), ArchFailure> {
         let (client, config, context) = (self.client, self.config, self.context);
         self.tracker
             .enter(context, Phase::Shutdown, "ACPI shutdown");
@@ -792,20 +872,20 @@ impl ArchBuild<'_> {
     }
 
     /// Snapshot, under a pending name so CAPH does not see it yet; returns it once available.
-    async fn capture(
+    pub(crate) async fn capture(
         &self,
         server_id: ServerId,
-        built_on: &BuiltOn,
+        description: String,
+        labels: crate::client::Labels,
     ) -> Result<crate::client::Image, ArchFailure> {
         let (client, context, tracker) = (self.client, self.context, self.tracker);
-        let arch = tracker.arch;
         tracker.enter(context, Phase::Capture, "create_image");
         let created_image = client
             .create_image(
                 server_id,
                 &CreateImageRequest {
-                    description: Some(snapshot_description(self.spec, arch)),
-                    labels: pending_snapshot_labels(self.spec, arch, &context.build_id, built_on),
+                    description: Some(description),
+                    labels,
                 },
             )
             .await
@@ -835,11 +915,17 @@ impl ArchBuild<'_> {
     /// Commit: with --replace the old snapshot goes first (only now that the new one is
     /// available), then the new one takes the name, and CAPH's own query must find exactly it.
     /// CAPH never finds two.
-    async fn commit_name(&self, image_id: ImageId, built_on: &BuiltOn) -> Result<(), ArchFailure> {
-        let (client, context, tracker, spec) = (self.client, self.context, self.tracker, self.spec);
+    pub(crate) async fn commit_name(
+        &self,
+        image_id: ImageId,
+        name: &str,
+        labels: crate::client::Labels,
+        replace: bool,
+    ) -> Result<(), ArchFailure> {
+        let (client, context, tracker) = (self.client, self.context, self.tracker);
         let arch = tracker.arch;
         tracker.enter(context, Phase::Verify, "naming the snapshot");
-        let old: Vec<ImageId> = lookup::caph_lookup(client, &spec.image.name, arch)
+        let old: Vec<ImageId> = lookup::caph_lookup(client, name, arch)
             .await
             .map_err(api("looking up the image name"))?
             .into_iter()
@@ -847,10 +933,10 @@ impl ArchBuild<'_> {
             .filter(|id| *id != image_id)
             .collect();
         if !old.is_empty() {
-            if !self.request.replace {
+            if !replace {
                 return Err(ArchFailure::Verify(format!(
                     "the name \"{}\" was taken by snapshot {} while this build ran; rerun with --replace",
-                    spec.image.name,
+                    name,
                     old.iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
@@ -870,12 +956,7 @@ impl ArchBuild<'_> {
                 image_id,
                 &UpdateImageRequest {
                     description: None,
-                    labels: Some(final_snapshot_labels(
-                        spec,
-                        arch,
-                        &context.build_id,
-                        built_on,
-                    )),
+                    labels: Some(labels),
                 },
             )
             .await
@@ -883,14 +964,14 @@ impl ArchBuild<'_> {
         ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None);
 
         // Post-check with CAPH's own query.
-        let found = lookup::caph_lookup(client, &spec.image.name, arch)
+        let found = lookup::caph_lookup(client, name, arch)
             .await
             .map_err(api("checking the image name"))?;
         if found.len() != 1 || found[0].id != image_id {
             let ids: Vec<String> = found.iter().map(|image| image.id.to_string()).collect();
             return Err(ArchFailure::Verify(format!(
                 "CAPH's lookup for \"{}\" on {arch} finds [{}], not exactly snapshot {image_id}",
-                spec.image.name,
+                name,
                 ids.join(", ")
             )));
         }
@@ -902,7 +983,7 @@ impl ArchBuild<'_> {
     }
 
     /// Clean up the temporary server and key; the ledger is empty afterwards.
-    async fn clean_up(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+    pub(crate) async fn clean_up(&self, server_id: ServerId) -> Result<(), ArchFailure> {
         let (context, tracker) = (self.context, self.tracker);
         tracker.enter(context, Phase::Cleanup, format!("server {server_id}"));
         let held = ledger::snapshot(&tracker.ledger);

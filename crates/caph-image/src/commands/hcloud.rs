@@ -43,7 +43,7 @@ pub struct BuildOptions<'a> {
     pub api: &'a HcloudArgs,
 }
 
-fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
+pub(super) fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
     let token = Token::from_env().ok_or_else(|| {
         anyhow::anyhow!("HCLOUD_TOKEN is not set: export a read-write API token of the Hetzner Cloud project the snapshots go into (Cloud Console, Security, API tokens), or try the whole build without an account against a simulated cloud on this machine with --sim (`sudo caph-image build hcloud SPEC --sim`)")
     })?;
@@ -198,7 +198,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     }
 }
 
-fn human_size(bytes: Option<u64>) -> String {
+pub(super) fn human_size(bytes: Option<u64>) -> String {
     match bytes {
         Some(bytes) => format!("{:.2} GB", bytes as f64 / 1e9),
         None => "-".to_string(),

@@ -611,6 +611,7 @@ fn create_server_checks(
             },
             power_generation: 0,
             host_create_error: None,
+            rescue_keys: Vec::new(),
         },
     );
     let action = world
@@ -815,6 +816,7 @@ fn server_action(
                     format!("'{rescue_type}' is not one of linux64"),
                 ));
             }
+            let mut rescue_keys = Vec::new();
             if let Some(keys) = body.get("ssh_keys")
                 && !keys.is_null()
             {
@@ -825,11 +827,14 @@ fn server_action(
                     let Some(key_id) = key.as_u64() else {
                         return Err(ApiError::invalid_field("ssh_keys", "Not a valid ID."));
                     };
-                    if !world.ssh_keys.contains_key(&key_id) {
-                        return Err(ApiError::invalid_field(
-                            "ssh_keys",
-                            format!("SSH key {key_id} not found"),
-                        ));
+                    match world.ssh_keys.get(&key_id) {
+                        Some(known) => rescue_keys.push(known.public_key.clone()),
+                        None => {
+                            return Err(ApiError::invalid_field(
+                                "ssh_keys",
+                                format!("SSH key {key_id} not found"),
+                            ));
+                        }
                     }
                 }
             }
@@ -842,6 +847,7 @@ fn server_action(
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         server.view.rescue_enabled = true;
+                        server.rescue_keys = rescue_keys;
                     }
                 }),
             ));

@@ -101,6 +101,7 @@ mod api;
 mod catalog;
 mod checks;
 mod clock;
+mod cloud_machines;
 mod error;
 mod model;
 mod ops;
@@ -124,6 +125,9 @@ use crate::http::{self, BodyError, DropConnection, Limits, RequestLog};
 pub use api::routes;
 pub use catalog::{Catalog, Deprecation, Location, ServerType, SystemImage, TypeLocation};
 pub use clock::TimeMode;
+pub use cloud_machines::{
+    CLOUD_RESCUE_EXTRA_PACKAGES, CLOUD_RESCUE_TEMPLATE_CACHE, CloudMachines, CloudMachinesConfig,
+};
 pub use model::{
     Action, ActionResource, ActionStatus, Image, ImageKind, ImageStatus, Server, ServerStatus,
     SimState, SshKey,

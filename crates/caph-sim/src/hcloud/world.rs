@@ -40,6 +40,8 @@ pub(crate) struct ServerRec {
     pub(crate) power_generation: u64,
     /// Why the host could not create the machine, if it could not.
     pub(crate) host_create_error: Option<String>,
+    /// The public keys `enable_rescue` authorized for the next rescue boot.
+    pub(crate) rescue_keys: Vec<String>,
 }
 
 /// An image as stored.
