@@ -170,7 +170,7 @@ pub(crate) async fn build_all(
         client,
         config,
         context,
-        &request.spec.image.name,
+        &format!("the build of {}", request.spec.image.name),
         &request.architectures,
         outcomes,
     )
@@ -183,7 +183,7 @@ pub(crate) async fn finish_all(
     client: &Client,
     config: &Arc<HcloudBackendConfig>,
     context: &Context,
-    image_name: &str,
+    work: &str,
     architectures: &[Arch],
     outcomes: Vec<ArchOutcome>,
 ) -> Result<Vec<Artifact>, BackendError> {
@@ -284,9 +284,7 @@ pub(crate) async fn finish_all(
         let failed = failures.len();
         let requested = architectures.len();
         return Err(BackendError::Failed {
-            context: format!(
-                "the build of {image_name} failed for {failed} of {requested} architecture(s)"
-            ),
+            context: format!("{work} failed for {failed} of {requested} architecture(s)"),
             source: report.into(),
         });
     }

@@ -285,7 +285,7 @@ impl HcloudBackend {
             client,
             &self.config,
             context,
-            &request.name,
+            &format!("the upload of {}", request.name),
             &[request.arch],
             vec![outcome],
         )
