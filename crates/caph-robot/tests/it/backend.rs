@@ -354,40 +354,30 @@ async fn a_checksum_wrong_on_arrival_stops_before_installimage() {
         return;
     };
     let spec = support::spec();
-    // 48 MiB that gzip cannot shrink: the upload lasts long enough to be corrupted on the way.
-    let tarball = support::make_tarball(
-        setup.work.path(),
-        &spec,
-        &TreeOptions {
-            padding_bytes: 48 << 20,
-            ..TreeOptions::default()
-        },
-    );
-    // Corrupts the upload on the rescue system's disk while it is being written: one byte
-    // flipped at the start once more than 1 MiB has arrived (cat only appends after that).
+    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    // Damages the upload on its way into the rescue system's disk, as a broken link or a
+    // tampering middlebox would: the rescue system's `tee` (through which the upload is written
+    // and hashed) gets a fourth byte that is not the one sent. Put in place as soon as the
+    // rescue system's disk exists, long before the upload starts.
     let machines = setup.machines.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher_stop = stop.clone();
     let watcher = std::thread::spawn(move || -> bool {
-        use std::os::unix::fs::FileExt as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let damaging_tee = format!(
+            "#!/bin/sh\n# Test fault: the tarball's bytes are damaged on their way in.\ncase \"$*\" in\n  *{IMAGE_NAME}*) {{ dd bs=1 count=3 2>/dev/null; dd bs=1 count=1 of=/dev/null 2>/dev/null; printf X; cat; }} | /usr/bin/tee \"$@\" ;;\n  *) exec /usr/bin/tee \"$@\" ;;\nesac\n"
+        );
         while !watcher_stop.load(std::sync::atomic::Ordering::SeqCst) {
             for boot in 0..64 {
                 let Some(root) = machines.machine_root(SERVER * 1_000_000 + boot) else {
                     continue;
                 };
-                let Ok(entries) = std::fs::read_dir(root.join("root")) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.starts_with(IMAGE_NAME)
-                        && name.contains(".caph-upload-")
-                        && entry.metadata().map(|meta| meta.len()).unwrap_or(0) > 1 << 20
-                        && let Ok(file) = std::fs::OpenOptions::new().write(true).open(entry.path())
-                    {
-                        // gzip's first byte is 0x1f; anything else is a corruption.
-                        return file.write_at(&[0x00], 0).is_ok();
-                    }
+                let bin = root.join("usr/local/bin");
+                if bin.is_dir() {
+                    let tee = bin.join("tee");
+                    return std::fs::write(&tee, &damaging_tee).is_ok()
+                        && std::fs::set_permissions(&tee, std::fs::Permissions::from_mode(0o755))
+                            .is_ok();
                 }
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -401,7 +391,7 @@ async fn a_checksum_wrong_on_arrival_stops_before_installimage() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let corrupted = watcher.join().expect("watcher");
     if !corrupted {
-        panic!("the watcher never saw the upload in progress; result: {result:?}");
+        panic!("the rescue system's disk never appeared; result: {result:?}");
     }
     let error = result.expect_err("the checksum does not match");
     let message = full_message(&error);
@@ -427,13 +417,16 @@ async fn installimage_rejecting_the_config_is_surfaced_in_its_own_words() {
         return;
     };
     let spec = support::spec();
-    let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
-    // Locally valid, but the server has no such drive: only installimage can tell.
-    let layout =
-        layout_from_autosetup("DRIVE1 /dev/nvme0n1\nPART /boot ext4 1024M\nPART / ext4 all\n")
-            .expect("layout");
+    let built = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    // An arm64 image for a server taken to be arm64: locally valid, but the server is x86_64,
+    // which only installimage in its rescue system can tell.
+    let tarball = built.with_file_name("Debian-1200-bookworm-arm64-test.tar.gz");
+    std::fs::rename(&built, &tarball).expect("renamed");
     let mut target = InstallTarget::new(SERVER, &tarball);
-    target.layout = Some(layout);
+    target.machine = Some(caph_robot::autosetup::Machine {
+        uefi: false,
+        arm: true,
+    });
     let error = setup
         .backend
         .install(&setup.context, &spec, &target)
@@ -447,7 +440,7 @@ async fn installimage_rejecting_the_config_is_surfaced_in_its_own_words() {
         "{message}"
     );
     assert!(
-        message.contains("ERROR: Value for DRIVE1 is not correct: /dev/nvme0n1"),
+        message.contains("ERROR: can not install an arm64 image on a x86_64 system"),
         "installimage's own words: {message}"
     );
     assert!(

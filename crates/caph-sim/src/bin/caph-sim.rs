@@ -75,25 +75,51 @@ fn generated_token() -> String {
         .collect()
 }
 
-async fn terminated() {
+/// SIGINT and SIGTERM, listened for from the moment this is made: a signal that arrives before
+/// the endpoints are even printed is not missed (nor does it kill the process unhandled).
+struct Shutdown {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(stream) => stream,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Shutdown {
+    fn listen() -> Shutdown {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Shutdown {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Shutdown {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn requested(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.interrupt) => {}
+                _ = next(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -116,6 +142,7 @@ fn ssh_machines() -> Result<(Arc<SshMachines>, Arc<SshMachines>), String> {
 }
 
 async fn serve(args: Args) -> ExitCode {
+    let shutdown = Shutdown::listen();
     if args.hcloud_listen.is_none() && args.robot.robot_listen.is_none() {
         say!("caph-sim: nothing to serve: give --hcloud-listen and/or --robot-listen");
         return ExitCode::from(2);
@@ -229,7 +256,7 @@ async fn serve(args: Args) -> ExitCode {
     }
     let _ = stdout.flush();
     drop(stdout);
-    terminated().await;
+    shutdown.requested().await;
     drop(robot);
     drop(hcloud);
     ExitCode::SUCCESS
