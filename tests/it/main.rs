@@ -5,6 +5,7 @@ mod cli;
 mod cloud;
 mod crd;
 mod hcloud_build;
+mod hcloud_capacity;
 mod hcloud_faults;
 mod hcloud_sim_mode;
 mod hostile;
@@ -16,6 +17,7 @@ mod robot;
 mod robot_sim_mode;
 mod runtime;
 mod tarball;
+mod upload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

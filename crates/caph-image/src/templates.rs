@@ -652,7 +652,7 @@ mod tests {
         )))
         .unwrap();
         let server_type = &spec.hcloud.as_ref().unwrap().server_types[&Arch::X86];
-        let hcloud = hcloud_machine_template(&spec.image.name, Arch::X86, server_type);
+        let hcloud = hcloud_machine_template(&spec.image.name, Arch::X86, &server_type[0]);
         let file_name = format!(
             "Debian-1200-bookworm-amd64-k8s-v{}.tar.gz",
             spec.kubernetes.version
