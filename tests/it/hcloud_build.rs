@@ -5,20 +5,30 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
+use caph_hcloud::Client;
 use caph_hcloud::client::{
     CreateServerRequest, CreateSshKeyRequest, IdOrName, ServerStatus, WaitOptions,
 };
-use caph_hcloud::{Client, ClientConfig, Token};
 use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, connect_when_ready};
 
-use crate::cloud::{Cloud, TOKEN};
+use crate::cloud::{Cloud, Target};
 
 /// Runs the real binary with `args` against the cloud, in `dir`.
 pub async fn run_caph_image(cloud: &Cloud, dir: &std::path::Path, args: &[&str]) -> Output {
+    let env: Vec<(&str, String)> = cloud.env().into_iter().collect();
+    run_caph_image_with(&env, dir, args).await
+}
+
+/// Runs the real binary with `args` and the environment `env`, in `dir`.
+pub async fn run_caph_image_with(
+    env: &[(&str, String)],
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Output {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
         .args(args)
         .current_dir(dir)
-        .envs(cloud.env())
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
         .output()
         .await
         .expect("caph-image runs");
@@ -33,20 +43,22 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn builds_labelled_snapshots_and_leaves_nothing_else() {
-    let Some(cloud) = Cloud::start("builds_labelled_snapshots_and_leaves_nothing_else").await
+    // The simulator, or with CAPH_IMAGE_LIVE=1 a real project (README, "Live runs").
+    let Some(target) = Target::start("builds_labelled_snapshots_and_leaves_nothing_else").await
     else {
         return;
     };
-    let architectures = Cloud::architectures();
+    let architectures = target.architectures();
+    let name = target.image_name("e2e-node");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("node.toml"),
-        cloud.spec("e2e-node", &architectures),
+        target.spec(&name, &architectures),
     )
     .unwrap();
 
-    let output = run_caph_image(
-        &cloud,
+    let output = run_caph_image_with(
+        &target.env(),
         dir.path(),
         &[
             "build",
@@ -67,16 +79,25 @@ async fn builds_labelled_snapshots_and_leaves_nothing_else() {
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let snapshots = result["snapshots"].as_array().unwrap();
     assert_eq!(snapshots.len(), architectures.len());
+    let ids: Vec<i64> = snapshots
+        .iter()
+        .map(|snapshot| snapshot["id"].as_str().unwrap().parse().unwrap())
+        .collect();
 
     // Nothing but the snapshots is left: no server, no key, no unfinished image.
-    let state = cloud.state_with_nothing_left();
-    let made = state.snapshots();
-    assert_eq!(made.len(), architectures.len());
-    for snapshot in &made {
-        assert_eq!(
-            snapshot.labels.get("caph-image-name").map(String::as_str),
-            Some("e2e-node")
-        );
+    target.assert_nothing_left().await;
+    let client = target.client();
+    for (arch, id) in architectures.iter().zip(&ids) {
+        let found = caph_hcloud::backend::caph_lookup(
+            &client,
+            &name,
+            caph_core::Arch::parse(arch).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(found.len(), 1, "{arch}: CAPH finds {found:?}");
+        let snapshot = &found[0];
+        assert_eq!(snapshot.id.0, *id);
         assert_eq!(
             snapshot
                 .labels
@@ -90,25 +111,29 @@ async fn builds_labelled_snapshots_and_leaves_nothing_else() {
         );
         assert!(!snapshot.labels.contains_key("caph-image-pending-name"));
     }
-    // Every mirror download was checked against a published checksum.
-    let requests = cloud.mirror.requests();
-    assert!(
-        requests.iter().any(|path| path.ends_with("kubelet.sha256")),
-        "{requests:?}"
-    );
+    if let Some(cloud) = target.sim() {
+        // Every mirror download was checked against a published checksum.
+        let requests = cloud.mirror.requests();
+        assert!(
+            requests.iter().any(|path| path.ends_with("kubelet.sha256")),
+            "{requests:?}"
+        );
+    }
 
     // Boot each snapshot and look inside.
-    let client = Client::new(ClientConfig::new(cloud.sim.api_url(), Token::new(TOKEN))).unwrap();
     for snapshot in snapshots {
         let id: i64 = snapshot["id"].as_str().unwrap().parse().unwrap();
         let arch = snapshot["architecture"].as_str().unwrap();
-        inspect_node(&client, id, arch).await;
+        inspect_node(&client, id, arch, &name).await;
     }
-    cloud.assert_openapi_clean();
+    if let Some(cloud) = target.sim() {
+        cloud.assert_openapi_clean();
+    }
+    target.remove_snapshots(&ids).await;
 }
 
 /// Creates a server from snapshot `id`, logs in with a pinned host key and checks what the plan promised.
-async fn inspect_node(client: &Client, id: i64, arch: &str) {
+async fn inspect_node(client: &Client, id: i64, arch: &str, name: &str) {
     let user_key = KeyPair::generate_ed25519("inspector").unwrap();
     let host_key = KeyPair::generate_ed25519("inspected").unwrap();
     let key = client
@@ -212,7 +237,7 @@ async fn inspect_node(client: &Client, id: i64, arch: &str) {
     );
     let release = check("cat /etc/caph-image-release").await;
     assert!(
-        release.contains("CAPH_IMAGE_NAME=e2e-node")
+        release.contains(&format!("CAPH_IMAGE_NAME={name}"))
             && release.contains(&format!("ARCHITECTURE={arch}")),
         "{release}"
     );

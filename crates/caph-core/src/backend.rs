@@ -143,6 +143,9 @@ pub struct Artifact {
     pub created: Option<String>,
     /// Labels or manifest facts.
     pub labels: BTreeMap<String, String>,
+    /// What is worth knowing about how it was made, one line each: where it was built, and
+    /// why a preferred place was passed over.
+    pub notes: Vec<String>,
 }
 
 /// What preflight found: facts to show, and problems that stop the build.

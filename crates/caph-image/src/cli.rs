@@ -136,8 +136,9 @@ A .sha256 file is written beside the tarball.
 
 Name the file by installimage's rule, <Distro>-<NNNN>-<codename>-<amd64|arm64>-<flavor>.tar.gz:
 installimage reads the distribution and architecture from the file name. gzip is the default
-because Cluster API Provider Hetzner's installImage.image.url does not take .tar.zst; a .tar.zst
-works only through installImage.image.path.
+because Cluster API Provider Hetzner's installImage.image.url takes no URL ending in .tar.zst;
+the printed HetznerBareMetalMachineTemplate gives a .tar.zst a URL ending in #.tar, which CAPH
+takes and installimage's tar reads (README, section Dedicated servers).
 
 Examples:
   caph-image pack ./rootfs -o Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz
@@ -157,6 +158,9 @@ Examples:
         #[arg(long)]
         plain: bool,
     },
+    /// Upload an existing disk image as a labelled snapshot
+    #[command(subcommand)]
+    Upload(UploadCommand),
     /// Dedicated servers in Robot
     #[command(subcommand)]
     Robot(RobotCommand),
@@ -205,6 +209,62 @@ Examples:
     },
 }
 
+/// `upload` targets.
+#[derive(Debug, Subcommand)]
+pub enum UploadCommand {
+    /// Write a disk image onto a temporary server's disk from its rescue system and snapshot it
+    #[command(after_help = "\
+IMAGE is a raw disk image (MBR or GPT) or a qcow2 image, optionally compressed with xz, zstd,
+bzip2 or gzip (recognised by content, not by name), given as a path or an http(s) URL.
+
+Before anything is created the image is looked at: a file that is not a disk image, or needs a
+bigger disk than the server type has (where its size is known: a qcow2's virtual size, a raw
+file's length, else what its partition table spans), is refused, and so is a URL that does not
+answer 200. Then a temporary server is created powered off, its rescue system enabled through the
+API and booted; the image is streamed over SSH, decompressed and written to /dev/sda there, with
+its sha256 computed here and on the server as it is written (and compared with --sha256 when
+given). The server is powered off and snapshotted under a pending name; the snapshot takes
+caph-image-name=NAME only once it is available, as with build hcloud, and the server and key are
+removed, also on errors and Ctrl-C (caph-image gc finds what a killed run left).
+
+Examples:
+  export HCLOUD_TOKEN=...
+  caph-image upload hcloud talos-amd64.raw.xz --name talos-1.11 --arch x86
+  caph-image upload hcloud https://example.com/node-arm64.qcow2 --name node --arch arm --location hel1,fsn1")]
+    Hcloud {
+        /// The disk image: a path or an http(s) URL
+        #[arg(value_name = "IMAGE")]
+        image: String,
+        /// The caph-image-name label of the snapshot (CAPH's imageName)
+        #[arg(long, value_parser = parse_field)]
+        name: String,
+        /// The image's architecture: x86 or arm
+        #[arg(long, value_parser = parse_arch)]
+        arch: caph_core::Arch,
+        /// The snapshot's description
+        #[arg(long)]
+        description: Option<String>,
+        /// Locations in order of preference, comma-separated
+        #[arg(long = "location", value_name = "LOCATION", value_delimiter = ',', value_parser = parse_field, default_value = "fsn1,nbg1,hel1")]
+        locations: Vec<String>,
+        /// Server types in order of preference, comma-separated (default: cx23 for x86, cax11
+        /// for arm); the snapshot's disk is the first one's that takes the image
+        #[arg(long = "server-type", value_name = "TYPE", value_delimiter = ',', value_parser = parse_field)]
+        server_types: Vec<String>,
+        /// The sha256 the image must have
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Replace an existing snapshot of the same name once the new one is available
+        #[arg(long)]
+        replace: bool,
+        /// On failure keep the server
+        #[arg(long)]
+        keep_on_error: bool,
+        #[command(flatten)]
+        api: HcloudArgs,
+    },
+}
+
 /// Where the Hetzner Cloud API is.
 #[derive(Debug, Clone, Args)]
 pub struct HcloudArgs {
@@ -221,13 +281,16 @@ pub enum BuildCommand {
 For each architecture a temporary server is created with an SSH key and a host key made for this
 run; the host key goes in through cloud-init and is pinned. The plan runs over SSH, the server is
 shut down and snapshotted, and the snapshot is labelled caph-image-name=<image.name> only once it
-is available, so Cluster API Provider Hetzner never finds two. The server and key are always
-removed, also on errors and Ctrl-C.
+is available, so Cluster API Provider Hetzner never finds one still being made. With --replace the
+old snapshot of the name is deleted by the very next request (for that one request CAPH finds
+both, never none). The server and key are always removed, also on errors and Ctrl-C. The output
+ends with an HCloudMachineTemplate per architecture (README, section Using the images with
+Cluster API Provider Hetzner).
 
 Examples:
   export HCLOUD_TOKEN=...
   caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --dry-run
-  caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --arch arm --location hel1
+  caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --arch arm --location hel1,fsn1
   caph-image build hcloud images/ubuntu-24.04-k8s-1.36.toml --replace --output json
 
 Without a Hetzner account, --sim runs the same build against a simulated cloud whose servers are
@@ -241,13 +304,15 @@ real OpenSSH servers in chroots on this machine:
         /// Architectures to build, comma-separated (default: the spec's hcloud.architectures)
         #[arg(long, value_delimiter = ',', value_parser = parse_arch)]
         arch: Vec<caph_core::Arch>,
-        /// Location of the build servers (default: the spec's hcloud.location)
-        #[arg(long, value_parser = parse_field)]
-        location: Option<String>,
-        /// Server type to build on, when building one architecture (default: the spec's)
-        #[arg(long, value_parser = parse_field)]
-        server_type: Option<String>,
-        /// Replace an existing snapshot of the same name; the old one is deleted only after the new one is available
+        /// Locations of the build servers in order of preference, comma-separated (default: the
+        /// spec's hcloud.locations)
+        #[arg(long = "location", value_name = "LOCATION", value_delimiter = ',', value_parser = parse_field)]
+        locations: Vec<String>,
+        /// Server types to build on in order of preference, comma-separated, when building one
+        /// architecture (default: the spec's hcloud.server_types)
+        #[arg(long = "server-type", value_name = "TYPE", value_delimiter = ',', value_parser = parse_field)]
+        server_types: Vec<String>,
+        /// Replace an existing snapshot of the same name: the new one takes the name once it is available, and the old one is deleted right after
         #[arg(long)]
         replace: bool,
         /// On failure keep the build server and print how to reach it
@@ -287,8 +352,9 @@ JSON manifest beside it.
 Needs root (mmdebstrap, chroot and mounts), the Debian packages mmdebstrap, util-linux, tar and
 dpkg, and for a foreign architecture qemu-user-static with binfmt-support.
 
-gzip is the default because Cluster API Provider Hetzner's installImage.image.url does not take
-.tar.zst; a .tar.zst works only through installImage.image.path.
+gzip is the default because Cluster API Provider Hetzner's installImage.image.url takes no URL
+ending in .tar.zst; the printed HetznerBareMetalMachineTemplate gives a .tar.zst a URL ending in
+#.tar, which CAPH takes and installimage's tar reads (README, section Dedicated servers).
 
 Examples:
   sudo caph-image build tarball images/debian-12-k8s-1.36.toml -o out/

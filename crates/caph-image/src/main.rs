@@ -10,6 +10,7 @@ mod commands;
 mod output;
 mod progress;
 mod spec_files;
+mod templates;
 
 use std::process::ExitCode;
 

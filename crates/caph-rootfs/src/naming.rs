@@ -13,8 +13,8 @@
 //!
 //! Cluster API Provider Hetzner's `installImage.image.url` accepts `tar`, `tar.gz`, `tar.bz`,
 //! `tar.bz2`, `tar.xz`, `tgz`, `tbz`, `txz`, but **not `tar.zst`**, although installimage
-//! itself does: a `.tar.zst` image can only be used through `installImage.image.path`. See
-//! [`provider_url_accepts`].
+//! itself does (see [`provider_url_accepts`]); the machine template the CLI prints gives a
+//! `.tar.zst` a URL ending in `#.tar` instead, which CAPH takes.
 
 use std::fmt;
 
@@ -307,7 +307,7 @@ pub fn installimage_accepts(file_name: &str) -> bool {
 }
 
 /// Whether Cluster API Provider Hetzner accepts the file name's extension in
-/// `installImage.image.url` (it does not take `tar.zst`; use `image.path` for those).
+/// `installImage.image.url` as it is (it does not take `tar.zst`).
 pub fn provider_url_accepts(file_name: &str) -> bool {
     PROVIDER_URL_EXTENSIONS
         .iter()

@@ -90,6 +90,17 @@ pub struct MachineInfo {
     pub ipv4: Ipv4Addr,
 }
 
+/// A boot into the rescue system: what `enable_rescue` followed by a power on or reset asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudRescue {
+    /// OpenSSH public keys the activation authorizes for root.
+    pub authorized_keys: Vec<String>,
+    /// `x86` or `arm`: the rescue system's architecture is the server's.
+    pub architecture: String,
+    /// The server's disk in bytes (its type's), which the rescue system shows as `/dev/sda`.
+    pub disk_bytes: u64,
+}
+
 /// Why a host could not do what the API asked.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -102,6 +113,19 @@ pub trait MachineHost: Debug + Send + Sync {
     async fn create(&self, spec: MachineSpec) -> Result<MachineInfo, MachineError>;
     /// Boots the machine: from now on its address answers SSH (where the host provides SSH).
     async fn power_on(&self, server_id: u64) -> Result<(), MachineError>;
+    /// Boots the rescue system instead of the server's disk: from now on its address answers
+    /// SSH with the rescue system, whose `/dev/sda` is the server's disk. Hosts without a rescue
+    /// system refuse it.
+    async fn power_on_rescue(
+        &self,
+        server_id: u64,
+        rescue: &CloudRescue,
+    ) -> Result<(), MachineError> {
+        let _ = rescue;
+        Err(MachineError(format!(
+            "server {server_id}: this machine host has no rescue system"
+        )))
+    }
     /// Stops the machine: its address refuses connections.
     async fn power_off(&self, server_id: u64) -> Result<(), MachineError>;
     /// Copies the machine's disk into a new snapshot; returns the bytes used, for `image_size`.
@@ -189,6 +213,14 @@ impl MachineHost for AddressOnly {
     }
 
     async fn power_on(&self, server_id: u64) -> Result<(), MachineError> {
+        self.known(server_id)
+    }
+
+    async fn power_on_rescue(
+        &self,
+        server_id: u64,
+        _rescue: &CloudRescue,
+    ) -> Result<(), MachineError> {
         self.known(server_id)
     }
 

@@ -242,6 +242,83 @@ async fn a_location_runs_out_of_a_server_type() {
     harness.assert_openapi();
 }
 
+/// Whether `server_type` is listed `available` in `location`.
+async fn listed_available(harness: &Harness, server_type: &str, location: &str) -> Value {
+    let types = harness
+        .get(&format!("/server_types?name={server_type}"))
+        .await;
+    types.body["server_types"][0]["locations"]
+        .as_array()
+        .expect("locations")
+        .iter()
+        .find(|place| place["name"] == location)
+        .map_or(Value::Null, |place| place["available"].clone())
+}
+
+#[tokio::test]
+async fn stock_runs_out_with_creates_and_comes_back_with_deletes() {
+    let harness = start(manual()).await;
+    assert!(harness.sim.set_stock("cx23", "fsn1", Some(1)));
+    assert!(
+        !harness.sim.set_stock("cx23", "sin", Some(1)),
+        "cx23 is not offered in sin"
+    );
+    let wanted = json!({"server_type": "cx23", "location": "fsn1"});
+    let first = harness.create_server("a", wanted.clone()).await;
+    assert_eq!(first.status, 201);
+    // The last one is taken: the listing says so, and the next create is refused.
+    assert_eq!(listed_available(&harness, "cx23", "fsn1").await, false);
+    let second = harness.create_server("b", wanted.clone()).await;
+    assert_eq!(
+        (second.status, second.code()),
+        (412, "resource_unavailable")
+    );
+    // Other locations keep their own stock.
+    let nbg1 = harness
+        .create_server("b", json!({"server_type": "cx23", "location": "nbg1"}))
+        .await;
+    assert_eq!(nbg1.status, 201);
+    // A deleted server gives its place back.
+    let id = first.body["server"]["id"].as_u64().expect("id");
+    harness.advance(30 * SECOND).await;
+    let deleted = harness.delete(&format!("/servers/{id}")).await;
+    assert_eq!(deleted.status, 200);
+    harness.advance(30 * SECOND).await;
+    assert_eq!(listed_available(&harness, "cx23", "fsn1").await, true);
+    let third = harness.create_server("c", wanted.clone()).await;
+    assert_eq!(third.status, 201);
+    // Changed during the run, both ways.
+    assert!(harness.sim.set_stock("cx23", "fsn1", None));
+    let unlimited = harness.create_server("d", wanted).await;
+    assert_eq!(unlimited.status, 201);
+    harness.assert_openapi();
+}
+
+#[tokio::test]
+async fn stock_sells_out_between_a_listing_and_the_order() {
+    let harness = start(manual()).await;
+    harness.sim.inject(Fault::SellOut {
+        route: "POST /servers".into(),
+        nth: 1,
+        location: "fsn1".into(),
+        server_type: "cx23".into(),
+    });
+    // Listed as available until the order arrives.
+    assert_eq!(listed_available(&harness, "cx23", "fsn1").await, true);
+    let order = harness
+        .create_server("s", json!({"server_type": "cx23", "location": "fsn1"}))
+        .await;
+    assert_eq!((order.status, order.code()), (412, "resource_unavailable"));
+    assert!(harness.sim.pending_faults().is_empty());
+    // The sell-out stays.
+    assert_eq!(listed_available(&harness, "cx23", "fsn1").await, false);
+    let elsewhere = harness
+        .create_server("s", json!({"server_type": "cx23", "location": "nbg1"}))
+        .await;
+    assert_eq!(elsewhere.status, 201);
+    harness.assert_openapi();
+}
+
 /// A host whose power-on and snapshot fail, to see host errors end actions in `error`.
 #[derive(Debug, Default)]
 struct BrokenHost {

@@ -205,14 +205,75 @@ impl Session {
         result
     }
 
-    async fn upload_to_temp<R: AsyncRead + Unpin + Send>(
+    /// Streams `source` into the standard input of `consumer` (shell text the caller built and
+    /// quoted, such as `xz -dc | dd of=/dev/sda`) with the same check as [`Session::upload`]:
+    /// the sha256 is computed here as the bytes are sent, and on the server by the `tee` that hands
+    /// them to the consumer, so both digests cover exactly what the consumer received. `target`
+    /// names what is written (`/dev/sda`) in errors. Fails when the consumer or `tee` exits
+    /// non-zero (with the consumer's output) or when the digests differ (with both).
+    pub async fn stream_into<R: AsyncRead + Unpin + Send>(
         &self,
         source: R,
-        remote_path: &str,
-        temp_path: &str,
-        mode: u32,
+        consumer: &str,
+        target: &str,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<UploadReport, SshError> {
+        let command = stream_and_hash_command(consumer);
+        let HashedRun {
+            exit_code,
+            stdout,
+            stderr,
+            sent,
+            sent_digest,
+        } = self
+            .run_hashed(&command, source, target, on_progress)
+            .await?;
+        let written = WriteReport::parse(&stdout);
+        let consumer_status = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(CONSUMER_STATUS_PREFIX))
+            .and_then(|status| status.trim().parse::<u32>().ok());
+        // The consumer's failure explains a broken pipe in `tee`, so it is reported first.
+        let failed_status = match (consumer_status, written.tee_status) {
+            (Some(status), _) if status != 0 => Some(status),
+            (None, _) => Some(exit_code.max(1)),
+            (_, Some(0)) if exit_code == 0 => None,
+            (_, Some(status)) if status != 0 => Some(status),
+            _ => Some(exit_code.max(1)),
+        };
+        if let Some(status) = failed_status {
+            return Err(SshError::UploadCommandFailed {
+                addr: self.addr,
+                remote_path: target.to_owned(),
+                command: consumer.to_owned(),
+                exit_code: status,
+                stderr: stderr.trim_end().to_owned(),
+            });
+        }
+        let remote_digest = written.digest.unwrap_or_default();
+        if remote_digest != sent_digest {
+            return Err(SshError::ChecksumMismatch {
+                addr: self.addr,
+                remote_path: target.to_owned(),
+                sent: sent_digest,
+                remote: remote_digest,
+            });
+        }
+        Ok(UploadReport {
+            bytes: sent,
+            sha256: sent_digest,
+        })
+    }
+
+    /// Runs `command` with `source` on its stdin, hashing what is sent; `target` names what is
+    /// written in errors. The caller reads the server's side of the story from the output.
+    async fn run_hashed<R: AsyncRead + Unpin + Send>(
+        &self,
+        command: &str,
+        source: R,
+        target: &str,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<HashedRun, SshError> {
         let mut hasher = Sha256::new();
         let mut sent: u64 = 0;
         let mut observe = |chunk: &[u8]| {
@@ -220,7 +281,6 @@ impl Session {
             sent += chunk.len() as u64;
             on_progress(sent);
         };
-        let write_command = write_and_hash_command(temp_path);
         let mut stdout = String::new();
         let mut stderr = String::new();
         let feed = StdinFeed {
@@ -229,7 +289,7 @@ impl Session {
         };
         let exit_code = self
             .run(
-                &write_command,
+                command,
                 Some(feed),
                 &mut |line: OutputLine<'_>| match line.stream {
                     OutputStream::Stdout => keep_line(&mut stdout, line.text),
@@ -240,11 +300,38 @@ impl Session {
             .map_err(|error| match error {
                 SshError::StdinSource { source, .. } => SshError::UploadSource {
                     addr: self.addr,
-                    remote_path: remote_path.to_owned(),
+                    remote_path: target.to_owned(),
                     source,
                 },
                 other => other,
             })?;
+        Ok(HashedRun {
+            exit_code,
+            stdout,
+            stderr,
+            sent,
+            sent_digest: hex::encode(hasher.finalize()),
+        })
+    }
+
+    async fn upload_to_temp<R: AsyncRead + Unpin + Send>(
+        &self,
+        source: R,
+        remote_path: &str,
+        temp_path: &str,
+        mode: u32,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadReport, SshError> {
+        let write_command = write_and_hash_command(temp_path);
+        let HashedRun {
+            exit_code,
+            stdout,
+            stderr,
+            sent,
+            sent_digest,
+        } = self
+            .run_hashed(&write_command, source, remote_path, on_progress)
+            .await?;
         let written = WriteReport::parse(&stdout);
         // The hasher's status is the command's; `tee`'s (did every byte reach the file?) comes
         // on its own line.
@@ -257,7 +344,6 @@ impl Session {
         if let Some(status) = failed_status {
             return Err(self.upload_failed(remote_path, &write_command, status, stderr));
         }
-        let sent_digest = hex::encode(hasher.finalize());
         let remote_digest = written.digest.unwrap_or_default();
         if remote_digest != sent_digest {
             return Err(SshError::ChecksumMismatch {
@@ -543,6 +629,34 @@ fn write_and_hash_command(temp_path: &str) -> String {
     format!(
         "umask 077 && : > {temp} && {{ {{ tee -- {temp}; echo \"{TEE_STATUS_PREFIX}$?\" >&3; }} | \
          if openssl version > /dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi; }} 3>&1"
+    )
+}
+
+/// What a hashed run saw: the command's status and output, and what was sent.
+struct HashedRun {
+    exit_code: u32,
+    stdout: String,
+    stderr: String,
+    sent: u64,
+    sent_digest: String,
+}
+
+/// The line [`Session::stream_into`]'s command prints with the consumer's exit status.
+const CONSUMER_STATUS_PREFIX: &str = "caph-upload-consumer ";
+
+/// The server side of [`Session::stream_into`]: the consumer reads a FIFO in the background
+/// (its output kept aside and shown on stderr at the end, so stdout carries only the report),
+/// while `tee` copies stdin into the FIFO and on to the sha256 hasher, as in
+/// [`write_and_hash_command`]. POSIX sh, so a rescue system's `sh` runs it.
+fn stream_and_hash_command(consumer: &str) -> String {
+    format!(
+        "dir=$(mktemp -d) && mkfifo -m 600 \"$dir/stream\" || exit 1\n\
+         ( {consumer} ) < \"$dir/stream\" > \"$dir/output\" 2>&1 &\n\
+         consumer=$!\n\
+         {{ {{ tee -- \"$dir/stream\"; echo \"{TEE_STATUS_PREFIX}$?\" >&3; }} | \
+         if openssl version > /dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi; }} 3>&1\n\
+         wait \"$consumer\"; echo \"{CONSUMER_STATUS_PREFIX}$?\"\n\
+         cat \"$dir/output\" >&2; rm -rf \"$dir\""
     )
 }
 

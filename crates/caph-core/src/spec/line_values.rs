@@ -92,6 +92,21 @@ const LINE_FIELDS: &[LineField] = &[
         rule: Rule::Field,
     },
     LineField {
+        path: &["hcloud", "server_types", "*", "[]"],
+        file: "the HCloudMachineTemplate a build prints",
+        rule: Rule::Field,
+    },
+    LineField {
+        path: &["hcloud", "location"],
+        file: "the build's one-line progress and results",
+        rule: Rule::Field,
+    },
+    LineField {
+        path: &["hcloud", "locations", "[]"],
+        file: "the build's one-line progress and results",
+        rule: Rule::Field,
+    },
+    LineField {
         path: &["base", "hcloud", "*"],
         file: "the build's one-line progress and results",
         rule: Rule::Field,

@@ -9,8 +9,8 @@ use super::compat::{self, Components};
 use super::layout::{DiskLayout, LogicalVolume, Partition, Size, validate_layout};
 use super::reader::{At, Reader, Section};
 use super::{
-    Artifact, Base, Distribution, FileSpec, Hcloud, Identity, ImageSpec, Kubernetes,
-    KubernetesSource, Robot, RootfsBase, ScriptSpec, System,
+    Artifact, Base, DEFAULT_LOCATIONS, Distribution, FileSpec, Hcloud, Identity, ImageSpec,
+    Kubernetes, KubernetesSource, Robot, RootfsBase, ScriptSpec, System,
 };
 use crate::arch::Arch;
 use crate::diagnostic::{Diagnostic, Diagnostics};
@@ -46,6 +46,8 @@ pub const RESERVED_LABELS: &[&str] = &[
     "build-id",
     "built-by",
     "spec-sha256",
+    "build-server-type",
+    "build-location",
 ];
 
 const DEFAULT_APT_URL: &str = "https://pkgs.k8s.io/core:/stable:";
@@ -1225,8 +1227,16 @@ impl Loader<'_, '_> {
         let Some(section) = self.reader.section(root, "hcloud", false) else {
             return Some(None);
         };
-        self.reader
-            .check_keys(&section, &["architectures", "location", "server_type"]);
+        self.reader.check_keys(
+            &section,
+            &[
+                "architectures",
+                "locations",
+                "location",
+                "server_types",
+                "server_type",
+            ],
+        );
         let mut ok = true;
         let mut architectures = Vec::new();
         let list = self
@@ -1290,29 +1300,8 @@ impl Loader<'_, '_> {
                 }
             }
         }
-        let location = match self.reader.string(&section, "location") {
-            Some(location)
-                if is_lower_word(&location.value.replace(|c: char| c.is_ascii_digit(), "")) =>
-            {
-                location.value
-            }
-            Some(location) => {
-                ok = false;
-                self.reader.error(&location.span, "hcloud.location", format!("\"{}\" is not a location name", location.value), Some("use a name such as \"fsn1\", \"nbg1\", \"hel1\", \"ash\", \"hil\" or \"sin\"".to_string()));
-                String::new()
-            }
-            None => "fsn1".to_string(),
-        };
-        let mut server_types = BTreeMap::new();
-        let types_section = self.reader.section(&section, "server_type", false);
-        if let Some(types) = &types_section {
-            self.reader.check_keys(types, &["x86", "arm"]);
-            for arch in Arch::ALL {
-                if let Some(server_type) = self.reader.string(types, arch.hcloud_name()) {
-                    server_types.insert(arch, server_type.value);
-                }
-            }
-        }
+        let locations = self.hcloud_locations(&section);
+        let server_types = self.hcloud_server_types(&section);
         for (index, arch) in architectures.iter().enumerate() {
             let span = list
                 .get(index)
@@ -1323,17 +1312,209 @@ impl Loader<'_, '_> {
                 ok = false;
                 self.reader.error(&span, &format!("hcloud.architectures[{index}]"), format!("\"{arch}\" is requested, but base.hcloud.{arch} names no image for it"), Some(format!("add `{arch} = \"ubuntu-24.04\"` (or the right image) to [base.hcloud], or remove \"{arch}\"")));
             }
-            if !server_types.contains_key(arch) {
+            if server_types
+                .as_ref()
+                .is_some_and(|types| !types.contains_key(arch))
+            {
                 ok = false;
                 let example = if *arch == Arch::X86 { "cx23" } else { "cax11" };
-                self.reader.error(&span, &format!("hcloud.server_type.{arch}"), format!("is missing for the requested architecture \"{arch}\""), Some(format!("add `{arch} = \"{example}\"` to [hcloud.server_type]: the smallest type the image will run on")));
+                self.reader.error(&span, &format!("hcloud.server_types.{arch}"), format!("is missing for the requested architecture \"{arch}\""), Some(format!("add `{arch} = [\"{example}\"]` to [hcloud.server_types]: the smallest type the image will run on first, then any fallbacks")));
             }
         }
+        let (Some(locations), Some(server_types)) = (locations, server_types) else {
+            return None;
+        };
         ok.then_some(Some(Hcloud {
             architectures,
-            location,
+            locations,
             server_types,
         }))
+    }
+
+    /// `locations` (an ordered list), or the older `location` (one name), or the default; `None`
+    /// after a diagnostic.
+    fn hcloud_locations(&mut self, section: &Section<'_, '_>) -> Option<Vec<String>> {
+        let single = self.reader.string(section, "location");
+        let list = self.reader.string_list(section, "locations");
+        let names = match (single, list) {
+            (Some(single), Some(_)) => {
+                self.reader.error(
+                    &single.span,
+                    "hcloud.location",
+                    "is given beside hcloud.locations",
+                    Some("keep one: `locations = [\"fsn1\", \"nbg1\"]` lists locations in order of preference".to_string()),
+                );
+                return None;
+            }
+            (Some(single), None) => vec![single],
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    let span = section
+                        .table
+                        .get("locations")
+                        .map_or(section.span.clone(), |value| value.span());
+                    self.reader.error(
+                        &span,
+                        "hcloud.locations",
+                        "is empty",
+                        Some(
+                            "list at least one location, such as [\"fsn1\", \"nbg1\"]".to_string(),
+                        ),
+                    );
+                    return None;
+                }
+                list
+            }
+            (None, None) => {
+                return Some(
+                    DEFAULT_LOCATIONS
+                        .iter()
+                        .map(|name| name.to_string())
+                        .collect(),
+                );
+            }
+        };
+        let field = |index: usize| {
+            if section.table.contains_key("locations") {
+                format!("hcloud.locations[{index}]")
+            } else {
+                "hcloud.location".to_string()
+            }
+        };
+        self.preference_list(
+            &names,
+            field,
+            |name| is_lower_word(&name.replace(|c: char| c.is_ascii_digit(), "")),
+            "is not a location name",
+            "use a name such as \"fsn1\", \"nbg1\", \"hel1\", \"ash\", \"hil\" or \"sin\"",
+        )
+    }
+
+    /// `[hcloud.server_types]` (an ordered list per architecture) and the older
+    /// `[hcloud.server_type]` (one type per architecture), merged; `None` after a diagnostic.
+    fn hcloud_server_types(
+        &mut self,
+        section: &Section<'_, '_>,
+    ) -> Option<BTreeMap<Arch, Vec<String>>> {
+        let mut ok = true;
+        let mut server_types = BTreeMap::new();
+        let single = self.reader.section(section, "server_type", false);
+        let lists = self.reader.section(section, "server_types", false);
+        for table in single.iter().chain(lists.iter()) {
+            self.reader.check_keys(table, &["x86", "arm"]);
+        }
+        for arch in Arch::ALL {
+            let key = arch.hcloud_name();
+            let one = single
+                .as_ref()
+                .and_then(|table| self.reader.string(table, key));
+            let many = lists
+                .as_ref()
+                .and_then(|table| self.reader.string_list(table, key));
+            let names = match (one, many) {
+                (Some(one), Some(_)) => {
+                    ok = false;
+                    self.reader.error(
+                        &one.span,
+                        &format!("hcloud.server_type.{arch}"),
+                        format!("is given beside hcloud.server_types.{arch}"),
+                        Some(format!("keep one: `{arch} = [\"...\"]` in [hcloud.server_types] lists types in order of preference")),
+                    );
+                    continue;
+                }
+                (Some(one), None) => vec![one],
+                (None, Some(list)) if list.is_empty() => {
+                    ok = false;
+                    let span = lists
+                        .as_ref()
+                        .and_then(|table| table.table.get(key))
+                        .map_or(section.span.clone(), |value| value.span());
+                    self.reader.error(
+                        &span,
+                        &format!("hcloud.server_types.{arch}"),
+                        "is empty",
+                        Some("list the smallest type the image will run on first, then any fallbacks".to_string()),
+                    );
+                    continue;
+                }
+                (None, Some(list)) => list,
+                (None, None) => {
+                    // Present but of the wrong type: already reported, and not "missing".
+                    let present = single
+                        .iter()
+                        .chain(lists.iter())
+                        .any(|table| table.table.contains_key(key));
+                    ok &= !present;
+                    continue;
+                }
+            };
+            let from_list = lists
+                .as_ref()
+                .is_some_and(|table| table.table.contains_key(key));
+            let field = |index: usize| {
+                if from_list {
+                    format!("hcloud.server_types.{arch}[{index}]")
+                } else {
+                    format!("hcloud.server_type.{arch}")
+                }
+            };
+            match self.preference_list(
+                &names,
+                field,
+                |name| {
+                    name.starts_with(|c: char| c.is_ascii_lowercase())
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                },
+                "is not a server type name",
+                "use a name such as \"cx23\" or \"cax11\", as `hcloud server-type list` shows them",
+            ) {
+                Some(names) => {
+                    server_types.insert(arch, names);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(server_types)
+    }
+
+    /// Checks an ordered list of names: each must pass `valid`, none may appear twice.
+    fn preference_list(
+        &mut self,
+        names: &[At<String>],
+        field: impl Fn(usize) -> String,
+        valid: impl Fn(&str) -> bool,
+        invalid: &str,
+        help: &str,
+    ) -> Option<Vec<String>> {
+        let mut ok = true;
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, name) in names.iter().enumerate() {
+            if text::check_field(&name.value).is_err() {
+                // `line_values` reports it, with the rule it breaks.
+                ok = false;
+            } else if !valid(&name.value) {
+                ok = false;
+                self.reader.error(
+                    &name.span,
+                    &field(index),
+                    format!("\"{}\" {invalid}", text::Escaped(&name.value)),
+                    Some(help.to_string()),
+                );
+            } else if seen.contains(&name.value.as_str()) {
+                ok = false;
+                self.reader.error(
+                    &name.span,
+                    &field(index),
+                    format!("\"{}\" is listed twice", name.value),
+                    Some("list each once, in order of preference".to_string()),
+                );
+            } else {
+                seen.push(&name.value);
+            }
+        }
+        ok.then(|| names.iter().map(|name| name.value.clone()).collect())
     }
 
     fn robot(&mut self, root: &Section<'_, '_>) -> Option<Option<Robot>> {

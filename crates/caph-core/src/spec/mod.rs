@@ -256,11 +256,17 @@ pub struct ScriptSpec {
 pub struct Hcloud {
     /// The architectures to build, in order.
     pub architectures: Vec<Arch>,
-    /// The location of the temporary build server (`fsn1`).
-    pub location: String,
-    /// The server type per architecture: the smallest type the image will be deployed on.
-    pub server_types: BTreeMap<Arch, String>,
+    /// Locations of the temporary build server, in order of preference: a build takes the first
+    /// where a preferred type can be ordered (`fsn1`, `nbg1`, `hel1` unless the spec says).
+    pub locations: Vec<String>,
+    /// Server types per architecture, in order of preference; the first is the smallest type the
+    /// image will be deployed on (a snapshot's disk is the build server's and never shrinks).
+    pub server_types: BTreeMap<Arch, Vec<String>>,
 }
+
+/// Locations a spec without `location` or `locations` builds in, in this order: the three
+/// eu-central sites, which share prices and network zone.
+pub const DEFAULT_LOCATIONS: &[&str] = &["fsn1", "nbg1", "hel1"];
 
 /// Dedicated-server install settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

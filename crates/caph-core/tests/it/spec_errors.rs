@@ -219,8 +219,74 @@ fn missing_server_type_for_a_requested_architecture() {
     check(
         &with("[hcloud]\narchitectures = [\"x86\"]\n"),
         expect![[
-            r#"images/x.toml:23:18: hcloud.server_type.x86 is missing for the requested architecture "x86"; add `x86 = "cx23"` to [hcloud.server_type]: the smallest type the image will run on"#
+            r#"images/x.toml:23:18: hcloud.server_types.x86 is missing for the requested architecture "x86"; add `x86 = ["cx23"]` to [hcloud.server_types]: the smallest type the image will run on first, then any fallbacks"#
         ]],
+    );
+}
+
+/// The `[hcloud]` of the valid spec with `text` after `architectures = ["x86"]`, loaded.
+fn hcloud_of(text: &str) -> caph_core::spec::Hcloud {
+    let spec = with(&format!("[hcloud]\narchitectures = [\"x86\"]\n{text}"));
+    match caph_core::spec::load("images/x.toml", spec.as_bytes(), &MapFiles::default()) {
+        Ok(spec) => spec.hcloud.expect("the spec has [hcloud]"),
+        Err(diagnostics) => panic!("{diagnostics}"),
+    }
+}
+
+#[test]
+fn preference_lists_and_the_older_single_keys_load_alike() {
+    let old = hcloud_of("location = \"nbg1\"\n[hcloud.server_type]\nx86 = \"cx23\"\n");
+    let new = hcloud_of("locations = [\"nbg1\"]\n[hcloud.server_types]\nx86 = [\"cx23\"]\n");
+    assert_eq!(old, new);
+    assert_eq!(new.locations, ["nbg1"]);
+    assert_eq!(new.server_types[&caph_core::Arch::X86], ["cx23"]);
+
+    let ordered = hcloud_of(
+        "locations = [\"hel1\", \"fsn1\"]\n[hcloud.server_types]\nx86 = [\"cx23\", \"cx33\"]\n",
+    );
+    assert_eq!(ordered.locations, ["hel1", "fsn1"]);
+    assert_eq!(
+        ordered.server_types[&caph_core::Arch::X86],
+        ["cx23", "cx33"]
+    );
+
+    // One architecture in each form is fine; without a location, the three eu-central sites.
+    let mixed = hcloud_of(
+        "[hcloud.server_type]\nx86 = \"cx23\"\n[hcloud.server_types]\narm = [\"cax11\"]\n",
+    );
+    assert_eq!(mixed.locations, caph_core::spec::DEFAULT_LOCATIONS);
+    assert_eq!(mixed.server_types[&caph_core::Arch::Arm], ["cax11"]);
+}
+
+#[test]
+fn preference_lists_that_cannot_be_read() {
+    check(
+        &with(
+            "[hcloud]\narchitectures = [\"x86\"]\nlocation = \"fsn1\"\nlocations = [\"nbg1\"]\n[hcloud.server_type]\nx86 = \"cx23\"\n[hcloud.server_types]\nx86 = [\"cx33\"]\n",
+        ),
+        expect![[r#"
+            images/x.toml:24:12: hcloud.location is given beside hcloud.locations; keep one: `locations = ["fsn1", "nbg1"]` lists locations in order of preference
+            images/x.toml:27:7: hcloud.server_type.x86 is given beside hcloud.server_types.x86; keep one: `x86 = ["..."]` in [hcloud.server_types] lists types in order of preference"#]],
+    );
+    check(
+        &with(
+            "[hcloud]\narchitectures = [\"x86\"]\nlocations = [\"fsn1\", \"FSN2\", \"fsn1\"]\n[hcloud.server_types]\nx86 = [\"cx23\", \"CX33\", \"cx23\"]\narm = []\nriscv = [\"x\"]\n",
+        ),
+        expect![[r#"
+            images/x.toml:24:22: hcloud.locations[1] "FSN2" is not a location name; use a name such as "fsn1", "nbg1", "hel1", "ash", "hil" or "sin"
+            images/x.toml:24:30: hcloud.locations[2] "fsn1" is listed twice; list each once, in order of preference
+            images/x.toml:26:16: hcloud.server_types.x86[1] "CX33" is not a server type name; use a name such as "cx23" or "cax11", as `hcloud server-type list` shows them
+            images/x.toml:26:24: hcloud.server_types.x86[2] "cx23" is listed twice; list each once, in order of preference
+            images/x.toml:27:7: hcloud.server_types.arm is empty; list the smallest type the image will run on first, then any fallbacks
+            images/x.toml:28:1: hcloud.server_types.riscv is not a known key; known keys in [hcloud.server_types]: x86, arm"#]],
+    );
+    check(
+        &with(
+            "[hcloud]\narchitectures = [\"x86\"]\nlocations = []\n[hcloud.server_types]\nx86 = \"cx23\"\n",
+        ),
+        expect![[r#"
+            images/x.toml:24:13: hcloud.locations is empty; list at least one location, such as ["fsn1", "nbg1"]
+            images/x.toml:26:7: hcloud.server_types.x86 must be an array of strings, not a string"#]],
     );
 }
 

@@ -5,6 +5,7 @@ use caph_core::backend::{Artifact, BackendError, BuildRequest, Context, Prefligh
 use caph_core::{Arch, ImageSpec};
 
 use super::naming::{BUILD_LABEL, BUILT_BY, BUILT_BY_LABEL, NAME_LABEL};
+use super::placement::{self, ArchPlacement, Offer};
 use crate::client::ListImagesParams;
 use crate::client::{Architecture, Image, ImageType};
 use crate::client::{Client, Error, LabelSelector};
@@ -42,6 +43,9 @@ pub async fn caph_lookup(client: &Client, name: &str, arch: Arch) -> Result<Vec<
     Ok(images)
 }
 
+/// The pairs each architecture's build tries, in order.
+pub(crate) type Placements = std::collections::BTreeMap<Arch, ArchPlacement>;
+
 fn api_failure(what: &str, error: Error) -> BackendError {
     BackendError::Failed {
         context: format!("preflight: {what}"),
@@ -49,64 +53,80 @@ fn api_failure(what: &str, error: Error) -> BackendError {
     }
 }
 
-/// Checks everything a build needs, creating nothing: the token, the location, the server type
-/// per architecture (exists, not deprecated, available there, right architecture), the base image,
-/// and that the image name is free per architecture (or `--replace` was given).
+/// Checks everything a build needs, creating nothing: the token, the preferred locations and
+/// server types per architecture (they exist, are of the right architecture, not deprecated, and
+/// some pair can be ordered now), the base image, and that the image name is free per
+/// architecture (or `--replace` was given).
 pub async fn preflight(
     client: &Client,
     _context: &Context,
     request: &BuildRequest,
 ) -> Result<PreflightReport, BackendError> {
+    check(client, request).await.map(|(report, _)| report)
+}
+
+/// Preflight, and the pairs each architecture's build tries, in order.
+pub(crate) async fn check(
+    client: &Client,
+    request: &BuildRequest,
+) -> Result<(PreflightReport, Placements), BackendError> {
     let spec: &ImageSpec = &request.spec;
     let mut report = PreflightReport::default();
+    let mut placements = Placements::new();
     let Some(hcloud) = &spec.hcloud else {
-        report.problems.push(format!("{}: the spec has no [hcloud] table; add one with architectures, location and server_type", spec.file));
-        return Ok(report);
+        report.problems.push(format!("{}: the spec has no [hcloud] table; add one with architectures, locations and server_types", spec.file));
+        return Ok((report, placements));
     };
-    // The first call doubles as the token check: a bad token fails here with 401.
-    let locations = client
-        .list_locations(Some(&hcloud.location))
-        .await
-        .map_err(|error| api_failure("checking the API token and the location", error))?;
-    if locations.is_empty() {
-        let all = client
-            .list_locations(None)
-            .await
-            .map_err(|error| api_failure("listing locations", error))?;
-        let names: Vec<String> = all.into_iter().map(|location| location.name).collect();
-        report.problems.push(format!(
-            "location \"{}\" does not exist; use one of {}",
-            hcloud.location,
-            names.join(", ")
-        ));
-        return Ok(report);
+    let offer = Offer::read(client).await.map_err(|error| {
+        api_failure("checking the API token, locations and server types", error)
+    })?;
+    let location_problems = placement::location_problems(&offer, &hcloud.locations);
+    if !location_problems.is_empty() {
+        report.problems.extend(location_problems);
+        return Ok((report, placements));
     }
     report.checks.push(format!(
-        "API token works; location {} exists",
-        hcloud.location
+        "API token works; locations {} exist",
+        hcloud.locations.join(", ")
     ));
     for arch in &request.architectures {
         let arch = *arch;
-        let Some(type_name) = hcloud.server_types.get(&arch) else {
-            report.problems.push(format!("{arch}: no server type; set hcloud.server_type.{arch} in the spec or pass --server-type"));
+        let Some(type_names) = hcloud.server_types.get(&arch) else {
+            report.problems.push(format!("{arch}: no server type; set hcloud.server_types.{arch} in the spec or pass --server-type"));
             continue;
         };
-        let types = client
-            .list_server_types(Some(type_name))
-            .await
-            .map_err(|error| api_failure("listing server types", error))?;
-        match types.first() {
-            None => report.problems.push(format!("{arch}: server type \"{type_name}\" does not exist; list them with `hcloud server-type list`")),
-            Some(server_type) => {
-                if server_type.architecture != architecture(arch) {
-                    report.problems.push(format!("{arch}: server type {type_name} is {}, not {arch}", server_type.architecture));
-                } else if server_type.is_deprecated() {
-                    report.problems.push(format!("{arch}: server type {type_name} is deprecated; choose a current type (snapshots only fit types with at least its disk)"));
-                } else if !server_type.is_available_in(&hcloud.location) {
-                    report.problems.push(format!("{arch}: server type {type_name} is not available in {}; choose another location or type", hcloud.location));
-                } else {
-                    report.checks.push(format!("{arch}: server type {type_name} ({} GB disk) is available in {}", server_type.disk, hcloud.location));
+        match placement::plan(&offer, arch, type_names, &hcloud.locations) {
+            Err(problems) => report.problems.extend(problems),
+            Ok(placement) => {
+                let first = &placement.candidates[0];
+                let mut line = format!(
+                    "{arch}: builds on {first} ({} GB disk{})",
+                    first.disk_gb,
+                    if first.recommended {
+                        ", recommended"
+                    } else {
+                        ""
+                    }
+                );
+                if !placement.skipped.is_empty() {
+                    line.push_str(&format!("; skipped {}", placement.skipped.join(", ")));
                 }
+                if placement.candidates.len() > 1 {
+                    let rest: Vec<String> = placement.candidates[1..]
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    line.push_str(&format!("; then {} if that fails", rest.join(", ")));
+                }
+                report.checks.push(line);
+                let smallest = placement.candidates[0].disk_gb;
+                for candidate in &placement.candidates {
+                    if candidate.disk_gb > smallest {
+                        report.checks.push(format!("{arch}: note: a snapshot built on {}'s {} GB disk will not fit {} ({smallest} GB)", candidate.server_type, candidate.disk_gb, placement.candidates[0].server_type));
+                        break;
+                    }
+                }
+                placements.insert(arch, placement);
             }
         }
         let Some(base_name) = spec.base.hcloud_images.get(&arch) else {
@@ -160,7 +180,7 @@ pub async fn preflight(
             ));
         }
     }
-    Ok(report)
+    Ok((report, placements))
 }
 
 /// The snapshots this tool made and finished, optionally only those of `name`.
@@ -208,5 +228,6 @@ pub(crate) fn artifact_of(image: Image) -> Option<Artifact> {
         duration: None,
         created: image.created,
         labels: image.labels,
+        notes: Vec::new(),
     })
 }

@@ -11,10 +11,14 @@
 //! 3. `gc` removes what a SIGKILLed run left, by the same label.
 
 mod cloud_init;
+pub mod commit;
+pub mod disk_image;
 mod ledger;
 mod lookup;
 pub mod naming;
+pub mod placement;
 mod run;
+pub mod upload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,11 +125,11 @@ impl Backend for HcloudBackend {
         context: &Context,
         request: &BuildRequest,
     ) -> Result<Vec<Artifact>, BackendError> {
-        let report = lookup::preflight(&self.client, context, request).await?;
+        let (report, placements) = lookup::check(&self.client, request).await?;
         if !report.problems.is_empty() {
             return Err(BackendError::Preflight(report.problems));
         }
-        run::build_all(&self.client, &self.config, context, request).await
+        run::build_all(&self.client, &self.config, context, request, &placements).await
     }
 
     async fn list(

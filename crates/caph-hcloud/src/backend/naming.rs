@@ -41,9 +41,25 @@ pub fn temporary_labels(build_id: &str) -> Labels {
     Labels::from([(BUILD_LABEL.to_string(), build_id.to_string())])
 }
 
+/// Where a snapshot was built: its server type and location, recorded on the snapshot as
+/// `build-server-type` and `build-location` (snapshots are global, but the build's location
+/// decides its time and cost, and the type its disk size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltOn {
+    /// The build server's type, e.g. `cx23`.
+    pub server_type: String,
+    /// The build server's location, e.g. `fsn1`.
+    pub location: String,
+}
+
 /// Labels of a snapshot while it is made: provenance, the pending name and the build label.
-pub fn pending_snapshot_labels(spec: &ImageSpec, arch: Arch, build_id: &str) -> Labels {
-    let mut labels = final_snapshot_labels(spec, arch, build_id);
+pub fn pending_snapshot_labels(
+    spec: &ImageSpec,
+    arch: Arch,
+    build_id: &str,
+    built_on: &BuiltOn,
+) -> Labels {
+    let mut labels = final_snapshot_labels(spec, arch, build_id, built_on);
     labels.remove(NAME_LABEL);
     labels.insert(PENDING_NAME_LABEL.to_string(), spec.image.name.clone());
     labels.insert(BUILD_LABEL.to_string(), build_id.to_string());
@@ -51,7 +67,12 @@ pub fn pending_snapshot_labels(spec: &ImageSpec, arch: Arch, build_id: &str) -> 
 }
 
 /// Labels of a finished snapshot: the name CAPH looks up, provenance, and the spec's own labels.
-pub fn final_snapshot_labels(spec: &ImageSpec, arch: Arch, build_id: &str) -> Labels {
+pub fn final_snapshot_labels(
+    spec: &ImageSpec,
+    arch: Arch,
+    build_id: &str,
+    built_on: &BuiltOn,
+) -> Labels {
     let mut labels: Labels = spec.image.labels.clone();
     labels.insert(NAME_LABEL.to_string(), spec.image.name.clone());
     labels.insert(
@@ -68,6 +89,11 @@ pub fn final_snapshot_labels(spec: &ImageSpec, arch: Arch, build_id: &str) -> La
     labels.insert("build-id".to_string(), build_id.to_string());
     labels.insert(BUILT_BY_LABEL.to_string(), BUILT_BY.to_string());
     labels.insert("spec-sha256".to_string(), spec.short_digest().to_string());
+    labels.insert(
+        "build-server-type".to_string(),
+        built_on.server_type.clone(),
+    );
+    labels.insert("build-location".to_string(), built_on.location.clone());
     labels
 }
 

@@ -11,14 +11,16 @@ use caph_core::plan::{self, BuildStamp, Target};
 use caph_core::{Arch, ImageSpec};
 use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, OutputLine, Session};
 
+use super::commit::{self, CommitError, CommitEvent, NameCommit};
 use super::ledger::{self, Ledger, SharedLedger};
+use super::lookup::Placements;
 use super::naming::{
-    self, final_snapshot_labels, pending_snapshot_labels, snapshot_description, temporary_labels,
-    temporary_name,
+    self, BuiltOn, final_snapshot_labels, pending_snapshot_labels, snapshot_description,
+    temporary_labels, temporary_name,
 };
+use super::placement::{self, ArchPlacement};
 use super::{HcloudBackendConfig, cloud_init, lookup};
 use crate::client::CreateSshKeyRequest;
-use crate::client::UpdateImageRequest;
 use crate::client::{Client, Error as ClientError, SecretString};
 use crate::client::{CreateImageRequest, CreateServerRequest};
 use crate::client::{IdOrName, ImageId, ImageStatus, ServerId, ServerStatus};
@@ -63,6 +65,12 @@ pub enum ArchFailure {
         /// Its last output lines, indented.
         tail: String,
     },
+    /// No preferred (server type, location) pair could take the server.
+    #[error("no preferred server type could be created in a preferred location: {}; add locations to hcloud.locations or types to hcloud.server_types, or try later", .tried.join("; "))]
+    NoCapacity {
+        /// Each pair tried or skipped, with the reason: `cx23 in fsn1: sold out`.
+        tried: Vec<String>,
+    },
     /// The result is not what CAPH needs.
     #[error("{0}")]
     Verify(String),
@@ -72,38 +80,41 @@ pub enum ArchFailure {
     /// The plan refused a value (one that validation lets through never gets here).
     #[error("rendering the plan: {0}")]
     Plan(#[from] caph_core::text::UnsafeLine),
+    /// Naming the snapshot (and replacing the old one) failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
 }
 
-fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> ArchFailure {
+pub(crate) fn api(what: impl Into<String>) -> impl FnOnce(ClientError) -> ArchFailure {
     let what = what.into();
     move |source| ArchFailure::Api { what, source }
 }
 
-fn ssh(what: impl Into<String>) -> impl FnOnce(caph_ssh::SshError) -> ArchFailure {
+pub(crate) fn ssh(what: impl Into<String>) -> impl FnOnce(caph_ssh::SshError) -> ArchFailure {
     let what = what.into();
     move |source| ArchFailure::Ssh { what, source }
 }
 
 /// Shared state of one architecture's build: where it is, and what it made.
-struct Tracker {
+pub(crate) struct Tracker {
     arch: Arch,
     phase: Mutex<Phase>,
-    ledger: SharedLedger,
-    started: Instant,
+    pub(crate) ledger: SharedLedger,
+    pub(crate) started: Instant,
     /// How to reach the server, for `--keep-on-error`.
     access: Mutex<Option<Access>>,
 }
 
 /// The address and keys of a build server.
 #[derive(Clone)]
-struct Access {
+pub(crate) struct Access {
     address: SocketAddr,
     client_key: KeyPair,
     host_key_line: String,
 }
 
 impl Tracker {
-    fn enter(&self, context: &Context, phase: Phase, detail: impl Into<String>) {
+    pub(crate) fn enter(&self, context: &Context, phase: Phase, detail: impl Into<String>) {
         match self.phase.lock() {
             Ok(mut guard) => *guard = phase,
             Err(poisoned) => *poisoned.into_inner() = phase,
@@ -122,7 +133,7 @@ impl Tracker {
         }
     }
 
-    fn say(&self, context: &Context, line: impl Into<String>) {
+    pub(crate) fn say(&self, context: &Context, line: impl Into<String>) {
         context.progress.event(ProgressEvent::Output {
             scope: self.arch.to_string(),
             line: line.into(),
@@ -131,7 +142,7 @@ impl Tracker {
 }
 
 /// The outcome of one architecture.
-enum ArchOutcome {
+pub(crate) enum ArchOutcome {
     Built(Artifact),
     Failed {
         phase: Phase,
@@ -151,13 +162,34 @@ pub(crate) async fn build_all(
     config: &Arc<HcloudBackendConfig>,
     context: &Context,
     request: &BuildRequest,
+    placements: &Placements,
 ) -> Result<Vec<Artifact>, BackendError> {
-    let builds = request
-        .architectures
-        .iter()
-        .map(|arch| build_arch(client, config, context, request, *arch));
+    let builds = request.architectures.iter().map(|arch| {
+        let placement = placements.get(arch).cloned().unwrap_or_default();
+        build_arch(client, config, context, request, *arch, placement)
+    });
     let outcomes = futures_util::future::join_all(builds).await;
+    finish_all(
+        client,
+        config,
+        context,
+        &format!("the build of {}", request.spec.image.name),
+        &request.architectures,
+        outcomes,
+    )
+    .await
+}
 
+/// Sweeps what still carries the build label and turns the units' outcomes into the result:
+/// the artifacts, or an error naming each failure and its cleanup.
+pub(crate) async fn finish_all(
+    client: &Client,
+    config: &Arc<HcloudBackendConfig>,
+    context: &Context,
+    work: &str,
+    architectures: &[Arch],
+    outcomes: Vec<ArchOutcome>,
+) -> Result<Vec<Artifact>, BackendError> {
     // Layer two: whatever still carries this build's label (a create whose answer was lost, say)
     // goes too, except servers kept on purpose. It runs even after cancellation, bounded in time.
     let kept: Vec<ServerId> = outcomes
@@ -200,7 +232,7 @@ pub(crate) async fn build_all(
     let mut failures = Vec::new();
     let mut cancelled_phase = None;
     let mut cancel_cleanup = Vec::new();
-    for (arch, outcome) in request.architectures.iter().zip(outcomes) {
+    for (arch, outcome) in architectures.iter().zip(outcomes) {
         match outcome {
             ArchOutcome::Built(artifact) => artifacts.push(artifact),
             ArchOutcome::Failed {
@@ -253,12 +285,9 @@ pub(crate) async fn build_all(
             report.push_str(&format!("\nbuilt anyway: {}", built.join(", ")));
         }
         let failed = failures.len();
-        let requested = request.architectures.len();
+        let requested = architectures.len();
         return Err(BackendError::Failed {
-            context: format!(
-                "the build of {} failed for {failed} of {requested} architecture(s)",
-                request.spec.image.name
-            ),
+            context: format!("{work} failed for {failed} of {requested} architecture(s)"),
             source: report.into(),
         });
     }
@@ -271,15 +300,45 @@ async fn build_arch(
     context: &Context,
     request: &BuildRequest,
     arch: Arch,
+    placement: ArchPlacement,
 ) -> ArchOutcome {
-    let tracker = Arc::new(Tracker {
-        arch,
-        phase: Mutex::new(Phase::Create),
-        ledger: Arc::new(Mutex::new(Ledger::default())),
-        started: Instant::now(),
-        access: Mutex::new(None),
-    });
-    let work = run_arch(client, config, context, request, &tracker);
+    let tracker = Tracker::new(arch);
+    let work = run_arch(client, config, context, request, &tracker, &placement);
+    supervise(
+        client,
+        config,
+        context,
+        &tracker,
+        request.keep_on_error,
+        work,
+    )
+    .await
+}
+
+impl Tracker {
+    pub(crate) fn new(arch: Arch) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            arch,
+            phase: Mutex::new(Phase::Create),
+            ledger: Arc::new(Mutex::new(Ledger::default())),
+            started: Instant::now(),
+            access: Mutex::new(None),
+        })
+    }
+}
+
+/// Runs one unit of work (an architecture's build, an upload) until it ends or the context is
+/// cancelled, then cleans up what its ledger holds unless it succeeded (or, with
+/// `keep_on_error`, keeps the server for debugging).
+pub(crate) async fn supervise(
+    client: &Client,
+    config: &Arc<HcloudBackendConfig>,
+    context: &Context,
+    tracker: &Arc<Tracker>,
+    keep_on_error: bool,
+    work: impl Future<Output = Result<Artifact, ArchFailure>>,
+) -> ArchOutcome {
+    let arch = tracker.arch;
     // Layer one: on cancellation the work future is dropped wherever it waits; the ledger it
     // filled survives it, and cleanup runs from here.
     let result = tokio::select! {
@@ -291,9 +350,7 @@ async fn build_arch(
         Some(Ok(artifact)) => ArchOutcome::Built(artifact),
         Some(Err(failure)) => {
             let held = ledger::snapshot(&tracker.ledger);
-            if request.keep_on_error
-                && let Some(server) = held.server
-            {
+            if keep_on_error && let Some(server) = held.server {
                 // Keep the server and key, but never an unfinished snapshot.
                 let image_only = Ledger {
                     pending_image: held.pending_image,
@@ -438,18 +495,42 @@ struct ArchBuild<'a> {
     client: &'a Client,
     config: &'a HcloudBackendConfig,
     context: &'a Context,
-    request: &'a BuildRequest,
     tracker: &'a Tracker,
     spec: &'a ImageSpec,
-    hcloud: &'a caph_core::spec::Hcloud,
+    /// The (server type, location) pairs to try, in order.
+    placement: &'a ArchPlacement,
 }
 
-/// The build server once it runs: its id, where SSH listens, and the keys made for it.
+/// The build server once it runs: its id, where SSH listens, the keys made for it, and where it
+/// was made.
 struct BuildServer {
     id: ServerId,
     address: SocketAddr,
     client_key: KeyPair,
     host_key: KeyPair,
+    built_on: BuiltOn,
+    /// Preferred pairs passed over, with the reason: `cx23 in fsn1: sold out`.
+    passed_over: Vec<String>,
+}
+
+/// Why one create attempt did not give a running server.
+pub(crate) enum CreateAttempt {
+    /// The pair has no capacity now: try the next one.
+    NoCapacity(String),
+    /// Anything else ends the build.
+    Failed(ArchFailure),
+}
+
+/// `resource_unavailable: error during placement`, from a create refused or a create action failed.
+pub(crate) fn capacity_reason(error: &ClientError) -> String {
+    match error {
+        ClientError::Api(api) => match &api.code {
+            Some(code) => format!("{code}: {}", api.message),
+            None => api.message.clone(),
+        },
+        ClientError::ActionFailed { code, message, .. } => format!("{code}: {message}"),
+        other => other.to_string(),
+    }
 }
 
 async fn run_arch(
@@ -458,37 +539,60 @@ async fn run_arch(
     context: &Context,
     request: &BuildRequest,
     tracker: &Tracker,
+    placement: &ArchPlacement,
 ) -> Result<Artifact, ArchFailure> {
     let spec: &ImageSpec = &request.spec;
-    let hcloud = spec
-        .hcloud
-        .as_ref()
-        .ok_or_else(|| ArchFailure::Verify("the spec has no [hcloud] table".to_string()))?;
     let build = ArchBuild {
         client,
         config,
         context,
-        request,
         tracker,
         spec,
-        hcloud,
+        placement,
     };
     let server = build.create_server().await?;
     let session = build.connect(&server).await?;
     build.provision(&server, &session).await?;
     session.close().await;
-    build.shut_down(server.id).await?;
-    let image = build.capture(server.id).await?;
-    build.commit_name(image.id).await?;
-    build.clean_up(server.id).await?;
+    let job = Job {
+        client,
+        config,
+        context,
+        tracker,
+    };
+    job.shut_down(server.id).await?;
+    let arch = tracker.arch;
+    let image = job
+        .capture(
+            server.id,
+            snapshot_description(spec, arch),
+            pending_snapshot_labels(spec, arch, &context.build_id, &server.built_on),
+        )
+        .await?;
+    job.commit_name(
+        image.id,
+        &spec.image.name,
+        final_snapshot_labels(spec, arch, &context.build_id, &server.built_on),
+        request.replace,
+    )
+    .await?;
+    job.clean_up(server.id).await?;
     tracker.enter(context, Phase::Done, format!("snapshot {}", image.id));
 
     let mut artifact = lookup::artifact_of(image).ok_or_else(|| {
         ArchFailure::Verify("the snapshot has an unknown architecture".to_string())
     })?;
     artifact.name = spec.image.name.clone();
-    artifact.labels = final_snapshot_labels(spec, tracker.arch, &context.build_id);
+    artifact.labels =
+        final_snapshot_labels(spec, tracker.arch, &context.build_id, &server.built_on);
     artifact.duration = Some(tracker.started.elapsed());
+    artifact.notes.push(format!(
+        "built on {} in {}",
+        server.built_on.server_type, server.built_on.location
+    ));
+    for reason in &server.passed_over {
+        artifact.notes.push(format!("passed over {reason}"));
+    }
     Ok(artifact)
 }
 
@@ -520,70 +624,74 @@ impl ArchBuild<'_> {
             .get(&arch)
             .cloned()
             .unwrap_or_default();
-        let server_type = self
-            .hcloud
-            .server_types
-            .get(&arch)
-            .cloned()
-            .unwrap_or_default();
-        let mut create = CreateServerRequest::new(
-            name.clone(),
-            IdOrName::Name(server_type),
-            IdOrName::Name(base_image),
-        );
-        create.location = Some(IdOrName::Name(self.hcloud.location.clone()));
-        create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
-        create.user_data = Some(SecretString::new(cloud_init::host_key_user_data(
-            &host_key,
-        )?));
-        create.labels = temporary_labels(&context.build_id);
-        let created = client
-            .create_server(&create)
-            .await
-            .map_err(api("creating the build server"))?;
-        let server_id = created.server.id;
-        ledger::update(&tracker.ledger, |ledger| ledger.server = Some(server_id));
-        tracker.say(
-            context,
-            format!("server {server_id} created; waiting for it to run"),
-        );
-        let mut wait = self.config.wait.clone();
-        wait.timeout = self.config.server_ready_timeout;
-        client
-            .wait_for_actions(&created.all_actions(), &wait, &mut |_| {})
-            .await
-            .map_err(api("waiting for the build server to start"))?;
-        let server = client
-            .wait_for_server_status(server_id, &ServerStatus::Running, &wait, &mut |_| {})
-            .await
-            .map_err(api("waiting for the build server to run"))?;
-        let address = SocketAddr::new(
-            server
-                .public_net
-                .ipv4
-                .as_ref()
-                .map(|ipv4| std::net::IpAddr::V4(ipv4.ip))
-                .ok_or_else(|| {
-                    ArchFailure::Verify(format!("server {server_id} has no public IPv4 address"))
-                })?,
-            self.config.ssh_port,
-        );
-
-        let access = Access {
-            address,
-            client_key: client_key.clone(),
-            host_key_line: host_key.public_key().to_openssh(),
-        };
-        match tracker.access.lock() {
-            Ok(mut guard) => *guard = Some(access),
-            Err(poisoned) => *poisoned.into_inner() = Some(access),
+        let user_data = SecretString::new(cloud_init::host_key_user_data(&host_key)?);
+        // Preferred pairs preflight found unorderable count as tried: an error lists them all.
+        let mut passed_over: Vec<String> = self.placement.skipped.clone();
+        for (index, candidate) in self.placement.candidates.iter().enumerate() {
+            let mut create = CreateServerRequest::new(
+                name.clone(),
+                IdOrName::Name(candidate.server_type.clone()),
+                IdOrName::Name(base_image.clone()),
+            );
+            create.location = Some(IdOrName::Name(candidate.location.clone()));
+            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+            create.user_data = Some(user_data.clone());
+            create.labels = temporary_labels(&context.build_id);
+            tracker.say(context, format!("creating the server on {candidate}"));
+            let job = Job {
+                client,
+                config: self.config,
+                context,
+                tracker,
+            };
+            match job.create_on(&create, ServerStatus::Running).await {
+                Ok((server_id, address)) => {
+                    let access = Access {
+                        address,
+                        client_key: client_key.clone(),
+                        host_key_line: host_key.public_key().to_openssh(),
+                    };
+                    match tracker.access.lock() {
+                        Ok(mut guard) => *guard = Some(access),
+                        Err(poisoned) => *poisoned.into_inner() = Some(access),
+                    }
+                    let first = &self.placement.candidates[0];
+                    if candidate.disk_gb > first.disk_gb {
+                        context.progress.event(ProgressEvent::Warning {
+                            scope: arch.to_string(),
+                            message: format!(
+                                "built on {}: the snapshot's disk is {} GB, so it will not fit {} ({} GB)",
+                                candidate.server_type, candidate.disk_gb, first.server_type, first.disk_gb
+                            ),
+                        });
+                    }
+                    return Ok(BuildServer {
+                        id: server_id,
+                        address,
+                        client_key,
+                        host_key,
+                        built_on: BuiltOn {
+                            server_type: candidate.server_type.clone(),
+                            location: candidate.location.clone(),
+                        },
+                        passed_over,
+                    });
+                }
+                Err(CreateAttempt::NoCapacity(reason)) => {
+                    let next = match self.placement.candidates.get(index + 1) {
+                        Some(next) => format!("trying {next}"),
+                        None => "no preferred pair is left".to_string(),
+                    };
+                    context.progress.event(ProgressEvent::Warning {
+                        scope: arch.to_string(),
+                        message: format!("{candidate}: {reason}; {next}"),
+                    });
+                    passed_over.push(format!("{candidate}: {reason}"));
+                }
+                Err(CreateAttempt::Failed(failure)) => return Err(failure),
+            }
         }
-        Ok(BuildServer {
-            id: server_id,
-            address,
-            client_key,
-            host_key,
-        })
+        Err(ArchFailure::NoCapacity { tried: passed_over })
     }
 
     /// Connect, pinning the host key we generated.
@@ -629,9 +737,92 @@ impl ArchBuild<'_> {
         };
         run_plan(session, &plan, &stamp, self.context, self.tracker).await
     }
+}
+
+/// What every unit of work shares: the API, the timeouts, progress and its ledger.
+pub(crate) struct Job<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) config: &'a HcloudBackendConfig,
+    pub(crate) context: &'a Context,
+    pub(crate) tracker: &'a Tracker,
+}
+
+impl Job<'_> {
+    /// One create on one (type, location) pair, waited for until the server is `wanted`; a pair without
+    /// capacity, whether the API refuses the create or its action fails, leaves no server.
+    pub(crate) async fn create_on(
+        &self,
+        create: &CreateServerRequest,
+        wanted: ServerStatus,
+    ) -> Result<(ServerId, SocketAddr), CreateAttempt> {
+        let (client, context, tracker) = (self.client, self.context, self.tracker);
+        let created = match client.create_server(create).await {
+            Ok(created) => created,
+            Err(error) if placement::is_capacity_error(&error) => {
+                return Err(CreateAttempt::NoCapacity(capacity_reason(&error)));
+            }
+            Err(error) => {
+                return Err(CreateAttempt::Failed(api("creating the build server")(
+                    error,
+                )));
+            }
+        };
+        let server_id = created.server.id;
+        ledger::update(&tracker.ledger, |ledger| ledger.server = Some(server_id));
+        tracker.say(
+            context,
+            format!("server {server_id} created; waiting for it to run"),
+        );
+        let mut wait = self.config.wait.clone();
+        wait.timeout = self.config.server_ready_timeout;
+        if let Err(error) = client
+            .wait_for_actions(&created.all_actions(), &wait, &mut |_| {})
+            .await
+        {
+            if !placement::is_capacity_error(&error) {
+                return Err(CreateAttempt::Failed(api(
+                    "waiting for the build server to start",
+                )(error)));
+            }
+            // The server exists but was never placed: it goes before the next pair is tried,
+            // which also frees its name.
+            let held = Ledger {
+                server: Some(server_id),
+                ..Ledger::default()
+            };
+            for line in ledger::clean(client, self.config, &held).await {
+                if line.starts_with("could not") {
+                    return Err(CreateAttempt::Failed(ArchFailure::Verify(line)));
+                }
+                tracker.say(context, line);
+            }
+            ledger::update(&tracker.ledger, |ledger| ledger.server = None);
+            return Err(CreateAttempt::NoCapacity(capacity_reason(&error)));
+        }
+        let server = client
+            .wait_for_server_status(server_id, &wanted, &wait, &mut |_| {})
+            .await
+            .map_err(|error| {
+                CreateAttempt::Failed(api("waiting for the build server to run")(error))
+            })?;
+        let address = SocketAddr::new(
+            server
+                .public_net
+                .ipv4
+                .as_ref()
+                .map(|ipv4| std::net::IpAddr::V4(ipv4.ip))
+                .ok_or_else(|| {
+                    CreateAttempt::Failed(ArchFailure::Verify(format!(
+                        "server {server_id} has no public IPv4 address"
+                    )))
+                })?,
+            self.config.ssh_port,
+        );
+        Ok((server_id, address))
+    }
 
     /// Shut down and wait until really off; fall back to a hard poweroff.
-    async fn shut_down(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+    pub(crate) async fn shut_down(&self, server_id: ServerId) -> Result<(), ArchFailure> {
         let (client, config, context) = (self.client, self.config, self.context);
         self.tracker
             .enter(context, Phase::Shutdown, "ACPI shutdown");
@@ -682,16 +873,20 @@ impl ArchBuild<'_> {
     }
 
     /// Snapshot, under a pending name so CAPH does not see it yet; returns it once available.
-    async fn capture(&self, server_id: ServerId) -> Result<crate::client::Image, ArchFailure> {
+    pub(crate) async fn capture(
+        &self,
+        server_id: ServerId,
+        description: String,
+        labels: crate::client::Labels,
+    ) -> Result<crate::client::Image, ArchFailure> {
         let (client, context, tracker) = (self.client, self.context, self.tracker);
-        let arch = tracker.arch;
         tracker.enter(context, Phase::Capture, "create_image");
         let created_image = client
             .create_image(
                 server_id,
                 &CreateImageRequest {
-                    description: Some(snapshot_description(self.spec, arch)),
-                    labels: pending_snapshot_labels(self.spec, arch, &context.build_id),
+                    description: Some(description),
+                    labels,
                 },
             )
             .await
@@ -718,63 +913,38 @@ impl ArchBuild<'_> {
         wait_until_available(client, image_id, &image_wait).await
     }
 
-    /// Commit: with --replace the old snapshot goes first (only now that the new one is
-    /// available), then the new one takes the name, and CAPH's own query must find exactly it.
-    /// CAPH never finds two.
-    async fn commit_name(&self, image_id: ImageId) -> Result<(), ArchFailure> {
-        let (client, context, tracker, spec) = (self.client, self.context, self.tracker, self.spec);
+    /// Commit: the available snapshot takes the name, with --replace the old one is deleted
+    /// right after (one request in which CAPH finds both, never none), and CAPH's own query
+    /// must find exactly the new one (`commit::commit_name`). Builds and uploads share it.
+    pub(crate) async fn commit_name(
+        &self,
+        image_id: ImageId,
+        name: &str,
+        labels: crate::client::Labels,
+        replace: bool,
+    ) -> Result<(), ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
         let arch = tracker.arch;
         tracker.enter(context, Phase::Verify, "naming the snapshot");
-        let old: Vec<ImageId> = lookup::caph_lookup(client, &spec.image.name, arch)
-            .await
-            .map_err(api("looking up the image name"))?
-            .into_iter()
-            .map(|image| image.id)
-            .filter(|id| *id != image_id)
-            .collect();
-        if !old.is_empty() {
-            if !self.request.replace {
-                return Err(ArchFailure::Verify(format!(
-                    "the name \"{}\" was taken by snapshot {} while this build ran; rerun with --replace",
-                    spec.image.name,
-                    old.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+        // The new snapshot takes the name, then (--replace) the old one goes; `commit` says why
+        // in this order. The ledger keeps the new snapshot until the old one is gone.
+        let commit = NameCommit {
+            name,
+            arch,
+            image: image_id,
+            labels,
+            replace,
+        };
+        commit::commit_name(self.client, &commit, &mut |event| match event {
+            CommitEvent::Named(_) => {}
+            CommitEvent::Replaced(old) => {
+                tracker.say(context, format!("deleted the replaced snapshot {old}"))
             }
-            for old_id in &old {
-                client
-                    .delete_image(*old_id)
-                    .await
-                    .map_err(api(format!("deleting the replaced snapshot {old_id}")))?;
-                tracker.say(context, format!("deleted the replaced snapshot {old_id}"));
+            CommitEvent::Committed(_) => {
+                ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None)
             }
-        }
-        client
-            .update_image(
-                image_id,
-                &UpdateImageRequest {
-                    description: None,
-                    labels: Some(final_snapshot_labels(spec, arch, &context.build_id)),
-                },
-            )
-            .await
-            .map_err(api("naming the snapshot"))?;
-        ledger::update(&tracker.ledger, |ledger| ledger.pending_image = None);
-
-        // Post-check with CAPH's own query.
-        let found = lookup::caph_lookup(client, &spec.image.name, arch)
-            .await
-            .map_err(api("checking the image name"))?;
-        if found.len() != 1 || found[0].id != image_id {
-            let ids: Vec<String> = found.iter().map(|image| image.id.to_string()).collect();
-            return Err(ArchFailure::Verify(format!(
-                "CAPH's lookup for \"{}\" on {arch} finds [{}], not exactly snapshot {image_id}",
-                spec.image.name,
-                ids.join(", ")
-            )));
-        }
+        })
+        .await?;
         tracker.say(
             context,
             format!("CAPH's lookup finds exactly snapshot {image_id}"),
@@ -783,7 +953,7 @@ impl ArchBuild<'_> {
     }
 
     /// Clean up the temporary server and key; the ledger is empty afterwards.
-    async fn clean_up(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+    pub(crate) async fn clean_up(&self, server_id: ServerId) -> Result<(), ArchFailure> {
         let (context, tracker) = (self.context, self.tracker);
         tracker.enter(context, Phase::Cleanup, format!("server {server_id}"));
         let held = ledger::snapshot(&tracker.ledger);

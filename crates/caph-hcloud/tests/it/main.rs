@@ -3,6 +3,7 @@
 
 mod api;
 mod decode;
+mod replace;
 mod waiter;
 
 use std::net::SocketAddr;

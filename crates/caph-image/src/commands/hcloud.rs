@@ -25,15 +25,15 @@ use crate::progress::Progress;
 
 /// The exit code of a wrong command line, as clap gives it.
 const EXIT_USAGE: u8 = 2;
-use crate::{output, spec_files};
+use crate::{output, spec_files, templates};
 
 /// Options of `build hcloud`.
 #[derive(Debug)]
 pub struct BuildOptions<'a> {
     pub spec: &'a Path,
     pub arch: &'a [Arch],
-    pub location: Option<&'a str>,
-    pub server_type: Option<&'a str>,
+    pub locations: &'a [String],
+    pub server_types: &'a [String],
     pub replace: bool,
     pub keep_on_error: bool,
     pub dry_run: bool,
@@ -43,7 +43,7 @@ pub struct BuildOptions<'a> {
     pub api: &'a HcloudArgs,
 }
 
-fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
+pub(super) fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
     let token = Token::from_env().ok_or_else(|| {
         anyhow::anyhow!("HCLOUD_TOKEN is not set: export a read-write API token of the Hetzner Cloud project the snapshots go into (Cloud Console, Security, API tokens), or try the whole build without an account against a simulated cloud on this machine with --sim (`sudo caph-image build hcloud SPEC --sim`)")
     })?;
@@ -61,15 +61,15 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
             options.spec.display()
         );
     };
-    if let Some(location) = options.location {
-        hcloud.location = location.to_string();
+    if !options.locations.is_empty() {
+        hcloud.locations = options.locations.to_vec();
     }
     let architectures: Vec<Arch> = if options.arch.is_empty() {
         hcloud.architectures.clone()
     } else {
         options.arch.to_vec()
     };
-    if let Some(server_type) = options.server_type {
+    if !options.server_types.is_empty() {
         if architectures.len() != 1 {
             anyhow::bail!(
                 "--server-type applies to one architecture; add --arch x86 or --arch arm"
@@ -77,7 +77,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         }
         hcloud
             .server_types
-            .insert(architectures[0], server_type.to_string());
+            .insert(architectures[0], options.server_types.to_vec());
     }
     for arch in &architectures {
         if !spec.base.hcloud_images.contains_key(arch) {
@@ -198,24 +198,29 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     }
 }
 
-fn human_size(bytes: Option<u64>) -> String {
+pub(super) fn human_size(bytes: Option<u64>) -> String {
     match bytes {
         Some(bytes) => format!("{:.2} GB", bytes as f64 / 1e9),
         None => "-".to_string(),
     }
 }
 
-fn machine_template(spec: &caph_core::ImageSpec, arch: Arch) -> String {
-    let server_type = spec
-        .hcloud
-        .as_ref()
-        .and_then(|h| h.server_types.get(&arch))
+/// The template for a snapshot: its type is the one the snapshot was built on (a fallback to a
+/// bigger type makes a snapshot that fits only that size), else the spec's first.
+fn machine_template(spec: &caph_core::ImageSpec, artifact: &Artifact) -> String {
+    let arch = artifact.arch;
+    let server_type = artifact
+        .labels
+        .get("build-server-type")
         .cloned()
+        .or_else(|| {
+            spec.hcloud
+                .as_ref()
+                .and_then(|h| h.server_types.get(&arch))
+                .and_then(|types| types.first().cloned())
+        })
         .unwrap_or_default();
-    format!(
-        "apiVersion: infrastructure.cluster.x-k8s.io/v1beta1\nkind: HCloudMachineTemplate\nmetadata:\n  name: {name}-{arch}\nspec:\n  template:\n    spec:\n      imageName: {name}\n      type: {server_type}\n",
-        name = spec.image.name
-    )
+    templates::hcloud_machine_template(&spec.image.name, arch, &server_type)
 }
 
 fn print_artifacts(
@@ -239,7 +244,7 @@ fn print_artifacts(
                 "snapshots": artifacts.iter().map(|a| json!({
                     "id": a.id, "architecture": a.arch.hcloud_name(), "size_bytes": a.size_bytes,
                     "duration_seconds": a.duration.map(|d| d.as_secs_f64()), "labels": a.labels,
-                    "machine_template": machine_template(spec, a.arch),
+                    "machine_template": machine_template(spec, a), "notes": a.notes,
                 })).collect::<Vec<_>>(),
             });
             if let Some(summary) = simulated {
@@ -270,6 +275,11 @@ fn print_artifacts(
                     duration
                 ));
             }
+            for artifact in artifacts {
+                for note in &artifact.notes {
+                    output::result(&format!("{}: {}", artifact.arch, escape(note)));
+                }
+            }
             output::result("");
             output::result(&format!(
                 "Cluster API Provider Hetzner finds them by imageName \"{}\":",
@@ -277,7 +287,7 @@ fn print_artifacts(
             ));
             for artifact in artifacts {
                 output::result("---");
-                output::result(machine_template(spec, artifact.arch).trim_end());
+                output::result(machine_template(spec, artifact).trim_end());
             }
             if let Some(summary) = simulated {
                 output::result("");

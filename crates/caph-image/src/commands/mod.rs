@@ -5,6 +5,7 @@ mod plan;
 mod robot;
 mod sim;
 mod tarball;
+mod upload;
 mod validate;
 
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{BuildCommand, Cli, Command, ImagesCommand, RobotCommand};
+use crate::cli::{BuildCommand, Cli, Command, ImagesCommand, RobotCommand, UploadCommand};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -22,8 +23,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(BuildCommand::Hcloud {
             spec,
             arch,
-            location,
-            server_type,
+            locations,
+            server_types,
             replace,
             keep_on_error,
             dry_run,
@@ -36,8 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hcloud::BuildOptions {
                 spec: &spec,
                 arch: &arch,
-                location: location.as_deref(),
-                server_type: server_type.as_deref(),
+                locations: &locations,
+                server_types: &server_types,
                 replace,
                 keep_on_error,
                 dry_run,
@@ -70,6 +71,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             compression,
             plain,
         } => tarball::pack(&cli.global, &dir, &file, compression, plain),
+        Command::Upload(UploadCommand::Hcloud {
+            image,
+            name,
+            arch,
+            description,
+            locations,
+            server_types,
+            sha256,
+            replace,
+            keep_on_error,
+            api,
+        }) => upload::hcloud(
+            &cli.global,
+            upload::UploadOptions {
+                image: &image,
+                name,
+                arch,
+                description,
+                locations,
+                server_types,
+                sha256,
+                replace,
+                keep_on_error,
+                api: &api,
+            },
+        ),
         Command::Images(ImagesCommand::List { name, api }) => {
             hcloud::list(&cli.global, name.as_deref(), &api)
         }

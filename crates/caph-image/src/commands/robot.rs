@@ -287,6 +287,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                 Some(&spec.image.name),
                 Some(options.arch),
                 template_layout.as_ref(),
+                !spec.system.disable_swap,
             );
             let summary = simulated.as_ref().map(SimRobot::summary);
             if let (Some(summary), OutputFormat::Json) = (&summary, global.output) {

@@ -20,10 +20,7 @@ use serde_json::json;
 use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, OutputFormat};
 use crate::progress::Progress;
-use crate::{output, spec_files};
-
-/// What the user replaces in the template's URL.
-const URL_PLACEHOLDER: &str = "https://images.example.com/REPLACE-WITH-WHERE-YOU-SERVE-IT";
+use crate::{output, spec_files, templates};
 
 /// Options of `build tarball`.
 #[derive(Debug)]
@@ -110,6 +107,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                     name: Some(&spec.image.name),
                     arch: Some(arch),
                     layout: spec.robot.as_ref().map(|robot| &robot.disk),
+                    keep_swap: !spec.system.disable_swap,
                     kept_work_dir: assembled.kept_work_dir.as_deref(),
                 },
             );
@@ -217,6 +215,7 @@ pub fn pack(
                     name: None,
                     arch: None,
                     layout: None,
+                    keep_swap: false,
                     kept_work_dir: None,
                 },
             );
@@ -246,91 +245,27 @@ struct Printed<'a> {
     arch: Option<Arch>,
     /// The spec's disk layout, for the template.
     layout: Option<&'a DiskLayout>,
+    /// The spec keeps swap (`disable_swap = false`), so the template keeps it too.
+    keep_swap: bool,
     kept_work_dir: Option<&'a Path>,
 }
 
-/// The file name without its tar extension: what CAPH's `image.name` should be, since it
-/// downloads to `/root/<name>.<suffix>` and installimage reads the distribution from the name.
-fn image_stem(file_name: &str) -> &str {
-    [".tar.gz", ".tar.zst", ".tgz", ".tar"]
-        .iter()
-        .find_map(|extension| file_name.strip_suffix(extension))
-        .unwrap_or(file_name)
-}
-
-/// The `HetznerBareMetalMachineTemplate` that installs the tarball. By URL (with a placeholder
-/// to replace) when Cluster API Provider Hetzner accepts the extension there, else by path. The
-/// disks are set up as `layout` says (the spec's [robot.disk], or the layout a robot build used);
-/// without one, the template says so and carries installimage's usual two partitions.
+/// The `HetznerBareMetalMachineTemplate` that installs the tarball `file_name` (see
+/// [`templates::bare_metal_machine_template`]).
 pub fn machine_template(
     file_name: &str,
     name: Option<&str>,
     arch: Option<Arch>,
     layout: Option<&DiskLayout>,
+    keep_swap: bool,
 ) -> String {
-    let stem = image_stem(file_name);
-    let metadata_name = match (name, arch) {
-        (Some(name), Some(arch)) => format!("{name}-{}", arch.debian_name()),
-        _ => stem.to_ascii_lowercase().replace(['.', '_'], "-"),
-    };
-    let image = if provider_url_accepts(file_name) {
-        format!(
-            "        image:\n          name: {stem}\n          url: {URL_PLACEHOLDER}/{file_name}\n"
-        )
-    } else {
-        format!(
-            "        image:\n          # .tar.zst works only by path: copy it into the rescue system first.\n          path: /root/{file_name}\n"
-        )
-    };
-    format!(
-        "apiVersion: infrastructure.cluster.x-k8s.io/v1beta1\n\
-         kind: HetznerBareMetalMachineTemplate\n\
-         metadata:\n  name: {metadata_name}\n\
-         spec:\n  template:\n    spec:\n      installImage:\n{image}{}",
-        disk_fields(layout)
-    )
-}
-
-/// The installImage fields that describe the disks, in Cluster API Provider Hetzner's names
-/// (`swraid`, `swraidLevel`, `partitions`, `logicalVolumeDefinitions`).
-fn disk_fields(layout: Option<&DiskLayout>) -> String {
-    const INDENT: &str = "        ";
-    let Some(layout) = layout else {
-        return format!(
-            "{INDENT}# No disk layout is known here (a spec's [robot.disk] gives one): installimage's usual one.\n\
-             {INDENT}partitions:\n\
-             {INDENT}  - mount: /boot\n{INDENT}    fileSystem: ext4\n{INDENT}    size: 1024M\n\
-             {INDENT}  - mount: /\n{INDENT}    fileSystem: ext4\n{INDENT}    size: all\n"
-        );
-    };
-    let mut fields = String::new();
-    if layout.partitions.iter().any(|partition| partition.crypt) {
-        fields.push_str(&format!(
-            "{INDENT}# The layout encrypts partitions (crypt, CRYPTPASSWORD): installImage has no field for that, so this template installs them unencrypted.\n"
-        ));
-    }
-    if let Some(level) = layout.raid_level {
-        fields.push_str(&format!(
-            "{INDENT}swraid: 1\n{INDENT}swraidLevel: {level}\n"
-        ));
-    }
-    fields.push_str(&format!("{INDENT}partitions:\n"));
-    for partition in &layout.partitions {
-        fields.push_str(&format!(
-            "{INDENT}  - mount: {}\n{INDENT}    fileSystem: {}\n{INDENT}    size: {}\n",
-            partition.mount, partition.filesystem, partition.size
-        ));
-    }
-    if !layout.volumes.is_empty() {
-        fields.push_str(&format!("{INDENT}logicalVolumeDefinitions:\n"));
-        for volume in &layout.volumes {
-            fields.push_str(&format!(
-                "{INDENT}  - vg: {}\n{INDENT}    name: {}\n{INDENT}    mount: {}\n{INDENT}    filesystem: {}\n{INDENT}    size: {}\n",
-                volume.vg, volume.name, volume.mount, volume.filesystem, volume.size
-            ));
-        }
-    }
-    fields
+    templates::bare_metal_machine_template(&templates::BareMetalTemplate {
+        file_name,
+        name,
+        arch,
+        layout,
+        keep_swap,
+    })
 }
 
 fn print_result(global: &GlobalArgs, printed: &Printed<'_>) {
@@ -339,8 +274,14 @@ fn print_result(global: &GlobalArgs, printed: &Printed<'_>) {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let template = machine_template(&file_name, printed.name, printed.arch, printed.layout);
-    let by_path_only = !provider_url_accepts(&file_name);
+    let template = machine_template(
+        &file_name,
+        printed.name,
+        printed.arch,
+        printed.layout,
+        printed.keep_swap,
+    );
+    let url_accepted_as_named = provider_url_accepts(&file_name);
     let summary = printed.summary;
     match global.output {
         OutputFormat::Json => output::json(&json!({
@@ -356,7 +297,7 @@ fn print_result(global: &GlobalArgs, printed: &Printed<'_>) {
             "file_bytes": summary.file_bytes,
             "duration_seconds": printed.duration.as_secs_f64(),
             "work_dir": printed.kept_work_dir,
-            "provider_url_accepted": !by_path_only,
+            "provider_url_accepted": url_accepted_as_named,
             "machine_template": template,
         })),
         OutputFormat::Text => {
@@ -389,83 +330,14 @@ fn print_result(global: &GlobalArgs, printed: &Printed<'_>) {
                 output::result(&format!("work dir:  {} (kept)", work_dir.display()));
             }
             output::result("");
-            if by_path_only {
-                output::result(
-                    "Note: Cluster API Provider Hetzner's installImage.image.url does not accept .tar.zst; \
-                     this tarball works only by path (or rebuild with --compression gzip).",
-                );
-            } else {
-                output::result(&format!(
-                    "Serve the tarball over http(s) and replace the url below ({URL_PLACEHOLDER}/...):"
-                ));
-            }
+            output::result(&format!(
+                "Serve the tarball over http(s) as it is, replace {} in the url below with where it \
+                 is served, and {} with the Secret of the SSH key Cluster API Provider Hetzner logs in with:",
+                templates::URL_PLACEHOLDER,
+                templates::SSH_SECRET_PLACEHOLDER
+            ));
             output::result("---");
             output::result(template.trim_end());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::machine_template;
-    use caph_core::Arch;
-    use caph_robot::backend::layout_from_autosetup;
-
-    #[test]
-    fn the_template_carries_the_layout_installimage_gets() {
-        let layout =
-            layout_from_autosetup(include_str!("../../../../installimage/raid1-lvm.autosetup"))
-                .unwrap();
-        let template = machine_template(
-            "Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz",
-            Some("debian-12-k8s-v1.34.2"),
-            Some(Arch::X86),
-            Some(&layout),
-        );
-        expect_test::expect![[r#"
-            apiVersion: infrastructure.cluster.x-k8s.io/v1beta1
-            kind: HetznerBareMetalMachineTemplate
-            metadata:
-              name: debian-12-k8s-v1.34.2-amd64
-            spec:
-              template:
-                spec:
-                  installImage:
-                    image:
-                      name: Debian-1200-bookworm-amd64-k8s-v1.34.2
-                      url: https://images.example.com/REPLACE-WITH-WHERE-YOU-SERVE-IT/Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz
-                    swraid: 1
-                    swraidLevel: 1
-                    partitions:
-                      - mount: /boot
-                        fileSystem: ext4
-                        size: 1G
-                      - mount: lvm
-                        fileSystem: vg0
-                        size: all
-                    logicalVolumeDefinitions:
-                      - vg: vg0
-                        name: root
-                        mount: /
-                        filesystem: ext4
-                        size: 50G
-                      - vg: vg0
-                        name: var
-                        mount: /var
-                        filesystem: ext4
-                        size: all
-        "#]]
-        .assert_eq(&template);
-    }
-
-    #[test]
-    fn without_a_layout_the_template_says_where_its_partitions_come_from() {
-        let template = machine_template("node.tar.zst", None, None, None);
-        assert!(template.contains("path: /root/node.tar.zst"), "{template}");
-        assert!(
-            template.contains("# No disk layout is known here"),
-            "{template}"
-        );
-        assert!(!template.contains("swraid"), "{template}");
     }
 }

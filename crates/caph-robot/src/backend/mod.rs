@@ -488,6 +488,7 @@ impl Backend for RobotBackend {
             duration: Some(report.duration),
             created: None,
             labels,
+            notes: Vec::new(),
         }])
     }
 

@@ -485,7 +485,7 @@ fn create_server_checks(
         None => server_type
             .locations
             .iter()
-            .find(|place| place.available && !retired(&place.deprecation))
+            .find(|place| place.orderable() && !retired(&place.deprecation))
             .or(server_type.locations.first())
             .map(|place| place.location.clone())
             .unwrap_or_default(),
@@ -512,7 +512,7 @@ fn create_server_checks(
             ),
         ));
     }
-    if !place.available {
+    if !place.orderable() {
         // The live service's answer when a location has run out of a type.
         let mut error = ApiError::new(412, "resource_unavailable", "error during placement");
         error.details = json!({});
@@ -554,6 +554,7 @@ fn create_server_checks(
         }
     }
 
+    world.take_stock(&server_type.name, &location);
     let server_id = world.new_server_id();
     let create_expected = inner.durations.create;
     let create_action = world.start_action(
@@ -611,6 +612,7 @@ fn create_server_checks(
             },
             power_generation: 0,
             host_create_error: None,
+            rescue_keys: Vec::new(),
         },
     );
     let action = world
@@ -815,6 +817,7 @@ fn server_action(
                     format!("'{rescue_type}' is not one of linux64"),
                 ));
             }
+            let mut rescue_keys = Vec::new();
             if let Some(keys) = body.get("ssh_keys")
                 && !keys.is_null()
             {
@@ -825,11 +828,14 @@ fn server_action(
                     let Some(key_id) = key.as_u64() else {
                         return Err(ApiError::invalid_field("ssh_keys", "Not a valid ID."));
                     };
-                    if !world.ssh_keys.contains_key(&key_id) {
-                        return Err(ApiError::invalid_field(
-                            "ssh_keys",
-                            format!("SSH key {key_id} not found"),
-                        ));
+                    match world.ssh_keys.get(&key_id) {
+                        Some(known) => rescue_keys.push(known.public_key.clone()),
+                        None => {
+                            return Err(ApiError::invalid_field(
+                                "ssh_keys",
+                                format!("SSH key {key_id} not found"),
+                            ));
+                        }
                     }
                 }
             }
@@ -842,6 +848,7 @@ fn server_action(
                 Box::new(move |world: &mut World| {
                     if let Some(server) = world.servers.get_mut(&id) {
                         server.view.rescue_enabled = true;
+                        server.rescue_keys = rescue_keys;
                     }
                 }),
             ));

@@ -39,10 +39,21 @@ pub struct TypeLocation {
     pub location: String,
     /// False when the location has run out of this type (`resource_unavailable` on create).
     pub available: bool,
+    /// How many more servers of this type the location can take; `None` is no limit. Each
+    /// create takes one and each deleted server gives it back; at zero the type is listed
+    /// `available: false` there and a create answers `resource_unavailable`.
+    pub stock: Option<u32>,
     /// Whether the type is recommended there.
     pub recommended: bool,
     /// Deprecation of the type in this location, if any.
     pub deprecation: Option<Deprecation>,
+}
+
+impl TypeLocation {
+    /// Whether a server of the type can be ordered here now: listed available, stock left.
+    pub fn orderable(&self) -> bool {
+        self.available && self.stock != Some(0)
+    }
 }
 
 /// A server type (`cx23`, `cax11`, ...).
@@ -178,6 +189,7 @@ fn server_type(spec: TypeSpec) -> ServerType {
             .map(|name| TypeLocation {
                 location: (*name).into(),
                 available: true,
+                stock: None,
                 recommended: true,
                 deprecation: None,
             })
@@ -467,7 +479,7 @@ impl ServerType {
                 "id": location_id(&place.location),
                 "name": place.location,
                 "deprecation": deprecation_json(&place.deprecation),
-                "available": place.available,
+                "available": place.orderable(),
                 "recommended": place.recommended,
             })).collect::<Vec<_>>(),
         })

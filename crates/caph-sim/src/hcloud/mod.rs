@@ -54,7 +54,15 @@
 //! never fires. Kinds: [`Fault::FailRequest`] (an error answer), [`Fault::DropConnection`] (closed
 //! unanswered, not served), [`Fault::DropResponse`] (served, then closed unanswered),
 //! [`Fault::Delay`], [`Fault::FailAction`] (the next action of a command ends in `error`),
-//! [`Fault::IgnoreShutdown`] (ACPI ignored) and [`Fault::ExhaustServerType`] (a location sells out).
+//! [`Fault::IgnoreShutdown`] (ACPI ignored), [`Fault::ExhaustServerType`] (a location sells out)
+//! and [`Fault::SellOut`] (a location sells out when a given request arrives, as when stock goes
+//! between a client's listing and its order).
+//!
+//! # Stock
+//! Each server type has a stock per location ([`TypeLocation::stock`], unlimited by default):
+//! a create takes one, a deleted server gives it back, and at zero the type is listed
+//! `available: false` there and a create answers `resource_unavailable`.
+//! [`HcloudSim::set_stock`] changes it during a run.
 //!
 //! # State for assertions
 //! [`HcloudSim::state`] returns plain structs ([`SimState`]: servers, images, SSH keys, actions);
@@ -93,6 +101,7 @@ mod api;
 mod catalog;
 mod checks;
 mod clock;
+mod cloud_machines;
 mod error;
 mod model;
 mod ops;
@@ -116,6 +125,9 @@ use crate::http::{self, BodyError, DropConnection, Limits, RequestLog};
 pub use api::routes;
 pub use catalog::{Catalog, Deprecation, Location, ServerType, SystemImage, TypeLocation};
 pub use clock::TimeMode;
+pub use cloud_machines::{
+    CLOUD_RESCUE_EXTRA_PACKAGES, CLOUD_RESCUE_TEMPLATE_CACHE, CloudMachines, CloudMachinesConfig,
+};
 pub use model::{
     Action, ActionResource, ActionStatus, Image, ImageKind, ImageStatus, Server, ServerStatus,
     SimState, SshKey,
@@ -314,11 +326,26 @@ pub enum Fault {
     /// touched. Clients must fall back to `poweroff`.
     IgnoreShutdown,
     /// The location runs out of the server type: it is listed `available: false` and creating
-    /// such a server answers `resource_unavailable`. Applies at once and stays.
+    /// such a server answers `resource_unavailable`. Applies at once and stays (as
+    /// [`HcloudSim::set_stock`] with `Some(0)`).
     ExhaustServerType {
         /// Location name, e.g. `hel1`.
         location: String,
         /// Server type name, e.g. `cx43`.
+        server_type: String,
+    },
+    /// When the `nth` request matching `route` arrives, the location runs out of the server type
+    /// before the request is served: what a client read in a listing is gone by the time it
+    /// orders (`POST /servers` then answers `resource_unavailable`). The request itself is served
+    /// as usual; the sell-out stays.
+    SellOut {
+        /// `METHOD /template`, e.g. `POST /servers`.
+        route: String,
+        /// Which matching request finds the stock gone (1 = the next one).
+        nth: u32,
+        /// Location name, e.g. `fsn1`.
+        location: String,
+        /// Server type name, e.g. `cx23`.
         server_type: String,
     },
 }
@@ -341,9 +368,10 @@ impl Fault {
             | Fault::DropConnection { route, nth }
             | Fault::DropResponse { route, nth }
             | Fault::Delay { route, nth, .. } => Some((route.as_str(), *nth)),
-            Fault::FailAction { .. } | Fault::IgnoreShutdown | Fault::ExhaustServerType { .. } => {
-                None
-            }
+            Fault::FailAction { .. }
+            | Fault::IgnoreShutdown
+            | Fault::ExhaustServerType { .. }
+            | Fault::SellOut { .. } => None,
         }
     }
 }
@@ -503,19 +531,18 @@ impl HcloudSim {
             server_type,
         } = &fault
         {
-            for candidate in &mut world.catalog.server_types {
-                if &candidate.name == server_type {
-                    for place in &mut candidate.locations {
-                        if &place.location == location {
-                            place.available = false;
-                            place.recommended = false;
-                        }
-                    }
-                }
-            }
+            world.set_stock(server_type, location, Some(0));
             return;
         }
         world.faults.push(PendingFault { fault, seen: 0 });
+    }
+
+    /// Sets how many more servers of `server_type` `location` can take, at once and for the
+    /// rest of the run: `Some(0)` sells it out (listed `available: false`, a create answers
+    /// `resource_unavailable`), `None` lifts the limit. Each create takes one, each deleted
+    /// server gives it back. False when the type is not offered in that location.
+    pub fn set_stock(&self, server_type: &str, location: &str, stock: Option<u32>) -> bool {
+        self.inner.world().set_stock(server_type, location, stock)
     }
 
     /// Adds an `available` snapshot at once and returns its id (see [`SnapshotSeed`]).
@@ -611,12 +638,7 @@ fn take_request_fault(inner: &Inner, method: &str, template: &str) -> Option<Inj
         let Some((route, nth)) = pending.fault.request_route() else {
             continue;
         };
-        let Some((fault_method, fault_template)) = route.split_once(' ') else {
-            continue;
-        };
-        let fault_template = fault_template.trim();
-        let fault_template = fault_template.strip_prefix("/v1").unwrap_or(fault_template);
-        if !fault_method.eq_ignore_ascii_case(method) || fault_template != template {
+        if !route_matches(route, method, template) {
             continue;
         }
         pending.seen += 1;
@@ -635,10 +657,51 @@ fn take_request_fault(inner: &Inner, method: &str, template: &str) -> Option<Inj
         Fault::DropConnection { .. } => Injected::Drop,
         Fault::DropResponse { .. } => Injected::DropAfter,
         Fault::Delay { delay, .. } => Injected::Delay(delay),
-        Fault::FailAction { .. } | Fault::IgnoreShutdown | Fault::ExhaustServerType { .. } => {
+        Fault::FailAction { .. }
+        | Fault::IgnoreShutdown
+        | Fault::ExhaustServerType { .. }
+        | Fault::SellOut { .. } => {
             return None;
         }
     })
+}
+
+/// Applies every [`Fault::SellOut`] whose moment this request is; the request is then served.
+fn apply_sell_outs(inner: &Inner, method: &str, template: &str) {
+    let mut world = inner.world();
+    let mut fired = Vec::new();
+    for (index, pending) in world.faults.iter_mut().enumerate() {
+        let Fault::SellOut { route, nth, .. } = &pending.fault else {
+            continue;
+        };
+        if !route_matches(route, method, template) {
+            continue;
+        }
+        pending.seen += 1;
+        if pending.seen >= *nth {
+            fired.push(index);
+        }
+    }
+    for index in fired.into_iter().rev() {
+        if let Fault::SellOut {
+            location,
+            server_type,
+            ..
+        } = world.faults.remove(index).fault
+        {
+            world.set_stock(&server_type, &location, Some(0));
+        }
+    }
+}
+
+/// Whether a fault's `METHOD /template` names this request.
+fn route_matches(route: &str, method: &str, template: &str) -> bool {
+    let Some((fault_method, fault_template)) = route.split_once(' ') else {
+        return false;
+    };
+    let fault_template = fault_template.trim();
+    let fault_template = fault_template.strip_prefix("/v1").unwrap_or(fault_template);
+    fault_method.eq_ignore_ascii_case(method) && fault_template == template
 }
 
 fn authorized(inner: &Inner, header: Option<&hyper::header::HeaderValue>) -> bool {
@@ -719,6 +782,7 @@ async fn handle(
         }
         Err(BodyError::Failed) => return Err(DropConnection),
     };
+    apply_sell_outs(&inner, &method, template);
     let injected = take_request_fault(&inner, &method, template);
     let (drop_after, delay) = match injected {
         Some(Injected::Fail(error)) => {

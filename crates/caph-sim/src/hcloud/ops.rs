@@ -6,7 +6,10 @@ use std::sync::Arc;
 use super::clock::SimTime;
 use super::model::{ImageStatus, ServerStatus};
 use super::world::Inner;
-use crate::host::MachineError;
+use crate::host::{CloudRescue, MachineError};
+
+/// Bytes in one of the API's GB (server type disks): a decimal gigabyte.
+const GIGABYTE: u64 = 1_000_000_000;
 
 type Failure = (String, String);
 
@@ -97,17 +100,31 @@ pub(crate) async fn create_server(
 
 /// Boots the machine and ends `action_id`: `running` on success, `off` on failure.
 async fn power_on_step(inner: &Inner, server_id: u64, action_id: u64, generation: u64) {
-    let planned = {
+    let (planned, rescue) = {
         let world = inner.world();
-        if !world.servers.contains_key(&server_id) {
-            Some(gone())
-        } else {
-            world.planned_error(action_id)
+        match world.servers.get(&server_id) {
+            None => (Some(gone()), None),
+            Some(server) => (
+                world.planned_error(action_id),
+                // An enabled rescue system takes this boot (and only this one).
+                server.view.rescue_enabled.then(|| CloudRescue {
+                    authorized_keys: server.rescue_keys.clone(),
+                    architecture: server.view.architecture.clone(),
+                    disk_bytes: server.view.primary_disk_size.saturating_mul(GIGABYTE),
+                }),
+            ),
         }
     };
-    let outcome = match planned {
-        Some(failure) => Err(failure),
-        None => on_server(inner, server_id, inner.host.power_on(server_id))
+    let outcome = match (planned, rescue) {
+        (Some(failure), _) => Err(failure),
+        (None, Some(rescue)) => on_server(
+            inner,
+            server_id,
+            inner.host.power_on_rescue(server_id, &rescue),
+        )
+        .await
+        .map_err(|error| host_failure(&error)),
+        (None, None) => on_server(inner, server_id, inner.host.power_on(server_id))
             .await
             .map_err(|error| host_failure(&error)),
     };
@@ -297,7 +314,9 @@ pub(crate) async fn delete_server(
     let now = inner.clock.now();
     let mut world = inner.world();
     if outcome.is_ok() {
-        world.servers.remove(&server_id);
+        if let Some(server) = world.servers.remove(&server_id) {
+            world.return_stock(&server.view.server_type, &server.view.location);
+        }
         // Actions still running on the server end with it.
         let orphans: Vec<u64> = world
             .actions

@@ -40,6 +40,8 @@ pub(crate) struct ServerRec {
     pub(crate) power_generation: u64,
     /// Why the host could not create the machine, if it could not.
     pub(crate) host_create_error: Option<String>,
+    /// The public keys `enable_rescue` authorized for the next rescue boot.
+    pub(crate) rescue_keys: Vec<String>,
 }
 
 /// An image as stored.
@@ -549,6 +551,57 @@ impl World {
                     .iter()
                     .any(|(id, kind)| *id == server_id && *kind == "server")
         })
+    }
+
+    fn type_location(
+        &mut self,
+        server_type: &str,
+        location: &str,
+    ) -> Option<&mut super::catalog::TypeLocation> {
+        self.catalog
+            .server_types
+            .iter_mut()
+            .find(|candidate| candidate.name == server_type)?
+            .locations
+            .iter_mut()
+            .find(|place| place.location == location)
+    }
+
+    /// A new server takes one of its type from the location's stock.
+    pub(crate) fn take_stock(&mut self, server_type: &str, location: &str) {
+        if let Some(place) = self.type_location(server_type, location)
+            && let Some(stock) = place.stock.as_mut()
+        {
+            *stock = stock.saturating_sub(1);
+        }
+    }
+
+    /// A deleted server gives its place back to the location's stock.
+    pub(crate) fn return_stock(&mut self, server_type: &str, location: &str) {
+        if let Some(place) = self.type_location(server_type, location)
+            && let Some(stock) = place.stock.as_mut()
+        {
+            *stock = stock.saturating_add(1);
+        }
+    }
+
+    /// Sets how many more servers of a type a location can take (`None`: no limit); the listing
+    /// follows (`available` is false at zero). False when the type is not offered there.
+    pub(crate) fn set_stock(
+        &mut self,
+        server_type: &str,
+        location: &str,
+        stock: Option<u32>,
+    ) -> bool {
+        let Some(place) = self.type_location(server_type, location) else {
+            return false;
+        };
+        place.stock = stock;
+        place.available = stock != Some(0);
+        if !place.available {
+            place.recommended = false;
+        }
+        true
     }
 
     pub(crate) fn server_type(&self, name: &str) -> Option<&ServerType> {

@@ -83,6 +83,9 @@ pub use machines::{
 pub use ssh::{
     RESCUE_PACKAGES, RESCUE_TEMPLATE_CACHE, RESCUE_TOOLS, SshRobotConfig, SshRobotMachines,
 };
+/// A fixed address with a forwarder to whichever machine is up: the hcloud simulator's servers
+/// keep their address across rescue boots the same way.
+pub(crate) use ssh::{allocate_address, spawn_forwarder};
 
 use api::ApiError;
 use clock::{Clock, SimTime};

@@ -528,7 +528,7 @@ impl SshRobotMachines {
 
 /// Forwards connections on `address:22` to `backend` until aborted; aborting closes them all.
 /// A pending cut (see [`SshRobotMachines::cut_next_connection_after`]) applies to the next one.
-async fn spawn_forwarder(
+pub(crate) async fn spawn_forwarder(
     address: Ipv4Addr,
     backend: SocketAddr,
     cut: Arc<Mutex<Option<u64>>>,
@@ -697,7 +697,7 @@ impl Drop for ScratchDir {
 }
 
 /// A free address in 127.192.0.0/10 (clear of SshMachines' 127.64.0.0/10) for a server's fixed IP.
-fn allocate_address(taken: &[Ipv4Addr]) -> Result<Ipv4Addr, MachineError> {
+pub(crate) fn allocate_address(taken: &[Ipv4Addr]) -> Result<Ipv4Addr, MachineError> {
     for _ in 0..ADDRESS_ATTEMPTS {
         let address = Ipv4Addr::new(
             127,

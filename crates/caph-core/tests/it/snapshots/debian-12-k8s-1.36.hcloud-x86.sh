@@ -1,6 +1,6 @@
 #!/bin/bash
 # caph-image plan: image debian-12-k8s-v1.36.4, target hcloud, architecture x86
-# spec sha256 30e3ccc78022772b20b104e72839de38023edea8bcfafa730acca5c4f79fad1d
+# spec sha256 5e9f8b573fd7c138b2eb769d851499856ec8be5cbca5e4075729301083ba5a10
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
 # ---- step 1/20: wait-for-system ----
@@ -416,7 +416,7 @@ set -euo pipefail
 {
   printf '%s=%s\n' CAPH_IMAGE_NAME debian-12-k8s-v1.36.4
   printf '%s=%s\n' SPEC_FILE images/debian-12-k8s-1.36.toml
-  printf '%s=%s\n' SPEC_SHA256 30e3ccc78022772b20b104e72839de38023edea8bcfafa730acca5c4f79fad1d
+  printf '%s=%s\n' SPEC_SHA256 5e9f8b573fd7c138b2eb769d851499856ec8be5cbca5e4075729301083ba5a10
   printf '%s=%s\n' OS debian
   printf '%s=%s\n' OS_VERSION 12
   printf '%s=%s\n' ARCHITECTURE x86

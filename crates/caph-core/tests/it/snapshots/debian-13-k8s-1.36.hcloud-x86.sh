@@ -1,6 +1,6 @@
 #!/bin/bash
 # caph-image plan: image debian-13-k8s-v1.36.4, target hcloud, architecture x86
-# spec sha256 208c86828661ec47bbbd81125095ef4f3fce74313582f5d15c0797d8ab59be0e
+# spec sha256 2925844b60d6dc12f8be96e17f11eb1d52819b31f5031648ed0d7f4ac38f68a6
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
 # ---- step 1/20: wait-for-system ----
@@ -416,7 +416,7 @@ set -euo pipefail
 {
   printf '%s=%s\n' CAPH_IMAGE_NAME debian-13-k8s-v1.36.4
   printf '%s=%s\n' SPEC_FILE images/debian-13-k8s-1.36.toml
-  printf '%s=%s\n' SPEC_SHA256 208c86828661ec47bbbd81125095ef4f3fce74313582f5d15c0797d8ab59be0e
+  printf '%s=%s\n' SPEC_SHA256 2925844b60d6dc12f8be96e17f11eb1d52819b31f5031648ed0d7f4ac38f68a6
   printf '%s=%s\n' OS debian
   printf '%s=%s\n' OS_VERSION 13
   printf '%s=%s\n' ARCHITECTURE x86

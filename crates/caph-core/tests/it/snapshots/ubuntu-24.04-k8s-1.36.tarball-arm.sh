@@ -1,6 +1,6 @@
 #!/bin/bash
 # caph-image plan: image ubuntu-24.04-k8s-v1.36.4, target tarball, architecture arm
-# spec sha256 87dd3fd1e8bbf410304d3b1038acbbf54ae78224898a0fc7e1959a665b5ae26d
+# spec sha256 b66a3c8f9656ef628915a2020476b9879e55f025e0696113b2860575c49de9a1
 # Each step runs as its own `bash -s`, in this order, after the CAPH_* exports of the build.
 
 # ---- step 1/23: wait-for-system ----
@@ -471,7 +471,7 @@ set -euo pipefail
 {
   printf '%s=%s\n' CAPH_IMAGE_NAME ubuntu-24.04-k8s-v1.36.4
   printf '%s=%s\n' SPEC_FILE images/ubuntu-24.04-k8s-1.36.toml
-  printf '%s=%s\n' SPEC_SHA256 87dd3fd1e8bbf410304d3b1038acbbf54ae78224898a0fc7e1959a665b5ae26d
+  printf '%s=%s\n' SPEC_SHA256 b66a3c8f9656ef628915a2020476b9879e55f025e0696113b2860575c49de9a1
   printf '%s=%s\n' OS ubuntu
   printf '%s=%s\n' OS_VERSION 24.04
   printf '%s=%s\n' ARCHITECTURE arm
