@@ -207,6 +207,30 @@ ssh_deletekeys: false
 disable_root: false
 ";
 
+/// cloud-init on a tarball node written onto a Hetzner Cloud server's disk (`build hcloud
+/// --from-tarball`), in place of [`CLOUD_INIT_TARBALL_CONFIG`] at [`CLOUD_INIT_CONFIG_PATH`]:
+/// there the user data (Cluster API Provider Hetzner's bootstrap), the host name, the SSH keys
+/// and the network come from Hetzner's metadata service, and nothing else writes the network.
+///
+/// It replaces the tarball's file rather than adding one that sorts after it: cloud-init takes a
+/// `network` key of its own configuration as the network configuration itself, ahead of the data
+/// source's, and a later file can change `config: disabled` only into another such key, never
+/// remove it. Host keys stay with the tarball's first-boot unit ([`HOST_KEYS_UNIT`]), which
+/// replaces the empty placeholders on each server's first boot; cloud-init makes none, so that
+/// the two never write one key file at once.
+pub const CLOUD_INIT_HCLOUD_DISK_CONFIG: &str = "\
+# Written by caph-image build hcloud --from-tarball for a Hetzner Cloud server, in place of the
+# tarball's settings for installimage: the user data, host name, SSH keys and network come from
+# Hetzner's metadata service (169.254.169.254).
+datasource_list: [ Hetzner, None ]
+# No network key: cloud-init configures the network from the metadata service.
+# The tarball's caph-image-host-keys.service makes this server's host keys on its first boot.
+ssh_deletekeys: false
+ssh_genkeytypes: []
+# Root logs in with the SSH keys given when the server was created, as on Hetzner's images.
+disable_root: false
+";
+
 /// Where a tarball node's GRUB settings of ours go: Debian's and Ubuntu's `grub-mkconfig` reads
 /// `/etc/default/grub.d/*.cfg` after `/etc/default/grub`, which installimage rewrites.
 pub const GRUB_CONFIG_PATH: &str = "/etc/default/grub.d/caph-image.cfg";

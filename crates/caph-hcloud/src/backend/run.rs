@@ -995,8 +995,7 @@ async fn wait_until_available(
     }
 }
 
-/// Runs each step as its own script: written to a temporary file and run with stdin from /dev/null,
-/// so commands in a step cannot eat the rest of the script.
+/// Runs each step as its own script (see [`run_step`]), stopping at the first that fails.
 async fn run_plan(
     session: &Session,
     plan: &plan::Plan,
@@ -1004,49 +1003,61 @@ async fn run_plan(
     context: &Context,
     tracker: &Tracker,
 ) -> Result<(), ArchFailure> {
-    const RUNNER: &str = "f=$(mktemp /root/.caph-step.XXXXXX) && cat > \"$f\" && bash \"$f\" < /dev/null; status=$?; rm -f \"$f\"; exit $status";
     let count = plan.steps.len();
     let exports = stamp.exports();
     for (index, step) in plan.steps.iter().enumerate() {
-        let number = index + 1;
-        tracker.enter(
-            context,
-            Phase::Provision,
-            format!("step {number}/{count}: {}", step.name),
-        );
         let script = format!("{exports}{}", step.to_script());
-        let mut tail: VecDeque<String> = VecDeque::with_capacity(FAILURE_TAIL_LINES);
-        let scope = tracker.arch.to_string();
-        let status = session
-            .exec_with_stdin(RUNNER, script.as_bytes(), &mut |line: OutputLine<'_>| {
-                if tail.len() == FAILURE_TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line.text.to_string());
-                context.progress.event(ProgressEvent::Output {
-                    scope: scope.clone(),
-                    line: line.text.to_string(),
-                });
-            })
-            .await
-            .map_err(ssh(format!(
-                "running step {number}/{count} \"{}\"",
-                step.name
-            )))?;
-        if status != 0 {
-            let tail = tail
-                .iter()
-                .map(|line| format!("  | {line}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(ArchFailure::Step {
-                number,
-                count,
-                name: step.name.clone(),
-                status,
-                tail,
+        run_step(session, (index + 1, count), &step.name, &script, context, tracker).await?;
+    }
+    Ok(())
+}
+
+/// Runs one step, number `of.0` of `of.1`: written to a temporary file and run with stdin from
+/// /dev/null, so that commands in a step cannot eat the rest of the script. Its output goes to
+/// progress; a non-zero exit is an error with the last lines.
+pub(crate) async fn run_step(
+    session: &Session,
+    of: (usize, usize),
+    name: &str,
+    script: &str,
+    context: &Context,
+    tracker: &Tracker,
+) -> Result<(), ArchFailure> {
+    const RUNNER: &str = "f=$(mktemp /root/.caph-step.XXXXXX) && cat > \"$f\" && bash \"$f\" < /dev/null; status=$?; rm -f \"$f\"; exit $status";
+    let (number, count) = of;
+    tracker.enter(
+        context,
+        Phase::Provision,
+        format!("step {number}/{count}: {name}"),
+    );
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(FAILURE_TAIL_LINES);
+    let scope = tracker.arch.to_string();
+    let status = session
+        .exec_with_stdin(RUNNER, script.as_bytes(), &mut |line: OutputLine<'_>| {
+            if tail.len() == FAILURE_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.text.to_string());
+            context.progress.event(ProgressEvent::Output {
+                scope: scope.clone(),
+                line: line.text.to_string(),
             });
-        }
+        })
+        .await
+        .map_err(ssh(format!("running step {number}/{count} \"{name}\"")))?;
+    if status != 0 {
+        let tail = tail
+            .iter()
+            .map(|line| format!("  | {line}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(ArchFailure::Step {
+            number,
+            count,
+            name: name.to_string(),
+            status,
+            tail,
+        });
     }
     Ok(())
 }

@@ -17,22 +17,17 @@ use std::sync::Arc;
 
 use caph_core::Arch;
 use caph_core::backend::{Artifact, BackendError, Context, Phase, ProgressEvent};
-use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, TofuPin};
 use tokio::io::AsyncWriteExt as _;
 
 use super::disk_image::{self, Compression, Inspected};
-use super::ledger;
 use super::lookup;
+use super::naming::BuiltOn;
 use super::naming::{BUILD_LABEL, BUILT_BY, BUILT_BY_LABEL, NAME_LABEL, PENDING_NAME_LABEL};
-use super::naming::{BuiltOn, temporary_labels, temporary_name};
 use super::placement::{self, Candidate, Offer};
-use super::run::{self, ArchFailure, CreateAttempt, Job, Tracker, api, ssh};
+use super::rescue::{DISK_DEVICE, RescueServer};
+use super::run::{self, ArchFailure, Job, Tracker, ssh};
 use super::{HcloudBackend, HcloudBackendConfig};
-use crate::client::ServerStatus;
-use crate::client::{Client, CreateServerRequest, CreateSshKeyRequest, IdOrName, Labels};
-
-/// The disk the image is written to in the rescue system.
-const DISK_DEVICE: &str = "/dev/sda";
+use crate::client::{Client, Labels};
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +83,7 @@ fn refused(message: String) -> BackendError {
 }
 
 /// Reads the first bytes of the image (and its length where known); a URL must answer 200.
-async fn read_head(source: &ImageSource) -> Result<(Vec<u8>, Option<u64>), BackendError> {
+pub(crate) async fn read_head(source: &ImageSource) -> Result<(Vec<u8>, Option<u64>), BackendError> {
     match source {
         ImageSource::Path(path) => {
             use tokio::io::AsyncReadExt as _;
@@ -313,104 +308,14 @@ async fn upload_work(
         context,
         tracker,
     };
-    let name = temporary_name(&context.build_id, arch);
-    tracker.enter(context, Phase::Create, format!("server {name}"));
-    let client_key = KeyPair::generate_ed25519(&format!("caph-image upload {}", context.build_id))?;
-    let ssh_key = client
-        .create_ssh_key(&CreateSshKeyRequest {
-            name: name.clone(),
-            public_key: client_key.public_key().to_openssh(),
-            labels: temporary_labels(&context.build_id),
-        })
-        .await
-        .map_err(api("creating the temporary SSH key"))?;
-    ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
-
-    // A server that never boots its own system: created off, then booted into the rescue system.
-    let mut passed_over = Vec::new();
-    let mut created = None;
-    for (index, candidate) in candidates.iter().enumerate() {
-        let mut create = CreateServerRequest::new(
-            name.clone(),
-            IdOrName::Name(candidate.server_type.clone()),
-            IdOrName::Name(request.base_image.clone()),
-        );
-        create.location = Some(IdOrName::Name(candidate.location.clone()));
-        create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
-        create.labels = temporary_labels(&context.build_id);
-        create.start_after_create = Some(false);
-        match job.create_on(&create, ServerStatus::Off).await {
-            Ok((server_id, address)) => {
-                created = Some((server_id, address, candidate.clone()));
-                break;
-            }
-            Err(CreateAttempt::NoCapacity(reason)) => {
-                let next = candidates
-                    .get(index + 1)
-                    .map_or("no preferred pair is left".to_string(), |next| {
-                        format!("trying {next}")
-                    });
-                context.progress.event(ProgressEvent::Warning {
-                    scope: arch.to_string(),
-                    message: format!("{candidate}: {reason}; {next}"),
-                });
-                passed_over.push(format!("{candidate}: {reason}"));
-            }
-            Err(CreateAttempt::Failed(failure)) => return Err(failure),
-        }
-    }
-    let Some((server_id, address, candidate)) = created else {
-        return Err(ArchFailure::NoCapacity { tried: passed_over });
-    };
-    let built_on = BuiltOn {
-        server_type: candidate.server_type.clone(),
-        location: candidate.location.clone(),
-    };
-
-    tracker.enter(context, Phase::Connect, "the rescue system");
-    let rescue = client
-        .enable_rescue(server_id, &[ssh_key.id])
-        .await
-        .map_err(api("enabling the rescue system"))?;
-    client
-        .wait_for_action(&rescue.action, &config.wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the rescue system to be enabled"))?;
-    let power_on = client
-        .poweron_server(server_id)
-        .await
-        .map_err(api("powering on into the rescue system"))?;
-    let mut wait = config.wait.clone();
-    wait.timeout = config.server_ready_timeout;
-    client
-        .wait_for_action(&power_on, &wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the rescue system to boot"))?;
-    let mut connect = ConnectConfig::new(
-        address,
-        "root",
-        client_key.clone(),
-        HostKeyPolicy::TrustOnFirstUse(TofuPin::default()),
-    );
-    connect.deadline = config.connect_deadline;
-    let session =
-        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| match event {
-            ConnectEvent::Retrying { attempt, error, .. } if attempt % 5 == 1 => {
-                tracker.say(
-                    context,
-                    format!("waiting for the rescue system's SSH ({error})"),
-                );
-            }
-            ConnectEvent::HostKeyTrusted { fingerprint, .. } => {
-                tracker.say(
-                    context,
-                    format!("rescue system host key {fingerprint} trusted on first use"),
-                );
-            }
-            _ => {}
-        })
-        .await
-        .map_err(ssh(format!("connecting to the rescue system at {address}")))?;
+    let RescueServer {
+        id: server_id,
+        session,
+        built_on,
+        passed_over,
+    } = job
+        .boot_rescue(arch, &request.base_image, candidates, Vec::new())
+        .await?;
 
     tracker.enter(
         context,
@@ -487,19 +392,7 @@ async fn upload_work(
     );
     session.close().await;
 
-    tracker.enter(context, Phase::Shutdown, "power off");
-    let action = client
-        .poweroff_server(server_id)
-        .await
-        .map_err(api("powering off"))?;
-    client
-        .wait_for_action(&action, &config.wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the poweroff"))?;
-    client
-        .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the server to be off"))?;
+    job.power_off(server_id).await?;
 
     let mut pending = final_labels(request, &context.build_id, &report.sha256, &built_on);
     pending.remove(NAME_LABEL);

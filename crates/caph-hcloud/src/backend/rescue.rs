@@ -1,0 +1,166 @@
+//! A temporary server that never boots its own system, for the flows that write its disk
+//! directly (`upload`: a disk image; `build hcloud --from-tarball`: an installimage tarball):
+//! created powered off along the preferred (type, location) pairs, its rescue system enabled
+//! through the API and booted, reached over SSH with the rescue system's host key trusted on
+//! first use; and, once the disk is written, powered off hard (the rescue system holds nothing
+//! that a clean shutdown would save).
+
+use caph_core::Arch;
+use caph_core::backend::{Phase, ProgressEvent};
+use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, Session, TofuPin};
+
+use super::ledger;
+use super::naming::{BuiltOn, temporary_labels, temporary_name};
+use super::placement::Candidate;
+use super::run::{ArchFailure, CreateAttempt, Job, api, ssh};
+use crate::client::{CreateServerRequest, CreateSshKeyRequest, IdOrName, ServerId, ServerStatus};
+
+/// The disk of a Hetzner Cloud server as its rescue system sees it.
+pub const DISK_DEVICE: &str = "/dev/sda";
+
+/// A server booted into its rescue system, with an SSH session to it.
+pub(crate) struct RescueServer {
+    pub(crate) id: ServerId,
+    pub(crate) session: Session,
+    pub(crate) built_on: BuiltOn,
+    /// Preferred pairs passed over, with the reason: `cx23 in fsn1: sold out`.
+    pub(crate) passed_over: Vec<String>,
+}
+
+impl Job<'_> {
+    /// Creates the key and the server (off, from `base_image`, which it never boots) on the
+    /// first pair with capacity, enables the rescue system, powers the server on into it and
+    /// connects. `passed_over` starts with the pairs preflight already left out.
+    pub(crate) async fn boot_rescue(
+        &self,
+        arch: Arch,
+        base_image: &str,
+        candidates: &[Candidate],
+        mut passed_over: Vec<String>,
+    ) -> Result<RescueServer, ArchFailure> {
+        let (client, config, context, tracker) =
+            (self.client, self.config, self.context, self.tracker);
+        let name = temporary_name(&context.build_id, arch);
+        tracker.enter(context, Phase::Create, format!("server {name}"));
+        let client_key =
+            KeyPair::generate_ed25519(&format!("caph-image rescue {}", context.build_id))?;
+        let ssh_key = client
+            .create_ssh_key(&CreateSshKeyRequest {
+                name: name.clone(),
+                public_key: client_key.public_key().to_openssh(),
+                labels: temporary_labels(&context.build_id),
+            })
+            .await
+            .map_err(api("creating the temporary SSH key"))?;
+        ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+
+        let mut created = None;
+        for (index, candidate) in candidates.iter().enumerate() {
+            let mut create = CreateServerRequest::new(
+                name.clone(),
+                IdOrName::Name(candidate.server_type.clone()),
+                IdOrName::Name(base_image.to_string()),
+            );
+            create.location = Some(IdOrName::Name(candidate.location.clone()));
+            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+            create.labels = temporary_labels(&context.build_id);
+            create.start_after_create = Some(false);
+            match self.create_on(&create, ServerStatus::Off).await {
+                Ok((server_id, address)) => {
+                    created = Some((server_id, address, candidate.clone()));
+                    break;
+                }
+                Err(CreateAttempt::NoCapacity(reason)) => {
+                    let next = candidates
+                        .get(index + 1)
+                        .map_or("no preferred pair is left".to_string(), |next| {
+                            format!("trying {next}")
+                        });
+                    context.progress.event(ProgressEvent::Warning {
+                        scope: arch.to_string(),
+                        message: format!("{candidate}: {reason}; {next}"),
+                    });
+                    passed_over.push(format!("{candidate}: {reason}"));
+                }
+                Err(CreateAttempt::Failed(failure)) => return Err(failure),
+            }
+        }
+        let Some((server_id, address, candidate)) = created else {
+            return Err(ArchFailure::NoCapacity { tried: passed_over });
+        };
+
+        tracker.enter(context, Phase::Connect, "the rescue system");
+        let rescue = client
+            .enable_rescue(server_id, &[ssh_key.id])
+            .await
+            .map_err(api("enabling the rescue system"))?;
+        client
+            .wait_for_action(&rescue.action, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the rescue system to be enabled"))?;
+        let power_on = client
+            .poweron_server(server_id)
+            .await
+            .map_err(api("powering on into the rescue system"))?;
+        let mut wait = config.wait.clone();
+        wait.timeout = config.server_ready_timeout;
+        client
+            .wait_for_action(&power_on, &wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the rescue system to boot"))?;
+        let mut connect = ConnectConfig::new(
+            address,
+            "root",
+            client_key,
+            HostKeyPolicy::TrustOnFirstUse(TofuPin::default()),
+        );
+        connect.deadline = config.connect_deadline;
+        let session =
+            caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| match event {
+                ConnectEvent::Retrying { attempt, error, .. } if attempt % 5 == 1 => {
+                    tracker.say(
+                        context,
+                        format!("waiting for the rescue system's SSH ({error})"),
+                    );
+                }
+                ConnectEvent::HostKeyTrusted { fingerprint, .. } => {
+                    tracker.say(
+                        context,
+                        format!("rescue system host key {fingerprint} trusted on first use"),
+                    );
+                }
+                _ => {}
+            })
+            .await
+            .map_err(ssh(format!("connecting to the rescue system at {address}")))?;
+        Ok(RescueServer {
+            id: server_id,
+            session,
+            built_on: BuiltOn {
+                server_type: candidate.server_type.clone(),
+                location: candidate.location.clone(),
+            },
+            passed_over,
+        })
+    }
+
+    /// Powers the server off hard and waits until it is off.
+    pub(crate) async fn power_off(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+        let (client, config) = (self.client, self.config);
+        self.tracker
+            .enter(self.context, Phase::Shutdown, "power off");
+        let action = client
+            .poweroff_server(server_id)
+            .await
+            .map_err(api("powering off"))?;
+        client
+            .wait_for_action(&action, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the poweroff"))?;
+        client
+            .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the server to be off"))?;
+        Ok(())
+    }
+}
