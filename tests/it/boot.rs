@@ -58,6 +58,28 @@ pub fn qemu_missing() -> Option<String> {
         .then(|| format!("{QEMU} is missing (Debian package qemu-system-x86)"))
 }
 
+/// What a Hetzner Cloud server shows its system, for a disk that reads its data from Hetzner's
+/// metadata service (cloud-init's Hetzner data source): the SMBIOS system manufacturer
+/// `Hetzner` with the server id as serial number, a network card with the server's MAC address
+/// whose DHCP answers on a link-local network, and `169.254.169.254:80` led by `socat` to a
+/// server of the test on loopback (QEMU's user networking lets a guest reach a host address only
+/// through such a forward; `restrict=on` lets the guest reach nothing else).
+pub struct HetznerCloudGuest {
+    /// The server id: SMBIOS serial and the metadata's `instance-id`.
+    pub server_id: u64,
+    /// The network card's MAC address (the metadata's network configuration names it).
+    pub mac: String,
+    /// The loopback port of the test's metadata server.
+    pub metadata_port: u16,
+}
+
+/// Whether this machine can lead a guest to a metadata server; the reason when it cannot.
+pub fn socat_missing() -> Option<String> {
+    (!Path::new(SOCAT).exists()).then(|| format!("{SOCAT} is missing (Debian package socat)"))
+}
+
+const SOCAT: &str = "/usr/bin/socat";
+
 /// A VM booting one raw disk, with its serial console read as it comes.
 struct Vm {
     qemu: std::process::Child,
@@ -71,14 +93,37 @@ struct Vm {
 impl Vm {
     /// Starts QEMU on `disk`: through a throwaway overlay (`-snapshot`), or writing to the disk
     /// itself, with a monitor socket in `monitor_dir` to power it off cleanly.
-    fn start(disk: &Path, monitor_dir: Option<&Path>) -> Vm {
+    /// `cloud`: the guest is a Hetzner Cloud server (see [`HetznerCloudGuest`]); else it has no
+    /// network card.
+    fn start(disk: &Path, monitor_dir: Option<&Path>, cloud: Option<&HetznerCloudGuest>) -> Vm {
         let mut command = Command::new(QEMU);
         command
             // Emulation, not KVM: nested KVM on CI machines is missing or refuses host CPU models.
             .args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
-            .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .args(["-nographic", "-no-reboot"])
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
+        match cloud {
+            None => {
+                command.args(["-nic", "none"]);
+            }
+            Some(guest) => {
+                command
+                    .arg("-smbios")
+                    .arg(format!(
+                        "type=1,manufacturer=Hetzner,product=vServer,serial={}",
+                        guest.server_id
+                    ))
+                    .arg("-netdev")
+                    // The metadata address must lie in the guest's network for QEMU to forward it.
+                    .arg(format!(
+                        "user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.0.100,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:{SOCAT} - TCP:127.0.0.1:{}",
+                        guest.metadata_port
+                    ))
+                    .arg("-device")
+                    .arg(format!("virtio-net-pci,netdev=net0,mac={}", guest.mac));
+            }
+        }
         let monitor = monitor_dir.map(|dir| dir.join("qemu-monitor.sock"));
         match &monitor {
             Some(socket) => {
@@ -190,7 +235,7 @@ pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
         eprintln!("SKIPPED {test}: {reason}");
         return;
     }
-    let mut vm = Vm::start(disk, None);
+    let mut vm = Vm::start(disk, None, None);
     let prompt = format!("{hostname} login:");
     let booted = vm.wait_for(&[&prompt]);
     let elapsed = vm.started.elapsed();
@@ -205,14 +250,18 @@ pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
     check_console(test, &seen);
 }
 
-/// First boot of an installed node whose cloud-init has a NoCloud seed: boots the disk
-/// writably, waits for the login prompt and for cloud-init to say it finished, then powers off
-/// through ACPI so that everything first boot wrote is on the disk for the caller to read.
-/// Returns the console's lines.
-pub fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<String> {
+/// First boot of a node with cloud-init: boots the disk writably (on a Hetzner Cloud server's
+/// hardware with `cloud`, else without a network card), waits for the login prompt and for
+/// cloud-init to say it finished, then powers off through ACPI so that everything first boot
+/// wrote is on the disk for the caller to read. Returns the console's lines.
+pub fn first_boot_until_cloud_init_finished(
+    disk: &Path,
+    hostname: &str,
+    cloud: Option<&HetznerCloudGuest>,
+) -> Vec<String> {
     let test = "first boot under QEMU, with cloud-init";
     let monitor_dir = tempfile::tempdir().expect("monitor dir");
-    let mut vm = Vm::start(disk, Some(monitor_dir.path()));
+    let mut vm = Vm::start(disk, Some(monitor_dir.path()), cloud);
     let prompt = format!("{hostname} login:");
     // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
     let finished = vm.wait_for(&[&prompt, "Cloud-init v.", " finished at "]);

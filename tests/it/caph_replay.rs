@@ -36,7 +36,7 @@ const ROOT_WWN: &str = "0x5002538e4f0a7001";
 const POST_INSTALL_SCRIPT_FINISHED: &str = "POST_INSTALL_SCRIPT_FINISHED";
 /// A bootstrap shaped like the kubeadm bootstrap provider's: files to write, then commands; the
 /// command leaves a marker with the node's own hostname.
-const BOOTSTRAP_USER_DATA: &str = "## template: jinja
+pub const BOOTSTRAP_USER_DATA: &str = "## template: jinja
 #cloud-config
 write_files:
   - path: /etc/kubernetes/caph-e2e-bootstrap.yaml
@@ -387,16 +387,34 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
     drop(before);
     let console = tokio::task::spawn_blocking({
         let drive = drive.clone();
-        move || crate::boot::first_boot_until_cloud_init_finished(&drive, HOSTNAME)
+        move || crate::boot::first_boot_until_cloud_init_finished(&drive, HOSTNAME, None)
     })
     .await
     .unwrap();
     let node = MountedSystem::mount(&drive, "/dev/sdb").await;
-    check_first_boot(&node, &installed_keys, &console);
+    check_first_boot(
+        &node,
+        &FirstBoot {
+            hostname: HOSTNAME,
+            datasource: "DataSourceNoCloud",
+            kept_host_keys: Some(&installed_keys),
+        },
+        &console,
+    );
+}
+
+/// What a node's first boot must have done besides running [`BOOTSTRAP_USER_DATA`].
+pub struct FirstBoot<'a> {
+    /// The host name the node took.
+    pub hostname: &'a str,
+    /// cloud-init's data source (`DataSourceNoCloud`, `DataSourceHetzner`).
+    pub datasource: &'a str,
+    /// The host keys it must have kept (installimage's), or `None` where first boot made them.
+    pub kept_host_keys: Option<&'a [String]>,
 }
 
 /// The SHA256 fingerprints of a system's host keys.
-fn host_key_fingerprints(root: &Path) -> Vec<String> {
+pub fn host_key_fingerprints(root: &Path) -> Vec<String> {
     let mut fingerprints: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
         .unwrap()
         .flatten()
@@ -419,10 +437,12 @@ fn host_key_fingerprints(root: &Path) -> Vec<String> {
     fingerprints
 }
 
-/// What first boot must leave on the drive: cloud-init done without errors in every stage,
-/// the bootstrap's files and marker with the node's hostname, a machine id of its own, and
-/// host keys made for this node (installimage's, which cloud-init keeps).
-fn check_first_boot(node: &MountedSystem, installed_keys: &[String], console: &[String]) {
+/// What first boot must leave on the drive: cloud-init done without errors in every stage from
+/// the expected data source, the bootstrap's files and marker with the node's hostname, a machine
+/// id of its own, and host keys made for this node (installimage's, which cloud-init keeps, or
+/// made on first boot in place of the tarball's empty placeholders).
+pub fn check_first_boot(node: &MountedSystem, expected: &FirstBoot<'_>, console: &[String]) {
+    let hostname = expected.hostname;
     let what = "the node after its first boot";
     let status: serde_json::Value =
         serde_json::from_str(&node.read("/var/lib/cloud/data/status.json"))
@@ -450,18 +470,18 @@ fn check_first_boot(node: &MountedSystem, installed_keys: &[String], console: &[
     assert!(
         result["v1"]["datasource"]
             .as_str()
-            .is_some_and(|source| source.contains("DataSourceNoCloud")),
+            .is_some_and(|source| source.contains(expected.datasource)),
         "{what}: {result:#}"
     );
     assert_eq!(
         node.read("/var/lib/caph-e2e-bootstrap-marker").trim(),
-        format!("kubeadm join would run on {HOSTNAME}")
+        format!("kubeadm join would run on {hostname}")
     );
     assert!(
         node.read("/etc/kubernetes/caph-e2e-bootstrap.yaml")
             .contains("kind: JoinConfiguration")
     );
-    assert_eq!(node.read("/etc/hostname").trim(), HOSTNAME);
+    assert_eq!(node.read("/etc/hostname").trim(), hostname);
     let machine_id = node.read("/etc/machine-id");
     assert_eq!(
         machine_id.trim().len(),
@@ -469,11 +489,22 @@ fn check_first_boot(node: &MountedSystem, installed_keys: &[String], console: &[
         "{what}: machine-id {machine_id:?} (the tarball's is empty)"
     );
     let keys = host_key_fingerprints(&node.root);
-    assert!(!keys.is_empty() && keys.iter().all(|key| key.starts_with("SHA256:")));
-    assert_eq!(
-        keys, installed_keys,
-        "{what}: cloud-init kept the host keys installimage made"
+    assert!(
+        !keys.is_empty() && keys.iter().all(|key| key.starts_with("SHA256:")),
+        "{what}: host keys {keys:?}"
     );
+    match expected.kept_host_keys {
+        Some(installed) => assert_eq!(
+            keys, installed,
+            "{what}: cloud-init kept the host keys installimage made"
+        ),
+        // One key per placeholder type, each a real key (an empty file has no fingerprint).
+        None => assert_eq!(
+            keys.len(),
+            caph_core::plan::HOST_KEY_PLACEHOLDER_TYPES.len(),
+            "{what}: first boot made every host key type: {keys:?}"
+        ),
+    }
     assert!(
         console
             .iter()

@@ -81,9 +81,6 @@ pub fn build(
         );
     };
     let arch = *arch;
-    if let Err(reason) = from_tarball::supports(arch) {
-        anyhow::bail!("--from-tarball --arch {arch}: {reason}");
-    }
     // Everything local is checked before the API or a tarball build.
     let mut expected_sha256 = None;
     if let Some(tarball) = source.tarball {
@@ -99,6 +96,9 @@ pub fn build(
             );
         }
         expected_sha256 = recorded_sha256(tarball)?;
+    }
+    if let Err(reason) = from_tarball::supports(arch) {
+        anyhow::bail!("--from-tarball --arch {arch}: {reason}");
     }
     let spec = Arc::new(spec);
     let request = BuildRequest {

@@ -1,0 +1,459 @@
+//! `caph-image build hcloud --from-tarball` end to end, against the simulated cloud whose servers
+//! boot a real rescue system with the server's disk as `/dev/sda`: the tarball built first (the
+//! end-to-end spec with `[base.rootfs]`), written onto a cloud server's disk and snapshotted; the
+//! same tarball given by path for a second snapshot; a tarball whose `.sha256` disagrees stops
+//! with both digests and leaves nothing. The snapshot's disk then holds every member of the
+//! tarball as it is, but for the two files the flow writes, and boots under QEMU through its own
+//! GRUB on Hetzner Cloud's hardware: cloud-init finds the Hetzner data source (SMBIOS), asks the
+//! metadata service at 169.254.169.254 (the test's server, reached through QEMU's forward) for
+//! the host name, SSH keys, network and user data, and runs the bootstrap.
+//!
+//! The refusals that need no server are in their own test: a file that is not a tarball, an
+//! arm64 tarball, a tarball whose name and `--arch` disagree.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+
+use caph_hcloud::backend::from_tarball::TARBALL_SHA256_LABEL;
+use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
+use caph_sim::mirror::{Mirror, release_artifacts};
+
+use crate::boot::HetznerCloudGuest;
+use crate::caph_replay::{BOOTSTRAP_USER_DATA, FirstBoot, check_first_boot};
+use crate::cloud::{TOKEN, VERSIONS, spec_for_mirror};
+use crate::hcloud_build::run_caph_image_with;
+use crate::installed_disk::MountedSystem;
+use crate::upload::{RescueCloud, nothing_left_but_snapshots};
+use crate::{is_root, stderr, stdout};
+
+/// The tarball `build tarball` names for the end-to-end spec on amd64.
+const TARBALL: &str = "Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz";
+/// The cloud server the disk boots as under QEMU.
+const SERVER_ID: u64 = 4242;
+const HOSTNAME: &str = "from-tarball-node";
+/// Hetzner Cloud's MAC addresses start with 96:00:00.
+const MAC: &str = "96:00:00:00:42:42";
+/// A key the metadata service hands out, which must reach root's `authorized_keys`.
+const PUBLIC_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0x3Q6jDDGMeqNDdMNVb7mAjGOoa6k4Bk5S1wKXNWL e2e@metadata";
+
+/// The end-to-end spec with a root filesystem for the tarball.
+fn spec(mirror: &str, name: &str) -> String {
+    format!(
+        "{}\n[base.rootfs]\nsuite = \"bookworm\"\nvariant = \"minbase\"\n",
+        spec_for_mirror(mirror, name, &["x86"])
+    )
+}
+
+fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_str(&stdout(output))
+        .unwrap_or_else(|error| panic!("{error}: {}\n{}", stdout(output), stderr(output)))
+}
+
+/// `build hcloud SPEC --from-tarball [TARBALL]` in `dir`, as JSON.
+async fn build(
+    cloud: &RescueCloud,
+    dir: &Path,
+    spec: &str,
+    tarball: Option<&str>,
+) -> std::process::Output {
+    let mut args = vec!["build", "hcloud", spec, "--from-tarball"];
+    args.extend(tarball);
+    args.extend(["-o", "out", "--no-progress", "--output", "json"]);
+    run_caph_image_with(&cloud.env(), dir, &args).await
+}
+
+/// Hetzner's metadata service for one server, as cloud-init's Hetzner data source reads it:
+/// `/hetzner/v1/metadata` (YAML), its `instance-id` alone (the data source's connectivity
+/// check), and `/hetzner/v1/userdata`.
+async fn metadata_service() -> Mirror {
+    let metadata = format!(
+        "hostname: {HOSTNAME}
+instance-id: {SERVER_ID}
+public-ipv4: 169.254.0.100
+region: eu-central
+availability-zone: fsn1-dc14
+public-keys:
+- {PUBLIC_KEY}
+network-config:
+  config:
+  - mac_address: '{MAC}'
+    name: eth0
+    subnets:
+    - ipv4: true
+      type: dhcp
+    type: physical
+  version: 1
+"
+    );
+    Mirror::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        BTreeMap::from([
+            ("hetzner/v1/metadata".to_string(), metadata.into_bytes()),
+            (
+                "hetzner/v1/metadata/instance-id".to_string(),
+                SERVER_ID.to_string().into_bytes(),
+            ),
+            (
+                "hetzner/v1/userdata".to_string(),
+                BOOTSTRAP_USER_DATA.as_bytes().to_vec(),
+            ),
+        ]),
+    )
+    .await
+    .expect("the metadata service starts")
+}
+
+/// The members of `tarball` that differ on the mounted tree at `root`, by GNU tar's own
+/// comparison (contents, size, mode, owner, modification time, link target).
+fn differing_members(tarball: &Path, root: &Path) -> Vec<String> {
+    let output = Command::new("tar")
+        .args(["--compare", "--numeric-owner", "-z", "-f"])
+        .arg(tarball)
+        .arg("-C")
+        .arg(root)
+        .output()
+        .expect("tar runs");
+    let mut members: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(": ").map(|(member, _)| member.to_string()))
+        .collect();
+    members.sort();
+    members.dedup();
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
+    let test = "the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata";
+    if !is_root() || !Path::new("/usr/bin/mmdebstrap").exists() {
+        eprintln!("SKIPPED {test}: needs root and mmdebstrap to build the tarball");
+        return;
+    }
+    let Some(cloud) = RescueCloud::start(test).await else {
+        return;
+    };
+    let mirror = Mirror::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        release_artifacts(&VERSIONS(), &["amd64"]),
+    )
+    .await
+    .expect("the mirror starts");
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().canonicalize().unwrap();
+    std::fs::write(
+        dir.join("built.toml"),
+        spec(&mirror.url(), "from-tarball-built"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("given.toml"),
+        spec(&mirror.url(), "from-tarball-given"),
+    )
+    .unwrap();
+
+    // Built first, then written.
+    let output = build(&cloud, &dir, "built.toml", None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let tarball = dir.join("out").join(TARBALL);
+    let recorded = std::fs::read_to_string(dir.join("out").join(format!("{TARBALL}.sha256")))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let result = json(&output);
+    assert_eq!(result["tarball"]["sha256"], recorded.as_str(), "{result:#}");
+    assert_eq!(result["tarball"]["file"], tarball.to_str().unwrap());
+    let built = &result["snapshots"][0];
+    assert_eq!(built["labels"]["caph-image-name"], "from-tarball-built");
+    assert_eq!(built["labels"][TARBALL_SHA256_LABEL], &recorded[..12]);
+    assert!(
+        built["notes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(format!(
+                "written from the tarball {TARBALL}, sha256 {recorded}"
+            ))),
+        "{built:#}"
+    );
+    // The flow prints the digest as the server confirmed it.
+    assert!(
+        stderr(&output).contains(&format!("tarball sha256 {recorded}")),
+        "{}",
+        stderr(&output)
+    );
+    nothing_left_but_snapshots(&cloud.sim.state());
+
+    // The same tarball by path (its .sha256 beside it is checked): the same bytes again.
+    let output = build(&cloud, &dir, "given.toml", Some(tarball.to_str().unwrap())).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let given = json(&output)["snapshots"][0].clone();
+    assert_eq!(given["labels"][TARBALL_SHA256_LABEL], &recorded[..12]);
+    let snapshot_id: u64 = given["id"].as_str().unwrap().parse().unwrap();
+    let state = cloud.sim.state();
+    nothing_left_but_snapshots(&state);
+    let snapshot = state
+        .snapshots()
+        .into_iter()
+        .find(|image| image.id == snapshot_id)
+        .expect("the snapshot");
+    assert!(
+        snapshot
+            .description
+            .contains(&format!("(sha256 {recorded})")),
+        "{snapshot:?}"
+    );
+
+    // A .sha256 that disagrees: both digests, and nothing left.
+    let corrupt_dir = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt_dir).unwrap();
+    let copy = corrupt_dir.join(TARBALL);
+    std::fs::copy(&tarball, &copy).unwrap();
+    let wrong = "0".repeat(64);
+    std::fs::write(
+        corrupt_dir.join(format!("{TARBALL}.sha256")),
+        format!("{wrong}  {TARBALL}\n"),
+    )
+    .unwrap();
+    let snapshots_before = cloud.sim.state().snapshots().len();
+    let output = run_caph_image_with(
+        &cloud.env(),
+        &dir,
+        &[
+            "build",
+            "hcloud",
+            "given.toml",
+            "--from-tarball",
+            copy.to_str().unwrap(),
+            "--replace",
+            "--no-progress",
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("has sha256 {recorded}"))
+            && stderr(&output).contains(&format!("not the expected {wrong}")),
+        "{}",
+        stderr(&output)
+    );
+    let state = cloud.sim.state();
+    nothing_left_but_snapshots(&state);
+    assert_eq!(state.snapshots().len(), snapshots_before, "the old one stays");
+
+    // The snapshot's disk: every member of the tarball as it is, but what the flow writes.
+    let disk = dir.join("cloud-disk.img");
+    let copied = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(cloud.machines.snapshot_disk_image(snapshot_id).unwrap())
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    {
+        let node = MountedSystem::mount(&disk, "/dev/sda").await;
+        let differing = differing_members(&tarball, &node.root);
+        assert_eq!(
+            differing,
+            [
+                // GRUB's files went in.
+                "./boot/",
+                "./etc/cloud/cloud.cfg.d/99-caph-image.cfg",
+                "./etc/fstab",
+            ],
+            "the members of the tarball that differ on the disk"
+        );
+        assert_eq!(
+            node.read(caph_core::plan::CLOUD_INIT_CONFIG_PATH),
+            caph_core::plan::CLOUD_INIT_HCLOUD_DISK_CONFIG
+        );
+        let fstab = node.read("/etc/fstab");
+        assert!(
+            fstab.contains("UUID=") && fstab.contains(" / ext4 ") && fstab.contains(" /boot ext4 "),
+            "{fstab}"
+        );
+        let grub = node.read("/boot/grub/grub.cfg");
+        assert!(grub.contains("root=UUID="), "{grub}");
+        assert_eq!(
+            node.read("/etc/e2e-marker"),
+            "built by the end-to-end test\n"
+        );
+        // Nothing of a server yet: no machine id, empty host key placeholders.
+        assert_eq!(node.read("/etc/machine-id"), "");
+        assert_eq!(node.read("/etc/ssh/ssh_host_ed25519_key"), "");
+    }
+    let mut mbr = vec![0u8; 512];
+    {
+        use std::io::Read as _;
+        std::fs::File::open(&disk)
+            .unwrap()
+            .read_exact(&mut mbr)
+            .unwrap();
+    }
+    assert!(
+        mbr.windows(4).any(|window| window == b"GRUB"),
+        "GRUB's boot code is in the MBR"
+    );
+    drop(cloud);
+
+    // First boot on a Hetzner Cloud server's hardware, with the metadata service.
+    for missing in [crate::boot::qemu_missing(), crate::boot::socat_missing()]
+        .into_iter()
+        .flatten()
+    {
+        eprintln!("SKIPPED {test} (first boot under QEMU): {missing}");
+        return;
+    }
+    let metadata = metadata_service().await;
+    let guest = HetznerCloudGuest {
+        server_id: SERVER_ID,
+        mac: MAC.to_string(),
+        metadata_port: metadata
+            .url()
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the metadata service's port"),
+    };
+    let console = tokio::task::spawn_blocking({
+        let disk = disk.clone();
+        move || crate::boot::first_boot_until_cloud_init_finished(&disk, HOSTNAME, Some(&guest))
+    })
+    .await
+    .unwrap();
+    let asked = metadata.requests();
+    for path in ["hetzner/v1/metadata", "hetzner/v1/userdata"] {
+        assert!(
+            asked.iter().any(|requested| requested == path),
+            "the node asked the metadata service for {path}: {asked:?}"
+        );
+    }
+    assert!(
+        console
+            .iter()
+            .any(|line| line.contains("Started") && line.contains("Raise network interfaces")),
+        "the network came up from the metadata's configuration:\n{}",
+        console.join("\n")
+    );
+    let node = MountedSystem::mount(&disk, "/dev/sda").await;
+    check_first_boot(
+        &node,
+        &FirstBoot {
+            hostname: HOSTNAME,
+            datasource: "DataSourceHetzner",
+            kept_host_keys: None,
+        },
+        &console,
+    );
+    assert!(
+        node.read("/root/.ssh/authorized_keys").contains(PUBLIC_KEY),
+        "the metadata's key is root's"
+    );
+    let network = node.read("/etc/network/interfaces.d/50-cloud-init");
+    assert!(
+        network.contains("iface eth0 inet dhcp"),
+        "cloud-init wrote the metadata's network configuration: {network}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
+    let sim = HcloudSim::start(HcloudSimConfig {
+        token: TOKEN.into(),
+        time: TimeMode::Scaled(0.001),
+        ..Default::default()
+    })
+    .await
+    .expect("the simulator starts");
+    let env = vec![
+        ("HCLOUD_TOKEN", TOKEN.to_string()),
+        ("HCLOUD_ENDPOINT", sim.api_url()),
+    ];
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    std::fs::write(
+        dir.join("node.toml"),
+        spec("http://127.0.0.1:9", "refused"),
+    )
+    .unwrap();
+    let refused = |output: &std::process::Output, wanted: &str| {
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(output));
+        assert!(stderr(output).contains(wanted), "{}", stderr(output));
+    };
+
+    // A disk image is not a tarball.
+    let raw = dir.join("Debian-1200-bookworm-amd64-k8s.tar.gz");
+    let mut bytes = vec![0u8; 4096];
+    bytes[510] = 0x55;
+    bytes[511] = 0xaa;
+    std::fs::write(&raw, &bytes).unwrap();
+    let output = run_caph_image_with(
+        &env,
+        dir,
+        &["build", "hcloud", "node.toml", "--from-tarball", raw.to_str().unwrap()],
+    )
+    .await;
+    refused(&output, "not a tar archive; name an installimage tarball");
+
+    // An arm64 tarball, by its name: Hetzner Cloud's arm servers boot UEFI.
+    let arm = dir.join("Debian-1200-bookworm-arm64-k8s.tar.gz");
+    std::fs::copy(&raw, &arm).unwrap();
+    let output = run_caph_image_with(
+        &env,
+        dir,
+        &["build", "hcloud", "node.toml", "--from-tarball", arm.to_str().unwrap()],
+    )
+    .await;
+    refused(&output, "--from-tarball --arch arm: Hetzner Cloud's arm servers boot UEFI");
+
+    // A name that says amd64, and --arch arm.
+    let output = run_caph_image_with(
+        &env,
+        dir,
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--from-tarball",
+            raw.to_str().unwrap(),
+            "--arch",
+            "arm",
+        ],
+    )
+    .await;
+    refused(&output, "its name says amd64, but --arch says arm");
+
+    // A malformed .sha256 beside it.
+    std::fs::write(
+        dir.join("Debian-1200-bookworm-amd64-k8s.tar.gz.sha256"),
+        "not a digest\n",
+    )
+    .unwrap();
+    let output = run_caph_image_with(
+        &env,
+        dir,
+        &["build", "hcloud", "node.toml", "--from-tarball", raw.to_str().unwrap()],
+    )
+    .await;
+    refused(&output, "not a sha256 file (64 hex digits, then the file name)");
+
+    // --sim has no rescue systems: a usage error.
+    let output = run_caph_image_with(
+        &env,
+        dir,
+        &["build", "hcloud", "node.toml", "--from-tarball", "--sim"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+
+    let state = sim.state();
+    assert!(state.servers.is_empty() && state.ssh_keys.is_empty());
+    assert!(
+        sim.request_log().iter().all(|record| record.method == "GET"),
+        "a refusal created something: {:?}",
+        sim.request_log()
+    );
+}
