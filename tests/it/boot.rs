@@ -2,10 +2,13 @@
 //! loader (BIOS, GRUB from the MBR, the tarball's kernel and initramfs, root by UUID) and comes
 //! up to a login prompt with its hostname and sshd running.
 //!
-//! QEMU gets the whole disk and nothing else: no `-kernel`, so GRUB as installimage installed
-//! it is what boots. `-snapshot` keeps the disk as installed. The console is the first serial
-//! port, where the tarball's kernel command line (`console=ttyS0` last, see
-//! `caph_core::plan::GRUB_SERIAL_CONSOLE`) sends systemd's status lines and a login prompt.
+//! QEMU gets the whole disk and no `-kernel`, so GRUB as installimage (or `build hcloud
+//! --from-tarball`) installed it is what boots. `-snapshot` keeps the disk as installed. The
+//! console is the first serial port, where the tarball's kernel command line (`console=ttyS0`
+//! last, see `caph_core::plan::GRUB_SERIAL_CONSOLE`) sends systemd's status lines and a login
+//! prompt. A dedicated server's disk boots without a network card; a cloud server's disk boots on
+//! what a Hetzner Cloud server shows (`HetznerCloudGuest`): its SMBIOS identity, a network card,
+//! and the metadata service at 169.254.169.254.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -17,6 +20,10 @@ const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 /// A boot under emulation takes 30-70 s on two loaded cores; five minutes means it hangs.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+/// A cloud node's first boot does more under emulation: DHCP twice (cloud-init's own, then the
+/// network it configured), cloud-init's three stages asking the metadata service, host keys made
+/// (RSA among them); 100-300 s on two loaded cores, so ten minutes means it hangs.
+const CLOUD_BOOT_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Units that may fail in the VM, with the reason: the VM is not the server the disk was
 /// installed for.
@@ -71,6 +78,20 @@ pub struct HetznerCloudGuest {
     pub mac: String,
     /// The loopback port of the test's metadata server.
     pub metadata_port: u16,
+    /// The private key (OpenSSH's format, in a file) whose public key the metadata service hands
+    /// out: a cloud node has no ACPI power button handler (no logind without dbus), so the test
+    /// logs in as root, as a user of the server would, and powers it off.
+    pub ssh_key: std::path::PathBuf,
+    /// The loopback port QEMU forwards to the guest's port 22.
+    pub ssh_port: u16,
+}
+
+/// A free TCP port on 127.0.0.1 (for QEMU's forward to the guest's sshd).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
 }
 
 /// Whether this machine can lead a guest to a metadata server; the reason when it cannot.
@@ -86,6 +107,8 @@ struct Vm {
     console: mpsc::Receiver<Vec<u8>>,
     output: Vec<u8>,
     started: Instant,
+    /// How long the boot may take.
+    deadline: Duration,
     /// The QEMU monitor's socket, where a writable boot is asked to power off.
     monitor: Option<std::path::PathBuf>,
 }
@@ -117,8 +140,8 @@ impl Vm {
                     .arg("-netdev")
                     // The metadata address must lie in the guest's network for QEMU to forward it.
                     .arg(format!(
-                        "user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.0.100,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:{SOCAT} - TCP:127.0.0.1:{}",
-                        guest.metadata_port
+                        "user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.0.100,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:{SOCAT} - TCP:127.0.0.1:{},hostfwd=tcp:127.0.0.1:{}-:22",
+                        guest.metadata_port, guest.ssh_port
                     ))
                     .arg("-device")
                     .arg(format!("virtio-net-pci,netdev=net0,mac={}", guest.mac));
@@ -158,6 +181,11 @@ impl Vm {
             console,
             output: Vec::new(),
             started: Instant::now(),
+            deadline: if cloud.is_some() {
+                CLOUD_BOOT_DEADLINE
+            } else {
+                BOOT_DEADLINE
+            },
             monitor,
         }
     }
@@ -170,7 +198,7 @@ impl Vm {
             if wanted.iter().all(|word| text.contains(word)) {
                 return true;
             }
-            let left = BOOT_DEADLINE.saturating_sub(self.started.elapsed());
+            let left = self.deadline.saturating_sub(self.started.elapsed());
             match self.console.recv_timeout(left) {
                 Ok(chunk) => self.output.extend_from_slice(&chunk),
                 Err(_) => return false,
@@ -186,18 +214,24 @@ impl Vm {
             .collect()
     }
 
-    /// Presses the power button (ACPI) and waits for the system to shut down and QEMU to end;
-    /// whether it did so within the deadline (else QEMU is killed).
-    fn power_off(mut self) -> (bool, Vec<String>) {
+    /// Presses the power button (ACPI), or with `cloud` logs in over SSH, checks the node there
+    /// and runs `poweroff`, and waits for the system to shut down and QEMU to end (else QEMU is
+    /// killed); why not, when it did not.
+    fn power_off(mut self, cloud: Option<&HetznerCloudGuest>) -> (Result<(), String>, Vec<String>) {
         use std::io::Write as _;
-        let pressed = self
-            .monitor
-            .as_ref()
-            .and_then(|socket| std::os::unix::net::UnixStream::connect(socket).ok())
-            .is_some_and(|mut monitor| monitor.write_all(b"system_powerdown\n").is_ok());
+        let pressed = match cloud {
+            Some(guest) => self.check_and_power_off_over_ssh(guest),
+            None => self
+                .monitor
+                .as_ref()
+                .and_then(|socket| std::os::unix::net::UnixStream::connect(socket).ok())
+                .is_some_and(|mut monitor| monitor.write_all(b"system_powerdown\n").is_ok())
+                .then_some(())
+                .ok_or_else(|| "the QEMU monitor took no system_powerdown".to_string()),
+        };
         let deadline = Instant::now() + POWER_OFF_DEADLINE;
         let mut ended = false;
-        while pressed && Instant::now() < deadline {
+        while pressed.is_ok() && Instant::now() < deadline {
             if let Ok(Some(_)) = self.qemu.try_wait() {
                 ended = true;
                 break;
@@ -212,7 +246,75 @@ impl Vm {
         while let Ok(chunk) = self.console.try_recv() {
             self.output.extend_from_slice(&chunk);
         }
-        (ended, self.lines())
+        let outcome = pressed.and_then(|()| {
+            ended
+                .then_some(())
+                .ok_or_else(|| format!("not off {POWER_OFF_DEADLINE:?} after the request"))
+        });
+        (outcome, self.lines())
+    }
+
+    /// Logs in as root with OpenSSH's client, the host key pinned to the one cloud-init printed
+    /// on the console, checks what a booted node must be (cloud-init done; multi-user, sshd and
+    /// time sync active; `/boot` mounted; no unit failed but the [`EXPECTED_FAILED_UNITS`]),
+    /// and runs `poweroff`.
+    fn check_and_power_off_over_ssh(&mut self, guest: &HetznerCloudGuest) -> Result<(), String> {
+        let console = String::from_utf8_lossy(&self.output).into_owned();
+        let host_key = console
+            .split("-----BEGIN SSH HOST KEY KEYS-----")
+            .nth(1)
+            .and_then(|keys| keys.lines().find(|line| line.starts_with("ssh-ed25519 ")))
+            .ok_or("cloud-init printed no ed25519 host key on the console")?;
+        let known_hosts = guest.ssh_key.with_extension("known_hosts");
+        let line = format!("[127.0.0.1]:{} {}\n", guest.ssh_port, host_key.trim());
+        std::fs::write(&known_hosts, line).map_err(|error| error.to_string())?;
+        let ssh = |command: &str| -> Result<(i32, String), String> {
+            let output = Command::new("ssh")
+                .arg("-i")
+                .arg(&guest.ssh_key)
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+                .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+                .args(["-o", "ConnectTimeout=30", "-p", &guest.ssh_port.to_string()])
+                .args(["root@127.0.0.1", command])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|error| format!("ssh: {error}"))?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Ok((output.status.code().unwrap_or(-1), text))
+        };
+        let (_, status) = ssh("cloud-init status --wait")?;
+        if !status.contains("status: done") {
+            return Err(format!("cloud-init status over SSH: {status}"));
+        }
+        let (code, active) =
+            ssh("systemctl is-active multi-user.target ssh.service systemd-timesyncd.service")?;
+        if code != 0 {
+            return Err(format!("not every unit is active: {active}"));
+        }
+        let (_, boot) = ssh("findmnt --noheadings --output SOURCE,TARGET /boot")?;
+        if !boot.trim().ends_with("/boot") {
+            return Err(format!("/boot is not mounted: {boot}"));
+        }
+        let (_, failed) = ssh("systemctl list-units --state=failed --plain --no-legend")?;
+        let unexpected: Vec<&str> = failed
+            .lines()
+            .filter(|line| {
+                !EXPECTED_FAILED_UNITS
+                    .iter()
+                    .any(|(description, _)| line.contains(description))
+            })
+            .collect();
+        if !unexpected.is_empty() {
+            return Err(format!("units failed: {unexpected:?}"));
+        }
+        // The connection ends with the system; its exit status says nothing.
+        let _ = ssh("systemctl poweroff");
+        Ok(())
     }
 }
 
@@ -247,7 +349,8 @@ pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
         "{test}: no `{prompt}` within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
     );
     eprintln!("{test}: `{prompt}` after {:.1}s", elapsed.as_secs_f64());
-    check_console(test, &seen);
+    check_console_health(test, &seen);
+    check_console_units(test, &seen);
 }
 
 /// First boot of a node with cloud-init: boots the disk writably (on a Hetzner Cloud server's
@@ -266,46 +369,37 @@ pub fn first_boot_until_cloud_init_finished(
     // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
     let finished = vm.wait_for(&[&prompt, "Cloud-init v.", " finished at "]);
     let elapsed = vm.started.elapsed();
-    let (powered_off, seen) = vm.power_off();
+    let deadline = vm.deadline;
+    let (powered_off, seen) = vm.power_off(cloud);
     let tail = seen[seen.len().saturating_sub(80)..].join("\n");
     assert!(
         finished,
-        "{test}: no login prompt and cloud-init end within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
+        "{test}: no login prompt and cloud-init end within {deadline:?}; the console ended with:\n{tail}"
     );
-    assert!(powered_off, "{test}: no clean power off:\n{tail}");
+    if let Err(why) = powered_off {
+        panic!("{test}: no clean power off: {why}\n{tail}");
+    }
     eprintln!(
         "{test}: `{prompt}` and cloud-init finished after {:.1}s",
         elapsed.as_secs_f64()
     );
-    check_console(test, &seen);
+    check_console_health(test, &seen);
+    // On a cloud node the checks ran over SSH: its serial getty starts early, and systemd stops
+    // writing status lines to the console once a getty holds it.
+    if cloud.is_none() {
+        check_console_units(test, &seen);
+    }
     seen
 }
 
-/// What every boot's console must show: GRUB, multi-user with sshd and time sync started, /boot
-/// mounted, no unit failed but the expected ones, no panic or emergency mode.
-fn check_console(test: &str, seen: &[String]) {
+/// What every boot's console must show: GRUB, no unit failed but the expected ones, no panic or
+/// emergency mode.
+fn check_console_health(test: &str, seen: &[String]) {
     let console = seen.join("\n");
     assert!(
         console.contains("GRUB"),
         "{test}: GRUB never spoke; was the kernel loaded by something else?\n{console}"
     );
-    // systemd's status lines are cut to the console width, so they are matched by their parts:
-    // `[  OK  ] Started ssh.service - OpenBSD Secure Shell server.`
-    let said = |words: &[&str]| {
-        seen.iter()
-            .any(|line| words.iter().all(|word| line.contains(word)))
-    };
-    for wanted in [
-        &["OK", "Reached target", "Multi-User System"][..],
-        &["OK", "Started", "OpenBSD Secure Shell server"],
-        &["OK", "Mounted", "/boot"],
-        &["OK", "Started", "Network Time Synchronization"],
-    ] {
-        assert!(
-            said(wanted),
-            "{test}: the console never says {wanted:?}:\n{console}"
-        );
-    }
     let failed: Vec<&String> = seen
         .iter()
         .filter(|line| line.contains("FAILED") && line.contains("Failed to start"))
@@ -323,6 +417,29 @@ fn check_console(test: &str, seen: &[String]) {
         assert!(
             !console.contains(unwanted),
             "{test}: the console says {unwanted:?}:\n{console}"
+        );
+    }
+}
+
+/// What systemd's status lines on the console must show: multi-user with sshd and time sync
+/// started, /boot mounted.
+fn check_console_units(test: &str, seen: &[String]) {
+    let console = seen.join("\n");
+    // systemd's status lines are cut to the console width, so they are matched by their parts:
+    // `[  OK  ] Started ssh.service - OpenBSD Secure Shell server.`
+    let said = |words: &[&str]| {
+        seen.iter()
+            .any(|line| words.iter().all(|word| line.contains(word)))
+    };
+    for wanted in [
+        &["OK", "Reached target", "Multi-User System"][..],
+        &["OK", "Started", "OpenBSD Secure Shell server"],
+        &["OK", "Mounted", "/boot"],
+        &["OK", "Started", "Network Time Synchronization"],
+    ] {
+        assert!(
+            said(wanted),
+            "{test}: the console never says {wanted:?}:\n{console}"
         );
     }
 }

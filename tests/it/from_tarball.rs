@@ -35,9 +35,6 @@ const SERVER_ID: u64 = 4242;
 const HOSTNAME: &str = "from-tarball-node";
 /// Hetzner Cloud's MAC addresses start with 96:00:00.
 const MAC: &str = "96:00:00:00:42:42";
-/// A key the metadata service hands out, which must reach root's `authorized_keys`.
-const PUBLIC_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0x3Q6jDDGMeqNDdMNVb7mAjGOoa6k4Bk5S1wKXNWL e2e@metadata";
 
 /// The end-to-end spec with a root filesystem for the tarball.
 fn spec(mirror: &str, name: &str) -> String {
@@ -68,7 +65,8 @@ async fn build(
 /// Hetzner's metadata service for one server, as cloud-init's Hetzner data source reads it:
 /// `/hetzner/v1/metadata` (YAML), its `instance-id` alone (the data source's connectivity
 /// check), and `/hetzner/v1/userdata`.
-async fn metadata_service() -> Mirror {
+/// `public_key` is the key it hands out, which must reach root's `authorized_keys`.
+async fn metadata_service(public_key: &str) -> Mirror {
     let metadata = format!(
         "hostname: {HOSTNAME}
 instance-id: {SERVER_ID}
@@ -76,7 +74,7 @@ public-ipv4: 169.254.0.100
 region: eu-central
 availability-zone: fsn1-dc14
 public-keys:
-- {PUBLIC_KEY}
+- {public_key}
 network-config:
   config:
   - mac_address: '{MAC}'
@@ -242,7 +240,11 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
     );
     let state = cloud.sim.state();
     nothing_left_but_snapshots(&state);
-    assert_eq!(state.snapshots().len(), snapshots_before, "the old one stays");
+    assert_eq!(
+        state.snapshots().len(),
+        snapshots_before,
+        "the old one stays"
+    );
 
     // The snapshot's disk: every member of the tarball as it is, but what the flow writes.
     let disk = dir.join("cloud-disk.img");
@@ -253,16 +255,30 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
         .status()
         .unwrap();
     assert!(copied.success());
+    drop(cloud);
+    disk_holds_the_tarball(&disk, &tarball).await;
+    first_boot_on_hetzner_metadata(test, &disk).await;
+}
+
+/// The disk holds every member of the tarball as it is, but for what the flow writes, and GRUB.
+async fn disk_holds_the_tarball(disk: &Path, tarball: &Path) {
     {
-        let node = MountedSystem::mount(&disk, "/dev/sda").await;
-        let differing = differing_members(&tarball, &node.root);
+        let node = MountedSystem::mount(disk, "/dev/sda").await;
+        let differing = differing_members(tarball, &node.root);
         assert_eq!(
             differing,
             [
-                // GRUB's files went in.
-                "./boot/",
+                // Hetzner's metadata service instead of the NoCloud seed.
                 "./etc/cloud/cloud.cfg.d/99-caph-image.cfg",
+                // The kernel command line installimage writes.
+                "./etc/default/grub",
                 "./etc/fstab",
+                // grub-pc's install device, which debconf keeps in its database (and the
+                // backups it writes along).
+                "./var/cache/debconf/config.dat",
+                "./var/cache/debconf/config.dat-old",
+                "./var/cache/debconf/templates.dat",
+                "./var/cache/debconf/templates.dat-old",
             ],
             "the members of the tarball that differ on the disk"
         );
@@ -288,7 +304,7 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
     let mut mbr = vec![0u8; 512];
     {
         use std::io::Read as _;
-        std::fs::File::open(&disk)
+        std::fs::File::open(disk)
             .unwrap()
             .read_exact(&mut mbr)
             .unwrap();
@@ -297,9 +313,11 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
         mbr.windows(4).any(|window| window == b"GRUB"),
         "GRUB's boot code is in the MBR"
     );
-    drop(cloud);
+}
 
-    // First boot on a Hetzner Cloud server's hardware, with the metadata service.
+/// First boot on a Hetzner Cloud server's hardware, with the metadata service: cloud-init's
+/// Hetzner data source, the host name, root's key, the network and the bootstrap.
+async fn first_boot_on_hetzner_metadata(test: &str, disk: &Path) {
     for missing in [crate::boot::qemu_missing(), crate::boot::socat_missing()]
         .into_iter()
         .flatten()
@@ -307,8 +325,23 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
         eprintln!("SKIPPED {test} (first boot under QEMU): {missing}");
         return;
     }
-    let metadata = metadata_service().await;
+    // The key a user of the server logs in with (here the test, to power it off).
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("root-key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e@metadata", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(made.success());
+    let public_key = std::fs::read_to_string(key.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let metadata = metadata_service(&public_key).await;
     let guest = HetznerCloudGuest {
+        ssh_key: key.clone(),
+        ssh_port: crate::boot::free_port(),
         server_id: SERVER_ID,
         mac: MAC.to_string(),
         metadata_port: metadata
@@ -319,7 +352,7 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
             .expect("the metadata service's port"),
     };
     let console = tokio::task::spawn_blocking({
-        let disk = disk.clone();
+        let disk = disk.to_path_buf();
         move || crate::boot::first_boot_until_cloud_init_finished(&disk, HOSTNAME, Some(&guest))
     })
     .await
@@ -332,13 +365,14 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
         );
     }
     assert!(
+        // A oneshot unit: "Finished" once ifup brought up what cloud-init wrote.
         console
             .iter()
-            .any(|line| line.contains("Started") && line.contains("Raise network interfaces")),
+            .any(|line| line.contains("OK") && line.contains("Finished networking.service")),
         "the network came up from the metadata's configuration:\n{}",
         console.join("\n")
     );
-    let node = MountedSystem::mount(&disk, "/dev/sda").await;
+    let node = MountedSystem::mount(disk, "/dev/sda").await;
     check_first_boot(
         &node,
         &FirstBoot {
@@ -349,7 +383,8 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
         &console,
     );
     assert!(
-        node.read("/root/.ssh/authorized_keys").contains(PUBLIC_KEY),
+        node.read("/root/.ssh/authorized_keys")
+            .contains(&public_key),
         "the metadata's key is root's"
     );
     let network = node.read("/etc/network/interfaces.d/50-cloud-init");
@@ -374,11 +409,7 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     ];
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    std::fs::write(
-        dir.join("node.toml"),
-        spec("http://127.0.0.1:9", "refused"),
-    )
-    .unwrap();
+    std::fs::write(dir.join("node.toml"), spec("http://127.0.0.1:9", "refused")).unwrap();
     let refused = |output: &std::process::Output, wanted: &str| {
         assert_eq!(output.status.code(), Some(1), "{}", stderr(output));
         assert!(stderr(output).contains(wanted), "{}", stderr(output));
@@ -393,7 +424,13 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     let output = run_caph_image_with(
         &env,
         dir,
-        &["build", "hcloud", "node.toml", "--from-tarball", raw.to_str().unwrap()],
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--from-tarball",
+            raw.to_str().unwrap(),
+        ],
     )
     .await;
     refused(&output, "not a tar archive; name an installimage tarball");
@@ -404,10 +441,19 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     let output = run_caph_image_with(
         &env,
         dir,
-        &["build", "hcloud", "node.toml", "--from-tarball", arm.to_str().unwrap()],
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--from-tarball",
+            arm.to_str().unwrap(),
+        ],
     )
     .await;
-    refused(&output, "--from-tarball --arch arm: Hetzner Cloud's arm servers boot UEFI");
+    refused(
+        &output,
+        "--from-tarball --arch arm: Hetzner Cloud's arm servers boot UEFI",
+    );
 
     // A name that says amd64, and --arch arm.
     let output = run_caph_image_with(
@@ -435,10 +481,19 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     let output = run_caph_image_with(
         &env,
         dir,
-        &["build", "hcloud", "node.toml", "--from-tarball", raw.to_str().unwrap()],
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--from-tarball",
+            raw.to_str().unwrap(),
+        ],
     )
     .await;
-    refused(&output, "not a sha256 file (64 hex digits, then the file name)");
+    refused(
+        &output,
+        "not a sha256 file (64 hex digits, then the file name)",
+    );
 
     // --sim has no rescue systems: a usage error.
     let output = run_caph_image_with(
@@ -452,7 +507,9 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     let state = sim.state();
     assert!(state.servers.is_empty() && state.ssh_keys.is_empty());
     assert!(
-        sim.request_log().iter().all(|record| record.method == "GET"),
+        sim.request_log()
+            .iter()
+            .all(|record| record.method == "GET"),
         "a refusal created something: {:?}",
         sim.request_log()
     );

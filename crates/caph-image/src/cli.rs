@@ -346,7 +346,12 @@ UEFI.
         #[arg(long, value_name = "TARBALL", num_args = 0..=1, conflicts_with = "sim")]
         from_tarball: Option<Option<PathBuf>>,
         /// With --from-tarball and no TARBALL: where the tarball, its .sha256 and manifest go
-        #[arg(short = 'o', long = "output-dir", value_name = "DIR", requires = "from_tarball")]
+        #[arg(
+            short = 'o',
+            long = "output-dir",
+            value_name = "DIR",
+            requires = "from_tarball"
+        )]
         output_dir: Option<PathBuf>,
         /// How long to wait for the server to be off after an ACPI shutdown before powering it off hard
         #[arg(long, default_value = "2m", value_parser = parse_duration)]

@@ -170,10 +170,13 @@ pub const HOST_KEY_PLACEHOLDER_TYPES: &[&str] = &["rsa", "ecdsa", "ed25519"];
 /// First-boot host keys for a tarball node: an empty placeholder that nothing replaced (the
 /// tarball unpacked by something other than installimage) is removed and every missing type
 /// generated, before sshd starts. Where installimage made keys, `ssh-keygen -A` finds them all
-/// present and does nothing.
+/// present and does nothing. After cloud-init's first stage, whose ssh module may delete and make
+/// host keys too (on a Hetzner Cloud disk, [`CLOUD_INIT_HCLOUD_DISK_CONFIG`]), so that the two
+/// never write one key file at once.
 pub const HOST_KEYS_UNIT: &str = "\
 [Unit]
 Description=SSH host keys for a node installed from a caph-image tarball
+After=cloud-init.service
 Before=ssh.service
 ConditionPathExists=/usr/bin/ssh-keygen
 
@@ -215,20 +218,24 @@ disable_root: false
 /// It replaces the tarball's file rather than adding one that sorts after it: cloud-init takes a
 /// `network` key of its own configuration as the network configuration itself, ahead of the data
 /// source's, and a later file can change `config: disabled` only into another such key, never
-/// remove it. Host keys stay with the tarball's first-boot unit ([`HOST_KEYS_UNIT`]), which
-/// replaces the empty placeholders on each server's first boot; cloud-init makes none, so that
-/// the two never write one key file at once.
+/// remove it. A snapshot becomes many servers, so host keys are made per instance as on
+/// Hetzner's own images (the tarball's [`HOST_KEYS_UNIT`] runs after cloud-init and then finds
+/// them all). The locale is `C.UTF-8`, which needs no generation: cloud-init's default,
+/// `en_US.UTF-8`, is not generated in the tarball, and Debian's `locale-gen` makes only what
+/// `/etc/locale.gen` lists, so setting it fails cloud-init's locale module.
 pub const CLOUD_INIT_HCLOUD_DISK_CONFIG: &str = "\
 # Written by caph-image build hcloud --from-tarball for a Hetzner Cloud server, in place of the
 # tarball's settings for installimage: the user data, host name, SSH keys and network come from
 # Hetzner's metadata service (169.254.169.254).
 datasource_list: [ Hetzner, None ]
 # No network key: cloud-init configures the network from the metadata service.
-# The tarball's caph-image-host-keys.service makes this server's host keys on its first boot.
-ssh_deletekeys: false
-ssh_genkeytypes: []
+# Each server made from the snapshot makes its own host keys, of the types sshd loads.
+ssh_deletekeys: true
+ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 # Root logs in with the SSH keys given when the server was created, as on Hetzner's images.
 disable_root: false
+# Built into the C library: nothing to generate.
+locale: C.UTF-8
 ";
 
 /// Where a tarball node's GRUB settings of ours go: Debian's and Ubuntu's `grub-mkconfig` reads

@@ -31,8 +31,8 @@ use caph_core::{Arch, ImageSpec};
 
 use super::disk_image::{self, Compression};
 use super::lookup;
-use super::naming::{BuiltOn, final_snapshot_labels, pending_snapshot_labels};
 use super::naming::snapshot_description;
+use super::naming::{BuiltOn, final_snapshot_labels, pending_snapshot_labels};
 use super::placement::ArchPlacement;
 use super::rescue::{DISK_DEVICE, RescueServer};
 use super::run::{self, ArchFailure, Job, Tracker, run_step, ssh};
@@ -169,7 +169,7 @@ mkdir -p {target}
 mount {root} {target}
 mkdir -p {target}/boot
 mount {boot} {target}/boot
-lsblk --output NAME,SIZE,FSTYPE,MOUNTPOINT {disk}
+df --human-readable --output=source,size,target {target} {target}/boot
 "#
     )
 }
@@ -221,6 +221,9 @@ UUID=$root_uuid / ext4 defaults 0 1
 UUID=$boot_uuid /boot ext4 defaults 0 2
 CAPH_IMAGE_FSTAB
 printf '%s' {cloud_config} > "$target"{cloud_config_path}
+# As installimage does for a virtual machine: the kernel's own command line (not Debian's
+# `quiet`), no console blanking.
+sed -i -e 's/^GRUB_CMDLINE_LINUX_DEFAULT=.*/GRUB_CMDLINE_LINUX_DEFAULT="consoleblank=0"/' "$target/etc/default/grub"
 # update-grub writes root=UUID=... only where /dev/disk/by-uuid has the link (udev makes it).
 for link in "/dev/disk/by-uuid/$root_uuid" "/dev/disk/by-uuid/$boot_uuid"; do
   for _ in $(seq 100); do
@@ -236,6 +239,9 @@ mount --rbind /sys "$target/sys"
 mount --make-rslave "$target/sys"
 chroot "$target" grub-install --target=i386-pc {disk}
 chroot "$target" update-grub
+# Where grub-pc's upgrades install the boot loader again (installimage sets it too): unset, an
+# upgrade leaves the old core image in the MBR with new modules in /boot, which does not boot.
+echo "grub-pc grub-pc/install_devices multiselect {DISK_DEVICE}" | chroot "$target" debconf-set-selections
 umount --recursive "$target"
 sync
 echo "caph-image: {DISK_DEVICE} holds the tarball's system, root UUID=$root_uuid"
@@ -264,7 +270,12 @@ fn file_name(path: &Path) -> String {
 }
 
 /// The labels of the finished snapshot: a build's, and the tarball's digest.
-fn final_labels(request: &TarballBuild, build_id: &str, sha256: &str, built_on: &BuiltOn) -> Labels {
+fn final_labels(
+    request: &TarballBuild,
+    build_id: &str,
+    sha256: &str,
+    built_on: &BuiltOn,
+) -> Labels {
     let mut labels = final_snapshot_labels(&request.spec, request.arch, build_id, built_on);
     labels.insert(TARBALL_SHA256_LABEL.to_string(), sha256[..12].to_string());
     labels
@@ -309,11 +320,7 @@ impl HcloudBackend {
         let placement = placements.remove(&request.arch).unwrap_or_default();
         context.progress.event(ProgressEvent::Output {
             scope: request.arch.to_string(),
-            line: format!(
-                "{}: {}",
-                request.tarball.display(),
-                inspected.description
-            ),
+            line: format!("{}: {}", request.tarball.display(), inspected.description),
         });
         let tracker = Tracker::new(request.arch);
         let digest = std::sync::Mutex::new(None);
@@ -540,7 +547,10 @@ mod tests {
             assert!(script.starts_with("set -euo pipefail\n"), "{script}");
         }
         let extract = extract_command(Compression::Zstd);
-        assert!(extract.starts_with("bash -c 'set -euo pipefail"), "{extract}");
+        assert!(
+            extract.starts_with("bash -c 'set -euo pipefail"),
+            "{extract}"
+        );
         assert!(extract.contains("zstd -dc | tar --extract"), "{extract}");
         assert!(extract_command(Compression::None).contains("cat | tar"));
         let partition = partition_script();

@@ -1007,7 +1007,15 @@ async fn run_plan(
     let exports = stamp.exports();
     for (index, step) in plan.steps.iter().enumerate() {
         let script = format!("{exports}{}", step.to_script());
-        run_step(session, (index + 1, count), &step.name, &script, context, tracker).await?;
+        run_step(
+            session,
+            (index + 1, count),
+            &step.name,
+            &script,
+            context,
+            tracker,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -83,7 +83,9 @@ fn refused(message: String) -> BackendError {
 }
 
 /// Reads the first bytes of the image (and its length where known); a URL must answer 200.
-pub(crate) async fn read_head(source: &ImageSource) -> Result<(Vec<u8>, Option<u64>), BackendError> {
+pub(crate) async fn read_head(
+    source: &ImageSource,
+) -> Result<(Vec<u8>, Option<u64>), BackendError> {
     match source {
         ImageSource::Path(path) => {
             use tokio::io::AsyncReadExt as _;

@@ -35,9 +35,7 @@ impl Source<'_> {
     /// The architecture when `--arch` does not say: the given tarball's, by installimage's naming
     /// rule, else x86 (the one architecture whose cloud servers this flow can make boot).
     pub fn implied_arch(&self) -> Arch {
-        self.tarball
-            .and_then(named_arch)
-            .unwrap_or(Arch::X86)
+        self.tarball.and_then(named_arch).unwrap_or(Arch::X86)
     }
 }
 
@@ -158,7 +156,9 @@ pub fn build(
             }
         };
         output::script(&from_tarball::script_for_display(&shown));
-        output::note("dry run: nothing was created; the spec's plan does not run on the server with --from-tarball");
+        output::note(
+            "dry run: nothing was created; the spec's plan does not run on the server with --from-tarball",
+        );
         return Ok(if report.problems.is_empty() {
             ExitCode::SUCCESS
         } else {
@@ -245,9 +245,8 @@ fn build_tarball(
     let mut options = AssembleOptions::new(arch, spec_dir, source.output_dir.to_path_buf());
     options.build_id = naming::new_build_id();
     options.builder = format!("caph-image {}", env!("CARGO_PKG_VERSION"));
-    options.source_date_epoch = caph_rootfs::pack::source_date_epoch(
-        std::env::var_os("SOURCE_DATE_EPOCH").as_deref(),
-    )?;
+    options.source_date_epoch =
+        caph_rootfs::pack::source_date_epoch(std::env::var_os("SOURCE_DATE_EPOCH").as_deref())?;
     let cancel = options.cancel.clone();
     cancel_on_signals(
         runtime,
@@ -272,7 +271,9 @@ fn build_tarball(
             Ok(Some((assembled.tarball, assembled.summary.sha256)))
         }
         Err(assemble::AssembleError::Cancelled) => {
-            output::error("cancelled; the chroot's mounts were undone and the work directory removed");
+            output::error(
+                "cancelled; the chroot's mounts were undone and the work directory removed",
+            );
             Ok(None)
         }
         Err(error) => Err(anyhow::Error::new(error))
