@@ -29,6 +29,7 @@ use caph_core::backend::{Artifact, BackendError, BuildRequest, Context, Progress
 use caph_core::plan::{CLOUD_INIT_CONFIG_PATH, CLOUD_INIT_HCLOUD_DISK_CONFIG, quote};
 use caph_core::{Arch, ImageSpec};
 
+use super::HcloudBackend;
 use super::disk_image::{self, Compression};
 use super::lookup;
 use super::naming::snapshot_description;
@@ -37,8 +38,7 @@ use super::placement::ArchPlacement;
 use super::rescue::{DISK_DEVICE, RescueServer};
 use super::run::{self, ArchFailure, Job, Tracker, run_step, ssh};
 use super::upload::{ImageSource, read_head};
-use super::{HcloudBackend, HcloudBackendConfig};
-use crate::client::{Client, Labels};
+use crate::client::Labels;
 
 /// The label that carries the first 12 hex digits of the tarball's sha256 (a label value holds
 /// at most 63 characters; the snapshot's description holds the whole digest).
@@ -324,16 +324,13 @@ impl HcloudBackend {
         });
         let tracker = Tracker::new(request.arch);
         let digest = std::sync::Mutex::new(None);
-        let work = tarball_work(
-            self.client(),
-            &self.config,
+        let job = Job {
+            client: self.client(),
+            config: &self.config,
             context,
-            request,
-            &tracker,
-            &inspected,
-            &placement,
-            &digest,
-        );
+            tracker: &tracker,
+        };
+        let work = tarball_work(&job, request, &inspected, &placement, &digest);
         let outcome = run::supervise(
             self.client(),
             &self.config,
@@ -382,23 +379,17 @@ impl HcloudBackend {
     }
 }
 
+/// The work on the server, from its creation to the named snapshot; the tarball's digest goes
+/// to `digest` once the server confirmed it.
 async fn tarball_work(
-    client: &Client,
-    config: &Arc<HcloudBackendConfig>,
-    context: &Context,
+    job: &Job<'_>,
     request: &TarballBuild,
-    tracker: &Tracker,
     inspected: &InspectedTarball,
     placement: &ArchPlacement,
     digest: &std::sync::Mutex<Option<String>>,
 ) -> Result<Artifact, ArchFailure> {
+    let (context, tracker) = (job.context, job.tracker);
     let arch = request.arch;
-    let job = Job {
-        client,
-        config,
-        context,
-        tracker,
-    };
     let base_image = request
         .spec
         .base
@@ -475,11 +466,13 @@ async fn tarball_work(
         Ok(mut held) => *held = Some(report.sha256.clone()),
         Err(poisoned) => *poisoned.into_inner() = Some(report.sha256.clone()),
     }
-    tracker.say(
+    // A phase line, shown in every progress mode: the flow prints the digest it checked.
+    tracker.enter(
         context,
+        caph_core::backend::Phase::Provision,
         format!(
-            "tarball sha256 {} ({} bytes, checked on the server as it was extracted)",
-            report.sha256, report.bytes
+            "step 2/{STEP_COUNT}: extracted {} bytes, tarball sha256 {} (computed here and on the server)",
+            report.bytes, report.sha256
         ),
     );
     run_step(
