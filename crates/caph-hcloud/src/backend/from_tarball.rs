@@ -15,8 +15,10 @@
 //!    `tee` on the server as it is extracted (and compared with the expected one when known);
 //! 3. `configure`: the tree must be a caph-image tarball with cloud-init and GRUB; `/etc/fstab` is
 //!    written by UUID, cloud-init's settings are replaced by the Hetzner Cloud ones
-//!    ([`caph_core::plan::CLOUD_INIT_HCLOUD_DISK_CONFIG`]), and GRUB is installed chrooted into
-//!    the tree (`grub-install /dev/sda`, `update-grub`), as installimage does on a dedicated server.
+//!    ([`caph_core::plan::CLOUD_INIT_HCLOUD_DISK_CONFIG`]), and, as installimage does on a
+//!    dedicated server, the kernel command line set (`consoleblank=0`, Debian's `quiet` gone),
+//!    GRUB installed chrooted into the tree (`grub-install /dev/sda`, `update-grub`) and grub-pc's
+//!    install device recorded in debconf for its upgrades.
 //!
 //! Then the server is powered off and snapshotted as an upload is: the pending name, the commit
 //! of `build hcloud`, cleanup through the ledger. The snapshot carries the build's labels and
