@@ -192,6 +192,15 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
     assert!(output.status.success(), "{}", stderr(&output));
     let given = json(&output)["snapshots"][0].clone();
     assert_eq!(given["labels"][TARBALL_SHA256_LABEL], &recorded[..12]);
+    // The template CAPH takes: its schemas, the name and the type the snapshot was built on.
+    let template = given["machine_template"].as_str().unwrap();
+    assert!(
+        template.contains("imageName: from-tarball-given\n") && template.contains("type: cx23\n"),
+        "{template}"
+    );
+    if let Some(crds) = crate::crd::crds_or_skip(test) {
+        assert_eq!(crds.check(template), Vec::<String>::new(), "{template}");
+    }
     let snapshot_id: u64 = given["id"].as_str().unwrap().parse().unwrap();
     let state = cloud.sim.state();
     nothing_left_but_snapshots(&state);
