@@ -409,17 +409,21 @@ async fn the_real_installimage_decides_every_case_as_the_simulation_does() {
 /// `ACCEPTED` once the wait begins (then stops it: nothing is touched before the wait ends) or
 /// `REJECTED <first ERROR line of /root/debug.txt>` once it gives up.
 const REAL_VALIDATION: &str = r#"rm -f /root/debug.txt /tmp/caph-validation.out
-( sleep 300 | /root/.oldroot/nfs/installimage-real/installimage -a -c /autosetup > /tmp/caph-validation.out 2>&1
-  echo "caph-exit $?" >> /tmp/caph-validation.out ) &
+# A session of its own, so that stopping it stops exactly installimage's processes (matching by
+# command line would match this script too, whose text names installimage).
+setsid sh -c 'sleep 300 | /root/.oldroot/nfs/installimage-real/installimage -a -c /autosetup > /tmp/caph-validation.out 2>&1
+  echo "caph-exit $?" >> /tmp/caph-validation.out' &
+session=$!
 for attempt in $(seq 600); do
   if grep -q -e 'Press X to continue' -e '^caph-exit ' /tmp/caph-validation.out; then break; fi
   sleep 0.1
 done
 if grep -q 'Press X to continue' /tmp/caph-validation.out; then
-  pkill -f '/root/.oldroot/nfs/installimage-real/installimage' ; pkill -x sleep
-  for attempt in $(seq 100); do pgrep -f installimage-real >/dev/null || break; sleep 0.1; done
+  kill -TERM -- -$session 2>/dev/null
+  for attempt in $(seq 100); do kill -0 -- -$session 2>/dev/null || break; sleep 0.1; done
   echo ACCEPTED
 else
+  wait $session
   echo "REJECTED $(grep -m1 -o 'ERROR.*' /root/debug.txt)"
 fi
 "#;
