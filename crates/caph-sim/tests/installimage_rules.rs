@@ -411,10 +411,12 @@ async fn the_real_installimage_decides_every_case_as_the_simulation_does() {
 const REAL_VALIDATION: &str = r#"rm -f /root/debug.txt /tmp/caph-validation.out
 # A session of its own, so that stopping it stops exactly installimage's processes (matching by
 # command line would match this script too, whose text names installimage).
-setsid sh -c 'sleep 300 | /root/.oldroot/nfs/installimage-real/installimage -a -c /autosetup > /tmp/caph-validation.out 2>&1
+# Its standard input never answers and never ends, without being a pipeline that would wait for
+# the writer after installimage gives up.
+setsid bash -c '/root/.oldroot/nfs/installimage-real/installimage -a -c /autosetup < <(sleep 300) > /tmp/caph-validation.out 2>&1
   echo "caph-exit $?" >> /tmp/caph-validation.out' &
 session=$!
-for attempt in $(seq 600); do
+for attempt in $(seq 1200); do
   if grep -q -e 'Press X to continue' -e '^caph-exit ' /tmp/caph-validation.out; then break; fi
   sleep 0.1
 done
@@ -424,6 +426,7 @@ if grep -q 'Press X to continue' /tmp/caph-validation.out; then
   echo ACCEPTED
 else
   wait $session
+  kill -TERM -- -$session 2>/dev/null
   echo "REJECTED $(grep -m1 -o 'ERROR.*' /root/debug.txt)"
 fi
 "#;
