@@ -322,7 +322,26 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
     // `reboot` the rescue system may still answer, then goes away while the node boots.
     let started = Instant::now();
     let node = loop {
-        let node = connect(address, &rescue_key).await;
+        // A fresh pin each time: the rescue system's host key may still answer the first try.
+        let mut config = ConnectConfig::new(
+            address,
+            "root",
+            rescue_key.clone(),
+            HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+        );
+        config.deadline = Duration::from_secs(60);
+        let node = match connect_when_ready(&config, &mut |_| {}).await {
+            Ok(node) => node,
+            Err(error) => {
+                eprintln!("{test}: connecting: {error}; asking again");
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "the node did not answer within 5 minutes of the reboot"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
         match node.exec_capture("hostname").await {
             Ok(output) if output.stdout.trim() == HOSTNAME => break node,
             Ok(output) => eprintln!("{test}: the server answers as {:?}", output.stdout.trim()),

@@ -451,6 +451,6 @@ else
   wait $session
   kill -TERM -- -$session 2>/dev/null
   echo REJECTED
-  tail -n 20 /root/debug.txt
+  sed -n '/validating config/,$p' /root/debug.txt
 fi
 "#;
