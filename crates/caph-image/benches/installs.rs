@@ -638,11 +638,40 @@ fn render(report: &Report<'_>) -> String {
     let simulated_installimage = median(1, Measured::installimage);
     let ratio = real_installimage / simulated_installimage.max(f64::EPSILON);
     let upload = median(0, Measured::upload);
+    // Every run, round by round (each mode's runs are in round order), since two rounds on a
+    // shared machine can differ by far more than the medians' difference.
+    let every = |index: usize, value: fn(&Measured) -> f64| {
+        measured[index]
+            .iter()
+            .map(|run| format!("{:.1}", value(run)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let per_round: Vec<String> = measured[0]
+        .iter()
+        .zip(&measured[1])
+        .map(|(real, simulated)| {
+            format!(
+                "{:.1}x",
+                real.installimage() / simulated.installimage().max(f64::EPSILON)
+            )
+        })
+        .collect();
     let _ = writeln!(
         text,
         "\n- installimage itself: the real one {real_installimage:.1} s, the simulated one \
          {simulated_installimage:.1} s on the same tarball and layout: the real one takes \
-         {ratio:.1}x as long"
+         {ratio:.1}x as long (round by round: {})",
+        per_round.join(", ")
+    );
+    let _ = writeln!(
+        text,
+        "- every run, round by round: start to verified node {} s with the real installimage, \
+         {} s with the simulated one; installimage {} s real, {} s simulated",
+        every(0, |run| run.course.duration),
+        every(1, |run| run.course.duration),
+        every(0, Measured::installimage),
+        every(1, Measured::installimage),
     );
     let _ = writeln!(
         text,
