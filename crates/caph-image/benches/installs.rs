@@ -73,10 +73,10 @@ impl Mode {
     }
 
     /// What the simulator's account of the run (`simulator.installimage`) must say.
-    fn ran(self) -> &'static str {
+    fn ran(self, archive: &InstallimageArchive) -> String {
         match self {
-            Mode::Real => "for real",
-            Mode::Simulated => "running the simulated installimage",
+            Mode::Real => format!("running {} for real", archive.label),
+            Mode::Simulated => "running the simulated installimage".to_owned(),
         }
     }
 }
@@ -451,7 +451,7 @@ async fn install(dir: &Path, tarball: &Path, mode: Mode, archive: &InstallimageA
         .as_str()
         .unwrap_or_default();
     assert!(
-        ran.contains(mode.ran()),
+        ran.contains(&mode.ran(archive)),
         "{mode:?}: the rescue system ran {ran:?}"
     );
     assert_eq!(report["simulator"]["rescue_active"], false, "{report:#}");
@@ -613,8 +613,8 @@ fn render(report: &Report<'_>) -> String {
     }
     let _ = writeln!(
         text,
-        "\nWhere the tool's overhead goes (medians; the parts add up to the overhead within the \
-         lines' resolution):\n"
+        "\nWhere the tool's overhead goes (the median of each part; in every run the parts add up \
+         to that run's overhead within the lines' resolution):\n"
     );
     let _ = writeln!(
         text,
