@@ -339,14 +339,16 @@ pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
     }
     let mut vm = Vm::start(disk, None, None);
     let prompt = format!("{hostname} login:");
-    let booted = vm.wait_for(&[&prompt]);
+    // The login prompt may come before multi-user is reached (cloud-init's stages still run,
+    // slowly under emulation): wait for both.
+    let booted = vm.wait_for(&[&prompt, "Multi-User System"]);
     let elapsed = vm.started.elapsed();
     let seen = vm.lines();
     drop(vm);
     let tail = seen[seen.len().saturating_sub(80)..].join("\n");
     assert!(
         booted,
-        "{test}: no `{prompt}` within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
+        "{test}: no `{prompt}` and multi-user within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
     );
     eprintln!("{test}: `{prompt}` after {:.1}s", elapsed.as_secs_f64());
     check_console_health(test, &seen);
@@ -367,7 +369,12 @@ pub fn first_boot_until_cloud_init_finished(
     let mut vm = Vm::start(disk, Some(monitor_dir.path()), cloud);
     let prompt = format!("{hostname} login:");
     // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
-    let finished = vm.wait_for(&[&prompt, "Cloud-init v.", " finished at "]);
+    let finished = vm.wait_for(&[
+        &prompt,
+        "Multi-User System",
+        "Cloud-init v.",
+        " finished at ",
+    ]);
     let elapsed = vm.started.elapsed();
     let deadline = vm.deadline;
     let (powered_off, seen) = vm.power_off(cloud);

@@ -19,6 +19,7 @@ mod robot;
 mod robot_sim_mode;
 mod runtime;
 mod tarball;
+mod tarball_spec;
 mod upload;
 
 use std::path::{Path, PathBuf};
