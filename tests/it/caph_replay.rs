@@ -445,7 +445,7 @@ pub struct FirstBoot<'a> {
 }
 
 /// The SHA256 fingerprints of a system's host keys.
-pub fn host_key_fingerprints(root: &Path) -> Vec<String> {
+fn host_key_fingerprints(root: &Path) -> Vec<String> {
     let mut fingerprints: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
         .unwrap()
         .flatten()

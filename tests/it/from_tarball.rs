@@ -418,9 +418,14 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
     std::fs::write(dir.join("node.toml"), spec("http://127.0.0.1:9", "refused")).unwrap();
-    let refused = |output: &std::process::Output, wanted: &str| {
-        assert_eq!(output.status.code(), Some(1), "{}", stderr(output));
-        assert!(stderr(output).contains(wanted), "{}", stderr(output));
+    // Each is refused with exit code 1 and `wanted` in the error.
+    let refused = async |tarball: &Path, extra: &[&str], wanted: &str| {
+        let mut args = vec!["build", "hcloud", "node.toml", "--from-tarball"];
+        args.push(tarball.to_str().unwrap());
+        args.extend(extra);
+        let output = run_caph_image_with(&env, dir, &args).await;
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(stderr(&output).contains(wanted), "{}", stderr(&output));
     };
 
     // A disk image is not a tarball.
@@ -429,79 +434,35 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     bytes[510] = 0x55;
     bytes[511] = 0xaa;
     std::fs::write(&raw, &bytes).unwrap();
-    let output = run_caph_image_with(
-        &env,
-        dir,
-        &[
-            "build",
-            "hcloud",
-            "node.toml",
-            "--from-tarball",
-            raw.to_str().unwrap(),
-        ],
-    )
-    .await;
-    refused(&output, "not a tar archive; name an installimage tarball");
-
+    refused(&raw, &[], "not a tar archive; name an installimage tarball").await;
     // An arm64 tarball, by its name: Hetzner Cloud's arm servers boot UEFI.
     let arm = dir.join("Debian-1200-bookworm-arm64-k8s.tar.gz");
     std::fs::copy(&raw, &arm).unwrap();
-    let output = run_caph_image_with(
-        &env,
-        dir,
-        &[
-            "build",
-            "hcloud",
-            "node.toml",
-            "--from-tarball",
-            arm.to_str().unwrap(),
-        ],
-    )
-    .await;
     refused(
-        &output,
+        &arm,
+        &[],
         "--from-tarball --arch arm: Hetzner Cloud's arm servers boot UEFI",
-    );
-
-    // A name that says amd64, and --arch arm.
-    let output = run_caph_image_with(
-        &env,
-        dir,
-        &[
-            "build",
-            "hcloud",
-            "node.toml",
-            "--from-tarball",
-            raw.to_str().unwrap(),
-            "--arch",
-            "arm",
-        ],
     )
     .await;
-    refused(&output, "its name says amd64, but --arch says arm");
-
+    // A name that says amd64, and --arch arm.
+    refused(
+        &raw,
+        &["--arch", "arm"],
+        "its name says amd64, but --arch says arm",
+    )
+    .await;
     // A malformed .sha256 beside it.
     std::fs::write(
         dir.join("Debian-1200-bookworm-amd64-k8s.tar.gz.sha256"),
         "not a digest\n",
     )
     .unwrap();
-    let output = run_caph_image_with(
-        &env,
-        dir,
-        &[
-            "build",
-            "hcloud",
-            "node.toml",
-            "--from-tarball",
-            raw.to_str().unwrap(),
-        ],
+    refused(
+        &raw,
+        &[],
+        "not a sha256 file (64 hex digits, then the file name)",
     )
     .await;
-    refused(
-        &output,
-        "not a sha256 file (64 hex digits, then the file name)",
-    );
 
     // --sim has no rescue systems: a usage error.
     let output = run_caph_image_with(

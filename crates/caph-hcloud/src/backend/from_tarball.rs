@@ -333,35 +333,19 @@ impl HcloudBackend {
             tracker: &tracker,
         };
         let work = tarball_work(&job, request, &inspected, &placement, &digest);
-        let outcome = run::supervise(
-            self.client(),
-            &self.config,
-            context,
-            &tracker,
+        let artifact = run::run_one(
+            &job,
             request.keep_on_error,
+            &format!("the build of {} from its tarball", request.spec.image.name),
             work,
         )
-        .await;
-        let mut artifacts = run::finish_all(
-            self.client(),
-            &self.config,
-            context,
-            &format!("the build of {} from its tarball", request.spec.image.name),
-            &[request.arch],
-            vec![outcome],
-        )
         .await?;
-        let artifact = artifacts.pop();
+        // Set before the snapshot was made, so there once the build succeeded.
         let sha256 = digest
             .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match (artifact, sha256) {
-            (Some(artifact), Some(sha256)) => Ok(TarballSnapshot { artifact, sha256 }),
-            _ => Err(BackendError::Failed {
-                context: "the build made no snapshot".to_string(),
-                source: "no artifact".into(),
-            }),
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_default();
+        Ok(TarballSnapshot { artifact, sha256 })
     }
 
     /// The checks of the tarball that need no API: what it is, and an architecture this flow
@@ -406,7 +390,6 @@ async fn tarball_work(
         passed_over,
     } = job
         .boot_rescue(
-            arch,
             &base_image,
             &placement.candidates,
             placement.skipped.clone(),

@@ -5,15 +5,13 @@
 //! first use; and, once the disk is written, powered off hard (the rescue system holds nothing
 //! that a clean shutdown would save).
 
-use caph_core::Arch;
-use caph_core::backend::{Phase, ProgressEvent};
-use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, Session, TofuPin};
+use caph_core::backend::Phase;
+use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, Session, TofuPin};
 
-use super::ledger;
-use super::naming::{BuiltOn, temporary_labels, temporary_name};
+use super::naming::{BuiltOn, temporary_labels};
 use super::placement::Candidate;
 use super::run::{ArchFailure, CreateAttempt, Job, api, ssh};
-use crate::client::{CreateServerRequest, CreateSshKeyRequest, IdOrName, ServerId, ServerStatus};
+use crate::client::{CreateServerRequest, IdOrName, ServerId, ServerStatus};
 
 /// The disk of a Hetzner Cloud server as its rescue system sees it.
 pub const DISK_DEVICE: &str = "/dev/sda";
@@ -33,26 +31,13 @@ impl Job<'_> {
     /// connects. `passed_over` starts with the pairs preflight already left out.
     pub(crate) async fn boot_rescue(
         &self,
-        arch: Arch,
         base_image: &str,
         candidates: &[Candidate],
         mut passed_over: Vec<String>,
     ) -> Result<RescueServer, ArchFailure> {
         let (client, config, context, tracker) =
             (self.client, self.config, self.context, self.tracker);
-        let name = temporary_name(&context.build_id, arch);
-        tracker.enter(context, Phase::Create, format!("server {name}"));
-        let client_key =
-            KeyPair::generate_ed25519(&format!("caph-image rescue {}", context.build_id))?;
-        let ssh_key = client
-            .create_ssh_key(&CreateSshKeyRequest {
-                name: name.clone(),
-                public_key: client_key.public_key().to_openssh(),
-                labels: temporary_labels(&context.build_id),
-            })
-            .await
-            .map_err(api("creating the temporary SSH key"))?;
-        ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+        let (name, client_key, ssh_key) = self.create_client_key("rescue").await?;
 
         let mut created = None;
         for (index, candidate) in candidates.iter().enumerate() {
@@ -62,7 +47,7 @@ impl Job<'_> {
                 IdOrName::Name(base_image.to_string()),
             );
             create.location = Some(IdOrName::Name(candidate.location.clone()));
-            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+            create.ssh_keys = vec![IdOrName::Id(ssh_key.0)];
             create.labels = temporary_labels(&context.build_id);
             create.start_after_create = Some(false);
             match self.create_on(&create, ServerStatus::Off).await {
@@ -71,16 +56,7 @@ impl Job<'_> {
                     break;
                 }
                 Err(CreateAttempt::NoCapacity(reason)) => {
-                    let next = candidates
-                        .get(index + 1)
-                        .map_or("no preferred pair is left".to_string(), |next| {
-                            format!("trying {next}")
-                        });
-                    context.progress.event(ProgressEvent::Warning {
-                        scope: arch.to_string(),
-                        message: format!("{candidate}: {reason}; {next}"),
-                    });
-                    passed_over.push(format!("{candidate}: {reason}"));
+                    passed_over.push(self.pass_over(candidate, &reason, candidates.get(index + 1)));
                 }
                 Err(CreateAttempt::Failed(failure)) => return Err(failure),
             }
@@ -91,7 +67,7 @@ impl Job<'_> {
 
         tracker.enter(context, Phase::Connect, "the rescue system");
         let rescue = client
-            .enable_rescue(server_id, &[ssh_key.id])
+            .enable_rescue(server_id, &[ssh_key])
             .await
             .map_err(api("enabling the rescue system"))?;
         client
@@ -144,23 +120,11 @@ impl Job<'_> {
         })
     }
 
-    /// Powers the server off hard and waits until it is off.
+    /// The shutdown phase of a rescue flow: a hard power off (the rescue system holds nothing a
+    /// clean shutdown would save).
     pub(crate) async fn power_off(&self, server_id: ServerId) -> Result<(), ArchFailure> {
-        let (client, config) = (self.client, self.config);
         self.tracker
             .enter(self.context, Phase::Shutdown, "power off");
-        let action = client
-            .poweroff_server(server_id)
-            .await
-            .map_err(api("powering off"))?;
-        client
-            .wait_for_action(&action, &config.wait, &mut |_| {})
-            .await
-            .map_err(api("waiting for the poweroff"))?;
-        client
-            .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
-            .await
-            .map_err(api("waiting for the server to be off"))?;
-        Ok(())
+        self.hard_power_off(server_id).await
     }
 }

@@ -180,11 +180,37 @@ pub(crate) async fn build_all(
     .await
 }
 
+/// One unit of work that is not a build of architectures (an upload, a build from a tarball):
+/// supervised as a build's architecture is, then the sweep; its artifact, or the error naming
+/// `work` and the cleanup.
+pub(crate) async fn run_one(
+    job: &Job<'_>,
+    keep_on_error: bool,
+    work_name: &str,
+    work: impl Future<Output = Result<Artifact, ArchFailure>>,
+) -> Result<Artifact, BackendError> {
+    let (client, config, context, tracker) = (job.client, job.config, job.context, job.tracker);
+    let outcome = supervise(client, config, context, tracker, keep_on_error, work).await;
+    let mut artifacts = finish_all(
+        client,
+        config,
+        context,
+        work_name,
+        &[tracker.arch],
+        vec![outcome],
+    )
+    .await?;
+    artifacts.pop().ok_or_else(|| BackendError::Failed {
+        context: format!("{work_name} made no snapshot"),
+        source: "no artifact".into(),
+    })
+}
+
 /// Sweeps what still carries the build label and turns the units' outcomes into the result:
 /// the artifacts, or an error naming each failure and its cleanup.
 pub(crate) async fn finish_all(
     client: &Client,
-    config: &Arc<HcloudBackendConfig>,
+    config: &HcloudBackendConfig,
     context: &Context,
     work: &str,
     architectures: &[Arch],
@@ -332,9 +358,9 @@ impl Tracker {
 /// `keep_on_error`, keeps the server for debugging).
 pub(crate) async fn supervise(
     client: &Client,
-    config: &Arc<HcloudBackendConfig>,
+    config: &HcloudBackendConfig,
     context: &Context,
-    tracker: &Arc<Tracker>,
+    tracker: &Tracker,
     keep_on_error: bool,
     work: impl Future<Output = Result<Artifact, ArchFailure>>,
 ) -> ArchOutcome {
@@ -602,20 +628,14 @@ impl ArchBuild<'_> {
     async fn create_server(&self) -> Result<BuildServer, ArchFailure> {
         let (client, context, tracker) = (self.client, self.context, self.tracker);
         let arch = tracker.arch;
-        let name = temporary_name(&context.build_id, arch);
-        tracker.enter(context, Phase::Create, format!("server {name}"));
-        let client_key =
-            KeyPair::generate_ed25519(&format!("caph-image build {}", context.build_id))?;
+        let job = Job {
+            client,
+            config: self.config,
+            context,
+            tracker,
+        };
+        let (name, client_key, ssh_key) = job.create_client_key("build").await?;
         let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
-        let ssh_key = client
-            .create_ssh_key(&CreateSshKeyRequest {
-                name: name.clone(),
-                public_key: client_key.public_key().to_openssh(),
-                labels: temporary_labels(&context.build_id),
-            })
-            .await
-            .map_err(api("creating the temporary SSH key"))?;
-        ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
 
         let base_image = self
             .spec
@@ -634,16 +654,10 @@ impl ArchBuild<'_> {
                 IdOrName::Name(base_image.clone()),
             );
             create.location = Some(IdOrName::Name(candidate.location.clone()));
-            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+            create.ssh_keys = vec![IdOrName::Id(ssh_key.0)];
             create.user_data = Some(user_data.clone());
             create.labels = temporary_labels(&context.build_id);
             tracker.say(context, format!("creating the server on {candidate}"));
-            let job = Job {
-                client,
-                config: self.config,
-                context,
-                tracker,
-            };
             match job.create_on(&create, ServerStatus::Running).await {
                 Ok((server_id, address)) => {
                     let access = Access {
@@ -678,15 +692,8 @@ impl ArchBuild<'_> {
                     });
                 }
                 Err(CreateAttempt::NoCapacity(reason)) => {
-                    let next = match self.placement.candidates.get(index + 1) {
-                        Some(next) => format!("trying {next}"),
-                        None => "no preferred pair is left".to_string(),
-                    };
-                    context.progress.event(ProgressEvent::Warning {
-                        scope: arch.to_string(),
-                        message: format!("{candidate}: {reason}; {next}"),
-                    });
-                    passed_over.push(format!("{candidate}: {reason}"));
+                    let next = self.placement.candidates.get(index + 1);
+                    passed_over.push(job.pass_over(candidate, &reason, next));
                 }
                 Err(CreateAttempt::Failed(failure)) => return Err(failure),
             }
@@ -748,6 +755,49 @@ pub(crate) struct Job<'a> {
 }
 
 impl Job<'_> {
+    /// The create phase's start: the temporary name, a client key made in memory for `purpose`
+    /// (`build`, `rescue`) and registered at the API under that name, in the ledger before
+    /// anything else is awaited.
+    pub(crate) async fn create_client_key(
+        &self,
+        purpose: &str,
+    ) -> Result<(String, KeyPair, crate::client::SshKeyId), ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        let name = temporary_name(&context.build_id, tracker.arch);
+        tracker.enter(context, Phase::Create, format!("server {name}"));
+        let client_key =
+            KeyPair::generate_ed25519(&format!("caph-image {purpose} {}", context.build_id))?;
+        let ssh_key = self
+            .client
+            .create_ssh_key(&CreateSshKeyRequest {
+                name: name.clone(),
+                public_key: client_key.public_key().to_openssh(),
+                labels: temporary_labels(&context.build_id),
+            })
+            .await
+            .map_err(api("creating the temporary SSH key"))?;
+        ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+        Ok((name, client_key, ssh_key.id))
+    }
+
+    /// Says that `candidate` had no capacity and what comes next (a progress warning); the line
+    /// for the result's notes and a final error.
+    pub(crate) fn pass_over(
+        &self,
+        candidate: &placement::Candidate,
+        reason: &str,
+        next: Option<&placement::Candidate>,
+    ) -> String {
+        let next = next.map_or("no preferred pair is left".to_string(), |next| {
+            format!("trying {next}")
+        });
+        self.context.progress.event(ProgressEvent::Warning {
+            scope: self.tracker.arch.to_string(),
+            message: format!("{candidate}: {reason}; {next}"),
+        });
+        format!("{candidate}: {reason}")
+    }
+
     /// One create on one (type, location) pair, waited for until the server is `wanted`; a pair without
     /// capacity, whether the API refuses the create or its action fails, leaves no server.
     pub(crate) async fn create_on(
@@ -849,27 +899,28 @@ impl Job<'_> {
                         config.shutdown_timeout
                     ),
                 });
-                let action = client
-                    .poweroff_server(server_id)
-                    .await
-                    .map_err(api("powering off"))?;
-                client
-                    .wait_for_action(&action, &config.wait, &mut |_| {})
-                    .await
-                    .map_err(api("waiting for the poweroff"))?;
-                client
-                    .wait_for_server_status(
-                        server_id,
-                        &ServerStatus::Off,
-                        &config.wait,
-                        &mut |_| {},
-                    )
-                    .await
-                    .map_err(api("waiting for the server to be off"))?;
-                Ok(())
+                self.hard_power_off(server_id).await
             }
             Err(error) => Err(api("waiting for the server to be off")(error)),
         }
+    }
+
+    /// Powers the server off hard (no ACPI) and waits until it is off.
+    pub(crate) async fn hard_power_off(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+        let (client, config) = (self.client, self.config);
+        let action = client
+            .poweroff_server(server_id)
+            .await
+            .map_err(api("powering off"))?;
+        client
+            .wait_for_action(&action, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the poweroff"))?;
+        client
+            .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the server to be off"))?;
+        Ok(())
     }
 
     /// Snapshot, under a pending name so CAPH does not see it yet; returns it once available.

@@ -13,12 +13,12 @@
 //! build, and the server and key removed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use caph_core::Arch;
 use caph_core::backend::{Artifact, BackendError, Context, Phase, ProgressEvent};
 use tokio::io::AsyncWriteExt as _;
 
+use super::HcloudBackend;
 use super::disk_image::{self, Compression, Inspected};
 use super::lookup;
 use super::naming::BuiltOn;
@@ -26,8 +26,7 @@ use super::naming::{BUILD_LABEL, BUILT_BY, BUILT_BY_LABEL, NAME_LABEL, PENDING_N
 use super::placement::{self, Candidate, Offer};
 use super::rescue::{DISK_DEVICE, RescueServer};
 use super::run::{self, ArchFailure, Job, Tracker, ssh};
-use super::{HcloudBackend, HcloudBackendConfig};
-use crate::client::{Client, Labels};
+use crate::client::Labels;
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,63 +259,38 @@ impl HcloudBackend {
         });
 
         let tracker = Tracker::new(request.arch);
-        let work = upload_work(
+        let job = Job {
             client,
-            &self.config,
+            config: &self.config,
             context,
-            request,
-            &tracker,
-            &opened,
-            &candidates,
-        );
-        let outcome = run::supervise(
-            client,
-            &self.config,
-            context,
-            &tracker,
+            tracker: &tracker,
+        };
+        let work = upload_work(&job, request, &opened, &candidates);
+        run::run_one(
+            &job,
             request.keep_on_error,
+            &format!("the upload of {}", request.name),
             work,
         )
-        .await;
-        let mut artifacts = run::finish_all(
-            client,
-            &self.config,
-            context,
-            &format!("the upload of {}", request.name),
-            &[request.arch],
-            vec![outcome],
-        )
-        .await?;
-        artifacts.pop().ok_or_else(|| BackendError::Failed {
-            context: "the upload made no snapshot".to_string(),
-            source: "no artifact".into(),
-        })
+        .await
     }
 }
 
 async fn upload_work(
-    client: &Client,
-    config: &Arc<HcloudBackendConfig>,
-    context: &Context,
+    job: &Job<'_>,
     request: &UploadRequest,
-    tracker: &Tracker,
     opened: &Opened,
     candidates: &[Candidate],
 ) -> Result<Artifact, ArchFailure> {
+    let (context, tracker) = (job.context, job.tracker);
     let arch = request.arch;
-    let job = Job {
-        client,
-        config,
-        context,
-        tracker,
-    };
     let RescueServer {
         id: server_id,
         session,
         built_on,
         passed_over,
     } = job
-        .boot_rescue(arch, &request.base_image, candidates, Vec::new())
+        .boot_rescue(&request.base_image, candidates, Vec::new())
         .await?;
 
     tracker.enter(

@@ -11,12 +11,12 @@ use caph_core::backend::{Backend as _, BackendError, BuildRequest, Context};
 use caph_core::text::escape;
 use caph_core::{Arch, ImageSpec};
 use caph_hcloud::backend::from_tarball::{self, InspectedTarball, TarballBuild};
-use caph_hcloud::backend::{HcloudBackend, HcloudBackendConfig, naming};
+use caph_hcloud::backend::{HcloudBackend, naming};
 use caph_rootfs::assemble::{self, AssembleOptions};
 use caph_rootfs::naming::ImageName;
 use tokio_util::sync::CancellationToken;
 
-use super::hcloud::{BuildOptions, TarballPrinted, client, print_artifacts};
+use super::hcloud::{BuildOptions, TarballPrinted, backend_config, client, print_artifacts};
 use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
 use crate::cli::{EXIT_FAILURE, GlobalArgs};
 use crate::output;
@@ -112,9 +112,7 @@ pub fn build(
         cancel: CancellationToken::new(),
         build_id: naming::new_build_id(),
     };
-    let mut config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
-    config.keep_dir = std::env::current_dir().unwrap_or_default();
-    let backend = HcloudBackend::new(client(options.api)?, config);
+    let backend = HcloudBackend::new(client(options.api)?, backend_config());
     let inspect = |tarball: &Path| -> anyhow::Result<InspectedTarball> {
         runtime
             .block_on(from_tarball::inspect(tarball))

@@ -53,6 +53,14 @@ pub(super) fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
         .context("setting up the Hetzner Cloud client")
 }
 
+/// The backend's settings for a run of this binary: the defaults for the real service, this
+/// version as the builder, and the current directory for what `--keep-on-error` writes.
+pub(super) fn backend_config() -> HcloudBackendConfig {
+    let mut config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
+    config.keep_dir = std::env::current_dir().unwrap_or_default();
+    config
+}
+
 pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<ExitCode> {
     let Some(mut spec) = spec_files::load_or_report(options.spec) else {
         return Ok(ExitCode::from(EXIT_FAILURE));
@@ -131,8 +139,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         cancel: CancellationToken::new(),
         build_id: naming::new_build_id(),
     };
-    let mut config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
-    config.keep_dir = std::env::current_dir().unwrap_or_default();
+    let mut config = backend_config();
     config.shutdown_timeout = options.shutdown_timeout;
     let backend = HcloudBackend::new(client, config);
 
