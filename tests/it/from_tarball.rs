@@ -464,6 +464,46 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     )
     .await;
 
+    // --dry-run: the preflight, what the tarball is, and the rescue system's three steps.
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), "node\n").unwrap();
+    let small = dir.join("Debian-1200-bookworm-amd64-small.tar.gz");
+    let packed = Command::new("tar")
+        .arg("-czf")
+        .arg(&small)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    let output = run_caph_image_with(
+        &env,
+        dir,
+        &[
+            "build",
+            "hcloud",
+            "node.toml",
+            "--from-tarball",
+            small.to_str().unwrap(),
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed = stdout(&output);
+    for wanted in [
+        "ok: x86: builds on cx23 in fsn1",
+        "Debian-1200-bookworm-amd64-small.tar.gz: gzip-compressed tar archive of",
+        "# step 1/3: partition",
+        "gzip -dc | tar --extract",
+        "chroot \"$target\" grub-install --target=i386-pc /dev/sda",
+    ] {
+        assert!(printed.contains(wanted), "{wanted}: {printed}");
+    }
+    assert!(stderr(&output).contains("dry run: nothing was created"));
+
     // --sim has no rescue systems: a usage error.
     let output = run_caph_image_with(
         &env,
