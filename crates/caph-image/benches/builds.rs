@@ -164,8 +164,8 @@ async fn watch_servers(
                 continue;
             };
             match action.command.as_str() {
-                // A rescue flow (--from-tarball) powers off hard.
-                "shutdown_server" | "poweroff_server" => {
+                // A rescue flow (--from-tarball) powers off hard: `poweroff` is `stop_server`.
+                "shutdown_server" | "stop_server" => {
                     server.shutdown_requested.get_or_insert(now);
                 }
                 "create_image" => {
