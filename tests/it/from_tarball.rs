@@ -504,6 +504,28 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     }
     assert!(stderr(&output).contains("dry run: nothing was created"));
 
+    // Without TARBALL the tarball is built first, which needs root: said before anything else.
+    if is_root() && Path::new("/usr/bin/setpriv").exists() {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let output = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_caph-image"))
+            .args(["build", "hcloud", "node.toml", "--from-tarball"])
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(
+                "--from-tarball without TARBALL builds the tarball first, and building a root filesystem needs root"
+            ),
+            "{}",
+            stderr(&output)
+        );
+    }
+
     // --sim has no rescue systems: a usage error.
     let output = run_caph_image_with(
         &env,

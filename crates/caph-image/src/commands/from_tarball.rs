@@ -98,6 +98,16 @@ pub fn build(
     if let Err(reason) = from_tarball::supports(arch) {
         anyhow::bail!("--from-tarball --arch {arch}: {reason}");
     }
+    // A tarball to build first needs what `build tarball` needs; said now, not after preflight.
+    if source.tarball.is_none() && !options.dry_run {
+        let missing = assemble::missing_requirements(&spec, arch);
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "--from-tarball without TARBALL builds the tarball first, and {}; or give a tarball: --from-tarball FILE",
+                missing.join("; ")
+            );
+        }
+    }
     let spec = Arc::new(spec);
     let request = BuildRequest {
         spec: spec.clone(),
