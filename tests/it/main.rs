@@ -19,6 +19,7 @@ mod robot_sim_mode;
 mod runtime;
 mod tarball;
 mod upload;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

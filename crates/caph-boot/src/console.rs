@@ -44,7 +44,7 @@ pub fn said(lines: &[String], words: &[&str]) -> bool {
 pub const MILESTONES: &[(&[&str], &str)] = &[
     (&["GRUB"], "GRUB loaded from the disk's MBR"),
     (&["Linux version"], "the kernel started"),
-    (&["Welcome to", "!"], "systemd started"),
+    (&["as init process"], "systemd started"),
     (
         &["running 'init-local'"],
         "cloud-init: init-local (the NoCloud seed)",

@@ -383,17 +383,26 @@ async fn work(
 
     stage.set(
         context,
-        Phase::Verify,
+        Phase::Provision,
         "first boot",
         format!(
-            "booting under QEMU (x86, BIOS, through the disk's GRUB); first boot may take {}",
+            "booting under QEMU (x86, BIOS, through the disk's GRUB); first boot may take up to {}",
             human_duration(request.boot_timeout)
         ),
     );
     let mut vm = Vm::start(VmConfig::new(&disk_path, work_dir.path())).await?;
+    // Progress while first boot runs: each milestone the console shows, once, and now and then
+    // how long it has been waiting (as the provision phase, which is shown line by line).
     let mut reported: Vec<&'static str> = Vec::new();
     let mut last_report = Instant::now();
     let timeout = request.boot_timeout;
+    let progress = |detail: String| {
+        context.progress.event(ProgressEvent::Phase {
+            scope: "tarball".to_string(),
+            phase: Phase::Provision,
+            detail,
+        });
+    };
     let waited = vm
         .wait_for(
             &[DONE_LINE],
@@ -403,27 +412,21 @@ async fn work(
                 for milestone in crate::console::milestones(lines) {
                     if !reported.contains(&milestone) {
                         reported.push(milestone);
-                        say(
-                            context,
-                            format!("{:>5.0}s  {milestone}", uptime.as_secs_f64()),
-                        );
+                        progress(format!("{:.0}s: {milestone}", uptime.as_secs_f64()));
                         last_report = Instant::now();
                     }
                 }
                 if last_report.elapsed() >= WAIT_REPORT_EVERY {
                     last_report = Instant::now();
-                    say(
-                        context,
-                        format!(
-                            "{:>5.0}s  still waiting for first boot to finish (up to {}); last: {}",
-                            uptime.as_secs_f64(),
-                            human_duration(timeout),
-                            reported
-                                .last()
-                                .copied()
-                                .unwrap_or("nothing on the console yet")
-                        ),
-                    );
+                    progress(format!(
+                        "{:.0}s: waiting for first boot to finish (up to {}); last: {}",
+                        uptime.as_secs_f64(),
+                        human_duration(timeout),
+                        reported
+                            .last()
+                            .copied()
+                            .unwrap_or("nothing on the console yet")
+                    ));
                 }
             },
         )

@@ -19,6 +19,7 @@ pub mod naming;
 pub mod placement;
 mod run;
 pub mod upload;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use super::naming::{
     self, BuiltOn, final_snapshot_labels, pending_snapshot_labels, snapshot_description,
     temporary_labels, temporary_name,
 };
-use super::placement::{self, ArchPlacement};
+use super::placement::{self, ArchPlacement, Candidate};
 use super::{HcloudBackendConfig, cloud_init, lookup};
 use crate::client::CreateSshKeyRequest;
 use crate::client::{Client, Error as ClientError, SecretString};
@@ -133,6 +133,11 @@ impl Tracker {
         }
     }
 
+    /// The architecture this unit of work is for.
+    pub(crate) fn arch(&self) -> Arch {
+        self.arch
+    }
+
     pub(crate) fn say(&self, context: &Context, line: impl Into<String>) {
         context.progress.event(ProgressEvent::Output {
             scope: self.arch.to_string(),
@@ -141,9 +146,10 @@ impl Tracker {
     }
 }
 
-/// The outcome of one architecture.
-pub(crate) enum ArchOutcome {
-    Built(Artifact),
+/// The outcome of one unit of work (an architecture's build, an upload, a verification): what it
+/// made, or how it failed.
+pub(crate) enum ArchOutcome<T = Artifact> {
+    Built(T),
     Failed {
         phase: Phase,
         failure: ArchFailure,
@@ -176,20 +182,22 @@ pub(crate) async fn build_all(
         &format!("the build of {}", request.spec.image.name),
         &request.architectures,
         outcomes,
+        |artifact| format!("{} snapshot {}", artifact.arch, artifact.id),
     )
     .await
 }
 
 /// Sweeps what still carries the build label and turns the units' outcomes into the result:
 /// the artifacts, or an error naming each failure and its cleanup.
-pub(crate) async fn finish_all(
+pub(crate) async fn finish_all<T>(
     client: &Client,
     config: &Arc<HcloudBackendConfig>,
     context: &Context,
     work: &str,
     architectures: &[Arch],
-    outcomes: Vec<ArchOutcome>,
-) -> Result<Vec<Artifact>, BackendError> {
+    outcomes: Vec<ArchOutcome<T>>,
+    describe: impl Fn(&T) -> String,
+) -> Result<Vec<T>, BackendError> {
     // Layer two: whatever still carries this build's label (a create whose answer was lost, say)
     // goes too, except servers kept on purpose. It runs even after cancellation, bounded in time.
     let kept: Vec<ServerId> = outcomes
@@ -276,10 +284,7 @@ pub(crate) async fn finish_all(
         return Err(BackendError::Cancelled { phase, cleanup });
     }
     if !failures.is_empty() {
-        let built: Vec<String> = artifacts
-            .iter()
-            .map(|a| format!("{} snapshot {}", a.arch, a.id))
-            .collect();
+        let built: Vec<String> = artifacts.iter().map(describe).collect();
         let mut report = failures.join("\n");
         if !built.is_empty() {
             report.push_str(&format!("\nbuilt anyway: {}", built.join(", ")));
@@ -330,14 +335,14 @@ impl Tracker {
 /// Runs one unit of work (an architecture's build, an upload) until it ends or the context is
 /// cancelled, then cleans up what its ledger holds unless it succeeded (or, with
 /// `keep_on_error`, keeps the server for debugging).
-pub(crate) async fn supervise(
+pub(crate) async fn supervise<T>(
     client: &Client,
     config: &Arc<HcloudBackendConfig>,
     context: &Context,
     tracker: &Arc<Tracker>,
     keep_on_error: bool,
-    work: impl Future<Output = Result<Artifact, ArchFailure>>,
-) -> ArchOutcome {
+    work: impl Future<Output = Result<T, ArchFailure>>,
+) -> ArchOutcome<T> {
     let arch = tracker.arch;
     // Layer one: on cancellation the work future is dropped wherever it waits; the ledger it
     // filled survives it, and cleanup runs from here.
@@ -513,6 +518,16 @@ struct BuildServer {
     passed_over: Vec<String>,
 }
 
+/// A server created on one of the preferred pairs.
+pub(crate) struct CreatedServer {
+    pub(crate) id: ServerId,
+    pub(crate) address: SocketAddr,
+    /// The pair it was created on.
+    pub(crate) candidate: Candidate,
+    /// Preferred pairs passed over, with the reason: `cx23 in fsn1: sold out`.
+    pub(crate) passed_over: Vec<String>,
+}
+
 /// Why one create attempt did not give a running server.
 pub(crate) enum CreateAttempt {
     /// The pair has no capacity now: try the next one.
@@ -625,73 +640,63 @@ impl ArchBuild<'_> {
             .cloned()
             .unwrap_or_default();
         let user_data = SecretString::new(cloud_init::host_key_user_data(&host_key)?);
+        let job = Job {
+            client,
+            config: self.config,
+            context,
+            tracker,
+        };
         // Preferred pairs preflight found unorderable count as tried: an error lists them all.
-        let mut passed_over: Vec<String> = self.placement.skipped.clone();
-        for (index, candidate) in self.placement.candidates.iter().enumerate() {
-            let mut create = CreateServerRequest::new(
-                name.clone(),
-                IdOrName::Name(candidate.server_type.clone()),
-                IdOrName::Name(base_image.clone()),
-            );
-            create.location = Some(IdOrName::Name(candidate.location.clone()));
-            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
-            create.user_data = Some(user_data.clone());
-            create.labels = temporary_labels(&context.build_id);
-            tracker.say(context, format!("creating the server on {candidate}"));
-            let job = Job {
-                client,
-                config: self.config,
-                context,
-                tracker,
-            };
-            match job.create_on(&create, ServerStatus::Running).await {
-                Ok((server_id, address)) => {
-                    let access = Access {
-                        address,
-                        client_key: client_key.clone(),
-                        host_key_line: host_key.public_key().to_openssh(),
-                    };
-                    match tracker.access.lock() {
-                        Ok(mut guard) => *guard = Some(access),
-                        Err(poisoned) => *poisoned.into_inner() = Some(access),
-                    }
-                    let first = &self.placement.candidates[0];
-                    if candidate.disk_gb > first.disk_gb {
-                        context.progress.event(ProgressEvent::Warning {
-                            scope: arch.to_string(),
-                            message: format!(
-                                "built on {}: the snapshot's disk is {} GB, so it will not fit {} ({} GB)",
-                                candidate.server_type, candidate.disk_gb, first.server_type, first.disk_gb
-                            ),
-                        });
-                    }
-                    return Ok(BuildServer {
-                        id: server_id,
-                        address,
-                        client_key,
-                        host_key,
-                        built_on: BuiltOn {
-                            server_type: candidate.server_type.clone(),
-                            location: candidate.location.clone(),
-                        },
-                        passed_over,
-                    });
-                }
-                Err(CreateAttempt::NoCapacity(reason)) => {
-                    let next = match self.placement.candidates.get(index + 1) {
-                        Some(next) => format!("trying {next}"),
-                        None => "no preferred pair is left".to_string(),
-                    };
-                    context.progress.event(ProgressEvent::Warning {
-                        scope: arch.to_string(),
-                        message: format!("{candidate}: {reason}; {next}"),
-                    });
-                    passed_over.push(format!("{candidate}: {reason}"));
-                }
-                Err(CreateAttempt::Failed(failure)) => return Err(failure),
-            }
+        let created = job
+            .create_on_candidates(
+                &self.placement.candidates,
+                ServerStatus::Running,
+                self.placement.skipped.clone(),
+                |candidate| {
+                    let mut create = CreateServerRequest::new(
+                        name.clone(),
+                        IdOrName::Name(candidate.server_type.clone()),
+                        IdOrName::Name(base_image.clone()),
+                    );
+                    create.location = Some(IdOrName::Name(candidate.location.clone()));
+                    create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+                    create.user_data = Some(user_data.clone());
+                    create.labels = temporary_labels(&context.build_id);
+                    create
+                },
+            )
+            .await?;
+        let access = Access {
+            address: created.address,
+            client_key: client_key.clone(),
+            host_key_line: host_key.public_key().to_openssh(),
+        };
+        match tracker.access.lock() {
+            Ok(mut guard) => *guard = Some(access),
+            Err(poisoned) => *poisoned.into_inner() = Some(access),
         }
-        Err(ArchFailure::NoCapacity { tried: passed_over })
+        let candidate = &created.candidate;
+        let first = &self.placement.candidates[0];
+        if candidate.disk_gb > first.disk_gb {
+            context.progress.event(ProgressEvent::Warning {
+                scope: arch.to_string(),
+                message: format!(
+                    "built on {}: the snapshot's disk is {} GB, so it will not fit {} ({} GB)",
+                    candidate.server_type, candidate.disk_gb, first.server_type, first.disk_gb
+                ),
+            });
+        }
+        Ok(BuildServer {
+            id: created.id,
+            address: created.address,
+            client_key,
+            host_key,
+            built_on: BuiltOn {
+                server_type: candidate.server_type.clone(),
+                location: candidate.location.clone(),
+            },
+            passed_over: created.passed_over,
+        })
     }
 
     /// Connect, pinning the host key we generated.
@@ -819,6 +824,49 @@ impl Job<'_> {
             self.config.ssh_port,
         );
         Ok((server_id, address))
+    }
+
+    /// Creates the server on the first (type, location) pair of `candidates` that has room,
+    /// moving on after a capacity error with a warning; `request_for` makes the create request
+    /// for a pair. `passed_over` starts with pairs skipped before (preflight's), and the result
+    /// or the error lists every pair passed over with the reason.
+    pub(crate) async fn create_on_candidates(
+        &self,
+        candidates: &[Candidate],
+        wanted: ServerStatus,
+        mut passed_over: Vec<String>,
+        request_for: impl Fn(&Candidate) -> CreateServerRequest,
+    ) -> Result<CreatedServer, ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        for (index, candidate) in candidates.iter().enumerate() {
+            tracker.say(context, format!("creating the server on {candidate}"));
+            match self
+                .create_on(&request_for(candidate), wanted.clone())
+                .await
+            {
+                Ok((id, address)) => {
+                    return Ok(CreatedServer {
+                        id,
+                        address,
+                        candidate: candidate.clone(),
+                        passed_over,
+                    });
+                }
+                Err(CreateAttempt::NoCapacity(reason)) => {
+                    let next = match candidates.get(index + 1) {
+                        Some(next) => format!("trying {next}"),
+                        None => "no preferred pair is left".to_string(),
+                    };
+                    context.progress.event(ProgressEvent::Warning {
+                        scope: tracker.arch.to_string(),
+                        message: format!("{candidate}: {reason}; {next}"),
+                    });
+                    passed_over.push(format!("{candidate}: {reason}"));
+                }
+                Err(CreateAttempt::Failed(failure)) => return Err(failure),
+            }
+        }
+        Err(ArchFailure::NoCapacity { tried: passed_over })
     }
 
     /// Shut down and wait until really off; fall back to a hard poweroff.

@@ -26,7 +26,7 @@ use super::lookup;
 use super::naming::{BUILD_LABEL, BUILT_BY, BUILT_BY_LABEL, NAME_LABEL, PENDING_NAME_LABEL};
 use super::naming::{BuiltOn, temporary_labels, temporary_name};
 use super::placement::{self, Candidate, Offer};
-use super::run::{self, ArchFailure, CreateAttempt, Job, Tracker, api, ssh};
+use super::run::{self, ArchFailure, Job, Tracker, api, ssh};
 use super::{HcloudBackend, HcloudBackendConfig};
 use crate::client::ServerStatus;
 use crate::client::{Client, CreateServerRequest, CreateSshKeyRequest, IdOrName, Labels};
@@ -288,6 +288,7 @@ impl HcloudBackend {
             &format!("the upload of {}", request.name),
             &[request.arch],
             vec![outcome],
+            |artifact| format!("{} snapshot {}", artifact.arch, artifact.id),
         )
         .await?;
         artifacts.pop().ok_or_else(|| BackendError::Failed {
@@ -327,41 +328,26 @@ async fn upload_work(
     ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
 
     // A server that never boots its own system: created off, then booted into the rescue system.
-    let mut passed_over = Vec::new();
-    let mut created = None;
-    for (index, candidate) in candidates.iter().enumerate() {
-        let mut create = CreateServerRequest::new(
-            name.clone(),
-            IdOrName::Name(candidate.server_type.clone()),
-            IdOrName::Name(request.base_image.clone()),
-        );
-        create.location = Some(IdOrName::Name(candidate.location.clone()));
-        create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
-        create.labels = temporary_labels(&context.build_id);
-        create.start_after_create = Some(false);
-        match job.create_on(&create, ServerStatus::Off).await {
-            Ok((server_id, address)) => {
-                created = Some((server_id, address, candidate.clone()));
-                break;
-            }
-            Err(CreateAttempt::NoCapacity(reason)) => {
-                let next = candidates
-                    .get(index + 1)
-                    .map_or("no preferred pair is left".to_string(), |next| {
-                        format!("trying {next}")
-                    });
-                context.progress.event(ProgressEvent::Warning {
-                    scope: arch.to_string(),
-                    message: format!("{candidate}: {reason}; {next}"),
-                });
-                passed_over.push(format!("{candidate}: {reason}"));
-            }
-            Err(CreateAttempt::Failed(failure)) => return Err(failure),
-        }
-    }
-    let Some((server_id, address, candidate)) = created else {
-        return Err(ArchFailure::NoCapacity { tried: passed_over });
-    };
+    let created = job
+        .create_on_candidates(candidates, ServerStatus::Off, Vec::new(), |candidate| {
+            let mut create = CreateServerRequest::new(
+                name.clone(),
+                IdOrName::Name(candidate.server_type.clone()),
+                IdOrName::Name(request.base_image.clone()),
+            );
+            create.location = Some(IdOrName::Name(candidate.location.clone()));
+            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+            create.labels = temporary_labels(&context.build_id);
+            create.start_after_create = Some(false);
+            create
+        })
+        .await?;
+    let (server_id, address, candidate, passed_over) = (
+        created.id,
+        created.address,
+        created.candidate,
+        created.passed_over,
+    );
     let built_on = BuiltOn {
         server_type: candidate.server_type.clone(),
         location: candidate.location.clone(),

@@ -20,11 +20,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_CANCELLED, cancel_on_signals, runtime, sim};
-use crate::cli::{EXIT_FAILURE, GlobalArgs, HcloudArgs, OutputFormat};
+use crate::cli::{EXIT_FAILURE, EXIT_USAGE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::progress::Progress;
 
-/// The exit code of a wrong command line, as clap gives it.
-const EXIT_USAGE: u8 = 2;
 use crate::{output, spec_files, templates};
 
 /// Options of `build hcloud`.

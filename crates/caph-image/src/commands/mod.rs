@@ -7,13 +7,16 @@ mod sim;
 mod tarball;
 mod upload;
 mod validate;
+mod verify;
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{BuildCommand, Cli, Command, ImagesCommand, RobotCommand, UploadCommand};
+use crate::cli::{
+    BuildCommand, Cli, Command, ImagesCommand, RobotCommand, UploadCommand, VerifyCommand,
+};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -94,6 +97,42 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sha256,
                 replace,
                 keep_on_error,
+                api: &api,
+            },
+        ),
+        Command::Verify(VerifyCommand::Tarball {
+            tarball,
+            user_data,
+            hostname,
+            boot_timeout,
+            work_dir,
+            console_log,
+        }) => verify::tarball(
+            &cli.global,
+            verify::TarballOptions {
+                tarball,
+                user_data,
+                hostname,
+                boot_timeout,
+                work_dir,
+                console_log,
+            },
+        ),
+        Command::Verify(VerifyCommand::Hcloud {
+            snapshot,
+            arch,
+            locations,
+            server_types,
+            boot_timeout,
+            api,
+        }) => verify::hcloud(
+            &cli.global,
+            verify::HcloudOptions {
+                snapshot,
+                arch,
+                locations,
+                server_types,
+                boot_timeout,
                 api: &api,
             },
         ),
