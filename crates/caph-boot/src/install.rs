@@ -89,6 +89,12 @@ pub fn disk_bytes(contents: &TarballContents) -> u64 {
     (1 << 20) + (BOOT_MIB << 20) + root
 }
 
+/// What the install and first boot write to the (sparse) disk, about: the tree, a new initramfs
+/// and room for first boot.
+pub fn space_needed(contents: &TarballContents) -> u64 {
+    contents.unpacked_bytes + contents.unpacked_bytes / 5 + (512 << 20)
+}
+
 /// A random UUID (version 4), for a file system.
 fn random_uuid() -> String {
     let mut bytes: [u8; 16] = rand::random();

@@ -21,6 +21,7 @@
 
 #![deny(missing_docs)]
 
+mod child;
 pub mod console;
 pub mod install;
 pub mod installimage;

@@ -25,9 +25,17 @@ pub struct LoopInfo {
     pub major: u32,
     /// Its block device minor number.
     pub minor: u32,
+    /// The file attached, as the kernel names it (absolute, symlinks resolved).
+    pub backing: PathBuf,
 }
 
 impl LoopInfo {
+    /// Whether the device still holds [`LoopInfo::backing`]: once detached, the kernel may give
+    /// `loopN` to someone else's file, which a second detach must not touch.
+    pub fn still_backs(&self) -> bool {
+        backing_file(&self.kernel_name).is_some_and(|file| same_file(&file, &self.backing))
+    }
+
     /// The device of partition `number`: `/dev/loopNpM`.
     pub fn partition(&self, number: u32) -> PathBuf {
         PathBuf::from(format!("{}p{number}", self.device.display()))
@@ -66,6 +74,7 @@ pub async fn attach(image: &Path) -> Result<LoopInfo, String> {
         kernel_name: kernel_name.clone(),
         major: numbers.map_or(0, |(major, _)| major),
         minor: numbers.map_or(0, |(_, minor)| minor),
+        backing: std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf()),
     };
     if numbers.is_none() {
         detach(&info).await;
@@ -77,10 +86,13 @@ pub async fn attach(image: &Path) -> Result<LoopInfo, String> {
     Ok(info)
 }
 
-/// Removes a loop device's partitions, then the device; best effort. A device still held open
-/// (a mount in a namespace that is going away) is marked to detach itself when the last user
-/// closes it.
+/// Removes a loop device's partitions, then the device, if it still holds its file; best effort.
+/// A device still held open (a mount in a namespace that is going away) is marked to detach
+/// itself when the last user closes it.
 pub async fn detach(info: &LoopInfo) {
+    if !info.still_backs() {
+        return;
+    }
     for number in partition_numbers(&info.kernel_name) {
         let _ = tokio::process::Command::new("delpart")
             .arg(&info.device)
@@ -101,7 +113,8 @@ pub async fn detach(info: &LoopInfo) {
         .await;
 }
 
-/// [`detach`] for a synchronous context (a drop, start-up): the same commands, run directly.
+/// [`detach`] for a synchronous context (a drop, start-up): the same commands, run directly,
+/// whatever the device holds (the caller checked).
 pub fn detach_blocking(device: &Path, kernel_name: &str) {
     for number in partition_numbers(kernel_name) {
         let _ = std::process::Command::new("delpart")
@@ -157,7 +170,6 @@ const DETACH_PATIENCE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct LoopDevice {
     info: LoopInfo,
-    image: PathBuf,
     attached: bool,
 }
 
@@ -170,7 +182,6 @@ impl LoopDevice {
         })?;
         Ok(LoopDevice {
             info,
-            image: image.to_path_buf(),
             attached: true,
         })
     }
@@ -217,10 +228,11 @@ impl LoopDevice {
         self.attached = false;
         let started = Instant::now();
         loop {
+            if !self.info.still_backs() {
+                return true;
+            }
             detach_blocking(&self.info.device, &self.info.kernel_name);
-            let still = backing_file(&self.info.kernel_name)
-                .is_some_and(|file| same_file(&file, &self.image));
-            if !still {
+            if !self.info.still_backs() {
                 return true;
             }
             if started.elapsed() > DETACH_PATIENCE {
@@ -234,7 +246,6 @@ impl LoopDevice {
 /// Whether the backing file a loop device names is `image` (the kernel names it by its absolute
 /// path, with " (deleted)" once removed).
 fn same_file(backing: &Path, image: &Path) -> bool {
-    let image = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
     let backing = backing.to_string_lossy();
     let backing = backing.strip_suffix(" (deleted)").unwrap_or(&backing);
     Path::new(backing) == image

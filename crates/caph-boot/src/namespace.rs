@@ -60,6 +60,8 @@ pub async fn run_private(
         .take()
         .ok_or_else(|| failed("no output pipe".to_string()))?;
     let stderr = child.stderr.take();
+    // Killed and reaped if this future is dropped (a cancellation): its namespace goes with it.
+    let mut child = crate::child::Reaped(child);
     let unshare_errors = tokio::spawn(async move {
         let mut text = String::new();
         if let Some(stderr) = stderr {
@@ -85,6 +87,7 @@ pub async fn run_private(
         tail.push_back(line);
     }
     let status = child
+        .0
         .wait()
         .await
         .map_err(|error| failed(format!("waiting for it: {error}")))?;

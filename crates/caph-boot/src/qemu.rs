@@ -11,7 +11,7 @@
 //! A clean power off is Ctrl-Alt-Del from the monitor: systemd (PID 1) turns it into a reboot
 //! without needing logind or D-Bus (which minimal images lack, so the ACPI power button does
 //! nothing there), and `-no-reboot` turns the reboot into QEMU's exit. The process is killed
-//! when the [`Vm`] is dropped.
+//! and reaped when the [`Vm`] is dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -95,7 +95,7 @@ pub enum Waited {
 /// A running VM.
 #[derive(Debug)]
 pub struct Vm {
-    qemu: tokio::process::Child,
+    qemu: crate::child::Reaped,
     config: VmConfig,
     started: Instant,
     console: Vec<u8>,
@@ -150,7 +150,7 @@ impl Vm {
                 detail: error.to_string(),
             })?;
         Ok(Vm {
-            qemu,
+            qemu: crate::child::Reaped(qemu),
             config,
             started: Instant::now(),
             console: Vec::new(),
@@ -201,7 +201,7 @@ impl Vm {
             if wanted.iter().all(|word| text.contains(word)) {
                 return Ok(Waited::Found);
             }
-            if let Ok(Some(_)) = self.qemu.try_wait() {
+            if let Ok(Some(_)) = self.qemu.0.try_wait() {
                 self.read_console();
                 return Ok(Waited::Ended);
             }
@@ -234,14 +234,14 @@ impl Vm {
         let until = Instant::now() + deadline;
         let mut ended = false;
         while pressed && Instant::now() < until {
-            if let Ok(Some(_)) = self.qemu.try_wait() {
+            if let Ok(Some(_)) = self.qemu.0.try_wait() {
                 ended = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let _ = self.qemu.start_kill();
-        let _ = self.qemu.wait().await;
+        let _ = self.qemu.0.start_kill();
+        let _ = self.qemu.0.wait().await;
         self.read_console();
         ended
     }

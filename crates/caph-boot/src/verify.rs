@@ -289,6 +289,21 @@ async fn work(
         })?;
     let disk_path = work_dir.path().join("disk.img");
     let disk_size = install::disk_bytes(&contents);
+    // The disk file is sparse, but what is installed on it takes real space: the tree, the
+    // initramfs made again, first boot's writes. A full file system under a loop device turns
+    // into I/O errors half-way through, so the room is checked first.
+    let needed = install::space_needed(&contents);
+    if let Ok(stats) = rustix::fs::statvfs(work_dir.path()) {
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        if free < needed {
+            return Err(BootError::Machine(format!(
+                "{} has {:.1} GB free; the disk of this tarball needs about {:.1} GB there: free some space or give --work-dir on a file system with more",
+                request.work_dir.display(),
+                free as f64 / 1e9,
+                needed as f64 / 1e9
+            )));
+        }
+    }
     std::fs::File::create(&disk_path)
         .and_then(|file| file.set_len(disk_size))
         .map_err(|error| BootError::Failed {

@@ -55,6 +55,8 @@ pub(crate) struct AttachedDrive {
     pub kernel_name: String,
     pub major: u32,
     pub minor: u32,
+    /// The drive's image as the kernel names it while attached.
+    pub backing: PathBuf,
 }
 
 fn error(message: String) -> MachineError {
@@ -88,6 +90,7 @@ async fn attach(drive: &MachineDrive) -> Result<AttachedDrive, MachineError> {
         kernel_name: info.kernel_name.clone(),
         major: info.major,
         minor: info.minor,
+        backing: info.backing.clone(),
     };
     // Server drives are SSDs; a loop device says rotational by default. Our own device, so
     // changing its queue setting touches nothing of the host's.
@@ -106,11 +109,14 @@ pub(crate) async fn detach_all(drives: &[AttachedDrive]) {
 }
 
 async fn detach(drive: &AttachedDrive) {
+    // Only while the device still holds this drive's file: a second detach of a reused
+    // `loopN` would take someone else's disk away.
     caph_boot::loop_device::detach(&caph_boot::loop_device::LoopInfo {
         device: drive.loop_device.clone(),
         kernel_name: drive.kernel_name.clone(),
         major: drive.major,
         minor: drive.minor,
+        backing: drive.backing.clone(),
     })
     .await;
 }
