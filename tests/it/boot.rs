@@ -2,21 +2,25 @@
 //! loader (BIOS, GRUB from the MBR, the tarball's kernel and initramfs, root by UUID) and comes
 //! up to a login prompt with its hostname and sshd running.
 //!
-//! QEMU gets the whole disk and nothing else: no `-kernel`, so GRUB as installimage installed
-//! it is what boots. `-snapshot` keeps the disk as installed. The console is the first serial
-//! port, where the tarball's kernel command line (`console=ttyS0` last, see
-//! `caph_core::plan::GRUB_SERIAL_CONSOLE`) sends systemd's status lines and a login prompt.
+//! The VM is `caph_boot::qemu::Vm`, the one `caph-image verify tarball` boots; what the console
+//! must show is `caph_boot::console::findings`, with the units this VM cannot start allowed (see
+//! [`EXPECTED_FAILED_UNITS`]). QEMU gets the whole disk and nothing else: no `-kernel`, so GRUB as
+//! installimage installed it is what boots, and no network card, as the installed network
+//! configuration names the rescue system's interface.
 
-use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+use caph_boot::console;
+use caph_boot::qemu::{Vm, VmConfig, Waited};
+use caph_core::checks::FindingStatus;
+use tokio_util::sync::CancellationToken;
 
 /// A boot under emulation takes 30-70 s on two loaded cores; five minutes means it hangs.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// How long a clean shutdown may take under emulation.
+const POWER_OFF_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Units that may fail in the VM, with the reason: the VM is not the server the disk was
 /// installed for.
@@ -31,196 +35,77 @@ pub const EXPECTED_FAILED_UNITS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Drops terminal colour sequences, so console lines can be matched as text.
-fn plain(line: &str) -> String {
-    let mut text = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte.
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            text.push(c);
-        }
-    }
-    text
-}
-
 /// Whether this machine can run the booted check; the reason when it cannot.
 pub fn qemu_missing() -> Option<String> {
-    (!Path::new(QEMU).exists())
-        .then(|| format!("{QEMU} is missing (Debian package qemu-system-x86)"))
+    caph_boot::qemu::qemu_missing()
 }
-
-/// A VM booting one raw disk, with its serial console read as it comes.
-struct Vm {
-    qemu: std::process::Child,
-    console: mpsc::Receiver<Vec<u8>>,
-    output: Vec<u8>,
-    started: Instant,
-    /// The QEMU monitor's socket, where a writable boot is asked to power off.
-    monitor: Option<std::path::PathBuf>,
-}
-
-impl Vm {
-    /// Starts QEMU on `disk`: through a throwaway overlay (`-snapshot`), or writing to the disk
-    /// itself, with a monitor socket in `monitor_dir` to power it off cleanly.
-    fn start(disk: &Path, monitor_dir: Option<&Path>) -> Vm {
-        let mut command = Command::new(QEMU);
-        command
-            // Emulation, not KVM: nested KVM on CI machines is missing or refuses host CPU models.
-            .args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
-            .args(["-nographic", "-no-reboot", "-nic", "none"])
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", disk.display()));
-        let monitor = monitor_dir.map(|dir| dir.join("qemu-monitor.sock"));
-        match &monitor {
-            Some(socket) => {
-                command
-                    .arg("-monitor")
-                    .arg(format!("unix:{},server,nowait", socket.display()));
-            }
-            // Writes go to a throwaway overlay: the disk stays as it was.
-            None => {
-                command.arg("-snapshot");
-            }
-        }
-        let mut qemu = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu starts");
-        let mut stdout = qemu.stdout.take().unwrap();
-        // Chunks, not lines: the login prompt ends without a newline.
-        let (chunks, console) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(count) = stdout.read(&mut buffer) {
-                if count == 0 || chunks.send(buffer[..count].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        Vm {
-            qemu,
-            console,
-            output: Vec::new(),
-            started: Instant::now(),
-            monitor,
-        }
-    }
-
-    /// Reads the console until every one of `wanted` has appeared, or the boot deadline passes;
-    /// whether they all did.
-    fn wait_for(&mut self, wanted: &[&str]) -> bool {
-        loop {
-            let text = String::from_utf8_lossy(&self.output);
-            if wanted.iter().all(|word| text.contains(word)) {
-                return true;
-            }
-            let left = BOOT_DEADLINE.saturating_sub(self.started.elapsed());
-            match self.console.recv_timeout(left) {
-                Ok(chunk) => self.output.extend_from_slice(&chunk),
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// The console so far, as lines without colour sequences.
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.output)
-            .lines()
-            .map(plain)
-            .collect()
-    }
-
-    /// Presses the power button (ACPI) and waits for the system to shut down and QEMU to end;
-    /// whether it did so within the deadline (else QEMU is killed).
-    fn power_off(mut self) -> (bool, Vec<String>) {
-        use std::io::Write as _;
-        let pressed = self
-            .monitor
-            .as_ref()
-            .and_then(|socket| std::os::unix::net::UnixStream::connect(socket).ok())
-            .is_some_and(|mut monitor| monitor.write_all(b"system_powerdown\n").is_ok());
-        let deadline = Instant::now() + POWER_OFF_DEADLINE;
-        let mut ended = false;
-        while pressed && Instant::now() < deadline {
-            if let Ok(Some(_)) = self.qemu.try_wait() {
-                ended = true;
-                break;
-            }
-            while let Ok(chunk) = self.console.try_recv() {
-                self.output.extend_from_slice(&chunk);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
-        while let Ok(chunk) = self.console.try_recv() {
-            self.output.extend_from_slice(&chunk);
-        }
-        (ended, self.lines())
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
-    }
-}
-
-/// How long a clean shutdown may take under emulation.
-const POWER_OFF_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Boots `disk` (a whole raw disk image with its partition table and boot loader) and checks
 /// that it reaches `hostname`'s login prompt through GRUB, with `/boot` mounted, sshd started,
-/// multi-user reached and no unit failed but the [`EXPECTED_FAILED_UNITS`].
-pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
+/// multi-user reached and no unit failed but the [`EXPECTED_FAILED_UNITS`]. The disk stays as it
+/// was (writes go to a throwaway overlay).
+pub async fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
     let test = "the installed disk boots through GRUB under QEMU";
     if let Some(reason) = qemu_missing() {
         eprintln!("SKIPPED {test}: {reason}");
         return;
     }
-    let mut vm = Vm::start(disk, None);
+    let dir = tempfile::tempdir().expect("a directory for the console");
+    let mut config = VmConfig::new(disk, dir.path());
+    config.writable = false;
+    config.network = false;
+    let mut vm = Vm::start(config).await.expect("QEMU starts");
     let prompt = format!("{hostname} login:");
-    let booted = vm.wait_for(&[&prompt]);
-    let elapsed = vm.started.elapsed();
+    let waited = vm
+        .wait_for(
+            &[&prompt],
+            BOOT_DEADLINE,
+            &CancellationToken::new(),
+            &mut |_, _| {},
+        )
+        .await
+        .expect("not cancelled");
+    let elapsed = vm.uptime();
     let seen = vm.lines();
     drop(vm);
     let tail = seen[seen.len().saturating_sub(80)..].join("\n");
-    assert!(
-        booted,
+    assert_eq!(
+        waited,
+        Waited::Found,
         "{test}: no `{prompt}` within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
     );
     eprintln!("{test}: `{prompt}` after {:.1}s", elapsed.as_secs_f64());
-    check_console(test, &seen);
+    check_console(test, &seen, hostname);
 }
 
 /// First boot of an installed node whose cloud-init has a NoCloud seed: boots the disk
 /// writably, waits for the login prompt and for cloud-init to say it finished, then powers off
-/// through ACPI so that everything first boot wrote is on the disk for the caller to read.
-/// Returns the console's lines.
-pub fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<String> {
+/// cleanly so that everything first boot wrote is on the disk for the caller to read. Returns
+/// the console's lines.
+pub async fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<String> {
     let test = "first boot under QEMU, with cloud-init";
-    let monitor_dir = tempfile::tempdir().expect("monitor dir");
-    let mut vm = Vm::start(disk, Some(monitor_dir.path()));
+    let dir = tempfile::tempdir().expect("a directory for the console");
+    let mut config = VmConfig::new(disk, dir.path());
+    config.network = false;
+    let mut vm = Vm::start(config).await.expect("QEMU starts");
     let prompt = format!("{hostname} login:");
     // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
-    let finished = vm.wait_for(&[&prompt, "Cloud-init v.", " finished at "]);
-    let elapsed = vm.started.elapsed();
-    let (powered_off, seen) = vm.power_off();
+    let waited = vm
+        .wait_for(
+            &[&prompt, "Cloud-init v.", " finished at "],
+            BOOT_DEADLINE,
+            &CancellationToken::new(),
+            &mut |_, _| {},
+        )
+        .await
+        .expect("not cancelled");
+    let elapsed = vm.uptime();
+    let powered_off = vm.power_off(POWER_OFF_DEADLINE).await;
+    let seen = vm.lines();
     let tail = seen[seen.len().saturating_sub(80)..].join("\n");
-    assert!(
-        finished,
+    assert_eq!(
+        waited,
+        Waited::Found,
         "{test}: no login prompt and cloud-init end within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
     );
     assert!(powered_off, "{test}: no clean power off:\n{tail}");
@@ -228,62 +113,46 @@ pub fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<
         "{test}: `{prompt}` and cloud-init finished after {:.1}s",
         elapsed.as_secs_f64()
     );
-    check_console(test, &seen);
+    check_console(test, &seen, hostname);
     seen
 }
 
-/// What every boot's console must show: GRUB, multi-user with sshd and time sync started, /boot
-/// mounted, no unit failed but the expected ones, no panic or emergency mode.
-fn check_console(test: &str, seen: &[String]) {
-    let console = seen.join("\n");
-    assert!(
-        console.contains("GRUB"),
-        "{test}: GRUB never spoke; was the kernel loaded by something else?\n{console}"
-    );
-    // systemd's status lines are cut to the console width, so they are matched by their parts:
-    // `[  OK  ] Started ssh.service - OpenBSD Secure Shell server.`
-    let said = |words: &[&str]| {
-        seen.iter()
-            .any(|line| words.iter().all(|word| line.contains(word)))
-    };
-    for wanted in [
-        &["OK", "Reached target", "Multi-User System"][..],
-        &["OK", "Started", "OpenBSD Secure Shell server"],
-        &["OK", "Mounted", "/boot"],
-        &["OK", "Started", "Network Time Synchronization"],
-    ] {
-        assert!(
-            said(wanted),
-            "{test}: the console never says {wanted:?}:\n{console}"
+/// What every boot's console must show (`caph_boot::console::findings`: GRUB, multi-user, sshd,
+/// the login prompt, no panic or emergency mode, no failed unit but the expected ones), and
+/// what these installs add: /boot mounted, time sync started.
+fn check_console(test: &str, seen: &[String], hostname: &str) {
+    let console_text = seen.join("\n");
+    for finding in console::findings(seen, hostname) {
+        if finding.name == "failed-units" {
+            continue;
+        }
+        assert_eq!(
+            finding.status,
+            FindingStatus::Ok,
+            "{test}: {}: {}\n{console_text}",
+            finding.name,
+            finding.detail
         );
     }
-    let failed: Vec<&String> = seen
-        .iter()
-        .filter(|line| line.contains("FAILED") && line.contains("Failed to start"))
-        .filter(|line| {
+    let failed: Vec<String> = console::failed_units(seen)
+        .into_iter()
+        .filter(|unit| {
             !EXPECTED_FAILED_UNITS
                 .iter()
-                .any(|(description, _)| line.contains(description))
+                .any(|(description, _)| unit.contains(description))
         })
         .collect();
     assert!(
         failed.is_empty(),
-        "{test}: units failed: {failed:?}\n{console}"
+        "{test}: units failed: {failed:?}\n{console_text}"
     );
-    for unwanted in ["Kernel panic", "emergency mode", "Failed to mount"] {
+    for wanted in [
+        &["OK", "Mounted", "/boot"][..],
+        &["OK", "Started", "Network Time Synchronization"],
+    ] {
         assert!(
-            !console.contains(unwanted),
-            "{test}: the console says {unwanted:?}:\n{console}"
+            console::said(seen, wanted),
+            "{test}: the console never says {wanted:?}:\n{console_text}"
         );
     }
-}
-
-#[test]
-fn colour_sequences_are_dropped() {
-    assert_eq!(
-        plain(
-            "[\u{1b}[0;32m  OK  \u{1b}[0m] Reached target \u{1b}[0;1;39mmulti-user.target\u{1b}[0m"
-        ),
-        "[  OK  ] Reached target multi-user.target"
-    );
 }

@@ -419,3 +419,175 @@ async fn verify_hcloud_checks_a_system_image_and_cleans_up_after_sigint() {
     let state = cloud.state_with_nothing_left();
     assert!(state.snapshots().is_empty());
 }
+
+/// Findings `verify tarball` reports FAILED on the end-to-end tarball, each with its reason. The
+/// tarball is meant to fail them: the first because it carries stand-ins; the others are
+/// problems of the image that `verify` found, kept here until the image is fixed, so that the
+/// test notices when they change either way.
+pub const KNOWN_TARBALL_FAILURES: &[(&str, &str)] = &[
+    (
+        "failed-units",
+        "containerd.service: the end-to-end tarball carries the mirror's stand-in containerd, which prints its version and exits",
+    ),
+    ("containerd-active", "the same stand-in containerd"),
+    ("containerd-cri", "the same stand-in containerd"),
+    (
+        "cloud-init-status",
+        "cloud-init's locale module runs `update-locale LANG=en_US.UTF-8`, a locale the tarball does not have (it has C.UTF-8 only), and fails",
+    ),
+    ("cloud-init-result", "the same locale error"),
+    (
+        "cloud-init",
+        "the node check's `cloud-init status --wait` says `status: error` for the same locale error",
+    ),
+    (
+        "time-sync",
+        "`timedatectl` asks systemd-timedated over D-Bus, and the tarball has no D-Bus",
+    ),
+];
+
+/// `caph-image verify tarball` on an end-to-end tarball: interrupted by SIGINT while it installs
+/// and while it boots (exit 130, nothing left), then run to its end: every finding ok but the
+/// [`KNOWN_TARBALL_FAILURES`], the report in JSON and the console log kept, nothing left.
+pub async fn verify_the_tarball(dir: &Path, tarball: &Path) {
+    let test = "caph-image verify tarball";
+    if !is_root() {
+        eprintln!("SKIPPED {test}: needs root (loop devices, mounts, chroot)");
+        return;
+    }
+    if let Some(reason) = caph_boot::qemu::qemu_missing() {
+        eprintln!("SKIPPED {test}: {reason}");
+        return;
+    }
+    let work = dir.join("verify-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let work_arg = work.to_string_lossy().into_owned();
+    let tarball_arg = tarball.to_string_lossy().into_owned();
+    let args = [
+        "tarball",
+        tarball_arg.as_str(),
+        "--work-dir",
+        work_arg.as_str(),
+    ];
+
+    // Ctrl-C while the tarball is extracted onto the loop device's partitions, in the install's
+    // own mount namespace.
+    let (code, text) =
+        verify_interrupted(dir, &[], &args, "tarball: create:", Duration::from_secs(5)).await;
+    assert_eq!(code, Some(130), "{text}");
+    assert!(
+        text.contains("error: cancelled during installing the tarball on a local disk"),
+        "{text}"
+    );
+    assert_nothing_left("verify tarball, interrupted while installing", &work);
+    // Ctrl-C while the VM boots.
+    let (code, text) =
+        verify_interrupted(dir, &[], &args, "provision: ", Duration::from_secs(15)).await;
+    assert_eq!(code, Some(130), "{text}");
+    assert!(
+        text.contains("error: cancelled during first boot"),
+        "{text}"
+    );
+    assert_nothing_left("verify tarball, interrupted while booting", &work);
+    let qemus = Command::new("pgrep")
+        .args(["-f", &work_arg])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(qemus.trim().is_empty(), "processes left: {qemus}");
+
+    // To its end.
+    let console_log = dir.join("verify-console.log");
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking({
+        let dir = dir.to_path_buf();
+        let tarball = tarball_arg.clone();
+        let work = work_arg.clone();
+        let console = console_log.to_string_lossy().into_owned();
+        move || {
+            verify(
+                &dir,
+                &[],
+                &[
+                    "tarball",
+                    &tarball,
+                    "--work-dir",
+                    &work,
+                    "--hostname",
+                    "bm-e2e-node",
+                    "--console-log",
+                    &console,
+                    "--no-progress",
+                    "--output",
+                    "json",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("{test} took {:.0}s", started.elapsed().as_secs_f64());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", stdout(&output)));
+    assert_nothing_left("verify tarball", &work);
+    assert_eq!(report["kind"], "tarball");
+    assert_eq!(
+        report["tarball"]["distribution"],
+        "Debian GNU/Linux 12 (bookworm)"
+    );
+    let mut failed: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|finding| finding["status"] == "failed")
+        .map(|finding| finding["name"].as_str().unwrap_or_default())
+        .collect();
+    failed.sort_unstable();
+    let mut known: Vec<&str> = KNOWN_TARBALL_FAILURES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    known.sort_unstable();
+    assert_eq!(failed, known, "{report:#}");
+    assert_eq!(output.status.code(), Some(1), "a failed check is exit 1");
+    assert_eq!(report["passed"], false);
+    let (_, detail) = finding(&report, "failed-units");
+    assert_eq!(
+        detail, "failed to start: containerd…0m - containerd container runtime",
+        "only the stand-in containerd"
+    );
+    for (name, says) in [
+        ("boot-loader", "GRUB"),
+        ("sshd", "ssh.service started"),
+        ("login-prompt", "`bm-e2e-node login:` on the serial console"),
+        (
+            "first-boot",
+            "cloud-init's final stage and the node checks were over",
+        ),
+        ("power-off", "shut down cleanly"),
+        ("cloud-init-instance", "a new instance: caph-image-verify-"),
+        ("hostname", "bm-e2e-node, as CAPH checks it"),
+        (
+            "bootstrap-marker",
+            "runcmd wrote \"kubeadm join would run on bm-e2e-node\"",
+        ),
+        ("host-keys-new", "made for this node: "),
+        ("machine-id-new", "the image carries none"),
+        ("cloud-init-sigterm", "no SIGTERM"),
+        ("kubelet-version", "Kubernetes v1.34.2"),
+        ("module br_netfilter", "loaded"),
+        ("sysctl net.ipv4.ip_forward", "\"1\""),
+        ("ssh-host-keys", "anything but \"0\""),
+    ] {
+        let (status, detail) = finding(&report, name);
+        assert_eq!(status, "ok", "{name}: {detail}");
+        assert!(detail.contains(says), "{name}: {detail}");
+    }
+    let (_, detail) = finding(&report, "cloud-init-status");
+    assert!(detail.contains("('locale', "), "{detail}");
+    let console = std::fs::read_to_string(&console_log).expect("the console log is kept");
+    assert!(
+        console.contains("caph-image verify: node checks done"),
+        "{console}"
+    );
+}

@@ -81,6 +81,61 @@ pub fn qemu_missing() -> Option<String> {
     (!found).then(|| format!("{QEMU} is missing (Debian package qemu-system-x86)"))
 }
 
+/// How long a Ctrl-Alt-Del may go unanswered before it is pressed again.
+const REPRESS_AFTER: Duration = Duration::from_secs(30);
+
+/// How long the monitor may take to greet and to answer a command.
+const MONITOR_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Sends one command to QEMU's human monitor and waits for its next prompt, so the command was
+/// taken before the connection closes.
+async fn monitor_command(socket: &Path, command: &str) -> std::io::Result<()> {
+    let mut monitor = tokio::net::UnixStream::connect(socket).await?;
+    let mut seen = Vec::new();
+    // The greeting ends with the first prompt; the command's answer with the second.
+    read_until_prompts(&mut monitor, &mut seen, 1).await?;
+    monitor.write_all(format!("{command}\n").as_bytes()).await?;
+    monitor.flush().await?;
+    read_until_prompts(&mut monitor, &mut seen, 2).await
+}
+
+/// Reads the monitor until `wanted` prompts were seen in all, within [`MONITOR_PATIENCE`].
+async fn read_until_prompts(
+    monitor: &mut tokio::net::UnixStream,
+    seen: &mut Vec<u8>,
+    wanted: usize,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    const PROMPT: &[u8] = b"(qemu) ";
+    let reading = async {
+        let mut buffer = [0u8; 1024];
+        while seen
+            .windows(PROMPT.len())
+            .filter(|window| *window == PROMPT)
+            .count()
+            < wanted
+        {
+            let count = monitor.read(&mut buffer).await?;
+            if count == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the QEMU monitor closed",
+                ));
+            }
+            seen.extend_from_slice(&buffer[..count]);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(MONITOR_PATIENCE, reading)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the QEMU monitor did not answer",
+            )
+        })?
+}
+
 /// How a wait ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Waited {
@@ -221,22 +276,27 @@ impl Vm {
     }
 
     /// Presses Ctrl-Alt-Del and waits up to `deadline` for the system to shut down and QEMU to
-    /// end; whether it did (else QEMU is killed, as if the power was cut).
+    /// end; whether it did (else QEMU is killed, as if the power was cut). A press the guest
+    /// missed (its keyboard not yet listening) is repeated now and then, never so often that
+    /// systemd would take it for the seven presses that force an immediate reboot.
     pub async fn power_off(&mut self, deadline: Duration) -> bool {
-        let pressed = match tokio::net::UnixStream::connect(&self.config.monitor).await {
-            Ok(mut monitor) => monitor
-                .write_all(b"sendkey ctrl-alt-delete\n")
-                .await
-                .and(monitor.flush().await)
-                .is_ok(),
-            Err(_) => false,
-        };
         let until = Instant::now() + deadline;
         let mut ended = false;
-        while pressed && Instant::now() < until {
+        let mut pressed_at: Option<Instant> = None;
+        while Instant::now() < until {
             if let Ok(Some(_)) = self.qemu.0.try_wait() {
                 ended = true;
                 break;
+            }
+            if pressed_at.is_none_or(|at| at.elapsed() >= REPRESS_AFTER) {
+                if monitor_command(&self.config.monitor, "sendkey ctrl-alt-delete")
+                    .await
+                    .is_err()
+                {
+                    // No monitor, no clean power off: cut the power.
+                    break;
+                }
+                pressed_at = Some(Instant::now());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

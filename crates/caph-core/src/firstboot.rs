@@ -39,8 +39,9 @@ pub const CLOUD_INIT_LOG_PATH: &str = "/var/log/cloud-init.log";
 const STAGES: &[&str] = &["init-local", "init", "modules-config", "modules-final"];
 
 /// The probe: `#cloud-config` shaped like the kubeadm bootstrap CAPH sends (a Jinja template
-/// header, files to write, then commands), whose command leaves a marker with the node's own
-/// hostname. `extra` is more top-level cloud-config (such as host keys), without a header.
+/// header, files to write, then commands), whose commands leave a marker with the node's own
+/// hostname and print it (into `/var/log/cloud-init-output.log`, which CAPH reads). `extra` is
+/// more top-level cloud-config (such as host keys), without a header.
 pub fn probe_user_data(extra: &str) -> String {
     let marker_dir = PROBE_MARKER_PATH
         .rsplit_once('/')
@@ -51,7 +52,7 @@ pub fn probe_user_data(extra: &str) -> String {
     );
     let _ = write!(
         text,
-        "write_files:\n  - path: {PROBE_CONFIG_PATH}\n    owner: root:root\n    permissions: '0640'\n    content: |\n      apiVersion: kubeadm.k8s.io/v1beta4\n      kind: JoinConfiguration\nruncmd:\n  - 'mkdir -p {marker_dir}'\n  - 'echo \"{PROBE_MARKER_PREFIX}$(hostname)\" > {PROBE_MARKER_PATH}'\n"
+        "write_files:\n  - path: {PROBE_CONFIG_PATH}\n    owner: root:root\n    permissions: '0640'\n    content: |\n      apiVersion: kubeadm.k8s.io/v1beta4\n      kind: JoinConfiguration\nruncmd:\n  - 'mkdir -p {marker_dir}'\n  - 'echo \"{PROBE_MARKER_PREFIX}$(hostname)\" > {PROBE_MARKER_PATH}'\n  - 'cat {PROBE_MARKER_PATH}'\n"
     );
     text.push_str(extra);
     if !text.ends_with('\n') {
