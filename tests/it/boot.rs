@@ -35,6 +35,16 @@ pub const EXPECTED_FAILED_UNITS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Starts QEMU on `disk` without a network card (the installed configuration names the rescue
+/// system's interface), its console and monitor in `dir`; `writable`: whether the boot writes to
+/// the disk, else to a throwaway overlay.
+async fn start(disk: &Path, dir: &Path, writable: bool) -> Vm {
+    let mut config = VmConfig::new(disk, dir);
+    config.writable = writable;
+    config.network = false;
+    Vm::start(config).await.expect("QEMU starts")
+}
+
 /// Whether this machine can run the booted check; the reason when it cannot.
 pub fn qemu_missing() -> Option<String> {
     caph_boot::qemu::qemu_missing()
@@ -51,10 +61,7 @@ pub async fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
         return;
     }
     let dir = tempfile::tempdir().expect("a directory for the console");
-    let mut config = VmConfig::new(disk, dir.path());
-    config.writable = false;
-    config.network = false;
-    let mut vm = Vm::start(config).await.expect("QEMU starts");
+    let mut vm = start(disk, dir.path(), false).await;
     let prompt = format!("{hostname} login:");
     let waited = vm
         .wait_for(
@@ -85,9 +92,7 @@ pub async fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
 pub async fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<String> {
     let test = "first boot under QEMU, with cloud-init";
     let dir = tempfile::tempdir().expect("a directory for the console");
-    let mut config = VmConfig::new(disk, dir.path());
-    config.network = false;
-    let mut vm = Vm::start(config).await.expect("QEMU starts");
+    let mut vm = start(disk, dir.path(), true).await;
     let prompt = format!("{hostname} login:");
     // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
     let waited = vm

@@ -160,23 +160,13 @@ async fn verify_snapshot(target: &Target, dir: &std::path::Path, name: &str, id:
         .unwrap_or_else(|error| panic!("{error}: {}", text(&output.stdout)));
     assert_eq!(output.status.code(), Some(0), "{report:#}");
     assert_eq!(report["image"]["id"], id, "{report:#}");
-    for name in [
-        "ssh",
-        "cloud-init-done",
-        "cloud-init-status",
-        "cloud-init-result",
-        "cloud-init-instance",
-        "hostname",
-        "bootstrap-marker",
-        "host-keys-new",
-        "machine-id-new",
-        "build-key-removed",
+    for name in crate::verify::HCLOUD_FIRST_BOOT_FINDINGS.iter().chain(&[
         "kubelet-version",
         "kubelet-enabled",
         "containerd-enabled",
         "sysctl-config vm.max_map_count",
         "sysctl-config net.ipv4.ip_forward",
-    ] {
+    ]) {
         let (status, detail) = crate::verify::finding(&report, name);
         assert_eq!(status, "ok", "{arch}: {name}: {detail}");
     }

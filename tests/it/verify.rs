@@ -106,6 +106,21 @@ pub fn assert_nothing_left(what: &str, dir: &Path) {
     );
 }
 
+/// What `verify hcloud` checks of every first boot, whatever the image promises.
+pub const HCLOUD_FIRST_BOOT_FINDINGS: &[&str] = &[
+    "ssh",
+    "cloud-init-done",
+    "cloud-init-status",
+    "cloud-init-result",
+    "cloud-init-instance",
+    "hostname",
+    "bootstrap-marker",
+    "host-keys-new",
+    "machine-id-new",
+    "cloud-init-sigterm",
+    "build-key-removed",
+];
+
 /// The status and detail of the finding called `name`.
 pub fn finding<'a>(report: &'a serde_json::Value, name: &str) -> (&'a str, &'a str) {
     let found = report["findings"]
@@ -375,19 +390,7 @@ async fn verify_hcloud_checks_a_system_image_and_cleans_up_after_sigint() {
     assert_eq!(report["kind"], "hcloud");
     assert_eq!(report["image"]["name"], "debian-12");
     assert_eq!(report["passed"], true);
-    for name in [
-        "ssh",
-        "cloud-init-done",
-        "cloud-init-status",
-        "cloud-init-result",
-        "cloud-init-instance",
-        "hostname",
-        "bootstrap-marker",
-        "host-keys-new",
-        "machine-id-new",
-        "cloud-init-sigterm",
-        "build-key-removed",
-    ] {
+    for name in HCLOUD_FIRST_BOOT_FINDINGS {
         let (status, detail) = finding(&report, name);
         assert_eq!(status, "ok", "{name}: {detail}");
     }
@@ -402,6 +405,47 @@ async fn verify_hcloud_checks_a_system_image_and_cleans_up_after_sigint() {
     assert!(
         detail.contains(&format!("caph-image-{run_id}-x86")),
         "{detail}"
+    );
+    cloud.state_with_nothing_left();
+
+    // The same as a table, for people.
+    let output = tokio::task::spawn_blocking({
+        let dir = temp.path().to_path_buf();
+        let env = env.clone();
+        move || verify(&dir, &env, &["hcloud", "debian-12", "--no-progress"])
+    })
+    .await
+    .unwrap();
+    let table = stdout(&output);
+    eprintln!("{table}");
+    assert_eq!(output.status.code(), Some(0), "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("image ")
+            && lines[0].contains("(debian-12, x86): first boot on cx23 in fsn1 took"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("CHECK")
+            && lines[1].contains("STATUS")
+            && lines[1].ends_with("DETAIL"),
+        "{table}"
+    );
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row {name}:\n{table}"))
+            .to_string()
+    };
+    assert!(row("cloud-init-done").contains(" ok "), "{table}");
+    assert!(row("node-checks").contains(" not checked "), "{table}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .ends_with(" ok, 0 FAILED, 1 not checked"),
+        "{table}"
     );
     cloud.state_with_nothing_left();
 

@@ -4,7 +4,7 @@
 //! systemd's status lines are cut to the console width and coloured, so lines are matched by
 //! their parts: `[  OK  ] Started ssh.service - OpenBSD Secure Shell server.`
 
-use caph_core::checks::{Finding, FindingStatus};
+use caph_core::checks::Finding;
 
 /// Drops terminal colour sequences (CSI: ESC [ parameters final-byte) and carriage returns, so
 /// console lines can be matched as text.
@@ -86,23 +86,11 @@ pub fn failed_units(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn finding(name: &str, passed: bool, detail: String) -> Finding {
-    Finding {
-        name: name.to_string(),
-        status: if passed {
-            FindingStatus::Ok
-        } else {
-            FindingStatus::Failed
-        },
-        detail,
-    }
-}
-
 /// What every boot's console must show: GRUB, multi-user with sshd started, no unit failed, no
 /// panic or emergency mode, and the node's login prompt.
 pub fn findings(lines: &[String], hostname: &str) -> Vec<Finding> {
     let mut findings = vec![
-        finding(
+        Finding::judged(
             "boot-loader",
             said(lines, &["GRUB"]),
             if said(lines, &["GRUB"]) {
@@ -112,7 +100,7 @@ pub fn findings(lines: &[String], hostname: &str) -> Vec<Finding> {
                     .to_string()
             },
         ),
-        finding(
+        Finding::judged(
             "multi-user",
             said(lines, &["Reached target", "Multi-User System"]),
             if said(lines, &["Reached target", "Multi-User System"]) {
@@ -121,7 +109,7 @@ pub fn findings(lines: &[String], hostname: &str) -> Vec<Finding> {
                 "systemd never said it reached multi-user.target".to_string()
             },
         ),
-        finding(
+        Finding::judged(
             "sshd",
             said(lines, &["Started", "OpenBSD Secure Shell server"]),
             if said(lines, &["Started", "OpenBSD Secure Shell server"]) {
@@ -132,7 +120,7 @@ pub fn findings(lines: &[String], hostname: &str) -> Vec<Finding> {
         ),
     ];
     let prompt = format!("{hostname} login:");
-    findings.push(finding(
+    findings.push(Finding::judged(
         "login-prompt",
         said(lines, &[&prompt]),
         if said(lines, &[&prompt]) {
@@ -142,7 +130,7 @@ pub fn findings(lines: &[String], hostname: &str) -> Vec<Finding> {
         },
     ));
     let failed = failed_units(lines);
-    findings.push(finding(
+    findings.push(Finding::judged(
         "failed-units",
         failed.is_empty(),
         if failed.is_empty() {
@@ -160,7 +148,7 @@ pub fn findings(lines: &[String], hostname: &str) -> Vec<Finding> {
     .into_iter()
     .filter(|words| said(lines, &[words]))
     .collect();
-    findings.push(finding(
+    findings.push(Finding::judged(
         "kernel",
         broken.is_empty(),
         if broken.is_empty() {
@@ -175,6 +163,7 @@ pub fn findings(lines: &[String], hostname: &str) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use caph_core::checks::FindingStatus;
 
     #[test]
     fn colour_sequences_are_dropped() {

@@ -96,7 +96,7 @@ pub fn space_needed(contents: &TarballContents) -> u64 {
 }
 
 /// A random UUID (version 4), for a file system.
-fn random_uuid() -> String {
+pub fn random_uuid() -> String {
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;

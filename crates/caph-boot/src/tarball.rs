@@ -430,7 +430,6 @@ fn read_blocking(path: &Path, cancel: &CancellationToken) -> Result<TarballConte
             }
         }
     }
-    drop(archive);
     if contents.entries == 0 {
         return Err(not_tar("it holds no entries".to_string()));
     }

@@ -258,13 +258,11 @@ async fn work(
             facts.kernels.join(", ")
         ),
     );
-    let (promise, promise_problem) = match contents.promise_files() {
-        (release, modules, sysctls) => {
-            match NodePromise::from_image_files(release, modules, sysctls) {
-                Ok(promise) => (Some(promise), None),
-                Err(problem) => (None, Some(problem)),
-            }
-        }
+    let (release, modules, sysctls) = contents.promise_files();
+    let (promise, promise_problem) = match NodePromise::from_image_files(release, modules, sysctls)
+    {
+        Ok(promise) => (Some(promise), None),
+        Err(problem) => (None, Some(problem)),
     };
     let node_checks = promise
         .as_ref()

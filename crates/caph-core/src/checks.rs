@@ -423,6 +423,21 @@ pub struct Finding {
     pub detail: String,
 }
 
+impl Finding {
+    /// A finding that holds when `holds`, else fails.
+    pub fn judged(name: &str, holds: bool, detail: impl Into<String>) -> Finding {
+        Finding {
+            name: name.to_string(),
+            status: if holds {
+                FindingStatus::Ok
+            } else {
+                FindingStatus::Failed
+            },
+            detail: detail.into(),
+        }
+    }
+}
+
 impl From<&CheckResult> for Finding {
     fn from(result: &CheckResult) -> Finding {
         let (status, detail) = match &result.outcome {

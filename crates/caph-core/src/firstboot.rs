@@ -209,18 +209,6 @@ pub struct Expectations {
     pub machine_id: MachineId,
 }
 
-fn finding(name: &str, passed: bool, detail: impl Into<String>) -> Finding {
-    Finding {
-        name: name.to_string(),
-        status: if passed {
-            FindingStatus::Ok
-        } else {
-            FindingStatus::Failed
-        },
-        detail: detail.into(),
-    }
-}
-
 /// Judges the evidence: one finding per thing first boot must have done, in a stable order.
 pub fn judge_first_boot(evidence: &Evidence, expected: &Expectations) -> Vec<Finding> {
     let mut findings = vec![
@@ -231,7 +219,7 @@ pub fn judge_first_boot(evidence: &Evidence, expected: &Expectations) -> Vec<Fin
         .get(evidence::INSTANCE_ID)
         .map(str::trim)
         .unwrap_or_default();
-    findings.push(finding(
+    findings.push(Finding::judged(
         "cloud-init-instance",
         instance == expected.instance_id,
         if instance == expected.instance_id {
@@ -250,7 +238,7 @@ pub fn judge_first_boot(evidence: &Evidence, expected: &Expectations) -> Vec<Fin
         .get(evidence::HOSTNAME)
         .map(str::trim)
         .unwrap_or_default();
-    findings.push(finding(
+    findings.push(Finding::judged(
         "hostname",
         hostname == expected.hostname,
         if hostname == expected.hostname {
@@ -276,7 +264,7 @@ pub fn judge_first_boot(evidence: &Evidence, expected: &Expectations) -> Vec<Fin
         .map(str::trim)
         .unwrap_or_default();
     findings.push(match sigterm {
-        "0" => finding(
+        "0" => Finding::judged(
             "cloud-init-sigterm",
             true,
             format!("no SIGTERM in {CLOUD_INIT_LOG_PATH}"),
@@ -288,7 +276,7 @@ pub fn judge_first_boot(evidence: &Evidence, expected: &Expectations) -> Vec<Fin
                 "no {CLOUD_INIT_LOG_PATH} to look in (CAPH's grep finds no SIGTERM in it either)"
             ),
         },
-        count => finding(
+        count => Finding::judged(
             "cloud-init-sigterm",
             false,
             format!(
@@ -317,7 +305,7 @@ fn first_line(error: &serde_json::Value) -> String {
 fn judge_status(status: Option<&str>) -> Finding {
     const NAME: &str = "cloud-init-status";
     let Some(text) = status else {
-        return finding(
+        return Finding::judged(
             NAME,
             false,
             format!("no {STATUS_JSON_PATH}: cloud-init did not run (is it installed and enabled?)"),
@@ -326,7 +314,7 @@ fn judge_status(status: Option<&str>) -> Finding {
     let json: serde_json::Value = match serde_json::from_str(text) {
         Ok(json) => json,
         Err(error) => {
-            return finding(NAME, false, format!("{STATUS_JSON_PATH}: {error}"));
+            return Finding::judged(NAME, false, format!("{STATUS_JSON_PATH}: {error}"));
         }
     };
     let mut problems = Vec::new();
@@ -345,16 +333,16 @@ fn judge_status(status: Option<&str>) -> Finding {
         }
     }
     if problems.is_empty() {
-        finding(NAME, true, "done: every stage finished without errors")
+        Finding::judged(NAME, true, "done: every stage finished without errors")
     } else {
-        finding(NAME, false, problems.join("; "))
+        Finding::judged(NAME, false, problems.join("; "))
     }
 }
 
 fn judge_result(result: Option<&str>) -> Finding {
     const NAME: &str = "cloud-init-result";
     let Some(text) = result else {
-        return finding(
+        return Finding::judged(
             NAME,
             false,
             format!("no {RESULT_JSON_PATH}: cloud-init never finished"),
@@ -362,15 +350,17 @@ fn judge_result(result: Option<&str>) -> Finding {
     };
     let json: serde_json::Value = match serde_json::from_str(text) {
         Ok(json) => json,
-        Err(error) => return finding(NAME, false, format!("{RESULT_JSON_PATH}: {error}")),
+        Err(error) => return Finding::judged(NAME, false, format!("{RESULT_JSON_PATH}: {error}")),
     };
     let source = json["v1"]["datasource"]
         .as_str()
         .map(|source| crate::text::Escaped(source).to_string())
         .unwrap_or_else(|| "no data source".to_string());
     match json["v1"]["errors"].as_array() {
-        Some(errors) if errors.is_empty() => finding(NAME, true, format!("no errors; {source}")),
-        Some(errors) => finding(
+        Some(errors) if errors.is_empty() => {
+            Finding::judged(NAME, true, format!("no errors; {source}"))
+        }
+        Some(errors) => Finding::judged(
             NAME,
             false,
             format!(
@@ -379,7 +369,7 @@ fn judge_result(result: Option<&str>) -> Finding {
                 errors.iter().map(first_line).collect::<Vec<_>>().join("; ")
             ),
         ),
-        None => finding(
+        None => Finding::judged(
             NAME,
             false,
             format!("{RESULT_JSON_PATH} lists no errors field"),
@@ -395,17 +385,17 @@ fn judge_probe(evidence: &Evidence, hostname: &str) -> Finding {
         .get(evidence::PROBE_CONFIG)
         .is_some_and(|text| text.contains("kind: JoinConfiguration"));
     match marker {
-        Some(text) if text == wanted && placed => finding(
+        Some(text) if text == wanted && placed => Finding::judged(
             NAME,
             true,
             format!("runcmd wrote \"{wanted}\"; write_files placed {PROBE_CONFIG_PATH}"),
         ),
-        Some(text) if text == wanted => finding(
+        Some(text) if text == wanted => Finding::judged(
             NAME,
             false,
             format!("runcmd ran, but write_files did not place {PROBE_CONFIG_PATH}"),
         ),
-        Some(text) => finding(
+        Some(text) => Finding::judged(
             NAME,
             false,
             format!(
@@ -413,7 +403,7 @@ fn judge_probe(evidence: &Evidence, hostname: &str) -> Finding {
                 crate::text::Escaped(text)
             ),
         ),
-        None => finding(
+        None => Finding::judged(
             NAME,
             false,
             format!("no {PROBE_MARKER_PATH}: the user data's runcmd did not run"),
@@ -449,7 +439,7 @@ fn judge_host_keys(found: &str, expected: &HostKeys) -> Finding {
     const NAME: &str = "host-keys-new";
     let keys: Vec<(String, String)> = found.lines().filter_map(key_identity).collect();
     if keys.is_empty() {
-        return finding(
+        return Finding::judged(
             NAME,
             false,
             "no /etc/ssh/ssh_host_*_key.pub: sshd has no host key and does not start",
@@ -480,13 +470,13 @@ fn judge_host_keys(found: &str, expected: &HostKeys) -> Finding {
                 .cloned()
                 .collect();
             if shared.is_empty() {
-                finding(
+                Finding::judged(
                     NAME,
                     true,
                     format!("made for this node: {}", described(&keys)),
                 )
             } else {
-                finding(
+                Finding::judged(
                     NAME,
                     false,
                     format!(
@@ -498,16 +488,16 @@ fn judge_host_keys(found: &str, expected: &HostKeys) -> Finding {
         }
         HostKeys::Exactly(pinned) => {
             let Some(pinned) = key_identity(pinned) else {
-                return finding(NAME, false, "the pinned key is not a public key line");
+                return Finding::judged(NAME, false, "the pinned key is not a public key line");
             };
             if keys == [pinned.clone()] {
-                finding(
+                Finding::judged(
                     NAME,
                     true,
                     format!("only the key its user data gave: {}", described(&keys)),
                 )
             } else {
-                finding(
+                Finding::judged(
                     NAME,
                     false,
                     format!(
@@ -529,7 +519,7 @@ fn judge_machine_id(evidence: &Evidence, expected: &MachineId) -> Finding {
         .unwrap_or_default();
     let well_formed = id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit());
     if !well_formed {
-        return finding(
+        return Finding::judged(
             NAME,
             false,
             format!(
@@ -539,17 +529,17 @@ fn judge_machine_id(evidence: &Evidence, expected: &MachineId) -> Finding {
         );
     }
     match expected {
-        MachineId::Not(image) if image.trim() == id => finding(
+        MachineId::Not(image) if image.trim() == id => Finding::judged(
             NAME,
             false,
             format!("{id} is the image's own: every node made from it would share it"),
         ),
-        MachineId::Not(image) if image.trim().is_empty() => finding(
+        MachineId::Not(image) if image.trim().is_empty() => Finding::judged(
             NAME,
             true,
             format!("{id}, the node's own (the image carries none)"),
         ),
-        MachineId::Not(_) => finding(NAME, true, format!("{id}, not the image's")),
+        MachineId::Not(_) => Finding::judged(NAME, true, format!("{id}, not the image's")),
         MachineId::WrittenThisBoot => {
             let number = |name: &str| {
                 evidence
@@ -561,9 +551,9 @@ fn judge_machine_id(evidence: &Evidence, expected: &MachineId) -> Finding {
                 number(evidence::BOOT_TIME),
             ) {
                 (Some(written), Some(booted)) if written >= booted => {
-                    finding(NAME, true, format!("{id}, written at this boot"))
+                    Finding::judged(NAME, true, format!("{id}, written at this boot"))
                 }
-                (Some(written), Some(booted)) => finding(
+                (Some(written), Some(booted)) => Finding::judged(
                     NAME,
                     false,
                     format!(
@@ -571,7 +561,7 @@ fn judge_machine_id(evidence: &Evidence, expected: &MachineId) -> Finding {
                         booted - written
                     ),
                 ),
-                _ => finding(
+                _ => Finding::judged(
                     NAME,
                     false,
                     format!("{id}: when it was written cannot be told"),

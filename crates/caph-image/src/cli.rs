@@ -19,9 +19,7 @@ macro_rules! exit_codes {
         "Exit codes:
   0    success, also when the reader of standard output stops early (such as head)
   1    failure: an invalid spec, a refused input, a failed build, a failed verify check
-  2    wrong usage: an unknown flag, a missing argument; for verify, input it refuses (user
-       data that is not cloud-config, a snapshot that does not exist, a tarball without
-       cloud-init)
+  2    wrong usage: an unknown flag, a missing argument, input verify refuses
   130  interrupted (Ctrl-C or SIGTERM), after cleanup"
     };
 }
@@ -176,7 +174,21 @@ Examples:
     #[command(subcommand)]
     Upload(UploadCommand),
     /// Boot an image for real and check what Cluster API Provider Hetzner needs of its first boot
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+verify tarball does on this machine what a dedicated server does with an installimage tarball
+under Cluster API Provider Hetzner (installimage, the NoCloud seed, the reboot, cloud-init): it
+needs root and QEMU, and no account. verify hcloud boots a server from a snapshot in your Hetzner
+Cloud project (HCLOUD_TOKEN) for a few minutes, and deletes it.
+
+Both print a table of checks (name, ok or FAILED, what was seen), or one JSON document with
+--output json, and exit with 1 when a check failed, 2 when the input was refused.
+
+Examples:
+  sudo caph-image verify tarball Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz
+  caph-image verify hcloud debian-12-k8s-v1.36.4 --arch arm"
+    )]
     Verify(VerifyCommand),
     /// Dedicated servers in Robot
     #[command(subcommand)]

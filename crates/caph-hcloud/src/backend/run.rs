@@ -23,7 +23,7 @@ use super::{HcloudBackendConfig, cloud_init, lookup};
 use crate::client::CreateSshKeyRequest;
 use crate::client::{Client, Error as ClientError, SecretString};
 use crate::client::{CreateImageRequest, CreateServerRequest};
-use crate::client::{IdOrName, ImageId, ImageStatus, ServerId, ServerStatus};
+use crate::client::{IdOrName, ImageId, ImageStatus, ServerId, ServerStatus, SshKeyId};
 
 /// How many of a failing step's last output lines go into the error.
 const FAILURE_TAIL_LINES: usize = 20;
@@ -622,15 +622,13 @@ impl ArchBuild<'_> {
         let client_key =
             KeyPair::generate_ed25519(&format!("caph-image build {}", context.build_id))?;
         let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
-        let ssh_key = client
-            .create_ssh_key(&CreateSshKeyRequest {
-                name: name.clone(),
-                public_key: client_key.public_key().to_openssh(),
-                labels: temporary_labels(&context.build_id),
-            })
-            .await
-            .map_err(api("creating the temporary SSH key"))?;
-        ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+        let job = Job {
+            client,
+            config: self.config,
+            context,
+            tracker,
+        };
+        let ssh_key = job.create_temporary_key(&name, &client_key).await?;
 
         let base_image = self
             .spec
@@ -640,12 +638,6 @@ impl ArchBuild<'_> {
             .cloned()
             .unwrap_or_default();
         let user_data = SecretString::new(cloud_init::host_key_user_data(&host_key)?);
-        let job = Job {
-            client,
-            config: self.config,
-            context,
-            tracker,
-        };
         // Preferred pairs preflight found unorderable count as tried: an error lists them all.
         let created = job
             .create_on_candidates(
@@ -653,15 +645,13 @@ impl ArchBuild<'_> {
                 ServerStatus::Running,
                 self.placement.skipped.clone(),
                 |candidate| {
-                    let mut create = CreateServerRequest::new(
-                        name.clone(),
-                        IdOrName::Name(candidate.server_type.clone()),
+                    let mut create = job.server_request(
+                        &name,
                         IdOrName::Name(base_image.clone()),
+                        candidate,
+                        ssh_key,
                     );
-                    create.location = Some(IdOrName::Name(candidate.location.clone()));
-                    create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
                     create.user_data = Some(user_data.clone());
-                    create.labels = temporary_labels(&context.build_id);
                     create
                 },
             )
@@ -701,29 +691,14 @@ impl ArchBuild<'_> {
 
     /// Connect, pinning the host key we generated.
     async fn connect(&self, server: &BuildServer) -> Result<Session, ArchFailure> {
-        let (context, tracker) = (self.context, self.tracker);
-        let address = server.address;
-        tracker.enter(
-            context,
-            Phase::Connect,
-            format!("{address}, host key {}", server.host_key.fingerprint()),
-        );
-        let mut connect = ConnectConfig::new(
-            address,
-            "root",
-            server.client_key.clone(),
-            HostKeyPolicy::Pinned(server.host_key.public_key()),
-        );
-        connect.deadline = self.config.connect_deadline;
-        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
-            if let ConnectEvent::Retrying { attempt, error, .. } = event
-                && attempt % 5 == 1
-            {
-                tracker.say(context, format!("waiting for SSH ({error})"));
-            }
-        })
-        .await
-        .map_err(ssh(format!("connecting to {address}")))
+        let job = Job {
+            client: self.client,
+            config: self.config,
+            context: self.context,
+            tracker: self.tracker,
+        };
+        job.connect_pinned(server.address, &server.client_key, &server.host_key)
+            .await
     }
 
     /// Provision: the same plan the tarball target runs.
@@ -824,6 +799,80 @@ impl Job<'_> {
             self.config.ssh_port,
         );
         Ok((server_id, address))
+    }
+
+    /// The run's temporary SSH key at the API (`name`, the run's label), in the ledger before
+    /// anything else happens.
+    pub(crate) async fn create_temporary_key(
+        &self,
+        name: &str,
+        key: &KeyPair,
+    ) -> Result<SshKeyId, ArchFailure> {
+        let ssh_key = self
+            .client
+            .create_ssh_key(&CreateSshKeyRequest {
+                name: name.to_string(),
+                public_key: key.public_key().to_openssh(),
+                labels: temporary_labels(&self.context.build_id),
+            })
+            .await
+            .map_err(api("creating the temporary SSH key"))?;
+        ledger::update(&self.tracker.ledger, |ledger| {
+            ledger.ssh_key = Some(ssh_key.id)
+        });
+        Ok(ssh_key.id)
+    }
+
+    /// The create request of a temporary server `name` from `image` on `candidate`, reached
+    /// with `ssh_key` and labelled with the run's label.
+    pub(crate) fn server_request(
+        &self,
+        name: &str,
+        image: IdOrName,
+        candidate: &Candidate,
+        ssh_key: SshKeyId,
+    ) -> CreateServerRequest {
+        let mut create = CreateServerRequest::new(
+            name.to_string(),
+            IdOrName::Name(candidate.server_type.clone()),
+            image,
+        );
+        create.location = Some(IdOrName::Name(candidate.location.clone()));
+        create.ssh_keys = vec![IdOrName::Id(ssh_key.0)];
+        create.labels = temporary_labels(&self.context.build_id);
+        create
+    }
+
+    /// Connects as root with `client_key`, pinning `host_key` (the one given to the server
+    /// through its user data), retrying until the server answers.
+    pub(crate) async fn connect_pinned(
+        &self,
+        address: SocketAddr,
+        client_key: &KeyPair,
+        host_key: &KeyPair,
+    ) -> Result<Session, ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        tracker.enter(
+            context,
+            Phase::Connect,
+            format!("{address}, host key {}", host_key.fingerprint()),
+        );
+        let mut connect = ConnectConfig::new(
+            address,
+            "root",
+            client_key.clone(),
+            HostKeyPolicy::Pinned(host_key.public_key()),
+        );
+        connect.deadline = self.config.connect_deadline;
+        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
+            if let ConnectEvent::Retrying { attempt, error, .. } = event
+                && attempt % 5 == 1
+            {
+                tracker.say(context, format!("waiting for SSH ({error})"));
+            }
+        })
+        .await
+        .map_err(ssh(format!("connecting to {address}")))
     }
 
     /// Creates the server on the first (type, location) pair of `candidates` that has room,

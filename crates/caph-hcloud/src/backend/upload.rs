@@ -21,15 +21,14 @@ use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, TofuPin};
 use tokio::io::AsyncWriteExt as _;
 
 use super::disk_image::{self, Compression, Inspected};
-use super::ledger;
 use super::lookup;
 use super::naming::{BUILD_LABEL, BUILT_BY, BUILT_BY_LABEL, NAME_LABEL, PENDING_NAME_LABEL};
-use super::naming::{BuiltOn, temporary_labels, temporary_name};
-use super::placement::{self, Candidate, Offer};
+use super::naming::{BuiltOn, temporary_name};
+use super::placement::{self, Candidate};
 use super::run::{self, ArchFailure, Job, Tracker, api, ssh};
 use super::{HcloudBackend, HcloudBackendConfig};
 use crate::client::ServerStatus;
-use crate::client::{Client, CreateServerRequest, CreateSshKeyRequest, IdOrName, Labels};
+use crate::client::{Client, IdOrName, Labels};
 
 /// The disk the image is written to in the rescue system.
 const DISK_DEVICE: &str = "/dev/sda";
@@ -216,25 +215,13 @@ impl HcloudBackend {
         request: &UploadRequest,
     ) -> Result<Artifact, BackendError> {
         let client = self.client();
-        let offer = Offer::read(client)
-            .await
-            .map_err(|error| BackendError::Failed {
-                context: "checking the API token, locations and server types".to_string(),
-                source: Box::new(error),
-            })?;
-        let mut problems = placement::location_problems(&offer, &request.locations);
-        let placement = match placement::plan(
-            &offer,
+        let (placement, mut problems) = placement::read_and_plan(
+            client,
             request.arch,
             &request.server_types,
             &request.locations,
-        ) {
-            Ok(placement) => Some(placement),
-            Err(found) => {
-                problems.extend(found);
-                None
-            }
-        };
+        )
+        .await?;
         let taken = lookup::caph_lookup(client, &request.name, request.arch)
             .await
             .map_err(|error| BackendError::Failed {
@@ -317,27 +304,17 @@ async fn upload_work(
     let name = temporary_name(&context.build_id, arch);
     tracker.enter(context, Phase::Create, format!("server {name}"));
     let client_key = KeyPair::generate_ed25519(&format!("caph-image upload {}", context.build_id))?;
-    let ssh_key = client
-        .create_ssh_key(&CreateSshKeyRequest {
-            name: name.clone(),
-            public_key: client_key.public_key().to_openssh(),
-            labels: temporary_labels(&context.build_id),
-        })
-        .await
-        .map_err(api("creating the temporary SSH key"))?;
-    ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+    let ssh_key = job.create_temporary_key(&name, &client_key).await?;
 
     // A server that never boots its own system: created off, then booted into the rescue system.
     let created = job
         .create_on_candidates(candidates, ServerStatus::Off, Vec::new(), |candidate| {
-            let mut create = CreateServerRequest::new(
-                name.clone(),
-                IdOrName::Name(candidate.server_type.clone()),
+            let mut create = job.server_request(
+                &name,
                 IdOrName::Name(request.base_image.clone()),
+                candidate,
+                ssh_key,
             );
-            create.location = Some(IdOrName::Name(candidate.location.clone()));
-            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
-            create.labels = temporary_labels(&context.build_id);
             create.start_after_create = Some(false);
             create
         })
@@ -355,7 +332,7 @@ async fn upload_work(
 
     tracker.enter(context, Phase::Connect, "the rescue system");
     let rescue = client
-        .enable_rescue(server_id, &[ssh_key.id])
+        .enable_rescue(server_id, &[ssh_key])
         .await
         .map_err(api("enabling the rescue system"))?;
     client

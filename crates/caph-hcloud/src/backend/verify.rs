@@ -20,15 +20,14 @@ use caph_core::backend::{BackendError, Context, Phase, ProgressEvent};
 use caph_core::checks::{self, Finding, FindingStatus, NodePromise};
 use caph_core::firstboot::{self, Evidence, Expectations, HostKeys, MachineId};
 use caph_core::plan::{MODULES_CONFIG_PATH, RELEASE_PATH, SYSCTL_CONFIG_PATH};
-use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, Session};
+use caph_ssh::{KeyPair, Session};
 
-use super::naming::{temporary_labels, temporary_name};
-use super::placement::{self, Offer};
-use super::run::{self, ArchFailure, Job, Tracker, api, ssh};
+use super::naming::temporary_name;
+use super::placement;
+use super::run::{self, ArchFailure, Job, Tracker, ssh};
 use super::{HcloudBackend, HcloudBackendConfig, cloud_init, lookup};
 use crate::client::{
-    Architecture, Client, CreateServerRequest, CreateSshKeyRequest, IdOrName, Image, ImageId,
-    ImageStatus, SecretString, ServerStatus,
+    Architecture, Client, IdOrName, Image, ImageId, ImageStatus, SecretString, ServerStatus,
 };
 
 /// How often `cloud-init status` is asked while it runs (CAPH asks at every reconcile).
@@ -209,30 +208,12 @@ impl HcloudBackend {
         let image = resolve(client, request).await?;
         let arch = arch_of(&image).unwrap_or(Arch::X86);
         let server_types = if request.server_types.is_empty() {
-            vec![
-                match arch {
-                    Arch::X86 => "cx23",
-                    Arch::Arm => "cax11",
-                }
-                .to_string(),
-            ]
+            vec![placement::default_server_type(arch).to_string()]
         } else {
             request.server_types.clone()
         };
-        let offer = Offer::read(client)
-            .await
-            .map_err(|error| BackendError::Failed {
-                context: "checking the API token, locations and server types".to_string(),
-                source: Box::new(error),
-            })?;
-        let mut problems = placement::location_problems(&offer, &request.locations);
-        let placement = match placement::plan(&offer, arch, &server_types, &request.locations) {
-            Ok(placement) => Some(placement),
-            Err(found) => {
-                problems.extend(found);
-                None
-            }
-        };
+        let (placement, problems) =
+            placement::read_and_plan(client, arch, &server_types, &request.locations).await?;
         let (Some(placement), true) = (placement, problems.is_empty()) else {
             return Err(BackendError::Preflight(problems));
         };
@@ -329,59 +310,22 @@ async fn verify_work(
     );
     let client_key = KeyPair::generate_ed25519(&format!("caph-image verify {}", context.build_id))?;
     let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
-    let ssh_key = client
-        .create_ssh_key(&CreateSshKeyRequest {
-            name: name.clone(),
-            public_key: client_key.public_key().to_openssh(),
-            labels: temporary_labels(&context.build_id),
-        })
-        .await
-        .map_err(api("creating the temporary SSH key"))?;
-    super::ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
+    let ssh_key = job.create_temporary_key(&name, &client_key).await?;
     let user_data = SecretString::new(firstboot::probe_user_data(&cloud_init::host_key_config(
         &host_key,
     )?));
     let created = job
         .create_on_candidates(candidates, ServerStatus::Running, Vec::new(), |candidate| {
-            let mut create = CreateServerRequest::new(
-                name.clone(),
-                IdOrName::Name(candidate.server_type.clone()),
-                IdOrName::Id(image.0),
-            );
-            create.location = Some(IdOrName::Name(candidate.location.clone()));
-            create.ssh_keys = vec![IdOrName::Id(ssh_key.id.0)];
+            let mut create = job.server_request(&name, IdOrName::Id(image.0), candidate, ssh_key);
             create.user_data = Some(user_data.clone());
-            create.labels = temporary_labels(&context.build_id);
             create
         })
         .await?;
     let ran_on = created.candidate.to_string();
 
-    tracker.enter(
-        context,
-        Phase::Connect,
-        format!(
-            "{}, host key {} (pinned)",
-            created.address,
-            host_key.fingerprint()
-        ),
-    );
-    let mut connect = ConnectConfig::new(
-        created.address,
-        "root",
-        client_key.clone(),
-        HostKeyPolicy::Pinned(host_key.public_key()),
-    );
-    connect.deadline = config.connect_deadline;
-    let session = caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
-        if let ConnectEvent::Retrying { attempt, error, .. } = event
-            && attempt % 5 == 1
-        {
-            tracker.say(context, format!("waiting for SSH ({error})"));
-        }
-    })
-    .await
-    .map_err(ssh(format!("connecting to {}", created.address)))?;
+    let session = job
+        .connect_pinned(created.address, &client_key, &host_key)
+        .await?;
     let mut findings = vec![Finding {
         name: "ssh".to_string(),
         status: FindingStatus::Ok,

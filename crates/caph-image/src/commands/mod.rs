@@ -218,6 +218,32 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Runs one command's async work on a runtime of its own, with progress for people, the first
+/// Ctrl-C or SIGTERM turned into cancellation of `context.cancel` (and `leftover` printed after
+/// a second one, which exits at once). `work` gets the context, with `build_id`.
+pub(crate) fn run_cancellable<T, F: std::future::Future<Output = T>>(
+    global: &crate::cli::GlobalArgs,
+    build_id: String,
+    leftover: &str,
+    work: impl FnOnce(caph_core::backend::Context) -> F,
+) -> anyhow::Result<T> {
+    let runtime = runtime()?;
+    let progress = std::sync::Arc::new(crate::progress::Progress::new(
+        global.no_progress,
+        global.verbose,
+    ));
+    let context = caph_core::backend::Context {
+        progress: progress.clone(),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        build_id,
+    };
+    let token = context.cancel.clone();
+    cancel_on_signals(&runtime, move || token.cancel(), leftover.to_string());
+    let result = runtime.block_on(work(context));
+    progress.finish();
+    Ok(result)
+}
+
 /// Calls `cancel` on the first Ctrl-C or SIGTERM, so the run can clean up; a second one exits at
 /// once, after printing `leftover` (what the user may have to clean by hand).
 pub(crate) fn cancel_on_signals(

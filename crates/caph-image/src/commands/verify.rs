@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use caph_boot::BootError;
@@ -13,12 +12,10 @@ use caph_core::backend::Context;
 use caph_core::checks::{Finding, FindingStatus};
 use caph_core::text::escape;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
+use super::{EXIT_CANCELLED, run_cancellable};
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE, GlobalArgs, OutputFormat};
 use crate::output;
-use crate::progress::Progress;
 
 /// Options of `verify tarball`.
 #[derive(Debug)]
@@ -127,22 +124,12 @@ pub fn tarball(global: &GlobalArgs, options: TarballOptions) -> anyhow::Result<E
         console_log: options.console_log,
         boot_timeout: options.boot_timeout,
     };
-    let runtime = runtime()?;
-    let progress = Arc::new(Progress::new(global.no_progress, global.verbose));
-    let context = Context {
-        progress: progress.clone(),
-        cancel: CancellationToken::new(),
-        build_id: String::new(),
-    };
-    let token = context.cancel.clone();
-    cancel_on_signals(
-        &runtime,
-        move || token.cancel(),
-        "check `losetup -a` for a loop device on a caph-image-verify-* file and detach it with `losetup -d`"
-            .to_string(),
-    );
-    let result = runtime.block_on(caph_boot::verify::verify_tarball(&context, &request));
-    progress.finish();
+    let result = run_cancellable(
+        global,
+        String::new(),
+        "check `losetup -a` for a loop device on a caph-image-verify-* file and detach it with `losetup -d`",
+        async |context: Context| caph_boot::verify::verify_tarball(&context, &request).await,
+    )?;
     match result {
         Ok(report) => {
             print_tarball_report(global, &options.tarball, &report);
@@ -217,36 +204,27 @@ pub fn hcloud(global: &GlobalArgs, options: HcloudOptions<'_>) -> anyhow::Result
         server_types: options.server_types,
         boot_timeout: options.boot_timeout,
     };
-    let runtime = runtime()?;
-    let progress = Arc::new(Progress::new(global.no_progress, global.verbose));
-    let context = Context {
-        progress: progress.clone(),
-        cancel: CancellationToken::new(),
-        build_id: naming::new_build_id(),
-    };
     let backend = HcloudBackend::new(
         super::hcloud::client(options.api)?,
         HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION"))),
     );
+    let build_id = naming::new_build_id();
     output::note(&format!(
-        "verify {}: {}",
-        context.build_id,
+        "verify {build_id}: {}",
         escape(&request.image.to_string())
     ));
-    let token = context.cancel.clone();
-    cancel_on_signals(
-        &runtime,
-        move || token.cancel(),
-        "run `caph-image gc` to remove what is left".to_string(),
-    );
-    let result = runtime.block_on(backend.verify(&context, &request));
-    progress.finish();
+    let result = run_cancellable(
+        global,
+        build_id.clone(),
+        "run `caph-image gc` to remove what is left",
+        async |context: Context| backend.verify(&context, &request).await,
+    )?;
     match result {
         Ok(report) => {
             match global.output {
                 OutputFormat::Json => output::json(&json!({
                     "kind": "hcloud",
-                    "run_id": context.build_id,
+                    "run_id": build_id,
                     "image": {
                         "id": report.image.id,
                         "name": report.image.name,

@@ -197,23 +197,6 @@ fn tool_exists(name: &str) -> bool {
             .any(|dir| Path::new(dir).join(name).is_file())
 }
 
-fn random_uuid() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let mut bytes = bytes;
-    // Version 4, RFC 4122 variant.
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// `/dev/sda` + 1 -> `/dev/sda1`; `/dev/nvme0n1` + 1 -> `/dev/nvme0n1p1`.
 fn partition_device(drive: &str, number: usize) -> String {
     if drive.ends_with(|c: char| c.is_ascii_digit()) {
@@ -424,14 +407,19 @@ pub(crate) fn install(
             size_mib: numeric(&part.size),
             // FAT has a 32-bit volume id, written XXXX-XXXX where fstab names it.
             uuid: if part.fs == "esp" {
-                let id = random_uuid().replace('-', "").to_uppercase();
+                let id = caph_boot::install::random_uuid()
+                    .replace('-', "")
+                    .to_uppercase();
                 format!("{}-{}", &id[..4], &id[4..8])
             } else {
-                random_uuid()
+                caph_boot::install::random_uuid()
             },
             // installimage marks the fstab entries of part lines that hold "crypt" (its
             // `grep crypt`), and encrypts those.
-            luks: part.crypt.contains("crypt").then(random_uuid),
+            luks: part
+                .crypt
+                .contains("crypt")
+                .then(caph_boot::install::random_uuid),
         })
         .collect();
     let image_path = disk_dir.join(format!(
