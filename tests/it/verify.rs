@@ -635,3 +635,62 @@ pub async fn verify_the_tarball(dir: &Path, tarball: &Path) {
         "{console}"
     );
 }
+
+#[test]
+fn verify_hcloud_sim_runs_a_simulator_of_its_own_and_leaves_nothing() {
+    let test = "verify_hcloud_sim_runs_a_simulator_of_its_own_and_leaves_nothing";
+    // The prerequisites the binary checks; a machine without them is a skip, not a failure.
+    if let Err(error) =
+        caph_sim::machine::SshMachines::new(caph_sim::machine::SshMachinesConfig::default())
+    {
+        eprintln!("SKIPPED {test}: {error}");
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_caph-image"))
+        .args([
+            "verify",
+            "hcloud",
+            "debian-12",
+            "--sim",
+            "--sim-speed",
+            "10",
+            "--no-progress",
+            "--output",
+            "json",
+        ])
+        .current_dir(temp.path())
+        .env_remove("HCLOUD_TOKEN")
+        .env_remove("HCLOUD_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    eprintln!("{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    for name in HCLOUD_FIRST_BOOT_FINDINGS {
+        assert_eq!(finding(&report, name).0, "ok", "{name}");
+    }
+    assert!(
+        stderr(&output).contains("nothing is created in a Hetzner Cloud project"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        crate::hcloud_sim_mode::run_dirs_of(pid),
+        Vec::<String>::new(),
+        "the simulator's machines and directory went with the command"
+    );
+    // An id is not how the simulator's system images are named.
+    let output = verify(temp.path(), &[], &["hcloud", "114690387", "--sim"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--sim verifies a system image of the simulator by its name"),
+        "{}",
+        stderr(&output)
+    );
+}

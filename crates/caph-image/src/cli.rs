@@ -373,6 +373,10 @@ Examples:
   caph-image verify hcloud debian-12-k8s-v1.36.4 --arch arm --location hel1
   caph-image verify hcloud 312345678 --output json
 
+Without a Hetzner account, --sim verifies a system image of a simulated cloud whose servers are
+real OpenSSH servers in chroots on this machine, running the image's own cloud-init:
+  sudo caph-image verify hcloud debian-12 --sim
+
 ", verify_exit_codes!()))]
     Hcloud {
         /// The image: an id, or a caph-image-name as CAPH's imageName
@@ -392,6 +396,14 @@ Examples:
         /// How long cloud-init may take on the server after SSH answers
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         boot_timeout: std::time::Duration,
+        /// Verify one of the system images (debian-12, ubuntu-24.04) of a Hetzner Cloud
+        /// simulator in this process instead of your project: no token, nothing billed (needs
+        /// root, sshd and mmdebstrap)
+        #[arg(long)]
+        sim: bool,
+        /// With --sim: how many times faster than real time the simulated cloud runs
+        #[arg(long, value_name = "F", default_value = "1", requires = "sim", value_parser = parse_speed)]
+        sim_speed: f64,
         #[command(flatten)]
         api: HcloudArgs,
     },

@@ -124,6 +124,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             locations,
             server_types,
             boot_timeout,
+            sim,
+            sim_speed,
             api,
         }) => verify::hcloud(
             &cli.global,
@@ -133,6 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 locations,
                 server_types,
                 boot_timeout,
+                sim: sim.then_some(sim_speed),
                 api: &api,
             },
         ),
@@ -220,12 +223,13 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs one command's async work on a runtime of its own, with progress for people, the first
 /// Ctrl-C or SIGTERM turned into cancellation of `context.cancel` (and `leftover` printed after
-/// a second one, which exits at once). `work` gets the context, with `build_id`.
+/// a second one, which exits at once). `work` gets the context, with `build_id`, and the progress
+/// renderer (for a simulator's log).
 pub(crate) fn run_cancellable<T, F: std::future::Future<Output = T>>(
     global: &crate::cli::GlobalArgs,
     build_id: String,
     leftover: &str,
-    work: impl FnOnce(caph_core::backend::Context) -> F,
+    work: impl FnOnce(caph_core::backend::Context, std::sync::Arc<crate::progress::Progress>) -> F,
 ) -> anyhow::Result<T> {
     let runtime = runtime()?;
     let progress = std::sync::Arc::new(crate::progress::Progress::new(
@@ -239,7 +243,7 @@ pub(crate) fn run_cancellable<T, F: std::future::Future<Output = T>>(
     };
     let token = context.cancel.clone();
     cancel_on_signals(&runtime, move || token.cancel(), leftover.to_string());
-    let result = runtime.block_on(work(context));
+    let result = runtime.block_on(work(context, progress.clone()));
     progress.finish();
     Ok(result)
 }

@@ -86,7 +86,7 @@ pub fn hcloud(global: &GlobalArgs, options: UploadOptions<'_>) -> anyhow::Result
         global,
         build_id.clone(),
         "run `caph-image gc` to remove what is left",
-        async |context: Context| backend.upload(&context, &request).await,
+        async |context: Context, _| backend.upload(&context, &request).await,
     )?;
     match result {
         Ok(artifact) => {

@@ -128,7 +128,7 @@ pub fn tarball(global: &GlobalArgs, options: TarballOptions) -> anyhow::Result<E
         global,
         String::new(),
         "check `losetup -a` for a loop device on a caph-image-verify-* file and detach it with `losetup -d`",
-        async |context: Context| caph_boot::verify::verify_tarball(&context, &request).await,
+        async |context: Context, _| caph_boot::verify::verify_tarball(&context, &request).await,
     )?;
     match result {
         Ok(report) => {
@@ -189,6 +189,8 @@ pub struct HcloudOptions<'a> {
     pub locations: Vec<String>,
     pub server_types: Vec<String>,
     pub boot_timeout: Duration,
+    /// `--sim` with its `--sim-speed`: a simulator in this process.
+    pub sim: Option<f64>,
     pub api: &'a crate::cli::HcloudArgs,
 }
 
@@ -204,21 +206,67 @@ pub fn hcloud(global: &GlobalArgs, options: HcloudOptions<'_>) -> anyhow::Result
         server_types: options.server_types,
         boot_timeout: options.boot_timeout,
     };
-    let backend = HcloudBackend::new(
-        super::hcloud::client(options.api)?,
-        HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION"))),
-    );
+    let simulated = match options.sim {
+        None => None,
+        Some(_) if options.api.endpoint != caph_hcloud::DEFAULT_ENDPOINT => {
+            output::error(&format!(
+                "--sim verifies against its own simulated API, not {}: leave out --endpoint and unset HCLOUD_ENDPOINT",
+                options.api.endpoint
+            ));
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Some(speed) => match &request.image {
+            ImageRef::Name(name) => Some((
+                speed,
+                name.clone(),
+                options.arch.unwrap_or(caph_core::Arch::X86),
+            )),
+            ImageRef::Id(_) => {
+                return refused(&[
+                    "--sim verifies a system image of the simulator by its name (debian-12, ubuntu-22.04, ubuntu-24.04), not by an id".to_string(),
+                ]);
+            }
+        },
+    };
+    let client = match simulated {
+        Some(_) => None,
+        None => Some(super::hcloud::client(options.api)?),
+    };
     let build_id = naming::new_build_id();
     output::note(&format!(
         "verify {build_id}: {}",
         escape(&request.image.to_string())
     ));
+    let config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
     let result = run_cancellable(
         global,
         build_id.clone(),
         "run `caph-image gc` to remove what is left",
-        async |context: Context| backend.verify(&context, &request).await,
-    )?;
+        async |context: Context, progress| {
+            // The simulator lives as long as this future: it stops, and its machines go, with
+            // the runtime at the end of the command.
+            let sim = match &simulated {
+                Some((speed, name, arch)) => Some(
+                    super::hcloud::SimCloud::start(
+                        *speed,
+                        &[(name.clone(), *arch)],
+                        &progress,
+                        false,
+                        "caph-image verify hcloud IMAGE --sim",
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let client = match (&sim, client) {
+                (Some(sim), _) => sim.client()?,
+                (None, Some(client)) => client,
+                (None, None) => anyhow::bail!("no API to verify against"),
+            };
+            let backend = HcloudBackend::new(client, config);
+            anyhow::Ok(backend.verify(&context, &request).await)
+        },
+    )??;
     match result {
         Ok(report) => {
             match global.output {
