@@ -63,9 +63,11 @@ pub async fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
     let dir = tempfile::tempdir().expect("a directory for the console");
     let mut vm = start(disk, dir.path(), false).await;
     let prompt = format!("{hostname} login:");
+    // The login prompt may come before multi-user is reached (cloud-init's stages still run,
+    // slowly under emulation): wait for both.
     let waited = vm
         .wait_for(
-            &[&prompt],
+            &[&prompt, "Multi-User System"],
             BOOT_DEADLINE,
             &CancellationToken::new(),
             &mut |_, _| {},
@@ -79,7 +81,7 @@ pub async fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
     assert_eq!(
         waited,
         Waited::Found,
-        "{test}: no `{prompt}` within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
+        "{test}: no `{prompt}` and multi-user within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
     );
     eprintln!("{test}: `{prompt}` after {:.1}s", elapsed.as_secs_f64());
     check_console(test, &seen, hostname);
@@ -97,7 +99,12 @@ pub async fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -
     // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
     let waited = vm
         .wait_for(
-            &[&prompt, "Cloud-init v.", " finished at "],
+            &[
+                &prompt,
+                "Multi-User System",
+                "Cloud-init v.",
+                " finished at ",
+            ],
             BOOT_DEADLINE,
             &CancellationToken::new(),
             &mut |_, _| {},

@@ -309,22 +309,53 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
     // host.go `actionEnsureProvisioned`: as root with the same key (installimage copied the
     // activation's keys into the node), the hostname, then `cloud-init status` until done,
     // then the output log and the SIGTERM check.
-    let node = connect(address, &rescue_key).await;
+    // CAPH treats a refused or lost connection as "not yet" and asks again: right after
+    // `reboot` the rescue system may still answer, then goes away while the node boots.
     let started = Instant::now();
-    loop {
-        let hostname = run(&node, "hostname").await.stdout;
-        if hostname.trim() == HOSTNAME {
-            break;
+    let node = loop {
+        // A fresh pin each time: the rescue system's host key may still answer the first try.
+        let mut config = ConnectConfig::new(
+            address,
+            "root",
+            rescue_key.clone(),
+            HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+        );
+        config.deadline = Duration::from_secs(60);
+        let node = match connect_when_ready(&config, &mut |_| {}).await {
+            Ok(node) => node,
+            Err(error) => {
+                eprintln!("{test}: connecting: {error}; asking again");
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "the node did not answer within 5 minutes of the reboot"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        match node.exec_capture("hostname").await {
+            Ok(output) if output.stdout.trim() == HOSTNAME => break node,
+            Ok(output) => eprintln!("{test}: the server answers as {:?}", output.stdout.trim()),
+            Err(error) => eprintln!("{test}: `hostname`: {error}; asking again"),
         }
+        node.close().await;
         assert!(
             started.elapsed() < Duration::from_secs(300),
-            "the node answers as {hostname:?}"
+            "the node did not answer as {HOSTNAME} within 5 minutes of the reboot"
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    };
     let status = loop {
         let status = run(&node, "cloud-init status").await;
-        assert_eq!(status.exit_code, 0, "{status:?}");
+        if status.exit_code != 0 {
+            let why = run(
+                &node,
+                "cloud-init status --long; cat /run/cloud-init/result.json; \
+                 grep -E 'WARNING|ERROR|Traceback|failed' /var/log/cloud-init.log | tail -40",
+            )
+            .await;
+            panic!("cloud-init failed on the node: {}", why.stdout);
+        }
         if !status.stdout.contains("status: running") && !status.stdout.contains("not run") {
             break status.stdout;
         }

@@ -620,7 +620,7 @@ async fn a_zstd_template_downloads_as_caph_does_and_extracts_as_installimage_doe
 /// (which the templates leave out).
 fn dedicated_spec(mirror: &str) -> String {
     const ROOT_PARTITION: &str = "[[robot.disk.partitions]]\nmount = \"/\"";
-    let spec = crate::tarball::tarball_spec(mirror);
+    let spec = crate::tarball_spec::tarball_spec(mirror);
     assert!(spec.contains(ROOT_PARTITION), "{spec}");
     spec.replace("debian-12-tarball-e2e", SPEC_NAME).replace(
         ROOT_PARTITION,

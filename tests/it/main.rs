@@ -18,6 +18,7 @@ mod robot;
 mod robot_sim_mode;
 mod runtime;
 mod tarball;
+mod tarball_spec;
 mod upload;
 mod verify;
 

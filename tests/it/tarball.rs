@@ -11,67 +11,8 @@ use std::time::Instant;
 use caph_sim::mirror::{Mirror, release_artifacts};
 
 use crate::cloud::VERSIONS;
+use crate::tarball_spec::tarball_spec;
 use crate::{caph_image, is_root, stderr, stdout};
-
-pub fn tarball_spec(mirror: &str) -> String {
-    format!(
-        r#"[image]
-name = "debian-12-tarball-e2e"
-description = "end-to-end tarball test image"
-
-[base]
-distribution = "debian"
-version = "12"
-
-[base.rootfs]
-suite = "bookworm"
-variant = "minbase"
-
-[kubernetes]
-version = "1.34.2"
-source = "binaries"
-binaries_url = "{mirror}/kubernetes"
-
-[containerd]
-version = "2.1.4"
-url = "{mirror}/containerd"
-
-[runc]
-version = "1.3.6"
-url = "{mirror}/runc"
-
-[crictl]
-version = "1.34.0"
-url = "{mirror}/crictl"
-
-[cni]
-version = "1.9.1"
-url = "{mirror}/cni"
-
-[[system.files]]
-path = "/etc/e2e-marker"
-content = "built by the tarball test\n"
-
-[robot]
-hostname = "node-{{server_number}}"
-
-[robot.disk]
-# Resolved by `build robot` against the drives the rescue system lists.
-drives = ["smallest", "smallest"]
-raid_level = 1
-
-[[robot.disk.partitions]]
-mount = "/boot"
-filesystem = "ext4"
-size = "1024M"
-
-[[robot.disk.partitions]]
-mount = "/"
-filesystem = "ext4"
-size = "all"
-"#
-    )
-}
 
 /// Lines of /proc/self/mountinfo that mention `path`.
 fn mounts_mentioning(path: &Path) -> Vec<String> {

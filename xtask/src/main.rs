@@ -1,9 +1,9 @@
 //! `cargo xtask`: release builds, benchmarks and other project automation.
 //!
 //! Commands:
-//! - `cargo xtask bench [all | pack | upload | polling | builds] [--runs N] [--rootfs DIR]`: every
-//!   benchmark (or one), side by side with the tools it competes with, written to one report,
-//!   `BENCHMARKS.md` (see `bench/mod.rs`).
+//! - `cargo xtask bench [all | pack | upload | polling | builds | installs] [--runs N]
+//!   [--rootfs DIR]`: every benchmark (or one), side by side with the tools it competes with,
+//!   written to one report, `BENCHMARKS.md` (see `bench/mod.rs`).
 //! - `cargo xtask dist [--check]`: reproducible release archives in `dist/`, or a check of
 //!   them (see `dist.rs`).
 //! - `cargo xtask pins SPEC... --checksums FILE [--newest-patch]`: sha256 pins for every
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 
 const USAGE: &str =
-    "usage: cargo xtask bench [all | pack | upload | polling | builds] [--runs N] [--rootfs DIR]
+    "usage: cargo xtask bench [all | pack | upload | polling | builds | installs] [--runs N] [--rootfs DIR]
        cargo xtask dist [--check]
        cargo xtask pins SPEC... --checksums FILE [--newest-patch]
        cargo xtask fuzz [--minutes N]";

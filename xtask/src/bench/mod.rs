@@ -2,11 +2,13 @@
 //! report, `BENCHMARKS.md` at the workspace root.
 //!
 //! The sections: `pack` runs here (`pack.rs`: it measures the release binary against shell
-//! pipelines); `upload`, `polling` and `builds` are `harness = false` bench targets in the crates
-//! they measure (caph-ssh, caph-hcloud, caph-image), run with `cargo bench -p CRATE --bench NAME`;
+//! pipelines); `upload`, `polling`, `builds` and `installs` are `harness = false` bench targets in
+//! the crates they measure (caph-ssh, caph-hcloud, caph-image), run with
+//! `cargo bench -p CRATE --bench NAME`;
 //! each writes its section to the file named by `CAPH_BENCH_OUT` (see `harness.rs`, which they
-//! include). Everything is compiled before the first measurement, so no compile competes with
-//! one. Around each section this records the UTC time, the duration and the load average before
+//! include). `--runs N` sets the measured runs of every section; without it each takes three,
+//! except `installs` (two: its rounds are minutes long). Everything is compiled before the first
+//! measurement, so no compile competes with one. Around each section this records the UTC time, the duration and the load average before
 //! and after, since a benchmark on a shared machine is only as good as what else ran.
 //!
 //! `bench NAME` runs one section, prints it and replaces only that section of `BENCHMARKS.md`
@@ -39,30 +41,52 @@ struct Section {
     bench: Option<(&'static str, &'static str)>,
     /// Whether it runs the release `caph-image` binary that `cargo build --release` makes.
     release_binary: bool,
+    /// Runs when `--runs` is not given, where [`DEFAULT_RUNS`] would take too long.
+    default_runs: Option<usize>,
+}
+
+impl Section {
+    /// `--runs N`, else this section's default, else [`DEFAULT_RUNS`].
+    fn runs(&self, asked: Option<usize>) -> usize {
+        asked.or(self.default_runs).unwrap_or(DEFAULT_RUNS)
+    }
 }
 
 /// Every section, in report order.
-const SECTIONS: [Section; 4] = [
+const SECTIONS: [Section; 5] = [
     Section {
         name: "pack",
         bench: None,
         release_binary: true,
+        default_runs: None,
     },
     Section {
         name: "upload",
         bench: Some(("caph-ssh", "upload")),
         release_binary: false,
+        default_runs: None,
     },
     Section {
         name: "polling",
         bench: Some(("caph-hcloud", "polling")),
         release_binary: false,
+        default_runs: None,
     },
     Section {
         name: "builds",
         // The bench target gets the release binary as `CARGO_BIN_EXE_caph-image`.
         bench: Some(("caph-image", "builds")),
         release_binary: false,
+        default_runs: None,
+    },
+    Section {
+        name: "installs",
+        // `build robot --sim`: the release binary again, as `CARGO_BIN_EXE_caph-image`.
+        bench: Some(("caph-image", "installs")),
+        release_binary: false,
+        // A round is two whole installs (about four minutes on two cores, the real installimage
+        // most of it) after a tarball build of minutes: two rounds keep the section near ten.
+        default_runs: Some(2),
     },
 ];
 
@@ -71,7 +95,8 @@ const SECTIONS: [Section; 4] = [
 pub struct BenchArgs {
     /// One section, or `None` for all.
     only: Option<&'static Section>,
-    runs: usize,
+    /// `--runs N`; `None`: each section's default.
+    runs: Option<usize>,
     rootfs: Option<PathBuf>,
 }
 
@@ -79,7 +104,7 @@ impl BenchArgs {
     pub fn parse(args: &[&str]) -> Result<BenchArgs> {
         let mut parsed = BenchArgs {
             only: None,
-            runs: DEFAULT_RUNS,
+            runs: None,
             rootfs: None,
         };
         let mut args = args.iter();
@@ -90,13 +115,9 @@ impl BenchArgs {
                 }
                 "--runs" => {
                     let runs = args.next().context("--runs needs a number")?;
-                    parsed.runs =
-                        runs.parse()
-                            .ok()
-                            .filter(|runs| *runs > 0)
-                            .with_context(|| {
-                                format!("--runs must be a positive number, not {runs:?}")
-                            })?;
+                    parsed.runs = Some(runs.parse().ok().filter(|runs| *runs > 0).with_context(
+                        || format!("--runs must be a positive number, not {runs:?}"),
+                    )?);
                 }
                 "all" => parsed.only = None,
                 name => {
@@ -164,20 +185,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let load_before = load_average();
         let date = utc_now();
         let section_started = Instant::now();
+        let runs = section.runs(args.runs);
         let body = match section.bench {
             None => pack::run(
                 &target.join("release/caph-image"),
                 args.rootfs.as_deref(),
-                args.runs,
+                runs,
                 &scratch,
             )?,
-            Some((package, bench)) => run_bench(&workspace, &scratch, package, bench, args.runs)?,
+            Some((package, bench)) => run_bench(&workspace, &scratch, package, bench, runs)?,
         };
         let run_line = format!(
             "_Measured {date} in {:.0} s, {} runs; load average (1, 5, 15 min) before `{load_before}`, \
              after `{}`._",
             section_started.elapsed().as_secs_f64(),
-            args.runs,
+            runs,
             load_average()
         );
         let text = with_run_line(&body, &run_line);
@@ -458,10 +480,15 @@ mod tests {
     #[test]
     fn arguments_select_one_section_or_all() {
         let all = BenchArgs::parse(&[]).unwrap();
-        assert_eq!((all.only, all.runs), (None, DEFAULT_RUNS));
+        assert_eq!((all.only, all.runs), (None, None));
         let one = BenchArgs::parse(&["upload", "--runs", "5"]).unwrap();
         assert_eq!(one.only.map(|section| section.name), Some("upload"));
-        assert_eq!(one.runs, 5);
+        assert_eq!(one.runs, Some(5));
+        // Each section's own default where --runs is not given, and --runs where it is.
+        let installs = BenchArgs::parse(&["installs"]).unwrap().only.unwrap();
+        assert_eq!(installs.runs(None), 2);
+        assert_eq!(installs.runs(Some(5)), 5);
+        assert_eq!(one.only.unwrap().runs(None), DEFAULT_RUNS);
         assert!(
             BenchArgs::parse(&["all", "--runs", "2"])
                 .unwrap()
@@ -470,7 +497,7 @@ mod tests {
         );
         let error = BenchArgs::parse(&["uplaod"]).unwrap_err().to_string();
         assert!(
-            error.contains("one of all, pack, upload, polling, builds"),
+            error.contains("one of all, pack, upload, polling, builds, installs"),
             "{error}"
         );
         assert!(BenchArgs::parse(&["--runs", "0"]).is_err());

@@ -210,6 +210,9 @@ network:
 ssh_deletekeys: false
 # Cluster API Provider Hetzner logs in as root with the keys installimage installed.
 disable_root: false
+# The image has no locale data to generate from (no locales package); C.UTF-8 comes with libc,
+# where cloud-init's default en_US.UTF-8 would fail the first boot in locale-gen.
+locale: C.UTF-8
 ";
 
 /// Where a tarball node's GRUB settings of ours go: Debian's and Ubuntu's `grub-mkconfig` reads

@@ -1,11 +1,13 @@
-//! The build environment of a chroot: /proc, /sys, /dev, /dev/pts and resolv.conf mounted into the
-//! tree, and a `policy-rc.d` that keeps package scripts from starting services, all undone by a
-//! guard, also when the build fails or is cancelled.
+//! The build environment of a chroot: /proc, a read-only /sys, a /dev of its own (a tmpfs with the
+//! usual nodes and a private devpts) and resolv.conf mounted into the tree, and a `policy-rc.d`
+//! that keeps package scripts from starting services, all undone by a guard, also when the build
+//! fails or is cancelled.
 //!
-//! Order matters for safety: nothing may remove the tree while the host's /dev is bound into it.
+//! Safety: the host's /dev is never bound into the tree, so a tree left behind with its mounts
+//! (the process was SIGKILLed) can be removed without removing the host's device nodes.
 //! [`BuildEnvironment`] unmounts in reverse order and, where a mount is busy (a process left
-//! behind still holds it), detaches it lazily, so the path no longer leads into the host's
-//! /dev in any case. [`mounts_under`] lets callers check that before they delete anything.
+//! behind still holds it), detaches it lazily. [`mounts_under`] lets callers check that before
+//! they delete anything.
 
 use std::fs;
 use std::io;
@@ -42,8 +44,8 @@ pub struct BuildEnvironment {
 }
 
 impl BuildEnvironment {
-    /// Sets up the chroot at `root`: proc, a read-only sysfs, the host's /dev and /dev/pts bound,
-    /// the host's resolv.conf bound over the tree's, and `policy-rc.d`. On error everything done
+    /// Sets up the chroot at `root`: proc, a read-only sysfs, a private /dev and /dev/pts, the
+    /// host's resolv.conf bound over the tree's, and `policy-rc.d`. On error everything done
     /// so far is undone before returning.
     pub fn enter(root: &Path) -> Result<BuildEnvironment, AssembleError> {
         let mut environment = BuildEnvironment {
@@ -92,16 +94,30 @@ impl BuildEnvironment {
         )
         .map_err(|errno| mount_error(&sys, "mounting sysfs")(errno.into()))?;
         self.mounted.push(sys);
+        // A /dev of the build's own, not the host's bound in: a tmpfs with the few nodes package
+        // scripts use and a private devpts. Should this process die before it unmounts (SIGKILL),
+        // removing the left-behind tree then removes these nodes, never the host's /dev.
         let dev = self.root.join("dev");
-        rustix::mount::mount_bind("/dev", &dev)
-            .map_err(|errno| mount_error(&dev, "binding /dev")(errno.into()))?;
-        self.mounted.push(dev);
-        let pts = self.root.join("dev/pts");
-        if Path::new("/dev/pts").is_dir() && pts.is_dir() {
-            rustix::mount::mount_bind("/dev/pts", &pts)
-                .map_err(|errno| mount_error(&pts, "binding /dev/pts")(errno.into()))?;
-            self.mounted.push(pts);
-        }
+        rustix::mount::mount(
+            "tmpfs",
+            &dev,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+            Some(c"mode=0755,size=1M"),
+        )
+        .map_err(|errno| mount_error(&dev, "mounting a tmpfs for /dev")(errno.into()))?;
+        self.mounted.push(dev.clone());
+        populate_dev(&dev).map_err(mount_error(&dev, "creating the device nodes"))?;
+        let pts = dev.join("pts");
+        rustix::mount::mount(
+            "devpts",
+            &pts,
+            "devpts",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+            Some(c"newinstance,ptmxmode=0666,mode=0620"),
+        )
+        .map_err(|errno| mount_error(&pts, "mounting a private devpts")(errno.into()))?;
+        self.mounted.push(pts);
         self.bind_resolv_conf()?;
         self.place_policy_rc_d()?;
         Ok(())
@@ -226,10 +242,51 @@ impl BuildEnvironment {
 
 impl Drop for BuildEnvironment {
     fn drop(&mut self) {
-        // Errors cannot be reported from here; `unmount` already fell back to a lazy detach, so
-        // the tree no longer leads into the host's /dev whatever happened.
+        // Errors cannot be reported from here; `unmount` already fell back to a lazy detach.
         let _ = self.teardown();
     }
+}
+
+/// The character devices a chroot build needs (name, major, minor), all readable and writable
+/// by everyone as on a host.
+const DEVICE_NODES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Fills the build's tmpfs /dev: [`DEVICE_NODES`], `pts` for the private devpts, `ptmx` through
+/// it, `shm`, and the `fd` and standard stream links.
+fn populate_dev(dev: &Path) -> io::Result<()> {
+    use rustix::fs::{FileType, Mode, makedev};
+    for (name, major, minor) in DEVICE_NODES {
+        let path = dev.join(name);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            makedev(*major, *minor),
+        )?;
+        // mknod honours the umask; the mode must be exactly 0666.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
+    }
+    fs::create_dir(dev.join("pts"))?;
+    fs::create_dir(dev.join("shm"))?;
+    fs::set_permissions(dev.join("shm"), fs::Permissions::from_mode(0o1777))?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))?;
+    }
+    Ok(())
 }
 
 /// How a mount went away.
@@ -307,8 +364,8 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Removes a work directory, but only when nothing is mounted below it: with the host's /dev
-/// bound inside, a recursive delete would reach the host's device nodes.
+/// Removes a work directory, but only when nothing is mounted below it: a recursive delete must
+/// not reach into proc, sysfs or the host's resolv.conf.
 pub fn remove_work_dir(path: &Path) -> Result<(), AssembleError> {
     let mounts = mounts_under(path);
     if !mounts.is_empty() {

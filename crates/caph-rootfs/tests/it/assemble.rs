@@ -148,6 +148,46 @@ fn build_environment_mounts_and_is_undone_when_a_build_fails() {
     assert!(!root.exists());
 }
 
+/// The chroot's /dev is a file system of its own with working device nodes, so a tree whose
+/// mounts outlived a killed build can be deleted without touching the host's /dev.
+#[test]
+fn the_chroot_has_a_dev_of_its_own() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !is_root() {
+        return skipped("the_chroot_has_a_dev_of_its_own", "mounting needs root");
+    }
+    let (_temp, root) = real_tempdir();
+    let environment = BuildEnvironment::enter(&root).unwrap();
+    let host_dev = fs::metadata("/dev").unwrap().dev();
+    assert_ne!(
+        fs::metadata(root.join("dev")).unwrap().dev(),
+        host_dev,
+        "the tree's /dev is not the host's"
+    );
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let node = fs::metadata(root.join("dev").join(name)).unwrap();
+        assert!(node.file_type().is_char_device(), "{name}");
+        assert_eq!(node.mode() & 0o777, 0o666, "{name}");
+    }
+    fs::write(root.join("dev/null"), b"discarded").unwrap();
+    let mut zeros = [1u8; 8];
+    std::io::Read::read_exact(
+        &mut fs::File::open(root.join("dev/zero")).unwrap(),
+        &mut zeros,
+    )
+    .unwrap();
+    assert_eq!(zeros, [0u8; 8]);
+    assert!(
+        fs::metadata(root.join("dev/pts/ptmx")).is_ok(),
+        "a private devpts"
+    );
+    // What a step creates in its /dev stays there.
+    fs::write(root.join("dev/caph-probe"), b"").unwrap();
+    assert!(!Path::new("/dev/caph-probe").exists());
+    environment.leave().unwrap();
+    assert_eq!(mounts_under(&root), Vec::<PathBuf>::new());
+}
+
 #[test]
 fn busy_mounts_are_detached_lazily_and_the_tree_can_go() {
     if !is_root() {
@@ -160,7 +200,7 @@ fn busy_mounts_are_detached_lazily_and_the_tree_can_go() {
     let environment = BuildEnvironment::enter(&root).unwrap();
     // An open file keeps /proc busy, as a daemon left behind by a step would.
     let held = fs::File::open(root.join("proc/self/status")).unwrap();
-    // While mounted, the work directory is refused for removal: the host's /dev is inside.
+    // While mounted, the work directory is refused for removal: proc and sysfs are inside.
     let refused = remove_work_dir(&root).unwrap_err();
     assert!(
         matches!(refused, AssembleError::StillMounted { .. }),

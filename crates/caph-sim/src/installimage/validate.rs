@@ -154,6 +154,12 @@ fn drive_size_mib(facts: &MachineFacts, drive: &str) -> u64 {
 /// Messages pushed to `errors` cancel too but let validation go on.
 fn checks(vars: &Vars, facts: &MachineFacts, errors: &mut Vec<String>) -> Result<(), String> {
     let uefi = facts.uefi;
+    // Without an IMAGE line the shell's `[ -e "$wd/$IMAGE" ] && IMAGE="$wd/$IMAGE"` finds
+    // installimage's own directory, so the "file" is that directory, of no known type: the real
+    // program refuses with an empty file type, not with "No valid IMAGEFILE".
+    if vars.image.is_empty() {
+        return Err("ERROR:  is no valid FILETYPE for images".into());
+    }
     let (path_type, file, file_type) = image_types(&vars.image);
     if file.is_empty() {
         return Err("ERROR: No valid IMAGEFILE".into());

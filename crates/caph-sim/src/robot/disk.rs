@@ -1,4 +1,4 @@
-//! What the real installimage left on a server's first drive, read back from the image file: the partitions, their filesystems, and the installed system's fstab and hostname, as the [`Manifest`] the simulated installimage writes for itself.
+//! What the real installimage left on a server's drives, read back from the image file: the partitions, their filesystems, and the installed system's fstab and hostname, as the [`Manifest`] the simulated installimage writes for itself.
 //!
 //! The disk boot ([`SshRobotMachines`](super::SshRobotMachines)) needs to know which partition
 //! holds `/` and which are mounted where; the real installimage records none of that outside the
@@ -45,20 +45,24 @@ struct TablePartition {
     size_bytes: u64,
 }
 
-/// The installed system on the server's first drive, or `None` when the drive holds no
-/// partition with an `/etc/fstab` (empty, or an install that failed early).
+/// The installed system the server boots: that of the first drive, in the drives' order, that
+/// holds one, as a BIOS tries its boot drives in turn (installimage may have used any of them,
+/// for example the one a root-device hint picked); `None` when no drive holds a partition with
+/// an `/etc/fstab` (all empty, or an install that failed early).
 pub(crate) async fn installed_system(
     disk_dir: &Path,
     spec: &RobotMachineSpec,
 ) -> Result<Option<Manifest>, MachineError> {
-    let Some(first) = spec.drives.first() else {
-        return Ok(None);
-    };
-    let image = disk_dir.join(drive_image_name(&first.device));
-    if !image.exists() {
-        return Ok(None);
+    for drive in &spec.drives {
+        let image = disk_dir.join(drive_image_name(&drive.device));
+        if !image.exists() {
+            continue;
+        }
+        if let Some(manifest) = read_installed_system(&image, &drive.device).await? {
+            return Ok(Some(manifest));
+        }
     }
-    read_installed_system(&image, &first.device).await
+    Ok(None)
 }
 
 /// The installed system on a drive image, whose device in the rescue system was `device`

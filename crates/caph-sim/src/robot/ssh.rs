@@ -1060,7 +1060,8 @@ impl SshRobotMachines {
         .await
     }
 
-    /// The installed system, read off the first drive (or from a simulated directory install).
+    /// The installed system, read off the first drive that holds one (or from a simulated
+    /// directory install).
     async fn disk_boot(&self, server_number: u64) -> Result<(), MachineError> {
         self.stop(server_number).await?;
         let disk_dir = self
