@@ -609,7 +609,10 @@ pub async fn verify_the_tarball(dir: &Path, tarball: &Path) {
         ("host-keys-new", "made for this node: "),
         ("machine-id-new", "the image carries none"),
         ("cloud-init-sigterm", "no SIGTERM"),
-        ("cloud-init-status", "done: every stage finished without errors"),
+        (
+            "cloud-init-status",
+            "done: every stage finished without errors",
+        ),
         ("cloud-init-result", "no errors; DataSourceNoCloud"),
         ("cloud-init", "status: done"),
         ("kubelet-version", "Kubernetes v1.34.2"),

@@ -310,7 +310,9 @@ hostname and an instance id, and the user data (--user-data, or a built-in probe
 kubeadm's bootstrap: write_files, then a runcmd that writes a marker with the node's hostname).
 
 QEMU (x86, BIOS, emulated, no network beyond its own restricted user network) boots the disk
-through its GRUB, with progress while first boot runs. Once cloud-init's final stage is over, a
+through its GRUB, with progress while first boot runs (the VM reaches nothing outside it: user
+data that needs the network, a real kubeadm join, fails there, and the table shows cloud-init's
+error). Once cloud-init's final stage is over, a
 unit of verify's own (on this disk only) runs the node checks; the node is then shut down with
 Ctrl-Alt-Del and the disk read back. Checks: the boot (GRUB, multi-user, sshd, login prompt, no
 failed unit), cloud-init's status and result without errors as a new instance, the hostname,
