@@ -64,14 +64,11 @@ struct Vm {
     console: mpsc::Receiver<Vec<u8>>,
     output: Vec<u8>,
     started: Instant,
-    /// The QEMU monitor's socket, where a writable boot is asked to power off.
-    monitor: Option<std::path::PathBuf>,
 }
 
 impl Vm {
-    /// Starts QEMU on `disk`: through a throwaway overlay (`-snapshot`), or writing to the disk
-    /// itself, with a monitor socket in `monitor_dir` to power it off cleanly.
-    fn start(disk: &Path, monitor_dir: Option<&Path>) -> Vm {
+    /// Starts QEMU on `disk` through a throwaway overlay (`-snapshot`): the disk stays as it was.
+    fn start(disk: &Path) -> Vm {
         let mut command = Command::new(QEMU);
         command
             // Emulation, not KVM: nested KVM on CI machines is missing or refuses host CPU models.
@@ -79,18 +76,7 @@ impl Vm {
             .args(["-nographic", "-no-reboot", "-nic", "none"])
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
-        let monitor = monitor_dir.map(|dir| dir.join("qemu-monitor.sock"));
-        match &monitor {
-            Some(socket) => {
-                command
-                    .arg("-monitor")
-                    .arg(format!("unix:{},server,nowait", socket.display()));
-            }
-            // Writes go to a throwaway overlay: the disk stays as it was.
-            None => {
-                command.arg("-snapshot");
-            }
-        }
+        command.arg("-snapshot");
         let mut qemu = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -113,7 +99,6 @@ impl Vm {
             console,
             output: Vec::new(),
             started: Instant::now(),
-            monitor,
         }
     }
 
@@ -140,35 +125,6 @@ impl Vm {
             .map(plain)
             .collect()
     }
-
-    /// Presses the power button (ACPI) and waits for the system to shut down and QEMU to end;
-    /// whether it did so within the deadline (else QEMU is killed).
-    fn power_off(mut self) -> (bool, Vec<String>) {
-        use std::io::Write as _;
-        let pressed = self
-            .monitor
-            .as_ref()
-            .and_then(|socket| std::os::unix::net::UnixStream::connect(socket).ok())
-            .is_some_and(|mut monitor| monitor.write_all(b"system_powerdown\n").is_ok());
-        let deadline = Instant::now() + POWER_OFF_DEADLINE;
-        let mut ended = false;
-        while pressed && Instant::now() < deadline {
-            if let Ok(Some(_)) = self.qemu.try_wait() {
-                ended = true;
-                break;
-            }
-            while let Ok(chunk) = self.console.try_recv() {
-                self.output.extend_from_slice(&chunk);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
-        while let Ok(chunk) = self.console.try_recv() {
-            self.output.extend_from_slice(&chunk);
-        }
-        (ended, self.lines())
-    }
 }
 
 impl Drop for Vm {
@@ -177,9 +133,6 @@ impl Drop for Vm {
         let _ = self.qemu.wait();
     }
 }
-
-/// How long a clean shutdown may take under emulation.
-const POWER_OFF_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Boots `disk` (a whole raw disk image with its partition table and boot loader) and checks
 /// that it reaches `hostname`'s login prompt through GRUB, with `/boot` mounted, sshd started,
@@ -190,7 +143,7 @@ pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
         eprintln!("SKIPPED {test}: {reason}");
         return;
     }
-    let mut vm = Vm::start(disk, None);
+    let mut vm = Vm::start(disk);
     let prompt = format!("{hostname} login:");
     // The login prompt may come before multi-user is reached (cloud-init's stages still run,
     // slowly under emulation): wait for both.
@@ -205,38 +158,6 @@ pub fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
     );
     eprintln!("{test}: `{prompt}` after {:.1}s", elapsed.as_secs_f64());
     check_console(test, &seen);
-}
-
-/// First boot of an installed node whose cloud-init has a NoCloud seed: boots the disk
-/// writably, waits for the login prompt and for cloud-init to say it finished, then powers off
-/// through ACPI so that everything first boot wrote is on the disk for the caller to read.
-/// Returns the console's lines.
-pub fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<String> {
-    let test = "first boot under QEMU, with cloud-init";
-    let monitor_dir = tempfile::tempdir().expect("monitor dir");
-    let mut vm = Vm::start(disk, Some(monitor_dir.path()));
-    let prompt = format!("{hostname} login:");
-    // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
-    let finished = vm.wait_for(&[
-        &prompt,
-        "Multi-User System",
-        "Cloud-init v.",
-        " finished at ",
-    ]);
-    let elapsed = vm.started.elapsed();
-    let (powered_off, seen) = vm.power_off();
-    let tail = seen[seen.len().saturating_sub(80)..].join("\n");
-    assert!(
-        finished,
-        "{test}: no login prompt and cloud-init end within {BOOT_DEADLINE:?}; the console ended with:\n{tail}"
-    );
-    assert!(powered_off, "{test}: no clean power off:\n{tail}");
-    eprintln!(
-        "{test}: `{prompt}` and cloud-init finished after {:.1}s",
-        elapsed.as_secs_f64()
-    );
-    check_console(test, &seen);
-    seen
 }
 
 /// What every boot's console must show: GRUB, multi-user with sshd and time sync started, /boot

@@ -1,6 +1,6 @@
 //! Cluster API Provider Hetzner's bare-metal provisioning, replayed step for step from its source
 //! against the Robot simulator, a simulated rescue system and the installed node, with a tarball
-//! built by `build tarball`; then the node's first boot for real under QEMU.
+//! built by `build tarball`.
 //!
 //! The source is syself/cluster-api-provider-hetzner at 1c4fe745f3bf5b22b94d4dddd6c4b3b98f6770fc:
 //! the state machine in `pkg/services/baremetal/host/host.go` (and `utils.go`), the commands in
@@ -10,7 +10,7 @@
 //! installimage is the vendored one (`../shared/vendor/installimage/`), run for real.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,6 @@ use caph_sim::robot::{
     RobotDrive, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig, SshRobotMachines, TimeMode,
 };
 use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, Session, TofuPin, connect_when_ready};
-
-use crate::installed_disk::MountedSystem;
 
 const USER: &str = "caph-replay";
 const PASSWORD: &str = "caph-replay-secret";
@@ -71,9 +69,8 @@ async fn connect(address: SocketAddr, key: &KeyPair) -> Session {
         .expect("the server answers SSH")
 }
 
-/// Replays CAPH's provisioning of a dedicated server with `tarball`, then boots the installed
-/// drive under QEMU for its first boot. `dir` holds what the run keeps (the drive copy).
-pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path) {
+/// Replays CAPH's provisioning of a dedicated server with `tarball`.
+pub async fn caph_provisions_a_node_from_the_tarball(tarball: &Path) {
     let test = "CAPH's bare-metal provisioning, replayed";
     let fork = match crate::vendored_installimage(InstallimageKind::CaphFork) {
         Ok(fork) => fork,
@@ -396,119 +393,7 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
     );
     node.close().await;
 
-    // The same drive boots for real: first boot under QEMU, with cloud-init on a real kernel.
-    let disk_dir = robot_machines.disk_dir(SERVER).expect("the server's disks");
-    let drive = dir.join("caph-node-sdb.img");
-    let copied = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(disk_dir.join("sdb.img"))
-        .arg(&drive)
-        .status()
-        .unwrap();
-    assert!(copied.success());
     drop(sim);
     drop(robot_machines);
     drop(machines);
-    if let Some(reason) = crate::boot::qemu_missing() {
-        eprintln!("SKIPPED {test} (first boot under QEMU): {reason}");
-        return;
-    }
-    let before = MountedSystem::mount(&drive, "/dev/sdb").await;
-    let installed_keys = host_key_fingerprints(&before.root);
-    drop(before);
-    let console = tokio::task::spawn_blocking({
-        let drive = drive.clone();
-        move || crate::boot::first_boot_until_cloud_init_finished(&drive, HOSTNAME)
-    })
-    .await
-    .unwrap();
-    let node = MountedSystem::mount(&drive, "/dev/sdb").await;
-    check_first_boot(&node, &installed_keys, &console);
-}
-
-/// The SHA256 fingerprints of a system's host keys.
-fn host_key_fingerprints(root: &Path) -> Vec<String> {
-    let mut fingerprints: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.to_string_lossy().ends_with("_key.pub"))
-        .map(|path: PathBuf| {
-            let listing = std::process::Command::new("ssh-keygen")
-                .args(["-l", "-E", "sha256", "-f"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&listing.stdout)
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
-    fingerprints.sort();
-    fingerprints
-}
-
-/// What first boot must leave on the drive: cloud-init done without errors in every stage,
-/// the bootstrap's files and marker with the node's hostname, a machine id of its own, and
-/// host keys made for this node (installimage's, which cloud-init keeps).
-fn check_first_boot(node: &MountedSystem, installed_keys: &[String], console: &[String]) {
-    let what = "the node after its first boot";
-    let status: serde_json::Value =
-        serde_json::from_str(&node.read("/var/lib/cloud/data/status.json"))
-            .expect("cloud-init's status.json");
-    for stage in ["init-local", "init", "modules-config", "modules-final"] {
-        let errors = &status["v1"][stage]["errors"];
-        assert_eq!(
-            errors,
-            &serde_json::json!([]),
-            "{what}: cloud-init's {stage} stage: {status:#}"
-        );
-        assert!(
-            status["v1"][stage]["finished"].is_number(),
-            "{what}: cloud-init's {stage} stage did not finish: {status:#}"
-        );
-    }
-    let result: serde_json::Value =
-        serde_json::from_str(&node.read("/var/lib/cloud/data/result.json"))
-            .expect("cloud-init's result.json");
-    assert_eq!(
-        result["v1"]["errors"],
-        serde_json::json!([]),
-        "{what}: {result:#}"
-    );
-    assert!(
-        result["v1"]["datasource"]
-            .as_str()
-            .is_some_and(|source| source.contains("DataSourceNoCloud")),
-        "{what}: {result:#}"
-    );
-    assert_eq!(
-        node.read("/var/lib/caph-e2e-bootstrap-marker").trim(),
-        format!("kubeadm join would run on {HOSTNAME}")
-    );
-    assert!(
-        node.read("/etc/kubernetes/caph-e2e-bootstrap.yaml")
-            .contains("kind: JoinConfiguration")
-    );
-    assert_eq!(node.read("/etc/hostname").trim(), HOSTNAME);
-    let machine_id = node.read("/etc/machine-id");
-    assert_eq!(
-        machine_id.trim().len(),
-        32,
-        "{what}: machine-id {machine_id:?} (the tarball's is empty)"
-    );
-    let keys = host_key_fingerprints(&node.root);
-    assert!(!keys.is_empty() && keys.iter().all(|key| key.starts_with("SHA256:")));
-    assert_eq!(
-        keys, installed_keys,
-        "{what}: cloud-init kept the host keys installimage made"
-    );
-    assert!(
-        console
-            .iter()
-            .any(|line| line.contains("Cloud-init v.") && line.contains("finished at")),
-        "{what}: {console:?}"
-    );
 }
