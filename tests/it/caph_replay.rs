@@ -11,16 +11,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caph_robot::client::{Credentials, ResetType, RobotClient};
-use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use caph_sim::mirror::Mirror;
 use caph_sim::real_installimage::InstallimageKind;
-use caph_sim::robot::{
-    RobotDrive, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig, SshRobotMachines, TimeMode,
-};
+use caph_sim::robot::{RobotDrive, RobotServer, RobotSim, RobotSimConfig, TimeMode};
 use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, Session, TofuPin, connect_when_ready};
 
 const USER: &str = "caph-replay";
@@ -79,23 +75,8 @@ pub async fn caph_provisions_a_node_from_the_tarball(tarball: &Path) {
             return;
         }
     };
-    let installimage = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("caph-sim")))
-        .filter(|binary| binary.exists())
-        .expect("target/debug/caph-sim is built by cargo test --workspace");
-    let machines = Arc::new(SshMachines::new(SshMachinesConfig::default()).expect("machines"));
     // CAPH uploads its own installimage: the rescue system needs no real one of its own.
-    let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
-        machines: machines.clone(),
-        real_installimage: None,
-        installimage_binary: installimage,
-        rescue_packages: caph_sim::robot::RESCUE_PACKAGES
-            .iter()
-            .map(|name| name.to_string())
-            .collect(),
-        log: Some(Arc::new(|line: &str| eprintln!("[caph-replay] {line}"))),
-    }));
+    let (machines, robot_machines) = crate::rescue_install::robot_machines(None, "caph-replay");
     let mut server = RobotServer::new(SERVER, "caph-replay");
     // The root device by WWN, as CAPH's templates choose it, and a second, bigger drive that
     // the hint must not pick.
