@@ -19,14 +19,6 @@ use tokio_util::sync::CancellationToken;
 /// A boot under emulation takes 30-130 s on two loaded cores; five minutes means it hangs.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 
-/// First boot with cloud-init's four stages takes 3-5 minutes under emulation on two cores
-/// that other tests load too (measured: cloud-init finished at 168 s to 287 s of uptime);
-/// fifteen minutes, as `caph-image verify`'s default, means it hangs.
-const FIRST_BOOT_DEADLINE: Duration = Duration::from_secs(900);
-
-/// How long a clean shutdown may take under emulation.
-const POWER_OFF_DEADLINE: Duration = Duration::from_secs(120);
-
 /// Units that may fail in the VM, with the reason: the VM is not the server the disk was
 /// installed for.
 pub const EXPECTED_FAILED_UNITS: &[(&str, &str)] = &[
@@ -90,49 +82,6 @@ pub async fn disk_boots_through_its_boot_loader(disk: &Path, hostname: &str) {
     );
     eprintln!("{test}: `{prompt}` after {:.1}s", elapsed.as_secs_f64());
     check_console(test, &seen, hostname);
-}
-
-/// First boot of an installed node whose cloud-init has a NoCloud seed: boots the disk
-/// writably, waits for the login prompt and for cloud-init to say it finished, then powers off
-/// cleanly so that everything first boot wrote is on the disk for the caller to read. Returns
-/// the console's lines.
-pub async fn first_boot_until_cloud_init_finished(disk: &Path, hostname: &str) -> Vec<String> {
-    let test = "first boot under QEMU, with cloud-init";
-    let dir = tempfile::tempdir().expect("a directory for the console");
-    let mut vm = start(disk, dir.path(), true).await;
-    let prompt = format!("{hostname} login:");
-    // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
-    let waited = vm
-        .wait_for(
-            &[
-                &prompt,
-                "Multi-User System",
-                "Cloud-init v.",
-                " finished at ",
-            ],
-            FIRST_BOOT_DEADLINE,
-            &CancellationToken::new(),
-            &mut |_, _| {},
-        )
-        .await
-        .expect("not cancelled");
-    let elapsed = vm.uptime();
-    let powered_off = vm.power_off(POWER_OFF_DEADLINE).await;
-    let seen = vm.lines();
-    let tail = seen[seen.len().saturating_sub(80)..].join("\n");
-    assert_eq!(
-        waited,
-        Waited::Found,
-        "{test}: no login prompt and cloud-init end within {FIRST_BOOT_DEADLINE:?} (milestones seen: {:?}); the console ended with:\n{tail}",
-        console::milestones(&seen)
-    );
-    assert!(powered_off, "{test}: no clean power off:\n{tail}");
-    eprintln!(
-        "{test}: `{prompt}` and cloud-init finished after {:.1}s",
-        elapsed.as_secs_f64()
-    );
-    check_console(test, &seen, hostname);
-    seen
 }
 
 /// What every boot's console must show (`caph_boot::console::findings`: GRUB, multi-user, sshd,
