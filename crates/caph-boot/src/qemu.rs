@@ -9,7 +9,7 @@
 //! network with `restrict=on`: the guest reaches nothing outside the VM, and nothing reaches it.
 //!
 //! A clean power off is Ctrl-Alt-Del from the monitor: systemd (PID 1) turns it into a reboot
-//! without needing logind or D-Bus (which minimal images lack, so the ACPI power button does
+//! without needing logind or D-Bus (which a minimal image may lack, so the ACPI power button does
 //! nothing there), and `-no-reboot` turns the reboot into QEMU's exit. The process is killed
 //! and reaped when the [`Vm`] is dropped.
 

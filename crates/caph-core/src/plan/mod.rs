@@ -247,6 +247,10 @@ pub const BASE_PACKAGES: &[&str] = &[
     "ca-certificates",
     "conntrack",
     "curl",
+    // The system bus: kubelet's graceful node shutdown takes its inhibitor lock from logind over
+    // D-Bus, `timedatectl` and `hostnamectl` ask their daemons over it, and logind (which needs
+    // it) is what turns the power button into a clean shutdown. Minimal roots lack it.
+    "dbus",
     "ebtables",
     "ethtool",
     "gnupg",
