@@ -1,6 +1,6 @@
 //! Cluster API Provider Hetzner's bare-metal provisioning, replayed step for step from its source
 //! against the Robot simulator, a simulated rescue system and the installed node, with a tarball
-//! built by `build tarball`; then the node's first boot for real under QEMU.
+//! built by `build tarball`.
 //!
 //! The source is syself/cluster-api-provider-hetzner at 1c4fe745f3bf5b22b94d4dddd6c4b3b98f6770fc:
 //! the state machine in `pkg/services/baremetal/host/host.go` (and `utils.go`), the commands in
@@ -10,20 +10,14 @@
 //! installimage is the vendored one (`../shared/vendor/installimage/`), run for real.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use caph_robot::client::{Credentials, ResetType, RobotClient};
-use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use caph_sim::mirror::Mirror;
 use caph_sim::real_installimage::InstallimageKind;
-use caph_sim::robot::{
-    RobotDrive, RobotServer, RobotSim, RobotSimConfig, SshRobotConfig, SshRobotMachines, TimeMode,
-};
+use caph_sim::robot::{RobotDrive, RobotServer, RobotSim, RobotSimConfig, TimeMode};
 use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, Session, TofuPin, connect_when_ready};
-
-use crate::installed_disk::MountedSystem;
 
 const USER: &str = "caph-replay";
 const PASSWORD: &str = "caph-replay-secret";
@@ -36,7 +30,7 @@ const ROOT_WWN: &str = "0x5002538e4f0a7001";
 const POST_INSTALL_SCRIPT_FINISHED: &str = "POST_INSTALL_SCRIPT_FINISHED";
 /// A bootstrap shaped like the kubeadm bootstrap provider's: files to write, then commands; the
 /// command leaves a marker with the node's own hostname.
-pub const BOOTSTRAP_USER_DATA: &str = "## template: jinja
+const BOOTSTRAP_USER_DATA: &str = "## template: jinja
 #cloud-config
 write_files:
   - path: /etc/kubernetes/caph-e2e-bootstrap.yaml
@@ -71,9 +65,8 @@ async fn connect(address: SocketAddr, key: &KeyPair) -> Session {
         .expect("the server answers SSH")
 }
 
-/// Replays CAPH's provisioning of a dedicated server with `tarball`, then boots the installed
-/// drive under QEMU for its first boot. `dir` holds what the run keeps (the drive copy).
-pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path) {
+/// Replays CAPH's provisioning of a dedicated server with `tarball`.
+pub async fn caph_provisions_a_node_from_the_tarball(tarball: &Path) {
     let test = "CAPH's bare-metal provisioning, replayed";
     let fork = match crate::vendored_installimage(InstallimageKind::CaphFork) {
         Ok(fork) => fork,
@@ -82,23 +75,8 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
             return;
         }
     };
-    let installimage = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("caph-sim")))
-        .filter(|binary| binary.exists())
-        .expect("target/debug/caph-sim is built by cargo test --workspace");
-    let machines = Arc::new(SshMachines::new(SshMachinesConfig::default()).expect("machines"));
     // CAPH uploads its own installimage: the rescue system needs no real one of its own.
-    let robot_machines = Arc::new(SshRobotMachines::new(SshRobotConfig {
-        machines: machines.clone(),
-        real_installimage: None,
-        installimage_binary: installimage,
-        rescue_packages: caph_sim::robot::RESCUE_PACKAGES
-            .iter()
-            .map(|name| name.to_string())
-            .collect(),
-        log: Some(Arc::new(|line: &str| eprintln!("[caph-replay] {line}"))),
-    }));
+    let (machines, robot_machines) = crate::rescue_install::robot_machines(None, "caph-replay");
     let mut server = RobotServer::new(SERVER, "caph-replay");
     // The root device by WWN, as CAPH's templates choose it, and a second, bigger drive that
     // the hint must not pick.
@@ -396,150 +374,7 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
     );
     node.close().await;
 
-    // The same drive boots for real: first boot under QEMU, with cloud-init on a real kernel.
-    let disk_dir = robot_machines.disk_dir(SERVER).expect("the server's disks");
-    let drive = dir.join("caph-node-sdb.img");
-    let copied = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(disk_dir.join("sdb.img"))
-        .arg(&drive)
-        .status()
-        .unwrap();
-    assert!(copied.success());
     drop(sim);
     drop(robot_machines);
     drop(machines);
-    if let Some(reason) = crate::boot::qemu_missing() {
-        eprintln!("SKIPPED {test} (first boot under QEMU): {reason}");
-        return;
-    }
-    let before = MountedSystem::mount(&drive, "/dev/sdb").await;
-    let installed_keys = host_key_fingerprints(&before.root);
-    drop(before);
-    let console = tokio::task::spawn_blocking({
-        let drive = drive.clone();
-        move || crate::boot::first_boot_until_cloud_init_finished(&drive, HOSTNAME, None)
-    })
-    .await
-    .unwrap();
-    let node = MountedSystem::mount(&drive, "/dev/sdb").await;
-    check_first_boot(
-        &node,
-        &FirstBoot {
-            hostname: HOSTNAME,
-            datasource: "DataSourceNoCloud",
-            kept_host_keys: Some(&installed_keys),
-        },
-        &console,
-    );
-}
-
-/// What a node's first boot must have done besides running [`BOOTSTRAP_USER_DATA`].
-pub struct FirstBoot<'a> {
-    /// The host name the node took.
-    pub hostname: &'a str,
-    /// cloud-init's data source (`DataSourceNoCloud`, `DataSourceHetzner`).
-    pub datasource: &'a str,
-    /// The host keys it must have kept (installimage's), or `None` where first boot made them.
-    pub kept_host_keys: Option<&'a [String]>,
-}
-
-/// The SHA256 fingerprints of a system's host keys.
-fn host_key_fingerprints(root: &Path) -> Vec<String> {
-    let mut fingerprints: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.to_string_lossy().ends_with("_key.pub"))
-        .map(|path: PathBuf| {
-            let listing = std::process::Command::new("ssh-keygen")
-                .args(["-l", "-E", "sha256", "-f"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&listing.stdout)
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
-    fingerprints.sort();
-    fingerprints
-}
-
-/// What first boot must leave on the drive: cloud-init done without errors in every stage from
-/// the expected data source, the bootstrap's files and marker with the node's hostname, a machine
-/// id of its own, and host keys made for this node (installimage's, which cloud-init keeps, or
-/// made on first boot in place of the tarball's empty placeholders).
-pub fn check_first_boot(node: &MountedSystem, expected: &FirstBoot<'_>, console: &[String]) {
-    let hostname = expected.hostname;
-    let what = "the node after its first boot";
-    let status: serde_json::Value =
-        serde_json::from_str(&node.read("/var/lib/cloud/data/status.json"))
-            .expect("cloud-init's status.json");
-    for stage in ["init-local", "init", "modules-config", "modules-final"] {
-        let errors = &status["v1"][stage]["errors"];
-        assert_eq!(
-            errors,
-            &serde_json::json!([]),
-            "{what}: cloud-init's {stage} stage: {status:#}"
-        );
-        assert!(
-            status["v1"][stage]["finished"].is_number(),
-            "{what}: cloud-init's {stage} stage did not finish: {status:#}"
-        );
-    }
-    let result: serde_json::Value =
-        serde_json::from_str(&node.read("/var/lib/cloud/data/result.json"))
-            .expect("cloud-init's result.json");
-    assert_eq!(
-        result["v1"]["errors"],
-        serde_json::json!([]),
-        "{what}: {result:#}"
-    );
-    assert!(
-        result["v1"]["datasource"]
-            .as_str()
-            .is_some_and(|source| source.contains(expected.datasource)),
-        "{what}: {result:#}"
-    );
-    assert_eq!(
-        node.read("/var/lib/caph-e2e-bootstrap-marker").trim(),
-        format!("kubeadm join would run on {hostname}")
-    );
-    assert!(
-        node.read("/etc/kubernetes/caph-e2e-bootstrap.yaml")
-            .contains("kind: JoinConfiguration")
-    );
-    assert_eq!(node.read("/etc/hostname").trim(), hostname);
-    let machine_id = node.read("/etc/machine-id");
-    assert_eq!(
-        machine_id.trim().len(),
-        32,
-        "{what}: machine-id {machine_id:?} (the tarball's is empty)"
-    );
-    let keys = host_key_fingerprints(&node.root);
-    assert!(
-        !keys.is_empty() && keys.iter().all(|key| key.starts_with("SHA256:")),
-        "{what}: host keys {keys:?}"
-    );
-    match expected.kept_host_keys {
-        Some(installed) => assert_eq!(
-            keys, installed,
-            "{what}: cloud-init kept the host keys installimage made"
-        ),
-        // One key per placeholder type, each a real key (an empty file has no fingerprint).
-        None => assert_eq!(
-            keys.len(),
-            caph_core::plan::HOST_KEY_PLACEHOLDER_TYPES.len(),
-            "{what}: first boot made every host key type: {keys:?}"
-        ),
-    }
-    assert!(
-        console
-            .iter()
-            .any(|line| line.contains("Cloud-init v.") && line.contains("finished at")),
-        "{what}: {console:?}"
-    );
 }

@@ -12,20 +12,27 @@
 //! arm64 tarball, a tarball whose name and `--arch` disagree.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use caph_boot::console;
+use caph_boot::qemu::{self, HetznerCloudGuest, Vm, VmConfig, VmNetwork, Waited};
+use caph_boot::tarball::TarballContents;
+use caph_core::checks::{self, Finding, FindingStatus, NodePromise};
+use caph_core::firstboot::{self, Evidence, Expectations, HostKeys, MachineId};
 use caph_hcloud::backend::from_tarball::TARBALL_SHA256_LABEL;
 use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, TimeMode};
 use caph_sim::mirror::{Mirror, release_artifacts};
+use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, PublicKey};
+use tokio_util::sync::CancellationToken;
 
-use crate::boot::HetznerCloudGuest;
-use crate::caph_replay::{BOOTSTRAP_USER_DATA, FirstBoot, check_first_boot};
 use crate::cloud::{TOKEN, VERSIONS, spec_for_mirror};
 use crate::hcloud_build::run_caph_image_with;
 use crate::installed_disk::MountedSystem;
 use crate::upload::{RescueCloud, nothing_left_but_snapshots};
+use crate::verify::known_tarball_failures;
 use crate::{is_root, stderr, stdout};
 
 /// The tarball `build tarball` names for the end-to-end spec on amd64.
@@ -35,6 +42,11 @@ const SERVER_ID: u64 = 4242;
 const HOSTNAME: &str = "from-tarball-node";
 /// Hetzner Cloud's MAC addresses start with 96:00:00.
 const MAC: &str = "96:00:00:00:42:42";
+/// How long first boot may take under emulation on two loaded cores (DHCP twice, cloud-init's
+/// stages asking the metadata service, host keys made), as `verify`'s default.
+const FIRST_BOOT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// How long a clean shutdown may take under emulation.
+const POWER_OFF_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The end-to-end spec with a root filesystem for the tarball.
 fn spec(mirror: &str, name: &str) -> String {
@@ -65,7 +77,8 @@ async fn build(
 /// Hetzner's metadata service for one server, as cloud-init's Hetzner data source reads it:
 /// `/hetzner/v1/metadata` (YAML), its `instance-id` alone (the data source's connectivity
 /// check), and `/hetzner/v1/userdata`.
-/// `public_key` is the key it hands out, which must reach root's `authorized_keys`.
+/// `public_key` is the key it hands out, which must reach root's `authorized_keys`; the user data
+/// is `caph_core::firstboot`'s probe, shaped like CAPH's kubeadm bootstrap.
 async fn metadata_service(public_key: &str) -> Mirror {
     let metadata = format!(
         "hostname: {HOSTNAME}
@@ -96,7 +109,7 @@ network-config:
             ),
             (
                 "hetzner/v1/userdata".to_string(),
-                BOOTSTRAP_USER_DATA.as_bytes().to_vec(),
+                firstboot::probe_user_data("").into_bytes(),
             ),
         ]),
     )
@@ -268,7 +281,7 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
     assert!(copied.success());
     drop(cloud);
     disk_holds_the_tarball(&disk, &tarball).await;
-    first_boot_on_hetzner_metadata(test, &disk).await;
+    first_boot_on_hetzner_metadata(test, &disk, &tarball).await;
 }
 
 /// The disk holds every member of the tarball as it is, but for what the flow writes, and GRUB.
@@ -326,45 +339,142 @@ async fn disk_holds_the_tarball(disk: &Path, tarball: &Path) {
     );
 }
 
-/// First boot on a Hetzner Cloud server's hardware, with the metadata service: cloud-init's
-/// Hetzner data source, the host name, root's key, the network and the bootstrap.
-async fn first_boot_on_hetzner_metadata(test: &str, disk: &Path) {
-    if let Some(missing) = crate::boot::qemu_missing().or_else(crate::boot::socat_missing) {
+/// First boot on a Hetzner Cloud server's hardware (`caph_boot::qemu::HetznerCloudGuest`), with
+/// the metadata service handing out the host name, root's key, the network and the probe user
+/// data: the console as every boot's must be (`caph_boot::console::findings`); root logs in with
+/// the metadata's key over the network the metadata configured, the host key pinned to the one
+/// cloud-init printed on the console; there the first-boot evidence (`caph_core::firstboot`) and
+/// the node checks the image promises (`caph_core::checks`, as `verify tarball` runs them) are
+/// gathered and judged; then a clean power off. Every finding is ok but the known failures of the
+/// end-to-end tarball (`crate::verify::KNOWN_TARBALL_FAILURES`).
+async fn first_boot_on_hetzner_metadata(test: &str, disk: &Path, tarball: &Path) {
+    if let Some(missing) = qemu::qemu_missing().or_else(qemu::socat_missing) {
         eprintln!("SKIPPED {test} (first boot under QEMU): {missing}");
         return;
     }
-    // The key a user of the server logs in with (here the test, to power it off).
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("root-key");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e@metadata", "-f"])
-        .arg(&key)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(made.success());
-    let public_key = std::fs::read_to_string(key.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let metadata = metadata_service(&public_key).await;
-    let guest = HetznerCloudGuest {
-        ssh_key: key.clone(),
-        ssh_port: crate::boot::free_port(),
+    let contents = TarballContents::read(tarball, &CancellationToken::new())
+        .await
+        .expect("the tarball reads");
+    let (release, modules, sysctls) = contents.promise_files();
+    let promise =
+        NodePromise::from_image_files(release, modules, sysctls).expect("the image's promise");
+    let node_checks = checks::promised_checks(&promise);
+    // The key a user of the server logs in with: the metadata service hands it out.
+    let root_key = KeyPair::generate_ed25519("e2e@metadata").unwrap();
+    let metadata = metadata_service(&root_key.public_key().to_openssh()).await;
+    let ssh_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let vm_dir = tempfile::tempdir().unwrap();
+    let mut config = VmConfig::new(disk, vm_dir.path());
+    config.network = VmNetwork::HetznerCloud(HetznerCloudGuest {
         server_id: SERVER_ID,
         mac: MAC.to_string(),
-        metadata_port: metadata
+        metadata: metadata
             .url()
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .expect("the metadata service's port"),
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("the metadata service's address"),
+        ssh: Some(ssh_address),
+    });
+    let mut vm = Vm::start(config).await.expect("QEMU starts");
+    let prompt = format!("{HOSTNAME} login:");
+    // cloud-init's final stage says "Cloud-init v. N finished at ..." on the console.
+    let waited = vm
+        .wait_for(
+            &[&prompt, "Cloud-init v.", " finished at "],
+            FIRST_BOOT_DEADLINE,
+            &CancellationToken::new(),
+            &mut |_, _| {},
+        )
+        .await
+        .expect("not cancelled");
+    let booted_after = vm.uptime();
+    let lines = vm.lines();
+    assert_eq!(
+        waited,
+        Waited::Found,
+        "{test}: no login prompt and cloud-init end within {FIRST_BOOT_DEADLINE:?}; the console ended with:\n{}",
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    );
+    eprintln!(
+        "{test}: `{prompt}` and cloud-init finished after {:.0}s",
+        booted_after.as_secs_f64()
+    );
+
+    // Logged in as a user of the server would, the host key pinned to the console's.
+    let console_text = lines.join("\n");
+    let host_key = console_text
+        .split("-----BEGIN SSH HOST KEY KEYS-----")
+        .nth(1)
+        .and_then(|keys| keys.lines().find(|line| line.starts_with("ssh-ed25519 ")))
+        .map(|line| PublicKey::from_openssh(line.trim()).expect("an OpenSSH key line"))
+        .unwrap_or_else(|| {
+            panic!("{test}: cloud-init printed no ed25519 host key:\n{console_text}")
+        });
+    let mut connect = ConnectConfig::new(
+        ssh_address,
+        "root",
+        root_key,
+        HostKeyPolicy::Pinned(host_key),
+    );
+    connect.deadline = Duration::from_secs(120);
+    let session = caph_ssh::connect_when_ready(&connect, &mut |_| {})
+        .await
+        .unwrap_or_else(|error| panic!("{test}: root logs in with the metadata's key: {error}"));
+    let run = async |script: &str| {
+        let output = session.exec_capture(script).await.expect("the script runs");
+        assert_eq!(output.exit_code, 0, "{script}: {}", output.stderr);
+        output.stdout
     };
-    let console = tokio::task::spawn_blocking({
-        let disk = disk.to_path_buf();
-        move || crate::boot::first_boot_until_cloud_init_finished(&disk, HOSTNAME, Some(&guest))
-    })
-    .await
-    .unwrap();
+    let evidence = Evidence::parse(&run(&firstboot::evidence_script("", &[])).await);
+    let facts = run(&checks::facts_script(&node_checks)).await;
+    session.close().await;
+    let powered_off = vm.power_off(POWER_OFF_DEADLINE).await;
+    let lines = vm.lines();
+    drop(vm);
+
+    let mut findings = console::findings(&lines, HOSTNAME);
+    findings.push(Finding::judged(
+        "power-off",
+        powered_off,
+        "a clean shutdown on Ctrl-Alt-Del",
+    ));
+    findings.extend(firstboot::judge_first_boot(
+        &evidence,
+        &Expectations {
+            hostname: HOSTNAME.to_string(),
+            // The Hetzner data source's instance id is the server id.
+            instance_id: SERVER_ID.to_string(),
+            probe: true,
+            host_keys: HostKeys::NotAnyOf(contents.host_public_keys()),
+            machine_id: MachineId::Not(contents.machine_id()),
+        },
+    ));
+    let (results, systemd_ran) = checks::judge_facts(&node_checks, &facts);
+    findings.push(Finding::judged(
+        "systemd",
+        systemd_ran,
+        "systemd is the init system",
+    ));
+    findings.extend(results.iter().map(Finding::from));
+    let report: Vec<String> = findings
+        .iter()
+        .map(|finding| format!("{:?} {}: {}", finding.status, finding.name, finding.detail))
+        .collect();
+    let mut failed: Vec<&str> = findings
+        .iter()
+        .filter(|finding| finding.status != FindingStatus::Ok)
+        .map(|finding| finding.name.as_str())
+        .collect();
+    failed.sort_unstable();
+    assert_eq!(
+        failed,
+        known_tarball_failures(),
+        "{test}: the findings of first boot:\n{}\nthe console:\n{}",
+        report.join("\n"),
+        lines.join("\n")
+    );
+    // The Hetzner data source, not a seed: the node asked the metadata service for all of it.
     let asked = metadata.requests();
     for path in ["hetzner/v1/metadata", "hetzner/v1/userdata"] {
         assert!(
@@ -372,34 +482,14 @@ async fn first_boot_on_hetzner_metadata(test: &str, disk: &Path) {
             "the node asked the metadata service for {path}: {asked:?}"
         );
     }
-    assert!(
-        // A oneshot unit: "Finished" once ifup brought up what cloud-init wrote.
-        console
-            .iter()
-            .any(|line| line.contains("OK") && line.contains("Finished networking.service")),
-        "the network came up from the metadata's configuration:\n{}",
-        console.join("\n")
-    );
-    let node = MountedSystem::mount(disk, "/dev/sda").await;
-    check_first_boot(
-        &node,
-        &FirstBoot {
-            hostname: HOSTNAME,
-            datasource: "DataSourceHetzner",
-            kept_host_keys: None,
-        },
-        &console,
-    );
-    assert!(
-        node.read("/root/.ssh/authorized_keys")
-            .contains(&public_key),
-        "the metadata's key is root's"
-    );
-    let network = node.read("/etc/network/interfaces.d/50-cloud-init");
-    assert!(
-        network.contains("iface eth0 inet dhcp"),
-        "cloud-init wrote the metadata's network configuration: {network}"
-    );
+}
+
+/// A free TCP port on 127.0.0.1 (for QEMU's forward to the guest's sshd).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,8 +273,8 @@ fn issue_12_a_closed_stdout_ends_quietly_with_the_documented_exit_code() {
 /// The exit codes, as `--help`, the man page and the README give them.
 const EXIT_CODES: &[&str] = &[
     "  0    success, also when the reader of standard output stops early (such as head)",
-    "  1    failure: an invalid spec, a refused input, a failed build",
-    "  2    wrong usage: an unknown flag, a missing argument",
+    "  1    failure: an invalid spec, a refused input, a failed build, a failed verify check",
+    "  2    wrong usage: an unknown flag, a missing argument, input verify refuses",
     "  130  interrupted (Ctrl-C or SIGTERM), after cleanup",
 ];
 

@@ -21,6 +21,7 @@ mod runtime;
 mod tarball;
 mod tarball_spec;
 mod upload;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -37,17 +37,13 @@ pub struct RescueInstall {
     pub rescue_host_key_fingerprint: String,
 }
 
-/// Installs `tarball` with `autosetup` (its `IMAGE` line filled in here) and a post-install
-/// script that leaves caph-image's marker, in the rescue system of a fresh simulated server whose
-/// installimage hands over to `real` where the layout allows (`None`: always the simulation).
-/// The drive is copied into `keep_dir`.
-pub async fn install_in_rescue(
-    tarball: &Path,
-    autosetup: &str,
-    hostname: &str,
+/// Simulated machines for dedicated servers whose rescue systems run the simulated installimage
+/// of the `caph-sim` binary next to the test binary, handing over to `real` where the layout
+/// allows; their log lines are printed with `[log_prefix]`.
+pub fn robot_machines(
     real: Option<InstallimageArchive>,
-    keep_dir: &Path,
-) -> RescueInstall {
+    log_prefix: &'static str,
+) -> (Arc<SshMachines>, Arc<SshRobotMachines>) {
     let installimage = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("caph-sim")))
@@ -62,8 +58,25 @@ pub async fn install_in_rescue(
             .iter()
             .map(|name| name.to_string())
             .collect(),
-        log: Some(Arc::new(|line: &str| eprintln!("[rescue] {line}"))),
+        log: Some(Arc::new(move |line: &str| {
+            eprintln!("[{log_prefix}] {line}")
+        })),
     }));
+    (machines, robot_machines)
+}
+
+/// Installs `tarball` with `autosetup` (its `IMAGE` line filled in here) and a post-install
+/// script that leaves caph-image's marker, in the rescue system of a fresh simulated server whose
+/// installimage hands over to `real` where the layout allows (`None`: always the simulation).
+/// The drive is copied into `keep_dir`.
+pub async fn install_in_rescue(
+    tarball: &Path,
+    autosetup: &str,
+    hostname: &str,
+    real: Option<InstallimageArchive>,
+    keep_dir: &Path,
+) -> RescueInstall {
+    let (machines, robot_machines) = robot_machines(real, "rescue");
     let mut server = RobotServer::new(SERVER, "rescue-install");
     server.drives = vec![RobotDrive::new("/dev/sda", DRIVE_BYTES)];
     let sim = RobotSim::start(RobotSimConfig {

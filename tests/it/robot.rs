@@ -208,5 +208,5 @@ pub async fn install_and_log_in(
     )
     .await;
     // It boots: BIOS, GRUB from the MBR, kernel, initramfs, root by UUID, systemd, sshd.
-    crate::boot::disk_boots_through_its_boot_loader(&drive, "e2e-node-1");
+    crate::boot::disk_boots_through_its_boot_loader(&drive, "e2e-node-1").await;
 }

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::ImageSpec;
-use crate::plan::{CONTAINERD_SOCKET, REQUIRED_SYSCTLS, node_modules, quote};
+use crate::plan::{
+    CONTAINERD_SOCKET, MODULES_CONFIG_PATH, RELEASE_PATH, REQUIRED_SYSCTLS, SYSCTL_CONFIG_PATH,
+    node_modules, quote,
+};
 
 /// What a check's output must be (trimmed of surrounding white space).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +67,102 @@ pub struct NodeCheck {
     pub needs: Needs,
 }
 
+/// What an image promises of the nodes made from it: the facts the node checks are made of. A
+/// spec gives them before a build ([`NodePromise::of_spec`]); a built image carries them in the
+/// files the plan wrote ([`NodePromise::from_image_files`]), so an image can be checked without
+/// its spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePromise {
+    /// Kernel modules loaded at boot.
+    pub modules: Vec<String>,
+    /// sysctls and their values.
+    pub sysctls: BTreeMap<String, String>,
+    /// Whether swap is kept off (known from a spec only: an image records no such setting).
+    pub swap_off: bool,
+    /// The Kubernetes version kubelet reports, without the `v`.
+    pub kubernetes_version: String,
+}
+
+impl NodePromise {
+    /// What a node made from `spec` must show.
+    pub fn of_spec(spec: &ImageSpec) -> NodePromise {
+        let mut sysctls: BTreeMap<String, String> = REQUIRED_SYSCTLS
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        for (key, value) in &spec.system.sysctls {
+            sysctls.insert(key.clone(), value.clone());
+        }
+        NodePromise {
+            modules: node_modules(spec).into_iter().map(str::to_owned).collect(),
+            sysctls,
+            swap_off: spec.system.disable_swap,
+            kubernetes_version: spec.kubernetes.version.to_string(),
+        }
+    }
+
+    /// What an image built by caph-image promises, read from the files its plan wrote:
+    /// `release` is [`RELEASE_PATH`]'s text, `modules` [`MODULES_CONFIG_PATH`]'s and `sysctls`
+    /// [`SYSCTL_CONFIG_PATH`]'s. `None` for a file that is missing. The error says which file
+    /// is missing or lacks what, for an image caph-image did not build.
+    pub fn from_image_files(
+        release: Option<&str>,
+        modules: Option<&str>,
+        sysctls: Option<&str>,
+    ) -> Result<NodePromise, String> {
+        let missing = |path: &str| {
+            format!(
+                "{path} is missing: the image was not built by caph-image, so it promises no node checks"
+            )
+        };
+        let release = release.ok_or_else(|| missing(RELEASE_PATH))?;
+        let modules = modules.ok_or_else(|| missing(MODULES_CONFIG_PATH))?;
+        let sysctls = sysctls.ok_or_else(|| missing(SYSCTL_CONFIG_PATH))?;
+        let kubernetes_version = release
+            .lines()
+            .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="))
+            // Written shell-quoted when it needs quotes; versions never do, but read either.
+            .map(|value| {
+                value
+                    .trim()
+                    .trim_matches(|c| c == '\'' || c == '"')
+                    .to_string()
+            })
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| format!("{RELEASE_PATH} has no KUBERNETES_VERSION line"))?;
+        let content_lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'))
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut promised_sysctls = BTreeMap::new();
+        for line in content_lines(sysctls) {
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(format!(
+                    "{SYSCTL_CONFIG_PATH}: \"{}\" is not `key = value`",
+                    crate::text::Escaped(&line)
+                ));
+            };
+            promised_sysctls.insert(key.trim().to_string(), value.trim().to_string());
+        }
+        Ok(NodePromise {
+            modules: content_lines(modules),
+            sysctls: promised_sysctls,
+            swap_off: false,
+            kubernetes_version,
+        })
+    }
+}
+
 /// The checks for a node made from `spec`, in a stable order.
 pub fn node_checks(spec: &ImageSpec) -> Vec<NodeCheck> {
+    promised_checks(&NodePromise::of_spec(spec))
+}
+
+/// The checks for a node that must keep `promise`, in a stable order.
+pub fn promised_checks(promise: &NodePromise) -> Vec<NodeCheck> {
     let mut checks = Vec::new();
     let mut push = |name: String, command: String, expect: Expect, needs: Needs| {
         checks.push(NodeCheck {
@@ -75,7 +172,7 @@ pub fn node_checks(spec: &ImageSpec) -> Vec<NodeCheck> {
             needs,
         });
     };
-    for module in node_modules(spec) {
+    for module in &promise.modules {
         push(
             format!("module {module}"),
             // A loaded module, built in or not, has its directory in /sys/module.
@@ -87,11 +184,7 @@ pub fn node_checks(spec: &ImageSpec) -> Vec<NodeCheck> {
             Needs::BootedNode,
         );
     }
-    let mut sysctls: BTreeMap<&str, &str> = REQUIRED_SYSCTLS.iter().copied().collect();
-    for (key, value) in &spec.system.sysctls {
-        sysctls.insert(key, value);
-    }
-    for (key, value) in &sysctls {
+    for (key, value) in &promise.sysctls {
         push(
             format!("sysctl-config {key}"),
             // The value `sysctl --system` would set: files in /etc/sysctl.d in name order, then
@@ -111,7 +204,7 @@ pub fn node_checks(spec: &ImageSpec) -> Vec<NodeCheck> {
             Needs::BootedNode,
         );
     }
-    if spec.system.disable_swap {
+    if promise.swap_off {
         push(
             "swap-in-fstab".to_string(),
             "awk '$1 !~ /^#/ && $3 == \"swap\"' /etc/fstab 2>/dev/null | wc -l".to_string(),
@@ -149,7 +242,7 @@ pub fn node_checks(spec: &ImageSpec) -> Vec<NodeCheck> {
     push(
         "kubelet-version".to_string(),
         "kubelet --version".to_string(),
-        Expect::Equals(format!("Kubernetes v{}", spec.kubernetes.version)),
+        Expect::Equals(format!("Kubernetes v{}", promise.kubernetes_version)),
         Needs::Files,
     );
     push(
@@ -200,6 +293,26 @@ pub fn checks_script(checks: &[NodeCheck]) -> String {
         let _ = writeln!(script, "( {} ) 2>/dev/null || true", check.command);
     }
     script
+}
+
+/// The first line of [`facts_script`]'s output when systemd is the init system.
+const SYSTEMD_RUNNING: &str = "systemd=running";
+
+/// [`checks_script`] preceded by whether systemd is the init system (`sd_booted()`'s test:
+/// `/run/systemd/system` exists only then), for a node that may not be booted with systemd (a
+/// chroot-like simulated machine); [`judge_facts`] reads both.
+pub fn facts_script(checks: &[NodeCheck]) -> String {
+    format!(
+        "if [ -d /run/systemd/system ]; then echo {SYSTEMD_RUNNING}; else echo systemd=not-running; fi\n{}",
+        checks_script(checks)
+    )
+}
+
+/// Judges [`facts_script`]'s `output`: where systemd was not the init system, the checks that
+/// need a booted node are not checked (never passed). Also says whether systemd ran.
+pub fn judge_facts(checks: &[NodeCheck], output: &str) -> (Vec<CheckResult>, bool) {
+    let booted = output.lines().next().map(str::trim) == Some(SYSTEMD_RUNNING);
+    (judge(checks, output, booted), booted)
 }
 
 /// The outcome of one check.
@@ -275,4 +388,78 @@ pub fn judge(checks: &[NodeCheck], output: &str, booted: bool) -> Vec<CheckResul
             }
         })
         .collect()
+}
+
+/// Whether a finding holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindingStatus {
+    /// It holds.
+    Ok,
+    /// It does not: the image fails.
+    Failed,
+    /// It could not be checked where the node ran (the detail says why); never a pass.
+    NotChecked,
+}
+
+impl FindingStatus {
+    /// The word a report shows: `ok`, `FAILED` or `not checked`.
+    pub fn word(self) -> &'static str {
+        match self {
+            FindingStatus::Ok => "ok",
+            FindingStatus::Failed => "FAILED",
+            FindingStatus::NotChecked => "not checked",
+        }
+    }
+}
+
+/// One row of a verification report: what was checked, whether it holds, and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Short kebab-case name (`cloud-init-status`, `sysctl net.ipv4.ip_forward`).
+    pub name: String,
+    /// Whether it holds.
+    pub status: FindingStatus,
+    /// What was seen, in one line.
+    pub detail: String,
+}
+
+impl Finding {
+    /// A finding that holds when `holds`, else fails.
+    pub fn judged(name: &str, holds: bool, detail: impl Into<String>) -> Finding {
+        Finding {
+            name: name.to_string(),
+            status: if holds {
+                FindingStatus::Ok
+            } else {
+                FindingStatus::Failed
+            },
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<&CheckResult> for Finding {
+    fn from(result: &CheckResult) -> Finding {
+        let (status, detail) = match &result.outcome {
+            Outcome::Passed => (
+                FindingStatus::Ok,
+                format!("printed {}", result.check.expect.describe()),
+            ),
+            Outcome::Failed(output) => (
+                FindingStatus::Failed,
+                format!(
+                    "`{}` printed \"{}\", expected {}",
+                    result.check.command,
+                    crate::text::Escaped(output.lines().next().unwrap_or_default()),
+                    result.check.expect.describe()
+                ),
+            ),
+            Outcome::NotChecked(why) => (FindingStatus::NotChecked, why.clone()),
+        };
+        Finding {
+            name: result.check.name.clone(),
+            status,
+            detail,
+        }
+    }
 }

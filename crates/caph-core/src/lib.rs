@@ -9,7 +9,9 @@
 pub mod arch;
 pub mod backend;
 pub mod checks;
+pub mod compression;
 pub mod diagnostic;
+pub mod firstboot;
 pub mod label;
 pub mod plan;
 pub mod releases;

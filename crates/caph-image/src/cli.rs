@@ -9,15 +9,27 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// table is in `exit_codes!`.
 pub const EXIT_FAILURE: u8 = 1;
 
+/// The exit code of a wrong command line (clap's), and of `verify`'s refused input.
+pub const EXIT_USAGE: u8 = 2;
+
 /// Every exit code, as `--help` and the man page show it (README.md has the same table). A
 /// macro, so that `concat!` can put it into the help texts.
 macro_rules! exit_codes {
     () => {
         "Exit codes:
   0    success, also when the reader of standard output stops early (such as head)
-  1    failure: an invalid spec, a refused input, a failed build
-  2    wrong usage: an unknown flag, a missing argument
+  1    failure: an invalid spec, a refused input, a failed build, a failed verify check
+  2    wrong usage: an unknown flag, a missing argument, input verify refuses
   130  interrupted (Ctrl-C or SIGTERM), after cleanup"
+    };
+}
+
+/// verify's exit codes, for its subcommands' help.
+macro_rules! verify_exit_codes {
+    () => {
+        "Exit codes: 0 every check passed (some may say not checked, with why), 1 a check
+failed or the run failed, 2 the input was refused (the message names the problem), 130
+interrupted, after cleanup."
     };
 }
 
@@ -161,6 +173,23 @@ Examples:
     /// Upload an existing disk image as a labelled snapshot
     #[command(subcommand)]
     Upload(UploadCommand),
+    /// Boot an image for real and check what Cluster API Provider Hetzner needs of its first boot
+    #[command(
+        subcommand,
+        after_help = "\
+verify tarball does on this machine what a dedicated server does with an installimage tarball
+under Cluster API Provider Hetzner (installimage, the NoCloud seed, the reboot, cloud-init): it
+needs root and QEMU, and no account. verify hcloud boots a server from a snapshot in your Hetzner
+Cloud project (HCLOUD_TOKEN) for a few minutes, and deletes it.
+
+Both print a table of checks (name, ok or FAILED, what was seen), or one JSON document with
+--output json, and exit with 1 when a check failed, 2 when the input was refused.
+
+Examples:
+  sudo caph-image verify tarball Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz
+  caph-image verify hcloud debian-12-k8s-v1.36.4 --arch arm"
+    )]
+    Verify(VerifyCommand),
     /// Dedicated servers in Robot
     #[command(subcommand)]
     Robot(RobotCommand),
@@ -260,6 +289,123 @@ Examples:
         /// On failure keep the server
         #[arg(long)]
         keep_on_error: bool,
+        #[command(flatten)]
+        api: HcloudArgs,
+    },
+}
+
+/// `verify` targets.
+#[derive(Debug, Subcommand)]
+pub enum VerifyCommand {
+    /// Install a tarball on a local disk as installimage does, boot it under QEMU, check its first boot
+    #[command(after_help = concat!("\
+What a dedicated server does with the tarball under Cluster API Provider Hetzner, done on this
+machine: a sparse disk file on a loop device gets an MS-DOS table with /boot (ext4, 1024M) and /
+(ext4, the rest); the tarball is extracted with GNU tar and installimage's options; fstab by UUID,
+hostname, hosts, the network for the VM's card, resolvers and sysctls are written as installimage
+writes them, a new SSH host key made for each type the tarball has a file for, then
+update-initramfs, grub-mkconfig and grub-install run chrooted in the new system. CAPH's
+post-install script's NoCloud seed goes into /var/lib/cloud/seed/nocloud-net: meta-data with the
+hostname and an instance id, and the user data (--user-data, or a built-in probe shaped like
+kubeadm's bootstrap: write_files, then a runcmd that writes a marker with the node's hostname).
+
+QEMU (x86, BIOS, emulated, no network beyond its own restricted user network) boots the disk
+through its GRUB, with progress while first boot runs (the VM reaches nothing outside it: user
+data that needs the network, a real kubeadm join, fails there, and the table shows cloud-init's
+error). Once cloud-init's final stage is over, a
+unit of verify's own (on this disk only) runs the node checks; the node is then shut down with
+Ctrl-Alt-Del and the disk read back. Checks: the boot (GRUB, multi-user, sshd, login prompt, no
+failed unit), cloud-init's status and result without errors as a new instance, the hostname,
+the probe's marker, SSH host keys and a machine id of the node's own, no SIGTERM in cloud-init's
+log (CAPH's test for an interrupted bootstrap), and the node checks the image promises in its
+/etc/caph-image-release, modules and sysctls files (containerd, kubelet, time sync, ...).
+
+The tarball is looked at first: one without cloud-init (or whose cloud-init ignores NoCloud), a
+kernel, an initramfs or grub-install, or not an x86_64 Debian or Ubuntu system, is refused before
+anything is made. Needs root, util-linux, fdisk, e2fsprogs, tar and qemu-system-x86. Nothing is
+left behind: no loop device, no mount (all mounts are in a namespace of this run), no file, also
+on Ctrl-C. A boot takes 2-5 minutes under emulation.
+
+Examples:
+  sudo caph-image verify tarball Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz
+  sudo caph-image verify tarball node.tar.gz --user-data bootstrap.yaml --hostname bm-node-1
+  sudo caph-image verify tarball node.tar.gz --output json --console-log console.log
+
+", verify_exit_codes!()))]
+    Tarball {
+        /// The installimage tarball
+        #[arg(value_name = "FILE")]
+        tarball: PathBuf,
+        /// User data for first boot: #cloud-config (a YAML mapping) or a #! script; default: the
+        /// built-in probe
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
+        /// The node's hostname (the seed's local-hostname, installimage's HOSTNAME)
+        #[arg(long, default_value = "caph-image-verify", value_parser = parse_hostname)]
+        hostname: String,
+        /// How long first boot may take, from power on to the end of cloud-init's final stage
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        boot_timeout: std::time::Duration,
+        /// Where the work directory with the sparse disk file is made (and removed again)
+        #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
+        work_dir: PathBuf,
+        /// Keep the serial console's log in this file
+        #[arg(long, value_name = "FILE")]
+        console_log: Option<PathBuf>,
+    },
+    /// Create a throwaway server from a snapshot with probe user data, check it over SSH, delete it
+    #[command(after_help = concat!("\
+SNAPSHOT is an image id, or a name looked up as Cluster API Provider Hetzner looks up imageName:
+the label caph-image-name=NAME, or a system image of that name, of the architecture (--arch, x86
+by default). A name CAPH finds twice is refused, as CAPH refuses it (ImageAmbiguous): give the id.
+
+A temporary SSH key and a server are created from the image, labelled caph-image-build=<run id>
+like a build's, so the run cleans them up on errors and Ctrl-C and `caph-image gc` finds what a
+killed run left. The server's user data is the probe (write_files, then a runcmd writing a marker
+with the server's hostname, as kubeadm's bootstrap does) plus an SSH host key made here, so the
+connection is pinned to it. Over SSH: cloud-init is polled as CAPH polls it until it is done, then
+checked: status and result without errors, a new instance (the server's id), the marker, only the
+pinned host key, a machine id written at this boot, no SIGTERM in cloud-init's log, no build key
+left in root's authorized_keys, and the node checks the image promises (for an image caph-image
+built). The server and key are deleted afterwards.
+
+Examples:
+  export HCLOUD_TOKEN=...
+  caph-image verify hcloud debian-12-k8s-v1.36.4
+  caph-image verify hcloud debian-12-k8s-v1.36.4 --arch arm --location hel1
+  caph-image verify hcloud 312345678 --output json
+
+Without a Hetzner account, --sim verifies a system image of a simulated cloud whose servers are
+real OpenSSH servers in chroots on this machine, running the image's own cloud-init:
+  sudo caph-image verify hcloud debian-12 --sim
+
+", verify_exit_codes!()))]
+    Hcloud {
+        /// The image: an id, or a caph-image-name as CAPH's imageName
+        #[arg(value_name = "SNAPSHOT")]
+        snapshot: String,
+        /// The architecture to look a name up for, and of the server (default: x86, or the
+        /// image's when given by id)
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<caph_core::Arch>,
+        /// Locations in order of preference, comma-separated
+        #[arg(long = "location", value_name = "LOCATION", value_delimiter = ',', value_parser = parse_field, default_value = "fsn1,nbg1,hel1")]
+        locations: Vec<String>,
+        /// Server types in order of preference, comma-separated (default: cx23 for x86, cax11
+        /// for arm)
+        #[arg(long = "server-type", value_name = "TYPE", value_delimiter = ',', value_parser = parse_field)]
+        server_types: Vec<String>,
+        /// How long cloud-init may take on the server after SSH answers
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        boot_timeout: std::time::Duration,
+        /// Verify one of the system images (debian-12, ubuntu-24.04) of a Hetzner Cloud
+        /// simulator in this process instead of your project: no token, nothing billed (needs
+        /// root, sshd and mmdebstrap)
+        #[arg(long)]
+        sim: bool,
+        /// With --sim: how many times faster than real time the simulated cloud runs
+        #[arg(long, value_name = "F", default_value = "1", requires = "sim", value_parser = parse_speed)]
+        sim_speed: f64,
         #[command(flatten)]
         api: HcloudArgs,
     },
@@ -607,6 +753,25 @@ fn parse_field(text: &str) -> Result<String, String> {
                 problem.describe()
             )
         })
+}
+
+/// A hostname: one DNS label (installimage's HOSTNAME, cloud-init's local-hostname).
+fn parse_hostname(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "\"{}\" is not a hostname: use 1-63 of a-z, 0-9 and -, not starting or ending with -",
+            caph_core::text::Escaped(text)
+        ))
+    }
 }
 
 fn parse_arch(text: &str) -> Result<caph_core::Arch, String> {

@@ -21,7 +21,12 @@ use crate::text::{self, UnsafeLine};
 use shell::Script;
 
 /// The line-oriented files the plan writes with values from the spec.
-const MODULES_FILE: &str = "/etc/modules-load.d/caph-image.conf";
+/// Where the node's kernel modules are listed, one a line, for systemd-modules-load.
+pub const MODULES_CONFIG_PATH: &str = "/etc/modules-load.d/caph-image.conf";
+
+/// The image's provenance, written like os-release (`KEY=value` lines a shell can source): the
+/// spec, the versions, the target and the build.
+pub const RELEASE_PATH: &str = "/etc/caph-image-release";
 const APT_SOURCES_FILE: &str = "/etc/apt/sources.list.d/kubernetes.list";
 
 /// Where a plan runs, which changes what can be done live.
@@ -273,6 +278,10 @@ pub const BASE_PACKAGES: &[&str] = &[
     "ca-certificates",
     "conntrack",
     "curl",
+    // The system bus: kubelet's graceful node shutdown takes its inhibitor lock from logind over
+    // D-Bus, `timedatectl` and `hostnamectl` ask their daemons over it, and logind (which needs
+    // it) is what turns the power button into a clean shutdown. Minimal roots lack it.
+    "dbus",
     "ebtables",
     "ethtool",
     "gnupg",
@@ -320,9 +329,9 @@ pub fn render(spec: &ImageSpec, target: Target, arch: Arch) -> Result<Plan, Unsa
     let modules = node_modules(spec);
     steps.push(file(
         "kernel-modules-config",
-        MODULES_FILE,
+        MODULES_CONFIG_PATH,
         0o644,
-        checked_lines(MODULES_FILE, &modules)?,
+        checked_lines(MODULES_CONFIG_PATH, &modules)?,
     ));
     steps.push(file(
         "sysctl-config",
@@ -1005,8 +1014,8 @@ fn provenance(spec: &ImageSpec, target: Target, arch: Arch) -> String {
     script.line("  printf 'BUILD_ID=%s\\n' \"${CAPH_BUILD_ID:-unknown}\"");
     script.line("  printf 'BUILD_TIME=%s\\n' \"${CAPH_BUILD_TIME:-unknown}\"");
     script.line("  printf 'BUILDER=\"%s\"\\n' \"${CAPH_BUILDER:-caph-image}\"");
-    script.line("} > /etc/caph-image-release");
-    script.line("chmod 0644 /etc/caph-image-release");
+    script.line(format!("}} > {RELEASE_PATH}"));
+    script.line(format!("chmod 0644 {RELEASE_PATH}"));
     script.finish()
 }
 

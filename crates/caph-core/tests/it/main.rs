@@ -1,6 +1,7 @@
 //! Integration tests of caph-core through its public interface: specs in, diagnostics or plans out.
 
 mod compat_rules;
+mod firstboot;
 mod hostile;
 mod plans;
 mod properties;

@@ -13,60 +13,7 @@ pub const HEAD_BYTES: usize = 1024 * 1024;
 /// of what an image is not (an ext superblock at 1 KiB, an ISO 9660 volume descriptor at 32 KiB).
 const INSPECTED_BYTES: usize = 64 * 1024;
 
-/// How the image file is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Not compressed.
-    None,
-    /// xz.
-    Xz,
-    /// Zstandard.
-    Zstd,
-    /// bzip2.
-    Bzip2,
-    /// gzip.
-    Gzip,
-}
-
-impl Compression {
-    /// By the file's magic number.
-    pub fn detect(head: &[u8]) -> Compression {
-        if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-            Compression::Xz
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else if head.starts_with(b"BZh") {
-            Compression::Bzip2
-        } else if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else {
-            Compression::None
-        }
-    }
-
-    /// The program that decompresses it to stdout, here and on the rescue system.
-    pub fn decompressor(self) -> Option<&'static str> {
-        match self {
-            Compression::None => None,
-            Compression::Xz => Some("xz"),
-            Compression::Zstd => Some("zstd"),
-            Compression::Bzip2 => Some("bzip2"),
-            Compression::Gzip => Some("gzip"),
-        }
-    }
-}
-
-impl std::fmt::Display for Compression {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self {
-            Compression::None => "uncompressed",
-            Compression::Xz => "xz",
-            Compression::Zstd => "zstd",
-            Compression::Bzip2 => "bzip2",
-            Compression::Gzip => "gzip",
-        })
-    }
-}
+pub use caph_core::compression::Compression;
 
 /// The disk image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

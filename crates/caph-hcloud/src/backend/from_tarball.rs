@@ -376,24 +376,20 @@ async fn tarball_work(
 ) -> Result<Artifact, ArchFailure> {
     let (context, tracker) = (job.context, job.tracker);
     let arch = request.arch;
+    // Preflight checked that the spec names one for this architecture.
     let base_image = request
         .spec
         .base
         .hcloud_images
         .get(&arch)
-        .cloned()
-        .unwrap_or_default();
+        .map_or("", String::as_str);
     let RescueServer {
         id: server_id,
         session,
         built_on,
         passed_over,
     } = job
-        .boot_rescue(
-            &base_image,
-            &placement.candidates,
-            placement.skipped.clone(),
-        )
+        .boot_rescue(base_image, &placement.candidates, placement.skipped.clone())
         .await?;
 
     run_step(

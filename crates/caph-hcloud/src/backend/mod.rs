@@ -21,6 +21,7 @@ pub mod placement;
 mod rescue;
 mod run;
 pub mod upload;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;

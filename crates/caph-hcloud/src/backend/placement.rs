@@ -120,6 +120,42 @@ pub fn location_problems(offer: &Offer, locations: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The offer read once, and the pairs one architecture's temporary server can go on: the
+/// placement when there is one, and every problem with the locations and the types (for a
+/// preflight error). Uploads and verifications, which run one architecture, start with it.
+pub(crate) async fn read_and_plan(
+    client: &crate::client::Client,
+    arch: Arch,
+    server_types: &[String],
+    locations: &[String],
+) -> Result<(Option<ArchPlacement>, Vec<String>), caph_core::backend::BackendError> {
+    let offer =
+        Offer::read(client)
+            .await
+            .map_err(|error| caph_core::backend::BackendError::Failed {
+                context: "checking the API token, locations and server types".to_string(),
+                source: Box::new(error),
+            })?;
+    let mut problems = location_problems(&offer, locations);
+    let placement = match plan(&offer, arch, server_types, locations) {
+        Ok(placement) => Some(placement),
+        Err(found) => {
+            problems.extend(found);
+            None
+        }
+    };
+    Ok((placement, problems))
+}
+
+/// The server type a one-architecture job takes when none is given: the smallest of the
+/// architecture (`cx23`, `cax11`).
+pub fn default_server_type(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86 => "cx23",
+        Arch::Arm => "cax11",
+    }
+}
+
 /// The pairs `arch` can be built on, or the problems that stop it (each naming alternatives).
 pub fn plan(
     offer: &Offer,

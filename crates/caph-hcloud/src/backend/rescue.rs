@@ -6,12 +6,12 @@
 //! that a clean shutdown would save).
 
 use caph_core::backend::Phase;
-use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, Session, TofuPin};
+use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, Session, TofuPin};
 
-use super::naming::{BuiltOn, temporary_labels};
+use super::naming::{BuiltOn, temporary_name};
 use super::placement::Candidate;
-use super::run::{ArchFailure, CreateAttempt, Job, api, ssh};
-use crate::client::{CreateServerRequest, IdOrName, ServerId, ServerStatus};
+use super::run::{ArchFailure, Job, api, ssh};
+use crate::client::{IdOrName, ServerId, ServerStatus};
 
 /// The disk of a Hetzner Cloud server as its rescue system sees it.
 pub const DISK_DEVICE: &str = "/dev/sda";
@@ -33,37 +33,28 @@ impl Job<'_> {
         &self,
         base_image: &str,
         candidates: &[Candidate],
-        mut passed_over: Vec<String>,
+        passed_over: Vec<String>,
     ) -> Result<RescueServer, ArchFailure> {
         let (client, config, context, tracker) =
             (self.client, self.config, self.context, self.tracker);
-        let (name, client_key, ssh_key) = self.create_client_key("rescue").await?;
-
-        let mut created = None;
-        for (index, candidate) in candidates.iter().enumerate() {
-            let mut create = CreateServerRequest::new(
-                name.clone(),
-                IdOrName::Name(candidate.server_type.clone()),
-                IdOrName::Name(base_image.to_string()),
-            );
-            create.location = Some(IdOrName::Name(candidate.location.clone()));
-            create.ssh_keys = vec![IdOrName::Id(ssh_key.0)];
-            create.labels = temporary_labels(&context.build_id);
-            create.start_after_create = Some(false);
-            match self.create_on(&create, ServerStatus::Off).await {
-                Ok((server_id, address)) => {
-                    created = Some((server_id, address, candidate.clone()));
-                    break;
-                }
-                Err(CreateAttempt::NoCapacity(reason)) => {
-                    passed_over.push(self.pass_over(candidate, &reason, candidates.get(index + 1)));
-                }
-                Err(CreateAttempt::Failed(failure)) => return Err(failure),
-            }
-        }
-        let Some((server_id, address, candidate)) = created else {
-            return Err(ArchFailure::NoCapacity { tried: passed_over });
-        };
+        let name = temporary_name(&context.build_id, tracker.arch());
+        tracker.enter(context, Phase::Create, format!("server {name}"));
+        let client_key =
+            KeyPair::generate_ed25519(&format!("caph-image rescue {}", context.build_id))?;
+        let ssh_key = self.create_temporary_key(&name, &client_key).await?;
+        let created = self
+            .create_on_candidates(candidates, ServerStatus::Off, passed_over, |candidate| {
+                let mut create = self.server_request(
+                    &name,
+                    IdOrName::Name(base_image.to_string()),
+                    candidate,
+                    ssh_key,
+                );
+                create.start_after_create = Some(false);
+                create
+            })
+            .await?;
+        let (server_id, address, candidate) = (created.id, created.address, created.candidate);
 
         tracker.enter(context, Phase::Connect, "the rescue system");
         let rescue = client
@@ -116,7 +107,7 @@ impl Job<'_> {
                 server_type: candidate.server_type.clone(),
                 location: candidate.location.clone(),
             },
-            passed_over,
+            passed_over: created.passed_over,
         })
     }
 

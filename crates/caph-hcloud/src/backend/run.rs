@@ -18,12 +18,12 @@ use super::naming::{
     self, BuiltOn, final_snapshot_labels, pending_snapshot_labels, snapshot_description,
     temporary_labels, temporary_name,
 };
-use super::placement::{self, ArchPlacement};
+use super::placement::{self, ArchPlacement, Candidate};
 use super::{HcloudBackendConfig, cloud_init, lookup};
 use crate::client::CreateSshKeyRequest;
 use crate::client::{Client, Error as ClientError, SecretString};
 use crate::client::{CreateImageRequest, CreateServerRequest};
-use crate::client::{IdOrName, ImageId, ImageStatus, ServerId, ServerStatus};
+use crate::client::{IdOrName, ImageId, ImageStatus, ServerId, ServerStatus, SshKeyId};
 
 /// How many of a failing step's last output lines go into the error.
 const FAILURE_TAIL_LINES: usize = 20;
@@ -133,6 +133,11 @@ impl Tracker {
         }
     }
 
+    /// The architecture this unit of work is for.
+    pub(crate) fn arch(&self) -> Arch {
+        self.arch
+    }
+
     pub(crate) fn say(&self, context: &Context, line: impl Into<String>) {
         context.progress.event(ProgressEvent::Output {
             scope: self.arch.to_string(),
@@ -141,9 +146,10 @@ impl Tracker {
     }
 }
 
-/// The outcome of one architecture.
-pub(crate) enum ArchOutcome {
-    Built(Artifact),
+/// The outcome of one unit of work (an architecture's build, an upload, a verification): what it
+/// made, or how it failed.
+pub(crate) enum ArchOutcome<T = Artifact> {
+    Built(T),
     Failed {
         phase: Phase,
         failure: ArchFailure,
@@ -176,13 +182,14 @@ pub(crate) async fn build_all(
         &format!("the build of {}", request.spec.image.name),
         &request.architectures,
         outcomes,
+        |artifact| format!("{} snapshot {}", artifact.arch, artifact.id),
     )
     .await
 }
 
 /// One unit of work that is not a build of architectures (an upload, a build from a tarball):
 /// supervised as a build's architecture is, then the sweep; its artifact, or the error naming
-/// `work` and the cleanup.
+/// `work_name` and the cleanup.
 pub(crate) async fn run_one(
     job: &Job<'_>,
     keep_on_error: bool,
@@ -198,6 +205,7 @@ pub(crate) async fn run_one(
         work_name,
         &[tracker.arch],
         vec![outcome],
+        |artifact| format!("{} snapshot {}", artifact.arch, artifact.id),
     )
     .await?;
     artifacts.pop().ok_or_else(|| BackendError::Failed {
@@ -208,14 +216,15 @@ pub(crate) async fn run_one(
 
 /// Sweeps what still carries the build label and turns the units' outcomes into the result:
 /// the artifacts, or an error naming each failure and its cleanup.
-pub(crate) async fn finish_all(
+pub(crate) async fn finish_all<T>(
     client: &Client,
     config: &HcloudBackendConfig,
     context: &Context,
     work: &str,
     architectures: &[Arch],
-    outcomes: Vec<ArchOutcome>,
-) -> Result<Vec<Artifact>, BackendError> {
+    outcomes: Vec<ArchOutcome<T>>,
+    describe: impl Fn(&T) -> String,
+) -> Result<Vec<T>, BackendError> {
     // Layer two: whatever still carries this build's label (a create whose answer was lost, say)
     // goes too, except servers kept on purpose. It runs even after cancellation, bounded in time.
     let kept: Vec<ServerId> = outcomes
@@ -302,10 +311,7 @@ pub(crate) async fn finish_all(
         return Err(BackendError::Cancelled { phase, cleanup });
     }
     if !failures.is_empty() {
-        let built: Vec<String> = artifacts
-            .iter()
-            .map(|a| format!("{} snapshot {}", a.arch, a.id))
-            .collect();
+        let built: Vec<String> = artifacts.iter().map(describe).collect();
         let mut report = failures.join("\n");
         if !built.is_empty() {
             report.push_str(&format!("\nbuilt anyway: {}", built.join(", ")));
@@ -356,14 +362,14 @@ impl Tracker {
 /// Runs one unit of work (an architecture's build, an upload) until it ends or the context is
 /// cancelled, then cleans up what its ledger holds unless it succeeded (or, with
 /// `keep_on_error`, keeps the server for debugging).
-pub(crate) async fn supervise(
+pub(crate) async fn supervise<T>(
     client: &Client,
     config: &HcloudBackendConfig,
     context: &Context,
     tracker: &Tracker,
     keep_on_error: bool,
-    work: impl Future<Output = Result<Artifact, ArchFailure>>,
-) -> ArchOutcome {
+    work: impl Future<Output = Result<T, ArchFailure>>,
+) -> ArchOutcome<T> {
     let arch = tracker.arch;
     // Layer one: on cancellation the work future is dropped wherever it waits; the ledger it
     // filled survives it, and cleanup runs from here.
@@ -539,6 +545,16 @@ struct BuildServer {
     passed_over: Vec<String>,
 }
 
+/// A server created on one of the preferred pairs.
+pub(crate) struct CreatedServer {
+    pub(crate) id: ServerId,
+    pub(crate) address: SocketAddr,
+    /// The pair it was created on.
+    pub(crate) candidate: Candidate,
+    /// Preferred pairs passed over, with the reason: `cx23 in fsn1: sold out`.
+    pub(crate) passed_over: Vec<String>,
+}
+
 /// Why one create attempt did not give a running server.
 pub(crate) enum CreateAttempt {
     /// The pair has no capacity now: try the next one.
@@ -628,14 +644,18 @@ impl ArchBuild<'_> {
     async fn create_server(&self) -> Result<BuildServer, ArchFailure> {
         let (client, context, tracker) = (self.client, self.context, self.tracker);
         let arch = tracker.arch;
+        let name = temporary_name(&context.build_id, arch);
+        tracker.enter(context, Phase::Create, format!("server {name}"));
+        let client_key =
+            KeyPair::generate_ed25519(&format!("caph-image build {}", context.build_id))?;
+        let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
         let job = Job {
             client,
             config: self.config,
             context,
             tracker,
         };
-        let (name, client_key, ssh_key) = job.create_client_key("build").await?;
-        let host_key = KeyPair::generate_ed25519(&format!("caph-image host {}", context.build_id))?;
+        let ssh_key = job.create_temporary_key(&name, &client_key).await?;
 
         let base_image = self
             .spec
@@ -646,86 +666,66 @@ impl ArchBuild<'_> {
             .unwrap_or_default();
         let user_data = SecretString::new(cloud_init::host_key_user_data(&host_key)?);
         // Preferred pairs preflight found unorderable count as tried: an error lists them all.
-        let mut passed_over: Vec<String> = self.placement.skipped.clone();
-        for (index, candidate) in self.placement.candidates.iter().enumerate() {
-            let mut create = CreateServerRequest::new(
-                name.clone(),
-                IdOrName::Name(candidate.server_type.clone()),
-                IdOrName::Name(base_image.clone()),
-            );
-            create.location = Some(IdOrName::Name(candidate.location.clone()));
-            create.ssh_keys = vec![IdOrName::Id(ssh_key.0)];
-            create.user_data = Some(user_data.clone());
-            create.labels = temporary_labels(&context.build_id);
-            tracker.say(context, format!("creating the server on {candidate}"));
-            match job.create_on(&create, ServerStatus::Running).await {
-                Ok((server_id, address)) => {
-                    let access = Access {
-                        address,
-                        client_key: client_key.clone(),
-                        host_key_line: host_key.public_key().to_openssh(),
-                    };
-                    match tracker.access.lock() {
-                        Ok(mut guard) => *guard = Some(access),
-                        Err(poisoned) => *poisoned.into_inner() = Some(access),
-                    }
-                    let first = &self.placement.candidates[0];
-                    if candidate.disk_gb > first.disk_gb {
-                        context.progress.event(ProgressEvent::Warning {
-                            scope: arch.to_string(),
-                            message: format!(
-                                "built on {}: the snapshot's disk is {} GB, so it will not fit {} ({} GB)",
-                                candidate.server_type, candidate.disk_gb, first.server_type, first.disk_gb
-                            ),
-                        });
-                    }
-                    return Ok(BuildServer {
-                        id: server_id,
-                        address,
-                        client_key,
-                        host_key,
-                        built_on: BuiltOn {
-                            server_type: candidate.server_type.clone(),
-                            location: candidate.location.clone(),
-                        },
-                        passed_over,
-                    });
-                }
-                Err(CreateAttempt::NoCapacity(reason)) => {
-                    let next = self.placement.candidates.get(index + 1);
-                    passed_over.push(job.pass_over(candidate, &reason, next));
-                }
-                Err(CreateAttempt::Failed(failure)) => return Err(failure),
-            }
+        let created = job
+            .create_on_candidates(
+                &self.placement.candidates,
+                ServerStatus::Running,
+                self.placement.skipped.clone(),
+                |candidate| {
+                    let mut create = job.server_request(
+                        &name,
+                        IdOrName::Name(base_image.clone()),
+                        candidate,
+                        ssh_key,
+                    );
+                    create.user_data = Some(user_data.clone());
+                    create
+                },
+            )
+            .await?;
+        let access = Access {
+            address: created.address,
+            client_key: client_key.clone(),
+            host_key_line: host_key.public_key().to_openssh(),
+        };
+        match tracker.access.lock() {
+            Ok(mut guard) => *guard = Some(access),
+            Err(poisoned) => *poisoned.into_inner() = Some(access),
         }
-        Err(ArchFailure::NoCapacity { tried: passed_over })
+        let candidate = &created.candidate;
+        let first = &self.placement.candidates[0];
+        if candidate.disk_gb > first.disk_gb {
+            context.progress.event(ProgressEvent::Warning {
+                scope: arch.to_string(),
+                message: format!(
+                    "built on {}: the snapshot's disk is {} GB, so it will not fit {} ({} GB)",
+                    candidate.server_type, candidate.disk_gb, first.server_type, first.disk_gb
+                ),
+            });
+        }
+        Ok(BuildServer {
+            id: created.id,
+            address: created.address,
+            client_key,
+            host_key,
+            built_on: BuiltOn {
+                server_type: candidate.server_type.clone(),
+                location: candidate.location.clone(),
+            },
+            passed_over: created.passed_over,
+        })
     }
 
     /// Connect, pinning the host key we generated.
     async fn connect(&self, server: &BuildServer) -> Result<Session, ArchFailure> {
-        let (context, tracker) = (self.context, self.tracker);
-        let address = server.address;
-        tracker.enter(
-            context,
-            Phase::Connect,
-            format!("{address}, host key {}", server.host_key.fingerprint()),
-        );
-        let mut connect = ConnectConfig::new(
-            address,
-            "root",
-            server.client_key.clone(),
-            HostKeyPolicy::Pinned(server.host_key.public_key()),
-        );
-        connect.deadline = self.config.connect_deadline;
-        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
-            if let ConnectEvent::Retrying { attempt, error, .. } = event
-                && attempt % 5 == 1
-            {
-                tracker.say(context, format!("waiting for SSH ({error})"));
-            }
-        })
-        .await
-        .map_err(ssh(format!("connecting to {address}")))
+        let job = Job {
+            client: self.client,
+            config: self.config,
+            context: self.context,
+            tracker: self.tracker,
+        };
+        job.connect_pinned(server.address, &server.client_key, &server.host_key)
+            .await
     }
 
     /// Provision: the same plan the tarball target runs.
@@ -755,49 +755,6 @@ pub(crate) struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// The create phase's start: the temporary name, a client key made in memory for `purpose`
-    /// (`build`, `rescue`) and registered at the API under that name, in the ledger before
-    /// anything else is awaited.
-    pub(crate) async fn create_client_key(
-        &self,
-        purpose: &str,
-    ) -> Result<(String, KeyPair, crate::client::SshKeyId), ArchFailure> {
-        let (context, tracker) = (self.context, self.tracker);
-        let name = temporary_name(&context.build_id, tracker.arch);
-        tracker.enter(context, Phase::Create, format!("server {name}"));
-        let client_key =
-            KeyPair::generate_ed25519(&format!("caph-image {purpose} {}", context.build_id))?;
-        let ssh_key = self
-            .client
-            .create_ssh_key(&CreateSshKeyRequest {
-                name: name.clone(),
-                public_key: client_key.public_key().to_openssh(),
-                labels: temporary_labels(&context.build_id),
-            })
-            .await
-            .map_err(api("creating the temporary SSH key"))?;
-        ledger::update(&tracker.ledger, |ledger| ledger.ssh_key = Some(ssh_key.id));
-        Ok((name, client_key, ssh_key.id))
-    }
-
-    /// Says that `candidate` had no capacity and what comes next (a progress warning); the line
-    /// for the result's notes and a final error.
-    pub(crate) fn pass_over(
-        &self,
-        candidate: &placement::Candidate,
-        reason: &str,
-        next: Option<&placement::Candidate>,
-    ) -> String {
-        let next = next.map_or("no preferred pair is left".to_string(), |next| {
-            format!("trying {next}")
-        });
-        self.context.progress.event(ProgressEvent::Warning {
-            scope: self.tracker.arch.to_string(),
-            message: format!("{candidate}: {reason}; {next}"),
-        });
-        format!("{candidate}: {reason}")
-    }
-
     /// One create on one (type, location) pair, waited for until the server is `wanted`; a pair without
     /// capacity, whether the API refuses the create or its action fails, leaves no server.
     pub(crate) async fn create_on(
@@ -869,6 +826,123 @@ impl Job<'_> {
             self.config.ssh_port,
         );
         Ok((server_id, address))
+    }
+
+    /// The run's temporary SSH key at the API (`name`, the run's label), in the ledger before
+    /// anything else happens.
+    pub(crate) async fn create_temporary_key(
+        &self,
+        name: &str,
+        key: &KeyPair,
+    ) -> Result<SshKeyId, ArchFailure> {
+        let ssh_key = self
+            .client
+            .create_ssh_key(&CreateSshKeyRequest {
+                name: name.to_string(),
+                public_key: key.public_key().to_openssh(),
+                labels: temporary_labels(&self.context.build_id),
+            })
+            .await
+            .map_err(api("creating the temporary SSH key"))?;
+        ledger::update(&self.tracker.ledger, |ledger| {
+            ledger.ssh_key = Some(ssh_key.id)
+        });
+        Ok(ssh_key.id)
+    }
+
+    /// The create request of a temporary server `name` from `image` on `candidate`, reached
+    /// with `ssh_key` and labelled with the run's label.
+    pub(crate) fn server_request(
+        &self,
+        name: &str,
+        image: IdOrName,
+        candidate: &Candidate,
+        ssh_key: SshKeyId,
+    ) -> CreateServerRequest {
+        let mut create = CreateServerRequest::new(
+            name.to_string(),
+            IdOrName::Name(candidate.server_type.clone()),
+            image,
+        );
+        create.location = Some(IdOrName::Name(candidate.location.clone()));
+        create.ssh_keys = vec![IdOrName::Id(ssh_key.0)];
+        create.labels = temporary_labels(&self.context.build_id);
+        create
+    }
+
+    /// Connects as root with `client_key`, pinning `host_key` (the one given to the server
+    /// through its user data), retrying until the server answers.
+    pub(crate) async fn connect_pinned(
+        &self,
+        address: SocketAddr,
+        client_key: &KeyPair,
+        host_key: &KeyPair,
+    ) -> Result<Session, ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        tracker.enter(
+            context,
+            Phase::Connect,
+            format!("{address}, host key {}", host_key.fingerprint()),
+        );
+        let mut connect = ConnectConfig::new(
+            address,
+            "root",
+            client_key.clone(),
+            HostKeyPolicy::Pinned(host_key.public_key()),
+        );
+        connect.deadline = self.config.connect_deadline;
+        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| {
+            if let ConnectEvent::Retrying { attempt, error, .. } = event
+                && attempt % 5 == 1
+            {
+                tracker.say(context, format!("waiting for SSH ({error})"));
+            }
+        })
+        .await
+        .map_err(ssh(format!("connecting to {address}")))
+    }
+
+    /// Creates the server on the first (type, location) pair of `candidates` that has room,
+    /// moving on after a capacity error with a warning; `request_for` makes the create request
+    /// for a pair. `passed_over` starts with pairs skipped before (preflight's), and the result
+    /// or the error lists every pair passed over with the reason.
+    pub(crate) async fn create_on_candidates(
+        &self,
+        candidates: &[Candidate],
+        wanted: ServerStatus,
+        mut passed_over: Vec<String>,
+        request_for: impl Fn(&Candidate) -> CreateServerRequest,
+    ) -> Result<CreatedServer, ArchFailure> {
+        let (context, tracker) = (self.context, self.tracker);
+        for (index, candidate) in candidates.iter().enumerate() {
+            tracker.say(context, format!("creating the server on {candidate}"));
+            match self
+                .create_on(&request_for(candidate), wanted.clone())
+                .await
+            {
+                Ok((id, address)) => {
+                    return Ok(CreatedServer {
+                        id,
+                        address,
+                        candidate: candidate.clone(),
+                        passed_over,
+                    });
+                }
+                Err(CreateAttempt::NoCapacity(reason)) => {
+                    let next = match candidates.get(index + 1) {
+                        Some(next) => format!("trying {next}"),
+                        None => "no preferred pair is left".to_string(),
+                    };
+                    context.progress.event(ProgressEvent::Warning {
+                        scope: tracker.arch.to_string(),
+                        message: format!("{candidate}: {reason}; {next}"),
+                    });
+                    passed_over.push(format!("{candidate}: {reason}"));
+                }
+                Err(CreateAttempt::Failed(failure)) => return Err(failure),
+            }
+        }
+        Err(ArchFailure::NoCapacity { tried: passed_over })
     }
 
     /// Shut down and wait until really off; fall back to a hard poweroff.

@@ -23,7 +23,7 @@ use super::disk_image::{self, Compression, Inspected};
 use super::lookup;
 use super::naming::BuiltOn;
 use super::naming::{BUILD_LABEL, BUILT_BY, BUILT_BY_LABEL, NAME_LABEL, PENDING_NAME_LABEL};
-use super::placement::{self, Candidate, Offer};
+use super::placement::{self, Candidate};
 use super::rescue::{DISK_DEVICE, RescueServer};
 use super::run::{self, ArchFailure, Job, Tracker, ssh};
 use crate::client::Labels;
@@ -212,25 +212,13 @@ impl HcloudBackend {
         request: &UploadRequest,
     ) -> Result<Artifact, BackendError> {
         let client = self.client();
-        let offer = Offer::read(client)
-            .await
-            .map_err(|error| BackendError::Failed {
-                context: "checking the API token, locations and server types".to_string(),
-                source: Box::new(error),
-            })?;
-        let mut problems = placement::location_problems(&offer, &request.locations);
-        let placement = match placement::plan(
-            &offer,
+        let (placement, mut problems) = placement::read_and_plan(
+            client,
             request.arch,
             &request.server_types,
             &request.locations,
-        ) {
-            Ok(placement) => Some(placement),
-            Err(found) => {
-                problems.extend(found);
-                None
-            }
-        };
+        )
+        .await?;
         let taken = lookup::caph_lookup(client, &request.name, request.arch)
             .await
             .map_err(|error| BackendError::Failed {

@@ -20,11 +20,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_CANCELLED, cancel_on_signals, from_tarball, runtime, sim};
-use crate::cli::{EXIT_FAILURE, GlobalArgs, HcloudArgs, OutputFormat};
+use crate::cli::{EXIT_FAILURE, EXIT_USAGE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::progress::Progress;
-
-/// The exit code of a wrong command line, as clap gives it.
-pub(super) const EXIT_USAGE: u8 = 2;
 use crate::{output, spec_files, templates};
 
 /// Options of `build hcloud`.
@@ -121,13 +118,24 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     // simulator's tasks, which release the last references to the machines: they are killed and
     // their directory removed before the process exits, on every path out of this function.
     let simulated = match options.sim {
-        Some(speed) => Some(runtime.block_on(SimCloud::start(
-            speed,
-            &spec,
-            &architectures,
-            &progress,
-            options.dry_run,
-        ))?),
+        Some(speed) => {
+            let images: Vec<(String, Arch)> = architectures
+                .iter()
+                .filter_map(|arch| {
+                    spec.base
+                        .hcloud_images
+                        .get(arch)
+                        .map(|image| (image.clone(), *arch))
+                })
+                .collect();
+            Some(runtime.block_on(SimCloud::start(
+                speed,
+                &images,
+                &progress,
+                options.dry_run,
+                "caph-image build hcloud SPEC --sim",
+            ))?)
+        }
         None => None,
     };
     let client = match &simulated {
@@ -330,7 +338,7 @@ pub(super) struct TarballPrinted<'a> {
 
 /// `--sim`: a Hetzner Cloud API simulator in this process, whose servers are real OpenSSH
 /// servers in chroots on this machine (`caph_sim::machine::SshMachines`).
-struct SimCloud {
+pub(super) struct SimCloud {
     /// Dropped before `_machines` (field order): the API stops before its machines go.
     sim: HcloudSim,
     /// Dropping the last reference kills every machine and removes its directory.
@@ -359,13 +367,14 @@ impl SimSummary {
 
 impl SimCloud {
     /// Starts the simulator and, unless this is a dry run (which creates no server), its SSH
-    /// machines with the root filesystem of every requested architecture built or found first.
-    async fn start(
+    /// machines with the root filesystem of each system image and architecture in `images`
+    /// built or found first; `command` is the command line to suggest as root.
+    pub(super) async fn start(
         speed: f64,
-        spec: &caph_core::ImageSpec,
-        architectures: &[Arch],
+        images: &[(String, Arch)],
         progress: &Arc<Progress>,
         dry_run: bool,
+        command: &str,
     ) -> anyhow::Result<SimCloud> {
         if Token::from_env().is_some() {
             output::note(
@@ -375,7 +384,7 @@ impl SimCloud {
         let machines = if dry_run {
             None
         } else {
-            Some(Self::machines(spec, architectures, progress).await?)
+            Some(Self::machines(images, progress, command).await?)
         };
         // A token of this run only: nothing else on the machine can use the simulator's API.
         let token = format!("sim-{:032x}", rand::random::<u128>());
@@ -407,28 +416,25 @@ impl SimCloud {
         })
     }
 
-    /// The SSH machines, with each architecture's root filesystem ready: a cold cache is built
-    /// with mmdebstrap here, with progress, instead of holding up the first `POST /servers`.
+    /// The SSH machines, with each image's root filesystem ready: a cold cache is built with
+    /// mmdebstrap here, with progress, instead of holding up the first `POST /servers`.
     async fn machines(
-        spec: &caph_core::ImageSpec,
-        architectures: &[Arch],
+        images: &[(String, Arch)],
         progress: &Arc<Progress>,
+        command: &str,
     ) -> anyhow::Result<Arc<SshMachines>> {
         let machines = sim::Machines::start(
-            progress,
-            "caph-image build hcloud SPEC --sim",
+            progress, command,
             // POST /servers answers at once, as the real API does, while the disk is copied.
             true,
         )?;
-        for arch in architectures {
-            let Some(image) = spec.base.hcloud_images.get(arch) else {
-                continue;
-            };
+        for (image, arch) in images {
             machines.prepare(image, *arch).await.map_err(|error| {
-                let others: Vec<String> = architectures
+                let others: Vec<String> = images
                     .iter()
-                    .filter(|other| *other != arch)
-                    .map(Arch::to_string)
+                    .map(|(_, other)| *other)
+                    .filter(|other| other != arch)
+                    .map(|other| other.to_string())
                     .collect();
                 let without = if others.is_empty() {
                     String::new()
@@ -442,7 +448,7 @@ impl SimCloud {
         Ok(machines.machines)
     }
 
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(super) fn client(&self) -> anyhow::Result<Client> {
         Client::new(ClientConfig::new(self.sim.api_url(), self.token.clone()))
             .context("setting up the client of the simulated cloud")
     }

@@ -8,13 +8,16 @@ mod sim;
 mod tarball;
 mod upload;
 mod validate;
+mod verify;
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::CommandFactory;
 
-use crate::cli::{BuildCommand, Cli, Command, ImagesCommand, RobotCommand, UploadCommand};
+use crate::cli::{
+    BuildCommand, Cli, Command, ImagesCommand, RobotCommand, UploadCommand, VerifyCommand,
+};
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -104,6 +107,45 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api: &api,
             },
         ),
+        Command::Verify(VerifyCommand::Tarball {
+            tarball,
+            user_data,
+            hostname,
+            boot_timeout,
+            work_dir,
+            console_log,
+        }) => verify::tarball(
+            &cli.global,
+            verify::TarballOptions {
+                tarball,
+                user_data,
+                hostname,
+                boot_timeout,
+                work_dir,
+                console_log,
+            },
+        ),
+        Command::Verify(VerifyCommand::Hcloud {
+            snapshot,
+            arch,
+            locations,
+            server_types,
+            boot_timeout,
+            sim,
+            sim_speed,
+            api,
+        }) => verify::hcloud(
+            &cli.global,
+            verify::HcloudOptions {
+                snapshot,
+                arch,
+                locations,
+                server_types,
+                boot_timeout,
+                sim: sim.then_some(sim_speed),
+                api: &api,
+            },
+        ),
         Command::Images(ImagesCommand::List { name, api }) => {
             hcloud::list(&cli.global, name.as_deref(), &api)
         }
@@ -184,6 +226,33 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Runs one command's async work on a runtime of its own, with progress for people, the first
+/// Ctrl-C or SIGTERM turned into cancellation of `context.cancel` (and `leftover` printed after
+/// a second one, which exits at once). `work` gets the context, with `build_id`, and the progress
+/// renderer (for a simulator's log).
+pub(crate) fn run_cancellable<T, F: std::future::Future<Output = T>>(
+    global: &crate::cli::GlobalArgs,
+    build_id: String,
+    leftover: &str,
+    work: impl FnOnce(caph_core::backend::Context, std::sync::Arc<crate::progress::Progress>) -> F,
+) -> anyhow::Result<T> {
+    let runtime = runtime()?;
+    let progress = std::sync::Arc::new(crate::progress::Progress::new(
+        global.no_progress,
+        global.verbose,
+    ));
+    let context = caph_core::backend::Context {
+        progress: progress.clone(),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        build_id,
+    };
+    let token = context.cancel.clone();
+    cancel_on_signals(&runtime, move || token.cancel(), leftover.to_string());
+    let result = runtime.block_on(work(context, progress.clone()));
+    progress.finish();
+    Ok(result)
 }
 
 /// Calls `cancel` on the first Ctrl-C or SIGTERM, so the run can clean up; a second one exits at

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_CANCELLED, cancel_on_signals, runtime, sim};
-use crate::cli::{EXIT_FAILURE, GlobalArgs, OutputFormat, RobotArgs};
+use crate::cli::{EXIT_FAILURE, EXIT_USAGE, GlobalArgs, OutputFormat, RobotArgs};
 use crate::progress::Progress;
 use crate::{output, spec_files};
 
@@ -71,9 +71,6 @@ pub struct BuildOptions<'a> {
     pub sim_installimage: Option<&'a Path>,
     pub api: &'a RobotArgs,
 }
-
-/// The exit code of a wrong command line, as clap gives it.
-const EXIT_USAGE: u8 = 2;
 
 fn client(api: &RobotArgs) -> anyhow::Result<RobotClient> {
     let user = std::env::var("HETZNER_ROBOT_USER")

@@ -1,7 +1,6 @@
 //! `caph-image upload hcloud`: an existing disk image made into a labelled Hetzner Cloud snapshot.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use caph_core::Arch;
 use caph_core::backend::{BackendError, Context};
@@ -9,13 +8,11 @@ use caph_core::text::escape;
 use caph_hcloud::backend::upload::{ImageSource, UploadRequest};
 use caph_hcloud::backend::{HcloudBackend, naming};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::hcloud::{backend_config, client, human_size};
-use super::{EXIT_CANCELLED, cancel_on_signals, runtime};
+use super::{EXIT_CANCELLED, run_cancellable};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::output;
-use crate::progress::Progress;
 
 /// Options of `upload hcloud`.
 #[derive(Debug)]
@@ -59,13 +56,7 @@ pub fn hcloud(global: &GlobalArgs, options: UploadOptions<'_>) -> anyhow::Result
         ImageSource::Path(options.image.into())
     };
     let server_types = if options.server_types.is_empty() {
-        vec![
-            match options.arch {
-                Arch::X86 => "cx23",
-                Arch::Arm => "cax11",
-            }
-            .to_string(),
-        ]
+        vec![caph_hcloud::backend::placement::default_server_type(options.arch).to_string()]
     } else {
         options.server_types
     };
@@ -81,34 +72,25 @@ pub fn hcloud(global: &GlobalArgs, options: UploadOptions<'_>) -> anyhow::Result
         sha256: options.sha256.map(|hex| hex.to_ascii_lowercase()),
         keep_on_error: options.keep_on_error,
     };
-    let runtime = runtime()?;
-    let progress = Arc::new(Progress::new(global.no_progress, global.verbose));
-    let context = Context {
-        progress: progress.clone(),
-        cancel: CancellationToken::new(),
-        build_id: naming::new_build_id(),
-    };
+    let build_id = naming::new_build_id();
     let backend = HcloudBackend::new(client(options.api)?, backend_config());
     output::note(&format!(
-        "upload {}: {} as {} ({})",
-        context.build_id,
+        "upload {build_id}: {} as {} ({})",
         escape(&request.source.to_string()),
         request.name,
         request.arch
     ));
-    let token = context.cancel.clone();
-    cancel_on_signals(
-        &runtime,
-        move || token.cancel(),
-        "run `caph-image gc` to remove what is left".to_string(),
-    );
-    let result = runtime.block_on(backend.upload(&context, &request));
-    progress.finish();
+    let result = run_cancellable(
+        global,
+        build_id.clone(),
+        "run `caph-image gc` to remove what is left",
+        async |context: Context, _| backend.upload(&context, &request).await,
+    )?;
     match result {
         Ok(artifact) => {
             match global.output {
                 OutputFormat::Json => output::json(&json!({
-                    "build_id": context.build_id,
+                    "build_id": build_id,
                     "image_name": artifact.name,
                     "snapshot": {
                         "id": artifact.id, "architecture": artifact.arch.hcloud_name(),

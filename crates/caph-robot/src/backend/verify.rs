@@ -10,13 +10,10 @@
 use caph_core::ImageSpec;
 use caph_core::checks::{self, Outcome};
 
-/// The script that gathers every fact: whether systemd is the init system (`sd_booted()`'s
-/// test: `/run/systemd/system` exists only then), then each check's output.
+/// The script that gathers every fact: whether systemd is the init system, then each check's
+/// output (`checks::facts_script`).
 pub(crate) fn facts_script(spec: &ImageSpec) -> String {
-    format!(
-        "if [ -d /run/systemd/system ]; then echo systemd=running; else echo systemd=not-running; fi\n{}",
-        checks::checks_script(&checks::node_checks(spec))
-    )
+    checks::facts_script(&checks::node_checks(spec))
 }
 
 /// The verdict: lines for the report, problems that fail the install.
@@ -28,9 +25,9 @@ pub(crate) struct Verdict {
 
 /// Judges the output of [`facts_script`] against the spec.
 pub(crate) fn judge(spec: &ImageSpec, output: &str) -> Verdict {
-    let booted = output.lines().next().map(str::trim) == Some("systemd=running");
+    let (results, booted) = checks::judge_facts(&checks::node_checks(spec), output);
     let mut verdict = Verdict::default();
-    for result in checks::judge(&checks::node_checks(spec), output, booted) {
+    for result in results {
         match &result.outcome {
             Outcome::Passed | Outcome::NotChecked(_) => verdict.checks.push(result.describe()),
             Outcome::Failed(_) => verdict.problems.push(result.describe()),

@@ -197,23 +197,6 @@ fn tool_exists(name: &str) -> bool {
             .any(|dir| Path::new(dir).join(name).is_file())
 }
 
-fn random_uuid() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let mut bytes = bytes;
-    // Version 4, RFC 4122 variant.
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// `/dev/sda` + 1 -> `/dev/sda1`; `/dev/nvme0n1` + 1 -> `/dev/nvme0n1p1`.
 fn partition_device(drive: &str, number: usize) -> String {
     if drive.ends_with(|c: char| c.is_ascii_digit()) {
@@ -424,14 +407,19 @@ pub(crate) fn install(
             size_mib: numeric(&part.size),
             // FAT has a 32-bit volume id, written XXXX-XXXX where fstab names it.
             uuid: if part.fs == "esp" {
-                let id = random_uuid().replace('-', "").to_uppercase();
+                let id = caph_boot::install::random_uuid()
+                    .replace('-', "")
+                    .to_uppercase();
                 format!("{}-{}", &id[..4], &id[4..8])
             } else {
-                random_uuid()
+                caph_boot::install::random_uuid()
             },
             // installimage marks the fstab entries of part lines that hold "crypt" (its
             // `grep crypt`), and encrypts those.
-            luks: part.crypt.contains("crypt").then(random_uuid),
+            luks: part
+                .crypt
+                .contains("crypt")
+                .then(caph_boot::install::random_uuid),
         })
         .collect();
     let image_path = disk_dir.join(format!(
@@ -654,8 +642,8 @@ pub(crate) fn install(
         status.step("Encrypt partitions and create /etc/crypttab");
     }
 
-    let network = network_config(&info.distro, facts);
-    write(&stage.join(&network.0), &network.1)?;
+    let network = caph_boot::installimage::network_config(&info.distro, &facts.network());
+    write(&stage.join(network.0), &network.1)?;
     if info.distro == "ubuntu" {
         let (code, _, stderr) = chroot_command(&stage, &["netplan", "generate"])?;
         if code != 0 || !stderr.trim().is_empty() {
@@ -676,7 +664,10 @@ pub(crate) fn install(
     }
     status.step_open("Executing additional commands");
     write(&stage.join("etc/hostname"), &format!("{}\n", vars.hostname))?;
-    write(&stage.join("etc/hosts"), &hosts(&vars.hostname, facts))?;
+    write(
+        &stage.join("etc/hosts"),
+        &caph_boot::installimage::hosts(&vars.hostname, &facts.network()),
+    )?;
     // An empty machine-id: systemd makes a new one on first boot, so clones differ.
     write(&stage.join("etc/machine-id"), "")?;
     let _ = std::fs::remove_file(stage.join("var/lib/dbus/machine-id"));
@@ -770,9 +761,15 @@ pub(crate) fn install(
     status.step("Clearing log files");
 
     // Hetzner's resolvers, as installimage writes them (a symlink in the image is replaced).
-    write(&stage.join("etc/resolv.conf"), &resolv_conf())?;
+    write(
+        &stage.join("etc/resolv.conf"),
+        &caph_boot::installimage::resolv_conf(),
+    )?;
     if stage.join("etc/sysctl.d").is_dir() {
-        write(&stage.join("etc/sysctl.d/99-hetzner.conf"), HETZNER_SYSCTL)?;
+        write(
+            &stage.join(caph_boot::installimage::SYSCTL_PATH),
+            caph_boot::installimage::SYSCTL,
+        )?;
     }
     if let Some(script) = &options.post_install {
         let _ = writeln!(status.out, "         :  Executing post installation script");
@@ -931,65 +928,6 @@ fn render_fstab(vars: &Vars, planned: &[PlannedPartition], drive1: &str) -> Stri
     fstab
 }
 
-/// installimage's `/etc/hosts`: its header, localhost, the main address with the short name
-/// (no FQDN for a short hostname), the IPv6 names, and the IPv6 address where there is one.
-fn hosts(hostname: &str, facts: &MachineFacts) -> String {
-    let mut hosts = format!(
-        "### Hetzner Online GmbH installimage\n127.0.0.1 localhost.localdomain localhost\n{} {hostname}\n::1     ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\nff02::3 ip6-allhosts\n",
-        facts.ipv4
-    );
-    if let Some(ipv6) = &facts.ipv6 {
-        let address = ipv6.split('/').next().unwrap_or(ipv6);
-        hosts.push_str(&format!("{address} {hostname}\n"));
-    }
-    hosts
-}
-
-/// installimage's resolvers (`DNSRESOLVER` and `DNSRESOLVER_V6` in its config.sh). It shuffles
-/// each list and interleaves them; the simulation writes them in this order.
-const RESOLVERS: &[&str] = &[
-    "185.12.64.1",
-    "2a01:4ff:ff00::add:2",
-    "185.12.64.2",
-    "2a01:4ff:ff00::add:1",
-];
-
-/// `/etc/resolv.conf` as installimage writes it on Debian and on Ubuntu before 18.04.
-fn resolv_conf() -> String {
-    let mut text = String::from("### Hetzner Online GmbH installimage\n# nameserver config\n");
-    for resolver in RESOLVERS {
-        text.push_str(&format!("nameserver {resolver}\n"));
-    }
-    text
-}
-
-/// installimage's `/etc/sysctl.d/99-hetzner.conf` (`generate_sysctlconf`) on a machine that is
-/// not a virtual one.
-const HETZNER_SYSCTL: &str = "\
-### Hetzner Online GmbH installimage
-# sysctl config
-#net.ipv4.ip_forward=1
-net.ipv4.conf.all.rp_filter=1
-net.ipv4.icmp_echo_ignore_broadcasts=1
-# ipv6 settings (no autoconfiguration)
-net.ipv6.conf.default.autoconf=0
-net.ipv6.conf.default.accept_dad=0
-net.ipv6.conf.default.accept_ra=0
-net.ipv6.conf.default.accept_ra_defrtr=0
-net.ipv6.conf.default.accept_ra_rtr_pref=0
-net.ipv6.conf.default.accept_ra_pinfo=0
-net.ipv6.conf.default.accept_source_route=0
-net.ipv6.conf.default.accept_redirects=0
-net.ipv6.conf.all.autoconf=0
-net.ipv6.conf.all.accept_dad=0
-net.ipv6.conf.all.accept_ra=0
-net.ipv6.conf.all.accept_ra_defrtr=0
-net.ipv6.conf.all.accept_ra_rtr_pref=0
-net.ipv6.conf.all.accept_ra_pinfo=0
-net.ipv6.conf.all.accept_source_route=0
-net.ipv6.conf.all.accept_redirects=0
-";
-
 /// installimage's `set_ssh_rootlogin`: every unindented line whose text after its first `#` is
 /// two words and names `PermitRootLogin` becomes `PermitRootLogin <permit>`; everything else
 /// stays as it is.
@@ -1017,88 +955,13 @@ fn permit_root_login(sshd_config: &str, permit: &str) -> String {
     out
 }
 
-/// The network config file and its content: netplan for Ubuntu, ifupdown otherwise.
-fn network_config(distro: &str, facts: &MachineFacts) -> (PathBuf, String) {
-    // Hetzner's on-link gateway for dedicated servers' /32 setups.
-    const GATEWAY: &str = "172.31.1.1";
-    if distro != "ubuntu" {
-        return (
-            PathBuf::from("etc/network/interfaces"),
-            ifupdown_interfaces(facts),
-        );
-    }
-    {
-        (
-            PathBuf::from("etc/netplan/01-netcfg.yaml"),
-            format!(
-                "### Hetzner Online GmbH installimage\nnetwork:\n  version: 2\n  renderer: networkd\n  ethernets:\n    {iface}:\n      addresses:\n        - {ip}/32\n      routes:\n        - on-link: true\n          to: 0.0.0.0/0\n          via: {GATEWAY}\n      nameservers:\n        addresses:\n          - 185.12.64.1\n          - 185.12.64.2\n",
-                iface = facts.interface,
-                ip = facts.ipv4
-            ),
-        )
-    }
-}
-
-/// installimage's `/etc/network/interfaces` (`gen_etc_network_interfaces_entry`) for a machine
-/// that is not a virtual one: the address with its netmask and gateway, a host route to the
-/// address's network where the gateway is not a private address, and an IPv6 stanza where the
-/// interface has an IPv6 address.
-fn ifupdown_interfaces(facts: &MachineFacts) -> String {
-    let iface = &facts.interface;
-    let prefix = facts.ipv4_prefix.min(32);
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    };
-    let dotted = |value: u32| std::net::Ipv4Addr::from(value).to_string();
-    let mut text = format!(
-        "### Hetzner Online GmbH installimage\n\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\niface lo inet6 loopback\n\nauto {iface}\niface {iface} inet static\n  address {ip}\n  netmask {netmask}\n",
-        ip = facts.ipv4,
-        netmask = dotted(mask)
-    );
-    if let Some(gateway) = &facts.ipv4_gateway {
-        text.push_str(&format!("  gateway {gateway}\n"));
-        let private = gateway
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|address| address.is_private());
-        if !private && let Ok(address) = facts.ipv4.parse::<std::net::Ipv4Addr>() {
-            let network = dotted(u32::from(address) & mask);
-            text.push_str(&format!(
-                "  # route {network}/{prefix} via {gateway}\n  up route add -net {network} netmask {} gw {gateway} dev {iface}\n",
-                dotted(mask)
-            ));
-        }
-    }
-    if let Some(ipv6) = &facts.ipv6 {
-        let (address, length) = ipv6.split_once('/').unwrap_or((ipv6, "64"));
-        text.push_str(&format!(
-            "\niface {iface} inet6 static\n  address {address}\n  netmask {length}\n"
-        ));
-        if let Some(gateway) = &facts.ipv6_gateway {
-            text.push_str(&format!("  gateway {gateway}\n"));
-        }
-    }
-    text
-}
-
-/// The host key types installimage knows, with the private key file whose presence in the
-/// image makes it regenerate that type, and the `rm -f` pattern it clears first.
-const HOST_KEY_TYPES: &[(&str, &str, &str)] = &[
-    ("rsa1", "ssh_host_key", "ssh_host_k"),
-    ("dsa", "ssh_host_dsa_key", "ssh_host_dsa_"),
-    ("rsa", "ssh_host_rsa_key", "ssh_host_rsa_"),
-    ("ecdsa", "ssh_host_ecdsa_key", "ssh_host_ecdsa_"),
-    ("ed25519", "ssh_host_ed25519_key", "ssh_host_ed25519_"),
-];
-
 /// installimage's `generate_new_sshkeys`: for each key type whose private key file exists in the
 /// image, its files are removed and a new key of that type is made in a chroot of the new
 /// system; a type without a file is skipped ("skipping ed25519 key gen"). An image with no host
 /// keys therefore comes up with none, as with the real program.
 fn regenerate_host_keys(stage: &Path, log: &mut DebugLog) -> Result<(), String> {
     let ssh_dir = stage.join("etc/ssh");
-    for (key_type, file, prefix) in HOST_KEY_TYPES {
+    for (key_type, file, prefix) in caph_boot::installimage::HOST_KEY_TYPES {
         if !ssh_dir.join(file).is_file() {
             log.line(&format!("skipping {key_type} key gen"));
             continue;

@@ -101,6 +101,20 @@ pub struct MachineFacts {
     pub real_installimage: Option<RealInstallimage>,
 }
 
+impl MachineFacts {
+    /// The network installimage writes into the new system.
+    pub fn network(&self) -> caph_boot::installimage::Network {
+        caph_boot::installimage::Network {
+            interface: self.interface.clone(),
+            ipv4: self.ipv4.clone(),
+            ipv4_prefix: self.ipv4_prefix,
+            ipv4_gateway: self.ipv4_gateway.clone(),
+            ipv6: self.ipv6.clone(),
+            ipv6_gateway: self.ipv6_gateway.clone(),
+        }
+    }
+}
+
 fn default_ipv4_prefix() -> u8 {
     32
 }

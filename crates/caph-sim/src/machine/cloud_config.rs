@@ -65,10 +65,16 @@ pub enum CloudConfigError {
 }
 
 /// Reads the host keys and authorized keys from `user_data`. Anything that does not start with
-/// `#cloud-config` (cloud-init's marker for this format) yields an empty configuration.
+/// `#cloud-config` (cloud-init's marker for this format), after the `## template: jinja` line of
+/// a template (what Cluster API's kubeadm bootstrap sends), yields an empty configuration. A
+/// template is read as it is: Jinja does not touch keys, which hold no `{{` or `{%`.
 pub fn parse(user_data: &str) -> Result<CloudConfig, CloudConfigError> {
-    let first_line = user_data.lines().next().unwrap_or("").trim_end();
-    if first_line != "#cloud-config" {
+    let mut lines = user_data.lines().map(str::trim_end);
+    let mut header = lines.next().unwrap_or("");
+    if header.trim() == "## template: jinja" {
+        header = lines.next().unwrap_or("");
+    }
+    if header != "#cloud-config" {
         return Ok(CloudConfig::default());
     }
     let documents = match YamlLoader::load_from_str(user_data) {
@@ -134,6 +140,20 @@ mod tests {
     use super::*;
 
     const PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQUJD\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    #[test]
+    fn a_jinja_template_is_cloud_config_too() {
+        let user_data = format!(
+            "## template: jinja\n#cloud-config\nssh_keys:\n  ed25519_private: |\n{}  ed25519_public: ssh-ed25519 AAAA test\n",
+            PRIVATE
+                .lines()
+                .map(|line| format!("    {line}\n"))
+                .collect::<String>()
+        );
+        let config = parse(&user_data).unwrap();
+        assert_eq!(config.host_keys.len(), 1);
+        assert_eq!(config.host_keys[0].private, PRIVATE);
+    }
 
     #[test]
     fn block_scalar_host_key_is_read_verbatim() {

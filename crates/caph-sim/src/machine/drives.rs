@@ -27,7 +27,6 @@
 //! `BLKPG` calls (`parted`, `partprobe`, `partx`, what installimage uses) take effect at once.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use crate::host::MachineError;
 
@@ -56,6 +55,8 @@ pub(crate) struct AttachedDrive {
     pub kernel_name: String,
     pub major: u32,
     pub minor: u32,
+    /// The drive's image as the kernel names it while attached.
+    pub backing: PathBuf,
 }
 
 fn error(message: String) -> MachineError {
@@ -80,48 +81,23 @@ pub(crate) async fn attach_all(
 }
 
 async fn attach(drive: &MachineDrive) -> Result<AttachedDrive, MachineError> {
-    let output = tokio::process::Command::new("losetup")
-        .args(["--find", "--show", "--partscan"])
-        .arg(&drive.image)
-        .stdin(Stdio::null())
-        .output()
+    let info = caph_boot::loop_device::attach(&drive.image)
         .await
-        .map_err(|failure| error(format!("running losetup: {failure}")))?;
-    if !output.status.success() {
-        return Err(error(format!(
-            "attaching {} to a loop device: {}",
-            drive.image.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    let loop_device = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    let kernel_name = loop_device
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let numbers = std::fs::read_to_string(format!("/sys/block/{kernel_name}/dev"))
-        .ok()
-        .and_then(|text| {
-            let (major, minor) = text.trim().split_once(':')?;
-            Some((major.parse().ok()?, minor.parse().ok()?))
-        });
+        .map_err(error)?;
     let attached = AttachedDrive {
         drive: drive.clone(),
-        loop_device,
-        kernel_name: kernel_name.clone(),
-        major: numbers.map_or(0, |(major, _)| major),
-        minor: numbers.map_or(0, |(_, minor)| minor),
+        loop_device: info.device.clone(),
+        kernel_name: info.kernel_name.clone(),
+        major: info.major,
+        minor: info.minor,
+        backing: info.backing.clone(),
     };
-    if numbers.is_none() {
-        detach(&attached).await;
-        return Err(error(format!(
-            "{}: no device numbers in /sys/block/{kernel_name}/dev",
-            attached.loop_device.display()
-        )));
-    }
     // Server drives are SSDs; a loop device says rotational by default. Our own device, so
     // changing its queue setting touches nothing of the host's.
-    let _ = std::fs::write(format!("/sys/block/{kernel_name}/queue/rotational"), "0");
+    let _ = std::fs::write(
+        format!("/sys/block/{}/queue/rotational", attached.kernel_name),
+        "0",
+    );
     Ok(attached)
 }
 
@@ -133,51 +109,16 @@ pub(crate) async fn detach_all(drives: &[AttachedDrive]) {
 }
 
 async fn detach(drive: &AttachedDrive) {
-    detach_loop(&drive.loop_device, &drive.kernel_name).await;
-}
-
-/// Removes a loop device's partitions, then the device. A device still held open (a mount in a
-/// namespace that is going away) is marked to detach itself when the last user closes it.
-async fn detach_loop(loop_device: &Path, kernel_name: &str) {
-    for number in partition_numbers(kernel_name) {
-        let _ = tokio::process::Command::new("delpart")
-            .arg(loop_device)
-            .arg(number.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-    }
-    let _ = tokio::process::Command::new("losetup")
-        .arg("--detach")
-        .arg(loop_device)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-}
-
-/// The partition numbers the kernel lists for a block device (`loop3p1` → 1).
-fn partition_numbers(kernel_name: &str) -> Vec<u32> {
-    let prefix = format!("{kernel_name}p");
-    let mut numbers: Vec<u32> = std::fs::read_dir(format!("/sys/block/{kernel_name}"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|entry| {
-                    entry
-                        .file_name()
-                        .to_string_lossy()
-                        .strip_prefix(&prefix)
-                        .and_then(|number| number.parse().ok())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    numbers.sort_unstable();
-    numbers
+    // Only while the device still holds this drive's file: a second detach of a reused
+    // `loopN` would take someone else's disk away.
+    caph_boot::loop_device::detach(&caph_boot::loop_device::LoopInfo {
+        device: drive.loop_device.clone(),
+        kernel_name: drive.kernel_name.clone(),
+        major: drive.major,
+        minor: drive.minor,
+        backing: drive.backing.clone(),
+    })
+    .await;
 }
 
 /// Detaches loop devices whose backing file lies below `dir` (the drives of machines whose
@@ -191,25 +132,16 @@ pub(crate) fn sweep_loops_under(dir: &Path) {
         if !kernel_name.starts_with("loop") {
             continue;
         }
-        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else {
+        let Some(backing) = caph_boot::loop_device::backing_file(&kernel_name) else {
             continue;
         };
-        if Path::new(backing.trim()).starts_with(dir) {
-            let loop_device = PathBuf::from("/dev").join(&kernel_name);
+        if backing.starts_with(dir) {
             // A synchronous context (start-up): a small runtime of its own is not worth it for
             // two commands, so run them directly.
-            for number in partition_numbers(&kernel_name) {
-                let _ = std::process::Command::new("delpart")
-                    .arg(&loop_device)
-                    .arg(number.to_string())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            let _ = std::process::Command::new("losetup")
-                .arg("--detach")
-                .arg(&loop_device)
-                .stderr(Stdio::null())
-                .status();
+            caph_boot::loop_device::detach_blocking(
+                &PathBuf::from("/dev").join(&kernel_name),
+                &kernel_name,
+            );
         }
     }
 }

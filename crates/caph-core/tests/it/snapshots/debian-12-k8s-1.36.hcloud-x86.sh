@@ -62,7 +62,7 @@ if [ -f /swap.img ]; then rm -f /swap.img; fi
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold update
-apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl ebtables ethtool gnupg iproute2 iptables kmod mount socat systemd-timesyncd util-linux open-iscsi nfs-common lvm2
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends apt-transport-https ca-certificates conntrack curl dbus ebtables ethtool gnupg iproute2 iptables kmod mount socat systemd-timesyncd util-linux open-iscsi nfs-common lvm2
 
 # ---- step 7/20: containerd ----
 set -euo pipefail
