@@ -1,15 +1,16 @@
 //! `caph-image build hcloud --from-tarball` end to end, against the simulated cloud whose servers
 //! boot a real rescue system with the server's disk as `/dev/sda`: the tarball built first (the
 //! end-to-end spec with `[base.rootfs]`), written onto a cloud server's disk and snapshotted; the
-//! same tarball given by path for a second snapshot; a tarball whose `.sha256` disagrees stops
-//! with both digests and leaves nothing. The snapshot's disk then holds every member of the
-//! tarball as it is, but for the two files the flow writes, and boots under QEMU through its own
-//! GRUB on Hetzner Cloud's hardware: cloud-init finds the Hetzner data source (SMBIOS), asks the
-//! metadata service at 169.254.169.254 (the test's server, reached through QEMU's forward) for
-//! the host name, SSH keys, network and user data, and runs the bootstrap.
+//! same tarball given by path for a second snapshot; Ctrl-C while it is extracted, and a tarball
+//! whose `.sha256` disagrees, stop and leave nothing. The snapshot's disk then holds every member
+//! of the tarball as it is, but for the files the flow writes, and boots under QEMU through its
+//! own GRUB on Hetzner Cloud's hardware: cloud-init finds the Hetzner data source (SMBIOS), asks
+//! the metadata service at 169.254.169.254 (the test's server, reached through QEMU's forward)
+//! for the host name, SSH keys, network and user data, and runs the probe; first boot is judged
+//! as `caph-image verify` judges it.
 //!
-//! The refusals that need no server are in their own test: a file that is not a tarball, an
-//! arm64 tarball, a tarball whose name and `--arch` disagree.
+//! The refusals that need no server are in their own test: a file that is not a tarball, a
+//! tarball that is not one of ours, an arm64 tarball, a tarball whose name and `--arch` disagree.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cloud::{TOKEN, VERSIONS, spec_for_mirror};
 use crate::hcloud_build::run_caph_image_with;
+use crate::hcloud_faults::interrupt_at;
 use crate::installed_disk::MountedSystem;
 use crate::upload::{RescueCloud, nothing_left_but_snapshots};
 use crate::verify::known_tarball_failures;
@@ -228,6 +230,30 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
             .contains(&format!("(sha256 {recorded})")),
         "{snapshot:?}"
     );
+
+    // Ctrl-C while the tarball is extracted on the server: the ledger's cleanup, nothing left.
+    let snapshots_before = cloud.sim.state().snapshots().len();
+    let (code, text) = interrupt_at(
+        cloud.env(),
+        &dir,
+        &[
+            "build",
+            "hcloud",
+            "given.toml",
+            "--from-tarball",
+            tarball.to_str().unwrap(),
+            "--replace",
+            "--no-progress",
+        ],
+        "x86: provision: step 2/3: extract",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 130, "{text}");
+    assert!(text.contains("cancelled during provision"), "{text}");
+    let state = cloud.sim.state();
+    nothing_left_but_snapshots(&state);
+    assert_eq!(state.snapshots().len(), snapshots_before, "{text}");
 
     // A .sha256 that disagrees: both digests, and nothing left.
     let corrupt_dir = dir.join("corrupt");
@@ -492,6 +518,19 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `tree` packed into the gzip-compressed tarball `tarball`.
+fn pack(tree: &Path, tarball: &Path) {
+    let packed = Command::new("tar")
+        .arg("-czf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     let sim = HcloudSim::start(HcloudSimConfig {
@@ -554,20 +593,39 @@ async fn what_cannot_become_a_cloud_disk_is_refused_before_anything_is_made() {
     )
     .await;
 
-    // --dry-run: the preflight, what the tarball is, and the rescue system's three steps.
+    // A tar archive, but not one of ours: what it lacks, every reason at once, before any server.
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     std::fs::write(tree.join("etc/hostname"), "node\n").unwrap();
+    let foreign = dir.join("Debian-1200-bookworm-amd64-foreign.tar.gz");
+    pack(&tree, &foreign);
+    for wanted in [
+        "--from-tarball ",
+        "it is not a caph-image tarball (no /etc/caph-image-release): make one with `caph-image build tarball`",
+        "/boot holds no kernel (vmlinuz-*)",
+        "it has no grub-install",
+        "it has no cloud-init (usr/bin/cloud-init)",
+        "it has no /etc/systemd/system/caph-image-host-keys.service",
+    ] {
+        refused(&foreign, &[], wanted).await;
+    }
+
+    // --dry-run: the preflight, what the tarball is, and the rescue system's three steps. The
+    // tarball holds (empty) what the flow needs of one of ours.
+    for path in [
+        "etc/caph-image-release",
+        "lib64/ld-linux-x86-64.so.2",
+        "boot/vmlinuz-6.1.0-42-amd64",
+        "usr/sbin/grub-install",
+        "usr/bin/cloud-init",
+        "etc/systemd/system/caph-image-host-keys.service",
+    ] {
+        let file = tree.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, "").unwrap();
+    }
     let small = dir.join("Debian-1200-bookworm-amd64-small.tar.gz");
-    let packed = Command::new("tar")
-        .arg("-czf")
-        .arg(&small)
-        .arg("-C")
-        .arg(&tree)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(packed.success());
+    pack(&tree, &small);
     let output = run_caph_image_with(
         &env,
         dir,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use caph_boot::tarball::TarballContents;
 use caph_core::backend::{Backend as _, BackendError, BuildRequest, Context};
 use caph_core::text::escape;
 use caph_core::{Arch, ImageSpec};
@@ -122,13 +123,29 @@ pub fn build(
         cancel: CancellationToken::new(),
         build_id: naming::new_build_id(),
     };
-    let backend = HcloudBackend::new(client(options.api)?, backend_config());
+    // What the tarball is, then what it holds, before the API is asked anything.
     let inspect = |tarball: &Path| -> anyhow::Result<InspectedTarball> {
         runtime
             .block_on(from_tarball::inspect(tarball))
             .map_err(anyhow::Error::new)
     };
     let given = source.tarball.map(inspect).transpose()?;
+    let content_problems = match source.tarball {
+        Some(tarball) => runtime
+            .block_on(TarballContents::read(tarball, &context.cancel))
+            .map_err(anyhow::Error::new)?
+            .cloud_disk_problems()
+            .into_iter()
+            .map(|problem| format!("{arch}: --from-tarball {}: {problem}", tarball.display()))
+            .collect(),
+        None => Vec::new(),
+    };
+    if !content_problems.is_empty() && !options.dry_run {
+        return Err(anyhow::Error::new(BackendError::Preflight(
+            content_problems,
+        )));
+    }
+    let backend = HcloudBackend::new(client(options.api)?, backend_config());
 
     // The build's preflight before a tarball build of minutes: a taken name or a sold-out
     // type is known now.
@@ -139,7 +156,7 @@ pub fn build(
         for check in &report.checks {
             output::result(&format!("ok: {check}"));
         }
-        for problem in &report.problems {
+        for problem in report.problems.iter().chain(&content_problems) {
             output::result(&format!("problem: {problem}"));
         }
         let shown = match (&given, source.tarball) {
@@ -167,11 +184,13 @@ pub fn build(
         output::note(
             "dry run: nothing was created; the spec's plan does not run on the server with --from-tarball",
         );
-        return Ok(if report.problems.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_FAILURE)
-        });
+        return Ok(
+            if report.problems.is_empty() && content_problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            },
+        );
     }
     if !report.problems.is_empty() {
         return Err(anyhow::Error::new(BackendError::Preflight(report.problems)));
