@@ -196,10 +196,23 @@ pub fn build(
         return Err(anyhow::Error::new(BackendError::Preflight(report.problems)));
     }
 
+    // One handler for the whole run: Ctrl-C stops the tarball's build if it is being built, and
+    // the cloud build (which then cleans up through its ledger).
+    let tarball_cancel = caph_rootfs::pack::Cancel::new();
+    let (token, stop_tarball) = (context.cancel.clone(), tarball_cancel.clone());
+    cancel_on_signals(
+        &runtime,
+        move || {
+            stop_tarball.cancel();
+            token.cancel();
+        },
+        "run `caph-image gc` to remove what is left; a tarball's build may leave a .caph-rootfs-* work directory and its mounts".to_string(),
+    );
     let tarball: PathBuf = match source.tarball {
         Some(tarball) => tarball.to_path_buf(),
         None => {
-            let built = build_tarball(&runtime, &progress, options.spec, &spec, arch, source)?;
+            let built =
+                build_tarball(&progress, options.spec, &spec, arch, source, tarball_cancel)?;
             let Some((tarball, sha256)) = built else {
                 return Ok(ExitCode::from(EXIT_CANCELLED));
             };
@@ -217,12 +230,6 @@ pub fn build(
             .map(|sha256| format!(" (sha256 {sha256})"))
             .unwrap_or_default()
     ));
-    let token = context.cancel.clone();
-    cancel_on_signals(
-        &runtime,
-        move || token.cancel(),
-        "run `caph-image gc` to remove what is left".to_string(),
-    );
     let build = TarballBuild {
         spec: spec.clone(),
         arch,
@@ -256,14 +263,15 @@ pub fn build(
     }
 }
 
-/// Builds the tarball as `build tarball` does; its path and sha256, or `None` when cancelled.
+/// Builds the tarball as `build tarball` does, stopped by `cancel`; its path and sha256, or
+/// `None` when cancelled.
 fn build_tarball(
-    runtime: &tokio::runtime::Runtime,
     progress: &Arc<Progress>,
     spec_path: &Path,
     spec: &ImageSpec,
     arch: Arch,
     source: &Source<'_>,
+    cancel: caph_rootfs::pack::Cancel,
 ) -> anyhow::Result<Option<(PathBuf, String)>> {
     let spec_dir = spec_path
         .parent()
@@ -274,12 +282,7 @@ fn build_tarball(
     options.builder = format!("caph-image {}", env!("CARGO_PKG_VERSION"));
     options.source_date_epoch =
         caph_rootfs::pack::source_date_epoch(std::env::var_os("SOURCE_DATE_EPOCH").as_deref())?;
-    let cancel = options.cancel.clone();
-    cancel_on_signals(
-        runtime,
-        move || cancel.cancel(),
-        "check for a .caph-rootfs-* work directory and its mounts".to_string(),
-    );
+    options.cancel = cancel;
     output::note(&format!(
         "build {}: building the {} tarball of {} first",
         options.build_id,
