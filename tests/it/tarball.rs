@@ -259,8 +259,9 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
     crate::robot::install_and_log_in(&dir, "spec.toml", &out.join(name), "1.34.2").await;
     // CAPH's installimage fork on the same tarball, and the simulated installimage held to it.
     crate::installimage_differential::real_and_simulated(&dir, &out.join(name)).await;
-    // Cluster API Provider Hetzner's own provisioning of it, up to cloud-init's status done.
-    crate::caph_replay::caph_provisions_a_node_from_the_tarball(&out.join(name)).await;
+    // Cluster API Provider Hetzner's own provisioning of it, up to cloud-init's status done, then
+    // the installed drive's first boot under QEMU.
+    crate::caph_replay::caph_provisions_a_node_from_the_tarball(&dir, &out.join(name)).await;
     // `caph-image verify tarball` on it: installed as installimage does, booted under QEMU, its
     // first boot checked.
     crate::verify::verify_the_tarball(&dir, &out.join(name)).await;
