@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod connect;
+mod connection;
 mod error;
 mod keys;
 mod session;

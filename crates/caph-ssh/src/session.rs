@@ -4,12 +4,13 @@ use caph_core::plan::quote;
 use std::fmt;
 use std::net::SocketAddr;
 
-use russh::ChannelMsg;
 use russh::client::Handle;
+use russh::{ChannelMsg, ChannelWriteHalf};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::connect::ClientHandler;
+use crate::connection::ConnectionThread;
 use crate::error::SshError;
 use crate::keys::PublicKey;
 
@@ -23,6 +24,11 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 /// trip to a blocking thread and back: 128 KiB reads spent more CPU on those trips than on
 /// reading), small enough to keep memory flat.
 const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Chunks read (and hashed) ahead of the one being sent: enough to keep reading and hashing busy
+/// while the sender waits for the server's window (2 MiB with OpenSSH), few enough that memory
+/// stays a few MiB whatever the size of the upload.
+const READ_AHEAD_CHUNKS: usize = 4;
 
 /// Most output kept by [`Session::exec_capture`] per stream; it is meant for short answers
 /// (`hostname`, `sha256sum`), and a runaway command must not exhaust memory.
@@ -72,9 +78,12 @@ pub struct UploadReport {
 
 /// A connected, authenticated session. Dropping it closes the connection.
 pub struct Session {
+    // Declared before `connection`, so it is dropped first: russh then winds the session down
+    // on the connection thread, which gives it a moment before stopping.
     handle: Handle<ClientHandler>,
     addr: SocketAddr,
     host_key: PublicKey,
+    connection: ConnectionThread,
 }
 
 impl fmt::Debug for Session {
@@ -105,11 +114,13 @@ impl Session {
         handle: Handle<ClientHandler>,
         addr: SocketAddr,
         host_key: PublicKey,
+        connection: ConnectionThread,
     ) -> Session {
         Session {
             handle,
             addr,
             host_key,
+            connection,
         }
     }
 
@@ -408,7 +419,7 @@ impl Session {
         let (mut read_half, write_half) = channel.split();
 
         let feeding = async {
-            let Some(mut feed) = stdin else {
+            let Some(feed) = stdin else {
                 // Closed stdin, like `ssh host cmd < /dev/null`: a command that reads it gets EOF
                 // instead of waiting forever.
                 return match write_half.eof().await {
@@ -416,32 +427,7 @@ impl Session {
                     Err(_) => Err(FeedFailure::Channel),
                 };
             };
-            let mut buffer = bytes::BytesMut::new();
-            loop {
-                // A fresh allocation whenever russh still holds the last chunk: handed over as
-                // it was read, without a copy.
-                buffer.reserve(UPLOAD_CHUNK_BYTES);
-                match feed.source.read_buf(&mut buffer).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(error) => {
-                        // Stop the remote side too, so it does not act on a truncated input.
-                        let _ = write_half.close().await;
-                        return Err(FeedFailure::Source(error));
-                    }
-                }
-                let chunk = buffer.split().freeze();
-                (feed.observe)(&chunk);
-                // `data_bytes` waits for the server's window, so at most one chunk is in flight
-                // here plus russh's bounded channel buffer: memory stays flat for any size.
-                if write_half.data_bytes(chunk).await.is_err() {
-                    return Err(FeedFailure::Channel);
-                }
-            }
-            match write_half.eof().await {
-                Ok(()) => Ok(()),
-                Err(_) => Err(FeedFailure::Channel),
-            }
+            feed_stdin(feed, write_half, &self.connection).await
         };
 
         let mut stdout = LineBuffer::new(OutputStream::Stdout);
@@ -550,6 +536,71 @@ impl Session {
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
+    }
+}
+
+/// Streams `feed`'s source into the channel, then sends EOF. The caller's task reads and observes
+/// (hashes, reports progress); a relay on the connection thread hands the chunks to russh, packet
+/// by packet as the server's window allows, next to russh's own session task. Reading runs ahead
+/// of the relay by up to `READ_AHEAD_CHUNKS` chunks, so the next chunks are read and hashed while
+/// the last ones wait for the window. Chunks are observed in the order they are sent, and every
+/// byte observed is sent before EOF; a source error closes the channel instead, so the remote side
+/// never takes a truncated input for a whole one.
+async fn feed_stdin<R: AsyncRead + Unpin + Send>(
+    feed: StdinFeed<'_, R>,
+    write_half: ChannelWriteHalf<russh::client::Msg>,
+    connection: &ConnectionThread,
+) -> Result<(), FeedFailure> {
+    let StdinFeed {
+        mut source,
+        observe,
+    } = feed;
+    let (chunk_sender, mut chunk_receiver) =
+        tokio::sync::mpsc::channel::<bytes::Bytes>(READ_AHEAD_CHUNKS);
+    // Ends when the reader drops its sender (all sent) or on a channel failure; hands the write
+    // half back for the EOF or the close.
+    let relay = connection.spawn(async move {
+        while let Some(chunk) = chunk_receiver.recv().await {
+            // `data_bytes` waits for the server's window, so what is in flight stays bounded:
+            // the queued chunks plus russh's bounded channel buffer, for any size of upload.
+            if write_half.data_bytes(chunk).await.is_err() {
+                return (write_half, Err(FeedFailure::Channel));
+            }
+        }
+        (write_half, Ok(()))
+    });
+    let read = async {
+        let mut buffer = bytes::BytesMut::new();
+        loop {
+            // A fresh allocation whenever a chunk read earlier is still queued or held by russh:
+            // handed over as it was read, without a copy.
+            buffer.reserve(UPLOAD_CHUNK_BYTES);
+            if source.read_buf(&mut buffer).await? == 0 {
+                return Ok(());
+            }
+            let chunk = buffer.split().freeze();
+            observe(&chunk);
+            if chunk_sender.send(chunk).await.is_err() {
+                // The relay stopped on a channel failure, which it reports.
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    drop(chunk_sender);
+    let Ok((write_half, sent)) = relay.await else {
+        // Only when the connection thread is gone, and the connection with it.
+        return Err(FeedFailure::Channel);
+    };
+    if let Err(error) = read {
+        // Stop the remote side too, so it does not act on a truncated input.
+        let _ = write_half.close().await;
+        return Err(FeedFailure::Source(error));
+    }
+    sent?;
+    match write_half.eof().await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(FeedFailure::Channel),
     }
 }
 

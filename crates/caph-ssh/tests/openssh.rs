@@ -359,12 +359,7 @@ async fn upload_writes_atomically_and_verifies_the_checksum() {
         std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
         0o640
     );
-    let leftovers: Vec<_> = std::fs::read_dir(sshd.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().contains("caph-upload"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_temporary_files(sshd.dir.path());
 
     // A target directory that does not exist: the remote `cat` fails and says why.
     let error = session
@@ -425,12 +420,7 @@ async fn check_damaged_upload_is_refused(sshd: &Sshd, data: &[u8], damaged: &[u8
         "{message}"
     );
     assert!(!target.exists(), "the target must not appear");
-    let leftovers: Vec<_> = std::fs::read_dir(sshd.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().contains("caph-upload"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_temporary_files(sshd.dir.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,4 +503,60 @@ async fn keepalives_notice_a_server_that_stops_answering() {
         "noticed only after {noticed_after:?}"
     );
     eprintln!("a frozen server was noticed after {noticed_after:?}");
+}
+
+/// Fails if an upload's temporary file (`*.caph-upload-*`) is left in `dir`.
+fn assert_no_temporary_files(dir: &std::path::Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().contains("caph-upload"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A source that yields `good` bytes in small reads, then fails like a disk read error.
+struct FailingSource {
+    good: usize,
+}
+
+impl tokio::io::AsyncRead for FailingSource {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.good == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk read failed")));
+        }
+        let length = self.good.min(buffer.remaining()).min(64 * 1024);
+        buffer.put_slice(&vec![b'z'; length]);
+        self.good -= length;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_fails_midway_leaves_no_file_and_the_session_usable() {
+    require_sshd!("a_source_that_fails_midway_leaves_no_file_and_the_session_usable");
+    let mut sshd = Sshd::prepare();
+    sshd.start();
+    let session = connect_when_ready(&sshd.pinned_config(), &mut no_events())
+        .await
+        .unwrap();
+    let target = sshd.dir.path().join("target");
+    // Several chunks read ahead and some sent before the failure.
+    let source = FailingSource {
+        good: 5 * 1024 * 1024 + 123,
+    };
+    let error = session
+        .upload(source, target.to_str().unwrap(), 0o644, &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(error, SshError::UploadSource { .. }), "{error:?}");
+    assert!(!target.exists(), "the target must not appear");
+    assert_no_temporary_files(sshd.dir.path());
+    // The connection survives a failed channel.
+    let output = session.exec_capture("echo still here").await.unwrap();
+    assert_eq!(output.stdout, "still here\n");
 }
