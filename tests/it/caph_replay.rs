@@ -1,6 +1,7 @@
 //! Cluster API Provider Hetzner's bare-metal provisioning, replayed step for step from its source
 //! against the Robot simulator, a simulated rescue system and the installed node, with a tarball
-//! built by `build tarball`.
+//! built by `build tarball`; then the installed drive's first boot for real, under QEMU, judged
+//! as `caph-image verify` judges a node.
 //!
 //! The source is syself/cluster-api-provider-hetzner at 1c4fe745f3bf5b22b94d4dddd6c4b3b98f6770fc:
 //! the state machine in `pkg/services/baremetal/host/host.go` (and `utils.go`), the commands in
@@ -11,13 +12,24 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use caph_boot::tarball::TarballContents;
+use caph_boot::verify::{InstalledDiskRequest, verify_installed_disk};
+use caph_core::backend::{Context, NoProgress};
+use caph_core::checks::{FindingStatus, NodePromise};
+use caph_core::firstboot::{self, Expectations, HostKeys, MachineId};
+use caph_sim::installimage::InstalledDisk;
+use tokio_util::sync::CancellationToken;
 
 use caph_robot::client::{Credentials, ResetType, RobotClient};
 use caph_sim::mirror::Mirror;
 use caph_sim::real_installimage::InstallimageKind;
 use caph_sim::robot::{RobotDrive, RobotServer, RobotSim, RobotSimConfig, TimeMode};
 use caph_ssh::{ConnectConfig, HostKeyPolicy, KeyPair, Session, TofuPin, connect_when_ready};
+
+use crate::installed_disk::MountedSystem;
 
 const USER: &str = "caph-replay";
 const PASSWORD: &str = "caph-replay-secret";
@@ -28,21 +40,6 @@ const HOSTNAME: &str = "bm-e2e-cluster-md-0-7001";
 const ROOT_WWN: &str = "0x5002538e4f0a7001";
 /// host.go's `PostInstallScriptFinished`.
 const POST_INSTALL_SCRIPT_FINISHED: &str = "POST_INSTALL_SCRIPT_FINISHED";
-/// A bootstrap shaped like the kubeadm bootstrap provider's: files to write, then commands; the
-/// command leaves a marker with the node's own hostname.
-const BOOTSTRAP_USER_DATA: &str = "## template: jinja
-#cloud-config
-write_files:
-  - path: /etc/kubernetes/caph-e2e-bootstrap.yaml
-    owner: root:root
-    permissions: '0640'
-    content: |
-      apiVersion: kubeadm.k8s.io/v1beta4
-      kind: JoinConfiguration
-runcmd:
-  - 'echo \"kubeadm join would run on $(hostname)\" > /var/lib/caph-e2e-bootstrap-marker'
-  - 'cat /var/lib/caph-e2e-bootstrap-marker'
-";
 
 /// `ssh_client.go`'s `runSSH`: one command, its output and exit status.
 async fn run(session: &Session, command: &str) -> caph_ssh::CapturedOutput {
@@ -66,7 +63,7 @@ async fn connect(address: SocketAddr, key: &KeyPair) -> Session {
 }
 
 /// Replays CAPH's provisioning of a dedicated server with `tarball`.
-pub async fn caph_provisions_a_node_from_the_tarball(tarball: &Path) {
+pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path) {
     let test = "CAPH's bare-metal provisioning, replayed";
     let fork = match crate::vendored_installimage(InstallimageKind::CaphFork) {
         Ok(fork) => fork,
@@ -221,8 +218,11 @@ pub async fn caph_provisions_a_node_from_the_tarball(tarball: &Path) {
     // host.go `actionImageInstallingStartBackgroundProcess`: the post-install script with the
     // bootstrap data as the NoCloud seed, ending with the marker; ssh_client.go
     // `CreatePostInstallScript`.
+    // The bootstrap: the probe `verify` sends, shaped like the kubeadm bootstrap provider's
+    // (files to write, then commands; the command leaves a marker with the node's own hostname).
+    let bootstrap_user_data = firstboot::probe_user_data("");
     let post_install = format!(
-        "#!/bin/bash\n\n\n# install cloud-init data\n\ntrap 'echo \"ERROR: A command has failed. Exiting the script. Line was ($0:$LINENO): $(sed -n \"${{LINENO}}p\" \"$0\")\"; exit 3' ERR\nset -Eeuo pipefail\n\nmkdir -p /var/lib/cloud/seed/nocloud-net\n\ncat << 'EOF_POST_INSTALL_SCRIPT' > /var/lib/cloud/seed/nocloud-net/meta-data\nlocal-hostname: {HOSTNAME}\nEOF_POST_INSTALL_SCRIPT\n\ncat << 'EOF_POST_INSTALL_SCRIPT' > /var/lib/cloud/seed/nocloud-net/user-data\n{BOOTSTRAP_USER_DATA}\nEOF_POST_INSTALL_SCRIPT\n\necho \"{POST_INSTALL_SCRIPT_FINISHED}\"\n# end of install cloud-init data\n"
+        "#!/bin/bash\n\n\n# install cloud-init data\n\ntrap 'echo \"ERROR: A command has failed. Exiting the script. Line was ($0:$LINENO): $(sed -n \"${{LINENO}}p\" \"$0\")\"; exit 3' ERR\nset -Eeuo pipefail\n\nmkdir -p /var/lib/cloud/seed/nocloud-net\n\ncat << 'EOF_POST_INSTALL_SCRIPT' > /var/lib/cloud/seed/nocloud-net/meta-data\nlocal-hostname: {HOSTNAME}\nEOF_POST_INSTALL_SCRIPT\n\ncat << 'EOF_POST_INSTALL_SCRIPT' > /var/lib/cloud/seed/nocloud-net/user-data\n{bootstrap_user_data}\nEOF_POST_INSTALL_SCRIPT\n\necho \"{POST_INSTALL_SCRIPT_FINISHED}\"\n# end of install cloud-init data\n"
     );
     let created = run(
         &rescue,
@@ -374,7 +374,154 @@ pub async fn caph_provisions_a_node_from_the_tarball(tarball: &Path) {
     );
     node.close().await;
 
+    // The simulator ran the node off a copy of the system it read from the drive, so the drive
+    // itself is as CAPH's installimage and post-install script left it: never booted.
+    let disk_dir = robot_machines.disk_dir(SERVER).expect("the server's disks");
+    let drive = dir.join("caph-node-sdb.img");
+    let copied = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(disk_dir.join("sdb.img"))
+        .arg(&drive)
+        .status()
+        .unwrap();
+    assert!(copied.success());
     drop(sim);
     drop(robot_machines);
     drop(machines);
+    first_boot_of_the_installed_drive(dir, tarball, &drive).await;
+}
+
+/// The drive CAPH's flow installed boots for real under QEMU (BIOS, its own GRUB, the
+/// tarball's kernel) with the seed CAPH's post-install script wrote, and is judged as
+/// `caph-image verify` judges a node: the console, first boot (`caph_core::firstboot`: cloud-init
+/// done without errors as a new instance, the probe's marker with the node's hostname, host keys
+/// and machine id of its own) and the node checks the image promises (`caph_core::checks`).
+async fn first_boot_of_the_installed_drive(dir: &Path, tarball: &Path, drive: &Path) {
+    let test = "the CAPH-installed drive's first boot under QEMU";
+    if let Some(reason) = caph_boot::verify::missing_requirements() {
+        eprintln!("SKIPPED {test}: {reason}");
+        return;
+    }
+    let (root_partition, installed_keys) = {
+        let installed = MountedSystem::mount(drive, "/dev/sdb").await;
+        for never in [firstboot::STATUS_JSON_PATH, "/var/lib/cloud/instance"] {
+            assert!(
+                !installed.root.join(never.trim_start_matches('/')).exists(),
+                "{test}: {never} is on the drive: it booted before"
+            );
+        }
+        let InstalledDisk::Images { partitions } = &installed.manifest.disk else {
+            panic!("installed into a directory: {:?}", installed.manifest);
+        };
+        let root = partitions
+            .iter()
+            .find(|partition| partition.mount == "/")
+            .expect("a root partition");
+        let number: u32 = root
+            .device
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or_else(|_| panic!("a partition number in {}", root.device));
+        (number, host_public_keys(&installed.root))
+    };
+    assert!(!installed_keys.is_empty(), "installimage made host keys");
+
+    let contents = TarballContents::read(tarball, &CancellationToken::new())
+        .await
+        .expect("the tarball reads");
+    let (release, modules, sysctls) = contents.promise_files();
+    let context = Context {
+        progress: Arc::new(NoProgress),
+        cancel: CancellationToken::new(),
+        build_id: "caph-replay".to_string(),
+    };
+    let started = Instant::now();
+    let report = verify_installed_disk(
+        &context,
+        &InstalledDiskRequest {
+            disk: drive.to_path_buf(),
+            root_partition,
+            expectations: Expectations {
+                hostname: HOSTNAME.to_string(),
+                // host.go's meta-data names no instance id: cloud-init's NoCloud source then
+                // calls the instance `nocloud`.
+                instance_id: "nocloud".to_string(),
+                probe: true,
+                host_keys: HostKeys::NotAnyOf(contents.host_public_keys()),
+                machine_id: MachineId::Not(contents.machine_id()),
+            },
+            promise: NodePromise::from_image_files(release, modules, sysctls),
+            work_dir: dir.join("first-boot-work"),
+            console_log: Some(dir.join("caph-node-console.log")),
+            boot_timeout: FIRST_BOOT_DEADLINE,
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{test}: {error}"));
+    eprintln!(
+        "{test}: over after {:.0}s (VM {:.0}s)",
+        started.elapsed().as_secs_f64(),
+        report.boot_duration.as_secs_f64()
+    );
+    let table: Vec<String> = report
+        .findings
+        .iter()
+        .map(|finding| {
+            format!(
+                "{} {}: {}",
+                finding.name,
+                finding.status.word(),
+                finding.detail
+            )
+        })
+        .collect();
+    let mut failed: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|finding| finding.status != FindingStatus::Ok)
+        .map(|finding| finding.name.as_str())
+        .collect();
+    failed.sort_unstable();
+    let mut known: Vec<&str> = KNOWN_DRIVE_FAILURES.iter().map(|(name, _)| *name).collect();
+    known.sort_unstable();
+    assert_eq!(failed, known, "{test}:\n{}", table.join("\n"));
+    for wanted in [
+        "first-boot",
+        "cloud-init-status",
+        "bootstrap-marker",
+        "machine-id-new",
+    ] {
+        assert!(
+            report.findings.iter().any(|finding| finding.name == wanted),
+            "{test}: no {wanted} finding:\n{}",
+            table.join("\n")
+        );
+    }
+    // cloud-init kept the host keys installimage made for this node (ssh_deletekeys false).
+    let booted = MountedSystem::mount(drive, "/dev/sdb").await;
+    assert_eq!(host_public_keys(&booted.root), installed_keys, "{test}");
+}
+
+/// How long the first boot may take: as `verify`'s default, fifteen minutes for an emulated
+/// boot on two loaded cores.
+const FIRST_BOOT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// Findings that fail on this drive, with the reason: the end-to-end tarball's known ones.
+const KNOWN_DRIVE_FAILURES: &[(&str, &str)] = crate::verify::KNOWN_TARBALL_FAILURES;
+
+/// The public host keys below `root`, sorted.
+fn host_public_keys(root: &Path) -> Vec<String> {
+    let mut keys: Vec<String> = std::fs::read_dir(root.join("etc/ssh"))
+        .expect("/etc/ssh")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with("_key.pub"))
+        .map(|entry| {
+            std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    keys.sort();
+    keys
 }

@@ -198,7 +198,17 @@ fn items(system: &MountedSystem, authorized_key: &str) -> BTreeMap<&'static str,
             .map(|line| format!("{line}\n"))
             .collect(),
     );
-    items.insert("/etc/machine-id", read(system, "/etc/machine-id"));
+    // Each install makes a machine-id of its own: its shape is what both must agree on.
+    let machine_id = read(system, "/etc/machine-id");
+    items.insert(
+        "/etc/machine-id",
+        if machine_id.trim().len() == 32 && machine_id.trim().bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            "<32 hex digits, made by this install>\n".to_string()
+        } else {
+            machine_id
+        },
+    );
     // Each install is made with a key of its own.
     let material = authorized_key.split_whitespace().nth(1).unwrap_or("<none>");
     items.insert(

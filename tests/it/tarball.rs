@@ -1,6 +1,7 @@
 //! `caph-image build tarball` end to end (a Debian 12 root filesystem by mmdebstrap, the plan in a
 //! chroot, Kubernetes artifacts from a loopback mirror) and `caph-image pack`, through the real
-//! binary.
+//! binary. The built tarball is shared ([`built_tarball`]) by the tests that take it further: the
+//! installs through a rescue system, CAPH's provisioning, and `verify tarball`.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
@@ -35,27 +36,104 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
-    let test = "build_tarball_makes_an_installimage_tarball_of_the_plan";
+/// The end-to-end tarball's file name.
+const E2E_TARBALL: &str = "Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz";
+
+/// The end-to-end tarball, built and checked once per build of this test binary and then taken
+/// further by several tests (each a process of its own under nextest, so they run side by side).
+pub struct BuiltTarball {
+    /// The build's directory: `spec.toml`, and `out/` with the tarball.
+    pub dir: PathBuf,
+    /// The tarball.
+    pub tarball: PathBuf,
+}
+
+/// What the shared build left when it failed, for the tests that waited for it.
+const BUILD_FAILED: &str = "build-failed";
+/// What the shared build leaves when it is done and checked.
+const BUILD_DONE: &str = "build-done";
+
+/// The shared end-to-end tarball: the first test to ask builds it (`build tarball` through the
+/// binary, from a loopback mirror) and checks it, under a file lock; the others wait for the lock
+/// and take it. Its directory is keyed by this test binary (path, size, modification time), so a
+/// rebuilt binary builds again, and older directories are removed. `None` (with the reason
+/// printed) where this machine cannot build it.
+pub async fn built_tarball(test: &str) -> Option<BuiltTarball> {
     if !is_root() {
         eprintln!("SKIPPED {test}: needs root (mmdebstrap, chroot and mounts)");
-        return;
+        return None;
     }
     if !Path::new("/usr/bin/mmdebstrap").exists() {
         eprintln!("SKIPPED {test}: mmdebstrap is not installed (Debian package mmdebstrap)");
-        return;
+        return None;
     }
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-tarball");
+    fs::create_dir_all(&base).unwrap();
+    let key = {
+        use std::hash::{Hash as _, Hasher as _};
+        let exe = std::env::current_exe().expect("the test binary");
+        let meta = fs::metadata(&exe).expect("the test binary's metadata");
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (exe, meta.len(), meta.modified().ok()).hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    };
+    let dir = base.join(&key);
+    let lock = fs::File::create(base.join("lock")).unwrap();
+    let lock = tokio::task::spawn_blocking(move || {
+        lock.lock().expect("the shared build's lock");
+        lock
+    })
+    .await
+    .unwrap();
+    if let Ok(message) = fs::read_to_string(dir.join(BUILD_FAILED)) {
+        panic!("{test}: the shared end-to-end tarball failed in another test: {message}");
+    }
+    if !dir.join(BUILD_DONE).exists() {
+        // Older builds' directories: a test binary that is gone will not read them again.
+        for entry in fs::read_dir(&base).unwrap().flatten() {
+            if entry.file_name() != *key.as_str() && entry.path().is_dir() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let building = tokio::spawn(build_and_check(dir.clone()));
+        if let Err(failure) = building.await {
+            let message = failure
+                .try_into_panic()
+                .ok()
+                .and_then(|panic| {
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                })
+                .unwrap_or_else(|| "cancelled".to_string());
+            fs::write(dir.join(BUILD_FAILED), &message).unwrap();
+            panic!("{test}: {message}");
+        }
+        fs::write(dir.join(BUILD_DONE), "").unwrap();
+    }
+    drop(lock);
+    Some(BuiltTarball {
+        tarball: dir.join("out").join(E2E_TARBALL),
+        dir,
+    })
+}
+
+/// `build tarball` through the binary in `dir`, from a loopback mirror, and the checks of what it
+/// made: the output files and the printed template, GNU tar and gzip on it, the unpacked tree
+/// (boot chain, the plan's work, placeholders, cloud-init), the manifest.
+async fn build_and_check(dir: PathBuf) {
     let mirror = Mirror::start(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         release_artifacts(&VERSIONS(), &["amd64"]),
     )
     .await
     .expect("the mirror starts");
-    let temp = tempfile::tempdir().unwrap();
-    let dir = temp.path().canonicalize().unwrap();
     fs::write(dir.join("spec.toml"), tarball_spec(&mirror.url())).unwrap();
     let out = dir.join("out");
+    let name = E2E_TARBALL;
 
     let started = Instant::now();
     let output = tokio::task::spawn_blocking({
@@ -92,7 +170,6 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
         "nothing stays mounted"
     );
 
-    let name = "Debian-1200-bookworm-amd64-k8s-v1.34.2.tar.gz";
     let tarball = out.join(name);
     let mut left: Vec<String> = fs::read_dir(&out)
         .unwrap()
@@ -254,19 +331,54 @@ async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
         );
     }
     assert!(manifest["file_count"].as_u64().unwrap() > 1000);
+    let _ = fs::remove_dir_all(&root);
+}
 
+/// The built tarball, installed on a dedicated server through the rescue system by the real
+/// installimage (and booted under QEMU), by CAPH's installimage fork against the simulated one,
+/// and by `build robot --sim`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_tarball_makes_an_installimage_tarball_of_the_plan() {
+    let test = "build_tarball_makes_an_installimage_tarball_of_the_plan";
+    let Some(built) = built_tarball(test).await else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().canonicalize().unwrap();
+    fs::copy(built.dir.join("spec.toml"), dir.join("spec.toml")).unwrap();
     // The same tarball, installed on a dedicated server through the rescue system and installimage.
-    crate::robot::install_and_log_in(&dir, "spec.toml", &out.join(name), "1.34.2").await;
+    crate::robot::install_and_log_in(&dir, "spec.toml", &built.tarball, "1.34.2").await;
     // CAPH's installimage fork on the same tarball, and the simulated installimage held to it.
-    crate::installimage_differential::real_and_simulated(&dir, &out.join(name)).await;
-    // Cluster API Provider Hetzner's own provisioning of it, up to cloud-init's status done.
-    crate::caph_replay::caph_provisions_a_node_from_the_tarball(&out.join(name)).await;
-    // `caph-image verify tarball` on it: installed as installimage does, booted under QEMU, its
-    // first boot checked.
-    crate::verify::verify_the_tarball(&dir, &out.join(name)).await;
+    crate::installimage_differential::real_and_simulated(&dir, &built.tarball).await;
     // And once more with --sim, on a simulated server of the binary's own, with the spec's
     // [robot] table.
-    crate::robot_sim_mode::install_with_sim(&dir, "spec.toml", &out.join(name)).await;
+    crate::robot_sim_mode::install_with_sim(&dir, "spec.toml", &built.tarball).await;
+}
+
+/// Cluster API Provider Hetzner's own provisioning of the built tarball, up to cloud-init's
+/// status done, then the installed drive's first boot under QEMU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caph_provisions_the_built_tarball_and_the_drive_boots() {
+    let test = "caph_provisions_the_built_tarball_and_the_drive_boots";
+    let Some(built) = built_tarball(test).await else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().canonicalize().unwrap();
+    crate::caph_replay::caph_provisions_a_node_from_the_tarball(&dir, &built.tarball).await;
+}
+
+/// `caph-image verify tarball` on the built tarball: installed as installimage does, booted under
+/// QEMU, its first boot checked; interrupted twice first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_tarball_boots_the_built_tarball() {
+    let test = "verify_tarball_boots_the_built_tarball";
+    let Some(built) = built_tarball(test).await else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().canonicalize().unwrap();
+    crate::verify::verify_the_tarball(&dir, &built.tarball).await;
 }
 
 #[test]

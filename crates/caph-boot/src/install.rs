@@ -253,7 +253,7 @@ sync
 "#;
 
 /// Writes `files` below `dir` and lists them (`mode path` lines) in `list`.
-fn stage(dir: &Path, list: &Path, files: &[PlacedFile]) -> Result<(), BootError> {
+pub(crate) fn stage(dir: &Path, list: &Path, files: &[PlacedFile]) -> Result<(), BootError> {
     let mut listing = String::new();
     for file in files {
         let relative = file.path.trim_start_matches('/');

@@ -11,6 +11,10 @@
 //! disk is read back (cloud-init's status and result, the marker, host keys, machine id, the node
 //! checks' output) and judged, with what the console showed.
 //!
+//! [`verify_installed_disk`] judges the first boot of a disk a node was installed on elsewhere
+//! (installimage in a rescue system, in Cluster API Provider Hetzner's flow), its seed already in
+//! place: the same unit, boot and judgement, on a disk it did not make.
+//!
 //! Nothing is left behind: the work directory (the disk file, the console, the staged files) is
 //! removed, the loop device detached, every mount was in a namespace of its own, and QEMU is
 //! killed if it still runs; on success, on every error and on cancellation.
@@ -21,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caph_core::backend::{Context, Phase, ProgressEvent};
-use caph_core::checks::{self, Finding, FindingStatus, NodePromise};
+use caph_core::checks::{self, Finding, FindingStatus, NodeCheck, NodePromise};
 use caph_core::firstboot::{self, Evidence, Expectations, HostKeys, MachineId};
 
 use crate::BootError;
@@ -198,13 +202,22 @@ pub async fn verify_tarball(
     request: &TarballRequest,
 ) -> Result<TarballReport, BootError> {
     let stage = Stage::default();
+    until_cancelled(context, &stage, work(context, request, &stage)).await
+}
+
+/// Runs `work` until it ends or the context is cancelled. The work future is gone when this
+/// returns, and with it the VM, the namespace, the loop device and the work directory (in that
+/// order). A signal that also reached a child may have failed the work before the cancellation
+/// was seen: it is a cancellation all the same, named by the stage it reached.
+async fn until_cancelled<T>(
+    context: &Context,
+    stage: &Stage,
+    work: impl Future<Output = Result<T, BootError>>,
+) -> Result<T, BootError> {
     let result = tokio::select! {
-        result = work(context, request, &stage) => result,
+        result = work => result,
         () = context.cancel.cancelled() => Err(BootError::Cancelled { phase: "", cleanup: String::new() }),
     };
-    // The work future is gone here, and with it the VM, the namespace, the loop device and the
-    // work directory (in that order). A signal that also reached a child may have failed the
-    // work before the cancellation was seen: it is a cancellation all the same.
     match result {
         Err(_) if context.cancel.is_cancelled() => Err(BootError::Cancelled {
             phase: match stage.get() {
@@ -216,6 +229,155 @@ pub async fn verify_tarball(
         other => other,
     }
 }
+
+/// What to verify of a disk a node was installed on elsewhere (by installimage in a rescue
+/// system, or in Cluster API Provider Hetzner's flow) with its NoCloud seed already in place.
+#[derive(Debug, Clone)]
+pub struct InstalledDiskRequest {
+    /// The whole disk as a raw image file. It is booted writably: its first boot happens here,
+    /// and this tool's unit and the node checks' output stay on it.
+    pub disk: PathBuf,
+    /// The number of the partition holding the node's root file system.
+    pub root_partition: u32,
+    /// What first boot must show (the seed's hostname and instance id among it).
+    pub expectations: Expectations,
+    /// The node checks the image promises, or why it promises none.
+    pub promise: Result<NodePromise, String>,
+    /// Where the work directory (the console, the mount point) is made and removed again.
+    pub work_dir: PathBuf,
+    /// Where to keep the serial console's log, if anywhere.
+    pub console_log: Option<PathBuf>,
+    /// How long first boot may take, from QEMU's start to the node checks' end.
+    pub boot_timeout: Duration,
+}
+
+/// The verdict on an installed disk's first boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskReport {
+    /// One row per check, in order: the boot, first boot, the node checks.
+    pub findings: Vec<Finding>,
+    /// How long the VM ran.
+    pub boot_duration: Duration,
+    /// Where the console log was kept, if it was.
+    pub console_log: Option<PathBuf>,
+}
+
+/// Verifies the first boot of a node already installed on a disk: places the node checks' unit
+/// on its root file system (in a mount namespace of its own), boots it under QEMU, and judges it
+/// as `verify tarball` judges the disk it installs. Leaves the loop device, mounts and work
+/// directory behind on no path, cancellation included.
+pub async fn verify_installed_disk(
+    context: &Context,
+    request: &InstalledDiskRequest,
+) -> Result<DiskReport, BootError> {
+    let stage = Stage::default();
+    until_cancelled(context, &stage, disk_work(context, request, &stage)).await
+}
+
+async fn disk_work(
+    context: &Context,
+    request: &InstalledDiskRequest,
+    stage: &Stage,
+) -> Result<DiskReport, BootError> {
+    if let Some(missing) = missing_requirements() {
+        return Err(BootError::Machine(missing));
+    }
+    let (node_checks, promise_problem) = match &request.promise {
+        Ok(promise) => (checks::promised_checks(promise), None),
+        Err(problem) => (Vec::new(), Some(problem.clone())),
+    };
+    std::fs::create_dir_all(&request.work_dir).map_err(|error| BootError::Failed {
+        what: format!("creating {}", request.work_dir.display()),
+        detail: error.to_string(),
+    })?;
+    let work_dir = tempfile::Builder::new()
+        .prefix("caph-image-verify-")
+        .tempdir_in(&request.work_dir)
+        .map_err(|error| BootError::Failed {
+            what: format!(
+                "creating a work directory in {}",
+                request.work_dir.display()
+            ),
+            detail: error.to_string(),
+        })?;
+    stage.set(
+        context,
+        Phase::Create,
+        "placing the node checks on the disk",
+        format!(
+            "placing the node checks' unit on partition {} of {}",
+            request.root_partition,
+            request.disk.display()
+        ),
+    );
+    let disk = LoopDevice::attach(&request.disk).await?;
+    disk.add_partitions().await?;
+    let root_partition = disk.info().partition(request.root_partition);
+    let staged = work_dir.path().join("placed");
+    let listing = work_dir.path().join("placed-files");
+    install::stage(&staged, &listing, &node_check_files(&node_checks))?;
+    let mount_point = work_dir.path().join("root");
+    std::fs::create_dir_all(&mount_point).map_err(|error| BootError::Failed {
+        what: "creating the mount point".to_string(),
+        detail: error.to_string(),
+    })?;
+    crate::namespace::run_private(
+        "placing the node checks on the disk",
+        PLACE_FILES_SCRIPT,
+        &[
+            OsString::from(&root_partition),
+            OsString::from(&mount_point),
+            OsString::from(&staged),
+            OsString::from(&listing),
+        ],
+        &mut |line: &str| say(context, line),
+    )
+    .await?;
+
+    let judged = boot_and_judge(
+        context,
+        stage,
+        FirstBoot {
+            disk_path: &request.disk,
+            root_partition,
+            work_dir: work_dir.path(),
+            expectations: request.expectations.clone(),
+            node_checks: &node_checks,
+            promise_problem,
+            boot_timeout: request.boot_timeout,
+            console_log: &request.console_log,
+        },
+    )
+    .await?;
+    stage.set(
+        context,
+        Phase::Cleanup,
+        "cleanup",
+        format!(
+            "detaching {} and removing the work directory",
+            disk.info().device.display()
+        ),
+    );
+    disk.detach();
+    drop(work_dir);
+    stage.set(context, Phase::Done, "done", String::new());
+    Ok(DiskReport {
+        findings: judged.findings,
+        boot_duration: judged.boot_duration,
+        console_log: judged.console_log,
+    })
+}
+
+/// Mounts `$1` on `$2` and installs the files staged below `$3`, listed in `$4` (`mode path`
+/// lines); the namespace's end unmounts it.
+const PLACE_FILES_SCRIPT: &str = r#"
+mount "$1" "$2"
+while IFS=' ' read -r mode path; do
+  [ -n "$path" ] || continue
+  install -D -m "$mode" "$3$path" "$2$path"
+done < "$4"
+sync
+"#;
 
 async fn work(
     context: &Context,
@@ -335,7 +497,7 @@ async fn work(
         ipv6: None,
         ipv6_gateway: None,
     };
-    let placed = [
+    let mut placed = vec![
         // CAPH's post-install script writes exactly these two files (host.go, ssh_client.go).
         PlacedFile {
             path: format!("{SEED_DIR}/meta-data"),
@@ -350,24 +512,8 @@ async fn work(
             content: user_data,
             mode: 0o600,
         },
-        PlacedFile {
-            path: FACTS_SCRIPT_PATH.to_string(),
-            content: checks::facts_script(&node_checks),
-            mode: 0o700,
-        },
-        PlacedFile {
-            path: UNIT_PATH.to_string(),
-            content: format!(
-                "# Placed by caph-image verify on its own disk only: the node checks, once cloud-init's final stage is over.\n[Unit]\nDescription=caph-image verify: the node checks\nAfter=cloud-final.service\n\n[Service]\nType=oneshot\nStandardOutput=journal+console\nExecStart=/bin/sh -c 'mkdir -p {VERIFY_DIR}; /bin/bash {FACTS_SCRIPT_PATH} > {FACTS_OUTPUT_PATH} 2>&1; sync; echo \"{DONE_LINE}\"'\n"
-            ),
-            mode: 0o644,
-        },
-        PlacedFile {
-            path: UNIT_DROP_IN_PATH.to_string(),
-            content: "# Placed by caph-image verify: its node checks run after cloud-init's final stage.\n[Unit]\nWants=caph-image-verify.service\n".to_string(),
-            mode: 0o644,
-        },
     ];
+    placed.extend(node_check_files(&node_checks));
     let started = Instant::now();
     let installed = install::install(
         &InstallRequest {
@@ -394,21 +540,105 @@ async fn work(
         ),
     );
 
+    let judged = boot_and_judge(
+        context,
+        stage,
+        FirstBoot {
+            disk_path: &disk_path,
+            root_partition: install::root_partition(&disk),
+            work_dir: work_dir.path(),
+            expectations: Expectations {
+                hostname: request.hostname.clone(),
+                instance_id,
+                probe: request.user_data.is_none(),
+                host_keys: HostKeys::NotAnyOf(contents.host_public_keys()),
+                machine_id: MachineId::Not(contents.machine_id()),
+            },
+            node_checks: &node_checks,
+            promise_problem,
+            boot_timeout: request.boot_timeout,
+            console_log: &request.console_log,
+        },
+    )
+    .await?;
+
+    stage.set(
+        context,
+        Phase::Cleanup,
+        "cleanup",
+        format!(
+            "detaching {} and removing the work directory",
+            disk.info().device.display()
+        ),
+    );
+    let device = disk.info().device.clone();
+    if !disk.detach() {
+        say(
+            context,
+            format!(
+                "{} was still busy; it detaches itself once free",
+                device.display()
+            ),
+        );
+    }
+    drop(work_dir);
+    stage.set(context, Phase::Done, "done", String::new());
+    Ok(TarballReport {
+        tarball: facts,
+        findings: judged.findings,
+        boot_duration: judged.boot_duration,
+        console_log: judged.console_log,
+    })
+}
+
+/// A disk with a node installed on it, its NoCloud seed and [`node_check_files`] in place,
+/// attached to a loop device, for its first boot.
+struct FirstBoot<'a> {
+    /// The disk's file, which QEMU boots (writably: first boot's writes are then read back).
+    disk_path: &'a Path,
+    /// The partition holding the node's root file system.
+    root_partition: PathBuf,
+    /// Where the console, the monitor and the mount point go.
+    work_dir: &'a Path,
+    expectations: Expectations,
+    node_checks: &'a [NodeCheck],
+    /// Why the image promises no node checks, if it does not.
+    promise_problem: Option<String>,
+    boot_timeout: Duration,
+    /// Where to keep the console's log.
+    console_log: &'a Option<PathBuf>,
+}
+
+/// What a first boot showed.
+struct Judged {
+    findings: Vec<Finding>,
+    boot_duration: Duration,
+    console_log: Option<PathBuf>,
+}
+
+/// Boots the disk under QEMU until this tool's unit says the node checks are done (or the
+/// deadline), powers it off with Ctrl-Alt-Del, reads what first boot left on the disk, and judges
+/// it: the console, first boot (`caph_core::firstboot`) and the node checks (`caph_core::checks`).
+async fn boot_and_judge(
+    context: &Context,
+    stage: &Stage,
+    boot: FirstBoot<'_>,
+) -> Result<Judged, BootError> {
     stage.set(
         context,
         Phase::Provision,
         "first boot",
         format!(
             "booting under QEMU (x86, BIOS, through the disk's GRUB); first boot may take up to {}",
-            human_duration(request.boot_timeout)
+            human_duration(boot.boot_timeout)
         ),
     );
-    let mut vm = Vm::start(VmConfig::new(&disk_path, work_dir.path())).await?;
+    let mut vm = Vm::start(VmConfig::new(boot.disk_path, boot.work_dir)).await?;
     // Progress while first boot runs: each milestone the console shows, once, and now and then
     // how long it has been waiting (as the provision phase, which is shown line by line).
     let mut reported: Vec<&'static str> = Vec::new();
     let mut last_report = Instant::now();
-    let timeout = request.boot_timeout;
+    let timeout = boot.boot_timeout;
     let progress = |detail: String| {
         context.progress.event(ProgressEvent::Phase {
             scope: "tarball".to_string(),
@@ -460,9 +690,9 @@ async fn work(
     let console = vm.lines();
     let qemu_messages = vm.qemu_messages();
     drop(vm);
-    let kept_console = keep_console(&request.console_log, &work_dir.path().join("console.log"));
+    let kept_console = keep_console(boot.console_log, &boot.work_dir.join("console.log"));
 
-    let mut findings = crate::console::findings(&console, &request.hostname);
+    let mut findings = crate::console::findings(&console, &boot.expectations.hostname);
     findings.push(match waited {
         Waited::Found => Finding {
             name: "first-boot".to_string(),
@@ -521,7 +751,7 @@ async fn work(
         "reading the disk",
         "reading what first boot left on the disk".to_string(),
     );
-    let mount_point = work_dir.path().join("root");
+    let mount_point = boot.work_dir.join("root");
     std::fs::create_dir_all(&mount_point).map_err(|error| BootError::Failed {
         what: "creating the mount point".to_string(),
         detail: error.to_string(),
@@ -534,23 +764,14 @@ async fn work(
         "reading the disk after first boot",
         &script,
         &[
-            OsString::from(install::root_partition(&disk)),
+            OsString::from(&boot.root_partition),
             OsString::from(&mount_point),
         ],
     )
     .await?;
     let evidence = Evidence::parse(&output);
-    findings.extend(firstboot::judge_first_boot(
-        &evidence,
-        &Expectations {
-            hostname: request.hostname.clone(),
-            instance_id,
-            probe: request.user_data.is_none(),
-            host_keys: HostKeys::NotAnyOf(contents.host_public_keys()),
-            machine_id: MachineId::Not(contents.machine_id()),
-        },
-    ));
-    match (&promise_problem, evidence.get(FACTS_OUTPUT_PATH)) {
+    findings.extend(firstboot::judge_first_boot(&evidence, &boot.expectations));
+    match (&boot.promise_problem, evidence.get(FACTS_OUTPUT_PATH)) {
         (Some(problem), _) => findings.push(Finding {
             name: "node-checks".to_string(),
             status: FindingStatus::NotChecked,
@@ -562,7 +783,7 @@ async fn work(
             detail: format!("{FACTS_OUTPUT_PATH} is missing: the node never ran them"),
         }),
         (None, Some(output)) => {
-            let (results, booted) = checks::judge_facts(&node_checks, output);
+            let (results, booted) = checks::judge_facts(boot.node_checks, output);
             if !booted {
                 findings.push(Finding {
                     name: "node-checks".to_string(),
@@ -574,33 +795,37 @@ async fn work(
         }
     }
 
-    stage.set(
-        context,
-        Phase::Cleanup,
-        "cleanup",
-        format!(
-            "detaching {} and removing the work directory",
-            disk.info().device.display()
-        ),
-    );
-    let device = disk.info().device.clone();
-    if !disk.detach() {
-        say(
-            context,
-            format!(
-                "{} was still busy; it detaches itself once free",
-                device.display()
-            ),
-        );
-    }
-    drop(work_dir);
-    stage.set(context, Phase::Done, "done", String::new());
-    Ok(TarballReport {
-        tarball: facts,
+    Ok(Judged {
         findings,
         boot_duration,
         console_log: kept_console,
     })
+}
+
+/// The files this tool places on a node's disk before its first boot: the node checks' script,
+/// and a unit (pulled in by cloud-init's final stage) that runs it once that stage is over,
+/// keeps its output on the disk and says so on the console. That line is how the boot's end is
+/// seen without a network or a login.
+fn node_check_files(node_checks: &[NodeCheck]) -> Vec<PlacedFile> {
+    vec![
+        PlacedFile {
+            path: FACTS_SCRIPT_PATH.to_string(),
+            content: checks::facts_script(node_checks),
+            mode: 0o700,
+        },
+        PlacedFile {
+            path: UNIT_PATH.to_string(),
+            content: format!(
+                "# Placed by caph-image verify on its own disk only: the node checks, once cloud-init's final stage is over.\n[Unit]\nDescription=caph-image verify: the node checks\nAfter=cloud-final.service\n\n[Service]\nType=oneshot\nStandardOutput=journal+console\nExecStart=/bin/sh -c 'mkdir -p {VERIFY_DIR}; /bin/bash {FACTS_SCRIPT_PATH} > {FACTS_OUTPUT_PATH} 2>&1; sync; echo \"{DONE_LINE}\"'\n"
+            ),
+            mode: 0o644,
+        },
+        PlacedFile {
+            path: UNIT_DROP_IN_PATH.to_string(),
+            content: "# Placed by caph-image verify: its node checks run after cloud-init's final stage.\n[Unit]\nWants=caph-image-verify.service\n".to_string(),
+            mode: 0o644,
+        },
+    ]
 }
 
 /// Copies the console log where the caller wants it; where it went, if anywhere.

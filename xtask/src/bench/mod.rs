@@ -11,10 +11,14 @@
 //! measurement, so no compile competes with one. Around each section this records the UTC time, the duration and the load average before
 //! and after, since a benchmark on a shared machine is only as good as what else ran.
 //!
+//! `ci` (`ci.rs`) runs `.ci/run` on a clean clone of `HEAD` and times it whole; `bench all` leaves it
+//! out, `bench ci` runs it.
+//!
 //! `bench NAME` runs one section, prints it and replaces only that section of `BENCHMARKS.md`
 //! (the others, each with its own date, stay); the machine description and the summary at the
 //! top are rewritten from what the file then holds. `bench` and `bench all` run every section.
 
+mod ci;
 pub mod harness;
 mod pack;
 
@@ -43,6 +47,9 @@ struct Section {
     release_binary: bool,
     /// Runs when `--runs` is not given, where [`DEFAULT_RUNS`] would take too long.
     default_runs: Option<usize>,
+    /// Whether `bench all` runs it (`ci` runs only when named: it takes the machine for the whole
+    /// test suite).
+    in_all: bool,
 }
 
 impl Section {
@@ -53,24 +60,27 @@ impl Section {
 }
 
 /// Every section, in report order.
-const SECTIONS: [Section; 5] = [
+const SECTIONS: [Section; 6] = [
     Section {
         name: "pack",
         bench: None,
         release_binary: true,
         default_runs: None,
+        in_all: true,
     },
     Section {
         name: "upload",
         bench: Some(("caph-ssh", "upload")),
         release_binary: false,
         default_runs: None,
+        in_all: true,
     },
     Section {
         name: "polling",
         bench: Some(("caph-hcloud", "polling")),
         release_binary: false,
         default_runs: None,
+        in_all: true,
     },
     Section {
         name: "builds",
@@ -78,6 +88,7 @@ const SECTIONS: [Section; 5] = [
         bench: Some(("caph-image", "builds")),
         release_binary: false,
         default_runs: None,
+        in_all: true,
     },
     Section {
         name: "installs",
@@ -87,6 +98,14 @@ const SECTIONS: [Section; 5] = [
         // A round is two whole installs (about four minutes on two cores, the real installimage
         // most of it) after a tarball build of minutes: two rounds keep the section near ten.
         default_runs: Some(2),
+        in_all: true,
+    },
+    Section {
+        name: "ci",
+        bench: None,
+        release_binary: false,
+        default_runs: Some(1),
+        in_all: false,
     },
 ];
 
@@ -152,7 +171,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     let selected: Vec<&Section> = match args.only {
         Some(section) => vec![section],
-        None => SECTIONS.iter().collect(),
+        None => SECTIONS.iter().filter(|section| section.in_all).collect(),
     };
 
     // Everything is built before anything is measured.
@@ -187,6 +206,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let section_started = Instant::now();
         let runs = section.runs(args.runs);
         let body = match section.bench {
+            None if section.name == "ci" => ci::run(&workspace, &scratch)?,
             None => pack::run(
                 &target.join("release/caph-image"),
                 args.rootfs.as_deref(),

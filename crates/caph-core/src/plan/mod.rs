@@ -206,8 +206,11 @@ datasource_list: [ NoCloud, None ]
 # installimage writes the network configuration for the interface it found.
 network:
   config: disabled
-# installimage made this node's SSH host keys: keep them (cloud-init makes only missing types).
+# installimage made this node's SSH host keys: keep them. cloud-init makes the types it lists that
+# are missing, and its default list still has DSA, which OpenSSH no longer uses: list the ones
+# installimage makes.
 ssh_deletekeys: false
+ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 # Cluster API Provider Hetzner logs in as root with the keys installimage installed.
 disable_root: false
 # The image has no locale data to generate from (no locales package); C.UTF-8 comes with libc,
@@ -1089,7 +1092,23 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::base64_encode;
+    use super::{CLOUD_INIT_TARBALL_CONFIG, HOST_KEY_PLACEHOLDER_TYPES, base64_encode};
+
+    #[test]
+    fn cloud_init_makes_only_the_host_key_types_installimage_makes() {
+        let line = CLOUD_INIT_TARBALL_CONFIG
+            .lines()
+            .find_map(|line| line.strip_prefix("ssh_genkeytypes:"))
+            .expect("ssh_genkeytypes is set");
+        let types: Vec<&str> = line
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        assert_eq!(types, HOST_KEY_PLACEHOLDER_TYPES);
+    }
 
     #[test]
     fn base64() {

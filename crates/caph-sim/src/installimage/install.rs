@@ -668,9 +668,17 @@ pub(crate) fn install(
         &stage.join("etc/hosts"),
         &caph_boot::installimage::hosts(&vars.hostname, &facts.network()),
     )?;
-    // An empty machine-id: systemd makes a new one on first boot, so clones differ.
-    write(&stage.join("etc/machine-id"), "")?;
-    let _ = std::fs::remove_file(stage.join("var/lib/dbus/machine-id"));
+    // A machine-id of this install's own, where the image has the file: Hetzner's rescue system
+    // is booted by systemd, so installimage runs `systemd-machine-id-setup --root` (functions.sh,
+    // `set_hostname`), and copies it to D-Bus's place where that directory exists.
+    if stage.join("etc/machine-id").exists() {
+        let machine_id = format!("{:032x}\n", rand::random::<u128>());
+        write(&stage.join("etc/machine-id"), &machine_id)?;
+        let _ = std::fs::remove_file(stage.join("var/lib/dbus/machine-id"));
+        if stage.join("var/lib/dbus").is_dir() {
+            write(&stage.join("var/lib/dbus/machine-id"), &machine_id)?;
+        }
+    }
     status.sub("  Setting hostname");
     if stage.join("etc/ssh").is_dir() {
         regenerate_host_keys(&stage, log)?;

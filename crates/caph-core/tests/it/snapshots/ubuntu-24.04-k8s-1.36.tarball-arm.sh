@@ -437,8 +437,11 @@ datasource_list: [ NoCloud, None ]
 # installimage writes the network configuration for the interface it found.
 network:
   config: disabled
-# installimage made this node's SSH host keys: keep them (cloud-init makes only missing types).
+# installimage made this node's SSH host keys: keep them. cloud-init makes the types it lists that
+# are missing, and its default list still has DSA, which OpenSSH no longer uses: list the ones
+# installimage makes.
 ssh_deletekeys: false
+ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 # Cluster API Provider Hetzner logs in as root with the keys installimage installed.
 disable_root: false
 # The image has no locale data to generate from (no locales package); C.UTF-8 comes with libc,
