@@ -49,6 +49,8 @@ enum Kind {
     ScpAesGcm,
     SshCat,
     SshCatSha256,
+    /// The same work with caph-ssh's cipher: the limit for caph-ssh's upload on this server.
+    SshCatSha256AesGcm,
 }
 
 /// One way to upload, run as one process.
@@ -62,14 +64,17 @@ struct Case {
 impl Case {
     /// Whether the command prints the sha256 of what arrived (checked against the source's).
     fn prints_digest(&self) -> bool {
-        matches!(self.kind, Kind::CaphSsh | Kind::SshCatSha256)
+        matches!(
+            self.kind,
+            Kind::CaphSsh | Kind::SshCatSha256 | Kind::SshCatSha256AesGcm
+        )
     }
 }
 
 /// The cipher caph-ssh puts first (client preference decides an SSH negotiation).
 const AES_GCM: &str = "aes256-gcm@openssh.com";
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 6] = [
     Case {
         label: "**caph-ssh upload** (`tee temp \\| openssl dgst -sha256` on the server, then `chmod`, `mv`)",
         file: "caph-ssh.bin",
@@ -94,6 +99,11 @@ const CASES: [Case; 5] = [
         label: "OpenSSH `ssh host 'tee file \\| openssl dgst -sha256'` (caph-ssh's work)",
         file: "ssh-cat-sha256.bin",
         kind: Kind::SshCatSha256,
+    },
+    Case {
+        label: "OpenSSH `ssh -c aes256-gcm@openssh.com host 'tee file \\| openssl dgst -sha256'` (caph-ssh's work and cipher)",
+        file: "ssh-cat-sha256-aes-gcm.bin",
+        kind: Kind::SshCatSha256AesGcm,
     },
 ];
 
@@ -313,6 +323,11 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
             &[],
             &format!("tee '{dest_text}' | openssl dgst -sha256 -r"),
         ),
+        Kind::SshCatSha256AesGcm => ssh_command(
+            setup,
+            &["-c", AES_GCM],
+            &format!("tee '{dest_text}' | openssl dgst -sha256 -r"),
+        ),
     };
     let report = setup.dest_dir.join(format!("{}.time", case.file));
     let mut timed = harness::under_gnu_time(&command, &report);
@@ -421,7 +436,9 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
         text,
         "- cipher: OpenSSH's client negotiated `{cipher}` by default; caph-ssh offers \
          `{AES_GCM}` first (russh runs it on aws-lc), and the client's order decides an SSH \
-         negotiation, so the `scp -c {AES_GCM}` line is the like-for-like one; `scp` uses the \
+         negotiation, so the `scp -c {AES_GCM}` line is the like-for-like transfer and the last line \
+         (OpenSSH doing caph-ssh's server-side work with caph-ssh's cipher) the like-for-like \
+         verified upload; `scp` uses the \
          SFTP protocol (server: `{sftp}`); client and server share the machine's cores, so this \
          measures CPU cost more than any network"
     );
@@ -450,17 +467,20 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
     }
     let throughput = |index: usize| megabytes / seconds(&measured[index]);
     let index = |kind: Kind| CASES.iter().position(|case| case.kind == kind).unwrap_or(0);
-    let (ours, scp, scp_aes_gcm, same_work) = (
+    let (ours, scp, scp_aes_gcm, same_work, same_work_aes_gcm) = (
         index(Kind::CaphSsh),
         index(Kind::Scp),
         index(Kind::ScpAesGcm),
         index(Kind::SshCatSha256),
+        index(Kind::SshCatSha256AesGcm),
     );
     let _ = writeln!(
         text,
         "\n{} caph-ssh's verified upload runs at {:.0} MB/s, {:.2}x `scp`'s {:.0} MB/s \
-         (default cipher; target {SCP_TARGET}x: {}), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s and {:.2}x `ssh 'tee file \
-         | openssl dgst -sha256'` (the same work), with {:.1} MiB peak RSS ({:.1} MiB for `scp`).",
+         (default cipher; target {SCP_TARGET}x: {}), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s, \
+         {:.2}x `ssh 'tee file | openssl dgst -sha256'` (the same work) and {:.2}x the same work \
+         with its cipher ({:.0} MB/s, itself {:.2}x `scp`: the limit of this check here), with \
+         {:.1} MiB peak RSS ({:.1} MiB for `scp`).",
         harness::RESULT_PREFIX,
         throughput(ours),
         throughput(ours) / throughput(scp),
@@ -473,6 +493,9 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
         throughput(ours) / throughput(scp_aes_gcm),
         throughput(scp_aes_gcm),
         throughput(ours) / throughput(same_work),
+        throughput(ours) / throughput(same_work_aes_gcm),
+        throughput(same_work_aes_gcm),
+        throughput(same_work_aes_gcm) / throughput(scp),
         rss(&measured[ours]),
         rss(&measured[scp]),
     );
