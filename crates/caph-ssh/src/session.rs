@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::connect::ClientHandler;
 use crate::connection::ConnectionThread;
+use crate::digest::Sha256Hex;
 use crate::error::SshError;
 use crate::keys::PublicKey;
 
@@ -72,8 +73,18 @@ pub struct CapturedOutput {
 pub struct UploadReport {
     /// Bytes written.
     pub bytes: u64,
-    /// Lowercase hex sha256 of the bytes, as computed locally and confirmed by the server.
+    /// Lowercase hex sha256 of the bytes, as computed by the server and found equal to the one
+    /// computed here (or, for [`Session::upload_expecting`], to the one expected).
     pub sha256: String,
+}
+
+/// What the server's digest is compared with.
+#[derive(Clone, Copy)]
+enum Reference<'a> {
+    /// The digest of the bytes sent, computed here while sending them.
+    HashWhileSending,
+    /// A digest the caller knew beforehand; nothing is hashed here.
+    Expected(&'a Sha256Hex),
 }
 
 /// A connected, authenticated session. Dropping it closes the connection.
@@ -203,9 +214,59 @@ impl Session {
         mode: u32,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<UploadReport, SshError> {
+        self.upload_checked(
+            source,
+            remote_path,
+            mode,
+            Reference::HashWhileSending,
+            on_progress,
+        )
+        .await
+    }
+
+    /// Like [`Session::upload`], for a source whose sha256 is known beforehand (from the checksum
+    /// file written beside it): nothing is hashed here, which halves the client's CPU per byte;
+    /// the server hashes what it writes as it writes it, as always, and the file is renamed over
+    /// `remote_path` only when that digest equals `expected`. The check is as strong: a source
+    /// that differs from its recorded digest and bytes damaged on the way both fail it, with
+    /// [`SshError::ExpectedDigestMismatch`] naming both digests; the temporary file is removed
+    /// and the target never appears.
+    pub async fn upload_expecting<R: AsyncRead + Unpin + Send>(
+        &self,
+        source: R,
+        remote_path: &str,
+        mode: u32,
+        expected: &Sha256Hex,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadReport, SshError> {
+        self.upload_checked(
+            source,
+            remote_path,
+            mode,
+            Reference::Expected(expected),
+            on_progress,
+        )
+        .await
+    }
+
+    async fn upload_checked<R: AsyncRead + Unpin + Send>(
+        &self,
+        source: R,
+        remote_path: &str,
+        mode: u32,
+        reference: Reference<'_>,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadReport, SshError> {
         let temp_path = format!("{remote_path}.caph-upload-{:016x}", rand::random::<u64>());
         let result = self
-            .upload_to_temp(source, remote_path, &temp_path, mode, on_progress)
+            .upload_to_temp(
+                source,
+                remote_path,
+                &temp_path,
+                mode,
+                reference,
+                on_progress,
+            )
             .await;
         if result.is_err() && !self.is_closed() {
             // Best effort: the error being returned is the one that matters.
@@ -237,7 +298,13 @@ impl Session {
             sent,
             sent_digest,
         } = self
-            .run_hashed(&command, source, target, on_progress)
+            .run_hashed(
+                &command,
+                source,
+                target,
+                Reference::HashWhileSending,
+                on_progress,
+            )
             .await?;
         let written = WriteReport::parse(&stdout);
         let consumer_status = stdout
@@ -261,34 +328,71 @@ impl Session {
                 stderr: stderr.trim_end().to_owned(),
             });
         }
-        let remote_digest = written.digest.unwrap_or_default();
-        if remote_digest != sent_digest {
-            return Err(SshError::ChecksumMismatch {
-                addr: self.addr,
-                remote_path: target.to_owned(),
-                sent: sent_digest,
-                remote: remote_digest,
-            });
-        }
+        let sha256 = self.check_digest(
+            target,
+            written.digest,
+            Reference::HashWhileSending,
+            sent_digest,
+        )?;
         Ok(UploadReport {
             bytes: sent,
-            sha256: sent_digest,
+            sha256,
         })
     }
 
-    /// Runs `command` with `source` on its stdin, hashing what is sent; `target` names what is
-    /// written in errors. The caller reads the server's side of the story from the output.
+    /// The server's digest when it equals the reference (the digest computed while sending,
+    /// `sent_digest`, or the expected one), else the mismatch with both digests.
+    fn check_digest(
+        &self,
+        target: &str,
+        remote_digest: Option<String>,
+        reference: Reference<'_>,
+        sent_digest: Option<String>,
+    ) -> Result<String, SshError> {
+        let remote = remote_digest.unwrap_or_default();
+        match reference {
+            Reference::Expected(expected) if remote == expected.as_str() => Ok(remote),
+            Reference::Expected(expected) => Err(SshError::ExpectedDigestMismatch {
+                addr: self.addr,
+                remote_path: target.to_owned(),
+                expected: expected.to_string(),
+                remote,
+            }),
+            Reference::HashWhileSending => {
+                let sent = sent_digest.unwrap_or_default();
+                if remote != sent || remote.is_empty() {
+                    return Err(SshError::ChecksumMismatch {
+                        addr: self.addr,
+                        remote_path: target.to_owned(),
+                        sent,
+                        remote,
+                    });
+                }
+                Ok(remote)
+            }
+        }
+    }
+
+    /// Runs `command` with `source` on its stdin, hashing what is sent unless the reference is a
+    /// digest known beforehand; `target` names what is written in errors. The caller reads the
+    /// server's side of the story from the output.
     async fn run_hashed<R: AsyncRead + Unpin + Send>(
         &self,
         command: &str,
         source: R,
         target: &str,
+        reference: Reference<'_>,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<HashedRun, SshError> {
-        let mut hasher = Sha256::new();
+        let mut hasher = match reference {
+            Reference::HashWhileSending => Some(Sha256::new()),
+            Reference::Expected(_) => None,
+        };
         let mut sent: u64 = 0;
         let mut observe = |chunk: &[u8]| {
-            hasher.update(chunk);
+            if let Some(hasher) = &mut hasher {
+                hasher.update(chunk);
+            }
             sent += chunk.len() as u64;
             on_progress(sent);
         };
@@ -321,7 +425,7 @@ impl Session {
             stdout,
             stderr,
             sent,
-            sent_digest: hex::encode(hasher.finalize()),
+            sent_digest: hasher.map(|hasher| hex::encode(hasher.finalize())),
         })
     }
 
@@ -331,6 +435,7 @@ impl Session {
         remote_path: &str,
         temp_path: &str,
         mode: u32,
+        reference: Reference<'_>,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<UploadReport, SshError> {
         let write_command = write_and_hash_command(temp_path);
@@ -341,7 +446,7 @@ impl Session {
             sent,
             sent_digest,
         } = self
-            .run_hashed(&write_command, source, remote_path, on_progress)
+            .run_hashed(&write_command, source, remote_path, reference, on_progress)
             .await?;
         let written = WriteReport::parse(&stdout);
         // The hasher's status is the command's; `tee`'s (did every byte reach the file?) comes
@@ -355,15 +460,7 @@ impl Session {
         if let Some(status) = failed_status {
             return Err(self.upload_failed(remote_path, &write_command, status, stderr));
         }
-        let remote_digest = written.digest.unwrap_or_default();
-        if remote_digest != sent_digest {
-            return Err(SshError::ChecksumMismatch {
-                addr: self.addr,
-                remote_path: remote_path.to_owned(),
-                sent: sent_digest,
-                remote: remote_digest,
-            });
-        }
+        let sha256 = self.check_digest(remote_path, written.digest, reference, sent_digest)?;
 
         let rename_command = format!(
             "chmod {mode:o} -- {temp} && mv -f -- {temp} {target}",
@@ -381,7 +478,7 @@ impl Session {
         }
         Ok(UploadReport {
             bytes: sent,
-            sha256: sent_digest,
+            sha256,
         })
     }
 
@@ -689,7 +786,9 @@ struct HashedRun {
     stdout: String,
     stderr: String,
     sent: u64,
-    sent_digest: String,
+    /// The digest of what was sent; `None` when a digest known beforehand made hashing here
+    /// unnecessary.
+    sent_digest: Option<String>,
 }
 
 /// The line [`Session::stream_into`]'s command prints with the consumer's exit status.
