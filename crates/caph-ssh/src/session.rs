@@ -328,47 +328,46 @@ impl Session {
                 stderr: stderr.trim_end().to_owned(),
             });
         }
-        let sha256 = self.check_digest(
+        let sha256 = written.digest.unwrap_or_default();
+        if let Some(mismatch) = self.digest_mismatch(
             target,
-            written.digest,
+            &sha256,
             Reference::HashWhileSending,
-            sent_digest,
-        )?;
+            sent_digest.as_deref(),
+        ) {
+            return Err(mismatch);
+        }
         Ok(UploadReport {
             bytes: sent,
             sha256,
         })
     }
 
-    /// The server's digest when it equals the reference (the digest computed while sending,
-    /// `sent_digest`, or the expected one), else the mismatch with both digests.
-    fn check_digest(
+    /// The error when the server's digest (`remote`, empty when it printed none) differs from
+    /// the reference: the digest computed while sending (`sent_digest`) or the expected one.
+    fn digest_mismatch(
         &self,
         target: &str,
-        remote_digest: Option<String>,
+        remote: &str,
         reference: Reference<'_>,
-        sent_digest: Option<String>,
-    ) -> Result<String, SshError> {
-        let remote = remote_digest.unwrap_or_default();
+        sent_digest: Option<&str>,
+    ) -> Option<SshError> {
         match reference {
-            Reference::Expected(expected) if remote == expected.as_str() => Ok(remote),
-            Reference::Expected(expected) => Err(SshError::ExpectedDigestMismatch {
+            Reference::Expected(expected) if remote == expected.as_str() => None,
+            Reference::Expected(expected) => Some(SshError::ExpectedDigestMismatch {
                 addr: self.addr,
                 remote_path: target.to_owned(),
                 expected: expected.to_string(),
-                remote,
+                remote: remote.to_owned(),
             }),
             Reference::HashWhileSending => {
                 let sent = sent_digest.unwrap_or_default();
-                if remote != sent || remote.is_empty() {
-                    return Err(SshError::ChecksumMismatch {
-                        addr: self.addr,
-                        remote_path: target.to_owned(),
-                        sent,
-                        remote,
-                    });
-                }
-                Ok(remote)
+                (remote != sent || remote.is_empty()).then(|| SshError::ChecksumMismatch {
+                    addr: self.addr,
+                    remote_path: target.to_owned(),
+                    sent: sent.to_owned(),
+                    remote: remote.to_owned(),
+                })
             }
         }
     }
@@ -460,7 +459,12 @@ impl Session {
         if let Some(status) = failed_status {
             return Err(self.upload_failed(remote_path, &write_command, status, stderr));
         }
-        let sha256 = self.check_digest(remote_path, written.digest, reference, sent_digest)?;
+        let sha256 = written.digest.unwrap_or_default();
+        if let Some(mismatch) =
+            self.digest_mismatch(remote_path, &sha256, reference, sent_digest.as_deref())
+        {
+            return Err(mismatch);
+        }
 
         let rename_command = format!(
             "chmod {mode:o} -- {temp} && mv -f -- {temp} {target}",
