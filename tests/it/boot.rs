@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use caph_boot::console;
-use caph_boot::qemu::{Vm, VmConfig, Waited};
+use caph_boot::qemu::{Vm, VmConfig, VmNetwork, Waited};
 use caph_core::checks::FindingStatus;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ pub const EXPECTED_FAILED_UNITS: &[(&str, &str)] = &[
 async fn start(disk: &Path, dir: &Path, writable: bool) -> Vm {
     let mut config = VmConfig::new(disk, dir);
     config.writable = writable;
-    config.network = false;
+    config.network = VmNetwork::None;
     Vm::start(config).await.expect("QEMU starts")
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use caph_sim::hcloud::{HcloudSim, HcloudSimConfig, SimState, TimeMode};
+use caph_sim::host::MachineHost;
 use caph_sim::machine::{SshMachines, SshMachinesConfig};
 use caph_sim::mirror::{Mirror, ReleaseVersions, release_artifacts};
 
@@ -24,7 +25,7 @@ pub const VERSIONS: fn() -> ReleaseVersions = || ReleaseVersions {
 pub struct Cloud {
     pub sim: HcloudSim,
     /// Kept alive for the simulator (dropping it stops every machine).
-    pub _machines: Arc<SshMachines>,
+    pub _machines: Arc<dyn MachineHost>,
     pub mirror: Mirror,
 }
 
@@ -64,6 +65,16 @@ impl Cloud {
                 panic!("preparing the debian-12 {arch} root filesystem: {error}");
             }
         }
+        Ok(Cloud::start_on(scale, machines, on_request).await)
+    }
+
+    /// The simulator and the mirror with `machines` for its servers, whose system images are
+    /// prepared (the build benchmark's cloud with rescue systems, `CloudMachines`).
+    pub async fn start_on(
+        scale: f64,
+        machines: Arc<dyn MachineHost>,
+        on_request: Option<caph_sim::hcloud::RequestObserver>,
+    ) -> Cloud {
         let sim = HcloudSim::start(HcloudSimConfig {
             token: TOKEN.into(),
             time: TimeMode::Scaled(scale),
@@ -80,11 +91,11 @@ impl Cloud {
         )
         .await
         .expect("the mirror starts");
-        Ok(Cloud {
+        Cloud {
             sim,
             _machines: machines,
             mirror,
-        })
+        }
     }
 
     /// The architectures this machine can build: x86 always, arm where qemu-user runs arm binaries.

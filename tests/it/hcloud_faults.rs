@@ -209,7 +209,7 @@ async fn run_case(case: &Case) -> Result<String, String> {
             if let Some(fault) = stretch {
                 cloud.sim.inject(fault.clone());
             }
-            interrupt_at(&cloud, dir.path(), &args, &format!("x86: {phase}:")).await?
+            interrupt_at(cloud.env(), dir.path(), &args, &format!("x86: {phase}:")).await?
         }
     };
     if code != case.exit_code {
@@ -265,9 +265,10 @@ fn leftovers(cloud: &Cloud) -> Vec<String> {
     found
 }
 
-/// Runs the binary and sends SIGINT when a stderr line contains `marker`; returns the exit code and stderr.
-async fn interrupt_at(
-    cloud: &Cloud,
+/// Runs the binary with `env` and sends SIGINT when a stderr line contains `marker`; returns the
+/// exit code and stderr.
+pub async fn interrupt_at(
+    env: impl IntoIterator<Item = (&'static str, String)>,
     dir: &std::path::Path,
     args: &[&str],
     marker: &str,
@@ -275,7 +276,7 @@ async fn interrupt_at(
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_caph-image"))
         .args(args)
         .current_dir(dir)
-        .envs(cloud.env())
+        .envs(env)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

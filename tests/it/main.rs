@@ -5,6 +5,7 @@ mod caph_replay;
 mod cli;
 mod cloud;
 mod crd;
+mod from_tarball;
 mod hcloud_build;
 mod hcloud_capacity;
 mod hcloud_faults;

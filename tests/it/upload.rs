@@ -21,14 +21,14 @@ use caph_sim::mirror::{Mirror, sha256_hex};
 use crate::cloud::TOKEN;
 use crate::hcloud_build::run_caph_image_with;
 
-/// The simulated cloud with rescue-capable machines.
-struct RescueCloud {
-    sim: HcloudSim,
-    machines: Arc<CloudMachines>,
+/// The simulated cloud with rescue-capable machines (also `build hcloud --from-tarball`'s).
+pub struct RescueCloud {
+    pub sim: HcloudSim,
+    pub machines: Arc<CloudMachines>,
 }
 
 impl RescueCloud {
-    async fn start(test: &str) -> Option<RescueCloud> {
+    pub async fn start(test: &str) -> Option<RescueCloud> {
         let machines = match CloudMachines::new(CloudMachinesConfig {
             machines: SshMachinesConfig::default(),
             installimage_binary: PathBuf::from(env!("CARGO_BIN_EXE_caph-image")),
@@ -62,7 +62,7 @@ impl RescueCloud {
         Some(RescueCloud { sim, machines })
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("HCLOUD_TOKEN", TOKEN.to_string()),
             ("HCLOUD_ENDPOINT", self.sim.api_url()),
@@ -164,7 +164,7 @@ fn assert_carries(cloud: &RescueCloud, snapshot_id: u64, raw: &[u8]) {
     );
 }
 
-fn nothing_left_but_snapshots(state: &SimState) {
+pub fn nothing_left_but_snapshots(state: &SimState) {
     assert!(
         state.servers.is_empty(),
         "servers left: {:?}",

@@ -6,7 +6,8 @@
 //! line (`console=ttyS0` last, see `caph_core::plan::GRUB_SERIAL_CONSOLE`) sends systemd's status
 //! lines, cloud-init's output and a login prompt. Emulation (TCG), not KVM: nested KVM on CI
 //! machines is missing or refuses host CPU models. The network, when asked for, is QEMU's user
-//! network with `restrict=on`: the guest reaches nothing outside the VM, and nothing reaches it.
+//! network with `restrict=on`: the guest reaches nothing outside the VM, and nothing reaches it,
+//! but for the forwards a Hetzner Cloud guest is given ([`HetznerCloudGuest`]).
 //!
 //! A clean power off is Ctrl-Alt-Del from the monitor: systemd (PID 1) turns it into a reboot
 //! without needing logind or D-Bus (which a minimal image may lack, so the ACPI power button does
@@ -35,6 +36,43 @@ pub const GUEST_IPV4_PREFIX: u8 = 24;
 /// The user network's gateway.
 pub const GUEST_GATEWAY: &str = "10.0.2.2";
 
+/// The program that leads a Hetzner Cloud guest's metadata requests to a server on loopback.
+pub const SOCAT: &str = "socat";
+
+/// The address of Hetzner Cloud's metadata service, as a server sees it.
+pub const METADATA_ADDRESS: &str = "169.254.169.254";
+
+/// The VM's network card, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmNetwork {
+    /// No network card.
+    None,
+    /// A card on QEMU's restricted user network ([`GUEST_INTERFACE`], [`GUEST_IPV4`]).
+    Restricted,
+    /// What a Hetzner Cloud server shows its system (see [`HetznerCloudGuest`]).
+    HetznerCloud(HetznerCloudGuest),
+}
+
+/// What a Hetzner Cloud server shows its system, for a disk that reads its data from Hetzner's
+/// metadata service (cloud-init's Hetzner data source): the SMBIOS system manufacturer `Hetzner`
+/// (how the data source knows where it runs) with the server id as serial number, a network card
+/// with the server's MAC address whose DHCP answers on the link-local network, and
+/// `169.254.169.254:80` led by `socat` to `metadata` (QEMU's user network lets a guest reach a
+/// host address only through such a forward; `restrict=on` keeps everything else out of reach).
+/// `ssh`, when given, is a loopback address whose connections QEMU forwards to the guest's port
+/// 22, so that a test can log in as a user of the server would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HetznerCloudGuest {
+    /// The server id: the SMBIOS serial number (the metadata's `instance-id` should match).
+    pub server_id: u64,
+    /// The network card's MAC address (the metadata's network configuration names it).
+    pub mac: String,
+    /// The metadata server on loopback.
+    pub metadata: std::net::SocketAddr,
+    /// Where on loopback the guest's SSH port is reached, if anywhere.
+    pub ssh: Option<std::net::SocketAddr>,
+}
+
 /// How the VM is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -49,8 +87,8 @@ pub struct VmConfig {
     /// Whether the boot writes to the disk; otherwise its writes go to a throwaway overlay
     /// (`-snapshot`) and the disk stays as it was.
     pub writable: bool,
-    /// A network card on QEMU's restricted user network ([`GUEST_INTERFACE`]), or none.
-    pub network: bool,
+    /// The network card, if any.
+    pub network: VmNetwork,
     /// Memory in MiB.
     pub memory_mib: u32,
     /// Virtual CPUs.
@@ -66,7 +104,7 @@ impl VmConfig {
             monitor: dir.join("qemu-monitor.sock"),
             qemu_log: dir.join("qemu.log"),
             writable: true,
-            network: true,
+            network: VmNetwork::Restricted,
             memory_mib: 1024,
             cpus: 2,
         }
@@ -75,10 +113,78 @@ impl VmConfig {
 
 /// Why this machine cannot run the VM, if it cannot.
 pub fn qemu_missing() -> Option<String> {
+    program_missing(QEMU, "qemu-system-x86")
+}
+
+/// Why this machine cannot lead a Hetzner Cloud guest to its metadata server, if it cannot.
+pub fn socat_missing() -> Option<String> {
+    program_missing(SOCAT, "socat")
+}
+
+fn program_missing(program: &str, package: &str) -> Option<String> {
     let found = ["/usr/bin", "/usr/local/bin", "/bin"]
         .iter()
-        .any(|dir| Path::new(dir).join(QEMU).is_file());
-    (!found).then(|| format!("{QEMU} is missing (Debian package qemu-system-x86)"))
+        .any(|dir| Path::new(dir).join(program).is_file());
+    (!found).then(|| format!("{program} is missing (Debian package {package})"))
+}
+
+/// QEMU's arguments for `config`.
+fn qemu_args(config: &VmConfig) -> Vec<String> {
+    let mut args: Vec<String> = ["-accel", "tcg", "-machine", "pc"]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+    args.extend([
+        "-m".to_string(),
+        config.memory_mib.to_string(),
+        "-smp".to_string(),
+        config.cpus.to_string(),
+        "-nographic".to_string(),
+        "-no-reboot".to_string(),
+        "-serial".to_string(),
+        format!("file:{}", config.console_log.display()),
+        "-monitor".to_string(),
+        format!("unix:{},server,nowait", config.monitor.display()),
+        "-drive".to_string(),
+        format!(
+            "file={},format=raw,if=virtio{}",
+            config.disk.display(),
+            if config.writable { "" } else { ",snapshot=on" }
+        ),
+    ]);
+    match &config.network {
+        VmNetwork::None => args.extend(["-nic".to_string(), "none".to_string()]),
+        VmNetwork::Restricted => args.extend([
+            "-netdev".to_string(),
+            "user,id=net0,restrict=on".to_string(),
+            // Slot 3 fixes the name the guest gives it (GUEST_INTERFACE).
+            "-device".to_string(),
+            "virtio-net-pci,netdev=net0,addr=0x3".to_string(),
+        ]),
+        VmNetwork::HetznerCloud(guest) => {
+            // The metadata address must lie in the guest's network for QEMU to forward it, so
+            // the network is the link-local one, as the metadata service's is on Hetzner Cloud.
+            let mut netdev = format!(
+                "user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.0.100,restrict=on,guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:{SOCAT} - TCP:{}",
+                guest.metadata
+            );
+            if let Some(ssh) = guest.ssh {
+                netdev.push_str(&format!(",hostfwd=tcp:{}:{}-:22", ssh.ip(), ssh.port()));
+            }
+            args.extend([
+                "-smbios".to_string(),
+                format!(
+                    "type=1,manufacturer=Hetzner,product=vServer,serial={}",
+                    guest.server_id
+                ),
+                "-netdev".to_string(),
+                netdev,
+                "-device".to_string(),
+                format!("virtio-net-pci,netdev=net0,addr=0x3,mac={}", guest.mac),
+            ]);
+        }
+    }
+    args
 }
 
 /// How long a Ctrl-Alt-Del may go unanswered before it is pressed again.
@@ -163,32 +269,13 @@ impl Vm {
         if let Some(missing) = qemu_missing() {
             return Err(BootError::Machine(missing));
         }
-        let mut command = tokio::process::Command::new(QEMU);
-        command
-            .args(["-accel", "tcg", "-machine", "pc"])
-            .arg("-m")
-            .arg(config.memory_mib.to_string())
-            .arg("-smp")
-            .arg(config.cpus.to_string())
-            .args(["-nographic", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", config.console_log.display()))
-            .arg("-monitor")
-            .arg(format!("unix:{},server,nowait", config.monitor.display()))
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=virtio{}",
-                config.disk.display(),
-                if config.writable { "" } else { ",snapshot=on" }
-            ));
-        if config.network {
-            command
-                .args(["-netdev", "user,id=net0,restrict=on"])
-                // Slot 3 fixes the name the guest gives it (GUEST_INTERFACE).
-                .args(["-device", "virtio-net-pci,netdev=net0,addr=0x3"]);
-        } else {
-            command.args(["-nic", "none"]);
+        if let VmNetwork::HetznerCloud(_) = &config.network
+            && let Some(missing) = socat_missing()
+        {
+            return Err(BootError::Machine(missing));
         }
+        let mut command = tokio::process::Command::new(QEMU);
+        command.args(qemu_args(&config));
         let qemu_log =
             std::fs::File::create(&config.qemu_log).map_err(|error| BootError::Failed {
                 what: format!("creating {}", config.qemu_log.display()),
@@ -309,5 +396,76 @@ impl Vm {
     /// QEMU's own messages (a disk it cannot open, a missing firmware).
     pub fn qemu_messages(&self) -> String {
         std::fs::read_to_string(&self.config.qemu_log).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(network: VmNetwork) -> VmConfig {
+        let mut config = VmConfig::new(Path::new("/work/disk.img"), Path::new("/work"));
+        config.writable = false;
+        config.network = network;
+        config
+    }
+
+    /// The arguments after `flag`, each time it appears.
+    fn values(args: &[String], flag: &str) -> Vec<String> {
+        args.windows(2)
+            .filter(|pair| pair[0] == flag)
+            .map(|pair| pair[1].clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_disk_is_the_only_drive_and_boots_through_its_own_loader() {
+        let args = qemu_args(&config(VmNetwork::None));
+        assert_eq!(
+            values(&args, "-drive"),
+            ["file=/work/disk.img,format=raw,if=virtio,snapshot=on"]
+        );
+        assert!(!args.iter().any(|arg| arg == "-kernel"), "{args:?}");
+        assert_eq!(values(&args, "-nic"), ["none"]);
+        assert_eq!(values(&args, "-serial"), ["file:/work/console.log"]);
+        assert!(values(&args, "-smbios").is_empty());
+    }
+
+    #[test]
+    fn a_restricted_network_reaches_nothing() {
+        let args = qemu_args(&config(VmNetwork::Restricted));
+        assert_eq!(values(&args, "-netdev"), ["user,id=net0,restrict=on"]);
+        assert_eq!(
+            values(&args, "-device"),
+            ["virtio-net-pci,netdev=net0,addr=0x3"]
+        );
+    }
+
+    #[test]
+    fn a_hetzner_cloud_guest_shows_hetzner_and_reaches_only_its_metadata_and_ssh() {
+        let guest = HetznerCloudGuest {
+            server_id: 4242,
+            mac: "96:00:00:00:42:42".to_string(),
+            metadata: "127.0.0.1:8080".parse().unwrap(),
+            ssh: Some("127.0.0.1:2222".parse().unwrap()),
+        };
+        let args = qemu_args(&config(VmNetwork::HetznerCloud(guest.clone())));
+        assert_eq!(
+            values(&args, "-smbios"),
+            ["type=1,manufacturer=Hetzner,product=vServer,serial=4242"]
+        );
+        assert_eq!(
+            values(&args, "-netdev"),
+            [
+                "user,id=net0,net=169.254.0.0/16,host=169.254.0.1,dhcpstart=169.254.0.100,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:8080,hostfwd=tcp:127.0.0.1:2222-:22"
+            ]
+        );
+        assert_eq!(
+            values(&args, "-device"),
+            ["virtio-net-pci,netdev=net0,addr=0x3,mac=96:00:00:00:42:42"]
+        );
+        let without_ssh = HetznerCloudGuest { ssh: None, ..guest };
+        let args = qemu_args(&config(VmNetwork::HetznerCloud(without_ssh)));
+        assert!(!values(&args, "-netdev")[0].contains("hostfwd"), "{args:?}");
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use caph_core::compression::Compression;
-use caph_core::plan::{MODULES_CONFIG_PATH, RELEASE_PATH, SYSCTL_CONFIG_PATH};
+use caph_core::plan::{HOST_KEYS_UNIT_PATH, MODULES_CONFIG_PATH, RELEASE_PATH, SYSCTL_CONFIG_PATH};
 use tokio_util::sync::CancellationToken;
 
 use crate::BootError;
@@ -30,6 +30,7 @@ fn keep_content(path: &str) -> bool {
     ) || path == RELEASE_PATH.trim_start_matches('/')
         || path == MODULES_CONFIG_PATH.trim_start_matches('/')
         || path == SYSCTL_CONFIG_PATH.trim_start_matches('/')
+        || path == HOST_KEYS_UNIT_PATH.trim_start_matches('/')
         || (path.starts_with("etc/cloud/cloud.cfg.d/") && path.ends_with(".cfg"))
         || (path.starts_with("etc/ssh/ssh_host_") && path.ends_with("_key.pub"))
 }
@@ -263,6 +264,49 @@ impl TarballContents {
         }
         if !self.has(&["usr/sbin/grub-install", "sbin/grub-install"]) {
             problems.push("it has no grub-install: installimage installs GRUB from the image; install grub-pc".to_string());
+        }
+        problems
+    }
+}
+
+impl TarballContents {
+    /// Why `build hcloud --from-tarball` cannot make a Hetzner Cloud server's disk of this
+    /// tarball, every reason at once (none when it can): it must be a caph-image tarball of an
+    /// x86_64 system (arm servers boot UEFI) with a kernel, GRUB to install, cloud-init to read
+    /// Hetzner's metadata service, and the unit that makes each server's host keys.
+    pub fn cloud_disk_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.file(RELEASE_PATH).is_none() {
+            problems.push(format!(
+                "it is not a caph-image tarball (no {RELEASE_PATH}): make one with `caph-image build tarball`, or leave out TARBALL to build it first"
+            ));
+        }
+        match self.machine() {
+            Some("x86_64") => {}
+            Some(other) => problems.push(format!(
+                "it is a {other} system; Hetzner Cloud's arm servers boot UEFI, and --from-tarball installs GRUB for BIOS: build arm snapshots without --from-tarball"
+            )),
+            None => problems.push(
+                "it holds no dynamic loader (lib64/ld-linux-x86-64.so.2): not the root file system of an installable system".to_string(),
+            ),
+        }
+        if self.kernels.is_empty() {
+            problems
+                .push("/boot holds no kernel (vmlinuz-*): install a kernel package".to_string());
+        }
+        if !self.has(&["usr/sbin/grub-install", "sbin/grub-install"]) {
+            problems.push(
+                "it has no grub-install, which the server's disk boots through: install grub-pc"
+                    .to_string(),
+            );
+        }
+        if !self.has(&["usr/bin/cloud-init"]) {
+            problems.push("it has no cloud-init (usr/bin/cloud-init), which gives a Hetzner Cloud server its user data, host name, SSH keys and network: install cloud-init".to_string());
+        }
+        if self.file(HOST_KEYS_UNIT_PATH).is_none() {
+            problems.push(format!(
+                "it has no {HOST_KEYS_UNIT_PATH}, which makes each server's SSH host keys on its first boot: build it with this caph-image"
+            ));
         }
         problems
     }

@@ -16,6 +16,9 @@
 
 #[path = "../../../xtask/src/bench/harness.rs"]
 mod harness;
+// Beside this file, not in benches/, where cargo would take it for a bench target of its own.
+#[path = "builds/from_tarball.rs"]
+mod from_tarball;
 // The end-to-end tests' simulated cloud; the bench uses part of it.
 #[allow(dead_code)]
 #[path = "../../../tests/it/cloud.rs"]
@@ -38,8 +41,7 @@ use cloud::Cloud;
 /// as they would on Hetzner, where they are most of a build, while a build takes a minute or two
 /// instead of four.
 const SCALE: f64 = 0.25;
-const TITLE: &str =
-    "Two-architecture build vs two one-architecture builds, and peak RSS of a build";
+const TITLE: &str = "Two-architecture build vs two one-architecture builds, --from-tarball vs SSH provisioning, and peak RSS of a build";
 /// How often the benchmark looks at the simulator's state while a build runs: the resolution
 /// of the measured waits.
 const WATCH_INTERVAL: Duration = Duration::from_millis(20);
@@ -162,7 +164,8 @@ async fn watch_servers(
                 continue;
             };
             match action.command.as_str() {
-                "shutdown_server" => {
+                // A rescue flow (--from-tarball) powers off hard: `poweroff` is `stop_server`.
+                "shutdown_server" | "stop_server" => {
                     server.shutdown_requested.get_or_insert(now);
                 }
                 "create_image" => {
@@ -238,7 +241,16 @@ async fn main() {
     let section = match unavailable() {
         Some(reason) => skipped(&reason),
         None => match Cloud::start_scaled(SCALE).await {
-            Ok(cloud) => measure(&cloud).await,
+            Ok(cloud) => {
+                let (architectures, sentence) = measure(&cloud).await;
+                // The simulator's machines go before the next simulator's start.
+                drop(cloud);
+                let (tarball, tarball_sentence) = from_tarball::measure(SCALE).await;
+                format!(
+                    "## {TITLE}\n\n{architectures}\n{tarball}\n{} {sentence}; {tarball_sentence}.\n",
+                    harness::RESULT_PREFIX
+                )
+            }
             Err(reason) => skipped(&reason),
         },
     };
@@ -268,7 +280,7 @@ fn unavailable() -> Option<String> {
     None
 }
 
-async fn measure(cloud: &Cloud) -> String {
+async fn measure(cloud: &Cloud) -> (String, String) {
     let runs = harness::runs();
     let dir = tempfile::tempdir().expect("a scratch directory");
     let client = Client::new(ClientConfig::new(
@@ -299,8 +311,7 @@ async fn measure(cloud: &Cloud) -> String {
     render(runs, &measured)
 }
 
-/// Runs one `caph-image build hcloud` and checks what it left in the simulator; panics (a
-/// benchmark of a failed build is worthless) on any failure.
+/// Runs one `caph-image build hcloud --arch ...` of `build`; see [`run_measured`].
 async fn run_build(
     cloud: &Cloud,
     client: &Client,
@@ -311,11 +322,39 @@ async fn run_build(
     // A name per run, so no build finds another's snapshot.
     let name = format!("bench-{}-{round}", build.slug());
     let architectures = build.architectures();
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        cloud.spec(&name, architectures),
+    )
+    .expect("write the spec");
+    let arch_list = architectures.join(",");
+    run_measured(
+        cloud,
+        client,
+        dir,
+        &name,
+        &["--arch", &arch_list],
+        architectures.len(),
+    )
+    .await
+}
+
+/// Runs one `caph-image build hcloud NAME.toml EXTRA...` and checks what it left in the
+/// simulator (`snapshots` snapshots, finished, and nothing else); panics (a benchmark of a failed
+/// build is worthless) on any failure.
+async fn run_measured(
+    cloud: &Cloud,
+    client: &Client,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    snapshots: usize,
+) -> Measured {
     let spec = format!("{name}.toml");
-    std::fs::write(dir.join(&spec), cloud.spec(&name, architectures)).expect("write the spec");
     let mut command = Command::new(env!("CARGO_BIN_EXE_caph-image"));
     command
-        .args(["build", "hcloud", &spec, "--arch", &architectures.join(",")])
+        .args(["build", "hcloud", &spec])
+        .args(extra)
         .args(["--no-progress", "--output", "json"])
         .envs(cloud.env())
         .current_dir(dir);
@@ -337,31 +376,31 @@ async fn run_build(
     let errors = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "caph-image build hcloud --arch {} failed ({}):\n{errors}",
-        architectures.join(","),
+        "caph-image build hcloud {spec} {} failed ({}):\n{errors}",
+        extra.join(" "),
         output.status
     );
     let usage = harness::read_gnu_time(&report).expect("GNU time's report");
 
     let result: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("caph-image printed JSON");
-    let snapshots = result["snapshots"].as_array().cloned().unwrap_or_default();
-    assert_eq!(snapshots.len(), architectures.len(), "{result:#}");
+    let made_snapshots = result["snapshots"].as_array().cloned().unwrap_or_default();
+    assert_eq!(made_snapshots.len(), snapshots, "{result:#}");
     // The simulator's account: this build's snapshots, finished, and no server or key left.
     let state = cloud.state_with_nothing_left();
     let made: Vec<_> = state
         .snapshots()
         .into_iter()
-        .filter(|image| image.labels.get("caph-image-name") == Some(&name))
+        .filter(|image| image.labels.get("caph-image-name").map(String::as_str) == Some(name))
         .collect();
-    assert_eq!(made.len(), architectures.len(), "{made:?}");
+    assert_eq!(made.len(), snapshots, "{made:?}");
     assert!(
         made.iter()
             .all(|image| !image.labels.contains_key("caph-image-build")),
         "{made:?}"
     );
     // Removed once checked, so the simulator's disk copies do not pile up over the runs.
-    for snapshot in &snapshots {
+    for snapshot in &made_snapshots {
         let id = snapshot["id"]
             .as_str()
             .and_then(|id| id.parse().ok())
@@ -371,7 +410,7 @@ async fn run_build(
             .await
             .expect("delete the snapshot");
     }
-    assert_eq!(seen.len(), architectures.len(), "{seen:?}");
+    assert_eq!(seen.len(), snapshots, "{seen:?}");
     Measured {
         seconds,
         rss_kib: usage.rss_kib,
@@ -379,7 +418,8 @@ async fn run_build(
     }
 }
 
-fn render(runs: usize, measured: &[Vec<Measured>]) -> String {
+/// The part of the section on builds of two architectures and one, and the result's sentence.
+fn render(runs: usize, measured: &[Vec<Measured>]) -> (String, String) {
     let median_of = |index: usize, value: &dyn Fn(&Measured) -> f64| {
         harness::median(&measured[index].iter().map(value).collect::<Vec<_>>())
     };
@@ -405,7 +445,6 @@ fn render(runs: usize, measured: &[Vec<Measured>]) -> String {
     let worst_overhead = (0..Build::ALL.len()).map(overhead).fold(f64::MIN, f64::max);
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
     let mut text = String::new();
-    let _ = writeln!(text, "## {TITLE}\n");
     let _ = writeln!(
         text,
         "- the release `caph-image build hcloud SPEC --arch ARCHES --no-progress --output json` \
@@ -484,17 +523,15 @@ fn render(runs: usize, measured: &[Vec<Measured>]) -> String {
          target {OVERHEAD_TARGET_SECONDS} s: {})",
         verdict(worst_overhead <= OVERHEAD_TARGET_SECONDS)
     );
-    let _ = writeln!(
-        text,
-        "\n{} a two-architecture build takes {:.2}x the time of the slower one-architecture \
+    let sentence = format!(
+        "a two-architecture build takes {:.2}x the time of the slower one-architecture \
          build (target {PAIR_TARGET}x; {both:.0} s vs {slower:.0} s) and {:.2}x two \
          one-architecture builds back to back ({:.0}% saved); tool overhead beyond the \
          simulator's waits and the plan is at most {worst_overhead:.1} s per build (target \
-         {OVERHEAD_TARGET_SECONDS} s); a build's peak RSS is at most {max_rss:.1} MiB.",
-        harness::RESULT_PREFIX,
+         {OVERHEAD_TARGET_SECONDS} s); a build's peak RSS is at most {max_rss:.1} MiB",
         both / slower.max(f64::EPSILON),
         both / pair.max(f64::EPSILON),
         100.0 * (1.0 - both / pair.max(f64::EPSILON)),
     );
-    text
+    (text, sentence)
 }

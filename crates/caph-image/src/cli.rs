@@ -442,7 +442,25 @@ Examples:
 Without a Hetzner account, --sim runs the same build against a simulated cloud whose servers are
 real OpenSSH servers in chroots on this machine:
   sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --sim --arch x86
-  sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --sim --sim-speed 100")]
+  sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --sim --sim-speed 100
+
+One root filesystem for both targets: with --from-tarball the snapshot is the spec's installimage
+tarball, the very bytes a dedicated server installs, instead of a system image provisioned over
+SSH. The spec's plan does not run on the server (the tarball already is the node, made by the
+same plan in a chroot); the spec gives the image name, labels, server types, locations and the
+base image the temporary server is created from, which it never boots. Without TARBALL the
+tarball is built first, as build tarball does (needs root), into --output-dir. The server is
+created powered off and booted into its rescue system, where /dev/sda is partitioned as
+installimage does for one disk (1 GiB ext4 /boot, ext4 / on the rest), the tarball streamed over
+SSH into tar with its sha256 computed here and on the server (and checked against the .sha256
+beside TARBALL, when there is one), /etc/fstab written by UUID, cloud-init set to Hetzner's
+metadata service (user data, host name, SSH keys and network; the tarball's NoCloud settings are
+for installimage) and GRUB installed from the tarball; then power off, snapshot and naming as
+above. The output prints the tarball's sha256, and the snapshot carries its first 12 digits as the
+label tarball-sha256 (the description has all of it). x86 only: Hetzner Cloud's arm servers boot
+UEFI.
+  sudo caph-image build hcloud images/debian-12-k8s-1.36.toml --arch x86 --from-tarball -o dist/
+  caph-image build hcloud images/debian-12-k8s-1.36.toml --from-tarball dist/Debian-1200-bookworm-amd64-k8s-v1.36.4.tar.gz")]
     Hcloud {
         /// The spec file
         #[arg(value_name = "SPEC")]
@@ -467,6 +485,20 @@ real OpenSSH servers in chroots on this machine:
         /// Print the preflight and the plan, and create nothing
         #[arg(long)]
         dry_run: bool,
+        /// Snapshot the spec's installimage tarball written onto the server's disk from its
+        /// rescue system, instead of running the plan over SSH; without TARBALL it is built
+        /// first (needs root)
+        // No --sim: the simulated cloud of --sim has no rescue systems.
+        #[arg(long, value_name = "TARBALL", num_args = 0..=1, conflicts_with = "sim")]
+        from_tarball: Option<Option<PathBuf>>,
+        /// With --from-tarball and no TARBALL: where the tarball, its .sha256 and manifest go
+        #[arg(
+            short = 'o',
+            long = "output-dir",
+            value_name = "DIR",
+            requires = "from_tarball"
+        )]
+        output_dir: Option<PathBuf>,
         /// How long to wait for the server to be off after an ACPI shutdown before powering it off hard
         #[arg(long, default_value = "2m", value_parser = parse_duration)]
         shutdown_timeout: std::time::Duration,

@@ -175,10 +175,13 @@ pub const HOST_KEY_PLACEHOLDER_TYPES: &[&str] = &["rsa", "ecdsa", "ed25519"];
 /// First-boot host keys for a tarball node: an empty placeholder that nothing replaced (the
 /// tarball unpacked by something other than installimage) is removed and every missing type
 /// generated, before sshd starts. Where installimage made keys, `ssh-keygen -A` finds them all
-/// present and does nothing.
+/// present and does nothing. After cloud-init's first stage, whose ssh module may delete and make
+/// host keys too (on a Hetzner Cloud disk, [`CLOUD_INIT_HCLOUD_DISK_CONFIG`]), so that the two
+/// never write one key file at once.
 pub const HOST_KEYS_UNIT: &str = "\
 [Unit]
 Description=SSH host keys for a node installed from a caph-image tarball
+After=cloud-init.service
 Before=ssh.service
 ConditionPathExists=/usr/bin/ssh-keygen
 
@@ -215,6 +218,34 @@ ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 disable_root: false
 # The image has no locale data to generate from (no locales package); C.UTF-8 comes with libc,
 # where cloud-init's default en_US.UTF-8 would fail the first boot in locale-gen.
+locale: C.UTF-8
+";
+
+/// cloud-init on a tarball node written onto a Hetzner Cloud server's disk (`build hcloud
+/// --from-tarball`), in place of [`CLOUD_INIT_TARBALL_CONFIG`] at [`CLOUD_INIT_CONFIG_PATH`]:
+/// there the user data (Cluster API Provider Hetzner's bootstrap), the host name, the SSH keys
+/// and the network come from Hetzner's metadata service, and nothing else writes the network.
+///
+/// It replaces the tarball's file rather than adding one that sorts after it: cloud-init takes a
+/// `network` key of its own configuration as the network configuration itself, ahead of the data
+/// source's, and a later file can change `config: disabled` only into another such key, never
+/// remove it. A snapshot becomes many servers, so host keys are made per instance as on
+/// Hetzner's own images (the tarball's [`HOST_KEYS_UNIT`] runs after cloud-init and then finds
+/// them all). The locale is `C.UTF-8`, which needs no generation: cloud-init's default,
+/// `en_US.UTF-8`, is not generated in the tarball, and Debian's `locale-gen` makes only what
+/// `/etc/locale.gen` lists, so setting it fails cloud-init's locale module.
+pub const CLOUD_INIT_HCLOUD_DISK_CONFIG: &str = "\
+# Written by caph-image build hcloud --from-tarball for a Hetzner Cloud server, in place of the
+# tarball's settings for installimage: the user data, host name, SSH keys and network come from
+# Hetzner's metadata service (169.254.169.254).
+datasource_list: [ Hetzner, None ]
+# No network key: cloud-init configures the network from the metadata service.
+# Each server made from the snapshot makes its own host keys, of the types sshd loads.
+ssh_deletekeys: true
+ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
+# Root logs in with the SSH keys given when the server was created, as on Hetzner's images.
+disable_root: false
+# Built into the C library: nothing to generate.
 locale: C.UTF-8
 ";
 

@@ -13,10 +13,12 @@
 mod cloud_init;
 pub mod commit;
 pub mod disk_image;
+pub mod from_tarball;
 mod ledger;
 mod lookup;
 pub mod naming;
 pub mod placement;
+mod rescue;
 mod run;
 pub mod upload;
 pub mod verify;

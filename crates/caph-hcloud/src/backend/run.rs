@@ -187,11 +187,38 @@ pub(crate) async fn build_all(
     .await
 }
 
+/// One unit of work that is not a build of architectures (an upload, a build from a tarball):
+/// supervised as a build's architecture is, then the sweep; its artifact, or the error naming
+/// `work_name` and the cleanup.
+pub(crate) async fn run_one(
+    job: &Job<'_>,
+    keep_on_error: bool,
+    work_name: &str,
+    work: impl Future<Output = Result<Artifact, ArchFailure>>,
+) -> Result<Artifact, BackendError> {
+    let (client, config, context, tracker) = (job.client, job.config, job.context, job.tracker);
+    let outcome = supervise(client, config, context, tracker, keep_on_error, work).await;
+    let mut artifacts = finish_all(
+        client,
+        config,
+        context,
+        work_name,
+        &[tracker.arch],
+        vec![outcome],
+        |artifact| format!("{} snapshot {}", artifact.arch, artifact.id),
+    )
+    .await?;
+    artifacts.pop().ok_or_else(|| BackendError::Failed {
+        context: format!("{work_name} made no snapshot"),
+        source: "no artifact".into(),
+    })
+}
+
 /// Sweeps what still carries the build label and turns the units' outcomes into the result:
 /// the artifacts, or an error naming each failure and its cleanup.
 pub(crate) async fn finish_all<T>(
     client: &Client,
-    config: &Arc<HcloudBackendConfig>,
+    config: &HcloudBackendConfig,
     context: &Context,
     work: &str,
     architectures: &[Arch],
@@ -337,9 +364,9 @@ impl Tracker {
 /// `keep_on_error`, keeps the server for debugging).
 pub(crate) async fn supervise<T>(
     client: &Client,
-    config: &Arc<HcloudBackendConfig>,
+    config: &HcloudBackendConfig,
     context: &Context,
-    tracker: &Arc<Tracker>,
+    tracker: &Tracker,
     keep_on_error: bool,
     work: impl Future<Output = Result<T, ArchFailure>>,
 ) -> ArchOutcome<T> {
@@ -946,27 +973,28 @@ impl Job<'_> {
                         config.shutdown_timeout
                     ),
                 });
-                let action = client
-                    .poweroff_server(server_id)
-                    .await
-                    .map_err(api("powering off"))?;
-                client
-                    .wait_for_action(&action, &config.wait, &mut |_| {})
-                    .await
-                    .map_err(api("waiting for the poweroff"))?;
-                client
-                    .wait_for_server_status(
-                        server_id,
-                        &ServerStatus::Off,
-                        &config.wait,
-                        &mut |_| {},
-                    )
-                    .await
-                    .map_err(api("waiting for the server to be off"))?;
-                Ok(())
+                self.hard_power_off(server_id).await
             }
             Err(error) => Err(api("waiting for the server to be off")(error)),
         }
+    }
+
+    /// Powers the server off hard (no ACPI) and waits until it is off.
+    pub(crate) async fn hard_power_off(&self, server_id: ServerId) -> Result<(), ArchFailure> {
+        let (client, config) = (self.client, self.config);
+        let action = client
+            .poweroff_server(server_id)
+            .await
+            .map_err(api("powering off"))?;
+        client
+            .wait_for_action(&action, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the poweroff"))?;
+        client
+            .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
+            .await
+            .map_err(api("waiting for the server to be off"))?;
+        Ok(())
     }
 
     /// Snapshot, under a pending name so CAPH does not see it yet; returns it once available.
@@ -1092,8 +1120,7 @@ async fn wait_until_available(
     }
 }
 
-/// Runs each step as its own script: written to a temporary file and run with stdin from /dev/null,
-/// so commands in a step cannot eat the rest of the script.
+/// Runs each step as its own script (see [`run_step`]), stopping at the first that fails.
 async fn run_plan(
     session: &Session,
     plan: &plan::Plan,
@@ -1101,49 +1128,69 @@ async fn run_plan(
     context: &Context,
     tracker: &Tracker,
 ) -> Result<(), ArchFailure> {
-    const RUNNER: &str = "f=$(mktemp /root/.caph-step.XXXXXX) && cat > \"$f\" && bash \"$f\" < /dev/null; status=$?; rm -f \"$f\"; exit $status";
     let count = plan.steps.len();
     let exports = stamp.exports();
     for (index, step) in plan.steps.iter().enumerate() {
-        let number = index + 1;
-        tracker.enter(
-            context,
-            Phase::Provision,
-            format!("step {number}/{count}: {}", step.name),
-        );
         let script = format!("{exports}{}", step.to_script());
-        let mut tail: VecDeque<String> = VecDeque::with_capacity(FAILURE_TAIL_LINES);
-        let scope = tracker.arch.to_string();
-        let status = session
-            .exec_with_stdin(RUNNER, script.as_bytes(), &mut |line: OutputLine<'_>| {
-                if tail.len() == FAILURE_TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line.text.to_string());
-                context.progress.event(ProgressEvent::Output {
-                    scope: scope.clone(),
-                    line: line.text.to_string(),
-                });
-            })
-            .await
-            .map_err(ssh(format!(
-                "running step {number}/{count} \"{}\"",
-                step.name
-            )))?;
-        if status != 0 {
-            let tail = tail
-                .iter()
-                .map(|line| format!("  | {line}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(ArchFailure::Step {
-                number,
-                count,
-                name: step.name.clone(),
-                status,
-                tail,
+        run_step(
+            session,
+            (index + 1, count),
+            &step.name,
+            &script,
+            context,
+            tracker,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs one step, number `of.0` of `of.1`: written to a temporary file and run with stdin from
+/// /dev/null, so that commands in a step cannot eat the rest of the script. Its output goes to
+/// progress; a non-zero exit is an error with the last lines.
+pub(crate) async fn run_step(
+    session: &Session,
+    of: (usize, usize),
+    name: &str,
+    script: &str,
+    context: &Context,
+    tracker: &Tracker,
+) -> Result<(), ArchFailure> {
+    const RUNNER: &str = "f=$(mktemp /root/.caph-step.XXXXXX) && cat > \"$f\" && bash \"$f\" < /dev/null; status=$?; rm -f \"$f\"; exit $status";
+    let (number, count) = of;
+    tracker.enter(
+        context,
+        Phase::Provision,
+        format!("step {number}/{count}: {name}"),
+    );
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(FAILURE_TAIL_LINES);
+    let scope = tracker.arch.to_string();
+    let status = session
+        .exec_with_stdin(RUNNER, script.as_bytes(), &mut |line: OutputLine<'_>| {
+            if tail.len() == FAILURE_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.text.to_string());
+            context.progress.event(ProgressEvent::Output {
+                scope: scope.clone(),
+                line: line.text.to_string(),
             });
-        }
+        })
+        .await
+        .map_err(ssh(format!("running step {number}/{count} \"{name}\"")))?;
+    if status != 0 {
+        let tail = tail
+            .iter()
+            .map(|line| format!("  | {line}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(ArchFailure::Step {
+            number,
+            count,
+            name: name.to_string(),
+            status,
+            tail,
+        });
     }
     Ok(())
 }

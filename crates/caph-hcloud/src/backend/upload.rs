@@ -13,25 +13,20 @@
 //! build, and the server and key removed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use caph_core::Arch;
 use caph_core::backend::{Artifact, BackendError, Context, Phase, ProgressEvent};
-use caph_ssh::{ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, TofuPin};
 use tokio::io::AsyncWriteExt as _;
 
+use super::HcloudBackend;
 use super::disk_image::{self, Compression, Inspected};
 use super::lookup;
+use super::naming::BuiltOn;
 use super::naming::{BUILD_LABEL, BUILT_BY, BUILT_BY_LABEL, NAME_LABEL, PENDING_NAME_LABEL};
-use super::naming::{BuiltOn, temporary_name};
 use super::placement::{self, Candidate};
-use super::run::{self, ArchFailure, Job, Tracker, api, ssh};
-use super::{HcloudBackend, HcloudBackendConfig};
-use crate::client::ServerStatus;
-use crate::client::{Client, IdOrName, Labels};
-
-/// The disk the image is written to in the rescue system.
-const DISK_DEVICE: &str = "/dev/sda";
+use super::rescue::{DISK_DEVICE, RescueServer};
+use super::run::{self, ArchFailure, Job, Tracker, ssh};
+use crate::client::Labels;
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +82,9 @@ fn refused(message: String) -> BackendError {
 }
 
 /// Reads the first bytes of the image (and its length where known); a URL must answer 200.
-async fn read_head(source: &ImageSource) -> Result<(Vec<u8>, Option<u64>), BackendError> {
+pub(crate) async fn read_head(
+    source: &ImageSource,
+) -> Result<(Vec<u8>, Option<u64>), BackendError> {
     match source {
         ImageSource::Path(path) => {
             use tokio::io::AsyncReadExt as _;
@@ -250,130 +247,39 @@ impl HcloudBackend {
         });
 
         let tracker = Tracker::new(request.arch);
-        let work = upload_work(
+        let job = Job {
             client,
-            &self.config,
+            config: &self.config,
             context,
-            request,
-            &tracker,
-            &opened,
-            &candidates,
-        );
-        let outcome = run::supervise(
-            client,
-            &self.config,
-            context,
-            &tracker,
+            tracker: &tracker,
+        };
+        let work = upload_work(&job, request, &opened, &candidates);
+        run::run_one(
+            &job,
             request.keep_on_error,
+            &format!("the upload of {}", request.name),
             work,
         )
-        .await;
-        let mut artifacts = run::finish_all(
-            client,
-            &self.config,
-            context,
-            &format!("the upload of {}", request.name),
-            &[request.arch],
-            vec![outcome],
-            |artifact| format!("{} snapshot {}", artifact.arch, artifact.id),
-        )
-        .await?;
-        artifacts.pop().ok_or_else(|| BackendError::Failed {
-            context: "the upload made no snapshot".to_string(),
-            source: "no artifact".into(),
-        })
+        .await
     }
 }
 
 async fn upload_work(
-    client: &Client,
-    config: &Arc<HcloudBackendConfig>,
-    context: &Context,
+    job: &Job<'_>,
     request: &UploadRequest,
-    tracker: &Tracker,
     opened: &Opened,
     candidates: &[Candidate],
 ) -> Result<Artifact, ArchFailure> {
+    let (context, tracker) = (job.context, job.tracker);
     let arch = request.arch;
-    let job = Job {
-        client,
-        config,
-        context,
-        tracker,
-    };
-    let name = temporary_name(&context.build_id, arch);
-    tracker.enter(context, Phase::Create, format!("server {name}"));
-    let client_key = KeyPair::generate_ed25519(&format!("caph-image upload {}", context.build_id))?;
-    let ssh_key = job.create_temporary_key(&name, &client_key).await?;
-
-    // A server that never boots its own system: created off, then booted into the rescue system.
-    let created = job
-        .create_on_candidates(candidates, ServerStatus::Off, Vec::new(), |candidate| {
-            let mut create = job.server_request(
-                &name,
-                IdOrName::Name(request.base_image.clone()),
-                candidate,
-                ssh_key,
-            );
-            create.start_after_create = Some(false);
-            create
-        })
+    let RescueServer {
+        id: server_id,
+        session,
+        built_on,
+        passed_over,
+    } = job
+        .boot_rescue(&request.base_image, candidates, Vec::new())
         .await?;
-    let (server_id, address, candidate, passed_over) = (
-        created.id,
-        created.address,
-        created.candidate,
-        created.passed_over,
-    );
-    let built_on = BuiltOn {
-        server_type: candidate.server_type.clone(),
-        location: candidate.location.clone(),
-    };
-
-    tracker.enter(context, Phase::Connect, "the rescue system");
-    let rescue = client
-        .enable_rescue(server_id, &[ssh_key])
-        .await
-        .map_err(api("enabling the rescue system"))?;
-    client
-        .wait_for_action(&rescue.action, &config.wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the rescue system to be enabled"))?;
-    let power_on = client
-        .poweron_server(server_id)
-        .await
-        .map_err(api("powering on into the rescue system"))?;
-    let mut wait = config.wait.clone();
-    wait.timeout = config.server_ready_timeout;
-    client
-        .wait_for_action(&power_on, &wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the rescue system to boot"))?;
-    let mut connect = ConnectConfig::new(
-        address,
-        "root",
-        client_key.clone(),
-        HostKeyPolicy::TrustOnFirstUse(TofuPin::default()),
-    );
-    connect.deadline = config.connect_deadline;
-    let session =
-        caph_ssh::connect_when_ready(&connect, &mut |event: ConnectEvent<'_>| match event {
-            ConnectEvent::Retrying { attempt, error, .. } if attempt % 5 == 1 => {
-                tracker.say(
-                    context,
-                    format!("waiting for the rescue system's SSH ({error})"),
-                );
-            }
-            ConnectEvent::HostKeyTrusted { fingerprint, .. } => {
-                tracker.say(
-                    context,
-                    format!("rescue system host key {fingerprint} trusted on first use"),
-                );
-            }
-            _ => {}
-        })
-        .await
-        .map_err(ssh(format!("connecting to the rescue system at {address}")))?;
 
     tracker.enter(
         context,
@@ -450,19 +356,7 @@ async fn upload_work(
     );
     session.close().await;
 
-    tracker.enter(context, Phase::Shutdown, "power off");
-    let action = client
-        .poweroff_server(server_id)
-        .await
-        .map_err(api("powering off"))?;
-    client
-        .wait_for_action(&action, &config.wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the poweroff"))?;
-    client
-        .wait_for_server_status(server_id, &ServerStatus::Off, &config.wait, &mut |_| {})
-        .await
-        .map_err(api("waiting for the server to be off"))?;
+    job.power_off(server_id).await?;
 
     let mut pending = final_labels(request, &context.build_id, &report.sha256, &built_on);
     pending.remove(NAME_LABEL);

@@ -19,10 +19,9 @@ use caph_sim::machine::SshMachines;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_CANCELLED, cancel_on_signals, runtime, sim};
+use super::{EXIT_CANCELLED, cancel_on_signals, from_tarball, runtime, sim};
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::progress::Progress;
-
 use crate::{output, spec_files, templates};
 
 /// Options of `build hcloud`.
@@ -35,6 +34,8 @@ pub struct BuildOptions<'a> {
     pub replace: bool,
     pub keep_on_error: bool,
     pub dry_run: bool,
+    /// `--from-tarball`: the tarball written onto the disk instead of the plan run over SSH.
+    pub from_tarball: Option<from_tarball::Source<'a>>,
     pub shutdown_timeout: Duration,
     /// `--sim` with its `--sim-speed`: build against a simulator in this process.
     pub sim: Option<f64>,
@@ -47,6 +48,14 @@ pub(super) fn client(api: &HcloudArgs) -> anyhow::Result<Client> {
     })?;
     Client::new(ClientConfig::new(api.endpoint.clone(), token))
         .context("setting up the Hetzner Cloud client")
+}
+
+/// The backend's settings for a run of this binary: the defaults for the real service, this
+/// version as the builder, and the current directory for what `--keep-on-error` writes.
+pub(super) fn backend_config() -> HcloudBackendConfig {
+    let mut config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
+    config.keep_dir = std::env::current_dir().unwrap_or_default();
+    config
 }
 
 pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<ExitCode> {
@@ -62,10 +71,11 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
     if !options.locations.is_empty() {
         hcloud.locations = options.locations.to_vec();
     }
-    let architectures: Vec<Arch> = if options.arch.is_empty() {
-        hcloud.architectures.clone()
-    } else {
-        options.arch.to_vec()
+    let architectures: Vec<Arch> = match (&options.from_tarball, options.arch.is_empty()) {
+        // One tarball is one architecture: its own, by its name.
+        (Some(source), true) => vec![source.implied_arch()],
+        (None, true) => hcloud.architectures.clone(),
+        (_, false) => options.arch.to_vec(),
     };
     if !options.server_types.is_empty() {
         if architectures.len() != 1 {
@@ -84,6 +94,9 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                 options.spec.display()
             );
         }
+    }
+    if let Some(source) = &options.from_tarball {
+        return from_tarball::build(global, &options, source, spec, &architectures);
     }
     let spec = Arc::new(spec);
     let request = BuildRequest {
@@ -134,8 +147,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
         cancel: CancellationToken::new(),
         build_id: naming::new_build_id(),
     };
-    let mut config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
-    config.keep_dir = std::env::current_dir().unwrap_or_default();
+    let mut config = backend_config();
     config.shutdown_timeout = options.shutdown_timeout;
     let backend = HcloudBackend::new(client, config);
 
@@ -191,6 +203,7 @@ pub fn build(global: &GlobalArgs, options: BuildOptions<'_>) -> anyhow::Result<E
                 &spec,
                 &artifacts,
                 summary.as_ref(),
+                None,
             );
             if simulated.is_some() {
                 // Removing the disk copies takes a while (seconds per GB); say why it waits.
@@ -232,12 +245,13 @@ fn machine_template(spec: &caph_core::ImageSpec, artifact: &Artifact) -> String 
     templates::hcloud_machine_template(&spec.image.name, arch, &server_type)
 }
 
-fn print_artifacts(
+pub(super) fn print_artifacts(
     global: &GlobalArgs,
     build_id: &str,
     spec: &caph_core::ImageSpec,
     artifacts: &[Artifact],
     simulated: Option<&SimSummary>,
+    tarball: Option<&TarballPrinted<'_>>,
 ) {
     if let (Some(summary), OutputFormat::Json) = (simulated, global.output) {
         // Also on stderr, where a person watching a scripted run reads, so that nobody takes
@@ -256,6 +270,9 @@ fn print_artifacts(
                     "machine_template": machine_template(spec, a), "notes": a.notes,
                 })).collect::<Vec<_>>(),
             });
+            if let Some(tarball) = tarball {
+                document["tarball"] = json!({ "file": tarball.file, "sha256": tarball.sha256 });
+            }
             if let Some(summary) = simulated {
                 document["simulator"] = json!({
                     "speed": summary.speed,
@@ -268,6 +285,13 @@ fn print_artifacts(
             output::json(&document);
         }
         OutputFormat::Text => {
+            if let Some(tarball) = tarball {
+                output::result(&format!(
+                    "tarball {} sha256 {}",
+                    escape(&tarball.file.display().to_string()),
+                    tarball.sha256
+                ));
+            }
             output::result(&format!(
                 "{:<12} {:<6} {:>10} {:>10}",
                 "SNAPSHOT", "ARCH", "SIZE", "DURATION"
@@ -306,6 +330,12 @@ fn print_artifacts(
     }
 }
 
+/// The tarball a `--from-tarball` snapshot was written from, for the result.
+pub(super) struct TarballPrinted<'a> {
+    pub file: &'a Path,
+    pub sha256: &'a str,
+}
+
 /// `--sim`: a Hetzner Cloud API simulator in this process, whose servers are real OpenSSH
 /// servers in chroots on this machine (`caph_sim::machine::SshMachines`).
 pub(super) struct SimCloud {
@@ -319,7 +349,7 @@ pub(super) struct SimCloud {
 
 /// What the simulator holds after a successful build.
 #[derive(Debug)]
-struct SimSummary {
+pub(super) struct SimSummary {
     speed: f64,
     snapshots: usize,
     servers: usize,

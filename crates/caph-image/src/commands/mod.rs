@@ -1,5 +1,6 @@
 //! One module per subcommand; `run` dispatches.
 
+mod from_tarball;
 mod hcloud;
 mod plan;
 mod robot;
@@ -31,6 +32,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replace,
             keep_on_error,
             dry_run,
+            from_tarball,
+            output_dir,
             shutdown_timeout,
             sim,
             sim_speed,
@@ -45,6 +48,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 replace,
                 keep_on_error,
                 dry_run,
+                from_tarball: from_tarball.as_ref().map(|tarball| from_tarball::Source {
+                    tarball: tarball.as_deref(),
+                    output_dir: output_dir.as_deref().unwrap_or(std::path::Path::new(".")),
+                }),
                 shutdown_timeout,
                 sim: sim.then_some(sim_speed),
                 api: &api,

@@ -6,10 +6,10 @@ use caph_core::Arch;
 use caph_core::backend::{BackendError, Context};
 use caph_core::text::escape;
 use caph_hcloud::backend::upload::{ImageSource, UploadRequest};
-use caph_hcloud::backend::{HcloudBackend, HcloudBackendConfig, naming};
+use caph_hcloud::backend::{HcloudBackend, naming};
 use serde_json::json;
 
-use super::hcloud::{client, human_size};
+use super::hcloud::{backend_config, client, human_size};
 use super::{EXIT_CANCELLED, run_cancellable};
 use crate::cli::{EXIT_FAILURE, GlobalArgs, HcloudArgs, OutputFormat};
 use crate::output;
@@ -73,9 +73,7 @@ pub fn hcloud(global: &GlobalArgs, options: UploadOptions<'_>) -> anyhow::Result
         keep_on_error: options.keep_on_error,
     };
     let build_id = naming::new_build_id();
-    let mut config = HcloudBackendConfig::new(format!("caph-image {}", env!("CARGO_PKG_VERSION")));
-    config.keep_dir = std::env::current_dir().unwrap_or_default();
-    let backend = HcloudBackend::new(client(options.api)?, config);
+    let backend = HcloudBackend::new(client(options.api)?, backend_config());
     output::note(&format!(
         "upload {build_id}: {} as {} ({})",
         escape(&request.source.to_string()),

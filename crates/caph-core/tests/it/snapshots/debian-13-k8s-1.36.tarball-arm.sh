@@ -440,6 +440,7 @@ install -d -m 0755 /etc/systemd/system
 cat > /etc/systemd/system/caph-image-host-keys.service <<'CAPH_IMAGE_FILE'
 [Unit]
 Description=SSH host keys for a node installed from a caph-image tarball
+After=cloud-init.service
 Before=ssh.service
 ConditionPathExists=/usr/bin/ssh-keygen
 
