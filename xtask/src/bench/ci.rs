@@ -74,6 +74,9 @@ pub fn run(workspace: &Path, scratch: &Path) -> Result<String> {
         .current_dir(&clone)
         // The clone builds in its own target directory, from nothing, as CI does.
         .env_remove("CARGO_TARGET_DIR")
+        // nextest shows what passing tests printed too (the same tests, the same order), so
+        // that a test that skipped itself shows its SKIPPED line here.
+        .env("NEXTEST_SUCCESS_OUTPUT", "final")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -112,7 +115,7 @@ pub fn run(workspace: &Path, scratch: &Path) -> Result<String> {
     };
     let mut section = String::from("## The whole CI run on a clean clone\n\n");
     section.push_str(&format!(
-        "- `.ci/run` on `git clone` of commit `{head}`, as root, timed whole under GNU time: its `apt-get` (packages already installed here), the compile of the workspace from nothing into the clone's own target directory, then the README's test command\n"
+        "- `.ci/run` on `git clone` of commit `{head}`, as root, timed whole under GNU time: its `apt-get` (packages already installed here), the compile of the workspace from nothing into the clone's own target directory, then the README's test command (with `NEXTEST_SUCCESS_OUTPUT=final`, so that what passing tests print is shown too and a test that skipped itself is counted)\n"
     ));
     section.push_str("- warm on this machine and not on a fresh one: the installed Debian packages, cargo's download cache, and the simulators' root filesystem caches (`/var/cache/caph-sim`), which a fresh machine builds with mmdebstrap in its first tests\n\n");
     section.push_str("| run | wall s | wall min | CPU s (user+sys) | tests | SKIPPED lines |\n|---|---:|---:|---:|---|---:|\n");
