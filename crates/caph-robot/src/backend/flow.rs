@@ -270,18 +270,22 @@ async fn run(
         });
     }
     let tarball_bytes = tarball_metadata.len();
-    // The digest recorded beside the tarball (as `build tarball` and `pack` write it) is what
-    // the rescue system's digest is checked against, so the tarball is not hashed here at all; a
-    // malformed file is refused now, before anything is touched.
+    // The digest recorded beside the tarball (as `build tarball` and `pack` write it): a
+    // malformed file, or a tarball that no longer matches it, is refused now, before anything is
+    // touched; the rescue system's digest of the upload must then equal it, so the upload itself
+    // hashes nothing here.
     let recorded = checksum_file::read(&target.tarball).await?;
     match &recorded {
-        Some(recorded) => tracker.say(
-            context,
-            format!(
-                "sha256 from {}: {}; the rescue system's digest of the upload must equal it",
-                recorded.file_name, recorded.digest
-            ),
-        ),
+        Some(recorded) => {
+            checksum_file::check(&target.tarball, recorded).await?;
+            tracker.say(
+                context,
+                format!(
+                    "sha256 {} matches {}; the rescue system's digest of the upload must equal it",
+                    recorded.digest, recorded.file_name
+                ),
+            );
+        }
         None => tracker.say(
             context,
             format!(

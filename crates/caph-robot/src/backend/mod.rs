@@ -14,8 +14,9 @@
 //!    and pinned for the run;
 //! 6. **upload**: the tarball streamed to `/root/<name>`, hashed on the rescue system as it is
 //!    written and renamed into place only when that sha256 is the expected one: the one recorded
-//!    in a `<tarball>.sha256` beside it (read, and refused when malformed, before step 2; nothing
-//!    is hashed here then), else the one computed here while sending;
+//!    in a `<tarball>.sha256` beside it (read, refused when malformed, and checked against the
+//!    tarball before step 2, so that a tarball changed since touches nothing; the upload itself
+//!    then hashes nothing here), else the one computed here while sending;
 //! 7. `/autosetup` and `/root/post-install.sh` written (the script's last line prints
 //!    [`POST_INSTALL_MARKER`](crate::autosetup::POST_INSTALL_MARKER));
 //! 8. **installimage** run with `x` on stdin (skips the 20-second wait), its output streamed to
@@ -323,6 +324,21 @@ pub enum InstallCause {
         problem: String,
         /// The tarball's file name.
         tarball: String,
+    },
+    /// The tarball does not match the `.sha256` file beside it (checked before anything is
+    /// touched).
+    #[error(
+        "{path} has sha256 {actual}, but {checksum_file} beside it says {expected}: the tarball changed after its checksum was written; build or copy it again, or remove the checksum file if the change is wanted"
+    )]
+    TarballChecksum {
+        /// The tarball.
+        path: PathBuf,
+        /// The checksum file's name.
+        checksum_file: String,
+        /// From the `.sha256` file.
+        expected: String,
+        /// The tarball's.
+        actual: String,
     },
     /// A Robot call failed.
     #[error("{what}")]
