@@ -115,6 +115,49 @@ fn shown(text: &str) -> String {
     shown
 }
 
+/// Hashes `tarball` here (in a blocking task, 1 MiB reads) and compares it with the recorded
+/// digest: a tarball changed after its checksum file was written is refused before the server is
+/// touched. A fraction of a second per GB on CPUs with SHA instructions, against the minutes of
+/// an install.
+pub(crate) async fn check(tarball: &Path, recorded: &RecordedDigest) -> Result<(), InstallCause> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
+    /// Reads of 1 MiB keep the syscall count low and memory flat.
+    const CHUNK: usize = 1 << 20;
+    let owned = tarball.to_path_buf();
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(&owned)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; CHUNK];
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(|error| InstallCause::Tarball {
+        path: tarball.to_path_buf(),
+        source: std::io::Error::other(error.to_string()),
+    })?
+    .map_err(|source| InstallCause::Tarball {
+        path: tarball.to_path_buf(),
+        source,
+    })?;
+    if !recorded.digest.as_str().eq_ignore_ascii_case(&hashed) {
+        return Err(InstallCause::TarballChecksum {
+            path: tarball.to_path_buf(),
+            checksum_file: recorded.file_name.clone(),
+            expected: recorded.digest.as_str().to_string(),
+            actual: hashed,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,47 +217,4 @@ mod tests {
             assert!(error.contains(problem), "{text:?}: {error}");
         }
     }
-}
-
-/// Hashes `tarball` here (in a blocking task, 1 MiB reads) and compares it with the recorded
-/// digest: a tarball changed after its checksum file was written is refused before the server is
-/// touched. A fraction of a second per GB on CPUs with SHA instructions, against the minutes of
-/// an install.
-pub(crate) async fn check(tarball: &Path, recorded: &RecordedDigest) -> Result<(), InstallCause> {
-    use sha2::{Digest as _, Sha256};
-    use std::io::Read as _;
-    /// Reads of 1 MiB keep the syscall count low and memory flat.
-    const CHUNK: usize = 1 << 20;
-    let owned = tarball.to_path_buf();
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; CHUNK];
-        loop {
-            let read = file.read(&mut buffer)?;
-            if read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..read]);
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .map_err(|error| InstallCause::Tarball {
-        path: tarball.to_path_buf(),
-        source: std::io::Error::other(error.to_string()),
-    })?
-    .map_err(|source| InstallCause::Tarball {
-        path: tarball.to_path_buf(),
-        source,
-    })?;
-    if !recorded.digest.as_str().eq_ignore_ascii_case(&hashed) {
-        return Err(InstallCause::TarballChecksum {
-            path: tarball.to_path_buf(),
-            checksum_file: recorded.file_name.clone(),
-            expected: recorded.digest.as_str().to_string(),
-            actual: hashed,
-        });
-    }
-    Ok(())
 }
