@@ -1,6 +1,7 @@
-//! Benchmark `upload` (run by `cargo xtask bench`): caph-ssh's streamed, sha256-verified upload
-//! against OpenSSH's `scp` and `ssh 'cat > file'`, to the same loopback sshd with the same key,
-//! the same file and the same destination directory.
+//! Benchmark `upload` (run by `cargo xtask bench`): caph-ssh's streamed, sha256-verified upload,
+//! with the digest known beforehand (as `build robot` uploads a tarball with its `.sha256`) and
+//! hashed while sending, against OpenSSH's `scp` and `ssh 'cat > file'`, to the same loopback
+//! sshd with the same key, the same file and the same destination directory.
 //!
 //! Every upload is its own process run under GNU time, connection and authentication included,
 //! so wall time and peak RSS compare process to process: caph-ssh's runs this binary again as a
@@ -23,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use caph_ssh::{
-    ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, PublicKey, connect_when_ready,
+    ConnectConfig, ConnectEvent, HostKeyPolicy, KeyPair, PublicKey, Sha256Hex, connect_when_ready,
 };
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
@@ -43,12 +44,17 @@ const SCP_TARGET: f64 = 0.9;
 /// The ways to upload compared.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
+    /// `Session::upload_expecting`: the digest known beforehand, nothing hashed on the client.
+    CaphSshKnownDigest,
+    /// `Session::upload`: hashed on the client while sending.
     CaphSsh,
     Scp,
     /// `scp` with the cipher caph-ssh prefers, for a like-for-like line.
     ScpAesGcm,
     SshCat,
     SshCatSha256,
+    /// The same work with caph-ssh's cipher: the limit for caph-ssh's upload on this server.
+    SshCatSha256AesGcm,
 }
 
 /// One way to upload, run as one process.
@@ -62,16 +68,27 @@ struct Case {
 impl Case {
     /// Whether the command prints the sha256 of what arrived (checked against the source's).
     fn prints_digest(&self) -> bool {
-        matches!(self.kind, Kind::CaphSsh | Kind::SshCatSha256)
+        matches!(
+            self.kind,
+            Kind::CaphSshKnownDigest
+                | Kind::CaphSsh
+                | Kind::SshCatSha256
+                | Kind::SshCatSha256AesGcm
+        )
     }
 }
 
 /// The cipher caph-ssh puts first (client preference decides an SSH negotiation).
 const AES_GCM: &str = "aes256-gcm@openssh.com";
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 7] = [
     Case {
-        label: "**caph-ssh upload** (`tee temp \\| openssl dgst -sha256` on the server, then `chmod`, `mv`)",
+        label: "**caph-ssh upload, sha256 known** (`upload_expecting`, as `build robot` uploads a tarball with its `.sha256`: nothing hashed on the client; `tee temp \\| openssl dgst -sha256` on the server, then `chmod`, `mv`)",
+        file: "caph-ssh-known.bin",
+        kind: Kind::CaphSshKnownDigest,
+    },
+    Case {
+        label: "**caph-ssh upload, hashed while sending** (`upload`, for a source without a recorded digest; the same server side)",
         file: "caph-ssh.bin",
         kind: Kind::CaphSsh,
     },
@@ -94,6 +111,11 @@ const CASES: [Case; 5] = [
         label: "OpenSSH `ssh host 'tee file \\| openssl dgst -sha256'` (caph-ssh's work)",
         file: "ssh-cat-sha256.bin",
         kind: Kind::SshCatSha256,
+    },
+    Case {
+        label: "OpenSSH `ssh -c aes256-gcm@openssh.com host 'tee file \\| openssl dgst -sha256'` (caph-ssh's work and cipher)",
+        file: "ssh-cat-sha256-aes-gcm.bin",
+        kind: Kind::SshCatSha256AesGcm,
     },
 ];
 
@@ -277,7 +299,7 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
     let dest = setup.dest_dir.join(case.file);
     let dest_text = dest.display().to_string();
     let command = match case.kind {
-        Kind::CaphSsh => {
+        Kind::CaphSsh | Kind::CaphSshKnownDigest => {
             let mut command =
                 Command::new(std::env::current_exe().expect("the benchmark's own path"));
             command
@@ -288,6 +310,9 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
                 .arg(&setup.host_public_key)
                 .arg(&setup.source)
                 .arg(&dest);
+            if case.kind == Kind::CaphSshKnownDigest {
+                command.arg(&setup.digest);
+            }
             command
         }
         Kind::Scp | Kind::ScpAesGcm => {
@@ -311,6 +336,11 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
         Kind::SshCatSha256 => ssh_command(
             setup,
             &[],
+            &format!("tee '{dest_text}' | openssl dgst -sha256 -r"),
+        ),
+        Kind::SshCatSha256AesGcm => ssh_command(
+            setup,
+            &["-c", AES_GCM],
             &format!("tee '{dest_text}' | openssl dgst -sha256 -r"),
         ),
     };
@@ -351,11 +381,24 @@ fn run_case(setup: &Setup, case: &Case) -> Run {
     }
 }
 
-/// caph-ssh's upload, in its own process: `ADDR USER KEY HOST_PUBLIC_KEY SOURCE DEST`.
+/// caph-ssh's upload, in its own process: `ADDR USER KEY HOST_PUBLIC_KEY SOURCE DEST [SHA256]`,
+/// with the digest known beforehand when `SHA256` is given.
 fn child() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, user, key, host_key, source, dest] = &args[..] else {
-        panic!("usage: ADDR USER KEY HOST_PUBLIC_KEY SOURCE DEST, got {args:?}");
+    let (addr, user, key, host_key, source, dest, expected) = match &args[..] {
+        [addr, user, key, host_key, source, dest] => {
+            (addr, user, key, host_key, source, dest, None)
+        }
+        [addr, user, key, host_key, source, dest, digest] => (
+            addr,
+            user,
+            key,
+            host_key,
+            source,
+            dest,
+            Some(Sha256Hex::parse(digest).expect("a sha256")),
+        ),
+        _ => panic!("usage: ADDR USER KEY HOST_PUBLIC_KEY SOURCE DEST [SHA256], got {args:?}"),
     };
     let addr: SocketAddr = addr.parse().expect("an address");
     let key = KeyPair::from_openssh(&fs::read_to_string(key).expect("read the key"))
@@ -378,10 +421,16 @@ fn child() {
         let source = tokio::fs::File::open(source)
             .await
             .expect("open the source");
-        let report = session
-            .upload(source, dest, 0o600, &mut |_| {})
-            .await
-            .expect("upload");
+        let report = match &expected {
+            Some(expected) => session
+                .upload_expecting(source, dest, 0o600, expected, &mut |_| {})
+                .await
+                .expect("upload"),
+            None => session
+                .upload(source, dest, 0o600, &mut |_| {})
+                .await
+                .expect("upload"),
+        };
         session.close().await;
         println!("{}  {}", report.sha256, report.bytes);
     });
@@ -412,16 +461,21 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
     let _ = writeln!(
         text,
         "- every upload is one process under GNU time, connection and authentication included; \
-         caph-ssh's is a small program around `Session::upload` (release build), which streams \
-         the file to the server while hashing it; there `tee` writes it to a temporary file and \
-         hands the same bytes to `openssl dgst -sha256` (hashed as written, never read back); \
-         the digests are compared, then the mode set and the file renamed"
+         caph-ssh's are a small program (release build) around `Session::upload_expecting`, \
+         which streams the file given the sha256 known beforehand (as `build robot` does with a \
+         tarball's `.sha256`) and hashes nothing, and around `Session::upload`, which hashes the \
+         file while sending it; on the server `tee` writes it to a temporary file and hands the \
+         same bytes to `openssl dgst -sha256` (hashed as written, never read back); the \
+         server's digest is compared with the expected (or the sent) one, then the mode set and \
+         the file renamed"
     );
     let _ = writeln!(
         text,
         "- cipher: OpenSSH's client negotiated `{cipher}` by default; caph-ssh offers \
          `{AES_GCM}` first (russh runs it on aws-lc), and the client's order decides an SSH \
-         negotiation, so the `scp -c {AES_GCM}` line is the like-for-like one; `scp` uses the \
+         negotiation, so the `scp -c {AES_GCM}` line is the like-for-like transfer and the last line \
+         (OpenSSH doing caph-ssh's server-side work with caph-ssh's cipher) the like-for-like \
+         verified upload; `scp` uses the \
          SFTP protocol (server: `{sftp}`); client and server share the machine's cores, so this \
          measures CPU cost more than any network"
     );
@@ -437,6 +491,7 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
         FILE_BYTES >> 20
     );
     let _ = writeln!(text, "|---|---:|---:|---:|---:|");
+    let cpu = |runs: &[Run]| harness::median(&runs.iter().map(|run| run.cpu).collect::<Vec<_>>());
     for (case, runs) in CASES.iter().zip(measured) {
         let _ = writeln!(
             text,
@@ -444,37 +499,51 @@ fn render(runs: usize, cipher: &str, sftp: &str, measured: &[Vec<Run>]) -> Strin
             case.label,
             seconds(runs),
             megabytes / seconds(runs),
-            harness::median(&runs.iter().map(|run| run.cpu).collect::<Vec<_>>()),
+            cpu(runs),
             rss(runs)
         );
     }
     let throughput = |index: usize| megabytes / seconds(&measured[index]);
     let index = |kind: Kind| CASES.iter().position(|case| case.kind == kind).unwrap_or(0);
-    let (ours, scp, scp_aes_gcm, same_work) = (
+    let (known, hashing, scp, scp_aes_gcm, same_work, same_work_aes_gcm) = (
+        index(Kind::CaphSshKnownDigest),
         index(Kind::CaphSsh),
         index(Kind::Scp),
         index(Kind::ScpAesGcm),
         index(Kind::SshCatSha256),
+        index(Kind::SshCatSha256AesGcm),
     );
+    let against_scp = |index: usize| throughput(index) / throughput(scp);
     let _ = writeln!(
         text,
-        "\n{} caph-ssh's verified upload runs at {:.0} MB/s, {:.2}x `scp`'s {:.0} MB/s \
-         (default cipher; target {SCP_TARGET}x: {}), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s and {:.2}x `ssh 'tee file \
-         | openssl dgst -sha256'` (the same work), with {:.1} MiB peak RSS ({:.1} MiB for `scp`).",
+        "\n{} caph-ssh's verified upload with the sha256 known (`build robot`'s upload of a \
+         tarball with its `.sha256`) runs at {:.0} MB/s, {:.2}x `scp`'s {:.0} MB/s (default \
+         cipher; target {SCP_TARGET}x: {}), {:.2}x `scp -c {AES_GCM}`'s {:.0} MB/s, {:.2}x \
+         `ssh 'tee file | openssl dgst -sha256'` (the same work) and {:.2}x the same work with \
+         its cipher ({:.0} MB/s, itself {:.2}x `scp`: the limit of this check here), with {:.1} \
+         MiB peak RSS ({:.1} MiB for `scp`); hashed while sending (no recorded digest) it runs at \
+         {:.0} MB/s, {:.2}x `scp`, with {:.2} client CPU s against {:.2} with the sha256 known.",
         harness::RESULT_PREFIX,
-        throughput(ours),
-        throughput(ours) / throughput(scp),
+        throughput(known),
+        against_scp(known),
         throughput(scp),
-        if throughput(ours) / throughput(scp) >= SCP_TARGET {
+        if against_scp(known) >= SCP_TARGET {
             "met"
         } else {
             "MISSED"
         },
-        throughput(ours) / throughput(scp_aes_gcm),
+        throughput(known) / throughput(scp_aes_gcm),
         throughput(scp_aes_gcm),
-        throughput(ours) / throughput(same_work),
-        rss(&measured[ours]),
+        throughput(known) / throughput(same_work),
+        throughput(known) / throughput(same_work_aes_gcm),
+        throughput(same_work_aes_gcm),
+        against_scp(same_work_aes_gcm),
+        rss(&measured[known]),
         rss(&measured[scp]),
+        throughput(hashing),
+        against_scp(hashing),
+        cpu(&measured[hashing]),
+        cpu(&measured[known]),
     );
     text
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 
+use crate::connection::ConnectionThread;
 use crate::error::SshError;
 use crate::keys::{Fingerprint, KeyPair, PublicKey};
 use crate::session::Session;
@@ -281,10 +282,13 @@ fn client_config(config: &ConnectConfig) -> Arc<russh::client::Config> {
 }
 
 /// AES-256-GCM first: russh runs it on aws-lc (AES-NI on x86, the AES instructions on arm),
-/// and its ChaCha20-Poly1305 in plain Rust is slower: with ChaCha first, a verified 512 MiB
-/// upload to a loopback sshd ran at 0.74x the speed of OpenSSH doing the same work, with AES-GCM
-/// first at 0.91x (`cargo xtask bench upload`). Every OpenSSH since 6.2 offers it. The rest is
-/// russh's own order, as fallbacks.
+/// and its ChaCha20-Poly1305 in plain Rust is slower: when this order was chosen, putting
+/// AES-GCM first made a verified 512 MiB upload to a loopback sshd about a fifth faster. OpenSSH
+/// itself is faster with it too: in `cargo xtask bench upload` (BENCHMARKS.md, 2026-12-06 10:01)
+/// `scp -c aes256-gcm@openssh.com` moved 368 MB/s against 285 with its default ChaCha20, and
+/// caph-ssh's verified upload ran at 257 MB/s with the sha256 known (0.90x `scp`) and 242 MB/s
+/// hashing while sending (0.85x). Every OpenSSH since 6.2 offers it. The rest is russh's own
+/// order, as fallbacks.
 const CIPHER_PREFERENCE: &[russh::cipher::Name] = &[
     russh::cipher::AES_256_GCM,
     russh::cipher::CHACHA20_POLY1305,
@@ -293,9 +297,41 @@ const CIPHER_PREFERENCE: &[russh::cipher::Name] = &[
     russh::cipher::AES_128_CTR,
 ];
 
-/// One dial: TCP connect, handshake with host key check, public key authentication.
+/// One dial: TCP connect, handshake with host key check, public key authentication, all on a
+/// new connection thread (see [`ConnectionThread`]), which the session then keeps.
 /// Returns the session and whether trust on first use recorded its key just now.
 async fn dial(config: &ConnectConfig) -> Result<(Session, bool), SshError> {
+    let addr = config.addr;
+    let connection = match ConnectionThread::start() {
+        Ok(connection) => connection,
+        Err(source) => return Err(SshError::Connect { addr, source }),
+    };
+    let config = config.clone();
+    // Dropping `dialing` (the caller's dial timeout) aborts the dial on the connection thread.
+    let dialing = connection.spawn(async move { dial_on_this_thread(&config).await });
+    match dialing.await {
+        Ok(Ok(dialed)) => Ok((
+            Session::new(dialed.handle, addr, dialed.host_key, connection),
+            dialed.newly_trusted,
+        )),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(SshError::Connect {
+            addr,
+            source: std::io::Error::other("the connection thread stopped during the dial"),
+        }),
+    }
+}
+
+/// What a dial established.
+struct Dialed {
+    handle: russh::client::Handle<ClientHandler>,
+    host_key: PublicKey,
+    newly_trusted: bool,
+}
+
+/// The dial itself. It runs on the connection thread, because russh spawns its session task
+/// on the runtime that connects and the socket belongs to that runtime's reactor.
+async fn dial_on_this_thread(config: &ConnectConfig) -> Result<Dialed, SshError> {
     let addr = config.addr;
     let stream = match tokio::net::TcpStream::connect(addr).await {
         Ok(stream) => stream,
@@ -353,10 +389,11 @@ async fn dial(config: &ConnectConfig) -> Result<(Session, bool), SshError> {
             source: russh::Error::UnknownKey,
         });
     };
-    Ok((
-        Session::new(handle, addr, host_key),
-        newly_trusted.load(Ordering::SeqCst),
-    ))
+    Ok(Dialed {
+        handle,
+        host_key,
+        newly_trusted: newly_trusted.load(Ordering::SeqCst),
+    })
 }
 
 /// The russh handler: checks the host key against the policy; everything else is russh's default.

@@ -182,6 +182,22 @@ pub enum SshError {
         remote: String,
     },
 
+    /// What the server wrote does not hash to the digest the caller knew beforehand. Nothing was
+    /// hashed here, so which side is wrong cannot be told apart.
+    #[error(
+        "upload to {addr}:{remote_path} failed its check: the expected sha256 is {expected}, the server's copy has sha256 {remote}; either the file differs from its recorded digest or the transfer corrupted it"
+    )]
+    ExpectedDigestMismatch {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The target path on the server.
+        remote_path: String,
+        /// The digest the caller expected (lowercase hex).
+        expected: String,
+        /// The sha256 of what the server wrote (lowercase hex).
+        remote: String,
+    },
+
     /// A key could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),

@@ -4,12 +4,14 @@ use caph_core::plan::quote;
 use std::fmt;
 use std::net::SocketAddr;
 
-use russh::ChannelMsg;
 use russh::client::Handle;
+use russh::{ChannelMsg, ChannelWriteHalf};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::connect::ClientHandler;
+use crate::connection::ConnectionThread;
+use crate::digest::Sha256Hex;
 use crate::error::SshError;
 use crate::keys::PublicKey;
 
@@ -23,6 +25,11 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 /// trip to a blocking thread and back: 128 KiB reads spent more CPU on those trips than on
 /// reading), small enough to keep memory flat.
 const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Chunks read (and hashed) ahead of the one being sent: enough to keep reading and hashing busy
+/// while the sender waits for the server's window (2 MiB with OpenSSH), few enough that memory
+/// stays a few MiB whatever the size of the upload.
+const READ_AHEAD_CHUNKS: usize = 4;
 
 /// Most output kept by [`Session::exec_capture`] per stream; it is meant for short answers
 /// (`hostname`, `sha256sum`), and a runaway command must not exhaust memory.
@@ -66,15 +73,28 @@ pub struct CapturedOutput {
 pub struct UploadReport {
     /// Bytes written.
     pub bytes: u64,
-    /// Lowercase hex sha256 of the bytes, as computed locally and confirmed by the server.
+    /// Lowercase hex sha256 of the bytes, as computed by the server and found equal to the one
+    /// computed here (or, for [`Session::upload_expecting`], to the one expected).
     pub sha256: String,
+}
+
+/// What the server's digest is compared with.
+#[derive(Clone, Copy)]
+enum Reference<'a> {
+    /// The digest of the bytes sent, computed here while sending them.
+    HashWhileSending,
+    /// A digest the caller knew beforehand; nothing is hashed here.
+    Expected(&'a Sha256Hex),
 }
 
 /// A connected, authenticated session. Dropping it closes the connection.
 pub struct Session {
+    // Declared before `connection`, so it is dropped first: russh then winds the session down
+    // on the connection thread, which gives it a moment before stopping.
     handle: Handle<ClientHandler>,
     addr: SocketAddr,
     host_key: PublicKey,
+    connection: ConnectionThread,
 }
 
 impl fmt::Debug for Session {
@@ -105,11 +125,13 @@ impl Session {
         handle: Handle<ClientHandler>,
         addr: SocketAddr,
         host_key: PublicKey,
+        connection: ConnectionThread,
     ) -> Session {
         Session {
             handle,
             addr,
             host_key,
+            connection,
         }
     }
 
@@ -192,9 +214,59 @@ impl Session {
         mode: u32,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<UploadReport, SshError> {
+        self.upload_checked(
+            source,
+            remote_path,
+            mode,
+            Reference::HashWhileSending,
+            on_progress,
+        )
+        .await
+    }
+
+    /// Like [`Session::upload`], for a source whose sha256 is known beforehand (from the checksum
+    /// file written beside it): nothing is hashed here, which halves the client's CPU per byte;
+    /// the server hashes what it writes as it writes it, as always, and the file is renamed over
+    /// `remote_path` only when that digest equals `expected`. The check is as strong: a source
+    /// that differs from its recorded digest and bytes damaged on the way both fail it, with
+    /// [`SshError::ExpectedDigestMismatch`] naming both digests; the temporary file is removed
+    /// and the target never appears.
+    pub async fn upload_expecting<R: AsyncRead + Unpin + Send>(
+        &self,
+        source: R,
+        remote_path: &str,
+        mode: u32,
+        expected: &Sha256Hex,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadReport, SshError> {
+        self.upload_checked(
+            source,
+            remote_path,
+            mode,
+            Reference::Expected(expected),
+            on_progress,
+        )
+        .await
+    }
+
+    async fn upload_checked<R: AsyncRead + Unpin + Send>(
+        &self,
+        source: R,
+        remote_path: &str,
+        mode: u32,
+        reference: Reference<'_>,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadReport, SshError> {
         let temp_path = format!("{remote_path}.caph-upload-{:016x}", rand::random::<u64>());
         let result = self
-            .upload_to_temp(source, remote_path, &temp_path, mode, on_progress)
+            .upload_to_temp(
+                source,
+                remote_path,
+                &temp_path,
+                mode,
+                reference,
+                on_progress,
+            )
             .await;
         if result.is_err() && !self.is_closed() {
             // Best effort: the error being returned is the one that matters.
@@ -226,7 +298,13 @@ impl Session {
             sent,
             sent_digest,
         } = self
-            .run_hashed(&command, source, target, on_progress)
+            .run_hashed(
+                &command,
+                source,
+                target,
+                Reference::HashWhileSending,
+                on_progress,
+            )
             .await?;
         let written = WriteReport::parse(&stdout);
         let consumer_status = stdout
@@ -250,34 +328,70 @@ impl Session {
                 stderr: stderr.trim_end().to_owned(),
             });
         }
-        let remote_digest = written.digest.unwrap_or_default();
-        if remote_digest != sent_digest {
-            return Err(SshError::ChecksumMismatch {
-                addr: self.addr,
-                remote_path: target.to_owned(),
-                sent: sent_digest,
-                remote: remote_digest,
-            });
+        let sha256 = written.digest.unwrap_or_default();
+        if let Some(mismatch) = self.digest_mismatch(
+            target,
+            &sha256,
+            Reference::HashWhileSending,
+            sent_digest.as_deref(),
+        ) {
+            return Err(mismatch);
         }
         Ok(UploadReport {
             bytes: sent,
-            sha256: sent_digest,
+            sha256,
         })
     }
 
-    /// Runs `command` with `source` on its stdin, hashing what is sent; `target` names what is
-    /// written in errors. The caller reads the server's side of the story from the output.
+    /// The error when the server's digest (`remote`, empty when it printed none) differs from
+    /// the reference: the digest computed while sending (`sent_digest`) or the expected one.
+    fn digest_mismatch(
+        &self,
+        target: &str,
+        remote: &str,
+        reference: Reference<'_>,
+        sent_digest: Option<&str>,
+    ) -> Option<SshError> {
+        match reference {
+            Reference::Expected(expected) if remote == expected.as_str() => None,
+            Reference::Expected(expected) => Some(SshError::ExpectedDigestMismatch {
+                addr: self.addr,
+                remote_path: target.to_owned(),
+                expected: expected.to_string(),
+                remote: remote.to_owned(),
+            }),
+            Reference::HashWhileSending => {
+                let sent = sent_digest.unwrap_or_default();
+                (remote != sent || remote.is_empty()).then(|| SshError::ChecksumMismatch {
+                    addr: self.addr,
+                    remote_path: target.to_owned(),
+                    sent: sent.to_owned(),
+                    remote: remote.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Runs `command` with `source` on its stdin, hashing what is sent unless the reference is a
+    /// digest known beforehand; `target` names what is written in errors. The caller reads the
+    /// server's side of the story from the output.
     async fn run_hashed<R: AsyncRead + Unpin + Send>(
         &self,
         command: &str,
         source: R,
         target: &str,
+        reference: Reference<'_>,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<HashedRun, SshError> {
-        let mut hasher = Sha256::new();
+        let mut hasher = match reference {
+            Reference::HashWhileSending => Some(Sha256::new()),
+            Reference::Expected(_) => None,
+        };
         let mut sent: u64 = 0;
         let mut observe = |chunk: &[u8]| {
-            hasher.update(chunk);
+            if let Some(hasher) = &mut hasher {
+                hasher.update(chunk);
+            }
             sent += chunk.len() as u64;
             on_progress(sent);
         };
@@ -310,7 +424,7 @@ impl Session {
             stdout,
             stderr,
             sent,
-            sent_digest: hex::encode(hasher.finalize()),
+            sent_digest: hasher.map(|hasher| hex::encode(hasher.finalize())),
         })
     }
 
@@ -320,6 +434,7 @@ impl Session {
         remote_path: &str,
         temp_path: &str,
         mode: u32,
+        reference: Reference<'_>,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<UploadReport, SshError> {
         let write_command = write_and_hash_command(temp_path);
@@ -330,7 +445,7 @@ impl Session {
             sent,
             sent_digest,
         } = self
-            .run_hashed(&write_command, source, remote_path, on_progress)
+            .run_hashed(&write_command, source, remote_path, reference, on_progress)
             .await?;
         let written = WriteReport::parse(&stdout);
         // The hasher's status is the command's; `tee`'s (did every byte reach the file?) comes
@@ -344,14 +459,11 @@ impl Session {
         if let Some(status) = failed_status {
             return Err(self.upload_failed(remote_path, &write_command, status, stderr));
         }
-        let remote_digest = written.digest.unwrap_or_default();
-        if remote_digest != sent_digest {
-            return Err(SshError::ChecksumMismatch {
-                addr: self.addr,
-                remote_path: remote_path.to_owned(),
-                sent: sent_digest,
-                remote: remote_digest,
-            });
+        let sha256 = written.digest.unwrap_or_default();
+        if let Some(mismatch) =
+            self.digest_mismatch(remote_path, &sha256, reference, sent_digest.as_deref())
+        {
+            return Err(mismatch);
         }
 
         let rename_command = format!(
@@ -370,7 +482,7 @@ impl Session {
         }
         Ok(UploadReport {
             bytes: sent,
-            sha256: sent_digest,
+            sha256,
         })
     }
 
@@ -408,7 +520,7 @@ impl Session {
         let (mut read_half, write_half) = channel.split();
 
         let feeding = async {
-            let Some(mut feed) = stdin else {
+            let Some(feed) = stdin else {
                 // Closed stdin, like `ssh host cmd < /dev/null`: a command that reads it gets EOF
                 // instead of waiting forever.
                 return match write_half.eof().await {
@@ -416,32 +528,7 @@ impl Session {
                     Err(_) => Err(FeedFailure::Channel),
                 };
             };
-            let mut buffer = bytes::BytesMut::new();
-            loop {
-                // A fresh allocation whenever russh still holds the last chunk: handed over as
-                // it was read, without a copy.
-                buffer.reserve(UPLOAD_CHUNK_BYTES);
-                match feed.source.read_buf(&mut buffer).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(error) => {
-                        // Stop the remote side too, so it does not act on a truncated input.
-                        let _ = write_half.close().await;
-                        return Err(FeedFailure::Source(error));
-                    }
-                }
-                let chunk = buffer.split().freeze();
-                (feed.observe)(&chunk);
-                // `data_bytes` waits for the server's window, so at most one chunk is in flight
-                // here plus russh's bounded channel buffer: memory stays flat for any size.
-                if write_half.data_bytes(chunk).await.is_err() {
-                    return Err(FeedFailure::Channel);
-                }
-            }
-            match write_half.eof().await {
-                Ok(()) => Ok(()),
-                Err(_) => Err(FeedFailure::Channel),
-            }
+            feed_stdin(feed, write_half, &self.connection).await
         };
 
         let mut stdout = LineBuffer::new(OutputStream::Stdout);
@@ -553,6 +640,71 @@ impl Session {
     }
 }
 
+/// Streams `feed`'s source into the channel, then sends EOF. The caller's task reads and observes
+/// (hashes, reports progress); a relay on the connection thread hands the chunks to russh, packet
+/// by packet as the server's window allows, next to russh's own session task. Reading runs ahead
+/// of the relay by up to `READ_AHEAD_CHUNKS` chunks, so the next chunks are read and hashed while
+/// the last ones wait for the window. Chunks are observed in the order they are sent, and every
+/// byte observed is sent before EOF; a source error closes the channel instead, so the remote side
+/// never takes a truncated input for a whole one.
+async fn feed_stdin<R: AsyncRead + Unpin + Send>(
+    feed: StdinFeed<'_, R>,
+    write_half: ChannelWriteHalf<russh::client::Msg>,
+    connection: &ConnectionThread,
+) -> Result<(), FeedFailure> {
+    let StdinFeed {
+        mut source,
+        observe,
+    } = feed;
+    let (chunk_sender, mut chunk_receiver) =
+        tokio::sync::mpsc::channel::<bytes::Bytes>(READ_AHEAD_CHUNKS);
+    // Ends when the reader drops its sender (all sent) or on a channel failure; hands the write
+    // half back for the EOF or the close.
+    let relay = connection.spawn(async move {
+        while let Some(chunk) = chunk_receiver.recv().await {
+            // `data_bytes` waits for the server's window, so what is in flight stays bounded:
+            // the queued chunks plus russh's bounded channel buffer, for any size of upload.
+            if write_half.data_bytes(chunk).await.is_err() {
+                return (write_half, Err(FeedFailure::Channel));
+            }
+        }
+        (write_half, Ok(()))
+    });
+    let read = async {
+        let mut buffer = bytes::BytesMut::new();
+        loop {
+            // A fresh allocation whenever a chunk read earlier is still queued or held by russh:
+            // handed over as it was read, without a copy.
+            buffer.reserve(UPLOAD_CHUNK_BYTES);
+            if source.read_buf(&mut buffer).await? == 0 {
+                return Ok(());
+            }
+            let chunk = buffer.split().freeze();
+            observe(&chunk);
+            if chunk_sender.send(chunk).await.is_err() {
+                // The relay stopped on a channel failure, which it reports.
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    drop(chunk_sender);
+    let Ok((write_half, sent)) = relay.await else {
+        // Only when the connection thread is gone, and the connection with it.
+        return Err(FeedFailure::Channel);
+    };
+    if let Err(error) = read {
+        // Stop the remote side too, so it does not act on a truncated input.
+        let _ = write_half.close().await;
+        return Err(FeedFailure::Source(error));
+    }
+    sent?;
+    match write_half.eof().await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(FeedFailure::Channel),
+    }
+}
+
 /// How a channel ended, as far as the server told us.
 #[derive(Default)]
 struct ChannelEnding {
@@ -638,7 +790,9 @@ struct HashedRun {
     stdout: String,
     stderr: String,
     sent: u64,
-    sent_digest: String,
+    /// The digest of what was sent; `None` when a digest known beforehand made hashing here
+    /// unnecessary.
+    sent_digest: Option<String>,
 }
 
 /// The line [`Session::stream_into`]'s command prints with the consumer's exit status.

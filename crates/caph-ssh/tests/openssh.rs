@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caph_ssh::{
-    ConnectEvent, HostKeyPolicy, KeyPair, OutputLine, OutputStream, SshError, TofuPin,
+    ConnectEvent, HostKeyPolicy, KeyPair, OutputLine, OutputStream, Sha256Hex, SshError, TofuPin,
     connect_when_ready,
 };
 use support::{Sshd, require_sshd};
@@ -359,12 +359,7 @@ async fn upload_writes_atomically_and_verifies_the_checksum() {
         std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
         0o640
     );
-    let leftovers: Vec<_> = std::fs::read_dir(sshd.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().contains("caph-upload"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_temporary_files(sshd.dir.path());
 
     // A target directory that does not exist: the remote `cat` fails and says why.
     let error = session
@@ -425,12 +420,7 @@ async fn check_damaged_upload_is_refused(sshd: &Sshd, data: &[u8], damaged: &[u8
         "{message}"
     );
     assert!(!target.exists(), "the target must not appear");
-    let leftovers: Vec<_> = std::fs::read_dir(sshd.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().contains("caph-upload"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_temporary_files(sshd.dir.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,6 +470,120 @@ async fn a_server_without_openssl_hashes_with_sha256sum_and_still_catches_damage
     check_damaged_upload_is_refused(&sshd, data, &damaged).await;
 }
 
+fn sha256_of(data: &[u8]) -> Sha256Hex {
+    use sha2::Digest;
+    Sha256Hex::parse(&hex::encode(sha2::Sha256::digest(data))).expect("a digest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_a_known_digest_is_written_when_the_server_agrees() {
+    require_sshd!("an_upload_with_a_known_digest_is_written_when_the_server_agrees");
+    let mut sshd = Sshd::prepare();
+    sshd.start();
+    let session = connect_when_ready(&sshd.pinned_config(), &mut no_events())
+        .await
+        .unwrap();
+    let target = sshd.dir.path().join("rootfs.tar.gz");
+    // Several chunks, the last one partial.
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17u32)
+        .map(|index| (index % 253) as u8)
+        .collect();
+    let expected = sha256_of(&data);
+    let mut progress = Vec::new();
+    let report = session
+        .upload_expecting(
+            &data[..],
+            target.to_str().unwrap(),
+            0o600,
+            &expected,
+            &mut |bytes| progress.push(bytes),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.bytes, data.len() as u64);
+    assert_eq!(report.sha256, expected.as_str());
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+    assert_eq!(progress.last().copied(), Some(data.len() as u64));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_no_temporary_files(sshd.dir.path());
+}
+
+/// Uploads `data` expecting `expected` and checks the refusal: both digests named, the two
+/// possible causes said, no target, no temporary file, the session still usable.
+async fn check_known_digest_upload_is_refused(
+    sshd: &Sshd,
+    data: &[u8],
+    expected: &Sha256Hex,
+    arrived: &[u8],
+) {
+    let session = connect_when_ready(&sshd.pinned_config(), &mut no_events())
+        .await
+        .unwrap();
+    let target = sshd.dir.path().join("target");
+    let error = session
+        .upload_expecting(data, target.to_str().unwrap(), 0o644, expected, &mut |_| {})
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, SshError::ExpectedDigestMismatch { .. }),
+        "{error:?}"
+    );
+    let remote = sha256_of(arrived);
+    assert!(
+        message.contains(&format!("the expected sha256 is {expected}"))
+            && message.contains(&format!("the server's copy has sha256 {remote}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "either the file differs from its recorded digest or the transfer corrupted it"
+        ),
+        "{message}"
+    );
+    assert!(!target.exists(), "the target must not appear");
+    assert_no_temporary_files(sshd.dir.path());
+    let output = session.exec_capture("echo still here").await.unwrap();
+    assert_eq!(output.stdout, "still here\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_changed_after_its_digest_was_recorded_fails_the_known_digest_upload() {
+    require_sshd!("a_source_changed_after_its_digest_was_recorded_fails_the_known_digest_upload");
+    let mut sshd = Sshd::prepare();
+    sshd.start();
+    let recorded: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|index| (index % 241) as u8)
+        .collect();
+    let expected = sha256_of(&recorded);
+    // One byte flipped after the digest was written down; nothing here hashes the source, so
+    // only the server's digest can tell.
+    let mut changed = recorded.clone();
+    changed[1_000_003] ^= 0x01;
+    check_known_digest_upload_is_refused(&sshd, &changed, &expected, &changed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_damaged_on_the_way_fail_the_known_digest_upload() {
+    require_sshd!("bytes_damaged_on_the_way_fail_the_known_digest_upload");
+    let mut sshd = Sshd::prepare();
+    // The fourth byte becomes an `X` between the SSH channel and the server's `tee`.
+    let script = server_that_damages_uploads(
+        &sshd,
+        "{ dd bs=1 count=3 2>/dev/null; dd bs=1 count=1 of=/dev/null 2>/dev/null; printf X; cat; }",
+    );
+    sshd.add_config(&format!("ForceCommand {}", script.display()));
+    sshd.start();
+    let data = b"etcd snapshot, allegedly\n";
+    let mut damaged = data.to_vec();
+    damaged[3] = b'X';
+    check_known_digest_upload_is_refused(&sshd, data, &sha256_of(data), &damaged).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalives_notice_a_server_that_stops_answering() {
     require_sshd!("keepalives_notice_a_server_that_stops_answering");
@@ -513,4 +617,60 @@ async fn keepalives_notice_a_server_that_stops_answering() {
         "noticed only after {noticed_after:?}"
     );
     eprintln!("a frozen server was noticed after {noticed_after:?}");
+}
+
+/// Fails if an upload's temporary file (`*.caph-upload-*`) is left in `dir`.
+fn assert_no_temporary_files(dir: &std::path::Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().contains("caph-upload"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A source that yields `good` bytes in small reads, then fails like a disk read error.
+struct FailingSource {
+    good: usize,
+}
+
+impl tokio::io::AsyncRead for FailingSource {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.good == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk read failed")));
+        }
+        let length = self.good.min(buffer.remaining()).min(64 * 1024);
+        buffer.put_slice(&vec![b'z'; length]);
+        self.good -= length;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_fails_midway_leaves_no_file_and_the_session_usable() {
+    require_sshd!("a_source_that_fails_midway_leaves_no_file_and_the_session_usable");
+    let mut sshd = Sshd::prepare();
+    sshd.start();
+    let session = connect_when_ready(&sshd.pinned_config(), &mut no_events())
+        .await
+        .unwrap();
+    let target = sshd.dir.path().join("target");
+    // Several chunks read ahead and some sent before the failure.
+    let source = FailingSource {
+        good: 5 * 1024 * 1024 + 123,
+    };
+    let error = session
+        .upload(source, target.to_str().unwrap(), 0o644, &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(error, SshError::UploadSource { .. }), "{error:?}");
+    assert!(!target.exists(), "the target must not appear");
+    assert_no_temporary_files(sshd.dir.path());
+    // The connection survives a failed channel.
+    let output = session.exec_capture("echo still here").await.unwrap();
+    assert_eq!(output.stdout, "still here\n");
 }

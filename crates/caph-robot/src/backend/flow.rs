@@ -13,6 +13,7 @@ use caph_ssh::{
     TofuPin,
 };
 
+use super::checksum_file;
 use super::error_chain;
 use super::ledger::{self, Ledger, SharedLedger};
 use super::prepare::{PreparedInstall, prepare};
@@ -269,26 +270,29 @@ async fn run(
         });
     }
     let tarball_bytes = tarball_metadata.len();
-    // A checksum file beside the tarball (as the rootfs build writes it) is checked locally
-    // before anything is touched, and again against what the upload sent.
-    let sidecar = format!("{}.sha256", target.tarball.display());
-    let published = match tokio::fs::read_to_string(&sidecar).await {
-        Ok(text) => text
-            .split_whitespace()
-            .next()
-            .map(|digest| (sidecar.clone(), digest.to_ascii_lowercase())),
-        Err(_) => None,
-    };
-    if let Some((sidecar, expected)) = &published {
-        let actual = sha256_file(&target.tarball).await?;
-        if &actual != expected {
-            return Err(InstallCause::TarballChecksum {
-                path: target.tarball.clone(),
-                expected: format!("{expected} (from {sidecar})"),
-                actual,
-            });
+    // The digest recorded beside the tarball (as `build tarball` and `pack` write it): a
+    // malformed file, or a tarball that no longer matches it, is refused now, before anything is
+    // touched; the rescue system's digest of the upload must then equal it, so the upload itself
+    // hashes nothing here.
+    let recorded = checksum_file::read(&target.tarball).await?;
+    match &recorded {
+        Some(recorded) => {
+            checksum_file::check(&target.tarball, recorded).await?;
+            tracker.say(
+                context,
+                format!(
+                    "sha256 {} matches {}; the rescue system's digest of the upload must equal it",
+                    recorded.digest, recorded.file_name
+                ),
+            );
         }
-        tracker.say(context, format!("sha256 {actual} matches {sidecar}"));
+        None => tracker.say(
+            context,
+            format!(
+                "no {} beside the tarball: its sha256 is computed while it is sent",
+                checksum_file::path_beside(&target.tarball).display()
+            ),
+        ),
     }
 
     // Key.
@@ -445,39 +449,53 @@ async fn run(
             source,
         })?;
     let mut reported = 0u64;
-    let uploaded = rescue_session
-        .upload(file, &prepared.remote_image, 0o600, &mut |sent| {
-            if sent >= reported + PROGRESS_STEP_BYTES || sent == tarball_bytes {
-                reported = sent;
-                context.progress.event(ProgressEvent::Bytes {
-                    scope: tracker.scope.clone(),
-                    done: sent,
-                    total: Some(tarball_bytes),
-                });
-            }
-        })
-        .await
-        .map_err(ssh(format!(
-            "uploading {} to the rescue system",
-            prepared.image_name
-        )))?;
+    let mut on_progress = |sent| {
+        if sent >= reported + PROGRESS_STEP_BYTES || sent == tarball_bytes {
+            reported = sent;
+            context.progress.event(ProgressEvent::Bytes {
+                scope: tracker.scope.clone(),
+                done: sent,
+                total: Some(tarball_bytes),
+            });
+        }
+    };
+    // Either way the file appears at its path only once the rescue system's digest matched, so
+    // installimage never reads anything else.
+    let uploaded = match &recorded {
+        Some(recorded) => rescue_session
+            .upload_expecting(
+                file,
+                &prepared.remote_image,
+                0o600,
+                &recorded.digest,
+                &mut on_progress,
+            )
+            .await
+            .map_err(ssh(format!(
+                "uploading {} to the rescue system, checked against {}",
+                prepared.image_name, recorded.file_name
+            )))?,
+        None => rescue_session
+            .upload(file, &prepared.remote_image, 0o600, &mut on_progress)
+            .await
+            .map_err(ssh(format!(
+                "uploading {} to the rescue system",
+                prepared.image_name
+            )))?,
+    };
     tracker.say(
         context,
-        format!(
-            "uploaded {} bytes; sha256 {} confirmed on the rescue system",
-            uploaded.bytes, uploaded.sha256
-        ),
+        match &recorded {
+            Some(recorded) => format!(
+                "uploaded {} bytes; the rescue system's sha256 {} matches {}",
+                uploaded.bytes, uploaded.sha256, recorded.file_name
+            ),
+            None => format!(
+                "uploaded {} bytes; sha256 {} confirmed on the rescue system",
+                uploaded.bytes, uploaded.sha256
+            ),
+        },
     );
-    if let Some((sidecar, expected)) = &published
-        && !expected.eq_ignore_ascii_case(&uploaded.sha256)
-    {
-        // The file changed between the local check and the upload.
-        return Err(InstallCause::TarballChecksum {
-            path: target.tarball.clone(),
-            expected: format!("{expected} (from {sidecar})"),
-            actual: uploaded.sha256,
-        });
-    }
 
     // The autosetup and the post-install script.
     for (path, text, mode) in [
@@ -590,37 +608,6 @@ async fn run(
         autosetup: crate::autosetup::redacted(&autosetup_text),
         checks: verdict.checks,
         duration: started.elapsed(),
-    })
-}
-
-/// The sha256 of a file, read in a blocking task (a multi-GB tarball takes seconds).
-async fn sha256_file(path: &std::path::Path) -> Result<String, InstallCause> {
-    use sha2::{Digest as _, Sha256};
-    use std::io::Read as _;
-    /// Reads of 1 MiB keep the syscall count low and memory flat.
-    const CHUNK: usize = 1 << 20;
-    let owned = path.to_path_buf();
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; CHUNK];
-        loop {
-            let read = file.read(&mut buffer)?;
-            if read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..read]);
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .map_err(|error| InstallCause::Tarball {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(error.to_string()),
-    })?;
-    hashed.map_err(|source| InstallCause::Tarball {
-        path: path.to_path_buf(),
-        source,
     })
 }
 

@@ -12,9 +12,11 @@
 //! 5. **rescue SSH**: hostname `rescue`, installimage present, and the activation used up (so it is
 //!    the new rescue boot, not an old system still answering); its host key is trusted on first use
 //!    and pinned for the run;
-//! 6. **upload**: the tarball streamed to `/root/<name>`, its sha256 checked on the rescue system
-//!    (a `<tarball>.sha256` file beside it, when there is one, is checked locally before step 2
-//!    and against the upload);
+//! 6. **upload**: the tarball streamed to `/root/<name>`, hashed on the rescue system as it is
+//!    written and renamed into place only when that sha256 is the expected one: the one recorded
+//!    in a `<tarball>.sha256` beside it (read, refused when malformed, and checked against the
+//!    tarball before step 2, so that a tarball changed since touches nothing; the upload itself
+//!    then hashes nothing here), else the one computed here while sending;
 //! 7. `/autosetup` and `/root/post-install.sh` written (the script's last line prints
 //!    [`POST_INSTALL_MARKER`](crate::autosetup::POST_INSTALL_MARKER));
 //! 8. **installimage** run with `x` on stdin (skips the 20-second wait), its output streamed to
@@ -31,6 +33,7 @@
 //! active, an ephemeral Robot key is deleted, and the error says in which state the server is
 //! left ([`InstallError`]).
 
+mod checksum_file;
 mod flow;
 mod ledger;
 mod prepare;
@@ -309,14 +312,32 @@ pub enum InstallCause {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The tarball does not match the `.sha256` file beside it.
-    #[error("{path} has sha256 {actual}, but the checksum file beside it says {expected}")]
+    /// The `.sha256` file beside the tarball is not one `sha256sum` line for it (checked before
+    /// anything is touched).
+    #[error(
+        "{path} {problem}; fix: write it again in the tarball's directory with `sha256sum {tarball} > {tarball}.sha256`, or remove it to have the sha256 computed while uploading"
+    )]
+    ChecksumFile {
+        /// The checksum file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// The tarball's file name.
+        tarball: String,
+    },
+    /// The tarball does not match the `.sha256` file beside it (checked before anything is
+    /// touched).
+    #[error(
+        "{path} has sha256 {actual}, but {checksum_file} beside it says {expected}: the tarball changed after its checksum was written; build or copy it again, or remove the checksum file if the change is wanted"
+    )]
     TarballChecksum {
         /// The tarball.
         path: PathBuf,
+        /// The checksum file's name.
+        checksum_file: String,
         /// From the `.sha256` file.
         expected: String,
-        /// What was uploaded.
+        /// The tarball's.
         actual: String,
     },
     /// A Robot call failed.

@@ -44,6 +44,24 @@ fn assert_no_pending_rescue(setup: &Setup) {
     );
 }
 
+/// The real `sha256sum`'s line for `tarball`, run in its directory so that it names the bare file.
+fn sha256sum_line(tarball: &std::path::Path) -> String {
+    let output = std::process::Command::new("sha256sum")
+        .arg(tarball.file_name().expect("a file name"))
+        .current_dir(tarball.parent().expect("a directory"))
+        .output()
+        .expect("sha256sum runs");
+    assert!(output.status.success(), "sha256sum failed");
+    String::from_utf8(output.stdout).expect("text")
+}
+
+/// Writes `<tarball>.sha256` as `sha256sum` writes it, and returns the digest.
+fn write_checksum_file(tarball: &std::path::Path) -> String {
+    let line = sha256sum_line(tarball);
+    std::fs::write(format!("{}.sha256", tarball.display()), &line).expect("the checksum file");
+    line[..64].to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installs_the_tarball_and_the_node_answers_with_the_layouts_hostname() {
     let test = "installs_the_tarball_and_the_node_answers_with_the_layouts_hostname";
@@ -52,6 +70,8 @@ async fn installs_the_tarball_and_the_node_answers_with_the_layouts_hostname() {
     };
     let spec = support::spec();
     let tarball = support::make_tarball(setup.work.path(), &spec, &TreeOptions::default());
+    // With the checksum file `build tarball` writes: the upload is checked against it.
+    let recorded = write_checksum_file(&tarball);
     // A hung OS ignores the sw reset: the backend must escalate to hw and still succeed.
     setup.sim.inject(Fault::IgnoreSwReset {
         server_number: SERVER,
@@ -69,6 +89,17 @@ async fn installs_the_tarball_and_the_node_answers_with_the_layouts_hostname() {
 
     assert_eq!(report.hostname, format!("node-{SERVER}"));
     assert_eq!(report.image, IMAGE_NAME);
+    assert_eq!(report.tarball_sha256, recorded);
+    let lines = setup.recorder.lines();
+    for expected in [
+        format!("sha256 {recorded} matches {IMAGE_NAME}.sha256"),
+        format!("the rescue system's sha256 {recorded} matches {IMAGE_NAME}.sha256"),
+    ] {
+        assert!(
+            lines.iter().any(|line| line.contains(&expected)),
+            "{expected:?} in {lines:#?}"
+        );
+    }
     assert_ne!(
         report.host_key_fingerprint,
         report.rescue_host_key_fingerprint
@@ -91,7 +122,6 @@ async fn installs_the_tarball_and_the_node_answers_with_the_layouts_hostname() {
         vec!["sw".to_string(), "hw".to_string()],
         "sw ignored, then hw into the rescue system; `reboot` into the installed system"
     );
-    let lines = setup.recorder.lines();
     assert!(
         lines
             .iter()
@@ -173,6 +203,20 @@ async fn installs_onto_disk_images_with_a_shipped_layout_and_an_ephemeral_key() 
         .await
         .unwrap_or_else(|error| panic!("{}", full_message(&error)));
     assert_eq!(report.hostname, "disk-node");
+    // No checksum file beside this tarball: hashed while sent, and confirmed by the server.
+    let lines = setup.recorder.lines();
+    assert!(
+        lines.iter().any(|line| line
+            .contains(".sha256 beside the tarball: its sha256 is computed while it is sent")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|line| line.contains(&format!(
+            "sha256 {} confirmed on the rescue system",
+            report.tarball_sha256
+        ))),
+        "{lines:#?}"
+    );
     // The ephemeral key is gone from Robot; the visitor's stays.
     let keys = setup.sim.state().keys;
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -596,7 +640,8 @@ async fn preflight_through_the_backend_trait_checks_the_server_and_the_autosetup
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tarball_that_does_not_match_its_checksum_file_touches_nothing() {
+async fn a_malformed_checksum_file_is_refused_before_anything_is_touched() {
+    // No machines needed: nothing may reach Robot, so this runs without root.
     let sim = RobotSim::start(RobotSimConfig {
         user: USER.into(),
         password: PASSWORD.into(),
@@ -615,35 +660,91 @@ async fn a_tarball_that_does_not_match_its_checksum_file_touches_nothing() {
     };
     let work = tempfile::tempdir().expect("dir");
     let tarball = work.path().join(IMAGE_NAME);
-    std::fs::write(
-        &tarball,
-        b"a tarball that changed after its checksum was written",
-    )
-    .expect("tarball");
-    let zeros = "0".repeat(64);
-    std::fs::write(
-        work.path().join(format!("{IMAGE_NAME}.sha256")),
-        format!("{zeros}  {IMAGE_NAME}\n"),
-    )
-    .expect("checksum file");
+    std::fs::write(&tarball, b"a tarball beside a broken checksum file").expect("tarball");
+    let checksum_file = work.path().join(format!("{IMAGE_NAME}.sha256"));
+    let digest = "ab".repeat(32);
+    for (content, problem) in [
+        // Cut short, as an interrupted write leaves it.
+        (
+            digest[..40].to_string(),
+            "does not start with a sha256 (64 hex digits)",
+        ),
+        // The checksum file of another tarball, renamed.
+        (
+            format!("{digest}  other.tar.gz\n"),
+            "records the sha256 of \"other.tar.gz\", not of the tarball",
+        ),
+        (String::new(), "is empty"),
+    ] {
+        std::fs::write(&checksum_file, &content).expect("checksum file");
+        let error = backend
+            .install(
+                &context,
+                &support::spec(),
+                &InstallTarget::new(SERVER, &tarball),
+            )
+            .await
+            .expect_err("the checksum file is malformed");
+        let message = full_message(&error);
+        assert!(
+            matches!(error.cause, InstallCause::ChecksumFile { .. }),
+            "{message}"
+        );
+        for expected in [
+            format!("{} {problem}", checksum_file.display()),
+            format!("`sha256sum {IMAGE_NAME} > {IMAGE_NAME}.sha256`"),
+            format!("nothing was changed on server {SERVER}"),
+        ] {
+            assert!(message.contains(&expected), "{expected:?} in {message}");
+        }
+    }
+    assert!(sim.request_log().is_empty(), "no Robot call was made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarball_changed_after_its_checksum_file_is_refused_before_anything_is_touched() {
+    // No machines needed: nothing may reach Robot, so this runs without root.
+    let sim = RobotSim::start(RobotSimConfig {
+        user: USER.into(),
+        password: PASSWORD.into(),
+        servers: vec![support::small_server()],
+        machines: Arc::new(RobotAddressOnly::default()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
+    let backend = RobotBackend::new(client, support::fast_config());
+    let context = caph_core::backend::Context {
+        progress: Arc::new(Recorder::default()),
+        cancel: CancellationToken::new(),
+        build_id: "changed".into(),
+    };
+    let work = tempfile::tempdir().expect("dir");
+    let spec = support::spec();
+    let tarball = support::make_tarball(work.path(), &spec, &TreeOptions::default());
+    let recorded = write_checksum_file(&tarball);
+    // One byte flipped after the checksum file was written, as bit rot or an edit would.
+    let mut bytes = std::fs::read(&tarball).expect("tarball");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&tarball, &bytes).expect("tarball");
+    let actual = sha256sum_line(&tarball)[..64].to_owned();
     let error = backend
-        .install(
-            &context,
-            &support::spec(),
-            &InstallTarget::new(SERVER, &tarball),
-        )
+        .install(&context, &spec, &InstallTarget::new(SERVER, &tarball))
         .await
-        .expect_err("the checksum does not match");
+        .expect_err("the digests differ");
     let message = full_message(&error);
-    assert!(matches!(error.cause, InstallCause::TarballChecksum { .. }));
     assert!(
-        message.contains(&format!("but the checksum file beside it says {zeros}")),
+        matches!(error.cause, InstallCause::TarballChecksum { .. }),
         "{message}"
     );
-    assert!(
-        message.contains(&format!("nothing was changed on server {SERVER}")),
-        "{message}"
-    );
+    for expected in [
+        format!("has sha256 {actual}, but {IMAGE_NAME}.sha256 beside it says {recorded}"),
+        format!("nothing was changed on server {SERVER}"),
+    ] {
+        assert!(message.contains(&expected), "{expected:?} in {message}");
+    }
     assert!(sim.request_log().is_empty(), "no Robot call was made");
 }
 
