@@ -286,20 +286,7 @@ async fn disk_work(
         Ok(promise) => (checks::promised_checks(promise), None),
         Err(problem) => (Vec::new(), Some(problem.clone())),
     };
-    std::fs::create_dir_all(&request.work_dir).map_err(|error| BootError::Failed {
-        what: format!("creating {}", request.work_dir.display()),
-        detail: error.to_string(),
-    })?;
-    let work_dir = tempfile::Builder::new()
-        .prefix("caph-image-verify-")
-        .tempdir_in(&request.work_dir)
-        .map_err(|error| BootError::Failed {
-            what: format!(
-                "creating a work directory in {}",
-                request.work_dir.display()
-            ),
-            detail: error.to_string(),
-        })?;
+    let work_dir = work_dir_in(&request.work_dir)?;
     stage.set(
         context,
         Phase::Create,
@@ -433,20 +420,7 @@ async fn work(
 
     // The work directory: removed when dropped, after the loop device (declared later, dropped
     // earlier) is detached.
-    std::fs::create_dir_all(&request.work_dir).map_err(|error| BootError::Failed {
-        what: format!("creating {}", request.work_dir.display()),
-        detail: error.to_string(),
-    })?;
-    let work_dir = tempfile::Builder::new()
-        .prefix("caph-image-verify-")
-        .tempdir_in(&request.work_dir)
-        .map_err(|error| BootError::Failed {
-            what: format!(
-                "creating a work directory in {}",
-                request.work_dir.display()
-            ),
-            detail: error.to_string(),
-        })?;
+    let work_dir = work_dir_in(&request.work_dir)?;
     let disk_path = work_dir.path().join("disk.img");
     let disk_size = install::disk_bytes(&contents);
     // The disk file is sparse, but what is installed on it takes real space: the tree, the
@@ -826,6 +800,21 @@ fn node_check_files(node_checks: &[NodeCheck]) -> Vec<PlacedFile> {
             mode: 0o644,
         },
     ]
+}
+
+/// A work directory of this run below `parent` (made if missing), removed when dropped.
+fn work_dir_in(parent: &Path) -> Result<tempfile::TempDir, BootError> {
+    std::fs::create_dir_all(parent).map_err(|error| BootError::Failed {
+        what: format!("creating {}", parent.display()),
+        detail: error.to_string(),
+    })?;
+    tempfile::Builder::new()
+        .prefix("caph-image-verify-")
+        .tempdir_in(parent)
+        .map_err(|error| BootError::Failed {
+            what: format!("creating a work directory in {}", parent.display()),
+            detail: error.to_string(),
+        })
 }
 
 /// Copies the console log where the caller wants it; where it went, if anywhere.

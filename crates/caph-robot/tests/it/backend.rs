@@ -319,22 +319,7 @@ async fn rescue_that_never_comes_up_escalates_sw_to_hw_then_times_out_and_remove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_autosetup_touches_nothing() {
-    let sim = RobotSim::start(RobotSimConfig {
-        user: USER.into(),
-        password: PASSWORD.into(),
-        servers: vec![support::small_server()],
-        machines: Arc::new(RobotAddressOnly::default()),
-        ..Default::default()
-    })
-    .await
-    .expect("simulator");
-    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
-    let backend = RobotBackend::new(client, support::fast_config());
-    let context = caph_core::backend::Context {
-        progress: Arc::new(Recorder::default()),
-        cancel: CancellationToken::new(),
-        build_id: "bad".into(),
-    };
+    let (sim, backend, context) = without_machines("bad").await;
     // No architecture in the name: installimage would refuse it; so does the local check.
     let mut target = InstallTarget::new(SERVER, "/nonexistent/Debian-1200-bookworm-test.tar.gz");
     target.hostname = Some("node-1".into());
@@ -639,9 +624,9 @@ async fn preflight_through_the_backend_trait_checks_the_server_and_the_autosetup
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_checksum_file_is_refused_before_anything_is_touched() {
-    // No machines needed: nothing may reach Robot, so this runs without root.
+/// A Robot simulator whose servers have no machines behind them (so no root is needed), the
+/// backend on it and a context: for refusals that must happen before any Robot call.
+async fn without_machines(build_id: &str) -> (RobotSim, RobotBackend, caph_core::backend::Context) {
     let sim = RobotSim::start(RobotSimConfig {
         user: USER.into(),
         password: PASSWORD.into(),
@@ -656,8 +641,15 @@ async fn a_malformed_checksum_file_is_refused_before_anything_is_touched() {
     let context = caph_core::backend::Context {
         progress: Arc::new(Recorder::default()),
         cancel: CancellationToken::new(),
-        build_id: "sidecar".into(),
+        build_id: build_id.into(),
     };
+    (sim, backend, context)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_checksum_file_is_refused_before_anything_is_touched() {
+    // No machines needed: nothing may reach Robot, so this runs without root.
+    let (sim, backend, context) = without_machines("sidecar").await;
     let work = tempfile::tempdir().expect("dir");
     let tarball = work.path().join(IMAGE_NAME);
     std::fs::write(&tarball, b"a tarball beside a broken checksum file").expect("tarball");
@@ -704,22 +696,7 @@ async fn a_malformed_checksum_file_is_refused_before_anything_is_touched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tarball_changed_after_its_checksum_file_is_refused_before_anything_is_touched() {
     // No machines needed: nothing may reach Robot, so this runs without root.
-    let sim = RobotSim::start(RobotSimConfig {
-        user: USER.into(),
-        password: PASSWORD.into(),
-        servers: vec![support::small_server()],
-        machines: Arc::new(RobotAddressOnly::default()),
-        ..Default::default()
-    })
-    .await
-    .expect("simulator");
-    let client = RobotClient::new(&sim.url(), Credentials::new(USER, PASSWORD)).expect("client");
-    let backend = RobotBackend::new(client, support::fast_config());
-    let context = caph_core::backend::Context {
-        progress: Arc::new(Recorder::default()),
-        cancel: CancellationToken::new(),
-        build_id: "changed".into(),
-    };
+    let (sim, backend, context) = without_machines("changed").await;
     let work = tempfile::tempdir().expect("dir");
     let spec = support::spec();
     let tarball = support::make_tarball(work.path(), &spec, &TreeOptions::default());
