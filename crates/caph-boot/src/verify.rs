@@ -336,18 +336,7 @@ async fn disk_work(
         },
     )
     .await?;
-    stage.set(
-        context,
-        Phase::Cleanup,
-        "cleanup",
-        format!(
-            "detaching {} and removing the work directory",
-            disk.info().device.display()
-        ),
-    );
-    disk.detach();
-    drop(work_dir);
-    stage.set(context, Phase::Done, "done", String::new());
+    clean_up(context, stage, disk, work_dir);
     Ok(DiskReport {
         findings: judged.findings,
         boot_duration: judged.boot_duration,
@@ -536,27 +525,7 @@ async fn work(
     )
     .await?;
 
-    stage.set(
-        context,
-        Phase::Cleanup,
-        "cleanup",
-        format!(
-            "detaching {} and removing the work directory",
-            disk.info().device.display()
-        ),
-    );
-    let device = disk.info().device.clone();
-    if !disk.detach() {
-        say(
-            context,
-            format!(
-                "{} was still busy; it detaches itself once free",
-                device.display()
-            ),
-        );
-    }
-    drop(work_dir);
-    stage.set(context, Phase::Done, "done", String::new());
+    clean_up(context, stage, disk, work_dir);
     Ok(TarballReport {
         tarball: facts,
         findings: judged.findings,
@@ -800,6 +769,32 @@ fn node_check_files(node_checks: &[NodeCheck]) -> Vec<PlacedFile> {
             mode: 0o644,
         },
     ]
+}
+
+/// Detaches the disk's loop device (saying so when it is still busy: it then detaches itself
+/// once free) and removes the work directory, in that order.
+fn clean_up(context: &Context, stage: &Stage, disk: LoopDevice, work_dir: tempfile::TempDir) {
+    stage.set(
+        context,
+        Phase::Cleanup,
+        "cleanup",
+        format!(
+            "detaching {} and removing the work directory",
+            disk.info().device.display()
+        ),
+    );
+    let device = disk.info().device.clone();
+    if !disk.detach() {
+        say(
+            context,
+            format!(
+                "{} was still busy; it detaches itself once free",
+                device.display()
+            ),
+        );
+    }
+    drop(work_dir);
+    stage.set(context, Phase::Done, "done", String::new());
 }
 
 /// A work directory of this run below `parent` (made if missing), removed when dropped.
