@@ -299,41 +299,20 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
     // CAPH treats a refused or lost connection as "not yet" and asks again: right after
     // `reboot` the rescue system may still answer, then goes away while the node boots.
     let started = Instant::now();
-    let node = loop {
-        // A fresh pin each time: the rescue system's host key may still answer the first try.
-        let mut config = ConnectConfig::new(
-            address,
-            "root",
-            rescue_key.clone(),
-            HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
-        );
-        config.deadline = Duration::from_secs(60);
-        let node = match connect_when_ready(&config, &mut |_| {}).await {
-            Ok(node) => node,
+    let mut node = node_answering_as_itself(address, &rescue_key, started, test).await;
+    let status = loop {
+        let status = match node.exec_capture("cloud-init status").await {
+            Ok(status) => status,
+            // The same: an SSH error is "not yet" to CAPH (the simulated node's sshd may restart
+            // while its first boot settles), and the next reconcile connects again.
             Err(error) => {
-                eprintln!("{test}: connecting: {error}; asking again");
-                assert!(
-                    started.elapsed() < Duration::from_secs(300),
-                    "the node did not answer within 5 minutes of the reboot"
-                );
+                eprintln!("{test}: `cloud-init status`: {error}; asking again");
+                node.close().await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
+                node = node_answering_as_itself(address, &rescue_key, started, test).await;
                 continue;
             }
         };
-        match node.exec_capture("hostname").await {
-            Ok(output) if output.stdout.trim() == HOSTNAME => break node,
-            Ok(output) => eprintln!("{test}: the server answers as {:?}", output.stdout.trim()),
-            Err(error) => eprintln!("{test}: `hostname`: {error}; asking again"),
-        }
-        node.close().await;
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the node did not answer as {HOSTNAME} within 5 minutes of the reboot"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    let status = loop {
-        let status = run(&node, "cloud-init status").await;
         if status.exit_code != 0 {
             let why = run(
                 &node,
@@ -389,6 +368,51 @@ pub async fn caph_provisions_a_node_from_the_tarball(dir: &Path, tarball: &Path)
     drop(robot_machines);
     drop(machines);
     first_boot_of_the_installed_drive(dir, tarball, &drive).await;
+}
+
+/// host.go `actionEnsureProvisioned`'s connection: as root with the rescue key (installimage
+/// copied the activation's keys into the node), until the server answers as the node. CAPH treats
+/// a refused or lost connection as "not yet" and asks again: right after `reboot` the rescue
+/// system may still answer, then goes away while the node boots.
+async fn node_answering_as_itself(
+    address: SocketAddr,
+    rescue_key: &KeyPair,
+    started: Instant,
+    test: &str,
+) -> Session {
+    loop {
+        // A fresh pin each time: the rescue system's host key may still answer the first try.
+        let mut config = ConnectConfig::new(
+            address,
+            "root",
+            rescue_key.clone(),
+            HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
+        );
+        config.deadline = Duration::from_secs(60);
+        let node = match connect_when_ready(&config, &mut |_| {}).await {
+            Ok(node) => node,
+            Err(error) => {
+                eprintln!("{test}: connecting: {error}; asking again");
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "the node did not answer within 5 minutes of the reboot"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        match node.exec_capture("hostname").await {
+            Ok(output) if output.stdout.trim() == HOSTNAME => return node,
+            Ok(output) => eprintln!("{test}: the server answers as {:?}", output.stdout.trim()),
+            Err(error) => eprintln!("{test}: `hostname`: {error}; asking again"),
+        }
+        node.close().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the node did not answer as {HOSTNAME} within 5 minutes of the reboot"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// The drive CAPH's flow installed boots for real under QEMU (BIOS, its own GRUB, the
