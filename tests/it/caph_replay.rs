@@ -49,14 +49,21 @@ async fn run(session: &Session, command: &str) -> caph_ssh::CapturedOutput {
         .unwrap_or_else(|error| panic!("`{command}`: {error}"))
 }
 
-async fn connect(address: SocketAddr, key: &KeyPair) -> Session {
+/// How CAPH's SSH client connects: as root with `key`, trusting the host key it first sees (a
+/// fresh pin each time), waiting up to `deadline` for the server.
+fn root_on_first_use(address: SocketAddr, key: &KeyPair, deadline: Duration) -> ConnectConfig {
     let mut config = ConnectConfig::new(
         address,
         "root",
         key.clone(),
         HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
     );
-    config.deadline = Duration::from_secs(300);
+    config.deadline = deadline;
+    config
+}
+
+async fn connect(address: SocketAddr, key: &KeyPair) -> Session {
+    let config = root_on_first_use(address, key, Duration::from_secs(300));
     connect_when_ready(&config, &mut |_| {})
         .await
         .expect("the server answers SSH")
@@ -382,13 +389,7 @@ async fn node_answering_as_itself(
 ) -> Session {
     loop {
         // A fresh pin each time: the rescue system's host key may still answer the first try.
-        let mut config = ConnectConfig::new(
-            address,
-            "root",
-            rescue_key.clone(),
-            HostKeyPolicy::TrustOnFirstUse(TofuPin::new()),
-        );
-        config.deadline = Duration::from_secs(60);
+        let config = root_on_first_use(address, rescue_key, Duration::from_secs(60));
         let node = match connect_when_ready(&config, &mut |_| {}).await {
             Ok(node) => node,
             Err(error) => {
