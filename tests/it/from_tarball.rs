@@ -7,7 +7,8 @@
 //! own GRUB on Hetzner Cloud's hardware: cloud-init finds the Hetzner data source (SMBIOS), asks
 //! the metadata service at 169.254.169.254 (the test's server, reached through QEMU's forward)
 //! for the host name, SSH keys, network and user data, and runs the probe; first boot is judged
-//! as `caph-image verify` judges it.
+//! as `caph-image verify` judges it. The disk it boots is 2 GiB longer than the build server's,
+//! as a bigger server type's is, and cloud-init grows the root partition and file system to it.
 //!
 //! The refusals that need no server are in their own test: a file that is not a tarball, a
 //! tarball that is not one of ours, an arm64 tarball, a tarball whose name and `--arch` disagree.
@@ -307,7 +308,101 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
     assert!(copied.success());
     drop(cloud);
     disk_holds_the_tarball(&disk, &tarball).await;
-    first_boot_on_hetzner_metadata(test, &disk, &tarball).await;
+    // A server of a bigger type than the build's: the same disk, longer.
+    let built = RootPartition::of_disk_image(&disk);
+    let file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    file.set_len(file.metadata().unwrap().len() + BIGGER_SERVER_TYPE_DISK)
+        .unwrap();
+    drop(file);
+    first_boot_on_hetzner_metadata(test, &disk, &tarball, &built).await;
+}
+
+/// How much bigger than the build server's disk the disk is that the snapshot boots on.
+const BIGGER_SERVER_TYPE_DISK: u64 = 2 << 30;
+
+/// The root partition of a disk (its last), and the size of the ext4 file system on it.
+#[derive(Debug, PartialEq, Eq)]
+struct RootPartition {
+    /// Where it starts and how long it is, in 512-byte sectors.
+    start: u64,
+    sectors: u64,
+    /// The disk's length, in sectors.
+    disk_sectors: u64,
+    /// The file system's block count times its block size.
+    filesystem_bytes: u64,
+}
+
+impl RootPartition {
+    /// Reads a disk image: its table with sfdisk, the file system's size from its superblock
+    /// (`s_blocks_count` at byte 4, with its high half at 0x150 where the `64bit` feature is on;
+    /// `s_log_block_size` at 24).
+    fn of_disk_image(disk: &Path) -> Self {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let table = Command::new("sfdisk")
+            .arg("--json")
+            .arg(disk)
+            .output()
+            .unwrap();
+        assert!(table.status.success(), "sfdisk --json {}", disk.display());
+        let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
+        let root = &table["partitiontable"]["partitions"][1];
+        let (start, sectors) = (
+            root["start"].as_u64().unwrap(),
+            root["size"].as_u64().unwrap(),
+        );
+        let mut file = std::fs::File::open(disk).unwrap();
+        let mut superblock = [0u8; 1024];
+        file.seek(SeekFrom::Start(start * 512 + 1024)).unwrap();
+        file.read_exact(&mut superblock).unwrap();
+        let le32 = |at: usize| {
+            u64::from(u32::from_le_bytes(
+                superblock[at..at + 4].try_into().unwrap(),
+            ))
+        };
+        assert_eq!(&superblock[0x38..0x3a], &[0x53, 0xef], "an ext4 superblock");
+        let high = if le32(0x60) & 0x80 != 0 {
+            le32(0x150) << 32
+        } else {
+            0
+        };
+        let blocks = le32(4) | high;
+        Self {
+            start,
+            sectors,
+            disk_sectors: file.metadata().unwrap().len() / 512,
+            filesystem_bytes: blocks * (1024 << le32(24)),
+        }
+    }
+
+    /// A shell script that prints the booted node's root partition as `key=value` lines.
+    const ON_THE_NODE: &str = r#"set -eu
+root=$(findmnt --noheadings --output SOURCE /)
+partition=$(basename "$root")
+disk=$(basename "$(readlink -f "/sys/class/block/$partition/..")")
+echo "start=$(cat "/sys/class/block/$partition/start")"
+echo "sectors=$(cat "/sys/class/block/$partition/size")"
+echo "disk_sectors=$(cat "/sys/class/block/$disk/size")"
+blocks=$(dumpe2fs -h "$root" 2>/dev/null | sed -n 's/^Block count: *//p')
+block_size=$(dumpe2fs -h "$root" 2>/dev/null | sed -n 's/^Block size: *//p')
+echo "filesystem_bytes=$((blocks * block_size))"
+"#;
+
+    /// Reads what [`Self::ON_THE_NODE`] printed.
+    fn from_node(printed: &str) -> Self {
+        let value = |key: &str| -> u64 {
+            printed
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in what the node printed:\n{printed}"))
+        };
+        Self {
+            start: value("start"),
+            sectors: value("sectors"),
+            disk_sectors: value("disk_sectors"),
+            filesystem_bytes: value("filesystem_bytes"),
+        }
+    }
 }
 
 /// The disk holds every member of the tarball as it is, but for what the flow writes, and GRUB.
@@ -373,7 +468,15 @@ async fn disk_holds_the_tarball(disk: &Path, tarball: &Path) {
 /// the node checks the image promises (`caph_core::checks`, as `verify tarball` runs them) are
 /// gathered and judged; then a clean power off. Every finding is ok but the known failures of the
 /// end-to-end tarball (`crate::verify::KNOWN_TARBALL_FAILURES`).
-async fn first_boot_on_hetzner_metadata(test: &str, disk: &Path, tarball: &Path) {
+///
+/// The disk is [`BIGGER_SERVER_TYPE_DISK`] longer than the one the snapshot was made on
+/// (`built`): the root partition and its file system must have grown to its end.
+async fn first_boot_on_hetzner_metadata(
+    test: &str,
+    disk: &Path,
+    tarball: &Path,
+    built: &RootPartition,
+) {
     if let Some(missing) = qemu::qemu_missing().or_else(qemu::socat_missing) {
         eprintln!("SKIPPED {test} (first boot under QEMU): {missing}");
         return;
@@ -454,6 +557,7 @@ async fn first_boot_on_hetzner_metadata(test: &str, disk: &Path, tarball: &Path)
     };
     let evidence = Evidence::parse(&run(&firstboot::evidence_script("", &[])).await);
     let facts = run(&checks::facts_script(&node_checks)).await;
+    let root_partition = RootPartition::from_node(&run(RootPartition::ON_THE_NODE).await);
     session.close().await;
     let powered_off = vm.power_off(POWER_OFF_DEADLINE).await;
     let lines = vm.lines();
@@ -499,6 +603,23 @@ async fn first_boot_on_hetzner_metadata(test: &str, disk: &Path, tarball: &Path)
         "{test}: the findings of first boot:\n{}\nthe console:\n{}",
         report.join("\n"),
         lines.join("\n")
+    );
+    // On a bigger disk, cloud-init grew the root partition to the disk's end (growpart, which
+    // leaves at most an alignment's worth) and its file system with it (resize2fs online, which
+    // leaves a few hundred blocks at the end that do not make a whole group).
+    let grown = BIGGER_SERVER_TYPE_DISK / 512;
+    assert_eq!(root_partition.disk_sectors, built.disk_sectors + grown);
+    assert_eq!(root_partition.start, built.start);
+    let end = root_partition.start + root_partition.sectors;
+    assert!(
+        end <= root_partition.disk_sectors && root_partition.disk_sectors - end < 2048,
+        "the root partition reaches the end of the bigger disk: {root_partition:?}, built {built:?}"
+    );
+    assert!(
+        root_partition.filesystem_bytes + (16 << 20) >= root_partition.sectors * 512
+            && root_partition.filesystem_bytes
+                >= built.filesystem_bytes + BIGGER_SERVER_TYPE_DISK - (1 << 20),
+        "the root file system fills the grown partition: {root_partition:?}, built {built:?}"
     );
     // The Hetzner data source, not a seed: the node asked the metadata service for all of it.
     let asked = metadata.requests();

@@ -454,8 +454,9 @@ created powered off and booted into its rescue system, where /dev/sda is partiti
 installimage does for one disk (1 GiB ext4 /boot, ext4 / on the rest), the tarball streamed over
 SSH into tar with its sha256 computed here and on the server (and checked against the .sha256
 beside TARBALL, when there is one), /etc/fstab written by UUID, cloud-init set to Hetzner's
-metadata service (user data, host name, SSH keys and network; the tarball's NoCloud settings are
-for installimage) and GRUB installed from the tarball; then power off, snapshot and naming as
+metadata service (user data, host name, SSH keys and network, and growing / to the end of a bigger
+server type's disk; the tarball's NoCloud settings are for installimage) and GRUB installed from
+the tarball; then power off, snapshot and naming as
 above. The output prints the tarball's sha256, and the snapshot carries its first 12 digits as the
 label tarball-sha256 (the description has all of it). x86 only: Hetzner Cloud's arm servers boot
 UEFI.

@@ -35,8 +35,10 @@ pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(20);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The longest pause between dials: at most this much latency is added after the server becomes
-/// ready, small against a 20-40 s boot, while a 5-minute wait still makes fewer than 70 dials.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// ready (1 s on average), while a 5-minute wait still makes fewer than 160 dials, each a refused
+/// connection or a banner that does not come. At 5 s the wait after readiness was most of the
+/// tool's overhead in `build robot` (BENCHMARKS.md, installs).
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Public-key rejections tolerated before giving up. On a cloud server sshd can answer a moment
 /// before cloud-init has written `authorized_keys`; a rejection then is transient. More than three

@@ -216,6 +216,11 @@ ssh_deletekeys: false
 ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 # Cluster API Provider Hetzner logs in as root with the keys installimage installed.
 disable_root: false
+# installimage sized the partitions to the drives by the layout, and a layout may put / on RAID or
+# LVM: nothing for cloud-init to grow.
+growpart:
+  mode: 'off'
+resize_rootfs: false
 # The image has no locale data to generate from (no locales package); C.UTF-8 comes with libc,
 # where cloud-init's default en_US.UTF-8 would fail the first boot in locale-gen.
 locale: C.UTF-8
@@ -245,6 +250,12 @@ ssh_deletekeys: true
 ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 # Root logs in with the SSH keys given when the server was created, as on Hetzner's images.
 disable_root: false
+# A server of a bigger type than the build's has a bigger disk: the root partition is the last
+# one, and grows to its end (growpart, from cloud-guest-utils), then its file system with it.
+growpart:
+  mode: auto
+  devices: [ '/' ]
+resize_rootfs: true
 # Built into the C library: nothing to generate.
 locale: C.UTF-8
 ";
@@ -640,12 +651,13 @@ fn swap_off() -> String {
 }
 
 /// cloud-init for a tarball node (a Hetzner Cloud system image has its own, with Hetzner's data
-/// source).
+/// source), and growpart (cloud-guest-utils), with which a node written onto a Hetzner Cloud
+/// disk (`build hcloud --from-tarball`) grows its root partition on a bigger server type.
 fn cloud_init_install() -> String {
     let mut script = Script::new();
     script.line("export DEBIAN_FRONTEND=noninteractive");
     script.line(format!(
-        "{APT} install -y --no-install-recommends cloud-init"
+        "{APT} install -y --no-install-recommends cloud-init cloud-guest-utils"
     ));
     script.line("cloud-init --version");
     script.finish()

@@ -406,7 +406,7 @@ systemctl enable containerd.service kubelet.service
 # ---- step 18/22: cloud-init ----
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends cloud-init
+apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold install -y --no-install-recommends cloud-init cloud-guest-utils
 cloud-init --version
 
 # ---- step 19/22: cloud-init-config ----
@@ -427,6 +427,11 @@ ssh_deletekeys: false
 ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 # Cluster API Provider Hetzner logs in as root with the keys installimage installed.
 disable_root: false
+# installimage sized the partitions to the drives by the layout, and a layout may put / on RAID or
+# LVM: nothing for cloud-init to grow.
+growpart:
+  mode: 'off'
+resize_rootfs: false
 # The image has no locale data to generate from (no locales package); C.UTF-8 comes with libc,
 # where cloud-init's default en_US.UTF-8 would fail the first boot in locale-gen.
 locale: C.UTF-8
