@@ -309,7 +309,7 @@ async fn the_tarball_becomes_a_cloud_snapshot_that_boots_on_hetzner_metadata() {
     drop(cloud);
     disk_holds_the_tarball(&disk, &tarball).await;
     // A server of a bigger type than the build's: the same disk, longer.
-    let built = RootPartition::of_disk_image(&disk);
+    let built = RootPartition::of_disk_image(&disk).await;
     let file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
     file.set_len(file.metadata().unwrap().len() + BIGGER_SERVER_TYPE_DISK)
         .unwrap();
@@ -333,23 +333,24 @@ struct RootPartition {
 }
 
 impl RootPartition {
-    /// Reads a disk image: its table with sfdisk, the file system's size from its superblock
-    /// (`s_blocks_count` at byte 4, with its high half at 0x150 where the `64bit` feature is on;
-    /// `s_log_block_size` at 24).
-    fn of_disk_image(disk: &Path) -> Self {
+    /// Reads a disk image: its root partition as the installed-drive reader finds it
+    /// (`caph_sim::robot::read_installed_system`, the partition table and fstab), the file
+    /// system's size from its superblock (`s_blocks_count` at byte 4, with its high half at 0x150
+    /// where the `64bit` feature is on; `s_log_block_size` at 24).
+    async fn of_disk_image(disk: &Path) -> Self {
         use std::io::{Read as _, Seek as _, SeekFrom};
-        let table = Command::new("sfdisk")
-            .arg("--json")
-            .arg(disk)
-            .output()
-            .unwrap();
-        assert!(table.status.success(), "sfdisk --json {}", disk.display());
-        let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
-        let root = &table["partitiontable"]["partitions"][1];
-        let (start, sectors) = (
-            root["start"].as_u64().unwrap(),
-            root["size"].as_u64().unwrap(),
-        );
+        let manifest = caph_sim::robot::read_installed_system(disk, "/dev/sda")
+            .await
+            .expect("the disk can be read")
+            .expect("a system is installed on the disk");
+        let caph_sim::installimage::InstalledDisk::Images { partitions } = &manifest.disk else {
+            panic!("not a disk image: {manifest:?}");
+        };
+        let root = partitions
+            .iter()
+            .find(|partition| partition.mount == "/")
+            .expect("the fstab mounts a partition on /");
+        let (start, sectors) = (root.start_bytes / 512, root.size_bytes / 512);
         let mut file = std::fs::File::open(disk).unwrap();
         let mut superblock = [0u8; 1024];
         file.seek(SeekFrom::Start(start * 512 + 1024)).unwrap();

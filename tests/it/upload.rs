@@ -367,3 +367,41 @@ async fn bad_images_are_refused_and_corruption_leaves_nothing_behind() {
     );
     nothing_left_but_snapshots(&cloud.sim.state());
 }
+
+/// A `--sha256` that is not 64 hex digits is refused first, naming the flag; one in capitals is
+/// a digest and goes on (here to a missing file). The endpoint is a closed loopback port, so
+/// nothing could reach an API.
+#[test]
+fn a_malformed_sha256_flag_is_refused_before_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let upload = |digest: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_caph-image"))
+            .args([
+                "upload",
+                "hcloud",
+                "missing.img",
+                "--name",
+                "n",
+                "--arch",
+                "x86",
+            ])
+            .args(["--sha256", digest])
+            .env("HCLOUD_TOKEN", "unused-token")
+            .env("HCLOUD_ENDPOINT", "http://127.0.0.1:9/v1")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (output.status.code(), crate::stderr(&output))
+    };
+    for digest in ["a".repeat(63), "g".repeat(64), "a".repeat(65)] {
+        let (code, stderr) = upload(&digest);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("--sha256 {digest}: not a sha256 (64 hex digits)")),
+            "{stderr}"
+        );
+    }
+    let (code, stderr) = upload(&"AB".repeat(32));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("not a sha256"), "{stderr}");
+}

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod checks;
 pub mod compression;
 pub mod diagnostic;
+pub mod digest;
 pub mod firstboot;
 pub mod label;
 pub mod plan;

@@ -16,7 +16,6 @@
 
 mod connect;
 mod connection;
-mod digest;
 mod error;
 mod keys;
 mod session;
@@ -25,7 +24,8 @@ pub use connect::{
     ConnectConfig, ConnectEvent, DEFAULT_DIAL_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_MAX, DEFAULT_READY_DEADLINE, HostKeyPolicy, TofuPin, connect_when_ready,
 };
-pub use digest::Sha256Hex;
+// The digest type of `upload_expecting`, kept in caph-core with the other shared types.
+pub use caph_core::digest::Sha256Hex;
 pub use error::SshError;
 pub use keys::{Fingerprint, KeyError, KeyPair, PrivateKeyPem, PublicKey};
 pub use session::{CapturedOutput, OutputLine, OutputStream, Session, UploadReport};

@@ -11,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::connect::ClientHandler;
 use crate::connection::ConnectionThread;
-use crate::digest::Sha256Hex;
 use crate::error::SshError;
 use crate::keys::PublicKey;
+use caph_core::digest::Sha256Hex;
 
 /// Longest line handed to the callback in one piece: a program that prints megabytes without a
 /// newline (a progress bar using `\r`, a binary by mistake) must not grow memory without bound;
@@ -828,11 +828,8 @@ impl WriteReport {
         for line in stdout.lines() {
             if let Some(status) = line.strip_prefix(TEE_STATUS_PREFIX) {
                 report.tee_status = status.trim().parse().ok();
-            } else if let Some(word) = line.split_whitespace().next()
-                && word.len() == 64
-                && word.bytes().all(|byte| byte.is_ascii_hexdigit())
-            {
-                report.digest = Some(word.to_ascii_lowercase());
+            } else if let Some(digest) = line.split_whitespace().next().and_then(Sha256Hex::parse) {
+                report.digest = Some(digest.to_string());
             }
         }
         report

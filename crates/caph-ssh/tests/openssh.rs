@@ -396,6 +396,26 @@ fn server_that_damages_uploads(sshd: &Sshd, damage: &str) -> std::path::PathBuf 
     script
 }
 
+/// A `damage` stage for [`server_that_damages_uploads`]: one byte flipped on the way to the disk,
+/// as a broken link or a tampering middlebox might, the fourth becoming an `X`. `dd bs=1` reads
+/// exactly the bytes it passes on, so nothing else is lost.
+const FOURTH_BYTE_BECOMES_X: &str =
+    "{ dd bs=1 count=3 2>/dev/null; dd bs=1 count=1 of=/dev/null 2>/dev/null; printf X; cat; }";
+
+/// `data` as [`FOURTH_BYTE_BECOMES_X`] delivers it.
+fn with_fourth_byte_x(data: &[u8]) -> Vec<u8> {
+    let mut damaged = data.to_vec();
+    damaged[3] = b'X';
+    damaged
+}
+
+/// Starts `sshd` with [`server_that_damages_uploads`] feeding uploads through `damage`.
+fn start_damaging_uploads(sshd: &mut Sshd, damage: &str) {
+    let script = server_that_damages_uploads(sshd, damage);
+    sshd.add_config(&format!("ForceCommand {}", script.display()));
+    sshd.start();
+}
+
 /// Uploads `data` to a server whose copy arrives as `damaged`, and checks the refusal: both
 /// digests named, no target, no temporary file.
 async fn check_damaged_upload_is_refused(sshd: &Sshd, data: &[u8], damaged: &[u8]) {
@@ -407,9 +427,7 @@ async fn check_damaged_upload_is_refused(sshd: &Sshd, data: &[u8], damaged: &[u8
         .upload(data, target.to_str().unwrap(), 0o644, &mut |_| {})
         .await
         .unwrap_err();
-    use sha2::Digest;
-    let sent = hex::encode(sha2::Sha256::digest(data));
-    let remote = hex::encode(sha2::Sha256::digest(damaged));
+    let (sent, remote) = (sha256_of(data).to_string(), sha256_of(damaged).to_string());
     let message = error.to_string();
     assert!(
         matches!(error, SshError::ChecksumMismatch { .. }),
@@ -427,19 +445,9 @@ async fn check_damaged_upload_is_refused(sshd: &Sshd, data: &[u8], damaged: &[u8
 async fn a_corrupted_upload_fails_with_both_digests_and_leaves_no_file() {
     require_sshd!("a_corrupted_upload_fails_with_both_digests_and_leaves_no_file");
     let mut sshd = Sshd::prepare();
-    // A server whose incoming data has one byte flipped on the way to the disk, as a broken
-    // link or a tampering middlebox might: the fourth byte becomes an `X`. `dd bs=1` reads
-    // exactly the bytes it passes on, so nothing else is lost.
-    let script = server_that_damages_uploads(
-        &sshd,
-        "{ dd bs=1 count=3 2>/dev/null; dd bs=1 count=1 of=/dev/null 2>/dev/null; printf X; cat; }",
-    );
-    sshd.add_config(&format!("ForceCommand {}", script.display()));
-    sshd.start();
+    start_damaging_uploads(&mut sshd, FOURTH_BYTE_BECOMES_X);
     let data = b"kubelet binary, allegedly\n";
-    let mut damaged = data.to_vec();
-    damaged[3] = b'X';
-    check_damaged_upload_is_refused(&sshd, data, &damaged).await;
+    check_damaged_upload_is_refused(&sshd, data, &with_fourth_byte_x(data)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,15 +580,9 @@ async fn bytes_damaged_on_the_way_fail_the_known_digest_upload() {
     require_sshd!("bytes_damaged_on_the_way_fail_the_known_digest_upload");
     let mut sshd = Sshd::prepare();
     // The fourth byte becomes an `X` between the SSH channel and the server's `tee`.
-    let script = server_that_damages_uploads(
-        &sshd,
-        "{ dd bs=1 count=3 2>/dev/null; dd bs=1 count=1 of=/dev/null 2>/dev/null; printf X; cat; }",
-    );
-    sshd.add_config(&format!("ForceCommand {}", script.display()));
-    sshd.start();
+    start_damaging_uploads(&mut sshd, FOURTH_BYTE_BECOMES_X);
     let data = b"etcd snapshot, allegedly\n";
-    let mut damaged = data.to_vec();
-    damaged[3] = b'X';
+    let damaged = with_fourth_byte_x(data);
     check_known_digest_upload_is_refused(&sshd, data, &sha256_of(data), &damaged).await;
 }
 

@@ -57,14 +57,17 @@ fn recorded_sha256(tarball: &Path) -> anyhow::Result<Option<String>> {
     let text = caph_rootfs::input::read_regular(&path, 4096)
         .map_err(|error| anyhow::anyhow!("{}", error.rule()))?;
     let text = String::from_utf8_lossy(&text);
-    let digest = text.split_whitespace().next().unwrap_or_default();
-    if digest.len() != 64 || !digest.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+    let Some(digest) = text
+        .split_whitespace()
+        .next()
+        .and_then(caph_core::digest::Sha256Hex::parse)
+    else {
         anyhow::bail!(
             "{}: not a sha256 file (64 hex digits, then the file name); remove it or write it with sha256sum",
             path.display()
         );
-    }
-    Ok(Some(digest.to_ascii_lowercase()))
+    };
+    Ok(Some(digest.to_string()))
 }
 
 pub fn build(

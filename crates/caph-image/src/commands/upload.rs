@@ -42,7 +42,7 @@ pub fn hcloud(global: &GlobalArgs, options: UploadOptions<'_>) -> anyhow::Result
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     if let Some(sha256) = &options.sha256
-        && (sha256.len() != 64 || !sha256.bytes().all(|byte| byte.is_ascii_hexdigit()))
+        && caph_core::digest::Sha256Hex::parse(sha256).is_none()
     {
         output::error(&format!(
             "--sha256 {}: not a sha256 (64 hex digits)",

@@ -1,5 +1,5 @@
-//! A sha256 digest known before an upload (from a checksum file, a manifest), in the form the
-//! server's hasher prints it: 64 lowercase hex digits.
+//! A sha256 digest as `sha256sum` prints it: 64 lowercase hex digits. Read from checksum files,
+//! flags and hashers' output, and known before an upload (`caph_ssh::Session::upload_expecting`).
 
 use std::fmt;
 
